@@ -1,0 +1,442 @@
+//! The typed configuration. The file format is Conduit's (a `[global]` table), so a Conduit
+//! admin's file keeps working; Trellis adds keys Conduit lacks (shared-secret registration, a TLS
+//! listener for federation, outbound federation settings for tests and split-horizon DNS).
+//!
+//! Loading: the file (from `--config`, `TRELLIS_CONFIG` or `CONDUIT_CONFIG`) is parsed, then
+//! `TRELLIS_<KEY>` / `CONDUIT_<KEY>` environment variables override keys, then the result is
+//! deserialized into [`Config`]. Unknown keys produce warnings; a missing required key, a wrong
+//! type or an unreadable file is an error that names the key (and its line in the file).
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+    path::{Path, PathBuf},
+};
+
+use ruma::{OwnedServerName, RoomVersionId};
+use serde::Deserialize;
+
+/// Environment variable prefixes that override config keys, in increasing priority.
+const ENV_PREFIXES: [&str; 2] = ["CONDUIT_", "TRELLIS_"];
+/// Environment variables with these prefixes that are not config keys.
+const ENV_NOT_KEYS: [&str; 2] = ["CONFIG", "BIN"];
+
+/// Keys Conduit accepts that Trellis reads but does not act on (yet); they warn once at start-up
+/// instead of as unknown keys.
+const CONDUIT_KEYS_WITHOUT_EFFECT: &[&str] = &[
+    "allow_check_for_updates",
+    "enable_lightning_bolt",
+    "conduit_cache_capacity_modifier",
+    "pdu_cache_capacity",
+    "cleanup_second_interval",
+    "max_concurrent_requests",
+    "max_fetch_prev_events",
+    "allow_jaeger",
+    "tracing_flame",
+    "proxy",
+    "jwt_secret",
+    "turn_username",
+    "turn_password",
+    "turn_uris",
+    "turn_secret",
+    "turn_ttl",
+    "media",
+    "emergency_password",
+];
+
+#[derive(Debug, Clone, Deserialize)]
+struct ConfigFile {
+    global: Config,
+}
+
+/// The whole configuration of one Trellis server (the file's `[global]` table).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    /// The server's name: the part after `:` in user IDs. Cannot change once the database exists.
+    pub server_name: OwnedServerName,
+    /// Only `"rocksdb"` is supported.
+    #[serde(default = "default_database_backend")]
+    pub database_backend: String,
+    /// Directory of the RocksDB database.
+    pub database_path: PathBuf,
+    /// Address of the client (and, without `federation_listener`, federation) HTTP listener.
+    #[serde(default = "default_address")]
+    pub address: IpAddr,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Largest request body accepted, in bytes.
+    #[serde(default = "default_max_request_size")]
+    pub max_request_size: u32,
+    #[serde(default)]
+    pub allow_registration: bool,
+    /// When set, registration requires this token (`m.login.registration_token`).
+    pub registration_token: Option<String>,
+    /// Secret for Synapse's admin registration API (`/_synapse/admin/v1/register`).
+    pub registration_shared_secret: Option<String>,
+    #[serde(default)]
+    pub allow_guest_registration: bool,
+    #[serde(default = "default_true")]
+    pub allow_federation: bool,
+    #[serde(default = "default_trusted_servers")]
+    pub trusted_servers: Vec<OwnedServerName>,
+    #[serde(default = "default_room_version")]
+    pub default_room_version: RoomVersionId,
+    #[serde(default = "default_true")]
+    pub allow_encryption: bool,
+    #[serde(default = "default_true")]
+    pub allow_room_creation: bool,
+    #[serde(default = "default_true")]
+    pub allow_unstable_room_versions: bool,
+    /// A `tracing` filter directive, such as `"info"` or `"warn,trellis=debug"`.
+    #[serde(default = "default_log")]
+    pub log: String,
+    #[serde(default)]
+    pub well_known: WellKnown,
+    /// Conduit's TLS table: serve the main listener over TLS with these files.
+    pub tls: Option<TlsFiles>,
+    /// A separate HTTPS listener for the federation API (so no reverse proxy is required).
+    pub federation_listener: Option<FederationListener>,
+    /// An extra CA certificate (PEM) trusted for outbound federation, besides the system roots.
+    pub federation_ca_file: Option<PathBuf>,
+    /// Whether outbound federation checks the peer's certificate. Only turn off for tests.
+    #[serde(default = "default_true")]
+    pub federation_verify_certificates: bool,
+    /// Allow outbound federation to loopback, private, link-local addresses. Off by default; for
+    /// tests and closed networks.
+    #[serde(default)]
+    pub federation_allow_private_addresses: bool,
+    /// Server name to `host:port` map that overrides federation discovery (well-known, SRV).
+    #[serde(default)]
+    pub federation_server_addresses: BTreeMap<String, String>,
+    /// Size of the RocksDB block cache shared by all tables, in MiB (Conduit's key).
+    #[serde(default = "default_db_cache_capacity_mb")]
+    pub db_cache_capacity_mb: f64,
+    /// Upper bound on files RocksDB keeps open (Conduit's key).
+    #[serde(default = "default_rocksdb_max_open_files")]
+    pub rocksdb_max_open_files: i32,
+    /// Lifetime of access tokens issued together with a refresh token, in seconds.
+    #[serde(default = "default_refreshable_access_token_lifetime_secs")]
+    pub refreshable_access_token_lifetime_secs: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct WellKnown {
+    /// Base URL clients should use, served at `/.well-known/matrix/client`.
+    pub client: Option<String>,
+    /// `host[:port]` other servers should use, served at `/.well-known/matrix/server`.
+    pub server: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub certs: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct FederationListener {
+    #[serde(default = "default_address")]
+    pub address: IpAddr,
+    #[serde(default = "default_federation_port")]
+    pub port: u16,
+    /// PEM certificate chain.
+    pub certs: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+fn default_database_backend() -> String {
+    "rocksdb".to_owned()
+}
+fn default_address() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::LOCALHOST)
+}
+fn default_port() -> u16 {
+    6167
+}
+fn default_federation_port() -> u16 {
+    8448
+}
+fn default_max_request_size() -> u32 {
+    20 * 1024 * 1024
+}
+fn default_true() -> bool {
+    true
+}
+fn default_trusted_servers() -> Vec<OwnedServerName> {
+    vec![ruma::server_name!("matrix.org").to_owned()]
+}
+fn default_room_version() -> RoomVersionId {
+    RoomVersionId::V12
+}
+fn default_log() -> String {
+    "info".to_owned()
+}
+fn default_db_cache_capacity_mb() -> f64 {
+    300.0
+}
+fn default_rocksdb_max_open_files() -> i32 {
+    512
+}
+fn default_refreshable_access_token_lifetime_secs() -> u64 {
+    300
+}
+
+/// A configuration that could not be loaded; the message names the file, key and line.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// A loaded configuration with the warnings found while loading it (unknown keys and such),
+/// which the caller logs once logging is set up.
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<String>,
+}
+
+impl Config {
+    /// Loads the file at `path` (if any) and applies overrides from `env`.
+    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Loaded, ConfigError> {
+        let (text, source) = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|error| ConfigError(format!("cannot read config file {}: {error}", path.display())))?;
+                (text, path.display().to_string())
+            }
+            None => (String::new(), "(no file)".to_owned()),
+        };
+        Self::from_toml(&text, &source, env)
+    }
+
+    /// Parses config text (named `source` in messages) and applies overrides from `env`.
+    pub fn from_toml(
+        text: &str,
+        source: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Loaded, ConfigError> {
+        let mut root: toml::Table =
+            toml::from_str(text).map_err(|error| ConfigError(format!("{source}: invalid TOML: {error}")))?;
+        let mut warnings = Vec::new();
+        let mut from_env = BTreeMap::new();
+
+        let global = root.entry("global").or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let toml::Value::Table(global) = global else {
+            return Err(ConfigError(format!("{source}: `global` must be a table")));
+        };
+        let mut overrides: Vec<(String, String)> = env
+            .into_iter()
+            .filter_map(|(name, value)| {
+                let prefix = ENV_PREFIXES.iter().position(|p| name.starts_with(p))?;
+                Some((prefix, name, value))
+            })
+            .filter(|(_, name, _)| !ENV_NOT_KEYS.iter().any(|k| name.ends_with(&format!("_{k}"))))
+            .map(|(prefix, name, value)| (format!("{prefix}{name}"), value))
+            .collect();
+        // CONDUIT_ variables first, so TRELLIS_ ones win.
+        overrides.sort();
+        for (sortable_name, value) in overrides {
+            let name = &sortable_name[1..];
+            let key = name.split_once('_').map(|(_, k)| k).unwrap_or_default();
+            let path = env_key_path(&key.to_ascii_lowercase());
+            set_path(global, &path, parse_env_value(&value));
+            from_env.insert(path.join("."), name.to_owned());
+        }
+
+        // An environment value that reads as a number or boolean (`TRELLIS_REGISTRATION_TOKEN=1234`,
+        // `CONDUIT_DEFAULT_ROOM_VERSION=10`) is retried as a string when its key wants one.
+        let mut unknown = Vec::new();
+        let mut retried = Vec::new();
+        let file = loop {
+            unknown.clear();
+            let deserializer = toml::Value::Table(root.clone());
+            let mut note_unknown = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+            let result: Result<ConfigFile, _> =
+                serde_path_to_error::deserialize(serde_ignored::Deserializer::new(deserializer, &mut note_unknown));
+            match result {
+                Ok(file) => break file,
+                Err(error) => {
+                    let key = error.path().to_string();
+                    let short = key.trim_start_matches("global.").to_owned();
+                    if from_env.contains_key(&short)
+                        && !retried.contains(&short)
+                        && env_value_to_string(&mut root, &short)
+                    {
+                        retried.push(short);
+                        continue;
+                    }
+                    let message = error.into_inner().to_string();
+                    return Err(ConfigError(describe_error(&key, &message, text, source, &from_env)));
+                }
+            }
+        };
+        for key in unknown {
+            let name = key.trim_start_matches("global.");
+            if CONDUIT_KEYS_WITHOUT_EFFECT.iter().any(|k| name == *k || name.starts_with(&format!("{k}."))) {
+                warnings.push(format!("config key `{name}` is a Conduit setting Trellis ignores"));
+            } else {
+                warnings.push(format!("unknown config key `{key}` ({})", locate(&key, text, source, &from_env)));
+            }
+        }
+        let config = file.global;
+        config.validate()?;
+        Ok(Loaded { config, warnings })
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.database_backend != "rocksdb" {
+            return Err(ConfigError(format!(
+                "config key `database_backend`: \"{}\" is not supported; use \"rocksdb\"",
+                self.database_backend
+            )));
+        }
+        if self.max_request_size < 1024 {
+            return Err(ConfigError("config key `max_request_size`: must be at least 1024".into()));
+        }
+        if let Some(server) = &self.well_known.server
+            && OwnedServerName::try_from(server.as_str()).is_err()
+        {
+            return Err(ConfigError(format!(
+                "config key `well_known.server`: \"{server}\" must be a server name with an optional port \
+                 (host[:port]), not a URL"
+            )));
+        }
+        if let Some(path) = &self.federation_ca_file
+            && !path.is_file()
+        {
+            return Err(ConfigError(format!("config key `federation_ca_file`: cannot read {}", path.display())));
+        }
+        Ok(())
+    }
+}
+
+/// Maps an environment key (lower case, after the prefix) to a path in `[global]`. Conduit's
+/// convention joins table and field with `_` (`WELL_KNOWN_CLIENT`); `__` is also accepted as an
+/// unambiguous separator. A key that names an existing table's field is preferred.
+fn env_key_path(key: &str) -> Vec<String> {
+    if key.contains("__") {
+        return key.split("__").map(str::to_owned).collect();
+    }
+    for table in ["well_known", "tls", "federation_listener", "federation_server_addresses"] {
+        if let Some(field) = key.strip_prefix(table).and_then(|rest| rest.strip_prefix('_'))
+            && !field.is_empty()
+        {
+            return vec![table.to_owned(), field.to_owned()];
+        }
+    }
+    vec![key.to_owned()]
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) {
+    match path {
+        [] => {}
+        [last] => {
+            table.insert(last.clone(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = table.entry(first.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if !entry.is_table() {
+                *entry = toml::Value::Table(toml::Table::new());
+            }
+            if let toml::Value::Table(inner) = entry {
+                set_path(inner, rest, value);
+            }
+        }
+    }
+}
+
+/// Turns the non-string value at `key` (dotted, under `[global]`) back into the text it was
+/// parsed from. Returns whether anything changed.
+fn env_value_to_string(root: &mut toml::Table, key: &str) -> bool {
+    let Some(toml::Value::Table(global)) = root.get_mut("global") else { return false };
+    let path: Vec<String> = key.split('.').map(str::to_owned).collect();
+    match get_path(global, &path) {
+        Some(value) if !value.is_str() => {
+            set_path(global, &path, toml::Value::String(value_as_env_text(&value)));
+            true
+        }
+        _ => false,
+    }
+}
+
+fn get_path(table: &toml::Table, path: &[String]) -> Option<toml::Value> {
+    match path {
+        [] => None,
+        [last] => table.get(last).cloned(),
+        [first, rest @ ..] => get_path(table.get(first)?.as_table()?, rest),
+    }
+}
+
+/// The text an environment variable held, for a value that was parsed from it.
+fn value_as_env_text(value: &toml::Value) -> String {
+    match value {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// An environment value is read as a TOML value (`8008`, `true`, `["a", "b"]`), and as a plain
+/// string when it is not one.
+fn parse_env_value(value: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut table| table.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_owned()))
+}
+
+/// Turns a serde error at `key` into a message that names the key and where it came from (a
+/// line of the file, or an environment variable).
+fn describe_error(key: &str, error: &str, text: &str, source: &str, from_env: &BTreeMap<String, String>) -> String {
+    let first_line = error.lines().next().unwrap_or(error).trim();
+    if let Some(field) = between(first_line, "missing field `", "`") {
+        let table = key.trim_end_matches('.');
+        let table = if table.is_empty() || table == "." { "global" } else { table };
+        return format!("{source}: missing required config key `{field}` in [{table}]");
+    }
+    format!(
+        "config key `{}` ({}): {first_line}",
+        key.trim_start_matches("global."),
+        locate(key, text, source, from_env)
+    )
+}
+
+fn between<'a>(text: &'a str, start: &str, end: &str) -> Option<&'a str> {
+    let from = text.find(start)? + start.len();
+    let len = text[from..].find(end)?;
+    Some(&text[from..from + len])
+}
+
+/// Where a dotted key path was set: an environment variable, or a line of the file.
+fn locate(key: &str, text: &str, source: &str, from_env: &BTreeMap<String, String>) -> String {
+    let short = key.trim_start_matches("global.");
+    if let Some(var) = from_env.get(short) {
+        return format!("from environment variable {var}");
+    }
+    let Ok(document) = toml_edit::ImDocument::parse(text) else {
+        return source.to_owned();
+    };
+    let mut item: Option<&toml_edit::Item> = None;
+    let mut table: &dyn toml_edit::TableLike = document.as_table();
+    for part in key.split('.') {
+        let Some(found) = table.get(part) else { break };
+        item = Some(found);
+        match found.as_table_like() {
+            Some(inner) => table = inner,
+            None => break,
+        }
+    }
+    let span = item.and_then(|item| {
+        table.get_key_value(key.rsplit('.').next().unwrap_or(key)).and_then(|(k, _)| k.span()).or_else(|| item.span())
+    });
+    match span {
+        Some(span) => {
+            let line = text[..span.start].matches('\n').count() + 1;
+            format!("{source} line {line}")
+        }
+        None => source.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

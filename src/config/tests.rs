@@ -1,0 +1,163 @@
+//! Config loading: Conduit's format, environment overrides, and errors that name the key.
+
+use super::*;
+
+const MINIMAL: &str = r#"
+[global]
+server_name = "example.org"
+database_path = "/tmp/trellis-test"
+"#;
+
+fn load(text: &str, env: &[(&str, &str)]) -> Result<Loaded, ConfigError> {
+    Config::from_toml(text, "test.toml", env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())))
+}
+
+#[test]
+fn minimal_file_gets_defaults() {
+    let loaded = load(MINIMAL, &[]).unwrap();
+    let config = loaded.config;
+    assert_eq!(config.server_name.as_str(), "example.org");
+    assert_eq!(config.port, 6167);
+    assert_eq!(config.default_room_version, RoomVersionId::V12);
+    assert!(!config.allow_registration);
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+}
+
+#[test]
+fn conduit_example_keys_are_accepted() {
+    let text = r#"
+[global]
+server_name = "your.server.name"
+database_backend = "rocksdb"
+database_path = "/var/lib/matrix-conduit/"
+port = 6167
+max_request_size = 20_000_000
+allow_registration = true
+registration_token = "secret"
+allow_federation = true
+allow_check_for_updates = true
+trusted_servers = ["matrix.org"]
+default_room_version = "10"
+address = "127.0.0.1"
+log = "warn,state_res=warn"
+
+[global.well_known]
+client = "https://matrix.example.org"
+server = "matrix.example.org:443"
+"#;
+    let loaded = load(text, &[]).unwrap();
+    assert_eq!(loaded.config.default_room_version, RoomVersionId::V10);
+    assert_eq!(loaded.config.registration_token.as_deref(), Some("secret"));
+    assert_eq!(loaded.config.well_known.server.as_deref(), Some("matrix.example.org:443"));
+    // A Conduit key Trellis does not act on is reported as such, not as unknown.
+    assert_eq!(loaded.warnings.len(), 1);
+    assert!(loaded.warnings[0].contains("allow_check_for_updates"), "{:?}", loaded.warnings);
+    assert!(loaded.warnings[0].contains("Conduit setting"), "{:?}", loaded.warnings);
+}
+
+#[test]
+fn unknown_key_warns_with_its_line() {
+    let text = format!("{MINIMAL}frobnicate = true\n");
+    let loaded = load(&text, &[]).unwrap();
+    assert_eq!(loaded.warnings.len(), 1);
+    assert!(loaded.warnings[0].contains("frobnicate"), "{:?}", loaded.warnings);
+    assert!(loaded.warnings[0].contains("line 5"), "{:?}", loaded.warnings);
+}
+
+#[test]
+fn missing_server_name_names_the_key() {
+    let error = load("[global]\ndatabase_path = \"/x\"\n", &[]).err().unwrap().to_string();
+    assert!(error.contains("server_name"), "{error}");
+    assert!(error.contains("missing"), "{error}");
+}
+
+#[test]
+fn wrong_type_names_key_and_line() {
+    let text = format!("{MINIMAL}port = \"eighty\"\n");
+    let error = load(&text, &[]).err().unwrap().to_string();
+    assert!(error.contains("`port`"), "{error}");
+    assert!(error.contains("line 5"), "{error}");
+}
+
+#[test]
+fn invalid_server_name_names_the_key() {
+    let error =
+        load("[global]\nserver_name = \"not a name!\"\ndatabase_path = \"/x\"\n", &[]).err().unwrap().to_string();
+    assert!(error.contains("server_name"), "{error}");
+    assert!(error.contains("line 2"), "{error}");
+}
+
+#[test]
+fn syntax_error_has_a_line() {
+    let error = load("[global]\nserver_name = \n", &[]).err().unwrap().to_string();
+    assert!(error.contains("line 2"), "{error}");
+}
+
+#[test]
+fn unreadable_file_is_an_error() {
+    let error = Config::load(Some(Path::new("/nonexistent/trellis.toml")), Vec::new()).err().unwrap().to_string();
+    assert!(error.contains("cannot read config file /nonexistent/trellis.toml"), "{error}");
+}
+
+#[test]
+fn environment_overrides_keys_and_trellis_wins_over_conduit() {
+    let loaded = load(
+        MINIMAL,
+        &[
+            ("CONDUIT_PORT", "7000"),
+            ("TRELLIS_PORT", "8008"),
+            ("CONDUIT_ALLOW_REGISTRATION", "true"),
+            ("TRELLIS_WELL_KNOWN_CLIENT", "https://m.example.org"),
+            ("TRELLIS_FEDERATION_SERVER_ADDRESSES__HS2", "127.0.0.1:9000"),
+            ("TRELLIS_CONFIG", "/ignored/path"),
+        ],
+    )
+    .unwrap();
+    let config = loaded.config;
+    assert_eq!(config.port, 8008);
+    assert!(config.allow_registration);
+    assert_eq!(config.well_known.client.as_deref(), Some("https://m.example.org"));
+    assert_eq!(config.federation_server_addresses.get("hs2").map(String::as_str), Some("127.0.0.1:9000"));
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+}
+
+#[test]
+fn environment_alone_can_supply_required_keys() {
+    let loaded = load("", &[("TRELLIS_SERVER_NAME", "env.example"), ("TRELLIS_DATABASE_PATH", "/tmp/x")]).unwrap();
+    assert_eq!(loaded.config.server_name.as_str(), "env.example");
+}
+
+#[test]
+fn bad_environment_value_names_the_variable() {
+    let error = load(MINIMAL, &[("TRELLIS_PORT", "not-a-port")]).err().unwrap().to_string();
+    assert!(error.contains("TRELLIS_PORT"), "{error}");
+}
+
+#[test]
+fn numeric_looking_environment_values_work_for_string_keys() {
+    let loaded =
+        load(MINIMAL, &[("CONDUIT_DEFAULT_ROOM_VERSION", "10"), ("TRELLIS_REGISTRATION_TOKEN", "1234")]).unwrap();
+    assert_eq!(loaded.config.default_room_version, RoomVersionId::V10);
+    assert_eq!(loaded.config.registration_token.as_deref(), Some("1234"));
+}
+
+#[test]
+fn well_known_server_must_be_a_server_name() {
+    let text = format!("{MINIMAL}[global.well_known]\nserver = \"https://matrix.example.org/\"\n");
+    let error = load(&text, &[]).err().unwrap().to_string();
+    assert!(error.contains("well_known.server"), "{error}");
+}
+
+#[test]
+fn missing_federation_ca_file_is_refused() {
+    let text = format!("{MINIMAL}federation_ca_file = \"/nonexistent/ca.pem\"\n");
+    let error = load(&text, &[]).err().unwrap().to_string();
+    assert!(error.contains("federation_ca_file"), "{error}");
+}
+
+#[test]
+fn unsupported_backend_is_refused() {
+    let text = format!("{MINIMAL}database_backend = \"sqlite\"\n");
+    let error = load(&text, &[]).err().unwrap().to_string();
+    assert!(error.contains("database_backend"), "{error}");
+}

@@ -1,0 +1,101 @@
+//! The one error type of the server: every failure a client or server can cause is a Matrix
+//! error (`errcode`, `error`, HTTP status); internal failures become `M_UNKNOWN` 500s and are
+//! logged, never shown in detail.
+
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use ruma::api::{
+    OutgoingResponseExt,
+    client::uiaa::{UiaaInfo, UiaaResponse},
+    error::{ErrorBody, ErrorKind, StandardErrorBody, UnknownTokenErrorData},
+};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A failure the caller caused or must know about, as the spec names it.
+    #[error("{kind:?}: {message}")]
+    Matrix { status: StatusCode, kind: ErrorKind, message: String },
+    /// User-interactive authentication is (still) required: 401 with the flows.
+    #[error("user-interactive authentication required")]
+    Uiaa(Box<UiaaInfo>),
+    /// The storage engine failed. Logged; the client sees a generic 500.
+    #[error("storage: {0}")]
+    Storage(String),
+    /// A bug or an unexpected condition. Logged; the client sees a generic 500.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn new(status: StatusCode, kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error::Matrix { status, kind, message: message.into() }
+    }
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, ErrorKind::Forbidden, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, ErrorKind::NotFound, message)
+    }
+    pub fn bad_json(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, ErrorKind::BadJson, message)
+    }
+    pub fn invalid_param(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, ErrorKind::InvalidParam, message)
+    }
+    pub fn missing_param(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, ErrorKind::MissingParam, message)
+    }
+    pub fn unrecognized(status: StatusCode, message: impl Into<String>) -> Self {
+        Self::new(status, ErrorKind::Unrecognized, message)
+    }
+    pub fn unknown_token(soft_logout: bool, message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorKind::UnknownToken({
+                let mut data = UnknownTokenErrorData::new();
+                data.soft_logout = soft_logout;
+                data
+            }),
+            message,
+        )
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Error::Internal(message.into())
+    }
+
+    /// The Matrix error code, for tests and logs.
+    pub fn kind(&self) -> Option<&ErrorKind> {
+        match self {
+            Error::Matrix { kind, .. } => Some(kind),
+            _ => None,
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let result = match self {
+            Error::Matrix { status, kind, message } => {
+                let body = ErrorBody::Standard(StandardErrorBody::new(kind, message));
+                ruma::api::error::Error::new(status, body).try_into_http_response::<Vec<u8>>()
+            }
+            Error::Uiaa(info) => UiaaResponse::AuthResponse(*info).try_into_http_response::<Vec<u8>>(),
+            Error::Storage(detail) | Error::Internal(detail) => {
+                tracing::error!(%detail, "internal server error");
+                let body =
+                    ErrorBody::Standard(StandardErrorBody::new(ErrorKind::Unknown, "Internal server error".to_owned()));
+                ruma::api::error::Error::new(StatusCode::INTERNAL_SERVER_ERROR, body)
+                    .try_into_http_response::<Vec<u8>>()
+            }
+        };
+        match result {
+            Ok(response) => response.map(axum::body::Body::from),
+            Err(error) => {
+                tracing::error!(%error, "could not serialize an error response");
+                StatusCode::INTERNAL_SERVER_ERROR.into_response()
+            }
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! Storage: typed tables over a key-value [`Engine`], RocksDB by default.
+//!
+//! A [`Table`] names a column family and fixes its key and value types; keys go through
+//! order-preserving codecs, values through JSON. A logical change collects its writes in one
+//! [`Batch`] and commits it atomically. Engine calls block, so async code runs them through
+//! [`Db::run`], which moves the work onto the blocking thread pool.
+
+pub mod codec;
+pub mod engine;
+mod rocks;
+mod schema;
+pub mod tables;
+
+use std::{marker::PhantomData, path::Path, sync::Arc};
+
+pub use codec::{KeyCodec, ValueCodec};
+pub use engine::{Engine, ScanDirection, WriteOp};
+pub use schema::SCHEMA_VERSION;
+
+use crate::config::Config;
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct StorageError(pub String);
+
+impl From<StorageError> for crate::Error {
+    fn from(error: StorageError) -> Self {
+        crate::Error::Storage(error.0)
+    }
+}
+
+/// A table: a column family with typed keys and values.
+pub struct Table<K, V> {
+    pub name: &'static str,
+    types: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K: KeyCodec, V: ValueCodec> Table<K, V> {
+    pub const fn new(name: &'static str) -> Self {
+        Self { name, types: PhantomData }
+    }
+
+    pub fn get(&self, db: &Db, key: &K) -> Result<Option<V>, StorageError> {
+        db.engine.get(self.name, &key.encode())?.map(|bytes| V::decode_value(&bytes)).transpose()
+    }
+
+    pub fn contains(&self, db: &Db, key: &K) -> Result<bool, StorageError> {
+        Ok(db.engine.get(self.name, &key.encode())?.is_some())
+    }
+
+    /// All entries whose key starts with `prefix` (a leading part of the key tuple), in order.
+    pub fn scan_prefix<P: KeyCodec>(&self, db: &Db, prefix: &P) -> Result<Vec<(K, V)>, StorageError> {
+        let prefix = prefix.encode();
+        let mut out = Vec::new();
+        for item in db.engine.scan(self.name, &prefix, ScanDirection::Forward)? {
+            let (key, value) = item?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            out.push((K::decode(&key)?, V::decode_value(&value)?));
+        }
+        Ok(out)
+    }
+
+    /// Entries from `start` in `direction` while `keep` accepts their keys, at most `limit`.
+    pub fn scan_from(
+        &self,
+        db: &Db,
+        start: &K,
+        direction: ScanDirection,
+        limit: usize,
+        mut keep: impl FnMut(&K) -> bool,
+    ) -> Result<Vec<(K, V)>, StorageError> {
+        let mut out = Vec::new();
+        for item in db.engine.scan(self.name, &start.encode(), direction)? {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, value) = item?;
+            let key = K::decode(&key)?;
+            if !keep(&key) {
+                break;
+            }
+            out.push((key, V::decode_value(&value)?));
+        }
+        Ok(out)
+    }
+}
+
+/// The writes of one logical change, applied atomically by [`Db::write`].
+#[derive(Default)]
+pub struct Batch {
+    ops: Vec<WriteOp>,
+}
+
+impl Batch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn put<K: KeyCodec, V: ValueCodec>(
+        &mut self,
+        table: &Table<K, V>,
+        key: &K,
+        value: &V,
+    ) -> Result<(), StorageError> {
+        self.ops.push(WriteOp { table: table.name, key: key.encode(), value: Some(value.encode_value()?) });
+        Ok(())
+    }
+
+    pub fn delete<K: KeyCodec, V: ValueCodec>(&mut self, table: &Table<K, V>, key: &K) {
+        self.ops.push(WriteOp { table: table.name, key: key.encode(), value: None });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// A handle on the database, cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    engine: Arc<dyn Engine>,
+}
+
+impl Db {
+    /// Opens (or creates) the database the config names and checks its schema.
+    pub fn open(config: &Config) -> Result<Self, StorageError> {
+        let settings = rocks::RocksSettings {
+            cache_capacity_bytes: (config.db_cache_capacity_mb.max(8.0) * 1024.0 * 1024.0) as usize,
+            max_open_files: config.rocksdb_max_open_files,
+        };
+        let engine = rocks::RocksEngine::open(&config.database_path, tables::ALL_TABLES, &settings)?;
+        let db = Self { engine: Arc::new(engine) };
+        schema::check_and_migrate(&db, config.server_name.as_str())?;
+        Ok(db)
+    }
+
+    /// A database over any engine (tests, future engines).
+    pub fn with_engine(engine: Arc<dyn Engine>) -> Self {
+        Self { engine }
+    }
+
+    pub fn write(&self, batch: Batch) -> Result<(), StorageError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.engine.write(batch.ops)
+    }
+
+    /// Runs blocking storage work on the blocking thread pool, so the async runtime never stalls.
+    pub async fn run<R, F>(&self, work: F) -> crate::Result<R>
+    where
+        F: FnOnce(&Db) -> crate::Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let db = self.clone();
+        tokio::task::spawn_blocking(move || work(&db))
+            .await
+            .map_err(|e| crate::Error::internal(format!("storage task failed: {e}")))?
+    }
+
+    pub fn flush(&self) -> Result<(), StorageError> {
+        self.engine.flush()
+    }
+
+    pub fn database_exists(path: &Path) -> bool {
+        path.join("CURRENT").exists()
+    }
+}

@@ -1,0 +1,114 @@
+//! The RocksDB engine: one column family per table, a shared LRU block cache, LZ4 (ZSTD for the
+//! bottom level) compression and a bounded number of open files.
+
+use std::{collections::BTreeSet, path::Path};
+
+use rocksdb::{
+    BlockBasedOptions, BoundColumnFamily, Cache, DBCompressionType, DBWithThreadMode, Direction, IteratorMode,
+    MultiThreaded, Options, WriteBatch, WriteOptions,
+};
+
+use super::{
+    StorageError,
+    engine::{Engine, ScanDirection, ScanIter, WriteOp},
+};
+
+type Db = DBWithThreadMode<MultiThreaded>;
+
+pub struct RocksEngine {
+    db: Db,
+    tables: Vec<String>,
+}
+
+/// Tuning for a small server; the config supplies the cache size and file limit.
+pub struct RocksSettings {
+    pub cache_capacity_bytes: usize,
+    pub max_open_files: i32,
+}
+
+impl RocksEngine {
+    pub fn open(path: &Path, tables: &[&'static str], settings: &RocksSettings) -> Result<Self, StorageError> {
+        let cache = Cache::new_lru_cache(settings.cache_capacity_bytes);
+        let mut block = BlockBasedOptions::default();
+        block.set_block_cache(&cache);
+        block.set_bloom_filter(10.0, false);
+        block.set_cache_index_and_filter_blocks(true);
+
+        let mut table_options = Options::default();
+        table_options.set_block_based_table_factory(&block);
+        table_options.set_compression_type(DBCompressionType::Lz4);
+        table_options.set_bottommost_compression_type(DBCompressionType::Zstd);
+        table_options.optimize_level_style_compaction(16 * 1024 * 1024);
+
+        let mut db_options = table_options.clone();
+        db_options.create_if_missing(true);
+        db_options.create_missing_column_families(true);
+        db_options.set_max_open_files(settings.max_open_files);
+        db_options.set_keep_log_file_num(3);
+        db_options.increase_parallelism(2);
+        db_options.set_max_background_jobs(2);
+
+        // Tables a newer build created must be opened too, or RocksDB refuses the database.
+        let mut names: BTreeSet<String> = tables.iter().map(|t| (*t).to_owned()).collect();
+        if let Ok(existing) = Db::list_cf(&db_options, path) {
+            names.extend(existing);
+        }
+        let tables: Vec<String> = names.iter().cloned().collect();
+        let descriptors =
+            names.into_iter().map(|name| rocksdb::ColumnFamilyDescriptor::new(name, table_options.clone()));
+        let db = Db::open_cf_descriptors(&db_options, path, descriptors)
+            .map_err(|e| StorageError(format!("cannot open RocksDB at {}: {e}", path.display())))?;
+        Ok(Self { db, tables })
+    }
+
+    fn cf(&self, table: &'static str) -> Result<std::sync::Arc<BoundColumnFamily<'_>>, StorageError> {
+        self.db.cf_handle(table).ok_or_else(|| StorageError(format!("table {table} is not open")))
+    }
+}
+
+fn rocks_error(error: rocksdb::Error) -> StorageError {
+    StorageError(error.to_string())
+}
+
+impl Engine for RocksEngine {
+    fn get(&self, table: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.db.get_cf(&self.cf(table)?, key).map_err(rocks_error)
+    }
+
+    fn scan<'a>(
+        &'a self,
+        table: &'static str,
+        start: &[u8],
+        direction: ScanDirection,
+    ) -> Result<ScanIter<'a>, StorageError> {
+        let mode = match direction {
+            ScanDirection::Forward => IteratorMode::From(start, Direction::Forward),
+            ScanDirection::Reverse => IteratorMode::From(start, Direction::Reverse),
+        };
+        let iter = self.db.iterator_cf(&self.cf(table)?, mode);
+        Ok(Box::new(iter.map(|item| item.map(|(k, v)| (k.into_vec(), v.into_vec())).map_err(rocks_error))))
+    }
+
+    fn write(&self, ops: Vec<WriteOp>) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        for op in ops {
+            let cf = self.cf(op.table)?;
+            match op.value {
+                Some(value) => batch.put_cf(&cf, op.key, value),
+                None => batch.delete_cf(&cf, op.key),
+            }
+        }
+        let options = WriteOptions::default();
+        self.db.write_opt(batch, &options).map_err(rocks_error)
+    }
+
+    fn flush(&self) -> Result<(), StorageError> {
+        self.db.flush_wal(true).map_err(rocks_error)?;
+        for name in &self.tables {
+            if let Some(cf) = self.db.cf_handle(name) {
+                self.db.flush_cf(&cf).map_err(rocks_error)?;
+            }
+        }
+        Ok(())
+    }
+}

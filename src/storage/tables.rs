@@ -1,0 +1,95 @@
+//! The database schema: every table (one column family each) with its key and value types.
+//! Records are stored as JSON values so a field can be added without a migration.
+
+use ruma::{OwnedDeviceId, OwnedUserId};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::{Table, codec::JsonValue};
+
+/// Schema version and the server name the database was made for. Key: setting name.
+pub const META: Table<String, serde_json::Value> = Table::new("meta");
+/// Counters that must survive restarts (stream positions, filter IDs). Key: counter name.
+pub const COUNTERS: Table<String, u64> = Table::new("counters");
+
+/// Local accounts. Key: user ID.
+pub const USERS: Table<OwnedUserId, UserRecord> = Table::new("users");
+/// Profile fields (`displayname`, `avatar_url` and custom ones). Key: (user, field).
+pub const PROFILE_FIELDS: Table<(OwnedUserId, String), serde_json::Value> = Table::new("profile_fields");
+/// Devices of local users. Key: (user, device).
+pub const DEVICES: Table<(OwnedUserId, OwnedDeviceId), DeviceRecord> = Table::new("devices");
+/// Access tokens, by the SHA-256 of the token (hex), so a copy of the database leaks no token.
+pub const ACCESS_TOKENS: Table<String, AccessTokenRecord> = Table::new("access_tokens");
+/// Refresh tokens, by the SHA-256 of the token (hex).
+pub const REFRESH_TOKENS: Table<String, RefreshTokenRecord> = Table::new("refresh_tokens");
+/// Account data. Key: (user, room ID or "" for global, event type). Value: the content.
+pub const ACCOUNT_DATA: Table<(OwnedUserId, String, String), Box<RawValue>> = Table::new("account_data");
+/// Change log of account data for incremental sync. Key: (user, stream position).
+pub const ACCOUNT_DATA_CHANGES: Table<(OwnedUserId, u64), AccountDataChange> = Table::new("account_data_changes");
+/// Stored filters. Key: (user, filter ID).
+pub const FILTERS: Table<(OwnedUserId, u64), Box<RawValue>> = Table::new("filters");
+
+/// Every table, so the engine can open them all.
+pub const ALL_TABLES: &[&str] = &[
+    META.name,
+    COUNTERS.name,
+    USERS.name,
+    PROFILE_FIELDS.name,
+    DEVICES.name,
+    ACCESS_TOKENS.name,
+    REFRESH_TOKENS.name,
+    ACCOUNT_DATA.name,
+    ACCOUNT_DATA_CHANGES.name,
+    FILTERS.name,
+];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// Argon2 PHC string; `None` for accounts that cannot log in with a password.
+    pub password_hash: Option<String>,
+    pub created_ms: u64,
+    #[serde(default)]
+    pub admin: bool,
+    #[serde(default)]
+    pub guest: bool,
+    #[serde(default)]
+    pub deactivated: bool,
+}
+impl JsonValue for UserRecord {}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    pub display_name: Option<String>,
+    pub created_ms: u64,
+    pub last_seen_ms: Option<u64>,
+    pub last_seen_ip: Option<String>,
+    /// Hash of the device's current access token.
+    pub access_token_hash: Option<String>,
+    /// Hash of the device's current refresh token, if it uses refresh tokens.
+    pub refresh_token_hash: Option<String>,
+}
+impl JsonValue for DeviceRecord {}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccessTokenRecord {
+    pub user_id: OwnedUserId,
+    pub device_id: OwnedDeviceId,
+    /// Expiry (ms since the epoch) of tokens issued with a refresh token.
+    pub expires_ms: Option<u64>,
+}
+impl JsonValue for AccessTokenRecord {}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RefreshTokenRecord {
+    pub user_id: OwnedUserId,
+    pub device_id: OwnedDeviceId,
+}
+impl JsonValue for RefreshTokenRecord {}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccountDataChange {
+    /// Room ID, or empty for global account data.
+    pub room: String,
+    pub event_type: String,
+}
+impl JsonValue for AccountDataChange {}
