@@ -1,0 +1,289 @@
+//! Devices and their tokens: login creates a device with an access token (and optionally a
+//! refresh token), every request's token is checked here, logout removes the device.
+//!
+//! Tokens are random and only their SHA-256 is stored, so a copy of the database or a log line
+//! never holds a usable token.
+
+use std::{collections::HashMap, sync::Mutex, time::Duration};
+
+use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
+use sha2::{Digest, Sha256};
+
+use super::{now_ms, random_string};
+use crate::{
+    Error, Result,
+    storage::{
+        Batch, Db,
+        tables::{ACCESS_TOKENS, AccessTokenRecord, DEVICES, DeviceRecord, REFRESH_TOKENS, RefreshTokenRecord, USERS},
+    },
+};
+
+/// How often a device's "last seen" is written at most.
+const LAST_SEEN_RESOLUTION_MS: u64 = 60_000;
+
+pub struct Sessions {
+    db: Db,
+    refreshable_lifetime: Duration,
+    /// When each device's last-seen time was last written, to bound those writes.
+    last_seen_written: Mutex<HashMap<(OwnedUserId, OwnedDeviceId), u64>>,
+}
+
+/// The identity behind a valid access token.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    pub user_id: OwnedUserId,
+    pub device_id: OwnedDeviceId,
+    pub guest: bool,
+    pub admin: bool,
+}
+
+/// Tokens handed to a client at login, registration or refresh.
+#[derive(Debug, Clone)]
+pub struct IssuedTokens {
+    pub device_id: OwnedDeviceId,
+    pub access_token: String,
+    pub refresh_token: Option<String>,
+    pub expires_in: Option<Duration>,
+}
+
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+fn new_device_id() -> OwnedDeviceId {
+    random_string(10).to_uppercase().into()
+}
+
+impl Sessions {
+    pub fn new(db: Db, refreshable_lifetime_secs: u64) -> Self {
+        Self {
+            db,
+            refreshable_lifetime: Duration::from_secs(refreshable_lifetime_secs.max(1)),
+            last_seen_written: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Starts a session: creates the device (or reuses `device_id`, revoking its old tokens, as
+    /// the spec asks of a login that names an existing device) and issues tokens.
+    pub async fn login(
+        &self,
+        user_id: &UserId,
+        device_id: Option<OwnedDeviceId>,
+        display_name: Option<String>,
+        with_refresh_token: bool,
+        ip: Option<String>,
+    ) -> Result<IssuedTokens> {
+        let user_id = user_id.to_owned();
+        let device_id = device_id.unwrap_or_else(new_device_id);
+        let lifetime = self.refreshable_lifetime;
+        self.db
+            .run(move |db| {
+                let mut batch = Batch::new();
+                let key = (user_id.clone(), device_id.clone());
+                let existing = DEVICES.get(db, &key)?;
+                let mut record = match existing {
+                    Some(record) => {
+                        revoke_device_tokens(&mut batch, &record);
+                        record
+                    }
+                    None => DeviceRecord {
+                        display_name: None,
+                        created_ms: now_ms(),
+                        last_seen_ms: None,
+                        last_seen_ip: None,
+                        access_token_hash: None,
+                        refresh_token_hash: None,
+                    },
+                };
+                if display_name.is_some() {
+                    record.display_name = display_name;
+                }
+                record.last_seen_ms = Some(now_ms());
+                record.last_seen_ip = ip;
+                let tokens = issue_tokens(&mut batch, &mut record, &user_id, &device_id, with_refresh_token, lifetime)?;
+                batch.put(&DEVICES, &key, &record)?;
+                db.write(batch)?;
+                Ok(tokens)
+            })
+            .await
+    }
+
+    /// Resolves an access token. Unknown or revoked: `M_UNKNOWN_TOKEN`; expired (refreshable
+    /// tokens): `M_UNKNOWN_TOKEN` with `soft_logout`, so the client refreshes or logs in again.
+    pub async fn authenticate(&self, token: &str, ip: Option<String>) -> Result<Authenticated> {
+        let hash = token_hash(token);
+        let (record, user) = self
+            .db
+            .run(move |db| {
+                let record = ACCESS_TOKENS.get(db, &hash)?;
+                let user = match &record {
+                    Some(record) => USERS.get(db, &record.user_id)?,
+                    None => None,
+                };
+                Ok((record, user))
+            })
+            .await?;
+        let record = record.ok_or_else(|| Error::unknown_token(false, "Unknown access token"))?;
+        if record.expires_ms.is_some_and(|expires| expires <= now_ms()) {
+            return Err(Error::unknown_token(true, "Access token has expired"));
+        }
+        let user = user.ok_or_else(|| Error::unknown_token(false, "Unknown access token"))?;
+        if user.deactivated {
+            return Err(Error::unknown_token(false, "The account has been deactivated"));
+        }
+        self.note_last_seen(&record.user_id, &record.device_id, ip).await?;
+        Ok(Authenticated { user_id: record.user_id, device_id: record.device_id, guest: user.guest, admin: user.admin })
+    }
+
+    async fn note_last_seen(&self, user_id: &UserId, device_id: &DeviceId, ip: Option<String>) -> Result<()> {
+        let now = now_ms();
+        let key = (user_id.to_owned(), device_id.to_owned());
+        {
+            let mut written = self.last_seen_written.lock().map_err(|_| Error::internal("poisoned lock"))?;
+            match written.get(&key) {
+                Some(at) if now.saturating_sub(*at) < LAST_SEEN_RESOLUTION_MS => return Ok(()),
+                _ => written.insert(key.clone(), now),
+            };
+        }
+        self.db
+            .run(move |db| {
+                if let Some(mut record) = DEVICES.get(db, &key)? {
+                    record.last_seen_ms = Some(now);
+                    record.last_seen_ip = ip;
+                    let mut batch = Batch::new();
+                    batch.put(&DEVICES, &key, &record)?;
+                    db.write(batch)?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    /// Exchanges a refresh token for new tokens; the old pair stops working at once.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<(OwnedUserId, IssuedTokens)> {
+        let hash = token_hash(refresh_token);
+        let lifetime = self.refreshable_lifetime;
+        self.db
+            .run(move |db| {
+                let unknown = || Error::unknown_token(false, "Unknown refresh token");
+                let token = REFRESH_TOKENS.get(db, &hash)?.ok_or_else(unknown)?;
+                let key = (token.user_id.clone(), token.device_id.clone());
+                let mut record = DEVICES.get(db, &key)?.ok_or_else(unknown)?;
+                let mut batch = Batch::new();
+                revoke_device_tokens(&mut batch, &record);
+                let tokens = issue_tokens(&mut batch, &mut record, &token.user_id, &token.device_id, true, lifetime)?;
+                batch.put(&DEVICES, &key, &record)?;
+                db.write(batch)?;
+                Ok((token.user_id, tokens))
+            })
+            .await
+    }
+
+    pub async fn devices(&self, user_id: &UserId) -> Result<Vec<(OwnedDeviceId, DeviceRecord)>> {
+        let user_id = user_id.to_owned();
+        self.db
+            .run(move |db| {
+                Ok(DEVICES
+                    .scan_prefix(db, &(user_id,))?
+                    .into_iter()
+                    .map(|((_, device_id), record)| (device_id, record))
+                    .collect())
+            })
+            .await
+    }
+
+    pub async fn device(&self, user_id: &UserId, device_id: &DeviceId) -> Result<Option<DeviceRecord>> {
+        let key = (user_id.to_owned(), device_id.to_owned());
+        self.db.run(move |db| Ok(DEVICES.get(db, &key)?)).await
+    }
+
+    /// Renames a device; `M_NOT_FOUND` if the user has no such device.
+    pub async fn rename_device(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        display_name: Option<String>,
+    ) -> Result<()> {
+        let key = (user_id.to_owned(), device_id.to_owned());
+        self.db
+            .run(move |db| {
+                let mut record = DEVICES.get(db, &key)?.ok_or_else(|| Error::not_found("Unknown device"))?;
+                record.display_name = display_name;
+                let mut batch = Batch::new();
+                batch.put(&DEVICES, &key, &record)?;
+                Ok(db.write(batch)?)
+            })
+            .await
+    }
+
+    /// Deletes devices and revokes their tokens, in one batch. Unknown IDs are skipped.
+    pub async fn delete_devices(&self, user_id: &UserId, device_ids: Vec<OwnedDeviceId>) -> Result<()> {
+        let user_id = user_id.to_owned();
+        self.db
+            .run(move |db| {
+                let mut batch = Batch::new();
+                for device_id in device_ids {
+                    let key = (user_id.clone(), device_id);
+                    if let Some(record) = DEVICES.get(db, &key)? {
+                        revoke_device_tokens(&mut batch, &record);
+                        batch.delete(&DEVICES, &key);
+                    }
+                }
+                Ok(db.write(batch)?)
+            })
+            .await
+    }
+
+    /// Deletes every device of the user except `keep`.
+    pub async fn delete_all_devices_except(&self, user_id: &UserId, keep: Option<&DeviceId>) -> Result<()> {
+        let ids =
+            self.devices(user_id).await?.into_iter().map(|(id, _)| id).filter(|id| Some(id.as_ref()) != keep).collect();
+        self.delete_devices(user_id, ids).await
+    }
+}
+
+fn revoke_device_tokens(batch: &mut Batch, record: &DeviceRecord) {
+    if let Some(hash) = &record.access_token_hash {
+        batch.delete(&ACCESS_TOKENS, hash);
+    }
+    if let Some(hash) = &record.refresh_token_hash {
+        batch.delete(&REFRESH_TOKENS, hash);
+    }
+}
+
+fn issue_tokens(
+    batch: &mut Batch,
+    record: &mut DeviceRecord,
+    user_id: &UserId,
+    device_id: &DeviceId,
+    with_refresh_token: bool,
+    lifetime: Duration,
+) -> Result<IssuedTokens> {
+    let access_token = random_string(40);
+    let access_hash = token_hash(&access_token);
+    let (refresh_token, expires_in) = if with_refresh_token {
+        let refresh_token = random_string(48);
+        let refresh_hash = token_hash(&refresh_token);
+        batch.put(
+            &REFRESH_TOKENS,
+            &refresh_hash,
+            &RefreshTokenRecord { user_id: user_id.to_owned(), device_id: device_id.to_owned() },
+        )?;
+        record.refresh_token_hash = Some(refresh_hash);
+        (Some(refresh_token), Some(lifetime))
+    } else {
+        record.refresh_token_hash = None;
+        (None, None)
+    };
+    batch.put(
+        &ACCESS_TOKENS,
+        &access_hash,
+        &AccessTokenRecord {
+            user_id: user_id.to_owned(),
+            device_id: device_id.to_owned(),
+            expires_ms: expires_in.map(|d| now_ms() + d.as_millis() as u64),
+        },
+    )?;
+    record.access_token_hash = Some(access_hash);
+    Ok(IssuedTokens { device_id: device_id.to_owned(), access_token, refresh_token, expires_in })
+}
