@@ -1,0 +1,61 @@
+//! Account management: `account/password` and `account/deactivate`, both behind
+//! user-interactive auth with the account's password.
+
+use std::sync::Arc;
+
+use axum::Router;
+use ruma::api::client::{
+    account::{ThirdPartyIdRemovalStatus, change_password, deactivate},
+    uiaa::{AuthFlow, AuthType},
+};
+
+use crate::{
+    Result,
+    api::{RumaRouter, client::register::check_password_length, extract::Ruma},
+    service::{Services, uiaa::PasswordCheck},
+};
+
+pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+    router.ruma(change_password).ruma(deactivate)
+}
+
+pub fn password_flows() -> Vec<AuthFlow> {
+    vec![AuthFlow::new(vec![AuthType::Password])]
+}
+
+async fn change_password(
+    services: Arc<Services>,
+    request: Ruma<change_password::v3::Request>,
+) -> Result<change_password::v3::Response> {
+    let sender = request.sender()?;
+    let body = &request.body;
+    check_password_length(&body.new_password)?;
+    services
+        .uiaa
+        .authenticate(body.auth.as_ref(), password_flows(), PasswordCheck::User(&sender.user_id, &services.accounts))
+        .await?;
+    services.accounts.set_password(&sender.user_id, &body.new_password).await?;
+    if body.logout_devices {
+        services.sessions.delete_all_devices_except(&sender.user_id, Some(&sender.device_id)).await?;
+    }
+    Ok(change_password::v3::Response::new())
+}
+
+async fn deactivate(
+    services: Arc<Services>,
+    request: Ruma<deactivate::v3::Request>,
+) -> Result<deactivate::v3::Response> {
+    let sender = request.sender()?;
+    let body = &request.body;
+    services
+        .uiaa
+        .authenticate(body.auth.as_ref(), password_flows(), PasswordCheck::User(&sender.user_id, &services.accounts))
+        .await?;
+    services.accounts.deactivate(&sender.user_id).await?;
+    services.sessions.delete_all_devices_except(&sender.user_id, None).await?;
+    if body.erase {
+        services.profile.erase(&sender.user_id).await?;
+    }
+    tracing::info!(user_id = %sender.user_id, erase = body.erase, "deactivated account");
+    Ok(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::NoSupport))
+}

@@ -1,0 +1,167 @@
+//! Account data (global and per room), filters, and the push rule set.
+
+use std::sync::Arc;
+
+use axum::Router;
+use http::StatusCode;
+use ruma::{
+    UserId,
+    api::{
+        client::{
+            config::{get_global_account_data, get_room_account_data, set_global_account_data, set_room_account_data},
+            filter::{create_filter, get_filter},
+            push::get_pushrules_all,
+        },
+        error::ErrorKind,
+    },
+    push::Ruleset,
+    serde::Raw,
+};
+use serde_json::value::RawValue;
+
+use crate::{
+    Error, Result,
+    api::{RumaRouter, extract::Ruma},
+    service::Services,
+};
+
+/// Account data types the server manages itself; clients may not set them directly.
+const SERVER_MANAGED_TYPES: &[&str] = &["m.fully_read", "m.push_rules"];
+const PUSH_RULES_TYPE: &str = "m.push_rules";
+
+pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+    router
+        .ruma(set_global)
+        .ruma(get_global)
+        .ruma(set_room)
+        .ruma(get_room)
+        .ruma(create_filter)
+        .ruma(get_filter)
+        .ruma(push_rules)
+}
+
+fn ensure_self(path_user: &UserId, sender: &UserId, what: &str) -> Result<()> {
+    if path_user != sender {
+        return Err(Error::forbidden(format!("You cannot access another user's {what}")));
+    }
+    Ok(())
+}
+
+/// Checks content a client sends as account data: a JSON object, of a type clients may set.
+fn checked_content(event_type: &str, content: &RawValue) -> Result<Box<RawValue>> {
+    if SERVER_MANAGED_TYPES.contains(&event_type) {
+        return Err(Error::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            ErrorKind::BadJson,
+            format!("{event_type} is managed by the server and cannot be set with this API"),
+        ));
+    }
+    if serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(content.get()).is_err() {
+        return Err(Error::bad_json("Account data content must be a JSON object"));
+    }
+    Ok(content.to_owned())
+}
+
+async fn set_global(
+    services: Arc<Services>,
+    request: Ruma<set_global_account_data::v3::Request>,
+) -> Result<set_global_account_data::v3::Response> {
+    let sender = request.sender()?;
+    let body = &request.body;
+    ensure_self(&body.user_id, &sender.user_id, "account data")?;
+    let event_type = body.event_type.to_string();
+    let content = checked_content(&event_type, body.data.json())?;
+    services.account_data.set(&sender.user_id, None, &event_type, content).await?;
+    Ok(set_global_account_data::v3::Response::new())
+}
+
+async fn get_global(
+    services: Arc<Services>,
+    request: Ruma<get_global_account_data::v3::Request>,
+) -> Result<get_global_account_data::v3::Response> {
+    let sender = request.sender()?;
+    let body = &request.body;
+    ensure_self(&body.user_id, &sender.user_id, "account data")?;
+    let content = services
+        .account_data
+        .get(&sender.user_id, None, &body.event_type.to_string())
+        .await?
+        .ok_or_else(|| Error::not_found("No account data of that type"))?;
+    Ok(get_global_account_data::v3::Response::new(Raw::from_json(content)))
+}
+
+async fn set_room(
+    services: Arc<Services>,
+    request: Ruma<set_room_account_data::v3::Request>,
+) -> Result<set_room_account_data::v3::Response> {
+    let sender = request.sender()?;
+    let body = &request.body;
+    ensure_self(&body.user_id, &sender.user_id, "account data")?;
+    let event_type = body.event_type.to_string();
+    let content = checked_content(&event_type, body.data.json())?;
+    services.account_data.set(&sender.user_id, Some(&body.room_id), &event_type, content).await?;
+    Ok(set_room_account_data::v3::Response::new())
+}
+
+async fn get_room(
+    services: Arc<Services>,
+    request: Ruma<get_room_account_data::v3::Request>,
+) -> Result<get_room_account_data::v3::Response> {
+    let sender = request.sender()?;
+    let body = &request.body;
+    ensure_self(&body.user_id, &sender.user_id, "account data")?;
+    let content = services
+        .account_data
+        .get(&sender.user_id, Some(&body.room_id), &body.event_type.to_string())
+        .await?
+        .ok_or_else(|| Error::not_found("No account data of that type"))?;
+    Ok(get_room_account_data::v3::Response::new(Raw::from_json(content)))
+}
+
+async fn create_filter(
+    services: Arc<Services>,
+    request: Ruma<create_filter::v3::Request>,
+) -> Result<create_filter::v3::Response> {
+    let sender = request.sender()?;
+    let body = &request.body;
+    ensure_self(&body.user_id, &sender.user_id, "filters")?;
+    let json = serde_json::value::to_raw_value(&body.filter).map_err(|e| Error::internal(e.to_string()))?;
+    let id = services.account_data.create_filter(&sender.user_id, json).await?;
+    Ok(create_filter::v3::Response::new(id.to_string()))
+}
+
+async fn get_filter(
+    services: Arc<Services>,
+    request: Ruma<get_filter::v3::Request>,
+) -> Result<get_filter::v3::Response> {
+    let sender = request.sender()?;
+    let body = &request.body;
+    ensure_self(&body.user_id, &sender.user_id, "filters")?;
+    let not_found = || Error::not_found("No such filter");
+    let id: u64 = body.filter_id.parse().map_err(|_| not_found())?;
+    let json = services.account_data.filter(&sender.user_id, id).await?.ok_or_else(not_found)?;
+    let filter =
+        serde_json::from_str(json.get()).map_err(|e| Error::internal(format!("stored filter is invalid: {e}")))?;
+    Ok(get_filter::v3::Response::new(filter))
+}
+
+/// The user's push rules: what they stored, or the spec's default rule set.
+async fn push_rules(
+    services: Arc<Services>,
+    request: Ruma<get_pushrules_all::v3::Request>,
+) -> Result<get_pushrules_all::v3::Response> {
+    let sender = request.sender()?;
+    let stored = services.account_data.get(&sender.user_id, None, PUSH_RULES_TYPE).await?;
+    let ruleset = match stored {
+        Some(json) => serde_json::from_str::<PushRulesContent>(json.get())
+            .map(|content| content.global)
+            .map_err(|e| Error::internal(format!("stored push rules are invalid: {e}")))?,
+        None => Ruleset::server_default(&sender.user_id),
+    };
+    Ok(get_pushrules_all::v3::Response::new(ruleset))
+}
+
+#[derive(serde::Deserialize)]
+struct PushRulesContent {
+    global: Ruleset,
+}

@@ -1,0 +1,87 @@
+//! Server discovery and capabilities: `/versions`, `/.well-known/matrix/client`,
+//! `/capabilities`.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use axum::Router;
+use ruma::{
+    RoomVersionId,
+    api::client::discovery::{
+        discover_homeserver::{self, HomeserverInfo},
+        get_capabilities::{
+            self,
+            v3::{Capabilities, ChangePasswordCapability, RoomVersionStability, RoomVersionsCapability},
+        },
+        get_supported_versions,
+    },
+};
+
+use crate::{
+    Error, Result,
+    api::{RumaRouter, extract::Ruma},
+    service::Services,
+};
+
+/// Spec versions whose client-server features Trellis serves so far. Versions from v1.11 on
+/// promise authenticated media, which comes with the media repository.
+const SUPPORTED_VERSIONS: &[&str] =
+    &["r0.5.0", "r0.6.0", "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10"];
+
+/// Room versions the server can create and join: 1 to 12, all stable.
+pub const ROOM_VERSIONS: &[RoomVersionId] = &[
+    RoomVersionId::V1,
+    RoomVersionId::V2,
+    RoomVersionId::V3,
+    RoomVersionId::V4,
+    RoomVersionId::V5,
+    RoomVersionId::V6,
+    RoomVersionId::V7,
+    RoomVersionId::V8,
+    RoomVersionId::V9,
+    RoomVersionId::V10,
+    RoomVersionId::V11,
+    RoomVersionId::V12,
+];
+
+pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+    router.ruma(versions).ruma(well_known_client).ruma(capabilities)
+}
+
+async fn versions(
+    _: Arc<Services>,
+    _: Ruma<get_supported_versions::Request>,
+) -> Result<get_supported_versions::Response> {
+    let mut response =
+        get_supported_versions::Response::new(SUPPORTED_VERSIONS.iter().map(|v| (*v).to_owned()).collect());
+    response.unstable_features = BTreeMap::from([
+        // Refresh tokens before they were stable in v1.3.
+        ("org.matrix.msc2918.refresh_token".to_owned(), true),
+    ]);
+    Ok(response)
+}
+
+async fn well_known_client(
+    services: Arc<Services>,
+    _: Ruma<discover_homeserver::Request>,
+) -> Result<discover_homeserver::Response> {
+    let base_url = services
+        .config
+        .well_known
+        .client
+        .clone()
+        .ok_or_else(|| Error::not_found("No client well-known is configured"))?;
+    Ok(discover_homeserver::Response::new(HomeserverInfo::new(base_url)))
+}
+
+async fn capabilities(
+    services: Arc<Services>,
+    _: Ruma<get_capabilities::v3::Request>,
+) -> Result<get_capabilities::v3::Response> {
+    let mut capabilities = Capabilities::new();
+    capabilities.change_password = ChangePasswordCapability::new(true);
+    capabilities.room_versions = RoomVersionsCapability::new(
+        services.config.default_room_version.clone(),
+        ROOM_VERSIONS.iter().map(|v| (v.clone(), RoomVersionStability::Stable)).collect(),
+    );
+    Ok(get_capabilities::v3::Response::new(capabilities))
+}

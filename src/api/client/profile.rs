@@ -1,0 +1,110 @@
+//! Profiles: `GET /profile/{userId}` and per-field GET, PUT and DELETE (`displayname`,
+//! `avatar_url` and the custom fields of spec v1.16) for local users.
+
+use std::sync::Arc;
+
+use axum::Router;
+use http::StatusCode;
+use ruma::{
+    UserId,
+    api::{
+        client::profile::{ProfileFieldValue, delete_profile_field, get_profile, get_profile_field, set_profile_field},
+        error::ErrorKind,
+    },
+};
+
+use crate::{
+    Error, Result,
+    api::{RumaRouter, extract::Ruma},
+    service::Services,
+};
+
+/// The spec's limit on a whole profile, in bytes of JSON.
+const MAX_PROFILE_BYTES: usize = 64 * 1024;
+/// The spec's limit on a field name, in bytes.
+const MAX_FIELD_NAME_BYTES: usize = 255;
+
+pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+    router.ruma(profile).ruma(get_field).ruma(set_field).ruma(delete_field)
+}
+
+/// Profiles of remote users need federation; until then they are not found.
+async fn ensure_known_local_user(services: &Services, user_id: &UserId) -> Result<()> {
+    if user_id.server_name() != services.config.server_name || !services.accounts.exists(user_id).await? {
+        return Err(Error::not_found("Profile not found"));
+    }
+    Ok(())
+}
+
+fn ensure_own_profile(request_user: &UserId, sender: &UserId) -> Result<()> {
+    if request_user != sender {
+        return Err(Error::forbidden("You cannot change another user's profile"));
+    }
+    Ok(())
+}
+
+async fn profile(
+    services: Arc<Services>,
+    request: Ruma<get_profile::v3::Request>,
+) -> Result<get_profile::v3::Response> {
+    let user_id = &request.body.user_id;
+    ensure_known_local_user(&services, user_id).await?;
+    let mut response = get_profile::v3::Response::new();
+    response.data = services.profile.all(user_id).await?.into_iter().collect();
+    Ok(response)
+}
+
+async fn get_field(
+    services: Arc<Services>,
+    request: Ruma<get_profile_field::v3::Request>,
+) -> Result<get_profile_field::v3::Response> {
+    let body = &request.body;
+    ensure_known_local_user(&services, &body.user_id).await?;
+    let name = body.field.as_str();
+    let value = services
+        .profile
+        .field(&body.user_id, name)
+        .await?
+        .ok_or_else(|| Error::not_found(format!("The profile has no field {name}")))?;
+    let value = ProfileFieldValue::new(name, value)
+        .map_err(|e| Error::internal(format!("stored profile field {name} is invalid: {e}")))?;
+    Ok(get_profile_field::v3::Response::new(value))
+}
+
+async fn set_field(
+    services: Arc<Services>,
+    request: Ruma<set_profile_field::v3::Request>,
+) -> Result<set_profile_field::v3::Response> {
+    let sender = request.sender()?;
+    let body = &request.body;
+    ensure_own_profile(&body.user_id, &sender.user_id)?;
+    let name = body.value.field_name();
+    let name = name.as_str();
+    if name.len() > MAX_FIELD_NAME_BYTES {
+        return Err(Error::new(
+            StatusCode::BAD_REQUEST,
+            ErrorKind::KeyTooLarge,
+            "Profile field names are limited to 255 bytes",
+        ));
+    }
+    let value = body.value.value().into_owned();
+    let mut profile = services.profile.all(&sender.user_id).await?;
+    profile.insert(name.to_owned(), value.clone());
+    let size = serde_json::to_vec(&profile).map(|v| v.len()).unwrap_or(usize::MAX);
+    if size > MAX_PROFILE_BYTES {
+        return Err(Error::new(StatusCode::BAD_REQUEST, ErrorKind::ProfileTooLarge, "The profile would exceed 64 KiB"));
+    }
+    services.profile.set_field(&sender.user_id, name, Some(value)).await?;
+    Ok(set_profile_field::v3::Response::new())
+}
+
+async fn delete_field(
+    services: Arc<Services>,
+    request: Ruma<delete_profile_field::v3::Request>,
+) -> Result<delete_profile_field::v3::Response> {
+    let sender = request.sender()?;
+    let body = &request.body;
+    ensure_own_profile(&body.user_id, &sender.user_id)?;
+    services.profile.set_field(&sender.user_id, body.field.as_str(), None).await?;
+    Ok(delete_profile_field::v3::Response::new())
+}

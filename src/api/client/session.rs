@@ -1,0 +1,104 @@
+//! Sessions: `login` (flows and password login), `refresh`, `logout`, `logout/all`, `whoami`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use http::StatusCode;
+use ruma::api::{
+    client::{
+        account::whoami,
+        session::{
+            get_login_types::{
+                self,
+                v3::{LoginType, PasswordLoginType},
+            },
+            login::{
+                self,
+                v3::{DiscoveryInfo, HomeserverInfo, LoginInfo},
+            },
+            logout, logout_all, refresh_token,
+        },
+        uiaa::UserIdentifier,
+    },
+    error::ErrorKind,
+};
+
+use crate::{
+    Error, Result,
+    api::{RumaRouter, extract::Ruma},
+    service::Services,
+};
+
+pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+    router.ruma(login_types).ruma(login).ruma(refresh).ruma(logout).ruma(logout_all).ruma(whoami)
+}
+
+async fn login_types(_: Arc<Services>, _: Ruma<get_login_types::v3::Request>) -> Result<get_login_types::v3::Response> {
+    Ok(get_login_types::v3::Response::new(vec![LoginType::Password(PasswordLoginType::new())]))
+}
+
+async fn login(services: Arc<Services>, request: Ruma<login::v3::Request>) -> Result<login::v3::Response> {
+    let body = request.body;
+    let LoginInfo::Password(password) = &body.login_info else {
+        return Err(Error::new(StatusCode::BAD_REQUEST, ErrorKind::Unknown, "Unsupported login type"));
+    };
+    // `identifier` is the current form; `user` is the legacy field many tools still send.
+    #[allow(deprecated)]
+    let user = match (&password.identifier, &password.user) {
+        (Some(UserIdentifier::Matrix(id)), _) => id.user.clone(),
+        (Some(_), _) => return Err(Error::forbidden("Only user ID identifiers are supported")),
+        (None, Some(user)) => user.clone(),
+        (None, None) => return Err(Error::bad_json("Missing identifier")),
+    };
+    let user_id = services.accounts.parse_login_user(&user)?;
+    services.accounts.check_password(&user_id, &password.password).await?;
+    let tokens = services
+        .sessions
+        .login(&user_id, body.device_id, body.initial_device_display_name, body.refresh_token, request.client_ip)
+        .await?;
+    let mut response = login::v3::Response::new(user_id, tokens.access_token, tokens.device_id);
+    response.refresh_token = tokens.refresh_token;
+    response.expires_in = tokens.expires_in;
+    // Deprecated in the spec, but older clients and bots still read it; Synapse sends it too.
+    #[allow(deprecated)]
+    {
+        response.home_server = Some(services.config.server_name.clone());
+    }
+    if let Some(base_url) = &services.config.well_known.client {
+        response.well_known = Some(DiscoveryInfo::new(HomeserverInfo::new(base_url.clone())));
+    }
+    Ok(response)
+}
+
+async fn refresh(
+    services: Arc<Services>,
+    request: Ruma<refresh_token::v3::Request>,
+) -> Result<refresh_token::v3::Response> {
+    let (_, tokens) = services.sessions.refresh(&request.body.refresh_token).await?;
+    let mut response = refresh_token::v3::Response::new(tokens.access_token);
+    response.refresh_token = tokens.refresh_token;
+    response.expires_in_ms = tokens.expires_in;
+    Ok(response)
+}
+
+async fn logout(services: Arc<Services>, request: Ruma<logout::v3::Request>) -> Result<logout::v3::Response> {
+    let sender = request.sender()?;
+    services.sessions.delete_devices(&sender.user_id, vec![sender.device_id.clone()]).await?;
+    Ok(logout::v3::Response::new())
+}
+
+async fn logout_all(
+    services: Arc<Services>,
+    request: Ruma<logout_all::v3::Request>,
+) -> Result<logout_all::v3::Response> {
+    let sender = request.sender()?;
+    services.sessions.delete_all_devices_except(&sender.user_id, None).await?;
+    Ok(logout_all::v3::Response::new())
+}
+
+async fn whoami(_: Arc<Services>, request: Ruma<whoami::v3::Request>) -> Result<whoami::v3::Response> {
+    let sender = request.sender()?;
+    let mut response = whoami::v3::Response::new(sender.user_id.clone(), sender.guest);
+    response.device_id = Some(sender.device_id.clone());
+    Ok(response)
+}

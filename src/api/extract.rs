@@ -1,0 +1,200 @@
+//! The one extractor for ruma request types: reads the body within `max_request_size`,
+//! authenticates according to the endpoint's auth scheme (`Authorization: Bearer`, or the older
+//! `access_token` query parameter) and parses the request, mapping every failure to the Matrix
+//! error the spec names. Also the response wrapper that turns ruma responses into HTTP.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use axum::{
+    body::Body,
+    extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request},
+    response::{IntoResponse, Response},
+};
+use http::StatusCode;
+use ruma::api::{
+    IncomingRequest, IncomingRequestExt, OutgoingResponse, OutgoingResponseExt,
+    auth_scheme::{
+        AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional, AuthScheme, NoAccessToken,
+        NoAuthentication,
+    },
+    error::{DeserializationError, ErrorKind, FromHttpRequestError},
+    federation::authentication::ServerSignatures,
+};
+
+use crate::{
+    Error,
+    service::{Services, sessions::Authenticated},
+};
+
+/// How an endpoint's auth scheme is enforced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// No credentials; a token sent anyway is ignored.
+    None,
+    /// A user's access token is required.
+    Required,
+    /// A user's access token is checked when present.
+    Optional,
+    /// Server-to-server request signatures (X-Matrix).
+    ServerSignatures,
+}
+
+/// Maps ruma's auth scheme types to how Trellis enforces them.
+pub trait AuthPolicy {
+    const MODE: AuthMode;
+}
+impl AuthPolicy for NoAuthentication {
+    const MODE: AuthMode = AuthMode::None;
+}
+impl AuthPolicy for NoAccessToken {
+    const MODE: AuthMode = AuthMode::None;
+}
+impl AuthPolicy for AccessToken {
+    const MODE: AuthMode = AuthMode::Required;
+}
+impl AuthPolicy for AccessTokenOptional {
+    const MODE: AuthMode = AuthMode::Optional;
+}
+// Application services are not supported yet; their tokens are checked as user tokens, so they
+// fail with M_UNKNOWN_TOKEN rather than being let through.
+impl AuthPolicy for AppserviceToken {
+    const MODE: AuthMode = AuthMode::Required;
+}
+impl AuthPolicy for AppserviceTokenOptional {
+    const MODE: AuthMode = AuthMode::Optional;
+}
+impl AuthPolicy for ServerSignatures {
+    const MODE: AuthMode = AuthMode::ServerSignatures;
+}
+
+/// A parsed, authenticated ruma request.
+pub struct Ruma<T> {
+    pub body: T,
+    /// The user and device behind the access token, when the endpoint takes one.
+    pub sender: Option<Authenticated>,
+    /// The client's address, for device "last seen" records.
+    pub client_ip: Option<String>,
+}
+
+impl<T> Ruma<T> {
+    /// The authenticated sender; endpoints that require a token always have one.
+    pub fn sender(&self) -> Result<&Authenticated, Error> {
+        self.sender
+            .as_ref()
+            .ok_or_else(|| Error::new(StatusCode::UNAUTHORIZED, ErrorKind::MissingToken, "Missing access token"))
+    }
+}
+
+impl<T> FromRequest<Arc<Services>> for Ruma<T>
+where
+    T: IncomingRequest + Send,
+    T::Authentication: AuthPolicy,
+{
+    type Rejection = Error;
+
+    async fn from_request(request: Request, services: &Arc<Services>) -> Result<Self, Error> {
+        let (mut parts, body) = request.into_parts();
+        let path_args: Vec<String> = match Path::<Vec<String>>::from_request_parts(&mut parts, services).await {
+            Ok(Path(args)) => args,
+            Err(rejection) => return Err(Error::invalid_param(format!("Invalid path: {rejection}"))),
+        };
+        let client_ip = client_ip(&parts.extensions);
+        let bytes = read_body(body, services.config.max_request_size as usize, &parts.headers).await?;
+
+        let sender = match <T::Authentication as AuthPolicy>::MODE {
+            AuthMode::None => None,
+            AuthMode::Required | AuthMode::Optional => {
+                let token = access_token(&parts)?;
+                match token {
+                    Some(token) => Some(services.sessions.authenticate(&token, client_ip.clone()).await?),
+                    None if <T::Authentication as AuthPolicy>::MODE == AuthMode::Required => {
+                        return Err(Error::new(
+                            StatusCode::UNAUTHORIZED,
+                            ErrorKind::MissingToken,
+                            "Missing access token",
+                        ));
+                    }
+                    None => None,
+                }
+            }
+            AuthMode::ServerSignatures => {
+                return Err(Error::new(
+                    StatusCode::UNAUTHORIZED,
+                    ErrorKind::Unauthorized,
+                    "Signed federation requests are not supported yet",
+                ));
+            }
+        };
+        if let Some(sender) = &sender {
+            super::guest::check(sender, parts.uri.path())?;
+        }
+
+        let http_request = http::Request::from_parts(parts, bytes.as_ref());
+        let path_refs: Vec<&str> = path_args.iter().map(String::as_str).collect();
+        let body = T::try_from_http_request(http_request, &path_refs).map_err(|e| request_error(e, &bytes))?;
+        Ok(Ruma { body, sender, client_ip })
+    }
+}
+
+/// The client's IP address, when the listener recorded it.
+pub(crate) fn client_ip(extensions: &http::Extensions) -> Option<String> {
+    extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip().to_string())
+}
+
+/// Reads the body, refusing more than `limit` bytes with `M_TOO_LARGE` (413).
+pub(crate) async fn read_body(body: Body, limit: usize, headers: &http::HeaderMap) -> Result<bytes::Bytes, Error> {
+    let too_large = || Error::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorKind::TooLarge, "Request body is too large");
+    let declared =
+        headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|_| too_large())
+}
+
+/// The access token from `Authorization: Bearer` or the `access_token` query parameter, parsed
+/// by ruma's own extraction.
+fn access_token(parts: &http::request::Parts) -> Result<Option<String>, Error> {
+    let mut probe = http::Request::new(());
+    *probe.uri_mut() = parts.uri.clone();
+    *probe.headers_mut() = parts.headers.clone();
+    AccessTokenOptional::extract_authentication(&probe)
+        .map_err(|_| Error::new(StatusCode::UNAUTHORIZED, ErrorKind::MissingToken, "Malformed Authorization header"))
+}
+
+/// Maps a parse failure to the spec's error: not JSON at all is `M_NOT_JSON`, JSON of the wrong
+/// shape `M_BAD_JSON`, a bad query or path parameter `M_INVALID_PARAM`.
+fn request_error(error: FromHttpRequestError, body: &[u8]) -> Error {
+    match error {
+        FromHttpRequestError::Deserialization(DeserializationError::Json(e)) => {
+            if !body.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() {
+                Error::new(StatusCode::BAD_REQUEST, ErrorKind::NotJson, "Request body is not valid JSON")
+            } else {
+                Error::bad_json(format!("Invalid request body: {e}"))
+            }
+        }
+        FromHttpRequestError::Deserialization(DeserializationError::Query(e)) => {
+            Error::invalid_param(format!("Invalid query parameter: {e}"))
+        }
+        FromHttpRequestError::Deserialization(DeserializationError::Ident(e)) => {
+            Error::invalid_param(format!("Invalid identifier: {e}"))
+        }
+        FromHttpRequestError::Deserialization(e) => Error::bad_json(format!("Invalid request: {e}")),
+        FromHttpRequestError::MethodMismatch { .. } => {
+            Error::unrecognized(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed")
+        }
+        _ => Error::bad_json("Invalid request"),
+    }
+}
+
+/// A ruma response as an HTTP response.
+pub struct RumaResponse<T>(pub T);
+
+impl<T: OutgoingResponse> IntoResponse for RumaResponse<T> {
+    fn into_response(self) -> Response {
+        match self.0.try_into_http_response::<Vec<u8>>() {
+            Ok(response) => response.map(Body::from),
+            Err(e) => Error::internal(format!("could not serialize response: {e}")).into_response(),
+        }
+    }
+}

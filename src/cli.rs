@@ -1,0 +1,80 @@
+//! The `trellis` command line: serve (the default), check a config, create a user.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::{
+    config::{Config, Loaded},
+    service::{Services, accounts::AccountKind, random_string},
+    storage::Db,
+};
+
+#[derive(Parser)]
+#[command(name = "trellis", version, about = "A Matrix homeserver with an embedded RocksDB event store")]
+pub struct Cli {
+    /// Config file (Conduit's format). Default: $TRELLIS_CONFIG, then $CONDUIT_CONFIG.
+    #[arg(short, long, global = true)]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Load and validate the config, print warnings, and exit.
+    CheckConfig,
+    /// Create an account in the local database. The server must be stopped.
+    CreateUser {
+        /// Localpart of the new user (`alice` for @alice:server).
+        #[arg(long)]
+        username: String,
+        /// Password; a random one is generated and printed when omitted.
+        #[arg(long)]
+        password: Option<String>,
+        /// Make the user a server admin.
+        #[arg(long)]
+        admin: bool,
+    },
+}
+
+impl Cli {
+    /// The config file path from the flag or the environment.
+    pub fn config_path(&self) -> Option<PathBuf> {
+        self.config.clone().or_else(|| {
+            ["TRELLIS_CONFIG", "CONDUIT_CONFIG"]
+                .iter()
+                .find_map(|var| std::env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from))
+        })
+    }
+
+    pub fn load_config(&self) -> Result<Loaded, String> {
+        Config::load(self.config_path().as_deref(), std::env::vars()).map_err(|e| e.to_string())
+    }
+}
+
+/// `trellis create-user`: opens the database directly and creates the account.
+pub async fn create_user(config: Config, username: &str, password: Option<String>, admin: bool) -> Result<(), String> {
+    let db = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || Db::open(&config))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("{e} (is the server still running? stop it first)"))?
+    };
+    let services = Services::build(config, db.clone());
+    let user_id = services.accounts.user_id_for_new_localpart(username).map_err(|e| e.to_string())?;
+    let generated = password.is_none();
+    let password = password.unwrap_or_else(|| random_string(20));
+    let kind = if admin { AccountKind::Admin } else { AccountKind::User };
+    services.accounts.create(&user_id, Some(&password), kind).await.map_err(|e| e.to_string())?;
+    db.flush().map_err(|e| e.to_string())?;
+    if generated {
+        println!("Created {user_id} with password {password}");
+    } else {
+        println!("Created {user_id}");
+    }
+    Ok(())
+}
