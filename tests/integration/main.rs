@@ -1,0 +1,16 @@
+//! Integration tests: each starts the real `trellis` binary on a loopback port with a temporary
+//! database and talks HTTP to it, as a client would.
+
+mod harness;
+
+mod account;
+mod admin;
+mod data;
+mod devices;
+mod discovery;
+mod http_errors;
+mod launcher;
+mod lifecycle;
+mod login;
+mod peer_nio;
+mod register;
