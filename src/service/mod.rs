@@ -5,6 +5,8 @@ pub mod account_data;
 pub mod accounts;
 pub mod admin_register;
 pub mod profile;
+pub mod rooms;
+pub mod server_keys;
 pub mod sessions;
 pub mod uiaa;
 
@@ -24,12 +26,15 @@ pub struct Services {
     pub uiaa: uiaa::Uiaa,
     pub account_data: account_data::AccountData,
     pub admin_register: admin_register::AdminRegister,
+    pub rooms: rooms::Rooms,
 }
 
 impl Services {
-    pub fn build(config: Config, db: Db) -> Arc<Self> {
+    pub fn build(config: Config, db: Db) -> crate::Result<Arc<Self>> {
         let config = Arc::new(config);
-        Arc::new(Self {
+        let keys = Arc::new(server_keys::ServerKeys::load_or_create(&db, config.server_name.clone())?);
+        Ok(Arc::new(Self {
+            rooms: rooms::Rooms::new(db.clone(), config.server_name.clone(), keys)?,
             accounts: accounts::Accounts::new(db.clone(), config.server_name.clone()),
             sessions: sessions::Sessions::new(db.clone(), config.refreshable_access_token_lifetime_secs),
             profile: profile::Profiles::new(db.clone()),
@@ -38,7 +43,7 @@ impl Services {
             admin_register: admin_register::AdminRegister::new(non_empty(&config.registration_shared_secret)),
             config,
             db,
-        })
+        }))
     }
 }
 

@@ -138,6 +138,11 @@ impl<T: JsonValue> ValueCodec for T {
 }
 
 impl JsonValue for u64 {}
+impl JsonValue for () {}
+impl JsonValue for Vec<u64> {}
+impl JsonValue for (u64, u64) {}
+impl JsonValue for (String, String) {}
+impl JsonValue for ruma::OwnedRoomId {}
 impl JsonValue for String {}
 impl JsonValue for serde_json::Value {}
 impl JsonValue for Box<serde_json::value::RawValue> {}

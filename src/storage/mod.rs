@@ -8,10 +8,18 @@
 pub mod codec;
 pub mod engine;
 mod rocks;
+pub mod room_tables;
 mod schema;
 pub mod tables;
 
-use std::{marker::PhantomData, path::Path, sync::Arc};
+use std::{
+    marker::PhantomData,
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 pub use codec::{KeyCodec, ValueCodec};
 pub use engine::{Engine, ScanDirection, WriteOp};
@@ -60,6 +68,17 @@ impl<K: KeyCodec, V: ValueCodec> Table<K, V> {
             out.push((K::decode(&key)?, V::decode_value(&value)?));
         }
         Ok(out)
+    }
+
+    /// Every entry of the table, in key order (for small tables).
+    pub fn all(&self, db: &Db) -> Result<Vec<(K, V)>, StorageError> {
+        db.engine
+            .scan(self.name, &[], ScanDirection::Forward)?
+            .map(|item| {
+                let (key, value) = item?;
+                Ok((K::decode(&key)?, V::decode_value(&value)?))
+            })
+            .collect()
     }
 
     /// Entries from `start` in `direction` while `keep` accepts their keys, at most `limit`.
@@ -130,7 +149,9 @@ impl Db {
             cache_capacity_bytes: (config.db_cache_capacity_mb.max(8.0) * 1024.0 * 1024.0) as usize,
             max_open_files: config.rocksdb_max_open_files,
         };
-        let engine = rocks::RocksEngine::open(&config.database_path, tables::ALL_TABLES, &settings)?;
+        let all_tables: Vec<&'static str> =
+            tables::ALL_TABLES.iter().chain(room_tables::ROOM_TABLES).copied().collect();
+        let engine = rocks::RocksEngine::open(&config.database_path, &all_tables, &settings)?;
         let db = Self { engine: Arc::new(engine) };
         schema::check_and_migrate(&db, config.server_name.as_str())?;
         Ok(db)
@@ -166,5 +187,29 @@ impl Db {
 
     pub fn database_exists(path: &Path) -> bool {
         path.join("CURRENT").exists()
+    }
+}
+
+/// Hands out interned ids (short ids) of one kind. Seeded at start-up from the last key of the
+/// table that maps the ids back, so allocation never needs a write of its own: an id whose
+/// batch never committed is simply skipped.
+pub struct IdAllocator {
+    next: AtomicU64,
+}
+
+impl IdAllocator {
+    pub fn after_last_key<V: ValueCodec>(db: &Db, table: &Table<u64, V>) -> Result<Self, StorageError> {
+        let last = table.scan_from(db, &u64::MAX, ScanDirection::Reverse, 1, |_| true)?;
+        let next = last.first().map_or(1, |(key, _)| key + 1);
+        Ok(Self { next: AtomicU64::new(next) })
+    }
+
+    pub fn next(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The next id that will be handed out (for stream positions: one past the newest).
+    pub fn peek(&self) -> u64 {
+        self.next.load(Ordering::Relaxed)
     }
 }

@@ -4,9 +4,13 @@ pub mod account;
 pub mod account_data;
 pub mod device;
 pub mod discovery;
+pub mod membership;
+pub mod message;
 pub mod profile;
 pub mod register;
+pub mod room;
 pub mod session;
+pub mod state;
 
 use std::sync::Arc;
 
@@ -21,5 +25,9 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = account::routes(router);
     let router = device::routes(router);
     let router = profile::routes(router);
+    let router = room::routes(router);
+    let router = membership::routes(router);
+    let router = message::routes(router);
+    let router = state::routes(router);
     account_data::routes(router)
 }

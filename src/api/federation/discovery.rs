@@ -6,7 +6,7 @@ use axum::Router;
 use ruma::{
     OwnedServerName,
     api::federation::discovery::{
-        discover_homeserver,
+        discover_homeserver, get_server_keys,
         get_server_version::{self, v1::Server},
     },
 };
@@ -18,7 +18,7 @@ use crate::{
 };
 
 pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
-    router.ruma(well_known_server).ruma(version)
+    router.ruma(well_known_server).ruma(version).ruma(server_keys)
 }
 
 async fn well_known_server(
@@ -46,4 +46,14 @@ async fn version(
     let mut response = get_server_version::v1::Response::new();
     response.server = Some(server);
     Ok(response)
+}
+
+/// The server's signing key, self-signed, for other servers to verify its events.
+async fn server_keys(
+    services: Arc<Services>,
+    _: Ruma<get_server_keys::v2::Request>,
+) -> Result<get_server_keys::v2::Response> {
+    let document = services.rooms.key_document()?;
+    let raw = serde_json::value::to_raw_value(&document).map_err(|e| Error::internal(e.to_string()))?;
+    Ok(get_server_keys::v2::Response::new(ruma::serde::Raw::from_json(raw)))
 }

@@ -1,0 +1,228 @@
+//! Membership: join (by ID or alias), invite, leave, forget, kick, ban, unban, knock, and the
+//! membership lists (`joined_rooms`, `members`, `joined_members`).
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use axum::Router;
+use ruma::{
+    OwnedRoomId, OwnedUserId, RoomId, RoomOrAliasId, UserId,
+    api::client::{
+        knock::knock_room,
+        membership::{
+            ban_user, forget_room, get_member_events, invite_user, join_room_by_id, join_room_by_id_or_alias,
+            joined_members, joined_rooms, kick_user, leave_room, unban_user,
+        },
+    },
+    events::StateEventType,
+    serde::Raw,
+};
+use serde_json::Map;
+
+use crate::{
+    Error, Result,
+    api::{RumaRouter, client::room::member_profile, extract::Ruma},
+    service::{Services, rooms::membership::MembershipChange},
+};
+
+pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+    router
+        .ruma(join_by_id)
+        .ruma(join_by_id_or_alias)
+        .ruma(invite)
+        .ruma(leave)
+        .ruma(forget)
+        .ruma(kick)
+        .ruma(ban)
+        .ruma(unban)
+        .ruma(knock)
+        .ruma(joined_rooms)
+        .ruma(members)
+        .ruma(joined_members)
+}
+
+async fn change(
+    services: &Services,
+    room_id: &RoomId,
+    sender: &UserId,
+    target: &UserId,
+    membership: &str,
+    reason: Option<String>,
+) -> Result<()> {
+    let profile = if membership == "join" || membership == "knock" {
+        member_profile(services, target).await?
+    } else {
+        Map::new()
+    };
+    services.rooms.change_membership(room_id, MembershipChange { sender, target, membership, reason, profile }).await?;
+    Ok(())
+}
+
+async fn resolve_room(services: &Services, room: &RoomOrAliasId) -> Result<OwnedRoomId> {
+    match <&RoomId>::try_from(room) {
+        Ok(room_id) => Ok(room_id.to_owned()),
+        Err(alias) => {
+            let record =
+                services.rooms.resolve_alias(alias).await?.ok_or_else(|| Error::not_found("Unknown room alias"))?;
+            Ok(record.room_id)
+        }
+    }
+}
+
+async fn join_by_id(
+    services: Arc<Services>,
+    request: Ruma<join_room_by_id::v3::Request>,
+) -> Result<join_room_by_id::v3::Response> {
+    let sender = request.sender()?;
+    let body = &request.body;
+    change(&services, &body.room_id, &sender.user_id, &sender.user_id, "join", body.reason.clone()).await?;
+    Ok(join_room_by_id::v3::Response::new(body.room_id.clone()))
+}
+
+async fn join_by_id_or_alias(
+    services: Arc<Services>,
+    request: Ruma<join_room_by_id_or_alias::v3::Request>,
+) -> Result<join_room_by_id_or_alias::v3::Response> {
+    let sender = request.sender()?;
+    let body = &request.body;
+    let room_id = resolve_room(&services, &body.room_id_or_alias).await?;
+    change(&services, &room_id, &sender.user_id, &sender.user_id, "join", body.reason.clone()).await?;
+    Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
+}
+
+async fn invite(services: Arc<Services>, request: Ruma<invite_user::v3::Request>) -> Result<invite_user::v3::Response> {
+    let sender = request.sender()?;
+    let body = &request.body;
+    let invite_user::v3::InvitationRecipient::UserId(recipient) = &body.recipient else {
+        return Err(Error::bad_json("Third-party invites are not supported"));
+    };
+    if recipient.user_id.server_name() != services.config.server_name {
+        return Err(Error::forbidden("Inviting users of other servers needs federation"));
+    }
+    change(&services, &body.room_id, &sender.user_id, &recipient.user_id, "invite", recipient.reason.clone()).await?;
+    Ok(invite_user::v3::Response::new())
+}
+
+async fn leave(services: Arc<Services>, request: Ruma<leave_room::v3::Request>) -> Result<leave_room::v3::Response> {
+    let sender = request.sender()?;
+    let body = &request.body;
+    change(&services, &body.room_id, &sender.user_id, &sender.user_id, "leave", body.reason.clone()).await?;
+    Ok(leave_room::v3::Response::new())
+}
+
+async fn forget(services: Arc<Services>, request: Ruma<forget_room::v3::Request>) -> Result<forget_room::v3::Response> {
+    let sender = request.sender()?;
+    services.rooms.set_forgotten(&sender.user_id, &request.body.room_id).await?;
+    Ok(forget_room::v3::Response::new())
+}
+
+async fn kick(services: Arc<Services>, request: Ruma<kick_user::v3::Request>) -> Result<kick_user::v3::Response> {
+    let sender = request.sender()?;
+    let body = &request.body;
+    change(&services, &body.room_id, &sender.user_id, &body.user_id, "leave", body.reason.clone()).await?;
+    Ok(kick_user::v3::Response::new())
+}
+
+async fn ban(services: Arc<Services>, request: Ruma<ban_user::v3::Request>) -> Result<ban_user::v3::Response> {
+    let sender = request.sender()?;
+    let body = &request.body;
+    change(&services, &body.room_id, &sender.user_id, &body.user_id, "ban", body.reason.clone()).await?;
+    Ok(ban_user::v3::Response::new())
+}
+
+async fn unban(services: Arc<Services>, request: Ruma<unban_user::v3::Request>) -> Result<unban_user::v3::Response> {
+    let sender = request.sender()?;
+    let body = &request.body;
+    let current = services.rooms.state_event(&body.room_id, &StateEventType::RoomMember, body.user_id.as_str()).await?;
+    if current.is_none_or(|pdu| crate::service::rooms::membership_of(&pdu) != "ban") {
+        return Err(Error::forbidden("That user is not banned"));
+    }
+    change(&services, &body.room_id, &sender.user_id, &body.user_id, "leave", body.reason.clone()).await?;
+    Ok(unban_user::v3::Response::new())
+}
+
+async fn knock(services: Arc<Services>, request: Ruma<knock_room::v3::Request>) -> Result<knock_room::v3::Response> {
+    let sender = request.sender()?;
+    let body = &request.body;
+    let room_id = resolve_room(&services, &body.room_id_or_alias).await?;
+    change(&services, &room_id, &sender.user_id, &sender.user_id, "knock", body.reason.clone()).await?;
+    Ok(knock_room::v3::Response::new(room_id))
+}
+
+async fn joined_rooms(
+    services: Arc<Services>,
+    request: Ruma<joined_rooms::v3::Request>,
+) -> Result<joined_rooms::v3::Response> {
+    let sender = request.sender()?;
+    let rooms = services.rooms.user_rooms(&sender.user_id).await?;
+    Ok(joined_rooms::v3::Response::new(
+        rooms.into_iter().filter(|(_, m)| m.membership == "join").map(|(r, _)| r).collect(),
+    ))
+}
+
+/// The member events a user may read: the current ones while joined, those at the time they
+/// left otherwise, all of them in world-readable rooms.
+pub async fn visible_state(
+    services: &Services,
+    user: &UserId,
+    room_id: &RoomId,
+) -> Result<Vec<crate::service::rooms::Pdu>> {
+    match services.rooms.membership(user, room_id).await? {
+        Some(m) if m.membership == "join" => services.rooms.current_state(room_id).await,
+        Some(m) if m.membership == "leave" || m.membership == "ban" => {
+            let event_id = ruma::OwnedEventId::try_from(m.event_id).map_err(|e| Error::internal(e.to_string()))?;
+            services.rooms.state_at_event(&event_id).await
+        }
+        _ if services.rooms.is_world_readable(room_id).await? => services.rooms.current_state(room_id).await,
+        _ => Err(Error::forbidden("You are not a member of this room")),
+    }
+}
+
+async fn members(
+    services: Arc<Services>,
+    request: Ruma<get_member_events::v3::Request>,
+) -> Result<get_member_events::v3::Response> {
+    let sender = request.sender()?;
+    let body = &request.body;
+    let state = match &body.at {
+        Some(at) => {
+            let position: u64 = at.parse().map_err(|_| Error::invalid_param("Invalid `at` token"))?;
+            services.rooms.state_at_position(&sender.user_id, &body.room_id, position).await?
+        }
+        None => visible_state(&services, &sender.user_id, &body.room_id).await?,
+    };
+    let chunk = state
+        .into_iter()
+        .filter(|pdu| pdu.kind.to_string() == "m.room.member")
+        .filter(|pdu| {
+            let membership = crate::service::rooms::membership_of(pdu);
+            body.membership.as_ref().is_none_or(|m| m.as_str() == membership)
+                && body.not_membership.as_ref().is_none_or(|m| m.as_str() != membership)
+        })
+        .map(|pdu| Raw::from_json(serde_json::value::to_raw_value(&pdu.to_client_event()).unwrap_or_default()))
+        .collect();
+    Ok(get_member_events::v3::Response::new(chunk))
+}
+
+async fn joined_members(
+    services: Arc<Services>,
+    request: Ruma<joined_members::v3::Request>,
+) -> Result<joined_members::v3::Response> {
+    let sender = request.sender()?;
+    let room_id = &request.body.room_id;
+    if services.rooms.membership(&sender.user_id, room_id).await?.is_none_or(|m| m.membership != "join") {
+        return Err(Error::forbidden("You are not a member of this room"));
+    }
+    let mut joined = BTreeMap::new();
+    for pdu in services.rooms.current_state(room_id).await? {
+        if pdu.kind.to_string() != "m.room.member" || crate::service::rooms::membership_of(&pdu) != "join" {
+            continue;
+        }
+        let Some(user) = pdu.state_key.as_deref().and_then(|k| OwnedUserId::try_from(k).ok()) else { continue };
+        let content = pdu.content_value();
+        let mut member = joined_members::v3::RoomMember::new();
+        member.display_name = content.get("displayname").and_then(|v| v.as_str()).map(str::to_owned);
+        member.avatar_url = content.get("avatar_url").and_then(|v| v.as_str()).map(Into::into);
+        joined.insert(user, member);
+    }
+    Ok(joined_members::v3::Response::new(joined))
+}

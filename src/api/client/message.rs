@@ -1,0 +1,184 @@
+//! Messages: `send` (idempotent per device and transaction ID), `redact`, `/messages`, `/event`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use ruma::{
+    api::{
+        Direction,
+        client::{
+            message::get_message_events, message::send_message_event, redact::redact_event, room::get_room_event,
+        },
+    },
+    events::TimelineEventType,
+    serde::Raw,
+};
+use serde_json::Value;
+
+use crate::{
+    Error, Result,
+    api::{RumaRouter, extract::Ruma},
+    service::{Services, rooms::NewEvent},
+    storage::ScanDirection,
+};
+
+/// Largest page `/messages` returns.
+const MAX_MESSAGES_LIMIT: usize = 1000;
+
+pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+    router.ruma(send).ruma(redact).ruma(messages).ruma(event)
+}
+
+pub fn raw_event<T>(value: &Value) -> Raw<T> {
+    Raw::from_json(serde_json::value::to_raw_value(value).unwrap_or_default())
+}
+
+async fn send(
+    services: Arc<Services>,
+    request: Ruma<send_message_event::v3::Request>,
+) -> Result<send_message_event::v3::Response> {
+    let sender = request.sender()?;
+    let body = &request.body;
+    let device = sender.device_id.as_str();
+    if let Some(event_id) = services.rooms.transaction(&sender.user_id, device, body.txn_id.as_str()).await? {
+        return Ok(send_message_event::v3::Response::new(event_id));
+    }
+    let content: Value = serde_json::from_str(body.body.json().get()).map_err(|e| Error::bad_json(e.to_string()))?;
+    if !content.is_object() {
+        return Err(Error::bad_json("Event content must be a JSON object"));
+    }
+    let kind = TimelineEventType::from(body.event_type.to_string());
+    let accepted = services.rooms.send(&body.room_id, &sender.user_id, NewEvent::message(kind, content)).await?;
+    services.rooms.record_transaction(&sender.user_id, device, body.txn_id.as_str(), &accepted.event_id).await?;
+    Ok(send_message_event::v3::Response::new(accepted.event_id))
+}
+
+async fn redact(
+    services: Arc<Services>,
+    request: Ruma<redact_event::v3::Request>,
+) -> Result<redact_event::v3::Response> {
+    let sender = request.sender()?;
+    let body = &request.body;
+    let device = sender.device_id.as_str();
+    let txn = format!("redact:{}", body.txn_id);
+    if let Some(event_id) = services.rooms.transaction(&sender.user_id, device, &txn).await? {
+        return Ok(redact_event::v3::Response::new(event_id));
+    }
+    let target = services
+        .rooms
+        .event_for(&sender.user_id, &body.event_id)
+        .await?
+        .filter(|e| e.pdu.room_id == body.room_id)
+        .ok_or_else(|| Error::not_found("Unknown event"))?;
+    let mut content = serde_json::json!({});
+    if let Some(reason) = &body.reason {
+        content["reason"] = Value::String(reason.clone());
+    }
+    let event = NewEvent {
+        kind: TimelineEventType::RoomRedaction,
+        content,
+        state_key: None,
+        redacts: Some(target.pdu.event_id.clone()),
+    };
+    let accepted = services.rooms.send(&body.room_id, &sender.user_id, event).await?;
+    services.rooms.record_transaction(&sender.user_id, device, &txn, &accepted.event_id).await?;
+    Ok(redact_event::v3::Response::new(accepted.event_id))
+}
+
+/// Pagination tokens are stream positions.
+fn parse_token(token: &str) -> Result<u64> {
+    token.parse().map_err(|_| Error::invalid_param("Invalid pagination token"))
+}
+
+async fn messages(
+    services: Arc<Services>,
+    request: Ruma<get_message_events::v3::Request>,
+) -> Result<get_message_events::v3::Response> {
+    let sender = request.sender()?;
+    let body = &request.body;
+    let direction = match body.dir {
+        Direction::Backward => ScanDirection::Reverse,
+        Direction::Forward => ScanDirection::Forward,
+    };
+    let from = body.from.as_deref().map(parse_token).transpose()?;
+    let to = body.to.as_deref().map(parse_token).transpose()?;
+    let limit = u64::from(body.limit).clamp(1, MAX_MESSAGES_LIMIT as u64) as usize;
+    // Without `from`, backwards pagination starts at the newest event.
+    let from = match (from, direction) {
+        (None, ScanDirection::Reverse) => Some(services.rooms.current_position() + 1),
+        (from, _) => from,
+    };
+    if services.rooms.version(&body.room_id).await?.is_none() {
+        return Err(Error::not_found("Unknown room"));
+    }
+    let membership = services.rooms.membership(&sender.user_id, &body.room_id).await?;
+    if membership.is_none() && !services.rooms.is_world_readable(&body.room_id).await? {
+        return Err(Error::forbidden("You are not a member of this room"));
+    }
+    let (events, next) = services.rooms.timeline(&sender.user_id, &body.room_id, from, direction, limit).await?;
+    let events: Vec<_> = events
+        .into_iter()
+        .take_while(|e| {
+            let position = e.meta.position.unwrap_or_default();
+            match (to, direction) {
+                (Some(to), ScanDirection::Reverse) => position > to,
+                (Some(to), ScanDirection::Forward) => position <= to,
+                (None, _) => true,
+            }
+        })
+        .collect();
+    let reached_to = to.is_some() && events.len() < limit;
+    let mut response = get_message_events::v3::Response::new();
+    response.start = from.map(|p| p.to_string()).unwrap_or_else(|| "0".to_owned());
+    response.end = if reached_to { None } else { next.map(|p| p.to_string()) };
+    if !body.filter.lazy_load_options.is_disabled() {
+        let mut senders: Vec<&ruma::UserId> = events.iter().map(|e| e.pdu.sender_user()).collect();
+        senders.sort();
+        senders.dedup();
+        for user in senders {
+            if let Some(member) = services
+                .rooms
+                .state_event(&body.room_id, &ruma::events::StateEventType::RoomMember, user.as_str())
+                .await?
+            {
+                response.state.push(raw_event(&member.to_client_event()));
+            }
+        }
+    }
+    let filter = &body.filter;
+    response.chunk = events
+        .iter()
+        .filter(|e| {
+            let kind = e.pdu.kind.to_string();
+            filter.types.as_ref().is_none_or(|types| types.iter().any(|t| type_matches(t, &kind)))
+                && !filter.not_types.iter().any(|t| type_matches(t, &kind))
+                && filter.senders.as_ref().is_none_or(|s| s.contains(&e.pdu.sender))
+                && !filter.not_senders.contains(&e.pdu.sender)
+        })
+        .map(|e| raw_event(&e.pdu.to_client_event()))
+        .collect();
+    Ok(response)
+}
+
+/// Filter type patterns may end in `*`.
+fn type_matches(pattern: &str, kind: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => kind.starts_with(prefix),
+        None => pattern == kind,
+    }
+}
+
+async fn event(
+    services: Arc<Services>,
+    request: Ruma<get_room_event::v3::Request>,
+) -> Result<get_room_event::v3::Response> {
+    let sender = request.sender()?;
+    let body = &request.body;
+    let event = services
+        .rooms
+        .event_for(&sender.user_id, &body.event_id)
+        .await?
+        .filter(|e| e.pdu.room_id == body.room_id)
+        .ok_or_else(|| Error::not_found("Event not found"))?;
+    Ok(get_room_event::v3::Response::new(raw_event(&event.pdu.to_client_event())))
+}

@@ -1,0 +1,150 @@
+//! `/createRoom`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use http::StatusCode;
+use ruma::{
+    OwnedRoomAliasId, RoomVersionId,
+    api::{
+        client::room::{
+            Visibility,
+            create_room::{self, v3::RoomPreset},
+        },
+        error::ErrorKind,
+    },
+};
+use serde_json::{Map, Value};
+
+use crate::{
+    Error, Result,
+    api::{RumaRouter, client::discovery::ROOM_VERSIONS, extract::Ruma},
+    service::{
+        Services,
+        rooms::create::{Preset, RoomSpec},
+    },
+};
+
+pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+    router.ruma(create_room)
+}
+
+/// Checks a room version a client asked for.
+pub fn supported_version(services: &Services, version: Option<&RoomVersionId>) -> Result<RoomVersionId> {
+    let version = version.cloned().unwrap_or_else(|| services.config.default_room_version.clone());
+    if !ROOM_VERSIONS.contains(&version) {
+        return Err(Error::new(
+            StatusCode::BAD_REQUEST,
+            ErrorKind::UnsupportedRoomVersion,
+            format!("Room version {version} is not supported"),
+        ));
+    }
+    Ok(version)
+}
+
+fn json_object(raw: &serde_json::value::RawValue, what: &str) -> Result<Map<String, Value>> {
+    serde_json::from_str(raw.get()).map_err(|_| Error::bad_json(format!("{what} must be a JSON object")))
+}
+
+/// The display name and avatar a user's member events carry.
+pub async fn member_profile(services: &Services, user: &ruma::UserId) -> Result<Map<String, Value>> {
+    let profile = services.profile.all(user).await?;
+    Ok(profile.into_iter().filter(|(k, _)| k == "displayname" || k == "avatar_url").collect())
+}
+
+#[derive(serde::Deserialize)]
+struct InitialState {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    state_key: String,
+    content: Map<String, Value>,
+}
+
+async fn create_room(
+    services: Arc<Services>,
+    request: Ruma<create_room::v3::Request>,
+) -> Result<create_room::v3::Response> {
+    let sender = request.sender()?;
+    let body = &request.body;
+    if !services.config.allow_room_creation {
+        return Err(Error::forbidden("Room creation is disabled on this server"));
+    }
+    let version = supported_version(&services, body.room_version.as_ref())?;
+    let preset = match (&body.preset, &body.visibility) {
+        (Some(RoomPreset::PrivateChat), _) => Preset::PrivateChat,
+        (Some(RoomPreset::TrustedPrivateChat), _) => Preset::TrustedPrivateChat,
+        (Some(RoomPreset::PublicChat), _) => Preset::PublicChat,
+        (Some(other), _) => return Err(Error::bad_json(format!("Unknown preset {}", other.as_str()))),
+        (None, Visibility::Public) => Preset::PublicChat,
+        (None, _) => Preset::PrivateChat,
+    };
+    let creation_content = match &body.creation_content {
+        Some(raw) => json_object(raw.json(), "creation_content")?,
+        None => Map::new(),
+    };
+    let power_level_override = match &body.power_level_content_override {
+        Some(raw) => Some(json_object(raw.json(), "power_level_content_override")?),
+        None => None,
+    };
+    let mut initial_state = Vec::new();
+    for raw in &body.initial_state {
+        let event: InitialState = serde_json::from_str(raw.json().get())
+            .map_err(|e| Error::bad_json(format!("Invalid initial_state event: {e}")))?;
+        if event.kind == "m.room.encryption" && !services.config.allow_encryption {
+            return Err(Error::forbidden("Encryption is disabled on this server"));
+        }
+        if matches!(event.kind.as_str(), "m.room.create" | "m.room.member" | "m.room.power_levels") {
+            return Err(Error::bad_json(format!("{} cannot be set through initial_state", event.kind)));
+        }
+        initial_state.push((event.kind, event.state_key, Value::Object(event.content)));
+    }
+    let alias = match &body.room_alias_name {
+        Some(name) => {
+            let alias =
+                OwnedRoomAliasId::try_from(format!("#{name}:{}", services.config.server_name)).map_err(|e| {
+                    Error::new(
+                        StatusCode::BAD_REQUEST,
+                        ErrorKind::InvalidParam,
+                        format!("Invalid room_alias_name: {e}"),
+                    )
+                })?;
+            if services.rooms.resolve_alias(&alias).await?.is_some() {
+                return Err(Error::new(
+                    StatusCode::BAD_REQUEST,
+                    ErrorKind::RoomInUse,
+                    "That room alias is already taken",
+                ));
+            }
+            Some(alias)
+        }
+        None => None,
+    };
+    for invitee in &body.invite {
+        if invitee.server_name() != services.config.server_name {
+            return Err(Error::forbidden("Inviting users of other servers needs federation"));
+        }
+    }
+    let spec = RoomSpec {
+        version,
+        preset,
+        creation_content,
+        power_level_override,
+        alias: alias.clone(),
+        initial_state,
+        name: body.name.clone(),
+        topic: body.topic.clone(),
+        invite: body.invite.clone(),
+        is_direct: body.is_direct,
+        creator_member: member_profile(&services, &sender.user_id).await?,
+    };
+    let room_id = services.rooms.create_room(&sender.user_id, spec).await?;
+    if let Some(alias) = alias {
+        services.rooms.set_alias(&alias, &room_id, &sender.user_id).await?;
+    }
+    if body.visibility == Visibility::Public {
+        services.rooms.set_published(&room_id, true).await?;
+    }
+    tracing::info!(%room_id, creator = %sender.user_id, "created room");
+    Ok(create_room::v3::Response::new(room_id))
+}

@@ -1,0 +1,384 @@
+//! The one acceptance path for events, local or remote: format and size, hashes and
+//! signatures, authorisation against the event's own auth events and against the state before
+//! it (resolved with state resolution v2 when it has several prev events), the soft-fail check
+//! against the current state, and then one write batch that stores the event, its state, the
+//! timeline entry, forward extremities and the room's new current state.
+
+use std::{collections::HashSet, sync::Arc};
+
+use http::StatusCode;
+use ruma::{
+    CanonicalJsonObject, EventId, OwnedEventId, RoomVersionId,
+    api::error::ErrorKind,
+    events::{StateEventType, TimelineEventType},
+    room_version_rules::{RoomVersionRules, StateResolutionVersion},
+    signatures::Verified,
+    state_res::{self, StateMap, utils::event_id_set::EventIdSet},
+};
+
+use super::{RoomCore, pdu::Pdu, state::ShortStateMap};
+use crate::{
+    Error, Result,
+    storage::{
+        Batch, Db,
+        room_tables::{
+            AUTH_CHAINS, CURRENT_STATE, EVENT_META, EVENT_STREAM, EventMeta, FORWARD_EXTREMITIES, PDUS, ROOMS,
+            RoomRecord, TIMELINE, USER_ROOMS, UserMembership,
+        },
+    },
+};
+
+/// What accepting an event did.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    pub event_id: OwnedEventId,
+    /// Stream position in the timeline; `None` when soft-failed.
+    pub position: Option<u64>,
+    pub soft_failed: bool,
+}
+
+fn rejected(message: impl Into<String>) -> Error {
+    Error::new(StatusCode::BAD_REQUEST, ErrorKind::BadJson, message)
+}
+
+/// The `membership` of a member event's content (`leave` if unreadable).
+pub(super) fn membership_in(content: &serde_json::value::RawValue) -> String {
+    #[derive(serde::Deserialize)]
+    struct Membership {
+        membership: String,
+    }
+    serde_json::from_str::<Membership>(content.get()).map(|m| m.membership).unwrap_or_else(|_| "leave".to_owned())
+}
+
+fn forbidden(message: impl std::fmt::Display) -> Error {
+    Error::forbidden(format!("Event not authorised: {message}"))
+}
+
+impl RoomCore {
+    /// Accepts one event into its room. The caller holds the room's lock.
+    pub(super) fn accept(&self, db: &Db, version: &RoomVersionId, json: CanonicalJsonObject) -> Result<Accepted> {
+        let rules = version.rules().ok_or_else(|| {
+            Error::new(StatusCode::BAD_REQUEST, ErrorKind::UnsupportedRoomVersion, "Unsupported room version")
+        })?;
+        // Format and size limits (whole event 65,536 bytes, field limits).
+        state_res::check_pdu_format(&json, &rules.event_format).map_err(rejected)?;
+        let mut pdu = Pdu::from_json(json, &rules).map_err(rejected)?;
+
+        // Hashes and signatures. A wrong content hash means the content was tampered with: the
+        // spec keeps the event, redacted.
+        match ruma::signatures::verify_event(&self.keys.public_key_map(), &pdu.json, &rules) {
+            Ok(Verified::All) => {}
+            Ok(Verified::Signatures) => {
+                let redacted = ruma::canonical_json::redact(pdu.json.clone(), &rules.redaction, None)
+                    .map_err(|e| rejected(format!("cannot redact event: {e}")))?;
+                pdu = Pdu::from_json(redacted, &rules).map_err(rejected)?;
+            }
+            Err(error) => return Err(forbidden(format!("signature check failed: {error}"))),
+        }
+        if self
+            .interner
+            .short_event(db, &pdu.event_id)?
+            .is_some_and(|short| EVENT_META.contains(db, &short).unwrap_or(false))
+        {
+            return Err(rejected("Event already accepted"));
+        }
+
+        // Authorisation against the event's own auth events.
+        let mut auth_events = Vec::with_capacity(pdu.auth_events.len());
+        for id in &pdu.auth_events {
+            let event =
+                self.event_by_id(db, id, &rules)?.ok_or_else(|| forbidden(format!("unknown auth event {id}")))?;
+            auth_events.push(event);
+        }
+        // From v12 the create event is not among the auth events: ruma asks for it by the ID
+        // derived from the room ID, so fall back to the store.
+        state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, |id: &EventId| {
+            auth_events
+                .iter()
+                .find(|e| e.event_id == id)
+                .cloned()
+                .or_else(|| self.event_by_id(db, id, &rules).ok().flatten())
+        })
+        .map_err(forbidden)?;
+
+        let is_create = pdu.kind == TimelineEventType::RoomCreate;
+        let room_record = match self.interner.short_room(db, &pdu.room_id)? {
+            Some(short) => ROOMS.get(db, &short)?,
+            None => None,
+        };
+        if !is_create && room_record.is_none() {
+            return Err(Error::not_found("Unknown room"));
+        }
+
+        // The state before the event: after its single prev event, or resolved across several.
+        let (before_group, state_before) = if is_create {
+            (None, Arc::new(ShortStateMap::new()))
+        } else {
+            let mut groups = Vec::new();
+            for prev in &pdu.prev_events {
+                let short = self
+                    .interner
+                    .short_event(db, prev)?
+                    .ok_or_else(|| forbidden(format!("unknown prev event {prev}")))?;
+                let meta =
+                    EVENT_META.get(db, &short)?.ok_or_else(|| forbidden(format!("unknown prev event {prev}")))?;
+                groups.push(meta.state_after);
+            }
+            groups.sort_unstable();
+            groups.dedup();
+            match groups.as_slice() {
+                [] => return Err(rejected("event has no prev_events")),
+                [group] => (Some(*group), self.state.load(db, *group)?),
+                many => (None, Arc::new(self.resolve(db, &rules, many)?)),
+            }
+        };
+        self.check_against(db, &rules, &pdu, &state_before).map_err(forbidden)?;
+
+        // Soft fail: passes against the state before it, but not against the current state.
+        let soft_failed = match &room_record {
+            Some(record) if before_group != Some(record.current_state_group) => {
+                let current = self.state.load(db, record.current_state_group)?;
+                self.check_against(db, &rules, &pdu, &current).is_err()
+            }
+            _ => false,
+        };
+        self.persist(db, &rules, version, pdu, before_group, state_before, room_record, soft_failed)
+    }
+
+    /// The state-dependent auth rules against a state map.
+    fn check_against(&self, db: &Db, rules: &RoomVersionRules, pdu: &Pdu, state: &ShortStateMap) -> Result<(), String> {
+        let fetch = |kind: &StateEventType, state_key: &str| -> Option<Pdu> {
+            let short_key = self.interner.short_state_key(db, &kind.to_string(), state_key).ok()??;
+            let short_event = *state.get(&short_key)?;
+            self.event_by_short(db, short_event, rules).ok()
+        };
+        state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, fetch)
+    }
+
+    /// Stores an accepted event and everything it changes, in one batch.
+    #[allow(clippy::too_many_arguments)]
+    fn persist(
+        &self,
+        db: &Db,
+        rules: &RoomVersionRules,
+        version: &RoomVersionId,
+        pdu: Pdu,
+        before_group: Option<u64>,
+        state_before: Arc<ShortStateMap>,
+        room_record: Option<RoomRecord>,
+        soft_failed: bool,
+    ) -> Result<Accepted> {
+        let mut batch = Batch::new();
+        let short_room = self.interner.short_room_or_new(db, &mut batch, &pdu.room_id)?;
+        let short_event = self.interner.short_event_or_new(db, &mut batch, &pdu.event_id)?;
+
+        let (state_after, after_group) = match &pdu.state_key {
+            Some(state_key) => {
+                let key = self.interner.short_state_key_or_new(db, &mut batch, &pdu.kind.to_string(), state_key)?;
+                let mut map = (*state_before).clone();
+                map.insert(key, short_event);
+                let map = Arc::new(map);
+                let group = self.state.store(db, &mut batch, before_group, map.clone())?;
+                (map, group)
+            }
+            None => match before_group {
+                Some(group) => (state_before, group),
+                None => {
+                    let group = self.state.store(db, &mut batch, None, state_before.clone())?;
+                    (state_before, group)
+                }
+            },
+        };
+
+        let mut chain: HashSet<u64> = HashSet::new();
+        for id in &pdu.auth_events {
+            if let Some(short) = self.interner.short_event(db, id)? {
+                chain.insert(short);
+                chain.extend(AUTH_CHAINS.get(db, &short)?.unwrap_or_default());
+            }
+        }
+        let mut chain: Vec<u64> = chain.into_iter().collect();
+        chain.sort_unstable();
+        batch.put(&AUTH_CHAINS, &short_event, &chain)?;
+
+        let position = (!soft_failed).then(|| self.positions.next());
+        let json = serde_json::value::to_raw_value(&pdu.json).map_err(|e| Error::internal(e.to_string()))?;
+        batch.put(&PDUS, &short_event, &json)?;
+        batch.put(
+            &EVENT_META,
+            &short_event,
+            &EventMeta { room: short_room, position, state_after: after_group, depth: pdu.depth, soft_failed },
+        )?;
+
+        if let Some(position) = position {
+            batch.put(&TIMELINE, &(short_room, position), &short_event)?;
+            batch.put(&EVENT_STREAM, &position, &(short_room, short_event))?;
+            // Forward extremities: this event replaces its prev events.
+            let mut extremities: Vec<u64> =
+                FORWARD_EXTREMITIES.scan_prefix(db, &(short_room,))?.into_iter().map(|((_, e), ())| e).collect();
+            for prev in &pdu.prev_events {
+                if let Some(short) = self.interner.short_event(db, prev)? {
+                    batch.delete(&FORWARD_EXTREMITIES, &(short_room, short));
+                    extremities.retain(|e| *e != short);
+                }
+            }
+            batch.put(&FORWARD_EXTREMITIES, &(short_room, short_event), &())?;
+            extremities.push(short_event);
+
+            // The room's new current state: the state after this event when it is the only
+            // extremity, otherwise the resolution of every extremity's state.
+            let (current, current_group) = if extremities.len() == 1 {
+                (state_after, after_group)
+            } else {
+                let mut groups = Vec::new();
+                for extremity in &extremities {
+                    let group = if *extremity == short_event {
+                        after_group
+                    } else {
+                        EVENT_META
+                            .get(db, extremity)?
+                            .map(|m| m.state_after)
+                            .ok_or_else(|| Error::internal("extremity without meta"))?
+                    };
+                    groups.push(group);
+                }
+                groups.sort_unstable();
+                groups.dedup();
+                if groups.len() == 1 {
+                    (self.state.load(db, groups[0])?, groups[0])
+                } else {
+                    let resolved = Arc::new(self.resolve(db, rules, &groups)?);
+                    let group = self.state.store(db, &mut batch, Some(after_group), resolved.clone())?;
+                    (resolved, group)
+                }
+            };
+            let previous = match &room_record {
+                Some(record) => self.state.load(db, record.current_state_group)?,
+                None => Arc::new(ShortStateMap::new()),
+            };
+            self.write_current_state(db, &mut batch, short_room, (short_event, &pdu), &previous, &current, position)?;
+            batch.put(
+                &ROOMS,
+                &short_room,
+                &RoomRecord { version: version.clone(), current_state_group: current_group },
+            )?;
+        }
+        db.write(batch)?;
+        Ok(Accepted { event_id: pdu.event_id, position, soft_failed })
+    }
+
+    /// Writes the difference between two current states, and local users' memberships.
+    #[allow(clippy::too_many_arguments)]
+    fn write_current_state(
+        &self,
+        db: &Db,
+        batch: &mut Batch,
+        short_room: u64,
+        new_event: (u64, &Pdu),
+        previous: &ShortStateMap,
+        current: &ShortStateMap,
+        position: u64,
+    ) -> Result<()> {
+        let room_id = &new_event.1.room_id;
+        for key in previous.keys().filter(|k| !current.contains_key(k)) {
+            batch.delete(&CURRENT_STATE, &(short_room, *key));
+        }
+        for (key, event) in current.iter().filter(|(k, v)| previous.get(k) != Some(v)) {
+            batch.put(&CURRENT_STATE, &(short_room, *key), event)?;
+            // The new event's own state key may be new in this batch: read it from the event.
+            let (kind, state_key) = if *event == new_event.0 {
+                (new_event.1.kind.to_string(), new_event.1.state_key.clone().unwrap_or_default())
+            } else {
+                let names = self.interner.state_key(db, *key)?;
+                (names.0.to_string(), names.1.clone())
+            };
+            if kind != "m.room.member" {
+                continue;
+            }
+            let Ok(user_id) = ruma::UserId::parse(state_key.as_str()) else { continue };
+            if user_id.server_name() != self.server_name {
+                continue;
+            }
+            let (event_id, membership) = if *event == new_event.0 {
+                (new_event.1.event_id.clone(), membership_in(&new_event.1.content))
+            } else {
+                let pdu = self.event_by_short(db, *event, &self.rules_of_room(db, short_room)?)?;
+                (pdu.event_id.clone(), membership_in(&pdu.content))
+            };
+            batch.put(
+                &USER_ROOMS,
+                &(user_id, room_id.clone()),
+                &UserMembership { membership, event_id: event_id.to_string(), position, forgotten: false },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// State resolution over the states of several groups, with the room version's algorithm.
+    pub(super) fn resolve(&self, db: &Db, rules: &RoomVersionRules, groups: &[u64]) -> Result<ShortStateMap> {
+        let state_res_rules = match &rules.state_res {
+            StateResolutionVersion::V2(rules) => *rules,
+            // Ruma implements only state resolution v2. Room version 1 specifies v1; resolving
+            // its rare forks with v2 gives a valid state, which may differ from other servers'.
+            _ => ruma::room_version_rules::StateResolutionV2Rules::V2_0,
+        };
+        let mut maps: Vec<StateMap<OwnedEventId>> = Vec::new();
+        let mut chains: Vec<EventIdSet<OwnedEventId>> = Vec::new();
+        for group in groups {
+            let short_map = self.state.load(db, *group)?;
+            let mut map = StateMap::new();
+            let mut chain = EventIdSet::new();
+            for (key, event) in short_map.iter() {
+                let names = self.interner.state_key(db, *key)?;
+                map.insert((names.0.clone(), names.1.clone()), self.interner.event_id(db, *event)?);
+                for short in AUTH_CHAINS.get(db, event)?.unwrap_or_default() {
+                    chain.insert(self.interner.event_id(db, short)?);
+                }
+            }
+            maps.push(map);
+            chains.push(chain);
+        }
+        let fetch = |id: &EventId| self.event_by_id(db, id, rules).ok().flatten();
+        let subgraph = |conflicted: &StateMap<Vec<OwnedEventId>>| self.conflicted_subgraph(db, conflicted);
+        let resolved = state_res::resolve(&rules.authorization, &state_res_rules, &maps, chains, fetch, subgraph)
+            .map_err(|e| Error::internal(format!("state resolution failed: {e}")))?;
+        let mut out = ShortStateMap::new();
+        for ((kind, state_key), event_id) in resolved {
+            let key = self.interner.short_state_key(db, &kind.to_string(), &state_key)?;
+            let event = self.interner.short_event(db, &event_id)?;
+            if let (Some(key), Some(event)) = (key, event) {
+                out.insert(key, event);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The conflicted state subgraph (room version 12): the conflicted events and every event on
+    /// an auth-event path between two of them. Ruma asks the caller for it and keeps its own
+    /// implementation in its tests, so this is the smallest version over our cached auth chains.
+    fn conflicted_subgraph(
+        &self,
+        db: &Db,
+        conflicted: &StateMap<Vec<OwnedEventId>>,
+    ) -> Option<EventIdSet<OwnedEventId>> {
+        let conflicted_shorts: HashSet<u64> =
+            conflicted.values().flatten().filter_map(|id| self.interner.short_event(db, id).ok().flatten()).collect();
+        let mut subgraph = EventIdSet::new();
+        for start in &conflicted_shorts {
+            subgraph.insert(self.interner.event_id(db, *start).ok()?);
+            for ancestor in AUTH_CHAINS.get(db, start).ok()?.unwrap_or_default() {
+                let reaches_conflicted = conflicted_shorts.contains(&ancestor)
+                    || AUTH_CHAINS
+                        .get(db, &ancestor)
+                        .ok()?
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|e| conflicted_shorts.contains(e));
+                if reaches_conflicted {
+                    subgraph.insert(self.interner.event_id(db, ancestor).ok()?);
+                }
+            }
+        }
+        Some(subgraph)
+    }
+}

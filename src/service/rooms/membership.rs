@@ -1,0 +1,118 @@
+//! Membership changes of local users in local rooms: join, leave, invite, kick, ban, unban,
+//! knock. Each is a member event through the acceptance path, so the auth rules decide; this
+//! adds what the rules leave to the resident server (restricted joins, what a leave may undo).
+
+use ruma::{OwnedUserId, RoomId, UserId, events::TimelineEventType};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::{Accepted, NewEvent, Rooms};
+use crate::{Error, Result};
+
+#[derive(Deserialize)]
+struct JoinRules {
+    join_rule: String,
+    #[serde(default)]
+    allow: Vec<AllowRule>,
+}
+
+#[derive(Deserialize)]
+struct AllowRule {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    room_id: Option<ruma::OwnedRoomId>,
+}
+
+#[derive(Deserialize, Default)]
+struct PowerLevels {
+    #[serde(default)]
+    users: std::collections::BTreeMap<OwnedUserId, i64>,
+    #[serde(default)]
+    users_default: Option<i64>,
+    #[serde(default)]
+    invite: Option<i64>,
+}
+
+/// A membership change someone asked for.
+pub struct MembershipChange<'a> {
+    pub sender: &'a UserId,
+    pub target: &'a UserId,
+    pub membership: &'a str,
+    pub reason: Option<String>,
+    /// Display name and avatar to put in the member event (for joins).
+    pub profile: Map<String, Value>,
+}
+
+impl Rooms {
+    async fn member_content(&self, change: &MembershipChange<'_>) -> Map<String, Value> {
+        let mut content = change.profile.clone();
+        content.insert("membership".into(), json!(change.membership));
+        if let Some(reason) = &change.reason {
+            content.insert("reason".into(), json!(reason));
+        }
+        content
+    }
+
+    /// Sends a member event for a change.
+    pub async fn change_membership(&self, room_id: &RoomId, change: MembershipChange<'_>) -> Result<Accepted> {
+        if self.version(room_id).await?.is_none() {
+            return Err(Error::not_found("Unknown room; joining rooms on other servers needs federation"));
+        }
+        let mut content = self.member_content(&change).await;
+        if change.membership == "join" {
+            self.authorise_restricted_join(room_id, change.target, &mut content).await?;
+        }
+        let event = NewEvent::state(TimelineEventType::RoomMember, change.target.as_str(), Value::Object(content));
+        self.send(room_id, change.sender, event).await
+    }
+
+    /// For restricted join rules (v8+), a user who is not invited may join when they are in a
+    /// room the rules allow; the join then names a local user who may invite, as the spec asks.
+    async fn authorise_restricted_join(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        content: &mut Map<String, Value>,
+    ) -> Result<()> {
+        let Some(rules) = self.state_event(room_id, &"m.room.join_rules".into(), "").await? else { return Ok(()) };
+        let Ok(rules) = serde_json::from_str::<JoinRules>(rules.content.get()) else { return Ok(()) };
+        if rules.join_rule != "restricted" && rules.join_rule != "knock_restricted" {
+            return Ok(());
+        }
+        if let Some(current) = self.membership(user, room_id).await?
+            && (current.membership == "join" || current.membership == "invite")
+        {
+            return Ok(());
+        }
+        let mut allowed = false;
+        for rule in rules.allow.iter().filter(|r| r.kind == "m.room_membership") {
+            if let Some(allowed_room) = &rule.room_id
+                && self.membership(user, allowed_room).await?.is_some_and(|m| m.membership == "join")
+            {
+                allowed = true;
+                break;
+            }
+        }
+        if !allowed {
+            return Err(Error::forbidden("You are not in any room that this room's join rules allow"));
+        }
+        let power_levels = self
+            .state_event(room_id, &"m.room.power_levels".into(), "")
+            .await?
+            .and_then(|pdu| serde_json::from_str::<PowerLevels>(pdu.content.get()).ok())
+            .unwrap_or_default();
+        let invite_level = power_levels.invite.unwrap_or(0);
+        let members = self.current_state(room_id).await?;
+        let authoriser = members.iter().find_map(|pdu| {
+            let user = UserId::parse(pdu.state_key.as_deref()?).ok()?;
+            let joined =
+                pdu.kind == TimelineEventType::RoomMember && super::accept::membership_in(&pdu.content) == "join";
+            let level = power_levels.users.get(&user).copied().unwrap_or(power_levels.users_default.unwrap_or(0));
+            (joined && user.server_name() == self.core.server_name && level >= invite_level).then_some(user)
+        });
+        let authoriser = authoriser.ok_or_else(|| Error::forbidden("No local user can authorise your join"))?;
+        content.insert("join_authorised_via_users_server".into(), json!(authoriser));
+        Ok(())
+    }
+}

@@ -1,0 +1,159 @@
+//! Rooms: the signed event graph. Every event, built here or (later) received over federation,
+//! goes through [`accept`](RoomCore::accept); this module holds the shared core and the async
+//! API the handlers call. Writes to one room are serialised by a per-room lock; the work itself
+//! runs on the blocking pool.
+
+mod accept;
+mod build;
+pub mod create;
+mod directory;
+pub mod membership;
+pub mod pdu;
+mod read;
+mod short;
+mod state;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use ruma::{
+    EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, RoomVersionId, UserId,
+    room_version_rules::RoomVersionRules,
+};
+
+pub use accept::Accepted;
+pub use build::NewEvent;
+pub use pdu::Pdu;
+
+/// The `membership` of a member event.
+pub fn membership_of(pdu: &Pdu) -> String {
+    accept::membership_in(&pdu.content)
+}
+
+use super::server_keys::ServerKeys;
+use crate::{
+    Error, Result,
+    storage::{
+        Db, IdAllocator,
+        room_tables::{EVENT_STREAM, PDUS, ROOMS},
+    },
+};
+
+/// What the blocking work shares: storage, keys, interned ids and state groups.
+pub struct RoomCore {
+    db: Db,
+    server_name: OwnedServerName,
+    keys: Arc<ServerKeys>,
+    interner: short::Interner,
+    state: state::StateGroups,
+    /// Stream positions of the timeline.
+    positions: IdAllocator,
+}
+
+pub struct Rooms {
+    core: Arc<RoomCore>,
+    locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Serialises alias changes so an alias is never given twice.
+    alias_lock: tokio::sync::Mutex<()>,
+}
+
+impl RoomCore {
+    fn rules_of_room(&self, db: &Db, short_room: u64) -> Result<RoomVersionRules> {
+        let record = ROOMS.get(db, &short_room)?.ok_or_else(|| Error::not_found("Unknown room"))?;
+        record.version.rules().ok_or_else(|| Error::internal("unsupported room version stored"))
+    }
+
+    fn event_by_short(&self, db: &Db, short: u64, rules: &RoomVersionRules) -> Result<Pdu> {
+        let json = PDUS.get(db, &short)?.ok_or_else(|| Error::internal(format!("event {short} missing")))?;
+        let event_id = self.interner.event_id(db, short)?;
+        Pdu::from_stored(&json, event_id, rules).map_err(|e| Error::internal(format!("stored event is invalid: {e}")))
+    }
+
+    fn event_by_id(&self, db: &Db, event_id: &EventId, rules: &RoomVersionRules) -> Result<Option<Pdu>> {
+        match self.interner.short_event(db, event_id)? {
+            Some(short) if PDUS.contains(db, &short)? => Ok(Some(self.event_by_short(db, short, rules)?)),
+            _ => Ok(None),
+        }
+    }
+
+    fn version_of(&self, db: &Db, room_id: &RoomId) -> Result<Option<(u64, RoomVersionId)>> {
+        let Some(short) = self.interner.short_room(db, room_id)? else { return Ok(None) };
+        Ok(ROOMS.get(db, &short)?.map(|record| (short, record.version)))
+    }
+}
+
+impl Rooms {
+    pub fn new(db: Db, server_name: OwnedServerName, keys: Arc<ServerKeys>) -> Result<Self> {
+        let core = RoomCore {
+            interner: short::Interner::new(&db)?,
+            state: state::StateGroups::new(&db)?,
+            positions: IdAllocator::after_last_key(&db, &EVENT_STREAM)?,
+            db,
+            server_name,
+            keys,
+        };
+        Ok(Self { core: Arc::new(core), locks: Mutex::new(HashMap::new()), alias_lock: tokio::sync::Mutex::new(()) })
+    }
+
+    fn lock_for(&self, room_id: &RoomId) -> Result<Arc<tokio::sync::Mutex<()>>> {
+        let mut locks = self.locks.lock().map_err(|_| Error::internal("poisoned room locks"))?;
+        if locks.len() > 10_000 {
+            locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+        }
+        Ok(locks.entry(room_id.to_owned()).or_default().clone())
+    }
+
+    /// Runs blocking work on the room core.
+    async fn run<R: Send + 'static>(
+        &self,
+        work: impl FnOnce(&RoomCore, &Db) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        let core = self.core.clone();
+        self.core.db.run(move |db| work(&core, db)).await
+    }
+
+    /// Builds, signs and accepts an event from a local user into an existing room.
+    pub async fn send(&self, room_id: &RoomId, sender: &UserId, event: NewEvent) -> Result<Accepted> {
+        self.send_with_prev_events(room_id, sender, event, None).await
+    }
+
+    /// Like [`send`](Self::send), on given prev events instead of the forward extremities: how a
+    /// fork arrives. Used by tests of concurrent events and, later, by federation.
+    pub async fn send_with_prev_events(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        event: NewEvent,
+        prev_events: Option<Vec<OwnedEventId>>,
+    ) -> Result<Accepted> {
+        let lock = self.lock_for(room_id)?;
+        let _guard = lock.lock().await;
+        let room_id = room_id.to_owned();
+        let sender = sender.to_owned();
+        self.run(move |core, db| {
+            let (_, version) = core.version_of(db, &room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
+            let json = core.build(db, Some(&room_id), &version, &sender, event, prev_events)?;
+            core.accept(db, &version, json)
+        })
+        .await
+    }
+
+    /// Accepts an event built elsewhere (signed PDU JSON): the federation entry point.
+    pub async fn accept_pdu(&self, room_id: &RoomId, json: ruma::CanonicalJsonObject) -> Result<Accepted> {
+        let lock = self.lock_for(room_id)?;
+        let _guard = lock.lock().await;
+        let room_id = room_id.to_owned();
+        self.run(move |core, db| {
+            let (_, version) = core.version_of(db, &room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
+            core.accept(db, &version, json)
+        })
+        .await
+    }
+
+    /// The signed key document of this server.
+    pub fn key_document(&self) -> Result<ruma::CanonicalJsonObject> {
+        self.core.keys.key_document()
+    }
+}

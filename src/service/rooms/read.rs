@@ -1,0 +1,285 @@
+//! Reading rooms: versions, current state, memberships, single events, timeline pages, and
+//! the history-visibility rule that decides which events a user may see.
+
+use ruma::{OwnedRoomId, RoomId, RoomVersionId, UserId, events::StateEventType};
+use serde::Deserialize;
+
+use super::{Pdu, RoomCore, Rooms, accept::membership_in};
+use crate::{
+    Error, Result,
+    storage::{
+        Db, ScanDirection,
+        room_tables::{CURRENT_STATE, EVENT_META, EventMeta, TIMELINE, USER_ROOMS, UserMembership},
+    },
+};
+
+/// An event with what the server knows about it.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub pdu: Pdu,
+    pub meta: EventMeta,
+}
+
+#[derive(Deserialize)]
+struct HistoryVisibility {
+    history_visibility: String,
+}
+
+impl RoomCore {
+    /// One state event of the state after a given state group.
+    fn state_in_group(&self, db: &Db, group: u64, kind: &str, state_key: &str) -> Result<Option<Pdu>> {
+        let Some(key) = self.interner.short_state_key(db, kind, state_key)? else { return Ok(None) };
+        let map = self.state.load(db, group)?;
+        let Some(short) = map.get(&key) else { return Ok(None) };
+        let rules = self.rules_of_room(db, EVENT_META.get(db, short)?.map_or(0, |m| m.room))?;
+        Ok(Some(self.event_by_short(db, *short, &rules)?))
+    }
+
+    fn current_state_event(&self, db: &Db, short_room: u64, kind: &str, state_key: &str) -> Result<Option<Pdu>> {
+        let Some(key) = self.interner.short_state_key(db, kind, state_key)? else { return Ok(None) };
+        let Some(short) = CURRENT_STATE.get(db, &(short_room, key))? else { return Ok(None) };
+        let rules = self.rules_of_room(db, short_room)?;
+        Ok(Some(self.event_by_short(db, short, &rules)?))
+    }
+
+    /// Whether `user` may see an event, by the spec's history visibility rules: always for
+    /// `world_readable`; when the user was joined at the event; for `shared` when the user is
+    /// joined now; for `invited` when the user was invited (or joined) at the event.
+    fn can_see(&self, db: &Db, user: &UserId, short_room: u64, meta: &EventMeta) -> Result<bool> {
+        let visibility = self
+            .state_in_group(db, meta.state_after, "m.room.history_visibility", "")?
+            .and_then(|pdu| serde_json::from_str::<HistoryVisibility>(pdu.content.get()).ok())
+            .map_or_else(|| "shared".to_owned(), |v| v.history_visibility);
+        if visibility == "world_readable" {
+            return Ok(true);
+        }
+        let membership_then = self
+            .state_in_group(db, meta.state_after, "m.room.member", user.as_str())?
+            .map(|pdu| membership_in(&pdu.content));
+        match membership_then.as_deref() {
+            Some("join") => return Ok(true),
+            Some("invite") if visibility == "invited" => return Ok(true),
+            _ => {}
+        }
+        if visibility == "shared" {
+            let now = self.current_state_event(db, short_room, "m.room.member", user.as_str())?;
+            return Ok(now.is_some_and(|pdu| membership_in(&pdu.content) == "join"));
+        }
+        Ok(false)
+    }
+}
+
+impl Rooms {
+    pub async fn version(&self, room_id: &RoomId) -> Result<Option<RoomVersionId>> {
+        let room_id = room_id.to_owned();
+        self.run(move |core, db| Ok(core.version_of(db, &room_id)?.map(|(_, v)| v))).await
+    }
+
+    /// A state event of the room's current state.
+    pub async fn state_event(&self, room_id: &RoomId, kind: &StateEventType, state_key: &str) -> Result<Option<Pdu>> {
+        let (room_id, kind, state_key) = (room_id.to_owned(), kind.to_string(), state_key.to_owned());
+        self.run(move |core, db| {
+            let Some(short_room) = core.interner.short_room(db, &room_id)? else { return Ok(None) };
+            core.current_state_event(db, short_room, &kind, &state_key)
+        })
+        .await
+    }
+
+    /// The room's whole current state.
+    pub async fn current_state(&self, room_id: &RoomId) -> Result<Vec<Pdu>> {
+        let room_id = room_id.to_owned();
+        self.run(move |core, db| {
+            let Some(short_room) = core.interner.short_room(db, &room_id)? else { return Ok(Vec::new()) };
+            let rules = core.rules_of_room(db, short_room)?;
+            CURRENT_STATE
+                .scan_prefix(db, &(short_room,))?
+                .into_iter()
+                .map(|(_, short)| core.event_by_short(db, short, &rules))
+                .collect()
+        })
+        .await
+    }
+
+    /// The state after an event, for users allowed to see the event.
+    pub async fn state_at_event(&self, event_id: &ruma::EventId) -> Result<Vec<Pdu>> {
+        let event_id = event_id.to_owned();
+        self.run(move |core, db| {
+            let short = core.interner.short_event(db, &event_id)?.ok_or_else(|| Error::not_found("Unknown event"))?;
+            let meta = EVENT_META.get(db, &short)?.ok_or_else(|| Error::not_found("Unknown event"))?;
+            let rules = core.rules_of_room(db, meta.room)?;
+            let map = core.state.load(db, meta.state_after)?;
+            map.values().map(|short| core.event_by_short(db, *short, &rules)).collect()
+        })
+        .await
+    }
+
+    /// A local user's membership in a room, as last recorded.
+    pub async fn membership(&self, user_id: &UserId, room_id: &RoomId) -> Result<Option<UserMembership>> {
+        let key = (user_id.to_owned(), room_id.to_owned());
+        self.run(move |_, db| Ok(USER_ROOMS.get(db, &key)?)).await
+    }
+
+    /// Every room a local user has a membership in.
+    pub async fn user_rooms(&self, user_id: &UserId) -> Result<Vec<(OwnedRoomId, UserMembership)>> {
+        let user_id = user_id.to_owned();
+        self.run(move |_, db| {
+            Ok(USER_ROOMS.scan_prefix(db, &(user_id,))?.into_iter().map(|((_, room), m)| (room, m)).collect())
+        })
+        .await
+    }
+
+    pub async fn set_forgotten(&self, user_id: &UserId, room_id: &RoomId) -> Result<()> {
+        let key = (user_id.to_owned(), room_id.to_owned());
+        self.run(move |_, db| {
+            let mut membership =
+                USER_ROOMS.get(db, &key)?.ok_or_else(|| Error::not_found("You were never in this room"))?;
+            if membership.membership == "join" || membership.membership == "invite" {
+                return Err(Error::bad_json("You must leave the room before forgetting it"));
+            }
+            membership.forgotten = true;
+            let mut batch = crate::storage::Batch::new();
+            batch.put(&USER_ROOMS, &key, &membership)?;
+            Ok(db.write(batch)?)
+        })
+        .await
+    }
+
+    /// An event by ID, if it exists, is not soft-failed and `user` may see it.
+    pub async fn event_for(&self, user: &UserId, event_id: &ruma::EventId) -> Result<Option<StoredEvent>> {
+        let (user, event_id) = (user.to_owned(), event_id.to_owned());
+        self.run(move |core, db| {
+            let Some(short) = core.interner.short_event(db, &event_id)? else { return Ok(None) };
+            let Some(meta) = EVENT_META.get(db, &short)? else { return Ok(None) };
+            if meta.soft_failed || !core.can_see(db, &user, meta.room, &meta)? {
+                return Ok(None);
+            }
+            let rules = core.rules_of_room(db, meta.room)?;
+            Ok(Some(StoredEvent { pdu: core.event_by_short(db, short, &rules)?, meta }))
+        })
+        .await
+    }
+
+    /// Up to `limit` events of a room's timeline that `user` may see, from stream position
+    /// `from` (exclusive) in `direction`; returns them with the position to continue from.
+    pub async fn timeline(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        from: Option<u64>,
+        direction: ScanDirection,
+        limit: usize,
+    ) -> Result<(Vec<StoredEvent>, Option<u64>)> {
+        let (user, room_id) = (user.to_owned(), room_id.to_owned());
+        self.run(move |core, db| {
+            let short_room = core.interner.short_room(db, &room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
+            let rules = core.rules_of_room(db, short_room)?;
+            let start = match (from, direction) {
+                (Some(p), ScanDirection::Forward) => p.saturating_add(1),
+                (Some(p), ScanDirection::Reverse) => p.saturating_sub(1),
+                (None, ScanDirection::Forward) => 0,
+                (None, ScanDirection::Reverse) => u64::MAX,
+            };
+            if from == Some(0) && direction == ScanDirection::Reverse {
+                return Ok((Vec::new(), None));
+            }
+            let mut events = Vec::new();
+            let mut last = None;
+            // Read in pages, skipping what the user may not see, until `limit` are found.
+            let mut cursor = start;
+            'pages: loop {
+                let page =
+                    TIMELINE.scan_from(db, &(short_room, cursor), direction, 100, |(room, _)| *room == short_room)?;
+                if page.is_empty() {
+                    break;
+                }
+                for ((_, position), short) in &page {
+                    last = Some(*position);
+                    let Some(meta) = EVENT_META.get(db, short)? else { continue };
+                    if core.can_see(db, &user, short_room, &meta)? {
+                        events.push(StoredEvent { pdu: core.event_by_short(db, *short, &rules)?, meta });
+                        if events.len() >= limit {
+                            break 'pages;
+                        }
+                    }
+                }
+                let Some(((_, position), _)) = page.last() else { break };
+                cursor = match direction {
+                    ScanDirection::Forward => position.saturating_add(1),
+                    ScanDirection::Reverse if *position == 0 => break,
+                    ScanDirection::Reverse => position - 1,
+                };
+                if page.len() < 100 {
+                    break;
+                }
+            }
+            let more = events.len() >= limit;
+            Ok((events, if more { last } else { None }))
+        })
+        .await
+    }
+
+    /// The newest stream position handed out (for pagination tokens).
+    pub fn current_position(&self) -> u64 {
+        self.core.positions.peek().saturating_sub(1)
+    }
+}
+
+impl Rooms {
+    /// The event a transaction ID already produced, for idempotent sends.
+    pub async fn transaction(&self, user: &UserId, device: &str, txn_id: &str) -> Result<Option<ruma::OwnedEventId>> {
+        let key = (user.to_owned(), device.to_owned(), txn_id.to_owned());
+        self.run(move |_, db| {
+            crate::storage::room_tables::TRANSACTIONS
+                .get(db, &key)?
+                .map(|id| ruma::OwnedEventId::try_from(id).map_err(|e| Error::internal(e.to_string())))
+                .transpose()
+        })
+        .await
+    }
+
+    pub async fn record_transaction(
+        &self,
+        user: &UserId,
+        device: &str,
+        txn_id: &str,
+        event_id: &ruma::EventId,
+    ) -> Result<()> {
+        let key = (user.to_owned(), device.to_owned(), txn_id.to_owned());
+        let event_id = event_id.to_string();
+        self.run(move |_, db| {
+            let mut batch = crate::storage::Batch::new();
+            batch.put(&crate::storage::room_tables::TRANSACTIONS, &key, &event_id)?;
+            Ok(db.write(batch)?)
+        })
+        .await
+    }
+}
+
+impl Rooms {
+    pub async fn is_world_readable(&self, room_id: &RoomId) -> Result<bool> {
+        let event = self.state_event(room_id, &StateEventType::RoomHistoryVisibility, "").await?;
+        Ok(event
+            .and_then(|pdu| serde_json::from_str::<HistoryVisibility>(pdu.content.get()).ok())
+            .is_some_and(|v| v.history_visibility == "world_readable"))
+    }
+
+    /// The state after the room's last event at or before stream position `position`, if
+    /// `user` may see that event.
+    pub async fn state_at_position(&self, user: &UserId, room_id: &RoomId, position: u64) -> Result<Vec<Pdu>> {
+        let (user, room_id) = (user.to_owned(), room_id.to_owned());
+        self.run(move |core, db| {
+            let short_room = core.interner.short_room(db, &room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
+            let rules = core.rules_of_room(db, short_room)?;
+            let last = TIMELINE
+                .scan_from(db, &(short_room, position), ScanDirection::Reverse, 1, |(r, _)| *r == short_room)?;
+            let Some((_, short)) = last.first() else { return Ok(Vec::new()) };
+            let meta = EVENT_META.get(db, short)?.ok_or_else(|| Error::internal("event without meta"))?;
+            if !core.can_see(db, &user, short_room, &meta)? {
+                return Err(Error::forbidden("You cannot see the room at that point"));
+            }
+            let map = core.state.load(db, meta.state_after)?;
+            map.values().map(|short| core.event_by_short(db, *short, &rules)).collect()
+        })
+        .await
+    }
+}

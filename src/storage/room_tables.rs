@@ -1,0 +1,139 @@
+//! The room tables: interned ids, PDUs, the timeline, forward extremities, state as layered
+//! diffs, and the per-user and per-room indexes the client API reads.
+//!
+//! Interned ids ("short ids") are u64s handed out by [`crate::storage::IdAllocator`]; each kind
+//! has a table from the short id back to the long one, whose last key seeds the allocator at
+//! start-up, so no counter has to be written with every event.
+
+use ruma::{OwnedRoomId, OwnedUserId, RoomVersionId};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::{Table, codec::JsonValue};
+
+/// Event ID -> short event id.
+pub const SHORT_EVENT_IDS: Table<String, u64> = Table::new("short_event_ids");
+/// Short event id -> event ID.
+pub const EVENT_IDS: Table<u64, String> = Table::new("event_ids");
+/// Room ID -> short room id.
+pub const SHORT_ROOM_IDS: Table<OwnedRoomId, u64> = Table::new("short_room_ids");
+/// Short room id -> room ID.
+pub const ROOM_IDS: Table<u64, OwnedRoomId> = Table::new("room_ids");
+/// (event type, state key) -> short state key.
+pub const SHORT_STATE_KEYS: Table<(String, String), u64> = Table::new("short_state_keys");
+/// Short state key -> (event type, state key).
+pub const STATE_KEYS: Table<u64, (String, String)> = Table::new("state_keys");
+
+/// Short event id -> the PDU as canonical JSON, exactly as signed.
+pub const PDUS: Table<u64, Box<RawValue>> = Table::new("pdus");
+/// Short event id -> what the server knows about the event.
+pub const EVENT_META: Table<u64, EventMeta> = Table::new("event_meta");
+/// Short event id -> its full auth chain (short ids), computed once when the event is accepted.
+pub const AUTH_CHAINS: Table<u64, Vec<u64>> = Table::new("auth_chains");
+
+/// (short room id, stream position) -> short event id: each room's timeline in order.
+pub const TIMELINE: Table<(u64, u64), u64> = Table::new("timeline");
+/// Stream position -> (short room id, short event id): every room's events in arrival order.
+pub const EVENT_STREAM: Table<u64, (u64, u64)> = Table::new("event_stream");
+/// (short room id, short event id) -> (): the room's forward extremities.
+pub const FORWARD_EXTREMITIES: Table<(u64, u64), ()> = Table::new("forward_extremities");
+
+/// State group -> a diff against its parent group (or a full snapshot when it has none).
+pub const STATE_GROUPS: Table<u64, StateGroup> = Table::new("state_groups");
+/// Short room id -> the room's version, current state group and creation facts.
+pub const ROOMS: Table<u64, RoomRecord> = Table::new("rooms");
+/// (short room id, short state key) -> short event id: the room's current state, materialised
+/// so reading one state event or the whole state never walks diffs.
+pub const CURRENT_STATE: Table<(u64, u64), u64> = Table::new("current_state");
+
+/// (user, room) -> the user's current membership in the room (local users).
+pub const USER_ROOMS: Table<(OwnedUserId, OwnedRoomId), UserMembership> = Table::new("user_rooms");
+/// (user, device, transaction ID) -> event ID, for idempotent sends.
+pub const TRANSACTIONS: Table<(OwnedUserId, String, String), String> = Table::new("transactions");
+/// Room alias -> room.
+pub const ALIASES: Table<String, AliasRecord> = Table::new("aliases");
+/// (room, alias) -> (): the local aliases of a room.
+pub const ROOM_ALIASES: Table<(OwnedRoomId, String), ()> = Table::new("room_aliases");
+/// Room -> (): rooms published in the public room directory.
+pub const PUBLIC_ROOMS: Table<OwnedRoomId, ()> = Table::new("public_rooms");
+/// (room, event, reporter) -> the report, kept for admins.
+pub const EVENT_REPORTS: Table<(OwnedRoomId, String, OwnedUserId), serde_json::Value> = Table::new("event_reports");
+
+pub const ROOM_TABLES: &[&str] = &[
+    SHORT_EVENT_IDS.name,
+    EVENT_IDS.name,
+    SHORT_ROOM_IDS.name,
+    ROOM_IDS.name,
+    SHORT_STATE_KEYS.name,
+    STATE_KEYS.name,
+    PDUS.name,
+    EVENT_META.name,
+    AUTH_CHAINS.name,
+    TIMELINE.name,
+    EVENT_STREAM.name,
+    FORWARD_EXTREMITIES.name,
+    STATE_GROUPS.name,
+    ROOMS.name,
+    CURRENT_STATE.name,
+    USER_ROOMS.name,
+    TRANSACTIONS.name,
+    ALIASES.name,
+    ROOM_ALIASES.name,
+    PUBLIC_ROOMS.name,
+    EVENT_REPORTS.name,
+];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventMeta {
+    pub room: u64,
+    /// Stream position in the timeline; `None` for outliers (known, not in the timeline).
+    pub position: Option<u64>,
+    /// The state group of the room after this event.
+    pub state_after: u64,
+    pub depth: u64,
+    /// Accepted but failed auth against the current state: stored, never served.
+    #[serde(default)]
+    pub soft_failed: bool,
+}
+impl JsonValue for EventMeta {}
+
+/// A state snapshot as a diff against `parent`: the state is the parent's with `removed` short
+/// state keys dropped and `added` (short state key, short event id) pairs set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StateGroup {
+    pub parent: Option<u64>,
+    /// How many diffs lie between this group and a full snapshot; bounded, so loading any
+    /// group costs a bounded number of reads.
+    pub chain_length: u32,
+    pub added: Vec<(u64, u64)>,
+    pub removed: Vec<u64>,
+}
+impl JsonValue for StateGroup {}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoomRecord {
+    pub version: RoomVersionId,
+    /// State group of the room's current state.
+    pub current_state_group: u64,
+}
+impl JsonValue for RoomRecord {}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserMembership {
+    /// `join`, `invite`, `leave`, `ban` or `knock`.
+    pub membership: String,
+    pub event_id: String,
+    /// Stream position of the membership event.
+    pub position: u64,
+    /// Set by `/forget` after leaving.
+    #[serde(default)]
+    pub forgotten: bool,
+}
+impl JsonValue for UserMembership {}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AliasRecord {
+    pub room_id: OwnedRoomId,
+    pub creator: OwnedUserId,
+}
+impl JsonValue for AliasRecord {}
