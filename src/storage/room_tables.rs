@@ -56,6 +56,8 @@ pub const ALIASES: Table<String, AliasRecord> = Table::new("aliases");
 pub const ROOM_ALIASES: Table<(OwnedRoomId, String), ()> = Table::new("room_aliases");
 /// Room -> (): rooms published in the public room directory.
 pub const PUBLIC_ROOMS: Table<OwnedRoomId, ()> = Table::new("public_rooms");
+/// (redacted short event, redaction short event) -> (): redactions, applied when serving.
+pub const REDACTIONS: Table<(u64, u64), ()> = Table::new("redactions");
 /// (room, event, reporter) -> the report, kept for admins.
 pub const EVENT_REPORTS: Table<(OwnedRoomId, String, OwnedUserId), serde_json::Value> = Table::new("event_reports");
 
@@ -81,6 +83,7 @@ pub const ROOM_TABLES: &[&str] = &[
     ROOM_ALIASES.name,
     PUBLIC_ROOMS.name,
     EVENT_REPORTS.name,
+    REDACTIONS.name,
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -5,6 +5,7 @@ mod harness;
 
 mod account;
 mod admin;
+mod dag;
 mod data;
 mod devices;
 mod discovery;
@@ -14,3 +15,4 @@ mod lifecycle;
 mod login;
 mod peer_nio;
 mod register;
+mod rooms;

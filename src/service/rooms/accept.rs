@@ -28,6 +28,9 @@ use crate::{
     },
 };
 
+/// The spec's limit on a whole PDU, signatures included.
+const MAX_PDU_BYTES: usize = 65_536;
+
 /// What accepting an event did.
 #[derive(Debug, Clone)]
 pub struct Accepted {
@@ -39,6 +42,16 @@ pub struct Accepted {
 
 fn rejected(message: impl Into<String>) -> Error {
     Error::new(StatusCode::BAD_REQUEST, ErrorKind::BadJson, message)
+}
+
+/// The event being accepted, whose ids and auth chain are still in the uncommitted batch:
+/// state resolution at persist time must see it too.
+pub(super) struct Pending<'a> {
+    short_event: u64,
+    pdu: &'a Pdu,
+    auth_chain: &'a [u64],
+    /// The event's short state key and its names, for state events.
+    state_key: Option<(u64, (StateEventType, String))>,
 }
 
 /// The `membership` of a member event's content (`leave` if unreadable).
@@ -56,13 +69,30 @@ fn forbidden(message: impl std::fmt::Display) -> Error {
 
 impl RoomCore {
     /// Accepts one event into its room. The caller holds the room's lock.
-    pub(super) fn accept(&self, db: &Db, version: &RoomVersionId, json: CanonicalJsonObject) -> Result<Accepted> {
+    pub(super) fn accept(
+        &self,
+        db: &Db,
+        expected_room: Option<&ruma::RoomId>,
+        version: &RoomVersionId,
+        json: CanonicalJsonObject,
+    ) -> Result<Accepted> {
         let rules = version.rules().ok_or_else(|| {
             Error::new(StatusCode::BAD_REQUEST, ErrorKind::UnsupportedRoomVersion, "Unsupported room version")
         })?;
         // Format and size limits (whole event 65,536 bytes, field limits).
+        let size = serde_json::to_vec(&json).map(|v| v.len()).unwrap_or(usize::MAX);
+        if size > MAX_PDU_BYTES {
+            return Err(Error::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorKind::TooLarge,
+                format!("Event is {size} bytes; the limit is {MAX_PDU_BYTES}"),
+            ));
+        }
         state_res::check_pdu_format(&json, &rules.event_format).map_err(rejected)?;
         let mut pdu = Pdu::from_json(json, &rules).map_err(rejected)?;
+        if expected_room.is_some_and(|room| room != pdu.room_id) {
+            return Err(rejected("The event belongs to another room"));
+        }
 
         // Hashes and signatures. A wrong content hash means the content was tampered with: the
         // spec keeps the event, redacted.
@@ -129,7 +159,7 @@ impl RoomCore {
             match groups.as_slice() {
                 [] => return Err(rejected("event has no prev_events")),
                 [group] => (Some(*group), self.state.load(db, *group)?),
-                many => (None, Arc::new(self.resolve(db, &rules, many)?)),
+                many => (None, Arc::new(self.resolve(db, &rules, many, None)?)),
             }
         };
         self.check_against(db, &rules, &pdu, &state_before).map_err(forbidden)?;
@@ -172,9 +202,11 @@ impl RoomCore {
         let short_room = self.interner.short_room_or_new(db, &mut batch, &pdu.room_id)?;
         let short_event = self.interner.short_event_or_new(db, &mut batch, &pdu.event_id)?;
 
+        let mut pending_key = None;
         let (state_after, after_group) = match &pdu.state_key {
             Some(state_key) => {
                 let key = self.interner.short_state_key_or_new(db, &mut batch, &pdu.kind.to_string(), state_key)?;
+                pending_key = Some((key, (StateEventType::from(pdu.kind.to_string()), state_key.clone())));
                 let mut map = (*state_before).clone();
                 map.insert(key, short_event);
                 let map = Arc::new(map);
@@ -200,6 +232,7 @@ impl RoomCore {
         let mut chain: Vec<u64> = chain.into_iter().collect();
         chain.sort_unstable();
         batch.put(&AUTH_CHAINS, &short_event, &chain)?;
+        let pending = Pending { short_event, pdu: &pdu, auth_chain: &chain, state_key: pending_key };
 
         let position = (!soft_failed).then(|| self.positions.next());
         let json = serde_json::value::to_raw_value(&pdu.json).map_err(|e| Error::internal(e.to_string()))?;
@@ -210,6 +243,9 @@ impl RoomCore {
             &EventMeta { room: short_room, position, state_after: after_group, depth: pdu.depth, soft_failed },
         )?;
 
+        if pdu.kind == TimelineEventType::RoomRedaction && !soft_failed {
+            self.record_redaction(db, &mut batch, &pdu, short_event)?;
+        }
         if let Some(position) = position {
             batch.put(&TIMELINE, &(short_room, position), &short_event)?;
             batch.put(&EVENT_STREAM, &position, &(short_room, short_event))?;
@@ -247,7 +283,7 @@ impl RoomCore {
                 if groups.len() == 1 {
                     (self.state.load(db, groups[0])?, groups[0])
                 } else {
-                    let resolved = Arc::new(self.resolve(db, rules, &groups)?);
+                    let resolved = Arc::new(self.resolve(db, rules, &groups, Some(&pending))?);
                     let group = self.state.store(db, &mut batch, Some(after_group), resolved.clone())?;
                     (resolved, group)
                 }
@@ -282,6 +318,14 @@ impl RoomCore {
         let room_id = &new_event.1.room_id;
         for key in previous.keys().filter(|k| !current.contains_key(k)) {
             batch.delete(&CURRENT_STATE, &(short_room, *key));
+            // State resolution can drop a member event: the user then has no membership.
+            let names = self.interner.state_key(db, *key)?;
+            if names.0 == StateEventType::RoomMember
+                && let Ok(user_id) = ruma::UserId::parse(names.1.as_str())
+                && user_id.server_name() == self.server_name
+            {
+                batch.delete(&USER_ROOMS, &(user_id, room_id.clone()));
+            }
         }
         for (key, event) in current.iter().filter(|(k, v)| previous.get(k) != Some(v)) {
             batch.put(&CURRENT_STATE, &(short_room, *key), event)?;
@@ -315,7 +359,13 @@ impl RoomCore {
     }
 
     /// State resolution over the states of several groups, with the room version's algorithm.
-    pub(super) fn resolve(&self, db: &Db, rules: &RoomVersionRules, groups: &[u64]) -> Result<ShortStateMap> {
+    pub(super) fn resolve(
+        &self,
+        db: &Db,
+        rules: &RoomVersionRules,
+        groups: &[u64],
+        pending: Option<&Pending<'_>>,
+    ) -> Result<ShortStateMap> {
         let state_res_rules = match &rules.state_res {
             StateResolutionVersion::V2(rules) => *rules,
             // Ruma implements only state resolution v2. Room version 1 specifies v1; resolving
@@ -329,28 +379,68 @@ impl RoomCore {
             let mut map = StateMap::new();
             let mut chain = EventIdSet::new();
             for (key, event) in short_map.iter() {
-                let names = self.interner.state_key(db, *key)?;
-                map.insert((names.0.clone(), names.1.clone()), self.interner.event_id(db, *event)?);
-                for short in AUTH_CHAINS.get(db, event)?.unwrap_or_default() {
-                    chain.insert(self.interner.event_id(db, short)?);
+                let names = self.key_names(db, *key, pending)?;
+                map.insert(names, self.event_id_of_short(db, *event, pending)?);
+                for short in self.auth_chain_of(db, *event, pending)? {
+                    chain.insert(self.event_id_of_short(db, short, pending)?);
                 }
             }
             maps.push(map);
             chains.push(chain);
         }
-        let fetch = |id: &EventId| self.event_by_id(db, id, rules).ok().flatten();
-        let subgraph = |conflicted: &StateMap<Vec<OwnedEventId>>| self.conflicted_subgraph(db, conflicted);
+        let fetch = |id: &EventId| match pending {
+            Some(p) if p.pdu.event_id == id => Some(p.pdu.clone()),
+            _ => self.event_by_id(db, id, rules).ok().flatten(),
+        };
+        let subgraph = |conflicted: &StateMap<Vec<OwnedEventId>>| self.conflicted_subgraph(db, conflicted, pending);
         let resolved = state_res::resolve(&rules.authorization, &state_res_rules, &maps, chains, fetch, subgraph)
             .map_err(|e| Error::internal(format!("state resolution failed: {e}")))?;
         let mut out = ShortStateMap::new();
         for ((kind, state_key), event_id) in resolved {
-            let key = self.interner.short_state_key(db, &kind.to_string(), &state_key)?;
-            let event = self.interner.short_event(db, &event_id)?;
+            let key = match pending.and_then(|p| p.state_key.as_ref()) {
+                Some((short, (k, s))) if *k == kind && *s == state_key => Some(*short),
+                _ => self.interner.short_state_key(db, &kind.to_string(), &state_key)?,
+            };
+            let event = match pending {
+                Some(p) if p.pdu.event_id == event_id => Some(p.short_event),
+                _ => self.interner.short_event(db, &event_id)?,
+            };
             if let (Some(key), Some(event)) = (key, event) {
                 out.insert(key, event);
             }
         }
         Ok(out)
+    }
+
+    fn key_names(&self, db: &Db, key: u64, pending: Option<&Pending<'_>>) -> Result<(StateEventType, String)> {
+        match pending.and_then(|p| p.state_key.as_ref()) {
+            Some((short, names)) if *short == key => Ok(names.clone()),
+            _ => {
+                let names = self.interner.state_key(db, key)?;
+                Ok((names.0.clone(), names.1.clone()))
+            }
+        }
+    }
+
+    fn event_id_of_short(&self, db: &Db, short: u64, pending: Option<&Pending<'_>>) -> Result<OwnedEventId> {
+        match pending {
+            Some(p) if p.short_event == short => Ok(p.pdu.event_id.clone()),
+            _ => self.interner.event_id(db, short),
+        }
+    }
+
+    fn short_of_event(&self, db: &Db, id: &EventId, pending: Option<&Pending<'_>>) -> Result<Option<u64>> {
+        match pending {
+            Some(p) if p.pdu.event_id == id => Ok(Some(p.short_event)),
+            _ => self.interner.short_event(db, id),
+        }
+    }
+
+    fn auth_chain_of(&self, db: &Db, short: u64, pending: Option<&Pending<'_>>) -> Result<Vec<u64>> {
+        match pending {
+            Some(p) if p.short_event == short => Ok(p.auth_chain.to_vec()),
+            _ => Ok(AUTH_CHAINS.get(db, &short)?.unwrap_or_default()),
+        }
     }
 
     /// The conflicted state subgraph (room version 12): the conflicted events and every event on
@@ -360,22 +450,21 @@ impl RoomCore {
         &self,
         db: &Db,
         conflicted: &StateMap<Vec<OwnedEventId>>,
+        pending: Option<&Pending<'_>>,
     ) -> Option<EventIdSet<OwnedEventId>> {
-        let conflicted_shorts: HashSet<u64> =
-            conflicted.values().flatten().filter_map(|id| self.interner.short_event(db, id).ok().flatten()).collect();
+        let conflicted_shorts: HashSet<u64> = conflicted
+            .values()
+            .flatten()
+            .filter_map(|id| self.short_of_event(db, id, pending).ok().flatten())
+            .collect();
         let mut subgraph = EventIdSet::new();
         for start in &conflicted_shorts {
-            subgraph.insert(self.interner.event_id(db, *start).ok()?);
-            for ancestor in AUTH_CHAINS.get(db, start).ok()?.unwrap_or_default() {
+            subgraph.insert(self.event_id_of_short(db, *start, pending).ok()?);
+            for ancestor in self.auth_chain_of(db, *start, pending).ok()? {
                 let reaches_conflicted = conflicted_shorts.contains(&ancestor)
-                    || AUTH_CHAINS
-                        .get(db, &ancestor)
-                        .ok()?
-                        .unwrap_or_default()
-                        .iter()
-                        .any(|e| conflicted_shorts.contains(e));
+                    || self.auth_chain_of(db, ancestor, pending).ok()?.iter().any(|e| conflicted_shorts.contains(e));
                 if reaches_conflicted {
-                    subgraph.insert(self.interner.event_id(db, ancestor).ok()?);
+                    subgraph.insert(self.event_id_of_short(db, ancestor, pending).ok()?);
                 }
             }
         }

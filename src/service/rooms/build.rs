@@ -110,7 +110,7 @@ impl RoomCore {
                 self.state.load(db, record.current_state_group)?
             }
             ([group], _, _) => self.state.load(db, *group)?,
-            (many, _, _) => Arc::new(self.resolve(db, &rules, many)?),
+            (many, _, _) => Arc::new(self.resolve(db, &rules, many, None)?),
         };
 
         let mut content = event.content;
@@ -174,7 +174,14 @@ impl RoomCore {
             &mut json,
             &rules.redaction,
         )
-        .map_err(|e| Error::internal(format!("cannot sign event: {e}")))?;
+        .map_err(|e| match e {
+            ruma::signatures::JsonError::PduTooLarge => Error::new(
+                http::StatusCode::PAYLOAD_TOO_LARGE,
+                ruma::api::error::ErrorKind::TooLarge,
+                "The event would exceed 65,536 bytes",
+            ),
+            other => Error::internal(format!("cannot sign event: {other}")),
+        })?;
         Ok(json)
     }
 

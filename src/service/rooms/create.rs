@@ -97,7 +97,7 @@ impl RoomCore {
         event: NewEvent,
     ) -> Result<()> {
         let json = self.build(db, Some(room_id), version, sender, event, None)?;
-        self.accept(db, version, json)?;
+        self.accept(db, Some(room_id), version, json)?;
         Ok(())
     }
 
@@ -130,7 +130,7 @@ impl RoomCore {
             let event_id = event_id_of(&json, &rules).map_err(Error::internal)?;
             let room_id = OwnedRoomId::try_from(format!("!{}", &event_id.as_str()[1..]))
                 .map_err(|e| Error::internal(e.to_string()))?;
-            self.accept(db, &version, json)?;
+            self.accept(db, Some(&room_id), &version, json)?;
             room_id
         } else {
             let room_id = OwnedRoomId::try_from(format!("!{}:{}", random_string(18), self.server_name))

@@ -10,6 +10,7 @@ mod directory;
 pub mod membership;
 pub mod pdu;
 mod read;
+mod redaction;
 mod short;
 mod state;
 
@@ -135,7 +136,7 @@ impl Rooms {
         self.run(move |core, db| {
             let (_, version) = core.version_of(db, &room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
             let json = core.build(db, Some(&room_id), &version, &sender, event, prev_events)?;
-            core.accept(db, &version, json)
+            core.accept(db, Some(&room_id), &version, json)
         })
         .await
     }
@@ -147,7 +148,7 @@ impl Rooms {
         let room_id = room_id.to_owned();
         self.run(move |core, db| {
             let (_, version) = core.version_of(db, &room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
-            core.accept(db, &version, json)
+            core.accept(db, Some(&room_id), &version, json)
         })
         .await
     }

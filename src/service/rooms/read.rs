@@ -27,7 +27,7 @@ struct HistoryVisibility {
 
 impl RoomCore {
     /// One state event of the state after a given state group.
-    fn state_in_group(&self, db: &Db, group: u64, kind: &str, state_key: &str) -> Result<Option<Pdu>> {
+    pub(super) fn state_in_group(&self, db: &Db, group: u64, kind: &str, state_key: &str) -> Result<Option<Pdu>> {
         let Some(key) = self.interner.short_state_key(db, kind, state_key)? else { return Ok(None) };
         let map = self.state.load(db, group)?;
         let Some(short) = map.get(&key) else { return Ok(None) };
@@ -94,7 +94,7 @@ impl Rooms {
             CURRENT_STATE
                 .scan_prefix(db, &(short_room,))?
                 .into_iter()
-                .map(|(_, short)| core.event_by_short(db, short, &rules))
+                .map(|(_, short)| core.event_for_client(db, short, &rules))
                 .collect()
         })
         .await
@@ -108,7 +108,7 @@ impl Rooms {
             let meta = EVENT_META.get(db, &short)?.ok_or_else(|| Error::not_found("Unknown event"))?;
             let rules = core.rules_of_room(db, meta.room)?;
             let map = core.state.load(db, meta.state_after)?;
-            map.values().map(|short| core.event_by_short(db, *short, &rules)).collect()
+            map.values().map(|short| core.event_for_client(db, *short, &rules)).collect()
         })
         .await
     }
@@ -154,7 +154,7 @@ impl Rooms {
                 return Ok(None);
             }
             let rules = core.rules_of_room(db, meta.room)?;
-            Ok(Some(StoredEvent { pdu: core.event_by_short(db, short, &rules)?, meta }))
+            Ok(Some(StoredEvent { pdu: core.event_for_client(db, short, &rules)?, meta }))
         })
         .await
     }
@@ -196,7 +196,7 @@ impl Rooms {
                     last = Some(*position);
                     let Some(meta) = EVENT_META.get(db, short)? else { continue };
                     if core.can_see(db, &user, short_room, &meta)? {
-                        events.push(StoredEvent { pdu: core.event_by_short(db, *short, &rules)?, meta });
+                        events.push(StoredEvent { pdu: core.event_for_client(db, *short, &rules)?, meta });
                         if events.len() >= limit {
                             break 'pages;
                         }
@@ -278,7 +278,7 @@ impl Rooms {
                 return Err(Error::forbidden("You cannot see the room at that point"));
             }
             let map = core.state.load(db, meta.state_after)?;
-            map.values().map(|short| core.event_by_short(db, *short, &rules)).collect()
+            map.values().map(|short| core.event_for_client(db, *short, &rules)).collect()
         })
         .await
     }

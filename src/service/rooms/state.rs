@@ -26,11 +26,18 @@ const CACHE_GROUPS: usize = 512;
 pub struct StateGroups {
     allocator: IdAllocator,
     cache: Mutex<HashMap<u64, Arc<ShortStateMap>>>,
+    /// Chain lengths of groups made recently, so a group can have a parent whose batch has not
+    /// been committed yet (the event's state and the room's resolved state share one batch).
+    chain_lengths: Mutex<HashMap<u64, u32>>,
 }
 
 impl StateGroups {
     pub fn new(db: &Db) -> Result<Self> {
-        Ok(Self { allocator: IdAllocator::after_last_key(db, &STATE_GROUPS)?, cache: Mutex::new(HashMap::new()) })
+        Ok(Self {
+            allocator: IdAllocator::after_last_key(db, &STATE_GROUPS)?,
+            cache: Mutex::new(HashMap::new()),
+            chain_lengths: Mutex::new(HashMap::new()),
+        })
     }
 
     fn cached(&self, group: u64) -> Option<Arc<ShortStateMap>> {
@@ -83,14 +90,21 @@ impl StateGroups {
         let group = self.allocator.next();
         let record = match parent {
             Some(parent_id) => {
-                let parent_record =
-                    STATE_GROUPS.get(db, &parent_id)?.ok_or_else(|| Error::internal("parent state group missing"))?;
-                if parent_record.chain_length < MAX_CHAIN {
+                let parent_chain = match self.chain_lengths.lock().ok().and_then(|m| m.get(&parent_id).copied()) {
+                    Some(length) => length,
+                    None => {
+                        STATE_GROUPS
+                            .get(db, &parent_id)?
+                            .ok_or_else(|| Error::internal("parent state group missing"))?
+                            .chain_length
+                    }
+                };
+                if parent_chain < MAX_CHAIN {
                     let parent_map = self.load(db, parent_id)?;
                     let added =
                         state.iter().filter(|(k, v)| parent_map.get(k) != Some(v)).map(|(k, v)| (*k, *v)).collect();
                     let removed = parent_map.keys().filter(|k| !state.contains_key(k)).copied().collect();
-                    StateGroup { parent: Some(parent_id), chain_length: parent_record.chain_length + 1, added, removed }
+                    StateGroup { parent: Some(parent_id), chain_length: parent_chain + 1, added, removed }
                 } else {
                     full_snapshot(&state)
                 }
@@ -98,6 +112,12 @@ impl StateGroups {
             None => full_snapshot(&state),
         };
         batch.put(&STATE_GROUPS, &group, &record)?;
+        if let Ok(mut lengths) = self.chain_lengths.lock() {
+            if lengths.len() >= CACHE_GROUPS {
+                lengths.clear();
+            }
+            lengths.insert(group, record.chain_length);
+        }
         self.remember(group, state);
         Ok(group)
     }

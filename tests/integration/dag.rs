@@ -1,0 +1,297 @@
+//! The event graph through the library's acceptance path, the way federation will deliver
+//! events: concurrent state events on the same prev events (resolved with state resolution v2),
+//! soft-failed events, and malformed events (always an error, never a panic or a 500).
+
+use std::sync::Arc;
+
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedRoomId, OwnedUserId, RoomVersionId, UserId,
+    events::{StateEventType, TimelineEventType},
+};
+use serde_json::{Map, Value, json};
+use trellis::{
+    Error,
+    config::Config,
+    service::{
+        Services,
+        rooms::{
+            NewEvent,
+            create::{Preset, RoomSpec},
+            membership::MembershipChange,
+            membership_of,
+        },
+    },
+    storage::Db,
+};
+
+use crate::harness::config_text;
+
+struct Fixture {
+    services: Arc<Services>,
+    _dir: tempfile::TempDir,
+}
+
+fn user(name: &str) -> OwnedUserId {
+    UserId::parse(format!("@{name}:localhost")).unwrap()
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::from_toml(&config_text(dir.path(), "localhost", ""), "test", Vec::new()).unwrap().config;
+    let db = Db::open(&config).unwrap();
+    Fixture { services: Services::build(config, db).unwrap(), _dir: dir }
+}
+
+async fn public_room(services: &Services, creator: &UserId, version: RoomVersionId) -> OwnedRoomId {
+    let spec = RoomSpec {
+        version,
+        preset: Preset::PublicChat,
+        creation_content: Map::new(),
+        power_level_override: None,
+        alias: None,
+        initial_state: Vec::new(),
+        name: None,
+        topic: None,
+        invite: Vec::new(),
+        is_direct: false,
+        creator_member: Map::new(),
+    };
+    services.rooms.create_room(creator, spec).await.unwrap()
+}
+
+async fn join(services: &Services, room: &OwnedRoomId, who: &UserId) -> OwnedEventId {
+    let change = MembershipChange { sender: who, target: who, membership: "join", reason: None, profile: Map::new() };
+    services.rooms.change_membership(room, change).await.unwrap().event_id
+}
+
+async fn power_levels_with(services: &Services, room: &OwnedRoomId, who: &UserId, level: i64) -> Value {
+    let current = services.rooms.state_event(room, &StateEventType::RoomPowerLevels, "").await.unwrap().unwrap();
+    let mut content = current.content_value();
+    content["users"][who.as_str()] = json!(level);
+    content
+}
+
+async fn membership(services: &Services, room: &OwnedRoomId, who: &UserId) -> Option<String> {
+    services
+        .rooms
+        .state_event(room, &StateEventType::RoomMember, who.as_str())
+        .await
+        .unwrap()
+        .map(|pdu| membership_of(&pdu))
+}
+
+const FORK_VERSIONS: [RoomVersionId; 3] = [RoomVersionId::V10, RoomVersionId::V11, RoomVersionId::V12];
+
+/// Bob (a moderator) bans Carol while, concurrently, Alice demotes Bob. State resolution v2
+/// applies Alice's power-level change first (her power is higher); Bob's ban then fails the
+/// auth check against the partially resolved state, so Carol stays joined.
+#[tokio::test]
+async fn a_ban_racing_a_demotion_resolves_to_the_demotion() {
+    for version in FORK_VERSIONS {
+        let Fixture { services, _dir } = fixture();
+        let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
+        let room = public_room(&services, &alice, version.clone()).await;
+        join(&services, &room, &bob).await;
+        join(&services, &room, &carol).await;
+        let promote = power_levels_with(&services, &room, &bob, 50).await;
+        let fork_point = services
+            .rooms
+            .send(&room, &alice, NewEvent::state(TimelineEventType::RoomPowerLevels, "", promote))
+            .await
+            .unwrap()
+            .event_id;
+
+        let ban = NewEvent::state(TimelineEventType::RoomMember, carol.as_str(), json!({"membership": "ban"}));
+        let ban = services.rooms.send_with_prev_events(&room, &bob, ban, Some(vec![fork_point.clone()])).await.unwrap();
+        assert!(!ban.soft_failed, "{version}: the ban extends the only extremity");
+        assert_eq!(membership(&services, &room, &carol).await.as_deref(), Some("ban"));
+
+        let demote = power_levels_with(&services, &room, &bob, 0).await;
+        let demote = NewEvent::state(TimelineEventType::RoomPowerLevels, "", demote);
+        let demotion =
+            services.rooms.send_with_prev_events(&room, &alice, demote, Some(vec![fork_point])).await.unwrap();
+        assert!(!demotion.soft_failed, "{version}: the demotion is authorised against the current state too");
+
+        // Two forward extremities: the current state is their resolution.
+        assert_eq!(membership(&services, &room, &carol).await.as_deref(), Some("join"), "{version}");
+        let levels = services.rooms.state_event(&room, &StateEventType::RoomPowerLevels, "").await.unwrap().unwrap();
+        assert_eq!(levels.event_id, demotion.event_id, "{version}");
+
+        // The next event merges the fork: it names both extremities as prev events.
+        let message = NewEvent::message(TimelineEventType::RoomMessage, json!({"msgtype": "m.text", "body": "merged"}));
+        let merged = services.rooms.send(&room, &alice, message).await.unwrap();
+        let stored = services.rooms.event_for(&alice, &merged.event_id).await.unwrap().unwrap();
+        let mut prevs = stored.pdu.prev_events.clone();
+        prevs.sort();
+        let mut expected = vec![ban.event_id.clone(), demotion.event_id.clone()];
+        expected.sort();
+        assert_eq!(prevs, expected, "{version}");
+        assert_eq!(membership(&services, &room, &carol).await.as_deref(), Some("join"), "{version}");
+    }
+}
+
+/// Dave joins a public room while, concurrently, Alice makes it invite-only. The join-rule
+/// change is a power event and wins; Dave's join fails against it and is not in the state.
+#[tokio::test]
+async fn a_join_racing_a_join_rule_change_loses() {
+    for version in FORK_VERSIONS {
+        let Fixture { services, _dir } = fixture();
+        let (alice, dave) = (user("alice"), user("dave"));
+        let room = public_room(&services, &alice, version.clone()).await;
+        let fork_point = services
+            .rooms
+            .send(
+                &room,
+                &alice,
+                NewEvent::message(TimelineEventType::RoomMessage, json!({"msgtype": "m.text", "body": "hi"})),
+            )
+            .await
+            .unwrap()
+            .event_id;
+        let join_event = NewEvent::state(TimelineEventType::RoomMember, dave.as_str(), json!({"membership": "join"}));
+        let joined = services
+            .rooms
+            .send_with_prev_events(&room, &dave, join_event, Some(vec![fork_point.clone()]))
+            .await
+            .unwrap();
+        assert!(!joined.soft_failed);
+        assert_eq!(membership(&services, &room, &dave).await.as_deref(), Some("join"));
+
+        let rules = NewEvent::state(TimelineEventType::RoomJoinRules, "", json!({"join_rule": "invite"}));
+        services.rooms.send_with_prev_events(&room, &alice, rules, Some(vec![fork_point])).await.unwrap();
+
+        let join_rule = services.rooms.state_event(&room, &StateEventType::RoomJoinRules, "").await.unwrap().unwrap();
+        assert_eq!(join_rule.content_value()["join_rule"], "invite", "{version}");
+        assert_eq!(membership(&services, &room, &dave).await, None, "{version}: the join lost");
+        assert!(
+            services.rooms.membership(&dave, &room).await.unwrap().is_none(),
+            "{version}: Dave's room list follows"
+        );
+    }
+}
+
+/// When the demotion arrives first, Bob's ban on the old fork point passes against the state
+/// before it but not against the current state: it is soft-failed, stored, and never served.
+#[tokio::test]
+async fn a_soft_failed_event_is_stored_but_not_served() {
+    let Fixture { services, _dir } = fixture();
+    let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
+    let room = public_room(&services, &alice, RoomVersionId::V11).await;
+    join(&services, &room, &bob).await;
+    join(&services, &room, &carol).await;
+    let promote = power_levels_with(&services, &room, &bob, 50).await;
+    let fork_point = services
+        .rooms
+        .send(&room, &alice, NewEvent::state(TimelineEventType::RoomPowerLevels, "", promote))
+        .await
+        .unwrap()
+        .event_id;
+    let demote = power_levels_with(&services, &room, &bob, 0).await;
+    let demotion = services
+        .rooms
+        .send_with_prev_events(
+            &room,
+            &alice,
+            NewEvent::state(TimelineEventType::RoomPowerLevels, "", demote),
+            Some(vec![fork_point.clone()]),
+        )
+        .await
+        .unwrap();
+
+    let ban = NewEvent::state(TimelineEventType::RoomMember, carol.as_str(), json!({"membership": "ban"}));
+    let ban = services.rooms.send_with_prev_events(&room, &bob, ban, Some(vec![fork_point])).await.unwrap();
+    assert!(ban.soft_failed);
+    assert!(ban.position.is_none());
+    assert!(services.rooms.event_for(&alice, &ban.event_id).await.unwrap().is_none(), "not served by ID");
+    let (timeline, _) =
+        services.rooms.timeline(&alice, &room, None, trellis::storage::ScanDirection::Reverse, 100).await.unwrap();
+    assert!(timeline.iter().all(|e| e.pdu.event_id != ban.event_id), "not in the timeline");
+    assert_eq!(membership(&services, &room, &carol).await.as_deref(), Some("join"));
+    // Nothing builds on it: the next event's only prev event is the demotion.
+    let next = services
+        .rooms
+        .send(
+            &room,
+            &alice,
+            NewEvent::message(TimelineEventType::RoomMessage, json!({"msgtype": "m.text", "body": "after"})),
+        )
+        .await
+        .unwrap();
+    let stored = services.rooms.event_for(&alice, &next.event_id).await.unwrap().unwrap();
+    assert_eq!(stored.pdu.prev_events, vec![demotion.event_id]);
+}
+
+fn random_value(rng: &mut StdRng, depth: u32) -> CanonicalJsonValue {
+    match rng.gen_range(0..7) {
+        0 => CanonicalJsonValue::Null,
+        1 => CanonicalJsonValue::Bool(rng.r#gen()),
+        2 => CanonicalJsonValue::Integer(rng.gen_range(-(1i64 << 53) + 1..(1i64 << 53)).try_into().unwrap_or_default()),
+        3 => {
+            let len = rng.gen_range(0..40);
+            CanonicalJsonValue::String((0..len).map(|_| rng.gen_range(' '..'~')).collect())
+        }
+        4 => CanonicalJsonValue::String(
+            ["@x:localhost", "$abc", "!room:localhost", "", "m.room.member"][rng.gen_range(0..5)].to_owned(),
+        ),
+        5 if depth < 3 => {
+            CanonicalJsonValue::Array((0..rng.gen_range(0..4)).map(|_| random_value(rng, depth + 1)).collect())
+        }
+        _ if depth < 3 => CanonicalJsonValue::Object(
+            (0..rng.gen_range(0..4)).map(|i| (format!("k{i}"), random_value(rng, depth + 1))).collect(),
+        ),
+        _ => CanonicalJsonValue::Null,
+    }
+}
+
+fn mutate(rng: &mut StdRng, event: &CanonicalJsonObject) -> CanonicalJsonObject {
+    let mut event = event.clone();
+    for _ in 0..rng.gen_range(1..4) {
+        let keys: Vec<String> = event.keys().cloned().collect();
+        let key = keys[rng.gen_range(0..keys.len())].clone();
+        match rng.gen_range(0..5) {
+            0 => {
+                event.remove(&key);
+            }
+            1 | 2 => {
+                event.insert(key, random_value(rng, 0));
+            }
+            3 => {
+                if let Some(CanonicalJsonValue::Object(inner)) = event.get_mut(&key) {
+                    inner.insert("injected".into(), random_value(rng, 0));
+                } else {
+                    event.insert(format!("extra_{}", rng.gen_range(0..3)), random_value(rng, 0));
+                }
+            }
+            _ => {
+                event.insert(key, CanonicalJsonValue::String("x".repeat(rng.gen_range(0..70_000))));
+            }
+        }
+    }
+    event
+}
+
+/// Malformed and tampered events fed to the acceptance path: each is refused with a Matrix
+/// error (never accepted, never a panic, never an internal error).
+#[tokio::test]
+async fn malformed_events_are_always_refused_cleanly() {
+    let Fixture { services, _dir } = fixture();
+    let alice = user("alice");
+    for version in [RoomVersionId::V1, RoomVersionId::V6, RoomVersionId::V11, RoomVersionId::V12] {
+        let room = public_room(&services, &alice, version.clone()).await;
+        let message = NewEvent::message(TimelineEventType::RoomMessage, json!({"msgtype": "m.text", "body": "seed"}));
+        let seed = services.rooms.send(&room, &alice, message).await.unwrap();
+        let seed = services.rooms.event_for(&alice, &seed.event_id).await.unwrap().unwrap().pdu.json;
+        let mut rng = StdRng::seed_from_u64(0x007e_1115 + version.as_str().len() as u64);
+        for round in 0..150 {
+            let candidate = mutate(&mut rng, &seed);
+            match services.rooms.accept_pdu(&room, candidate.clone()).await {
+                Ok(accepted) => panic!("{version} round {round}: accepted a mutated event {accepted:?}: {candidate:?}"),
+                Err(Error::Matrix { .. }) => {}
+                Err(other) => panic!("{version} round {round}: internal error {other} for {candidate:?}"),
+            }
+        }
+        // Replaying the untouched event is refused as a duplicate.
+        assert!(services.rooms.accept_pdu(&room, seed).await.is_err());
+    }
+}
