@@ -4,10 +4,12 @@
 pub mod account_data;
 pub mod accounts;
 pub mod admin_register;
+pub mod notifier;
 pub mod profile;
 pub mod rooms;
 pub mod server_keys;
 pub mod sessions;
+pub mod sync;
 pub mod uiaa;
 
 use std::{
@@ -27,22 +29,26 @@ pub struct Services {
     pub account_data: account_data::AccountData,
     pub admin_register: admin_register::AdminRegister,
     pub rooms: rooms::Rooms,
+    /// Wakes long-polling syncs when a stream moves.
+    pub notifier: Arc<notifier::Notifier>,
 }
 
 impl Services {
     pub fn build(config: Config, db: Db) -> crate::Result<Arc<Self>> {
         let config = Arc::new(config);
         let keys = Arc::new(server_keys::ServerKeys::load_or_create(&db, config.server_name.clone())?);
+        let notifier = Arc::new(notifier::Notifier::new());
         Ok(Arc::new(Self {
-            rooms: rooms::Rooms::new(db.clone(), config.server_name.clone(), keys)?,
+            rooms: rooms::Rooms::new(db.clone(), config.server_name.clone(), keys, notifier.clone())?,
             accounts: accounts::Accounts::new(db.clone(), config.server_name.clone()),
             sessions: sessions::Sessions::new(db.clone(), config.refreshable_access_token_lifetime_secs),
             profile: profile::Profiles::new(db.clone()),
             uiaa: uiaa::Uiaa::new(non_empty(&config.registration_token)),
-            account_data: account_data::AccountData::new(db.clone()),
+            account_data: account_data::AccountData::new(db.clone(), notifier.clone()),
             admin_register: admin_register::AdminRegister::new(non_empty(&config.registration_shared_secret)),
             config,
             db,
+            notifier,
         }))
     }
 }

@@ -16,3 +16,4 @@ mod login;
 mod peer_nio;
 mod register;
 mod rooms;
+mod sync;

@@ -11,6 +11,7 @@ pub mod register;
 pub mod room;
 pub mod session;
 pub mod state;
+pub mod sync;
 
 use std::sync::Arc;
 
@@ -29,5 +30,6 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = membership::routes(router);
     let router = message::routes(router);
     let router = state::routes(router);
+    let router = sync::routes(router);
     account_data::routes(router)
 }

@@ -234,7 +234,9 @@ impl RoomCore {
         batch.put(&AUTH_CHAINS, &short_event, &chain)?;
         let pending = Pending { short_event, pdu: &pdu, auth_chain: &chain, state_key: pending_key };
 
-        let position = (!soft_failed).then(|| self.positions.next());
+        // Held until the batch is written: readers never look past an uncommitted position.
+        let reserved = (!soft_failed).then(|| self.positions.reserve());
+        let position = reserved.as_ref().map(|r| r.position);
         let json = serde_json::value::to_raw_value(&pdu.json).map_err(|e| Error::internal(e.to_string()))?;
         batch.put(&PDUS, &short_event, &json)?;
         batch.put(
@@ -300,6 +302,7 @@ impl RoomCore {
             )?;
         }
         db.write(batch)?;
+        drop(reserved);
         Ok(Accepted { event_id: pdu.event_id, position, soft_failed })
     }
 

@@ -13,6 +13,8 @@ mod read;
 mod redaction;
 mod short;
 mod state;
+mod stream;
+mod sync_read;
 
 use std::{
     collections::HashMap,
@@ -27,6 +29,8 @@ use ruma::{
 pub use accept::Accepted;
 pub use build::NewEvent;
 pub use pdu::Pdu;
+pub use read::StoredEvent;
+pub use sync_read::{EventPredicate, MemberSummary, StateSelection, TimelineWindow};
 
 /// The `membership` of a member event.
 pub fn membership_of(pdu: &Pdu) -> String {
@@ -37,8 +41,8 @@ use super::server_keys::ServerKeys;
 use crate::{
     Error, Result,
     storage::{
-        Db, IdAllocator,
-        room_tables::{EVENT_STREAM, PDUS, ROOMS},
+        Db,
+        room_tables::{PDUS, ROOMS},
     },
 };
 
@@ -50,7 +54,7 @@ pub struct RoomCore {
     interner: short::Interner,
     state: state::StateGroups,
     /// Stream positions of the timeline.
-    positions: IdAllocator,
+    positions: stream::StreamAllocator,
 }
 
 pub struct Rooms {
@@ -86,11 +90,16 @@ impl RoomCore {
 }
 
 impl Rooms {
-    pub fn new(db: Db, server_name: OwnedServerName, keys: Arc<ServerKeys>) -> Result<Self> {
+    pub fn new(
+        db: Db,
+        server_name: OwnedServerName,
+        keys: Arc<ServerKeys>,
+        notifier: Arc<crate::service::notifier::Notifier>,
+    ) -> Result<Self> {
         let core = RoomCore {
             interner: short::Interner::new(&db)?,
             state: state::StateGroups::new(&db)?,
-            positions: IdAllocator::after_last_key(&db, &EVENT_STREAM)?,
+            positions: stream::StreamAllocator::new(&db, notifier)?,
             db,
             server_name,
             keys,

@@ -35,7 +35,13 @@ impl RoomCore {
         Ok(Some(self.event_by_short(db, *short, &rules)?))
     }
 
-    fn current_state_event(&self, db: &Db, short_room: u64, kind: &str, state_key: &str) -> Result<Option<Pdu>> {
+    pub(super) fn current_state_event(
+        &self,
+        db: &Db,
+        short_room: u64,
+        kind: &str,
+        state_key: &str,
+    ) -> Result<Option<Pdu>> {
         let Some(key) = self.interner.short_state_key(db, kind, state_key)? else { return Ok(None) };
         let Some(short) = CURRENT_STATE.get(db, &(short_room, key))? else { return Ok(None) };
         let rules = self.rules_of_room(db, short_room)?;
@@ -45,7 +51,7 @@ impl RoomCore {
     /// Whether `user` may see an event, by the spec's history visibility rules: always for
     /// `world_readable`; when the user was joined at the event; for `shared` when the user is
     /// joined now; for `invited` when the user was invited (or joined) at the event.
-    fn can_see(&self, db: &Db, user: &UserId, short_room: u64, meta: &EventMeta) -> Result<bool> {
+    pub(super) fn can_see(&self, db: &Db, user: &UserId, short_room: u64, meta: &EventMeta) -> Result<bool> {
         let visibility = self
             .state_in_group(db, meta.state_after, "m.room.history_visibility", "")?
             .and_then(|pdu| serde_json::from_str::<HistoryVisibility>(pdu.content.get()).ok())
@@ -218,9 +224,10 @@ impl Rooms {
         .await
     }
 
-    /// The newest stream position handed out (for pagination tokens).
+    /// The newest stream position up to which every event is committed (for pagination and
+    /// sync tokens).
     pub fn current_position(&self) -> u64 {
-        self.core.positions.peek().saturating_sub(1)
+        self.core.positions.committed()
     }
 }
 

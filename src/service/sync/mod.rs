@@ -1,0 +1,115 @@
+//! `/sync`: what changed for a user between two sync tokens. A sync reads every stream up to
+//! its positions at the start (the "snapshot"), builds the rooms and account data parts, and,
+//! when an incremental sync finds nothing and the client asked to wait, waits on the
+//! [`Notifier`](super::notifier::Notifier) until a stream moves or the timeout passes.
+//!
+//! Files: `token.rs` (the token format), `filter.rs` (resolving and applying filters),
+//! `rooms.rs` (the joined, invited and left rooms).
+
+mod filter;
+mod rooms;
+mod token;
+
+use std::{collections::HashMap, time::Duration};
+
+use ruma::{
+    UserId,
+    api::client::{filter::FilterDefinition, sync::sync_events::v3},
+    serde::Raw,
+};
+use serde::Serialize;
+
+pub use token::SyncToken;
+
+use super::{Services, account_data::AccountDataEntry};
+use crate::{Error, Result};
+
+/// The longest a sync waits, whatever the client asks.
+const MAX_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A sync request, as the handler passes it on.
+#[derive(Debug, Default)]
+pub struct SyncRequest {
+    pub filter: Option<v3::Filter>,
+    pub since: Option<String>,
+    pub full_state: bool,
+    pub timeout: Option<Duration>,
+}
+
+/// What every part of one sync shares.
+struct Context<'a> {
+    services: &'a Services,
+    user: &'a UserId,
+    filter: &'a FilterDefinition,
+    since: Option<SyncToken>,
+    now: SyncToken,
+    full_state: bool,
+    /// Changed room account data, by room ID.
+    room_account_data: HashMap<String, Vec<AccountDataEntry>>,
+}
+
+/// Serialises a JSON value into a ruma `Raw`.
+fn raw_json<T, V: Serialize>(value: &V) -> Result<Raw<T>> {
+    serde_json::value::to_raw_value(value)
+        .map(Raw::from_json)
+        .map_err(|e| Error::internal(format!("cannot serialise event: {e}")))
+}
+
+fn raw_account_data<T>(entry: &AccountDataEntry) -> Result<Raw<T>> {
+    raw_json(&serde_json::json!({ "type": entry.event_type, "content": entry.content }))
+}
+
+/// Runs one `/sync` for `user`.
+pub async fn sync(services: &Services, user: &UserId, request: SyncRequest) -> Result<v3::Response> {
+    let since = request.since.as_deref().map(SyncToken::parse).transpose()?;
+    let filter = filter::resolve(&services.account_data, user, request.filter).await?;
+    let timeout = request.timeout.unwrap_or_default().min(MAX_TIMEOUT);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        // Subscribe before reading the streams: a change after the read wakes the wait below.
+        let mut changes = services.notifier.subscribe();
+        let now = SyncToken {
+            events: services.rooms.current_position(),
+            account_data: services.account_data.position().await?,
+        };
+        // A token from the future (a restored database) counts as "now".
+        let since = since.map(|s| SyncToken {
+            events: s.events.min(now.events),
+            account_data: s.account_data.min(now.account_data),
+        });
+        let response = build(services, user, &filter, since, now, request.full_state).await?;
+        let empty = response.rooms.is_empty() && response.account_data.is_empty();
+        if since.is_none() || request.full_state || !empty {
+            return Ok(response);
+        }
+        match tokio::time::timeout_at(deadline, changes.changed()).await {
+            Ok(Ok(())) => continue,
+            // Timed out (or the notifier is gone): an empty sync with the new token.
+            _ => return Ok(response),
+        }
+    }
+}
+
+async fn build(
+    services: &Services,
+    user: &UserId,
+    filter: &FilterDefinition,
+    since: Option<SyncToken>,
+    now: SyncToken,
+    full_state: bool,
+) -> Result<v3::Response> {
+    let mut response = v3::Response::new(now.to_string());
+    let mut room_account_data: HashMap<String, Vec<AccountDataEntry>> = HashMap::new();
+    for entry in services.account_data.changes(user, since.map(|s| s.account_data), now.account_data).await? {
+        if entry.room.is_empty() {
+            if filter::account_data_allowed(&filter.account_data, &entry.event_type) {
+                response.account_data.events.push(raw_account_data(&entry)?);
+            }
+        } else {
+            room_account_data.entry(entry.room.clone()).or_default().push(entry);
+        }
+    }
+    let context = Context { services, user, filter, since, now, full_state, room_account_data };
+    response.rooms = rooms::collect(&context).await?;
+    Ok(response)
+}
