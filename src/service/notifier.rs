@@ -2,6 +2,8 @@
 //! stream. Writers poke it after their batch is committed; a waiting `/sync` subscribes before
 //! it reads the streams, so no change between its read and its wait is missed.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tokio::sync::watch;
 
 /// The newest committed position of each stream.
@@ -15,6 +17,7 @@ pub struct StreamPositions {
 
 pub struct Notifier {
     sender: watch::Sender<StreamPositions>,
+    shutting_down: AtomicBool,
 }
 
 impl Default for Notifier {
@@ -25,12 +28,23 @@ impl Default for Notifier {
 
 impl Notifier {
     pub fn new() -> Self {
-        Self { sender: watch::Sender::new(StreamPositions::default()) }
+        Self { sender: watch::Sender::new(StreamPositions::default()), shutting_down: AtomicBool::new(false) }
     }
 
     /// A receiver that sees every change made after this call.
     pub fn subscribe(&self) -> watch::Receiver<StreamPositions> {
         self.sender.subscribe()
+    }
+
+    /// The server is stopping: wakes every waiting sync, and no sync waits from now on, so
+    /// long-polls do not hold the graceful shutdown.
+    pub fn shut_down(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        self.sender.send_modify(|_| {});
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
     }
 
     /// Records that room events up to `position` are committed.

@@ -379,3 +379,30 @@ async fn filters_by_id_and_inline_and_bad_parameters() {
     let body = sync(&server, &alice, &format!("since={token}&full_state=true")).await;
     assert!(has_state(joined(&body, &room), "m.room.create", ""), "{body}");
 }
+
+#[tokio::test]
+async fn shutdown_ends_a_long_poll_with_a_response() {
+    let server = TestServer::start().await;
+    let bob = server.register("bob", "pw").await;
+    let token = since(&sync(&server, &bob, "").await);
+    let request = server
+        .http
+        .get(server.url(&format!("/_matrix/client/v3/sync?since={token}&timeout=300000")))
+        .bearer_auth(bob.access_token.clone())
+        .send();
+    let poll = tokio::spawn(async move {
+        let response = request.await.map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((status, body))
+    });
+    // Let the sync start waiting, then stop the server.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!poll.is_finished(), "the sync must wait while nothing happens");
+    let code = tokio::task::spawn_blocking(move || server.stop()).await.unwrap();
+    assert_eq!(code, Some(0));
+    // Without the wake-up the grace period would run out and the connection be cut.
+    let (status, body) = poll.await.unwrap().expect("the sync is answered before the server exits");
+    assert_eq!(status, 200, "{body}");
+    assert!(body["next_batch"].is_string(), "{body}");
+}

@@ -7,14 +7,14 @@ use std::{
     sync::Arc,
 };
 
-use ruma::{OwnedUserId, RoomId, UserId};
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 
 use super::{Pdu, RoomCore, Rooms, accept::membership_in, read::StoredEvent};
 use crate::{
     Error, Result,
     storage::{
         Db, ScanDirection,
-        room_tables::{CURRENT_STATE, EVENT_META, TIMELINE},
+        room_tables::{CURRENT_STATE, EVENT_META, EVENT_STREAM, TIMELINE},
     },
 };
 
@@ -51,6 +51,9 @@ pub struct MemberSummary {
     /// Up to five other joined or invited members, by user ID.
     pub heroes: Vec<OwnedUserId>,
 }
+
+/// The most events [`Rooms::rooms_with_events`] reads.
+const MAX_CHANGED_SCAN: usize = 5000;
 
 /// State event types shown with an invite (besides the member events).
 const INVITE_STATE_TYPES: &[&str] = &[
@@ -142,11 +145,16 @@ impl Rooms {
             let rules = core.rules_of_room(db, short_room)?;
             let Some(to_group) = core.state_group_at(db, short_room, to)? else { return Ok(Vec::new()) };
             let to_map = core.state.load(db, to_group)?;
-            let from_map = match from {
-                Some(position) => match core.state_group_at(db, short_room, position)? {
-                    Some(group) => Some(core.state.load(db, group)?),
-                    None => None,
-                },
+            let from_group = match from {
+                Some(position) => core.state_group_at(db, short_room, position)?,
+                None => None,
+            };
+            // Nothing changed and no member is wanted regardless: skip walking the state.
+            if from_group == Some(to_group) && selection.always_members.is_empty() {
+                return Ok(Vec::new());
+            }
+            let from_map = match from_group {
+                Some(group) => Some(core.state.load(db, group)?),
                 None => None,
             };
             let mut out = Vec::new();
@@ -168,6 +176,30 @@ impl Rooms {
                 }
             }
             Ok(out)
+        })
+        .await
+    }
+
+    /// The rooms with events in stream positions `(after, upto]`, or `None` when there are
+    /// more than [`MAX_CHANGED_SCAN`] events to look at (the caller then checks every room).
+    pub async fn rooms_with_events(&self, after: u64, upto: u64) -> Result<Option<HashSet<OwnedRoomId>>> {
+        self.run(move |core, db| {
+            let events = EVENT_STREAM.scan_from(
+                db,
+                &after.saturating_add(1),
+                ScanDirection::Forward,
+                MAX_CHANGED_SCAN + 1,
+                |position| *position <= upto,
+            )?;
+            if events.len() > MAX_CHANGED_SCAN {
+                return Ok(None);
+            }
+            let shorts: BTreeSet<u64> = events.into_iter().map(|(_, (room, _))| room).collect();
+            let mut rooms = HashSet::with_capacity(shorts.len());
+            for short in shorts {
+                rooms.insert(core.interner.room_id(db, short)?);
+            }
+            Ok(Some(rooms))
         })
         .await
     }

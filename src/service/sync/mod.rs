@@ -79,7 +79,7 @@ pub async fn sync(services: &Services, user: &UserId, request: SyncRequest) -> R
         });
         let response = build(services, user, &filter, since, now, request.full_state).await?;
         let empty = response.rooms.is_empty() && response.account_data.is_empty();
-        if since.is_none() || request.full_state || !empty {
+        if since.is_none() || request.full_state || !empty || services.notifier.is_shutting_down() {
             return Ok(response);
         }
         match tokio::time::timeout_at(deadline, changes.changed()).await {

@@ -43,6 +43,11 @@ pub(super) async fn collect(ctx: &Context<'_>) -> Result<Rooms> {
     let mut rooms = Rooms::new();
     let since = ctx.since.map(|s| s.events);
     let upto = ctx.now.events;
+    // Incrementally, a joined room without events or account data since is left out early.
+    let changed = match since {
+        Some(s) if !ctx.full_state => ctx.services.rooms.rooms_with_events(s, upto).await?,
+        _ => None,
+    };
     for (room_id, record) in ctx.services.rooms.user_rooms(ctx.user).await? {
         if record.forgotten || !filter::room_allowed(ctx.filter, &room_id) {
             continue;
@@ -58,6 +63,11 @@ pub(super) async fn collect(ctx: &Context<'_>) -> Result<Rooms> {
         };
         match membership.as_str() {
             "join" => {
+                let quiet = changed.as_ref().is_some_and(|rooms| !rooms.contains(&room_id))
+                    && !ctx.room_account_data.contains_key(room_id.as_str());
+                if quiet {
+                    continue;
+                }
                 if let Some(joined) = joined_room(ctx, &room_id).await? {
                     rooms.join.insert(room_id, joined);
                 }
