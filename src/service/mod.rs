@@ -4,6 +4,7 @@
 pub mod account_data;
 pub mod accounts;
 pub mod admin_register;
+pub mod keys;
 pub mod profile;
 pub mod rooms;
 pub mod server_keys;
@@ -27,16 +28,20 @@ pub struct Services {
     pub account_data: account_data::AccountData,
     pub admin_register: admin_register::AdminRegister,
     pub rooms: rooms::Rooms,
+    pub keys: keys::Keys,
 }
 
 impl Services {
     pub fn build(config: Config, db: Db) -> crate::Result<Arc<Self>> {
         let config = Arc::new(config);
-        let keys = Arc::new(server_keys::ServerKeys::load_or_create(&db, config.server_name.clone())?);
+        let server_keys = Arc::new(server_keys::ServerKeys::load_or_create(&db, config.server_name.clone())?);
+        let key_changes =
+            Arc::new(crate::storage::IdAllocator::after_last_key(&db, &crate::storage::key_tables::KEY_CHANGES)?);
         Ok(Arc::new(Self {
-            rooms: rooms::Rooms::new(db.clone(), config.server_name.clone(), keys)?,
+            rooms: rooms::Rooms::new(db.clone(), config.server_name.clone(), server_keys)?,
+            keys: keys::Keys::new(db.clone(), key_changes.clone()),
             accounts: accounts::Accounts::new(db.clone(), config.server_name.clone()),
-            sessions: sessions::Sessions::new(db.clone(), config.refreshable_access_token_lifetime_secs),
+            sessions: sessions::Sessions::new(db.clone(), config.refreshable_access_token_lifetime_secs, key_changes),
             profile: profile::Profiles::new(db.clone()),
             uiaa: uiaa::Uiaa::new(non_empty(&config.registration_token)),
             account_data: account_data::AccountData::new(db.clone()),

@@ -4,6 +4,7 @@ pub mod account;
 pub mod account_data;
 pub mod device;
 pub mod discovery;
+pub mod keys;
 pub mod membership;
 pub mod message;
 pub mod profile;
@@ -29,5 +30,6 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = membership::routes(router);
     let router = message::routes(router);
     let router = state::routes(router);
+    let router = keys::routes(router);
     account_data::routes(router)
 }
