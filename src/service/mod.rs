@@ -9,6 +9,7 @@ pub mod profile;
 pub mod rooms;
 pub mod server_keys;
 pub mod sessions;
+pub mod to_device;
 pub mod uiaa;
 
 use std::{
@@ -29,6 +30,7 @@ pub struct Services {
     pub admin_register: admin_register::AdminRegister,
     pub rooms: rooms::Rooms,
     pub keys: keys::Keys,
+    pub to_device: to_device::ToDevice,
 }
 
 impl Services {
@@ -40,6 +42,7 @@ impl Services {
         Ok(Arc::new(Self {
             rooms: rooms::Rooms::new(db.clone(), config.server_name.clone(), server_keys)?,
             keys: keys::Keys::new(db.clone(), key_changes.clone()),
+            to_device: to_device::ToDevice::new(db.clone()),
             accounts: accounts::Accounts::new(db.clone(), config.server_name.clone()),
             sessions: sessions::Sessions::new(db.clone(), config.refreshable_access_token_lifetime_secs, key_changes),
             profile: profile::Profiles::new(db.clone()),

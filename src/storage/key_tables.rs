@@ -21,7 +21,15 @@ pub const KEY_SIGNATURES: Table<(OwnedUserId, String, OwnedUserId, String), Stri
 /// Stream position -> the user whose device list or keys changed.
 pub const KEY_CHANGES: Table<u64, OwnedUserId> = Table::new("key_changes");
 
+/// (user, device, position) -> a to-device message waiting for the device's next sync.
+pub const TO_DEVICE: Table<(OwnedUserId, OwnedDeviceId, u64), ToDeviceMessage> = Table::new("to_device");
+/// (sender, device, transaction ID) -> (): `sendToDevice` transactions already handled.
+pub const TO_DEVICE_TRANSACTIONS: Table<(OwnedUserId, OwnedDeviceId, String), ()> =
+    Table::new("to_device_transactions");
+
 pub const KEY_TABLES: &[&str] = &[
+    TO_DEVICE.name,
+    TO_DEVICE_TRANSACTIONS.name,
     DEVICE_KEYS.name,
     ONE_TIME_KEYS.name,
     FALLBACK_KEYS.name,
@@ -38,3 +46,12 @@ pub struct FallbackKey {
     pub used: bool,
 }
 impl JsonValue for FallbackKey {}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ToDeviceMessage {
+    pub sender: OwnedUserId,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub content: Box<RawValue>,
+}
+impl JsonValue for ToDeviceMessage {}

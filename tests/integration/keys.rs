@@ -244,3 +244,24 @@ async fn cross_signing_keys_are_checked_and_signatures_merged() {
         master_now.1
     );
 }
+
+#[tokio::test]
+async fn to_device_sends_are_idempotent_and_reach_every_device_with_star() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    server.login("bob", "pw").await;
+    let body = json!({"messages": {bob.user_id.clone(): {"*": {"hello": "all"}}, "@eve:elsewhere.example": {"DEV": {"x": 1}}}});
+    let path = "/_matrix/client/v3/sendToDevice/org.example.test/txn1";
+    assert_eq!(server.put(path, alice.token(), body.clone()).await.0, 200);
+    assert_eq!(server.put(path, alice.token(), body).await.0, 200, "a repeated transaction is accepted");
+    let targeted = json!({"messages": {bob.user_id.clone(): {bob.device_id.clone(): {"hello": "one"}}}});
+    assert_eq!(
+        server.put("/_matrix/client/v3/sendToDevice/org.example.test/txn2", alice.token(), targeted).await.0,
+        200
+    );
+    let bad = server
+        .put("/_matrix/client/v3/sendToDevice/org.example.test/txn3", alice.token(), json!({"messages": 5}))
+        .await;
+    assert_error(&bad, 400, "M_BAD_JSON");
+}

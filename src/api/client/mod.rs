@@ -12,6 +12,7 @@ pub mod register;
 pub mod room;
 pub mod session;
 pub mod state;
+pub mod to_device;
 
 use std::sync::Arc;
 
@@ -31,5 +32,6 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = message::routes(router);
     let router = state::routes(router);
     let router = keys::routes(router);
+    let router = to_device::routes(router);
     account_data::routes(router)
 }
