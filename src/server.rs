@@ -32,6 +32,7 @@ pub async fn run(config: Config) -> Result<(), String> {
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?
     };
+    let mut signals = ShutdownSignals::register()?;
     let services = Services::build(config.clone(), db.clone()).map_err(|e| e.to_string())?;
     let routers = api::routers(services.clone());
     let app = routers.main;
@@ -95,7 +96,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         tasks.spawn(serve_tls(tcp, acceptor, routers.federation, shutdown_rx.clone()));
     }
 
-    shutdown_signal().await;
+    signals.wait().await;
     tracing::info!("shutting down: finishing in-flight requests");
     let _ = shutdown_tx.send(true);
     // Long-polling syncs return now instead of holding their connections.
@@ -112,30 +113,38 @@ pub async fn run(config: Config) -> Result<(), String> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::error!(%error, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
-        }
-    };
+/// SIGINT and SIGTERM, registered before the server announces it is ready, so a signal that
+/// arrives during start-up still shuts down gracefully instead of killing the process.
+struct ShutdownSignals {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn register() -> Result<Self, String> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let interrupt = signal(SignalKind::interrupt()).map_err(|e| format!("cannot listen for SIGINT: {e}"))?;
+            let terminate = signal(SignalKind::terminate()).map_err(|e| format!("cannot listen for SIGTERM: {e}"))?;
+            Ok(Self { interrupt, terminate })
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    async fn wait(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {},
+            _ = self.terminate.recv() => {},
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

@@ -4,12 +4,14 @@
 pub mod account_data;
 pub mod accounts;
 pub mod admin_register;
+pub mod keys;
 pub mod notifier;
 pub mod profile;
 pub mod rooms;
 pub mod server_keys;
 pub mod sessions;
 pub mod sync;
+pub mod to_device;
 pub mod uiaa;
 
 use std::{
@@ -29,6 +31,8 @@ pub struct Services {
     pub account_data: account_data::AccountData,
     pub admin_register: admin_register::AdminRegister,
     pub rooms: rooms::Rooms,
+    pub keys: keys::Keys,
+    pub to_device: to_device::ToDevice,
     /// Wakes long-polling syncs when a stream moves.
     pub notifier: Arc<notifier::Notifier>,
 }
@@ -36,12 +40,16 @@ pub struct Services {
 impl Services {
     pub fn build(config: Config, db: Db) -> crate::Result<Arc<Self>> {
         let config = Arc::new(config);
-        let keys = Arc::new(server_keys::ServerKeys::load_or_create(&db, config.server_name.clone())?);
+        let server_keys = Arc::new(server_keys::ServerKeys::load_or_create(&db, config.server_name.clone())?);
+        let key_changes =
+            Arc::new(crate::storage::IdAllocator::after_last_key(&db, &crate::storage::key_tables::KEY_CHANGES)?);
         let notifier = Arc::new(notifier::Notifier::new());
         Ok(Arc::new(Self {
-            rooms: rooms::Rooms::new(db.clone(), config.server_name.clone(), keys, notifier.clone())?,
+            rooms: rooms::Rooms::new(db.clone(), config.server_name.clone(), server_keys, notifier.clone())?,
+            keys: keys::Keys::new(db.clone(), key_changes.clone()),
+            to_device: to_device::ToDevice::new(db.clone()),
             accounts: accounts::Accounts::new(db.clone(), config.server_name.clone()),
-            sessions: sessions::Sessions::new(db.clone(), config.refreshable_access_token_lifetime_secs),
+            sessions: sessions::Sessions::new(db.clone(), config.refreshable_access_token_lifetime_secs, key_changes),
             profile: profile::Profiles::new(db.clone()),
             uiaa: uiaa::Uiaa::new(non_empty(&config.registration_token)),
             account_data: account_data::AccountData::new(db.clone(), notifier.clone()),

@@ -4,7 +4,11 @@
 //! Tokens are random and only their SHA-256 is stored, so a copy of the database or a log line
 //! never holds a usable token.
 
-use std::{collections::HashMap, sync::Mutex, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
 use sha2::{Digest, Sha256};
@@ -13,7 +17,8 @@ use super::{now_ms, random_string};
 use crate::{
     Error, Result,
     storage::{
-        Batch, Db,
+        Batch, Db, IdAllocator,
+        key_tables::{DEVICE_KEYS, FALLBACK_KEYS, ONE_TIME_KEYS},
         tables::{ACCESS_TOKENS, AccessTokenRecord, DEVICES, DeviceRecord, REFRESH_TOKENS, RefreshTokenRecord, USERS},
     },
 };
@@ -23,6 +28,8 @@ const LAST_SEEN_RESOLUTION_MS: u64 = 60_000;
 
 pub struct Sessions {
     db: Db,
+    /// Deleting a device changes its user's device list (see `keys`).
+    key_changes: Arc<IdAllocator>,
     refreshable_lifetime: Duration,
     /// When each device's last-seen time was last written, to bound those writes.
     last_seen_written: Mutex<HashMap<(OwnedUserId, OwnedDeviceId), u64>>,
@@ -55,9 +62,10 @@ fn new_device_id() -> OwnedDeviceId {
 }
 
 impl Sessions {
-    pub fn new(db: Db, refreshable_lifetime_secs: u64) -> Self {
+    pub fn new(db: Db, refreshable_lifetime_secs: u64, key_changes: Arc<IdAllocator>) -> Self {
         Self {
             db,
+            key_changes,
             refreshable_lifetime: Duration::from_secs(refreshable_lifetime_secs.max(1)),
             last_seen_written: Mutex::new(HashMap::new()),
         }
@@ -216,9 +224,11 @@ impl Sessions {
             .await
     }
 
-    /// Deletes devices and revokes their tokens, in one batch. Unknown IDs are skipped.
+    /// Deletes devices with their tokens and encryption keys, in one batch, and records the
+    /// device list change. Unknown IDs are skipped.
     pub async fn delete_devices(&self, user_id: &UserId, device_ids: Vec<OwnedDeviceId>) -> Result<()> {
         let user_id = user_id.to_owned();
+        let key_changes = self.key_changes.clone();
         self.db
             .run(move |db| {
                 let mut batch = Batch::new();
@@ -227,7 +237,17 @@ impl Sessions {
                     if let Some(record) = DEVICES.get(db, &key)? {
                         revoke_device_tokens(&mut batch, &record);
                         batch.delete(&DEVICES, &key);
+                        batch.delete(&DEVICE_KEYS, &key);
+                        for (row, _) in ONE_TIME_KEYS.scan_prefix(db, &key)? {
+                            batch.delete(&ONE_TIME_KEYS, &row);
+                        }
+                        for (row, _) in FALLBACK_KEYS.scan_prefix(db, &key)? {
+                            batch.delete(&FALLBACK_KEYS, &row);
+                        }
                     }
+                }
+                if !batch.is_empty() {
+                    super::keys::record_key_change(&key_changes, &mut batch, &user_id)?;
                 }
                 Ok(db.write(batch)?)
             })

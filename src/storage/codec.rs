@@ -119,6 +119,7 @@ macro_rules! tuple_key {
 tuple_key!(A);
 tuple_key!(A, B);
 tuple_key!(A, B, C);
+tuple_key!(A, B, C, D);
 
 pub trait ValueCodec: Sized {
     fn encode_value(&self) -> Result<Vec<u8>, StorageError>;
@@ -143,6 +144,7 @@ impl JsonValue for Vec<u64> {}
 impl JsonValue for (u64, u64) {}
 impl JsonValue for (String, String) {}
 impl JsonValue for ruma::OwnedRoomId {}
+impl JsonValue for ruma::OwnedUserId {}
 impl JsonValue for String {}
 impl JsonValue for serde_json::Value {}
 impl JsonValue for Box<serde_json::value::RawValue> {}

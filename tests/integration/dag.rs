@@ -295,3 +295,38 @@ async fn malformed_events_are_always_refused_cleanly() {
         assert!(services.rooms.accept_pdu(&room, seed).await.is_err());
     }
 }
+
+/// To-device messages are queued per device, once per transaction, and survive until
+/// acknowledged (the sync service delivers them; here the service is read directly).
+#[tokio::test]
+async fn to_device_messages_queue_per_device_until_acknowledged() {
+    use trellis::service::to_device::Target;
+    let Fixture { services, _dir } = fixture();
+    let (alice, bob) = (user("alice"), user("bob"));
+    let phone = services.sessions.login(&bob, Some("PHONE".into()), None, false, None).await.unwrap();
+    let laptop = services.sessions.login(&bob, Some("LAPTOP".into()), None, false, None).await.unwrap();
+    let content = serde_json::value::to_raw_value(&json!({"n": 1})).unwrap();
+    let send = |txn: &'static str, target: Target| {
+        let services = services.clone();
+        let (alice, bob, content) = (alice.clone(), bob.clone(), content.clone());
+        async move {
+            services
+                .to_device
+                .send(&alice, "ALICEDEV".into(), txn, "m.test", vec![(bob, target, content)])
+                .await
+                .unwrap()
+        }
+    };
+    assert!(send("t1", Target::AllDevices).await);
+    assert!(!send("t1", Target::AllDevices).await, "the same transaction is not queued twice");
+    assert!(send("t2", Target::Device(phone.device_id.clone())).await);
+    let phone_queue = services.to_device.pending(&bob, &phone.device_id, 0, 100).await.unwrap();
+    let laptop_queue = services.to_device.pending(&bob, &laptop.device_id, 0, 100).await.unwrap();
+    assert_eq!(phone_queue.len(), 2);
+    assert_eq!(laptop_queue.len(), 1);
+    assert_eq!(phone_queue[0].1.sender, alice);
+    services.to_device.acknowledge(&bob, &phone.device_id, phone_queue[0].0).await.unwrap();
+    let left = services.to_device.pending(&bob, &phone.device_id, 0, 100).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].0, phone_queue[1].0);
+}

@@ -10,6 +10,7 @@ mod data;
 mod devices;
 mod discovery;
 mod http_errors;
+mod keys;
 mod launcher;
 mod lifecycle;
 mod login;

@@ -407,3 +407,41 @@ async fn create_room_options_shape_the_room() {
     assert!(power["users"].get(&alice.user_id).is_none(), "creators are not listed in v12: {power}");
     assert_eq!(power["events"]["m.room.tombstone"], 150);
 }
+
+#[tokio::test]
+async fn profile_changes_reach_member_events_and_deactivation_leaves_rooms() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    assert_eq!(join(&server, &bob, &room).await.0, 200);
+    let set = server
+        .put(
+            &format!("/_matrix/client/v3/profile/{}/displayname", enc(&bob.user_id)),
+            bob.token(),
+            json!({"displayname": "Bobby"}),
+        )
+        .await;
+    assert_eq!(set.0, 200, "{}", set.1);
+    let member = server
+        .get(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.member/{}", enc(&room), enc(&bob.user_id)),
+            alice.token(),
+        )
+        .await;
+    assert_eq!(member.1, json!({"membership": "join", "displayname": "Bobby"}));
+    let joined = server.get(&format!("/_matrix/client/v3/rooms/{}/joined_members", enc(&room)), alice.token()).await;
+    assert_eq!(joined.1["joined"][&bob.user_id]["display_name"], "Bobby");
+
+    let challenge = server.post("/_matrix/client/v3/account/deactivate", bob.token(), json!({})).await;
+    let session = challenge.1["session"].as_str().unwrap();
+    let auth = json!({"auth": {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "bob"}, "password": "pw", "session": session}});
+    assert_eq!(server.post("/_matrix/client/v3/account/deactivate", bob.token(), auth).await.0, 200);
+    let member = server
+        .get(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.member/{}", enc(&room), enc(&bob.user_id)),
+            alice.token(),
+        )
+        .await;
+    assert_eq!(member.1["membership"], "leave", "{}", member.1);
+}

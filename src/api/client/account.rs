@@ -56,6 +56,7 @@ async fn deactivate(
     if body.erase {
         services.profile.erase(&sender.user_id).await?;
     }
+    services.rooms.leave_all_rooms(&sender.user_id).await?;
     tracing::info!(user_id = %sender.user_id, erase = body.erase, "deactivated account");
     Ok(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::NoSupport))
 }

@@ -4,6 +4,7 @@ pub mod account;
 pub mod account_data;
 pub mod device;
 pub mod discovery;
+pub mod keys;
 pub mod membership;
 pub mod message;
 pub mod profile;
@@ -12,6 +13,7 @@ pub mod room;
 pub mod session;
 pub mod state;
 pub mod sync;
+pub mod to_device;
 
 use std::sync::Arc;
 
@@ -30,6 +32,8 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = membership::routes(router);
     let router = message::routes(router);
     let router = state::routes(router);
+    let router = keys::routes(router);
+    let router = to_device::routes(router);
     let router = sync::routes(router);
     account_data::routes(router)
 }

@@ -36,6 +36,15 @@ async fn ensure_known_local_user(services: &Services, user_id: &UserId) -> Resul
     Ok(())
 }
 
+/// Display name and avatar changes reach the user's member event in every joined room.
+async fn propagate(services: &Services, user: &UserId, field: &str) -> Result<()> {
+    if field == "displayname" || field == "avatar_url" {
+        let profile = crate::api::client::room::member_profile(services, user).await?;
+        services.rooms.propagate_profile(user, profile).await?;
+    }
+    Ok(())
+}
+
 fn ensure_own_profile(request_user: &UserId, sender: &UserId) -> Result<()> {
     if request_user != sender {
         return Err(Error::forbidden("You cannot change another user's profile"));
@@ -95,6 +104,7 @@ async fn set_field(
         return Err(Error::new(StatusCode::BAD_REQUEST, ErrorKind::ProfileTooLarge, "The profile would exceed 64 KiB"));
     }
     services.profile.set_field(&sender.user_id, name, Some(value)).await?;
+    propagate(&services, &sender.user_id, name).await?;
     Ok(set_profile_field::v3::Response::new())
 }
 
@@ -106,5 +116,6 @@ async fn delete_field(
     let body = &request.body;
     ensure_own_profile(&body.user_id, &sender.user_id)?;
     services.profile.set_field(&sender.user_id, body.field.as_str(), None).await?;
+    propagate(&services, &sender.user_id, body.field.as_str()).await?;
     Ok(delete_profile_field::v3::Response::new())
 }

@@ -116,3 +116,41 @@ impl Rooms {
         Ok(())
     }
 }
+
+impl Rooms {
+    /// Sends a fresh join event with the user's new profile into every room they are joined to.
+    /// A room that refuses (for example, the user lacks power there) is logged and skipped.
+    pub async fn propagate_profile(&self, user: &UserId, profile: Map<String, Value>) -> Result<()> {
+        for (room_id, membership) in self.user_rooms(user).await? {
+            if membership.membership != "join" {
+                continue;
+            }
+            let change = MembershipChange {
+                sender: user,
+                target: user,
+                membership: "join",
+                reason: None,
+                profile: profile.clone(),
+            };
+            if let Err(error) = self.change_membership(&room_id, change).await {
+                tracing::warn!(%room_id, %user, %error, "could not update the member event with the new profile");
+            }
+        }
+        Ok(())
+    }
+
+    /// Leaves every room and rejects every invite (account deactivation).
+    pub async fn leave_all_rooms(&self, user: &UserId) -> Result<()> {
+        for (room_id, membership) in self.user_rooms(user).await? {
+            if !matches!(membership.membership.as_str(), "join" | "invite" | "knock") {
+                continue;
+            }
+            let change =
+                MembershipChange { sender: user, target: user, membership: "leave", reason: None, profile: Map::new() };
+            if let Err(error) = self.change_membership(&room_id, change).await {
+                tracing::warn!(%room_id, %user, %error, "could not leave the room on deactivation");
+            }
+        }
+        Ok(())
+    }
+}

@@ -290,3 +290,20 @@ impl Rooms {
         .await
     }
 }
+
+impl Rooms {
+    /// Whether two users are both joined to some room (for key visibility).
+    pub async fn share_a_room(&self, a: &UserId, b: &UserId) -> Result<bool> {
+        let mut rooms_of_a: Vec<OwnedRoomId> =
+            self.user_rooms(a).await?.into_iter().filter(|(_, m)| m.membership == "join").map(|(r, _)| r).collect();
+        rooms_of_a.sort();
+        for room in rooms_of_a {
+            if let Some(member) = self.state_event(&room, &StateEventType::RoomMember, b.as_str()).await?
+                && membership_in(&member.content) == "join"
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}

@@ -1,0 +1,185 @@
+//! End-to-end encryption keys: upload, query, claim, changes, cross-signing keys and
+//! signatures. Users of other servers are reported in `failures` until federation arrives.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use axum::Router;
+use ruma::{
+    OneTimeKeyAlgorithm, OwnedOneTimeKeyId, UInt,
+    api::client::keys::{claim_keys, get_key_changes, get_keys, upload_keys, upload_signatures, upload_signing_keys},
+    serde::Raw,
+};
+use serde_json::{Value, json, value::RawValue};
+
+use crate::{
+    Error, Result,
+    api::{RumaRouter, client::account::password_flows, extract::Ruma},
+    service::{Services, uiaa::PasswordCheck},
+};
+
+pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+    router.ruma(upload).ruma(query).ruma(claim).ruma(changes).ruma(upload_signing_keys).ruma(upload_signatures)
+}
+
+fn raw<T>(value: &Value) -> Result<Raw<T>> {
+    serde_json::value::to_raw_value(value).map(Raw::from_json).map_err(|e| Error::internal(e.to_string()))
+}
+
+fn remote_failure(services: &Services, failures: &mut BTreeMap<String, Value>, user: &ruma::UserId) -> bool {
+    if user.server_name() == services.config.server_name {
+        return false;
+    }
+    failures
+        .insert(user.server_name().to_string(), json!({"status": 503, "message": "Federation is not available yet"}));
+    true
+}
+
+async fn upload(services: Arc<Services>, request: Ruma<upload_keys::v3::Request>) -> Result<upload_keys::v3::Response> {
+    let sender = request.sender()?.clone();
+    let body = request.body;
+    let device_keys = body.device_keys.map(|k| k.into_json());
+    let one_time: Vec<(String, Box<RawValue>)> =
+        body.one_time_keys.into_iter().map(|(id, k)| (id.to_string(), k.into_json())).collect();
+    let fallback: Vec<(String, Box<RawValue>)> =
+        body.fallback_keys.into_iter().map(|(id, k)| (id.to_string(), k.into_json())).collect();
+    let counts = services.keys.upload(&sender.user_id, &sender.device_id, device_keys, one_time, fallback).await?;
+    Ok(upload_keys::v3::Response::new(counts_for_response(counts)))
+}
+
+pub fn counts_for_response(counts: BTreeMap<String, u64>) -> BTreeMap<OneTimeKeyAlgorithm, UInt> {
+    counts.into_iter().map(|(alg, n)| (OneTimeKeyAlgorithm::from(alg.as_str()), UInt::new_saturating(n))).collect()
+}
+
+async fn query(services: Arc<Services>, request: Ruma<get_keys::v3::Request>) -> Result<get_keys::v3::Response> {
+    let sender = request.sender()?;
+    let mut response = get_keys::v3::Response::new();
+    for (user, devices) in &request.body.device_keys {
+        if remote_failure(&services, &mut response.failures, user) {
+            continue;
+        }
+        let keys = services.keys.device_keys(user, devices.clone()).await?;
+        let mut by_device = BTreeMap::new();
+        for (device, value) in keys {
+            by_device.insert(device, raw(&value)?);
+        }
+        response.device_keys.insert(user.clone(), by_device);
+        if let Some(master) = services.keys.cross_signing_key(user, "master").await? {
+            response.master_keys.insert(user.clone(), raw(&master)?);
+        }
+        if let Some(self_signing) = services.keys.cross_signing_key(user, "self_signing").await? {
+            response.self_signing_keys.insert(user.clone(), raw(&self_signing)?);
+        }
+        // A user-signing key is only shown to its owner.
+        if *user == sender.user_id
+            && let Some(user_signing) = services.keys.cross_signing_key(user, "user_signing").await?
+        {
+            response.user_signing_keys.insert(user.clone(), raw(&user_signing)?);
+        }
+    }
+    Ok(response)
+}
+
+async fn claim(services: Arc<Services>, request: Ruma<claim_keys::v3::Request>) -> Result<claim_keys::v3::Response> {
+    request.sender()?;
+    let mut failures = BTreeMap::new();
+    let mut claimed = BTreeMap::new();
+    for (user, devices) in &request.body.one_time_keys {
+        if remote_failure(&services, &mut failures, user) {
+            continue;
+        }
+        let mut by_device = BTreeMap::new();
+        for (device, algorithm) in devices {
+            if let Some((key_id, key)) = services.keys.claim(user, device, algorithm.as_str()).await? {
+                let key_id = OwnedOneTimeKeyId::try_from(key_id).map_err(|e| Error::internal(e.to_string()))?;
+                by_device.insert(device.clone(), BTreeMap::from([(key_id, Raw::from_json(key))]));
+            }
+        }
+        if !by_device.is_empty() {
+            claimed.insert(user.clone(), by_device);
+        }
+    }
+    let mut response = claim_keys::v3::Response::new(claimed);
+    response.failures = failures;
+    Ok(response)
+}
+
+/// Key-change positions in tokens: a plain number, or the `k` part of a sync token.
+pub fn key_position(token: &str) -> Result<u64> {
+    token
+        .parse()
+        .ok()
+        .or_else(|| token.split('_').find_map(|part| part.strip_prefix('k').and_then(|n| n.parse().ok())))
+        .ok_or_else(|| Error::invalid_param("Invalid token"))
+}
+
+async fn changes(
+    services: Arc<Services>,
+    request: Ruma<get_key_changes::v3::Request>,
+) -> Result<get_key_changes::v3::Response> {
+    let sender = request.sender()?;
+    let from = key_position(&request.body.from)?;
+    let to = key_position(&request.body.to)?;
+    let changed = services.keys.changed_users(from, to).await?;
+    // Only users the requester shares a room with (or the requester) are reported.
+    let mut visible = Vec::new();
+    for user in changed {
+        if user == sender.user_id || services.rooms.share_a_room(&sender.user_id, &user).await? {
+            visible.push(user);
+        }
+    }
+    Ok(get_key_changes::v3::Response::new(visible, Vec::new()))
+}
+
+async fn upload_signing_keys(
+    services: Arc<Services>,
+    request: Ruma<upload_signing_keys::v3::Request>,
+) -> Result<upload_signing_keys::v3::Response> {
+    let sender = request.sender()?;
+    let body = &request.body;
+    // Replacing existing cross-signing keys needs the password; the first upload does not.
+    if services.keys.has_master_key(&sender.user_id).await? {
+        services
+            .uiaa
+            .authenticate(
+                body.auth.as_ref(),
+                password_flows(),
+                PasswordCheck::User(&sender.user_id, &services.accounts),
+            )
+            .await?;
+    }
+    let to_raw = |key: &Option<Raw<_>>| key.as_ref().map(|k: &Raw<_>| k.json().to_owned());
+    services
+        .keys
+        .set_cross_signing_keys(
+            &sender.user_id,
+            to_raw(&body.master_key),
+            to_raw(&body.self_signing_key),
+            to_raw(&body.user_signing_key),
+        )
+        .await?;
+    Ok(upload_signing_keys::v3::Response::new())
+}
+
+async fn upload_signatures(
+    services: Arc<Services>,
+    request: Ruma<upload_signatures::v3::Request>,
+) -> Result<upload_signatures::v3::Response> {
+    let sender = request.sender()?;
+    let mut response = upload_signatures::v3::Response::new();
+    for (user, signed) in &request.body.signed_keys {
+        for (key_id, object) in signed.iter() {
+            let outcome = if user.server_name() == services.config.server_name {
+                services.keys.add_signature(&sender.user_id, user, key_id, object.to_owned()).await
+            } else {
+                Err("Federation is not available yet".to_owned())
+            };
+            if let Err(message) = outcome {
+                // Per-key failures, not a whole-request error, as the spec asks.
+                let failure = serde_json::from_value(json!({"errcode": "M_INVALID_SIGNATURE", "error": message}))
+                    .map_err(|e| Error::internal(e.to_string()))?;
+                response.failures.entry(user.clone()).or_default().insert(key_id.to_owned(), failure);
+            }
+        }
+    }
+    Ok(response)
+}

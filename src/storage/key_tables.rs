@@ -1,0 +1,57 @@
+//! End-to-end encryption key tables: device keys, one-time and fallback keys, cross-signing
+//! keys, signatures uploaded separately, and the stream of users whose keys changed.
+
+use ruma::{OwnedDeviceId, OwnedUserId};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::{Table, codec::JsonValue};
+
+/// (user, device) -> the device keys as the device signed them.
+pub const DEVICE_KEYS: Table<(OwnedUserId, OwnedDeviceId), Box<RawValue>> = Table::new("device_keys");
+/// (user, device, "algorithm:key id") -> an unclaimed one-time key.
+pub const ONE_TIME_KEYS: Table<(OwnedUserId, OwnedDeviceId, String), Box<RawValue>> = Table::new("one_time_keys");
+/// (user, device, algorithm) -> the device's fallback key for that algorithm.
+pub const FALLBACK_KEYS: Table<(OwnedUserId, OwnedDeviceId, String), FallbackKey> = Table::new("fallback_keys");
+/// (user, "master" | "self_signing" | "user_signing") -> the cross-signing key.
+pub const CROSS_SIGNING_KEYS: Table<(OwnedUserId, String), Box<RawValue>> = Table::new("cross_signing_keys");
+/// (target user, target key ID, signer user, signer key ID) -> signature, from
+/// `/keys/signatures/upload`; merged into the keys when they are queried.
+pub const KEY_SIGNATURES: Table<(OwnedUserId, String, OwnedUserId, String), String> = Table::new("key_signatures");
+/// Stream position -> the user whose device list or keys changed.
+pub const KEY_CHANGES: Table<u64, OwnedUserId> = Table::new("key_changes");
+
+/// (user, device, position) -> a to-device message waiting for the device's next sync.
+pub const TO_DEVICE: Table<(OwnedUserId, OwnedDeviceId, u64), ToDeviceMessage> = Table::new("to_device");
+/// (sender, device, transaction ID) -> (): `sendToDevice` transactions already handled.
+pub const TO_DEVICE_TRANSACTIONS: Table<(OwnedUserId, OwnedDeviceId, String), ()> =
+    Table::new("to_device_transactions");
+
+pub const KEY_TABLES: &[&str] = &[
+    TO_DEVICE.name,
+    TO_DEVICE_TRANSACTIONS.name,
+    DEVICE_KEYS.name,
+    ONE_TIME_KEYS.name,
+    FALLBACK_KEYS.name,
+    CROSS_SIGNING_KEYS.name,
+    KEY_SIGNATURES.name,
+    KEY_CHANGES.name,
+];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FallbackKey {
+    /// "algorithm:key id".
+    pub key_id: String,
+    pub key: Box<RawValue>,
+    pub used: bool,
+}
+impl JsonValue for FallbackKey {}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ToDeviceMessage {
+    pub sender: OwnedUserId,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub content: Box<RawValue>,
+}
+impl JsonValue for ToDeviceMessage {}
