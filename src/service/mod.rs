@@ -46,10 +46,15 @@ impl Services {
         let notifier = Arc::new(notifier::Notifier::new());
         Ok(Arc::new(Self {
             rooms: rooms::Rooms::new(db.clone(), config.server_name.clone(), server_keys, notifier.clone())?,
-            keys: keys::Keys::new(db.clone(), key_changes.clone()),
-            to_device: to_device::ToDevice::new(db.clone()),
+            keys: keys::Keys::new(db.clone(), key_changes.clone(), notifier.clone()),
+            to_device: to_device::ToDevice::new(db.clone(), notifier.clone()),
             accounts: accounts::Accounts::new(db.clone(), config.server_name.clone()),
-            sessions: sessions::Sessions::new(db.clone(), config.refreshable_access_token_lifetime_secs, key_changes),
+            sessions: sessions::Sessions::new(
+                db.clone(),
+                config.refreshable_access_token_lifetime_secs,
+                key_changes,
+                notifier.clone(),
+            ),
             profile: profile::Profiles::new(db.clone()),
             uiaa: uiaa::Uiaa::new(non_empty(&config.registration_token)),
             account_data: account_data::AccountData::new(db.clone(), notifier.clone()),

@@ -47,6 +47,12 @@ impl Notifier {
         self.shutting_down.load(Ordering::SeqCst)
     }
 
+    /// Wakes waiting syncs after a change to a stream that is not tracked here (to-device
+    /// messages, device keys): they read every stream again.
+    pub fn poke(&self) {
+        self.sender.send_modify(|_| {});
+    }
+
     /// Records that room events up to `position` are committed.
     pub fn events_committed(&self, position: u64) {
         self.sender.send_if_modified(|positions| {

@@ -406,3 +406,56 @@ async fn shutdown_ends_a_long_poll_with_a_response() {
     assert_eq!(status, 200, "{body}");
     assert!(body["next_batch"].is_string(), "{body}");
 }
+
+#[tokio::test]
+async fn to_device_messages_device_lists_and_key_counts() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let carol = server.register("carol", "pw").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    join(&server, &bob, &room).await;
+
+    let otk = json!({"one_time_keys": {"signed_curve25519:AAAAAQ": {"key": "k1"}, "signed_curve25519:AAAAAg": {"key": "k2"}}});
+    assert_eq!(server.post("/_matrix/client/v3/keys/upload", bob.token(), otk).await.0, 200);
+    let first = sync(&server, &bob, "").await;
+    assert_eq!(first["device_one_time_keys_count"]["signed_curve25519"], 2, "{first}");
+    let token = since(&first);
+
+    // A to-device message wakes a waiting sync.
+    let query = format!("since={token}&timeout=120000");
+    let poll = sync(&server, &bob, &query);
+    tokio::pin!(poll);
+    tokio::select! {
+        body = &mut poll => panic!("the sync returned with nothing new: {body}"),
+        () = tokio::time::sleep(Duration::from_millis(300)) => {}
+    }
+    let message = json!({"messages": {bob.user_id.clone(): {bob.device_id.clone(): {"secret": 1}}}});
+    let (sent, body) = tokio::join!(
+        server.put("/_matrix/client/v3/sendToDevice/org.example.ping/t1", alice.token(), message),
+        async { tokio::time::timeout(Duration::from_secs(60), &mut poll).await.expect("the sync returns") }
+    );
+    assert_eq!(sent.0, 200, "{}", sent.1);
+    assert_eq!(
+        body["to_device"]["events"],
+        json!([{"type": "org.example.ping", "sender": alice.user_id, "content": {"secret": 1}}]),
+        "{body}"
+    );
+    // Delivered once: the next sync acknowledges it.
+    let body = sync(&server, &bob, &format!("since={}&timeout=0", since(&body))).await;
+    assert!(body["to_device"]["events"].as_array().is_none_or(|e| e.is_empty()), "{body}");
+    let token = since(&body);
+
+    // Key changes of users sharing a room show in device_lists; others' do not.
+    for who in [&alice, &carol] {
+        let keys = json!({"device_keys": {"user_id": who.user_id, "device_id": who.device_id, "algorithms": ["m.olm.v1.curve25519-aes-sha2"], "keys": {}}});
+        assert_eq!(server.post("/_matrix/client/v3/keys/upload", who.token(), keys).await.0, 200);
+    }
+    let body = sync(&server, &bob, &format!("since={token}&timeout=0")).await;
+    assert_eq!(body["device_lists"]["changed"], json!([alice.user_id]), "{body}");
+    // `/keys/changes` reads the key position of sync tokens.
+    let changes =
+        server.get(&format!("/_matrix/client/v3/keys/changes?from={token}&to={}", since(&body)), bob.token()).await;
+    assert_eq!(changes.0, 200, "{}", changes.1);
+    assert_eq!(changes.1["changed"], json!([alice.user_id]));
+}

@@ -23,9 +23,10 @@ async fn sync_events(
     services: Arc<Services>,
     request: Ruma<sync_events::v3::Request>,
 ) -> Result<sync_events::v3::Response> {
-    let user = request.sender()?.user_id.clone();
+    let sender = request.sender()?;
+    let (user, device) = (sender.user_id.clone(), sender.device_id.clone());
     let body = request.body;
     let sync_request =
         SyncRequest { filter: body.filter, since: body.since, full_state: body.full_state, timeout: body.timeout };
-    sync::sync(&services, &user, sync_request).await
+    sync::sync(&services, &user, &device, sync_request).await
 }

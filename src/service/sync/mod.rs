@@ -4,8 +4,10 @@
 //! [`Notifier`](super::notifier::Notifier) until a stream moves or the timeout passes.
 //!
 //! Files: `token.rs` (the token format), `filter.rs` (resolving and applying filters),
-//! `rooms.rs` (the joined, invited and left rooms).
+//! `rooms.rs` (the joined, invited and left rooms), `e2ee.rs` (to-device messages, device
+//! lists, key counts).
 
+mod e2ee;
 mod filter;
 mod rooms;
 mod token;
@@ -13,7 +15,7 @@ mod token;
 use std::{collections::HashMap, time::Duration};
 
 use ruma::{
-    UserId,
+    DeviceId, UserId,
     api::client::{filter::FilterDefinition, sync::sync_events::v3},
     serde::Raw,
 };
@@ -59,8 +61,8 @@ fn raw_account_data<T>(entry: &AccountDataEntry) -> Result<Raw<T>> {
     raw_json(&serde_json::json!({ "type": entry.event_type, "content": entry.content }))
 }
 
-/// Runs one `/sync` for `user`.
-pub async fn sync(services: &Services, user: &UserId, request: SyncRequest) -> Result<v3::Response> {
+/// Runs one `/sync` for `user`'s `device`.
+pub async fn sync(services: &Services, user: &UserId, device: &DeviceId, request: SyncRequest) -> Result<v3::Response> {
     let since = request.since.as_deref().map(SyncToken::parse).transpose()?;
     let filter = filter::resolve(&services.account_data, user, request.filter).await?;
     let timeout = request.timeout.unwrap_or_default().min(MAX_TIMEOUT);
@@ -71,14 +73,21 @@ pub async fn sync(services: &Services, user: &UserId, request: SyncRequest) -> R
         let now = SyncToken {
             events: services.rooms.current_position(),
             account_data: services.account_data.position().await?,
+            to_device: services.to_device.current_position().await?,
+            key_changes: services.keys.current_position(),
         };
         // A token from the future (a restored database) counts as "now".
         let since = since.map(|s| SyncToken {
             events: s.events.min(now.events),
             account_data: s.account_data.min(now.account_data),
+            to_device: s.to_device.min(now.to_device),
+            key_changes: s.key_changes.min(now.key_changes),
         });
-        let response = build(services, user, &filter, since, now, request.full_state).await?;
-        let empty = response.rooms.is_empty() && response.account_data.is_empty();
+        let response = build(services, user, device, &filter, since, now, request.full_state).await?;
+        let empty = response.rooms.is_empty()
+            && response.account_data.is_empty()
+            && response.to_device.is_empty()
+            && response.device_lists.is_empty();
         if since.is_none() || request.full_state || !empty || services.notifier.is_shutting_down() {
             return Ok(response);
         }
@@ -93,12 +102,22 @@ pub async fn sync(services: &Services, user: &UserId, request: SyncRequest) -> R
 async fn build(
     services: &Services,
     user: &UserId,
+    device: &DeviceId,
     filter: &FilterDefinition,
     since: Option<SyncToken>,
     now: SyncToken,
     full_state: bool,
 ) -> Result<v3::Response> {
-    let mut response = v3::Response::new(now.to_string());
+    let (to_device, to_device_position) = e2ee::to_device(services, user, device, since, now.to_device).await?;
+    let next_batch = SyncToken { to_device: to_device_position, ..now };
+    let mut response = v3::Response::new(next_batch.to_string());
+    response.to_device.events = to_device;
+    if let Some(since) = since {
+        response.device_lists = e2ee::device_lists(services, user, since.key_changes, now.key_changes).await?;
+    }
+    let (counts, fallback) = e2ee::key_counts(services, user, device).await?;
+    response.device_one_time_keys_count = counts;
+    response.device_unused_fallback_key_types = Some(fallback);
     let mut room_account_data: HashMap<String, Vec<AccountDataEntry>> = HashMap::new();
     for entry in services.account_data.changes(user, since.map(|s| s.account_data), now.account_data).await? {
         if entry.room.is_empty() {

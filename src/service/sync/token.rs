@@ -1,7 +1,8 @@
 //! Sync tokens (`since`, `next_batch`): one stream position per sync stream, as
-//! `s{events}_{account_data}`. Later streams (to-device, receipts, ...) append `_{position}`
-//! parts; a token with extra parts still parses, so old clients' tokens keep working when a
-//! stream is added and new parts default to 0 when absent.
+//! `s{events}_a{account_data}_d{to_device}_k{key_changes}`. The first part is the room event
+//! position; every later part is a one-letter stream tag and a position. A stream added later
+//! gets a new tag: older tokens lack it (it reads as 0) and tags this build does not know are
+//! skipped, as long as they carry a number. `/keys/changes` reads the `k` part of a token.
 
 use std::fmt;
 
@@ -13,26 +14,42 @@ pub struct SyncToken {
     pub events: u64,
     /// Account data stream position.
     pub account_data: u64,
+    /// To-device stream position: messages up to it were delivered to the syncing device.
+    pub to_device: u64,
+    /// Device-key change position.
+    pub key_changes: u64,
 }
 
 impl SyncToken {
     pub fn parse(token: &str) -> Result<Self> {
         let invalid = || Error::invalid_param("Invalid sync token");
-        let rest = token.strip_prefix('s').ok_or_else(invalid)?;
-        let mut parts = rest.split('_').map(|part| part.parse::<u64>().map_err(|_| invalid()));
-        let events = parts.next().ok_or_else(invalid)??;
-        let account_data = parts.next().transpose()?.unwrap_or(0);
-        // Parts of streams this build does not know must still be numbers.
+        let number = |digits: &str| -> Result<u64> {
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(invalid());
+            }
+            digits.parse().map_err(|_| invalid())
+        };
+        let mut parts = token.split('_');
+        let events = number(parts.next().and_then(|p| p.strip_prefix('s')).ok_or_else(invalid)?)?;
+        let mut parsed = Self { events, ..Self::default() };
         for part in parts {
-            part?;
+            let mut chars = part.chars();
+            let tag = chars.next().filter(char::is_ascii_lowercase).ok_or_else(invalid)?;
+            let position = number(chars.as_str())?;
+            match tag {
+                'a' => parsed.account_data = position,
+                'd' => parsed.to_device = position,
+                'k' => parsed.key_changes = position,
+                _ => {}
+            }
         }
-        Ok(Self { events, account_data })
+        Ok(parsed)
     }
 }
 
 impl fmt::Display for SyncToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "s{}_{}", self.events, self.account_data)
+        write!(f, "s{}_a{}_d{}_k{}", self.events, self.account_data, self.to_device, self.key_changes)
     }
 }
 
@@ -42,12 +59,13 @@ mod tests {
 
     #[test]
     fn round_trips_and_rejects_garbage() {
-        let token = SyncToken { events: 42, account_data: 7 };
-        assert_eq!(token.to_string(), "s42_7");
-        assert_eq!(SyncToken::parse("s42_7").ok(), Some(token));
-        assert_eq!(SyncToken::parse("s42").ok(), Some(SyncToken { events: 42, account_data: 0 }));
-        assert_eq!(SyncToken::parse("s42_7_9").ok(), Some(token));
-        for bad in ["", "s", "42_7", "s_7", "sx_1", "s1_y", "s1_2_z", "s-1_2", "s1__2"] {
+        let token = SyncToken { events: 42, account_data: 7, to_device: 3, key_changes: 9 };
+        assert_eq!(token.to_string(), "s42_a7_d3_k9");
+        assert_eq!(SyncToken::parse("s42_a7_d3_k9").ok(), Some(token));
+        // Missing streams read as 0; unknown tags are skipped.
+        assert_eq!(SyncToken::parse("s42").ok(), Some(SyncToken { events: 42, ..SyncToken::default() }));
+        assert_eq!(SyncToken::parse("s42_z5_a7_d3_k9").ok(), Some(token));
+        for bad in ["", "s", "42_a7", "s_a7", "sx_a1", "s1_ay", "s1_a", "s1_7", "s-1", "s1__a2", "s+1", "s1_A2"] {
             assert!(SyncToken::parse(bad).is_err(), "{bad:?} must be refused");
         }
     }
