@@ -50,6 +50,9 @@ pub const CURRENT_STATE: Table<(u64, u64), u64> = Table::new("current_state");
 pub const USER_ROOMS: Table<(OwnedUserId, OwnedRoomId), UserMembership> = Table::new("user_rooms");
 /// (user, device, transaction ID) -> event ID, for idempotent sends.
 pub const TRANSACTIONS: Table<(OwnedUserId, String, String), String> = Table::new("transactions");
+/// Event ID -> (device, transaction ID) of local events sent with a transaction ID, for
+/// `unsigned.transaction_id` in the sender's device's syncs.
+pub const EVENT_TRANSACTIONS: Table<String, (String, String)> = Table::new("event_transactions");
 /// Room alias -> room.
 pub const ALIASES: Table<String, AliasRecord> = Table::new("aliases");
 /// (room, alias) -> (): the local aliases of a room.
@@ -79,6 +82,7 @@ pub const ROOM_TABLES: &[&str] = &[
     CURRENT_STATE.name,
     USER_ROOMS.name,
     TRANSACTIONS.name,
+    EVENT_TRANSACTIONS.name,
     ALIASES.name,
     ROOM_ALIASES.name,
     PUBLIC_ROOMS.name,

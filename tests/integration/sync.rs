@@ -459,3 +459,43 @@ async fn to_device_messages_device_lists_and_key_counts() {
     assert_eq!(changes.0, 200, "{}", changes.1);
     assert_eq!(changes.1["changed"], json!([alice.user_id]));
 }
+
+#[tokio::test]
+async fn the_sending_device_sees_its_transaction_ids() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let (status, login) = server.login("alice", "pw").await;
+    assert_eq!(status, 200, "{login}");
+    let other_device = Session::from_response(&login);
+    let bob = server.register("bob", "pw").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    join(&server, &bob, &room).await;
+    let (status, sent) = send_text(&server, &alice, &room, "txn-hello", "hello").await;
+    assert_eq!(status, 200, "{sent}");
+    let (status, redacted) = server
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/redact/{}/txn-redact",
+                enc(&room),
+                enc(sent["event_id"].as_str().unwrap())
+            ),
+            alice.token(),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{redacted}");
+
+    let txn_of = |body: &Value, event_id: &Value| -> Value {
+        let timeline = events(joined(body, &room), "timeline");
+        let event = timeline.iter().find(|e| e["event_id"] == *event_id).unwrap_or_else(|| panic!("{body}"));
+        event["unsigned"]["transaction_id"].clone()
+    };
+    let body = sync(&server, &alice, "").await;
+    assert_eq!(txn_of(&body, &sent["event_id"]), "txn-hello");
+    assert_eq!(txn_of(&body, &redacted["event_id"]), "txn-redact");
+    for (who, body) in
+        [("bob", sync(&server, &bob, "").await), ("alice's other device", sync(&server, &other_device, "").await)]
+    {
+        assert_eq!(txn_of(&body, &sent["event_id"]), Value::Null, "{who} must not see the transaction ID");
+    }
+}

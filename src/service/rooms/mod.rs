@@ -26,7 +26,7 @@ use ruma::{
     room_version_rules::RoomVersionRules,
 };
 
-pub use accept::Accepted;
+pub use accept::{Accepted, Transaction};
 pub use build::NewEvent;
 pub use pdu::Pdu;
 pub use read::StoredEvent;
@@ -146,6 +146,27 @@ impl Rooms {
             let (_, version) = core.version_of(db, &room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
             let json = core.build(db, Some(&room_id), &version, &sender, event, prev_events)?;
             core.accept(db, Some(&room_id), &version, json)
+        })
+        .await
+    }
+
+    /// Like [`send`](Self::send), for a client request with a transaction ID: the idempotency
+    /// record and the event's transaction ID are written in the event's own batch.
+    pub async fn send_with_transaction(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        event: NewEvent,
+        transaction: Transaction,
+    ) -> Result<Accepted> {
+        let lock = self.lock_for(room_id)?;
+        let _guard = lock.lock().await;
+        let room_id = room_id.to_owned();
+        let sender = sender.to_owned();
+        self.run(move |core, db| {
+            let (_, version) = core.version_of(db, &room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
+            let json = core.build(db, Some(&room_id), &version, &sender, event, None)?;
+            core.accept_with(db, Some(&room_id), &version, json, Some(&transaction))
         })
         .await
     }

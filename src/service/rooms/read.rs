@@ -243,23 +243,6 @@ impl Rooms {
         })
         .await
     }
-
-    pub async fn record_transaction(
-        &self,
-        user: &UserId,
-        device: &str,
-        txn_id: &str,
-        event_id: &ruma::EventId,
-    ) -> Result<()> {
-        let key = (user.to_owned(), device.to_owned(), txn_id.to_owned());
-        let event_id = event_id.to_string();
-        self.run(move |_, db| {
-            let mut batch = crate::storage::Batch::new();
-            batch.put(&crate::storage::room_tables::TRANSACTIONS, &key, &event_id)?;
-            Ok(db.write(batch)?)
-        })
-        .await
-    }
 }
 
 impl Rooms {

@@ -3,7 +3,7 @@
 //! position, the member summary and the stripped state shown with an invite.
 
 use std::{
-    collections::{BTreeSet, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
     sync::Arc,
 };
 
@@ -14,7 +14,7 @@ use crate::{
     Error, Result,
     storage::{
         Db, ScanDirection,
-        room_tables::{CURRENT_STATE, EVENT_META, EVENT_STREAM, TIMELINE},
+        room_tables::{CURRENT_STATE, EVENT_META, EVENT_STREAM, EVENT_TRANSACTIONS, TIMELINE},
     },
 };
 
@@ -200,6 +200,20 @@ impl Rooms {
                 rooms.insert(core.interner.room_id(db, short)?);
             }
             Ok(Some(rooms))
+        })
+        .await
+    }
+
+    /// The (device, transaction ID) of each of these events that has one.
+    pub async fn transaction_ids(&self, event_ids: Vec<String>) -> Result<HashMap<String, (String, String)>> {
+        self.run(move |_, db| {
+            let mut out = HashMap::new();
+            for event_id in event_ids {
+                if let Some(txn) = EVENT_TRANSACTIONS.get(db, &event_id)? {
+                    out.insert(event_id, txn);
+                }
+            }
+            Ok(out)
         })
         .await
     }

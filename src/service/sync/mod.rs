@@ -42,6 +42,7 @@ pub struct SyncRequest {
 struct Context<'a> {
     services: &'a Services,
     user: &'a UserId,
+    device: &'a DeviceId,
     filter: &'a FilterDefinition,
     since: Option<SyncToken>,
     now: SyncToken,
@@ -128,7 +129,7 @@ async fn build(
             room_account_data.entry(entry.room.clone()).or_default().push(entry);
         }
     }
-    let context = Context { services, user, filter, since, now, full_state, room_account_data };
+    let context = Context { services, user, device, filter, since, now, full_state, room_account_data };
     response.rooms = rooms::collect(&context).await?;
     Ok(response)
 }

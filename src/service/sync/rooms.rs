@@ -27,9 +27,20 @@ struct Section {
 
 /// An event in the sync format (a client event without `room_id`).
 fn sync_event<T>(pdu: &Pdu) -> Result<Raw<T>> {
+    sync_event_with_txn(pdu, None)
+}
+
+/// An event in the sync format, with the transaction ID its sender's device gave it.
+fn sync_event_with_txn<T>(pdu: &Pdu, transaction_id: Option<&str>) -> Result<Raw<T>> {
     let mut event = pdu.to_client_event();
     if let Some(object) = event.as_object_mut() {
         object.remove("room_id");
+        if let Some(txn) = transaction_id {
+            let unsigned = object.entry("unsigned").or_insert_with(|| serde_json::json!({}));
+            if let Some(unsigned) = unsigned.as_object_mut() {
+                unsigned.insert("transaction_id".to_owned(), txn.into());
+            }
+        }
     }
     raw_json(&event)
 }
@@ -217,6 +228,21 @@ async fn section(ctx: &Context<'_>, room_id: &OwnedRoomId, upto: u64, full: bool
     timeline.limited = window.limited;
     // `/messages?dir=b&from=P` returns the events before position P.
     timeline.prev_batch = Some(first.unwrap_or(upto.saturating_add(1)).to_string());
-    timeline.events = window.events.iter().map(|e| sync_event(&e.pdu)).collect::<Result<Vec<_>>>()?;
+    // The syncing device's own events carry the transaction ID it sent them with.
+    let own: Vec<String> =
+        window.events.iter().filter(|e| e.pdu.sender == ctx.user).map(|e| e.pdu.event_id.to_string()).collect();
+    let transactions =
+        if own.is_empty() { Default::default() } else { ctx.services.rooms.transaction_ids(own).await? };
+    timeline.events = window
+        .events
+        .iter()
+        .map(|e| {
+            let txn = transactions
+                .get(e.pdu.event_id.as_str())
+                .filter(|(device, _)| device == ctx.device.as_str())
+                .map(|(_, txn)| txn.as_str());
+            sync_event_with_txn(&e.pdu, txn)
+        })
+        .collect::<Result<Vec<_>>>()?;
     Ok(Section { timeline, state })
 }
