@@ -52,6 +52,9 @@ pub struct MemberSummary {
     pub heroes: Vec<OwnedUserId>,
 }
 
+/// The most events one timeline window looks at.
+const MAX_WINDOW_SCAN: usize = 2000;
+
 /// The most events [`Rooms::rooms_with_events`] reads.
 const MAX_CHANGED_SCAN: usize = 5000;
 
@@ -98,6 +101,7 @@ impl Rooms {
             let floor = after.unwrap_or(0);
             let mut newest_first = Vec::new();
             let mut limited = false;
+            let mut scanned = 0;
             let mut cursor = upto;
             'pages: while cursor > floor {
                 let page =
@@ -105,11 +109,19 @@ impl Rooms {
                         *room == short_room && *p > floor
                     })?;
                 for (_, short) in &page {
+                    // Bounded work when little is visible (a long history hidden from a new
+                    // member): the window is then cut short and marked limited.
+                    scanned += 1;
+                    if scanned > MAX_WINDOW_SCAN {
+                        limited = true;
+                        break 'pages;
+                    }
                     let Some(meta) = EVENT_META.get(db, short)? else { continue };
+                    let visible = core.can_see(db, &user, short_room, &meta)?;
                     let pdu = core.event_for_client(db, *short, &rules)?;
                     let own_membership = pdu.state_key.as_deref() == Some(user.as_str())
                         && pdu.kind == ruma::events::TimelineEventType::RoomMember;
-                    if !(own_membership || core.can_see(db, &user, short_room, &meta)?) || !wanted(&pdu) {
+                    if !(visible || own_membership) || !wanted(&pdu) {
                         continue;
                     }
                     if newest_first.len() >= limit {
