@@ -64,7 +64,7 @@ pub async fn create_user(config: Config, username: &str, password: Option<String
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("{e} (is the server still running? stop it first)"))?
     };
-    let services = Services::build(config, db.clone());
+    let services = Services::build(config, db.clone())?;
     let user_id = services.accounts.user_id_for_new_localpart(username).map_err(|e| e.to_string())?;
     let generated = password.is_none();
     let password = password.unwrap_or_else(|| random_string(20));

@@ -32,7 +32,7 @@ pub async fn run(config: Config) -> Result<(), String> {
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?
     };
-    let services = Services::build(config.clone(), db.clone());
+    let services = Services::build(config.clone(), db.clone())?;
     let routers = api::routers(services.clone());
     let app = routers.main;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

@@ -4,6 +4,7 @@
 pub mod account_data;
 pub mod accounts;
 pub mod admin_register;
+pub mod media;
 pub mod profile;
 pub mod sessions;
 pub mod uiaa;
@@ -24,12 +25,18 @@ pub struct Services {
     pub uiaa: uiaa::Uiaa,
     pub account_data: account_data::AccountData,
     pub admin_register: admin_register::AdminRegister,
+    pub media: media::Media,
 }
 
 impl Services {
-    pub fn build(config: Config, db: Db) -> Arc<Self> {
+    /// Builds every service; fails only when the media directory cannot be created.
+    pub fn build(config: Config, db: Db) -> Result<Arc<Self>, String> {
         let config = Arc::new(config);
-        Arc::new(Self {
+        let media = media::Media::new(config.clone(), db.clone()).map_err(|e| {
+            format!("cannot open the media directory {}: {e}", config.media.directory(&config.database_path).display())
+        })?;
+        Ok(Arc::new(Self {
+            media,
             accounts: accounts::Accounts::new(db.clone(), config.server_name.clone()),
             sessions: sessions::Sessions::new(db.clone(), config.refreshable_access_token_lifetime_secs),
             profile: profile::Profiles::new(db.clone()),
@@ -38,7 +45,7 @@ impl Services {
             admin_register: admin_register::AdminRegister::new(non_empty(&config.registration_shared_secret)),
             config,
             db,
-        })
+        }))
     }
 }
 

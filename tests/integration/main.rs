@@ -12,5 +12,6 @@ mod http_errors;
 mod launcher;
 mod lifecycle;
 mod login;
+mod media;
 mod peer_nio;
 mod register;

@@ -4,6 +4,7 @@ pub mod account;
 pub mod account_data;
 pub mod device;
 pub mod discovery;
+pub mod media;
 pub mod profile;
 pub mod register;
 pub mod session;
@@ -21,5 +22,6 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = account::routes(router);
     let router = device::routes(router);
     let router = profile::routes(router);
+    let router = media::routes(router);
     account_data::routes(router)
 }
