@@ -275,17 +275,20 @@ async fn thumbnails_have_the_requested_bounds_for_each_method_and_format() {
 }
 
 /// A tiny HTTP/1.1 server on loopback for URL previews: `/redirect` sends to `/page`, which
-/// links `/image.png`. Counts the requests it gets.
+/// links `/image.png`; `/to-private` redirects to 127.0.0.2. Counts the requests it gets.
 async fn preview_site() -> (String, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let hits = Arc::new(AtomicUsize::new(0));
     let counter = hits.clone();
     let png = image_bytes(48, 24, ImageFormat::Png);
+    // Another loopback address, outside a 127.0.0.1/32 allow list; nothing listens there.
+    let private_target = format!("http://127.0.0.2:{}/page", base.rsplit(':').next().unwrap_or_default());
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {
             counter.fetch_add(1, Ordering::SeqCst);
             let png = png.clone();
+            let to_private = format!("302 Found\r\nLocation: {private_target}");
             tokio::spawn(async move {
                 let mut request = Vec::new();
                 let mut buffer = [0u8; 1024];
@@ -299,6 +302,7 @@ async fn preview_site() -> (String, Arc<AtomicUsize>) {
                 let path = text.split_whitespace().nth(1).unwrap_or("/").to_owned();
                 let (status, content_type, body): (&str, &str, Vec<u8>) = match path.as_str() {
                     "/redirect" => ("302 Found\r\nLocation: /page", "text/plain", b"moved".to_vec()),
+                    "/to-private" => (to_private.as_str(), "text/plain", b"moved".to_vec()),
                     "/page" => (
                         "200 OK",
                         "text/html; charset=utf-8",
@@ -365,4 +369,14 @@ async fn url_preview_refuses_private_addresses_by_default() {
         assert_error(&json_of(fetch(&server, &url, alice.token()).await).await, 403, "M_FORBIDDEN");
     }
     assert_eq!(hits.load(Ordering::SeqCst), 0, "no request may reach a refused address");
+}
+
+#[tokio::test]
+async fn url_preview_checks_every_redirect() {
+    let (site, hits) = preview_site().await;
+    let server = TestServer::start_with("[global.url_preview]\nip_range_allowlist = [\"127.0.0.1/32\"]").await;
+    let alice = server.register("alice", "pw").await;
+    let url = format!("/_matrix/client/v1/media/preview_url?url={}", encoded(&format!("{site}/to-private")));
+    assert_error(&json_of(fetch(&server, &url, alice.token()).await).await, 403, "M_FORBIDDEN");
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "only the first hop is fetched");
 }
