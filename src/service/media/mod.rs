@@ -327,9 +327,10 @@ impl Media {
         {
             return Ok(Content { bytes, content_type: Some(cached.content_type), filename: None });
         }
-        let original = self.file(&record.sha256).await?;
+        // Taken before reading the original, so waiting requests do not hold originals in memory.
         let _permit =
             self.thumbnailing.acquire().await.map_err(|_| Error::internal("thumbnailing is shutting down"))?;
+        let original = self.file(&record.sha256).await?;
         let store = self.store.clone();
         let made = tokio::task::spawn_blocking(move || {
             let outcome = thumbnails::make(&original, &spec)?;

@@ -25,8 +25,8 @@ const MAX_DIMENSION: u32 = 10_000;
 const MAX_ALLOC: u64 = 256 * 1024 * 1024;
 /// Most frames of an animation that are thumbnailed (later frames are dropped).
 const MAX_FRAMES: usize = 100;
-/// Most pixels decoded over all frames of one animation.
-const MAX_ANIMATION_PIXELS: u64 = 100_000_000;
+/// Most pixels decoded over all frames of one animation (CPU bound); later frames are dropped.
+const MAX_ANIMATION_PIXELS: u64 = 20_000_000;
 
 /// How the thumbnail is fitted to the requested size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,9 +153,9 @@ pub fn make(bytes: &[u8], spec: &Spec) -> Result<Outcome, ThumbnailError> {
     }
     if spec.animated
         && matches!(format, ImageFormat::Gif | ImageFormat::WebP)
-        && let Some(frames) = animation_frames(bytes, format, (original_width, original_height))?
+        && let Some(thumbnail) = animated(bytes, format, &geometry)?
     {
-        return animated(frames, &geometry).map(Outcome::Thumbnail);
+        return Ok(Outcome::Thumbnail(thumbnail));
     }
     let (reader, _) = reader(bytes)?;
     let image = reader.decode()?;
@@ -235,12 +235,15 @@ impl Geometry {
     }
 }
 
-/// The frames of an animated GIF or WebP, or `None` when it has a single frame.
-fn animation_frames(
-    bytes: &[u8],
-    format: ImageFormat,
-    (width, height): (u32, u32),
-) -> Result<Option<Vec<Frame>>, ThumbnailError> {
+/// An animated thumbnail of an animated GIF or WebP, or `None` when the image has a single
+/// frame (or too large frames to animate within the budget). Frames are decoded, resized and
+/// encoded one at a time, so at most two full-size frames are in memory.
+fn animated(bytes: &[u8], format: ImageFormat, geometry: &Geometry) -> Result<Option<Thumbnail>, ThumbnailError> {
+    let frame_pixels = u64::from(geometry.original.0) * u64::from(geometry.original.1);
+    let budget = usize::try_from(MAX_ANIMATION_PIXELS / frame_pixels.max(1)).unwrap_or(usize::MAX).min(MAX_FRAMES);
+    if budget < 2 {
+        return Ok(None);
+    }
     let frames = match format {
         ImageFormat::Gif => {
             let mut decoder = GifDecoder::new(Cursor::new(bytes))?;
@@ -257,24 +260,16 @@ fn animation_frames(
         }
         _ => return Ok(None),
     };
-    let frame_pixels = u64::from(width) * u64::from(height);
-    let mut out = Vec::new();
-    for frame in frames.take(MAX_FRAMES) {
-        if frame_pixels * (out.len() as u64 + 1) > MAX_ANIMATION_PIXELS {
-            break;
-        }
-        out.push(frame?);
-    }
-    Ok(if out.len() > 1 { Some(out) } else { None })
-}
-
-/// Resizes every frame and encodes them as an animated GIF.
-fn animated(frames: Vec<Frame>, geometry: &Geometry) -> Result<Thumbnail, ThumbnailError> {
+    let mut frames = frames.take(budget);
+    let (Some(first), Some(second)) = (frames.next().transpose()?, frames.next().transpose()?) else {
+        return Ok(None);
+    };
     let mut out = Vec::new();
     {
         let mut encoder = image::codecs::gif::GifEncoder::new_with_speed(&mut out, 20);
         encoder.set_repeat(image::codecs::gif::Repeat::Infinite)?;
-        for frame in frames {
+        for frame in [Ok(first), Ok(second)].into_iter().chain(frames) {
+            let frame = frame?;
             let delay = frame.delay();
             let image = DynamicImage::ImageRgba8(frame.into_buffer());
             if (image.width(), image.height()) != geometry.original {
@@ -284,7 +279,7 @@ fn animated(frames: Vec<Frame>, geometry: &Geometry) -> Result<Thumbnail, Thumbn
             encoder.encode_frame(Frame::from_parts(resized, 0, 0, delay))?;
         }
     }
-    Ok(Thumbnail { bytes: out, content_type: "image/gif", width: geometry.size.0, height: geometry.size.1 })
+    Ok(Some(Thumbnail { bytes: out, content_type: "image/gif", width: geometry.size.0, height: geometry.size.1 }))
 }
 
 #[cfg(test)]
@@ -391,7 +386,30 @@ mod tests {
         let mut png = image_bytes(1, 1, ImageFormat::Png);
         png[16..20].copy_from_slice(&60_000u32.to_be_bytes());
         png[20..24].copy_from_slice(&60_000u32.to_be_bytes());
-        assert!(make(&png, &spec(32, 32, Method::Crop)).is_err());
+        // With a valid checksum, so the decoder reads the size rather than rejecting the chunk.
+        let crc = crc32(&png[12..29]);
+        png[29..33].copy_from_slice(&crc.to_be_bytes());
+        assert!(matches!(make(&png, &spec(32, 32, Method::Crop)), Err(ThumbnailError::TooLarge(_))));
+        // A GIF whose logical screen is 65535x65535.
+        let mut gif = image_bytes(2, 2, ImageFormat::Gif);
+        gif[6..10].copy_from_slice(&[0xff; 4]);
+        let mut animated = spec(32, 32, Method::Crop);
+        animated.animated = true;
+        for request in [spec(32, 32, Method::Scale), animated] {
+            assert!(matches!(make(&gif, &request), Err(ThumbnailError::TooLarge(_))), "{request:?}");
+        }
+    }
+
+    /// CRC-32 (IEEE), as PNG chunks use.
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = 0xFFFF_FFFFu32;
+        for &byte in bytes {
+            crc ^= u32::from(byte);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            }
+        }
+        !crc
     }
 
     /// Random and mutated images through the thumbnailer: errors are fine, panics are not.
