@@ -380,3 +380,57 @@ async fn url_preview_checks_every_redirect() {
     assert_error(&json_of(fetch(&server, &url, alice.token()).await).await, 403, "M_FORBIDDEN");
     assert_eq!(hits.load(Ordering::SeqCst), 1, "only the first hop is fetched");
 }
+
+#[tokio::test]
+async fn reserved_media_ids_expire_unused() {
+    let server = TestServer::start_with("[global.media]\nunused_upload_expiry_secs = 1\nmax_pending_uploads = 1").await;
+    let alice = server.register("alice", "pw").await;
+    let created = server.post("/_matrix/media/v1/create", alice.token(), json!({})).await;
+    let path = mxc_path(&created.1);
+    assert_error(&server.post("/_matrix/media/v1/create", alice.token(), json!({})).await, 429, "M_LIMIT_EXCEEDED");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let late = server
+        .http
+        .put(server.url(&format!("/_matrix/media/v3/upload/{path}")))
+        .bearer_auth(&alice.access_token)
+        .body("too late")
+        .send()
+        .await
+        .unwrap();
+    assert_error(&json_of(late).await, 404, "M_NOT_FOUND");
+    let download = format!("/_matrix/client/v1/media/download/{path}?timeout_ms=100");
+    assert_error(&json_of(fetch(&server, &download, alice.token()).await).await, 404, "M_NOT_FOUND");
+    // The expired reservation no longer counts against the limit.
+    assert_eq!(server.post("/_matrix/media/v1/create", alice.token(), json!({})).await.0, 200);
+}
+
+#[tokio::test]
+async fn animated_thumbnails_stay_animated_and_guests_may_read_media() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let mut gif = Vec::new();
+    {
+        let mut encoder = image::codecs::gif::GifEncoder::new(&mut gif);
+        for shade in [0u8, 120, 240] {
+            let frame = RgbaImage::from_pixel(200, 100, Rgba([shade, 0, 255 - shade, 255]));
+            encoder.encode_frame(image::Frame::new(frame)).unwrap();
+        }
+    }
+    let path = mxc_path(&upload(&server, &alice, gif, "image/gif", "anim.gif").await.1);
+    let animated = format!("/_matrix/client/v1/media/thumbnail/{path}?width=96&height=96&method=crop&animated=true");
+    let response = fetch(&server, &animated, alice.token()).await;
+    assert_eq!(header(&response, "content-type"), "image/gif");
+    let bytes = response.bytes().await.unwrap();
+    let decoder = image::codecs::gif::GifDecoder::new(Cursor::new(bytes.as_ref())).unwrap();
+    assert_eq!(image::AnimationDecoder::into_frames(decoder).count(), 3);
+    let still = format!("/_matrix/client/v1/media/thumbnail/{path}?width=96&height=96&method=crop");
+    assert_eq!(header(&fetch(&server, &still, alice.token()).await, "content-type"), "image/png");
+
+    let guest = server.post("/_matrix/client/v3/register?kind=guest", None, json!({})).await;
+    assert_eq!(guest.0, 200, "{}", guest.1);
+    let guest = Session::from_response(&guest.1);
+    assert_eq!(fetch(&server, &format!("/_matrix/client/v1/media/download/{path}"), guest.token()).await.status(), 200);
+    assert_eq!(fetch(&server, &still, guest.token()).await.status(), 200);
+    let guest_upload = upload(&server, &guest, b"x".to_vec(), "text/plain", "x").await;
+    assert_error(&guest_upload, 403, "M_GUEST_ACCESS_FORBIDDEN");
+}
