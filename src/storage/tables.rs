@@ -35,7 +35,8 @@ pub const MEDIA: Table<String, MediaRecord> = Table::new("media");
 pub const MEDIA_PENDING: Table<String, PendingMediaRecord> = Table::new("media_pending");
 /// The same reservations by owner, to count them. Key: (user, media ID). Value: expiry (ms).
 pub const MEDIA_PENDING_BY_USER: Table<(OwnedUserId, String), u64> = Table::new("media_pending_by_user");
-/// Thumbnails made so far. Key: `{SHA-256 of the original}/{method}/{width}x{height}/{animated}`.
+/// Thumbnails made so far. Key: `{SHA-256 of the original}/{method}/{width}x{height}/{animated}`,
+/// where width and height are those of the standard size the request rounds up to.
 pub const MEDIA_THUMBNAILS: Table<String, ThumbnailRecord> = Table::new("media_thumbnails");
 /// Cached URL previews. Key: the URL.
 pub const URL_PREVIEWS: Table<String, UrlPreviewRecord> = Table::new("url_previews");

@@ -313,14 +313,11 @@ impl Media {
             return Err(Error::invalid_param("Thumbnail width and height must be positive"));
         }
         let record = self.record(server_name, media_id, access, timeout).await?;
-        let key = format!(
-            "{}/{}/{}x{}/{}",
-            record.sha256,
-            spec.method.as_str(),
-            spec.width,
-            spec.height,
-            u8::from(spec.animated)
-        );
+        // Keyed by the standard size the request rounds up to: every request that rounds to the
+        // same size gets the same thumbnail, so arbitrary sizes do not multiply cache entries.
+        let (box_width, box_height) = thumbnails::target_box(&spec);
+        let key =
+            format!("{}/{}/{box_width}x{box_height}/{}", record.sha256, spec.method.as_str(), u8::from(spec.animated));
         let lookup = key.clone();
         if let Some(cached) = self.db.run(move |db| Ok(MEDIA_THUMBNAILS.get(db, &lookup)?)).await?
             && let Some(bytes) = self.store.get(&cached.sha256).await?
