@@ -72,6 +72,8 @@ pub struct Media {
     uploaded: Notify,
     /// Bounds concurrent thumbnailing (CPU and memory heavy).
     thumbnailing: Semaphore,
+    /// Bounds concurrent URL preview fetches (each holds up to `url_preview.max_size` bytes).
+    previews: Semaphore,
 }
 
 impl Media {
@@ -87,6 +89,7 @@ impl Media {
             claims: Mutex::new(()),
             uploaded: Notify::new(),
             thumbnailing: Semaphore::new(2),
+            previews: Semaphore::new(8),
         })
     }
 
@@ -390,6 +393,7 @@ impl Media {
         {
             return Ok(cached.data);
         }
+        let _permit = self.previews.acquire().await.map_err(|_| Error::internal("previews are shutting down"))?;
         let time_limit = Duration::from_secs(config.timeout_secs.max(1));
         let data = tokio::time::timeout(time_limit, self.fetch_preview(parsed))
             .await

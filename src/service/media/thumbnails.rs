@@ -437,7 +437,7 @@ mod tests {
         }];
         let started = std::time::Instant::now();
         let mut cases = 0;
-        for round in 0..120 {
+        for round in 0..2000 {
             for seed in &seeds {
                 let mut bytes = seed.clone();
                 match round % 4 {
@@ -462,7 +462,7 @@ mod tests {
                 cases += 1;
             }
         }
-        assert_eq!(cases, 600);
+        assert_eq!(cases, 10_000);
         assert!(started.elapsed() < std::time::Duration::from_secs(30), "fuzzing took {:?}", started.elapsed());
     }
 }
