@@ -144,6 +144,10 @@ async fn uploads_over_the_size_limit_are_refused() {
     let too_large = upload(&server, &alice, vec![7u8; 5000], "application/octet-stream", "big").await;
     assert_error(&too_large, 413, "M_TOO_LARGE");
     assert_eq!(upload(&server, &alice, vec![7u8; 4000], "application/octet-stream", "ok").await.0, 200);
+    // The token is checked before the body is read: an anonymous upload is refused as such.
+    let anonymous =
+        server.http.post(server.url("/_matrix/media/v3/upload")).body(vec![7u8; 5000]).send().await.unwrap();
+    assert_error(&json_of(anonymous).await, 401, "M_MISSING_TOKEN");
     let config = json_of(fetch(&server, "/_matrix/media/v3/config", alice.token()).await).await;
     assert_eq!(config, (200, json!({"m.upload.size": 4096})));
 }
