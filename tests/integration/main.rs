@@ -14,6 +14,7 @@ mod keys;
 mod launcher;
 mod lifecycle;
 mod login;
+mod media;
 mod peer_nio;
 mod register;
 mod rooms;

@@ -5,6 +5,7 @@ pub mod account_data;
 pub mod device;
 pub mod discovery;
 pub mod keys;
+pub mod media;
 pub mod membership;
 pub mod message;
 pub mod profile;
@@ -33,5 +34,6 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = state::routes(router);
     let router = keys::routes(router);
     let router = to_device::routes(router);
+    let router = media::routes(router);
     account_data::routes(router)
 }
