@@ -19,6 +19,7 @@ use ruma::api::{
     },
     error::{DeserializationError, ErrorKind, FromHttpRequestError},
     federation::authentication::ServerSignatures,
+    path_builder::PathBuilder,
 };
 
 use crate::{
@@ -94,10 +95,13 @@ where
 
     async fn from_request(request: Request, services: &Arc<Services>) -> Result<Self, Error> {
         let (mut parts, body) = request.into_parts();
-        let path_args: Vec<String> = match Path::<Vec<String>>::from_request_parts(&mut parts, services).await {
+        let mut path_args: Vec<String> = match Path::<Vec<String>>::from_request_parts(&mut parts, services).await {
             Ok(Path(args)) => args,
             Err(rejection) => return Err(Error::invalid_param(format!("Invalid path: {rejection}"))),
         };
+        // A trailing parameter left out (the empty state key) is an empty string.
+        let expected = T::PATH_BUILDER.all_paths().next().map_or(0, |path| path.matches('{').count());
+        path_args.resize(expected.max(path_args.len()), String::new());
         let client_ip = client_ip(&parts.extensions);
         let bytes = read_body(body, services.config.max_request_size as usize, &parts.headers).await?;
 

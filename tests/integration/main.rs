@@ -14,3 +14,5 @@ mod lifecycle;
 mod login;
 mod peer_nio;
 mod register;
+mod room_helpers;
+mod state_keys;
