@@ -7,6 +7,7 @@ mod account;
 mod admin;
 mod data;
 mod devices;
+mod directory;
 mod discovery;
 mod http_errors;
 mod launcher;

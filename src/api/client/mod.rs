@@ -3,6 +3,7 @@
 pub mod account;
 pub mod account_data;
 pub mod device;
+pub mod directory;
 pub mod discovery;
 pub mod membership;
 pub mod message;
@@ -29,5 +30,6 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = membership::routes(router);
     let router = message::routes(router);
     let router = state::routes(router);
+    let router = directory::routes(router);
     account_data::routes(router)
 }

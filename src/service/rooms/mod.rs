@@ -4,11 +4,14 @@
 //! runs on the blocking pool.
 
 mod accept;
+pub mod aliases;
 mod build;
 pub mod create;
 mod directory;
 pub mod membership;
 pub mod pdu;
+pub mod power;
+pub mod public;
 mod read;
 mod short;
 mod state;
