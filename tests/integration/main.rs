@@ -5,6 +5,7 @@ mod harness;
 
 mod account;
 mod admin;
+mod context;
 mod data;
 mod devices;
 mod directory;

@@ -14,6 +14,22 @@ pub async fn create_room(server: &TestServer, session: &Session, body: Value) ->
     response["room_id"].as_str().expect("room_id").to_owned()
 }
 
+/// Sends an `m.text` message; returns its event ID.
+pub async fn send_text(server: &TestServer, session: &Session, room_id: &str, text: &str) -> String {
+    let txn = format!("t{}", rand_suffix());
+    let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}", enc(room_id));
+    let (status, response) = server.put(&path, session.token(), json!({"msgtype": "m.text", "body": text})).await;
+    assert_eq!(status, 200, "send: {response}");
+    response["event_id"].as_str().expect("event_id").to_owned()
+}
+
+fn rand_suffix() -> u128 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    nanos + u128::from(COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
 /// A state event's content (status and body).
 pub async fn state(server: &TestServer, session: &Session, room_id: &str, kind: &str) -> (u16, Value) {
     server.get(&format!("/_matrix/client/v3/rooms/{}/state/{kind}", enc(room_id)), session.token()).await

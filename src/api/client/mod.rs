@@ -2,6 +2,7 @@
 
 pub mod account;
 pub mod account_data;
+pub mod context;
 pub mod device;
 pub mod directory;
 pub mod discovery;
@@ -9,6 +10,7 @@ pub mod membership;
 pub mod message;
 pub mod profile;
 pub mod register;
+pub mod report;
 pub mod room;
 pub mod session;
 pub mod state;
@@ -31,5 +33,7 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = message::routes(router);
     let router = state::routes(router);
     let router = directory::routes(router);
+    let router = context::routes(router);
+    let router = report::routes(router);
     account_data::routes(router)
 }

@@ -6,6 +6,7 @@
 mod accept;
 pub mod aliases;
 mod build;
+mod context;
 pub mod create;
 mod directory;
 pub mod membership;
@@ -13,6 +14,7 @@ pub mod pdu;
 pub mod power;
 pub mod public;
 mod read;
+mod reports;
 mod short;
 mod state;
 
