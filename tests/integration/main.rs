@@ -18,3 +18,4 @@ mod peer_nio;
 mod register;
 mod room_helpers;
 mod state_keys;
+mod upgrade;

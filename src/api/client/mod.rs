@@ -14,6 +14,7 @@ pub mod report;
 pub mod room;
 pub mod session;
 pub mod state;
+pub mod upgrade;
 
 use std::sync::Arc;
 
@@ -35,5 +36,6 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = directory::routes(router);
     let router = context::routes(router);
     let router = report::routes(router);
+    let router = upgrade::routes(router);
     account_data::routes(router)
 }

@@ -17,6 +17,7 @@ mod read;
 mod reports;
 mod short;
 mod state;
+mod upgrade;
 
 use std::{
     collections::HashMap,
