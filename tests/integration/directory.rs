@@ -44,6 +44,16 @@ async fn aliases_are_created_resolved_listed_and_deleted_with_permission() {
     let no_token = server.put(&alias_path("#x:localhost"), None, json!({"room_id": room})).await;
     assert_error(&no_token, 401, "M_MISSING_TOKEN");
 
+    // Guests may resolve aliases but not manage them.
+    let guest = server.post("/_matrix/client/v3/register?kind=guest", None, json!({})).await;
+    assert_eq!(guest.0, 200, "{}", guest.1);
+    let guest_token = guest.1["access_token"].as_str().expect("guest token");
+    assert_eq!(server.get(&alias_path("#main:localhost"), Some(guest_token)).await.1["room_id"], room);
+    let by_guest = server.put(&alias_path("#guest:localhost"), Some(guest_token), json!({"room_id": room})).await;
+    assert_error(&by_guest, 403, "M_GUEST_ACCESS_FORBIDDEN");
+    let by_guest = server.call("DELETE", &alias_path("#main:localhost"), Some(guest_token), None).await;
+    assert_error(&by_guest, 403, "M_GUEST_ACCESS_FORBIDDEN");
+
     // Listing a room's aliases needs membership (the room is not world-readable).
     let listed = server.get(&aliases_path(&room), alice.token()).await;
     assert_eq!(listed.0, 200, "{}", listed.1);

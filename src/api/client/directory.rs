@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use axum::Router;
+use http::StatusCode;
 use ruma::{
     OwnedMxcUri, OwnedRoomAliasId, OwnedServerName, UInt,
     api::client::{
@@ -11,6 +12,7 @@ use ruma::{
         directory::{get_public_rooms, get_public_rooms_filtered, get_room_visibility, set_room_visibility},
         room::{Visibility, aliases},
     },
+    api::error::ErrorKind,
     directory::{Filter, PublicRoomsChunk, PublicRoomsChunkInit, RoomNetwork},
     room::{JoinRuleKind, RoomType},
 };
@@ -24,6 +26,7 @@ use crate::{
             aliases::Actor,
             public::{PublicRoom, PublicRoomsPage, PublicRoomsQuery},
         },
+        sessions::Authenticated,
     },
 };
 
@@ -39,11 +42,24 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
         .ruma(public_rooms_filtered)
 }
 
+/// Guests may resolve aliases but not create or delete them (as in Synapse).
+fn refuse_guests(sender: &Authenticated) -> Result<()> {
+    if sender.guest {
+        return Err(Error::new(
+            StatusCode::FORBIDDEN,
+            ErrorKind::GuestAccessForbidden,
+            "Guest accounts cannot manage room aliases",
+        ));
+    }
+    Ok(())
+}
+
 async fn put_alias(
     services: Arc<Services>,
     request: Ruma<create_alias::v3::Request>,
 ) -> Result<create_alias::v3::Response> {
     let sender = request.sender()?;
+    refuse_guests(sender)?;
     let body = &request.body;
     let actor = Actor { user: &sender.user_id, admin: sender.admin };
     services.rooms.create_alias(&body.room_alias, &body.room_id, actor).await?;
@@ -60,6 +76,7 @@ async fn delete_alias(
     request: Ruma<delete_alias::v3::Request>,
 ) -> Result<delete_alias::v3::Response> {
     let sender = request.sender()?;
+    refuse_guests(sender)?;
     let actor = Actor { user: &sender.user_id, admin: sender.admin };
     services.rooms.delete_alias(&request.body.room_alias, actor).await?;
     Ok(delete_alias::v3::Response::new())
