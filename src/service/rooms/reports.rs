@@ -60,3 +60,59 @@ impl Rooms {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ruma::{RoomVersionId, events::TimelineEventType, user_id};
+    use serde_json::{Map, json};
+
+    use crate::{
+        config::Config,
+        service::{
+            Services,
+            rooms::{
+                NewEvent,
+                create::{Preset, RoomSpec},
+            },
+        },
+        storage::Db,
+    };
+
+    #[tokio::test]
+    async fn reports_are_stored_for_admins() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!("[global]\nserver_name = \"localhost\"\ndatabase_path = \"{}\"\n", dir.path().display());
+        let config = Config::from_toml(&text, "test.toml", Vec::new()).unwrap().config;
+        let db = Db::open(&config).unwrap();
+        let services = Services::build(config, db).unwrap();
+        let (alice, bob) = (user_id!("@alice:localhost"), user_id!("@bob:localhost"));
+        let spec = RoomSpec {
+            version: RoomVersionId::V11,
+            preset: Preset::PrivateChat,
+            creation_content: Map::new(),
+            power_level_override: None,
+            alias: None,
+            initial_state: Vec::new(),
+            name: None,
+            topic: None,
+            invite: Vec::new(),
+            is_direct: false,
+            creator_member: Map::new(),
+        };
+        let rooms = &services.rooms;
+        let room = rooms.create_room(alice, spec).await.unwrap();
+        let message = NewEvent::message(TimelineEventType::RoomMessage, json!({"msgtype": "m.text", "body": "x"}));
+        let event = rooms.send(&room, alice, message).await.unwrap().event_id;
+
+        rooms.report_event(&room, &event, alice, Some("spam".to_owned())).await.unwrap();
+        // Bob is not in the room: nothing is stored.
+        assert!(rooms.report_event(&room, &event, bob, None).await.is_err());
+        let reports = rooms.event_reports().await.unwrap();
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0].room_id, room);
+        assert_eq!(reports[0].event_id, event.as_str());
+        assert_eq!(reports[0].reporter, alice);
+        assert_eq!(reports[0].report["reason"], "spam");
+        assert!(reports[0].report["received_ts"].as_u64().is_some_and(|ts| ts > 0));
+    }
+}
