@@ -62,8 +62,8 @@ impl Rooms {
         Ok(())
     }
 
-    /// Removes an alias from the room's `m.room.canonical_alias` event, if it is named there.
-    /// Best effort: the alias is already gone, so a refusal is only logged.
+    /// Removes an alias from the room's `m.room.canonical_alias` event, if it is named there and
+    /// the user may change it. Best effort: the alias is already gone, so failures are logged.
     async fn drop_from_canonical_alias(&self, room_id: &RoomId, alias: &RoomAliasId, user: &UserId) {
         let Ok(Some(event)) = self.state_event(room_id, &"m.room.canonical_alias".into(), "").await else { return };
         let mut content = event.content_value();
@@ -81,16 +81,12 @@ impl Rooms {
         if !changed {
             return;
         }
-        let sender = if self.joined_with_power(room_id, user, "m.room.canonical_alias").await.unwrap_or(false) {
-            user.to_owned()
-        } else {
-            event.sender.clone()
-        };
-        if sender.server_name() != self.core.server_name {
+        // Only the deleting user's own event, as Synapse does: never one in another's name.
+        if !self.joined_with_power(room_id, user, "m.room.canonical_alias").await.unwrap_or(false) {
             return;
         }
         let new = NewEvent::state(TimelineEventType::RoomCanonicalAlias, "", content);
-        if let Err(error) = self.send(room_id, &sender, new).await {
+        if let Err(error) = self.send(room_id, user, new).await {
             tracing::warn!(%room_id, %error, "could not remove a deleted alias from the canonical alias");
         }
     }
