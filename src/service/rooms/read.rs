@@ -45,7 +45,7 @@ impl RoomCore {
     /// Whether `user` may see an event, by the spec's history visibility rules: always for
     /// `world_readable`; when the user was joined at the event; for `shared` when the user is
     /// joined now; for `invited` when the user was invited (or joined) at the event.
-    fn can_see(&self, db: &Db, user: &UserId, short_room: u64, meta: &EventMeta) -> Result<bool> {
+    pub(super) fn can_see(&self, db: &Db, user: &UserId, short_room: u64, meta: &EventMeta) -> Result<bool> {
         let visibility = self
             .state_in_group(db, meta.state_after, "m.room.history_visibility", "")?
             .and_then(|pdu| serde_json::from_str::<HistoryVisibility>(pdu.content.get()).ok())
