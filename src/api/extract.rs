@@ -1,6 +1,6 @@
-//! The one extractor for ruma request types: reads the body within `max_request_size`,
-//! authenticates according to the endpoint's auth scheme (`Authorization: Bearer`, or the older
-//! `access_token` query parameter) and parses the request, mapping every failure to the Matrix
+//! The one extractor for ruma request types: authenticates according to the endpoint's auth
+//! scheme (`Authorization: Bearer`, or the older `access_token` query parameter), then reads the
+//! body within `max_request_size` and parses the request, mapping every failure to the Matrix
 //! error the spec names. Also the response wrapper that turns ruma responses into HTTP.
 
 use std::{net::SocketAddr, sync::Arc};
@@ -105,7 +105,6 @@ where
             path_args.push(String::new());
         }
         let client_ip = client_ip(&parts.extensions);
-        let bytes = read_body(body, services.config.max_request_size as usize, &parts.headers).await?;
 
         let sender = match <T::Authentication as AuthPolicy>::MODE {
             AuthMode::None => None,
@@ -134,6 +133,9 @@ where
         if let Some(sender) = &sender {
             super::guest::check(sender, parts.uri.path())?;
         }
+        // Read only once the caller is known, so an anonymous client cannot make the server
+        // buffer `max_request_size` bytes (an upload) on endpoints that need a token.
+        let bytes = read_body(body, services.config.max_request_size as usize, &parts.headers).await?;
 
         let path_refs: Vec<&str> = path_args.iter().map(String::as_str).collect();
         // Some clients (matrix-nio's `join`, for one) send no body where every field is

@@ -45,6 +45,9 @@ const GUEST_ALLOWED: &[&str] = &[
     "voip/turnServer",
     "directory/room/*",
     "publicRooms",
+    "media/download/*/*",
+    "media/download/*/*/*",
+    "media/thumbnail/*/*",
 ];
 
 pub fn check(sender: &Authenticated, path: &str) -> Result<(), Error> {

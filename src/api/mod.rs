@@ -98,23 +98,22 @@ impl RumaRouter for Router<Arc<Services>> {
     {
         let method = MethodFilter::try_from(Req::METHOD).unwrap_or(MethodFilter::GET);
         let mut router = self;
+        let mut paths: Vec<String> = Vec::new();
         for path in Req::PATH_BUILDER.all_paths() {
-            // An empty state key may be left out of the path, with or without the trailing
-            // slash (`/state/m.room.name/`); the extractor fills in the empty key.
-            let mut paths = vec![path.to_owned()];
+            paths.push(path.to_owned());
+            // An empty state key: clients send `.../state/{type}/` or `.../state/{type}`.
             if let Some(prefix) = path.strip_suffix("/{state_key}") {
-                paths.push(format!("{prefix}/"));
-                paths.push(prefix.to_owned());
+                paths.extend([prefix.to_owned(), format!("{prefix}/")]);
             }
-            for path in paths {
-                let handler = handler.clone();
-                router = router.route(
-                    &path,
-                    on(method, move |State(services): State<Arc<Services>>, request: Ruma<Req>| async move {
-                        handler(services, request).await.map(RumaResponse)
-                    }),
-                );
-            }
+        }
+        for path in paths {
+            let handler = handler.clone();
+            router = router.route(
+                &path,
+                on(method, move |State(services): State<Arc<Services>>, request: Ruma<Req>| async move {
+                    handler(services, request).await.map(RumaResponse)
+                }),
+            );
         }
         router
     }

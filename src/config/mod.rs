@@ -40,7 +40,7 @@ const CONDUIT_KEYS_WITHOUT_EFFECT: &[&str] = &[
     "turn_uris",
     "turn_secret",
     "turn_ttl",
-    "media",
+    "media.retention",
     "emergency_password",
 ];
 
@@ -117,6 +117,171 @@ pub struct Config {
     /// Lifetime of access tokens issued together with a refresh token, in seconds.
     #[serde(default = "default_refreshable_access_token_lifetime_secs")]
     pub refreshable_access_token_lifetime_secs: u64,
+    /// The media repository (Conduit's `[global.media]` table, with Trellis's additions).
+    #[serde(default)]
+    pub media: MediaConfig,
+    /// URL previews (`/preview_url`).
+    #[serde(default)]
+    pub url_preview: UrlPreviewConfig,
+}
+
+/// The media repository: where files go and who may read them how.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MediaConfig {
+    /// Only `"filesystem"` is supported (Conduit's S3 backend is not).
+    #[serde(default = "default_media_backend")]
+    pub backend: String,
+    /// Directory of the media files. Default: `media` inside `database_path`, as Conduit does.
+    pub path: Option<PathBuf>,
+    /// How files are spread over subdirectories (Conduit's key): `{ depth = 2, length = 2 }`
+    /// puts a file whose SHA-256 is `abcd…` at `ab/cd/…`; an empty table `{}` keeps them flat.
+    #[serde(default)]
+    pub directory_structure: DirectoryStructure,
+    /// When true, media uploaded from now on is served only by the authenticated endpoints
+    /// (`/_matrix/client/v1/media/*`), as Synapse does once its media is "frozen"; media uploaded
+    /// while it was false stays readable through the legacy `/_matrix/media/v3/*` ones too.
+    #[serde(default = "default_true")]
+    pub freeze_legacy_media: bool,
+    /// How many media IDs reserved with `/_matrix/media/v1/create` and not yet uploaded one user
+    /// may hold at once.
+    #[serde(default = "default_max_pending_uploads")]
+    pub max_pending_uploads: usize,
+    /// How long a reserved media ID may stay without content before it expires, in seconds.
+    #[serde(default = "default_unused_upload_expiry_secs")]
+    pub unused_upload_expiry_secs: u64,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            backend: default_media_backend(),
+            path: None,
+            directory_structure: DirectoryStructure::default(),
+            freeze_legacy_media: true,
+            max_pending_uploads: default_max_pending_uploads(),
+            unused_upload_expiry_secs: default_unused_upload_expiry_secs(),
+        }
+    }
+}
+
+impl MediaConfig {
+    /// The media directory: `path`, or `media` inside the database directory.
+    pub fn directory(&self, database_path: &Path) -> PathBuf {
+        self.path.clone().unwrap_or_else(|| database_path.join("media"))
+    }
+}
+
+/// Subdirectory layout of media files, named by their SHA-256 (64 hex digits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum DirectoryStructure {
+    /// `depth` levels of directories named by `length` hex digits each.
+    Deep { depth: u8, length: u8 },
+    /// All files in one directory (Conduit's empty table).
+    Flat {},
+}
+
+impl Default for DirectoryStructure {
+    fn default() -> Self {
+        DirectoryStructure::Deep { depth: 2, length: 2 }
+    }
+}
+
+/// URL previews: fetching pages for `/preview_url` safely.
+#[derive(Debug, Clone, Deserialize)]
+pub struct UrlPreviewConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Address ranges previews may not connect to, checked on every resolved address and every
+    /// redirect. Setting it replaces the default (loopback, private, link-local, shared,
+    /// multicast, documentation and other special ranges, IPv4 and IPv6).
+    #[serde(default = "default_url_preview_denylist")]
+    pub ip_range_denylist: Vec<ipnet::IpNet>,
+    /// Ranges allowed even when the deny list covers them (for example a trusted internal host).
+    #[serde(default)]
+    pub ip_range_allowlist: Vec<ipnet::IpNet>,
+    /// Largest page or image fetched, in bytes.
+    #[serde(default = "default_url_preview_max_size")]
+    pub max_size: u64,
+    /// Time limit for one preview, redirects and image included, in seconds.
+    #[serde(default = "default_url_preview_timeout_secs")]
+    pub timeout_secs: u64,
+    /// Redirects followed at most.
+    #[serde(default = "default_url_preview_max_redirects")]
+    pub max_redirects: usize,
+    /// How long a preview is cached, in seconds.
+    #[serde(default = "default_url_preview_cache_secs")]
+    pub cache_secs: u64,
+}
+
+impl Default for UrlPreviewConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            ip_range_denylist: default_url_preview_denylist(),
+            ip_range_allowlist: Vec::new(),
+            max_size: default_url_preview_max_size(),
+            timeout_secs: default_url_preview_timeout_secs(),
+            max_redirects: default_url_preview_max_redirects(),
+            cache_secs: default_url_preview_cache_secs(),
+        }
+    }
+}
+
+/// Ranges no URL preview may reach by default: every address that is not public unicast.
+pub const DEFAULT_URL_PREVIEW_DENYLIST: &[&str] = &[
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.0.2.0/24",
+    "192.88.99.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "198.51.100.0/24",
+    "203.0.113.0/24",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+    "::/128",
+    "::1/128",
+    "64:ff9b::/96",
+    "64:ff9b:1::/48",
+    "100::/64",
+    "2001::/23",
+    "2001:db8::/32",
+    "2002::/16",
+    "fc00::/7",
+    "fe80::/10",
+    "fec0::/10",
+    "ff00::/8",
+];
+
+fn default_url_preview_denylist() -> Vec<ipnet::IpNet> {
+    DEFAULT_URL_PREVIEW_DENYLIST.iter().filter_map(|net| net.parse().ok()).collect()
+}
+fn default_url_preview_max_size() -> u64 {
+    10 * 1024 * 1024
+}
+fn default_url_preview_timeout_secs() -> u64 {
+    10
+}
+fn default_url_preview_max_redirects() -> usize {
+    5
+}
+fn default_url_preview_cache_secs() -> u64 {
+    3600
+}
+fn default_media_backend() -> String {
+    "filesystem".to_owned()
+}
+fn default_max_pending_uploads() -> usize {
+    5
+}
+fn default_unused_upload_expiry_secs() -> u64 {
+    24 * 3600
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -294,6 +459,21 @@ impl Config {
         if self.max_request_size < 1024 {
             return Err(ConfigError("config key `max_request_size`: must be at least 1024".into()));
         }
+        if self.media.backend != "filesystem" {
+            return Err(ConfigError(format!(
+                "config key `media.backend`: \"{}\" is not supported; use \"filesystem\"",
+                self.media.backend
+            )));
+        }
+        if let DirectoryStructure::Deep { depth, length } = self.media.directory_structure
+            && (depth == 0 || length == 0 || u32::from(depth) * u32::from(length) >= 64)
+        {
+            return Err(ConfigError(
+                "config key `media.directory_structure`: depth and length must be at least 1, and \
+                 depth times length less than 64 (the length of a SHA-256 in hex)"
+                    .into(),
+            ));
+        }
         if let Some(server) = &self.well_known.server
             && OwnedServerName::try_from(server.as_str()).is_err()
         {
@@ -318,7 +498,7 @@ fn env_key_path(key: &str) -> Vec<String> {
     if key.contains("__") {
         return key.split("__").map(str::to_owned).collect();
     }
-    for table in ["well_known", "tls", "federation_listener", "federation_server_addresses"] {
+    for table in ["well_known", "tls", "federation_listener", "federation_server_addresses", "media", "url_preview"] {
         if let Some(field) = key.strip_prefix(table).and_then(|rest| rest.strip_prefix('_'))
             && !field.is_empty()
         {

@@ -161,3 +161,49 @@ fn unsupported_backend_is_refused() {
     let error = load(&text, &[]).err().unwrap().to_string();
     assert!(error.contains("database_backend"), "{error}");
 }
+
+#[test]
+fn conduit_media_table_is_read() {
+    let loaded = load(MINIMAL, &[]).unwrap();
+    let media = &loaded.config.media;
+    assert_eq!(media.directory(&loaded.config.database_path), PathBuf::from("/tmp/trellis-test/media"));
+    assert_eq!(media.directory_structure, DirectoryStructure::Deep { depth: 2, length: 2 });
+    assert!(media.freeze_legacy_media);
+
+    let text = format!(
+        "{MINIMAL}\n[global.media]\nbackend = \"filesystem\"\npath = \"/srv/media\"\n\
+         directory_structure = {{ depth = 3, length = 1 }}\n[global.media.retention]\nspace = \"1GB\"\n"
+    );
+    let loaded = load(&text, &[]).unwrap();
+    let media = &loaded.config.media;
+    assert_eq!(media.directory(&loaded.config.database_path), PathBuf::from("/srv/media"));
+    assert_eq!(media.directory_structure, DirectoryStructure::Deep { depth: 3, length: 1 });
+    assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+    assert!(loaded.warnings[0].contains("Conduit setting"), "{:?}", loaded.warnings);
+
+    let flat = format!("{MINIMAL}\n[global.media]\ndirectory_structure = {{}}\n");
+    assert_eq!(load(&flat, &[]).unwrap().config.media.directory_structure, DirectoryStructure::Flat {});
+    let env = load(MINIMAL, &[("TRELLIS_MEDIA_PATH", "/data/media")]).unwrap();
+    assert_eq!(env.config.media.path, Some(PathBuf::from("/data/media")));
+}
+
+#[test]
+fn unsupported_media_settings_are_errors() {
+    let s3 = format!("{MINIMAL}\n[global.media]\nbackend = \"s3\"\n");
+    assert!(load(&s3, &[]).err().unwrap().0.contains("media.backend"));
+    let too_deep = format!("{MINIMAL}\n[global.media]\ndirectory_structure = {{ depth = 8, length = 8 }}\n");
+    assert!(load(&too_deep, &[]).err().unwrap().0.contains("directory_structure"));
+}
+
+#[test]
+fn url_preview_ranges_are_parsed() {
+    let defaults = load(MINIMAL, &[]).unwrap().config.url_preview;
+    assert!(defaults.enabled);
+    assert_eq!(defaults.ip_range_denylist.len(), DEFAULT_URL_PREVIEW_DENYLIST.len());
+    assert!(defaults.ip_range_allowlist.is_empty());
+    let text = format!("{MINIMAL}\n[global.url_preview]\nip_range_allowlist = [\"127.0.0.0/8\", \"fd00::/8\"]\n");
+    let config = load(&text, &[]).unwrap().config.url_preview;
+    assert_eq!(config.ip_range_allowlist.len(), 2);
+    let bad = format!("{MINIMAL}\n[global.url_preview]\nip_range_denylist = [\"not a range\"]\n");
+    assert!(load(&bad, &[]).err().unwrap().0.contains("url_preview.ip_range_denylist"));
+}

@@ -5,6 +5,7 @@ pub mod account_data;
 pub mod accounts;
 pub mod admin_register;
 pub mod keys;
+pub mod media;
 pub mod notifier;
 pub mod profile;
 pub mod rooms;
@@ -33,18 +34,27 @@ pub struct Services {
     pub rooms: rooms::Rooms,
     pub keys: keys::Keys,
     pub to_device: to_device::ToDevice,
+    pub media: media::Media,
     /// Wakes long-polling syncs when a stream moves.
     pub notifier: Arc<notifier::Notifier>,
 }
 
 impl Services {
+    /// Builds every service: loads the signing key, opens the media directory.
     pub fn build(config: Config, db: Db) -> crate::Result<Arc<Self>> {
         let config = Arc::new(config);
+        let media = media::Media::new(config.clone(), db.clone()).map_err(|e| {
+            crate::Error::internal(format!(
+                "cannot open the media directory {}: {e}",
+                config.media.directory(&config.database_path).display()
+            ))
+        })?;
         let server_keys = Arc::new(server_keys::ServerKeys::load_or_create(&db, config.server_name.clone())?);
         let key_changes =
             Arc::new(crate::storage::IdAllocator::after_last_key(&db, &crate::storage::key_tables::KEY_CHANGES)?);
         let notifier = Arc::new(notifier::Notifier::new());
         Ok(Arc::new(Self {
+            media,
             rooms: rooms::Rooms::new(db.clone(), config.server_name.clone(), server_keys, notifier.clone())?,
             keys: keys::Keys::new(db.clone(), key_changes.clone(), notifier.clone()),
             to_device: to_device::ToDevice::new(db.clone(), notifier.clone()),

@@ -29,6 +29,18 @@ pub const ACCOUNT_DATA_CHANGES: Table<(OwnedUserId, u64), AccountDataChange> = T
 /// Stored filters. Key: (user, filter ID).
 pub const FILTERS: Table<(OwnedUserId, u64), Box<RawValue>> = Table::new("filters");
 
+/// Local media. Key: media ID (the server name is always ours).
+pub const MEDIA: Table<String, MediaRecord> = Table::new("media");
+/// Media IDs reserved by `/create` and not uploaded yet. Key: media ID.
+pub const MEDIA_PENDING: Table<String, PendingMediaRecord> = Table::new("media_pending");
+/// The same reservations by owner, to count them. Key: (user, media ID). Value: expiry (ms).
+pub const MEDIA_PENDING_BY_USER: Table<(OwnedUserId, String), u64> = Table::new("media_pending_by_user");
+/// Thumbnails made so far. Key: `{SHA-256 of the original}/{method}/{width}x{height}/{animated}`,
+/// where width and height are those of the standard size the request rounds up to.
+pub const MEDIA_THUMBNAILS: Table<String, ThumbnailRecord> = Table::new("media_thumbnails");
+/// Cached URL previews. Key: the URL.
+pub const URL_PREVIEWS: Table<String, UrlPreviewRecord> = Table::new("url_previews");
+
 /// Every table, so the engine can open them all.
 pub const ALL_TABLES: &[&str] = &[
     META.name,
@@ -41,6 +53,11 @@ pub const ALL_TABLES: &[&str] = &[
     ACCOUNT_DATA.name,
     ACCOUNT_DATA_CHANGES.name,
     FILTERS.name,
+    MEDIA.name,
+    MEDIA_PENDING.name,
+    MEDIA_PENDING_BY_USER.name,
+    MEDIA_THUMBNAILS.name,
+    URL_PREVIEWS.name,
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -93,3 +110,44 @@ pub struct AccountDataChange {
     pub event_type: String,
 }
 impl JsonValue for AccountDataChange {}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MediaRecord {
+    /// SHA-256 of the content (hex): the name of its file in the media directory.
+    pub sha256: String,
+    pub size: u64,
+    pub content_type: Option<String>,
+    pub filename: Option<String>,
+    /// Who uploaded it; `None` for media the server stored itself (URL preview images).
+    pub uploader: Option<OwnedUserId>,
+    pub created_ms: u64,
+    /// Whether the legacy unauthenticated endpoints may serve it (uploaded before the freeze).
+    #[serde(default)]
+    pub legacy_access: bool,
+}
+impl JsonValue for MediaRecord {}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingMediaRecord {
+    pub owner: OwnedUserId,
+    pub expires_ms: u64,
+}
+impl JsonValue for PendingMediaRecord {}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ThumbnailRecord {
+    /// SHA-256 of the thumbnail's file (hex).
+    pub sha256: String,
+    pub content_type: String,
+    pub width: u32,
+    pub height: u32,
+}
+impl JsonValue for ThumbnailRecord {}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UrlPreviewRecord {
+    pub fetched_ms: u64,
+    /// The OpenGraph object returned to clients.
+    pub data: serde_json::Map<String, serde_json::Value>,
+}
+impl JsonValue for UrlPreviewRecord {}

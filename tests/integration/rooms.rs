@@ -445,3 +445,27 @@ async fn profile_changes_reach_member_events_and_deactivation_leaves_rooms() {
         .await;
     assert_eq!(member.1["membership"], "leave", "{}", member.1);
 }
+
+#[tokio::test]
+async fn filtered_message_pages_are_full() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let room = create_room(&server, &alice, json!({})).await;
+    for i in 0..12 {
+        send_text(&server, &alice, &room, &format!("m{i}"), &format!("message {i}")).await;
+        server
+            .put(
+                &format!("/_matrix/client/v3/rooms/{}/send/org.example.noise/n{i}", enc(&room)),
+                alice.token(),
+                json!({"n": i}),
+            )
+            .await;
+    }
+    let filter = enc(r#"{"types":["m.room.message"]}"#);
+    let (status, page) = messages(&server, &alice, &room, &format!("dir=b&limit=5&filter={filter}")).await;
+    assert_eq!(status, 200, "{page}");
+    let chunk = page["chunk"].as_array().unwrap();
+    assert_eq!(chunk.len(), 5, "the filter is applied before the limit: {page}");
+    assert!(chunk.iter().all(|e| e["type"] == "m.room.message"));
+    assert_eq!(bodies(&page), (7..12).rev().map(|i| format!("message {i}")).collect::<Vec<_>>());
+}

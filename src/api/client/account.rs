@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::Router;
 use ruma::api::client::{
     account::{ThirdPartyIdRemovalStatus, change_password, deactivate},
-    uiaa::{AuthFlow, AuthType},
+    uiaa::{AuthData, AuthFlow, AuthType},
 };
 
 use crate::{
@@ -23,6 +23,11 @@ pub fn password_flows() -> Vec<AuthFlow> {
     vec![AuthFlow::new(vec![AuthType::Password])]
 }
 
+/// User-interactive auth with the user's own password, for sensitive account changes.
+pub async fn confirm_password(services: &Services, user: &ruma::UserId, auth: Option<&AuthData>) -> Result<()> {
+    services.uiaa.authenticate(auth, password_flows(), PasswordCheck::User(user, &services.accounts)).await
+}
+
 async fn change_password(
     services: Arc<Services>,
     request: Ruma<change_password::v3::Request>,
@@ -30,10 +35,7 @@ async fn change_password(
     let sender = request.sender()?;
     let body = &request.body;
     check_password_length(&body.new_password)?;
-    services
-        .uiaa
-        .authenticate(body.auth.as_ref(), password_flows(), PasswordCheck::User(&sender.user_id, &services.accounts))
-        .await?;
+    confirm_password(&services, &sender.user_id, body.auth.as_ref()).await?;
     services.accounts.set_password(&sender.user_id, &body.new_password).await?;
     if body.logout_devices {
         services.sessions.delete_all_devices_except(&sender.user_id, Some(&sender.device_id)).await?;
@@ -47,10 +49,7 @@ async fn deactivate(
 ) -> Result<deactivate::v3::Response> {
     let sender = request.sender()?;
     let body = &request.body;
-    services
-        .uiaa
-        .authenticate(body.auth.as_ref(), password_flows(), PasswordCheck::User(&sender.user_id, &services.accounts))
-        .await?;
+    confirm_password(&services, &sender.user_id, body.auth.as_ref()).await?;
     services.accounts.deactivate(&sender.user_id).await?;
     services.sessions.delete_all_devices_except(&sender.user_id, None).await?;
     if body.erase {

@@ -10,8 +10,8 @@ use ruma::{
 
 use crate::{
     Error, Result,
-    api::{RumaRouter, client::account::password_flows, extract::Ruma},
-    service::{Services, uiaa::PasswordCheck},
+    api::{RumaRouter, client::account::confirm_password, extract::Ruma},
+    service::Services,
     storage::tables::DeviceRecord,
 };
 
@@ -60,10 +60,7 @@ async fn delete(
 ) -> Result<delete_device::v3::Response> {
     let sender = request.sender()?;
     let body = &request.body;
-    services
-        .uiaa
-        .authenticate(body.auth.as_ref(), password_flows(), PasswordCheck::User(&sender.user_id, &services.accounts))
-        .await?;
+    confirm_password(&services, &sender.user_id, body.auth.as_ref()).await?;
     // Like Synapse, deleting a device that does not exist succeeds: the outcome is the same.
     services.sessions.delete_devices(&sender.user_id, vec![body.device_id.clone()]).await?;
     Ok(delete_device::v3::Response::new())
@@ -75,10 +72,7 @@ async fn delete_many(
 ) -> Result<delete_devices::v3::Response> {
     let sender = request.sender()?;
     let body = &request.body;
-    services
-        .uiaa
-        .authenticate(body.auth.as_ref(), password_flows(), PasswordCheck::User(&sender.user_id, &services.accounts))
-        .await?;
+    confirm_password(&services, &sender.user_id, body.auth.as_ref()).await?;
     services.sessions.delete_devices(&sender.user_id, body.devices.clone()).await?;
     Ok(delete_devices::v3::Response::new())
 }

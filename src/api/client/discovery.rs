@@ -22,10 +22,12 @@ use crate::{
     service::Services,
 };
 
-/// Spec versions whose client-server features Trellis serves so far. Versions from v1.11 on
-/// promise authenticated media, which comes with the media repository.
-const SUPPORTED_VERSIONS: &[&str] =
-    &["r0.5.0", "r0.6.0", "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10"];
+/// Spec versions whose client-server features Trellis serves so far. v1.11 is the first that
+/// promises authenticated media (`/_matrix/client/v1/media/*`), which the media repository serves.
+const SUPPORTED_VERSIONS: &[&str] = &[
+    "r0.5.0", "r0.6.0", "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10",
+    "v1.11",
+];
 
 /// Room versions the server can create and join: 1 to 12, all stable.
 pub const ROOM_VERSIONS: &[RoomVersionId] = &[

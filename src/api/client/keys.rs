@@ -13,8 +13,8 @@ use serde_json::{Value, json, value::RawValue};
 
 use crate::{
     Error, Result,
-    api::{RumaRouter, client::account::password_flows, extract::Ruma},
-    service::{Services, uiaa::PasswordCheck},
+    api::{RumaRouter, client::account::confirm_password, extract::Ruma},
+    service::Services,
 };
 
 pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
@@ -138,14 +138,7 @@ async fn upload_signing_keys(
     let body = &request.body;
     // Replacing existing cross-signing keys needs the password; the first upload does not.
     if services.keys.has_master_key(&sender.user_id).await? {
-        services
-            .uiaa
-            .authenticate(
-                body.auth.as_ref(),
-                password_flows(),
-                PasswordCheck::User(&sender.user_id, &services.accounts),
-            )
-            .await?;
+        confirm_password(&services, &sender.user_id, body.auth.as_ref()).await?;
     }
     let to_raw = |key: &Option<Raw<_>>| key.as_ref().map(|k: &Raw<_>| k.json().to_owned());
     services

@@ -120,7 +120,16 @@ async fn messages(
     if membership.is_none() && !services.rooms.is_world_readable(&body.room_id).await? {
         return Err(Error::forbidden("You are not a member of this room"));
     }
-    let (events, next) = services.rooms.timeline(&sender.user_id, &body.room_id, from, direction, limit).await?;
+    let filter = body.filter.clone();
+    let keep = move |pdu: &crate::service::rooms::Pdu| {
+        let kind = pdu.kind.to_string();
+        filter.types.as_ref().is_none_or(|types| types.iter().any(|t| type_matches(t, &kind)))
+            && !filter.not_types.iter().any(|t| type_matches(t, &kind))
+            && filter.senders.as_ref().is_none_or(|s| s.contains(&pdu.sender))
+            && !filter.not_senders.contains(&pdu.sender)
+    };
+    let (events, next) =
+        services.rooms.timeline_filtered(&sender.user_id, &body.room_id, from, direction, limit, keep).await?;
     let events: Vec<_> = events
         .into_iter()
         .take_while(|e| {
@@ -150,18 +159,7 @@ async fn messages(
             }
         }
     }
-    let filter = &body.filter;
-    response.chunk = events
-        .iter()
-        .filter(|e| {
-            let kind = e.pdu.kind.to_string();
-            filter.types.as_ref().is_none_or(|types| types.iter().any(|t| type_matches(t, &kind)))
-                && !filter.not_types.iter().any(|t| type_matches(t, &kind))
-                && filter.senders.as_ref().is_none_or(|s| s.contains(&e.pdu.sender))
-                && !filter.not_senders.contains(&e.pdu.sender)
-        })
-        .map(|e| raw_event(&e.pdu.to_client_event()))
-        .collect();
+    response.chunk = events.iter().map(|e| raw_event(&e.pdu.to_client_event())).collect();
     Ok(response)
 }
 

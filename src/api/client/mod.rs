@@ -2,18 +2,23 @@
 
 pub mod account;
 pub mod account_data;
+pub mod context;
 pub mod device;
+pub mod directory;
 pub mod discovery;
 pub mod keys;
+pub mod media;
 pub mod membership;
 pub mod message;
 pub mod profile;
 pub mod register;
+pub mod report;
 pub mod room;
 pub mod session;
 pub mod state;
 pub mod sync;
 pub mod to_device;
+pub mod upgrade;
 
 use std::sync::Arc;
 
@@ -34,6 +39,11 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = state::routes(router);
     let router = keys::routes(router);
     let router = to_device::routes(router);
+    let router = media::routes(router);
+    let router = directory::routes(router);
+    let router = context::routes(router);
+    let router = report::routes(router);
+    let router = upgrade::routes(router);
     let router = sync::routes(router);
     account_data::routes(router)
 }

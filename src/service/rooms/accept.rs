@@ -128,10 +128,8 @@ impl RoomCore {
             }
             Err(error) => return Err(forbidden(format!("signature check failed: {error}"))),
         }
-        if self
-            .interner
-            .short_event(db, &pdu.event_id)?
-            .is_some_and(|short| EVENT_META.contains(db, &short).unwrap_or(false))
+        if let Some(short) = self.interner.short_event(db, &pdu.event_id)?
+            && EVENT_META.contains(db, &short)?
         {
             return Err(rejected("Event already accepted"));
         }

@@ -88,7 +88,7 @@ fn default_power_levels(spec: &RoomSpec, creator: &UserId) -> Map<String, Value>
 }
 
 impl RoomCore {
-    fn build_and_accept(
+    pub(super) fn build_and_accept(
         &self,
         db: &Db,
         room_id: &RoomId,
@@ -99,6 +99,31 @@ impl RoomCore {
         let json = self.build(db, Some(room_id), version, sender, event, None)?;
         self.accept(db, Some(room_id), version, json)?;
         Ok(())
+    }
+
+    /// Accepts a new room's create event and returns the room ID: derived from the create
+    /// event from v12, random before.
+    pub(super) fn accept_create(
+        &self,
+        db: &Db,
+        version: &RoomVersionId,
+        creator: &UserId,
+        create: NewEvent,
+    ) -> Result<OwnedRoomId> {
+        let rules = version.rules().ok_or_else(|| Error::internal("unsupported room version"))?;
+        if rules.authorization.room_create_event_id_as_room_id {
+            let json = self.build(db, None, version, creator, create, None)?;
+            let event_id = event_id_of(&json, &rules).map_err(Error::internal)?;
+            let room_id = OwnedRoomId::try_from(format!("!{}", &event_id.as_str()[1..]))
+                .map_err(|e| Error::internal(e.to_string()))?;
+            self.accept(db, Some(&room_id), version, json)?;
+            Ok(room_id)
+        } else {
+            let room_id = OwnedRoomId::try_from(format!("!{}:{}", random_string(18), self.server_name))
+                .map_err(|e| Error::internal(e.to_string()))?;
+            self.build_and_accept(db, &room_id, version, creator, create)?;
+            Ok(room_id)
+        }
     }
 
     fn create_room(&self, db: &Db, creator: &UserId, spec: RoomSpec) -> Result<OwnedRoomId> {
@@ -123,21 +148,7 @@ impl RoomCore {
         }
         let create = NewEvent::state(TimelineEventType::RoomCreate, "", Value::Object(create_content));
 
-        // From v12 the room ID is derived from the create event; before, it is random.
-        let room_id = if version.rules().is_some_and(|r| r.authorization.room_create_event_id_as_room_id) {
-            let json = self.build(db, None, &version, creator, create, None)?;
-            let rules = version.rules().ok_or_else(|| Error::internal("no rules"))?;
-            let event_id = event_id_of(&json, &rules).map_err(Error::internal)?;
-            let room_id = OwnedRoomId::try_from(format!("!{}", &event_id.as_str()[1..]))
-                .map_err(|e| Error::internal(e.to_string()))?;
-            self.accept(db, Some(&room_id), &version, json)?;
-            room_id
-        } else {
-            let room_id = OwnedRoomId::try_from(format!("!{}:{}", random_string(18), self.server_name))
-                .map_err(|e| Error::internal(e.to_string()))?;
-            self.build_and_accept(db, &room_id, &version, creator, create)?;
-            room_id
-        };
+        let room_id = self.accept_create(db, &version, creator, create)?;
 
         let mut member = spec.creator_member.clone();
         member.insert("membership".into(), json!("join"));

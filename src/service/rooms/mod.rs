@@ -4,17 +4,23 @@
 //! runs on the blocking pool.
 
 mod accept;
+pub mod aliases;
 mod build;
+mod context;
 pub mod create;
 mod directory;
 pub mod membership;
 pub mod pdu;
+pub mod power;
+pub mod public;
 mod read;
 mod redaction;
+mod reports;
 mod short;
 mod state;
 mod stream;
 mod sync_read;
+mod upgrade;
 
 use std::{
     collections::HashMap,

@@ -175,6 +175,20 @@ impl Rooms {
         direction: ScanDirection,
         limit: usize,
     ) -> Result<(Vec<StoredEvent>, Option<u64>)> {
+        self.timeline_filtered(user, room_id, from, direction, limit, |_| true).await
+    }
+
+    /// Like [`timeline`](Self::timeline), counting only events `keep` accepts (a client's
+    /// event filter), so a filtered page still holds up to `limit` events.
+    pub async fn timeline_filtered(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        from: Option<u64>,
+        direction: ScanDirection,
+        limit: usize,
+        keep: impl Fn(&Pdu) -> bool + Send + 'static,
+    ) -> Result<(Vec<StoredEvent>, Option<u64>)> {
         let (user, room_id) = (user.to_owned(), room_id.to_owned());
         self.run(move |core, db| {
             let short_room = core.interner.short_room(db, &room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
@@ -202,7 +216,11 @@ impl Rooms {
                     last = Some(*position);
                     let Some(meta) = EVENT_META.get(db, short)? else { continue };
                     if core.can_see(db, &user, short_room, &meta)? {
-                        events.push(StoredEvent { pdu: core.event_for_client(db, *short, &rules)?, meta });
+                        let pdu = core.event_for_client(db, *short, &rules)?;
+                        if !keep(&pdu) {
+                            continue;
+                        }
+                        events.push(StoredEvent { pdu, meta });
                         if events.len() >= limit {
                             break 'pages;
                         }

@@ -1,0 +1,28 @@
+//! Room upgrades: `/rooms/{roomId}/upgrade`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use ruma::api::client::room::upgrade_room;
+
+use crate::{
+    Result,
+    api::{RumaRouter, client::room::supported_version, extract::Ruma},
+    service::Services,
+};
+
+pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+    router.ruma(upgrade)
+}
+
+async fn upgrade(
+    services: Arc<Services>,
+    request: Ruma<upgrade_room::v3::Request>,
+) -> Result<upgrade_room::v3::Response> {
+    let sender = request.sender()?;
+    let body = &request.body;
+    let version = supported_version(&services, Some(&body.new_version))?;
+    let replacement =
+        services.rooms.upgrade_room(&body.room_id, &sender.user_id, &version, &body.additional_creators).await?;
+    Ok(upgrade_room::v3::Response::new(replacement))
+}

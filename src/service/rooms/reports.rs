@@ -1,0 +1,118 @@
+//! Content reports (`/rooms/{roomId}/report/{eventId}`), kept in `EVENT_REPORTS` for the
+//! server's admins. A report needs the reporter joined to the room and able to see the event;
+//! anything else is `M_NOT_FOUND`, so reports reveal nothing about hidden events.
+
+use ruma::{EventId, OwnedUserId, RoomId, UserId};
+use serde_json::{Value, json};
+
+use super::Rooms;
+use crate::{
+    Error, Result,
+    service::now_ms,
+    storage::{Batch, room_tables::EVENT_REPORTS},
+};
+
+/// One stored report.
+#[derive(Debug, Clone)]
+pub struct EventReport {
+    pub room_id: ruma::OwnedRoomId,
+    pub event_id: String,
+    pub reporter: OwnedUserId,
+    /// `reason` and `received_ts`.
+    pub report: Value,
+}
+
+impl Rooms {
+    /// Records a report of an event; a second report by the same user replaces the first.
+    pub async fn report_event(
+        &self,
+        room_id: &RoomId,
+        event_id: &EventId,
+        reporter: &UserId,
+        reason: Option<String>,
+    ) -> Result<()> {
+        let not_found = || Error::not_found("The event was not found or you are not joined to the room");
+        if self.membership(reporter, room_id).await?.is_none_or(|m| m.membership != "join") {
+            return Err(not_found());
+        }
+        self.event_for(reporter, event_id).await?.filter(|e| e.pdu.room_id == room_id).ok_or_else(not_found)?;
+        let key = (room_id.to_owned(), event_id.to_string(), reporter.to_owned());
+        let report = json!({"reason": reason, "received_ts": now_ms()});
+        self.run(move |_, db| {
+            let mut batch = Batch::new();
+            batch.put(&EVENT_REPORTS, &key, &report)?;
+            Ok(db.write(batch)?)
+        })
+        .await?;
+        tracing::info!(%room_id, %event_id, %reporter, "event reported");
+        Ok(())
+    }
+
+    /// Every stored report, for admins.
+    pub async fn event_reports(&self) -> Result<Vec<EventReport>> {
+        self.run(move |_, db| {
+            Ok(EVENT_REPORTS
+                .all(db)?
+                .into_iter()
+                .map(|((room_id, event_id, reporter), report)| EventReport { room_id, event_id, reporter, report })
+                .collect())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::{RoomVersionId, events::TimelineEventType, user_id};
+    use serde_json::{Map, json};
+
+    use crate::{
+        config::Config,
+        service::{
+            Services,
+            rooms::{
+                NewEvent,
+                create::{Preset, RoomSpec},
+            },
+        },
+        storage::Db,
+    };
+
+    #[tokio::test]
+    async fn reports_are_stored_for_admins() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!("[global]\nserver_name = \"localhost\"\ndatabase_path = \"{}\"\n", dir.path().display());
+        let config = Config::from_toml(&text, "test.toml", Vec::new()).unwrap().config;
+        let db = Db::open(&config).unwrap();
+        let services = Services::build(config, db).unwrap();
+        let (alice, bob) = (user_id!("@alice:localhost"), user_id!("@bob:localhost"));
+        let spec = RoomSpec {
+            version: RoomVersionId::V11,
+            preset: Preset::PrivateChat,
+            creation_content: Map::new(),
+            power_level_override: None,
+            alias: None,
+            initial_state: Vec::new(),
+            name: None,
+            topic: None,
+            invite: Vec::new(),
+            is_direct: false,
+            creator_member: Map::new(),
+        };
+        let rooms = &services.rooms;
+        let room = rooms.create_room(alice, spec).await.unwrap();
+        let message = NewEvent::message(TimelineEventType::RoomMessage, json!({"msgtype": "m.text", "body": "x"}));
+        let event = rooms.send(&room, alice, message).await.unwrap().event_id;
+
+        rooms.report_event(&room, &event, alice, Some("spam".to_owned())).await.unwrap();
+        // Bob is not in the room: nothing is stored.
+        assert!(rooms.report_event(&room, &event, bob, None).await.is_err());
+        let reports = rooms.event_reports().await.unwrap();
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0].room_id, room);
+        assert_eq!(reports[0].event_id, event.as_str());
+        assert_eq!(reports[0].reporter, alice);
+        assert_eq!(reports[0].report["reason"], "spam");
+        assert!(reports[0].report["received_ts"].as_u64().is_some_and(|ts| ts > 0));
+    }
+}
