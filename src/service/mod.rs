@@ -13,6 +13,7 @@ pub mod server_keys;
 pub mod sessions;
 pub mod sync;
 pub mod to_device;
+pub mod typing;
 pub mod uiaa;
 
 use std::{
@@ -37,6 +38,8 @@ pub struct Services {
     pub media: media::Media,
     /// Wakes long-polling syncs when a stream moves.
     pub notifier: Arc<notifier::Notifier>,
+    /// Typing notifications (in memory).
+    pub typing: typing::Typing,
 }
 
 impl Services {
@@ -71,6 +74,7 @@ impl Services {
             admin_register: admin_register::AdminRegister::new(non_empty(&config.registration_shared_secret)),
             config,
             db,
+            typing: typing::Typing::new(notifier.clone()),
             notifier,
         }))
     }

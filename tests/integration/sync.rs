@@ -499,3 +499,62 @@ async fn the_sending_device_sees_its_transaction_ids() {
         assert_eq!(txn_of(&body, &sent["event_id"]), Value::Null, "{who} must not see the transaction ID");
     }
 }
+
+#[tokio::test]
+async fn typing_notifications_reach_syncs() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    join(&server, &bob, &room).await;
+    let token = since(&sync(&server, &bob, "").await);
+    let typing_path = format!("/_matrix/client/v3/rooms/{}/typing/{}", enc(&room), enc(&alice.user_id));
+
+    // Typing wakes a waiting sync.
+    let query = format!("since={token}&timeout=120000");
+    let poll = sync(&server, &bob, &query);
+    tokio::pin!(poll);
+    tokio::select! {
+        body = &mut poll => panic!("the sync returned with nothing new: {body}"),
+        () = tokio::time::sleep(Duration::from_millis(300)) => {}
+    }
+    let (typed, body) =
+        tokio::join!(server.put(&typing_path, alice.token(), json!({"typing": true, "timeout": 30000})), async {
+            tokio::time::timeout(Duration::from_secs(60), &mut poll).await.expect("the sync returns")
+        });
+    assert_eq!(typed.0, 200, "{}", typed.1);
+    let typing =
+        |body: &Value| events(joined(body, &room), "ephemeral").into_iter().find(|e| e["type"] == "m.typing").cloned();
+    assert_eq!(typing(&body).map(|e| e["content"]["user_ids"].clone()), Some(json!([alice.user_id])), "{body}");
+    let token = since(&body);
+    let body = sync(&server, &bob, &format!("since={token}&timeout=0")).await;
+    assert!(body["rooms"]["join"].get(&room).is_none(), "shown once: {body}");
+
+    // Stopping is an empty list.
+    assert_eq!(server.put(&typing_path, alice.token(), json!({"typing": false})).await.0, 200);
+    let body = sync(&server, &bob, &format!("since={}", since(&body))).await;
+    assert_eq!(typing(&body).map(|e| e["content"]["user_ids"].clone()), Some(json!([])), "{body}");
+
+    // A notification expires by itself, and the expiry wakes a waiting sync.
+    let token = since(&body);
+    assert_eq!(server.put(&typing_path, alice.token(), json!({"typing": true, "timeout": 1500})).await.0, 200);
+    let body = sync(&server, &bob, &format!("since={token}")).await;
+    assert_eq!(typing(&body).map(|e| e["content"]["user_ids"].clone()), Some(json!([alice.user_id])), "{body}");
+    let body = sync(&server, &bob, &format!("since={}&timeout=60000", since(&body))).await;
+    assert_eq!(typing(&body).map(|e| e["content"]["user_ids"].clone()), Some(json!([])), "expired: {body}");
+
+    // Only for oneself, and only in joined rooms.
+    let bobs_path = format!("/_matrix/client/v3/rooms/{}/typing/{}", enc(&room), enc(&bob.user_id));
+    assert_error(
+        &server.put(&bobs_path, alice.token(), json!({"typing": true, "timeout": 1000})).await,
+        403,
+        "M_FORBIDDEN",
+    );
+    let carol = server.register("carol", "pw").await;
+    let carols_path = format!("/_matrix/client/v3/rooms/{}/typing/{}", enc(&room), enc(&carol.user_id));
+    assert_error(
+        &server.put(&carols_path, carol.token(), json!({"typing": true, "timeout": 1000})).await,
+        403,
+        "M_FORBIDDEN",
+    );
+}

@@ -18,6 +18,7 @@ pub mod session;
 pub mod state;
 pub mod sync;
 pub mod to_device;
+pub mod typing;
 pub mod upgrade;
 
 use std::sync::Arc;
@@ -45,5 +46,6 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = report::routes(router);
     let router = upgrade::routes(router);
     let router = sync::routes(router);
+    let router = typing::routes(router);
     account_data::routes(router)
 }

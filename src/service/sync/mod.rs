@@ -76,6 +76,7 @@ pub async fn sync(services: &Services, user: &UserId, device: &DeviceId, request
             account_data: services.account_data.position().await?,
             to_device: services.to_device.current_position().await?,
             key_changes: services.keys.current_position(),
+            typing: services.typing.serial(),
         };
         // A token from the future (a restored database) counts as "now".
         let since = since.map(|s| SyncToken {
@@ -83,6 +84,7 @@ pub async fn sync(services: &Services, user: &UserId, device: &DeviceId, request
             account_data: s.account_data.min(now.account_data),
             to_device: s.to_device.min(now.to_device),
             key_changes: s.key_changes.min(now.key_changes),
+            typing: s.typing.min(now.typing),
         });
         let response = build(services, user, device, &filter, since, now, request.full_state).await?;
         let empty = response.rooms.is_empty()

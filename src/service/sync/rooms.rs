@@ -7,7 +7,10 @@ use ruma::{
     OwnedRoomId, RoomId, UInt,
     api::client::sync::sync_events::{
         UnreadNotificationsCount,
-        v3::{InviteState, InvitedRoom, JoinedRoom, LeftRoom, RoomAccountData, RoomSummary, Rooms, State, Timeline},
+        v3::{
+            Ephemeral, InviteState, InvitedRoom, JoinedRoom, LeftRoom, RoomAccountData, RoomSummary, Rooms, State,
+            Timeline,
+        },
     },
     events::AnySyncStateEvent,
     serde::Raw,
@@ -75,7 +78,8 @@ pub(super) async fn collect(ctx: &Context<'_>) -> Result<Rooms> {
         match membership.as_str() {
             "join" => {
                 let quiet = changed.as_ref().is_some_and(|rooms| !rooms.contains(&room_id))
-                    && !ctx.room_account_data.contains_key(room_id.as_str());
+                    && !ctx.room_account_data.contains_key(room_id.as_str())
+                    && ephemeral(ctx, &room_id)?.is_empty();
                 if quiet {
                     continue;
                 }
@@ -136,6 +140,22 @@ fn room_account_data(ctx: &Context<'_>, room_id: &RoomId) -> Result<RoomAccountD
     Ok(data)
 }
 
+/// Ephemeral events of a joined room: who is typing, when that changed since the last sync.
+fn ephemeral(ctx: &Context<'_>, room_id: &RoomId) -> Result<Ephemeral> {
+    let mut ephemeral = Ephemeral::new();
+    let filter = &ctx.filter.room.ephemeral;
+    if !filter::room_event_room_allowed(filter, room_id) || !filter::room_event_type_allowed(filter, "m.typing") {
+        return Ok(ephemeral);
+    }
+    if let Some(users) = ctx.services.typing.typing_since(room_id, ctx.since.map(|s| s.typing)) {
+        ephemeral.events.push(raw_json(&serde_json::json!({
+            "type": "m.typing",
+            "content": { "user_ids": users },
+        }))?);
+    }
+    Ok(ephemeral)
+}
+
 async fn joined_room(ctx: &Context<'_>, room_id: &OwnedRoomId) -> Result<Option<JoinedRoom>> {
     let since = ctx.since.map(|s| s.events);
     let newly_joined = match since {
@@ -144,7 +164,11 @@ async fn joined_room(ctx: &Context<'_>, room_id: &OwnedRoomId) -> Result<Option<
     };
     let section = section(ctx, room_id, ctx.now.events, newly_joined).await?;
     let account_data = room_account_data(ctx, room_id)?;
-    let unchanged = section.timeline.events.is_empty() && section.state.is_empty() && account_data.is_empty();
+    let ephemeral = ephemeral(ctx, room_id)?;
+    let unchanged = section.timeline.events.is_empty()
+        && section.state.is_empty()
+        && account_data.is_empty()
+        && ephemeral.is_empty();
     if since.is_some() && !newly_joined && !ctx.full_state && unchanged {
         return Ok(None);
     }
@@ -161,6 +185,7 @@ async fn joined_room(ctx: &Context<'_>, room_id: &OwnedRoomId) -> Result<Option<
     room.timeline = section.timeline;
     room.state = State::Before(section.state.into());
     room.account_data = account_data;
+    room.ephemeral = ephemeral;
     Ok(Some(room))
 }
 
