@@ -8,6 +8,7 @@ pub mod keys;
 pub mod media;
 pub mod notifier;
 pub mod profile;
+pub mod receipts;
 pub mod rooms;
 pub mod server_keys;
 pub mod sessions;
@@ -40,6 +41,7 @@ pub struct Services {
     pub notifier: Arc<notifier::Notifier>,
     /// Typing notifications (in memory).
     pub typing: typing::Typing,
+    pub receipts: receipts::Receipts,
 }
 
 impl Services {
@@ -71,6 +73,7 @@ impl Services {
             profile: profile::Profiles::new(db.clone()),
             uiaa: uiaa::Uiaa::new(non_empty(&config.registration_token)),
             account_data: account_data::AccountData::new(db.clone(), notifier.clone()),
+            receipts: receipts::Receipts::new(db.clone(), notifier.clone()),
             admin_register: admin_register::AdminRegister::new(non_empty(&config.registration_shared_secret)),
             config,
             db,

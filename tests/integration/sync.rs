@@ -558,3 +558,47 @@ async fn typing_notifications_reach_syncs() {
         "M_FORBIDDEN",
     );
 }
+
+#[tokio::test]
+async fn receipts_and_read_markers_reach_syncs() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    join(&server, &bob, &room).await;
+    let (status, sent) = send_text(&server, &alice, &room, "r1", "read me").await;
+    assert_eq!(status, 200);
+    let event_id = sent["event_id"].as_str().unwrap().to_owned();
+    let token = since(&sync(&server, &alice, "").await);
+
+    let receipt_path =
+        |kind: &str| format!("/_matrix/client/v3/rooms/{}/receipt/{kind}/{}", enc(&room), enc(&event_id));
+    assert_eq!(server.post(&receipt_path("m.read"), bob.token(), json!({})).await.0, 200);
+    assert_eq!(server.post(&receipt_path("m.read.private"), bob.token(), json!({})).await.0, 200);
+    let receipt =
+        |body: &Value| events(joined(body, &room), "ephemeral").into_iter().find(|e| e["type"] == "m.receipt").cloned();
+    let body = sync(&server, &alice, &format!("since={token}")).await;
+    let content = receipt(&body).unwrap_or_else(|| panic!("no receipt: {body}"))["content"].clone();
+    assert!(content[&event_id]["m.read"][&bob.user_id]["ts"].is_u64(), "{content}");
+    assert!(content[&event_id].get("m.read.private").is_none(), "bob's private receipt is his: {content}");
+    // Shown once; bob sees his private one in an initial sync.
+    let body = sync(&server, &alice, &format!("since={}&timeout=0", since(&body))).await;
+    assert!(body["rooms"]["join"].get(&room).is_none(), "{body}");
+    let body = sync(&server, &bob, "").await;
+    let content = receipt(&body).unwrap_or_else(|| panic!("no receipt: {body}"))["content"].clone();
+    assert!(content[&event_id]["m.read.private"][&bob.user_id].is_object(), "{content}");
+
+    // Read markers: m.fully_read is room account data.
+    let markers = json!({"m.fully_read": event_id, "m.read": event_id});
+    let path = format!("/_matrix/client/v3/rooms/{}/read_markers", enc(&room));
+    assert_eq!(server.post(&path, bob.token(), markers).await.0, 200);
+    let body = sync(&server, &bob, &format!("since={}", since(&body))).await;
+    let data = events(joined(&body, &room), "account_data");
+    assert_eq!(data, vec![&json!({"type": "m.fully_read", "content": {"event_id": event_id}})], "{body}");
+
+    // Errors: unknown event, a room one is not in.
+    let unknown = format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&room), enc("$nope"));
+    assert_error(&server.post(&unknown, bob.token(), json!({})).await, 404, "M_NOT_FOUND");
+    let carol = server.register("carol", "pw").await;
+    assert_error(&server.post(&receipt_path("m.read"), carol.token(), json!({})).await, 403, "M_FORBIDDEN");
+}

@@ -11,6 +11,7 @@ pub mod media;
 pub mod membership;
 pub mod message;
 pub mod profile;
+pub mod receipt;
 pub mod register;
 pub mod report;
 pub mod room;
@@ -47,5 +48,6 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = upgrade::routes(router);
     let router = sync::routes(router);
     let router = typing::routes(router);
+    let router = receipt::routes(router);
     account_data::routes(router)
 }

@@ -15,7 +15,7 @@ mod token;
 use std::{collections::HashMap, time::Duration};
 
 use ruma::{
-    DeviceId, UserId,
+    DeviceId, OwnedRoomId, UserId,
     api::client::{filter::FilterDefinition, sync::sync_events::v3},
     serde::Raw,
 };
@@ -49,6 +49,8 @@ struct Context<'a> {
     full_state: bool,
     /// Changed room account data, by room ID.
     room_account_data: HashMap<String, Vec<AccountDataEntry>>,
+    /// `m.receipt` content of the joined rooms whose receipts changed.
+    receipts: HashMap<OwnedRoomId, serde_json::Value>,
 }
 
 /// Serialises a JSON value into a ruma `Raw`.
@@ -77,6 +79,7 @@ pub async fn sync(services: &Services, user: &UserId, device: &DeviceId, request
             to_device: services.to_device.current_position().await?,
             key_changes: services.keys.current_position(),
             typing: services.typing.serial(),
+            receipts: services.receipts.position().await?,
         };
         // A token from the future (a restored database) counts as "now".
         let since = since.map(|s| SyncToken {
@@ -85,6 +88,7 @@ pub async fn sync(services: &Services, user: &UserId, device: &DeviceId, request
             to_device: s.to_device.min(now.to_device),
             key_changes: s.key_changes.min(now.key_changes),
             typing: s.typing.min(now.typing),
+            receipts: s.receipts.min(now.receipts),
         });
         let response = build(services, user, device, &filter, since, now, request.full_state).await?;
         let empty = response.rooms.is_empty()
@@ -131,7 +135,16 @@ async fn build(
             room_account_data.entry(entry.room.clone()).or_default().push(entry);
         }
     }
-    let context = Context { services, user, device, filter, since, now, full_state, room_account_data };
+    let joined: Vec<OwnedRoomId> = services
+        .rooms
+        .user_rooms(user)
+        .await?
+        .into_iter()
+        .filter(|(_, m)| m.membership == "join")
+        .map(|(room, _)| room)
+        .collect();
+    let receipts = services.receipts.for_sync(user, joined, since.map(|s| s.receipts), now.receipts).await?;
+    let context = Context { services, user, device, filter, since, now, full_state, room_account_data, receipts };
     response.rooms = rooms::collect(&context).await?;
     Ok(response)
 }

@@ -140,11 +140,20 @@ fn room_account_data(ctx: &Context<'_>, room_id: &RoomId) -> Result<RoomAccountD
     Ok(data)
 }
 
-/// Ephemeral events of a joined room: who is typing, when that changed since the last sync.
+/// Ephemeral events of a joined room: receipts and who is typing, when they changed since the
+/// last sync.
 fn ephemeral(ctx: &Context<'_>, room_id: &RoomId) -> Result<Ephemeral> {
     let mut ephemeral = Ephemeral::new();
     let filter = &ctx.filter.room.ephemeral;
-    if !filter::room_event_room_allowed(filter, room_id) || !filter::room_event_type_allowed(filter, "m.typing") {
+    if !filter::room_event_room_allowed(filter, room_id) {
+        return Ok(ephemeral);
+    }
+    if filter::room_event_type_allowed(filter, "m.receipt")
+        && let Some(content) = ctx.receipts.get(room_id)
+    {
+        ephemeral.events.push(raw_json(&serde_json::json!({ "type": "m.receipt", "content": content }))?);
+    }
+    if !filter::room_event_type_allowed(filter, "m.typing") {
         return Ok(ephemeral);
     }
     if let Some(users) = ctx.services.typing.typing_since(room_id, ctx.since.map(|s| s.typing)) {
