@@ -4,6 +4,7 @@
 pub mod account_data;
 pub mod accounts;
 pub mod admin_register;
+pub mod backup;
 pub mod keys;
 pub mod media;
 pub mod profile;
@@ -32,6 +33,7 @@ pub struct Services {
     pub rooms: rooms::Rooms,
     pub keys: keys::Keys,
     pub to_device: to_device::ToDevice,
+    pub backup: backup::Backup,
     pub media: media::Media,
 }
 
@@ -53,6 +55,7 @@ impl Services {
             rooms: rooms::Rooms::new(db.clone(), config.server_name.clone(), server_keys)?,
             keys: keys::Keys::new(db.clone(), key_changes.clone()),
             to_device: to_device::ToDevice::new(db.clone()),
+            backup: backup::Backup::new(db.clone()),
             accounts: accounts::Accounts::new(db.clone(), config.server_name.clone()),
             sessions: sessions::Sessions::new(db.clone(), config.refreshable_access_token_lifetime_secs, key_changes),
             profile: profile::Profiles::new(db.clone()),

@@ -27,7 +27,14 @@ pub const TO_DEVICE: Table<(OwnedUserId, OwnedDeviceId, u64), ToDeviceMessage> =
 pub const TO_DEVICE_TRANSACTIONS: Table<(OwnedUserId, OwnedDeviceId, String), ()> =
     Table::new("to_device_transactions");
 
+/// (user, backup version) -> the backup version's algorithm and etag.
+pub const BACKUP_VERSIONS: Table<(OwnedUserId, u64), BackupVersion> = Table::new("backup_versions");
+/// (user, backup version, room, session) -> the backed-up session key (KeyBackupData).
+pub const BACKUP_KEYS: Table<(OwnedUserId, u64, String, String), Box<RawValue>> = Table::new("backup_keys");
+
 pub const KEY_TABLES: &[&str] = &[
+    BACKUP_VERSIONS.name,
+    BACKUP_KEYS.name,
     TO_DEVICE.name,
     TO_DEVICE_TRANSACTIONS.name,
     DEVICE_KEYS.name,
@@ -55,3 +62,14 @@ pub struct ToDeviceMessage {
     pub content: Box<RawValue>,
 }
 impl JsonValue for ToDeviceMessage {}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackupVersion {
+    pub algorithm: Box<RawValue>,
+    /// Changes whenever the version's keys change.
+    pub etag: u64,
+    /// Deleted versions keep their number so it is never reused.
+    #[serde(default)]
+    pub deleted: bool,
+}
+impl JsonValue for BackupVersion {}

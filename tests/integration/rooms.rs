@@ -489,7 +489,10 @@ async fn restricted_rooms_admit_members_of_allowed_rooms() {
         let joined = join(&server, &bob, &restricted).await;
         assert_eq!(joined.0, 200, "v{version}: {}", joined.1);
         let member = server
-            .get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.member/{}", enc(&restricted), enc(&bob.user_id)), alice.token())
+            .get(
+                &format!("/_matrix/client/v3/rooms/{}/state/m.room.member/{}", enc(&restricted), enc(&bob.user_id)),
+                alice.token(),
+            )
             .await;
         assert_eq!(member.1["join_authorised_via_users_server"], alice.user_id, "v{version}: {}", member.1);
         let refused = join(&server, &carol, &restricted).await;
