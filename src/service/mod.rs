@@ -5,6 +5,7 @@ pub mod account_data;
 pub mod accounts;
 pub mod admin_register;
 pub mod backup;
+pub mod dehydrated;
 pub mod keys;
 pub mod media;
 pub mod profile;

@@ -32,7 +32,11 @@ pub const BACKUP_VERSIONS: Table<(OwnedUserId, u64), BackupVersion> = Table::new
 /// (user, backup version, room, session) -> the backed-up session key (KeyBackupData).
 pub const BACKUP_KEYS: Table<(OwnedUserId, u64, String, String), Box<RawValue>> = Table::new("backup_keys");
 
+/// User -> their dehydrated device (MSC3814): its ID and the encrypted device data.
+pub const DEHYDRATED_DEVICES: Table<OwnedUserId, DehydratedDevice> = Table::new("dehydrated_devices");
+
 pub const KEY_TABLES: &[&str] = &[
+    DEHYDRATED_DEVICES.name,
     BACKUP_VERSIONS.name,
     BACKUP_KEYS.name,
     TO_DEVICE.name,
@@ -73,3 +77,10 @@ pub struct BackupVersion {
     pub deleted: bool,
 }
 impl JsonValue for BackupVersion {}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DehydratedDevice {
+    pub device_id: OwnedDeviceId,
+    pub device_data: Box<RawValue>,
+}
+impl JsonValue for DehydratedDevice {}
