@@ -4,6 +4,8 @@
 pub mod account_data;
 pub mod accounts;
 pub mod admin_register;
+pub mod backup;
+pub mod dehydrated;
 pub mod keys;
 pub mod media;
 pub mod notifier;
@@ -36,6 +38,7 @@ pub struct Services {
     pub rooms: rooms::Rooms,
     pub keys: keys::Keys,
     pub to_device: to_device::ToDevice,
+    pub backup: backup::Backup,
     pub media: media::Media,
     /// Wakes long-polling syncs when a stream moves.
     pub notifier: Arc<notifier::Notifier>,
@@ -63,6 +66,7 @@ impl Services {
             rooms: rooms::Rooms::new(db.clone(), config.server_name.clone(), server_keys, notifier.clone())?,
             keys: keys::Keys::new(db.clone(), key_changes.clone(), notifier.clone()),
             to_device: to_device::ToDevice::new(db.clone(), notifier.clone()),
+            backup: backup::Backup::new(db.clone()),
             accounts: accounts::Accounts::new(db.clone(), config.server_name.clone()),
             sessions: sessions::Sessions::new(
                 db.clone(),

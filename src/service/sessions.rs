@@ -120,6 +120,34 @@ impl Sessions {
             .await
     }
 
+    /// Creates (or replaces) a device that has no access token, such as a dehydrated device.
+    pub async fn create_device_without_token(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        display_name: Option<String>,
+    ) -> Result<()> {
+        let key = (user_id.to_owned(), device_id.to_owned());
+        self.db
+            .run(move |db| {
+                let mut batch = Batch::new();
+                if let Some(old) = DEVICES.get(db, &key)? {
+                    revoke_device_tokens(&mut batch, &old);
+                }
+                let record = DeviceRecord {
+                    display_name,
+                    created_ms: now_ms(),
+                    last_seen_ms: None,
+                    last_seen_ip: None,
+                    access_token_hash: None,
+                    refresh_token_hash: None,
+                };
+                batch.put(&DEVICES, &key, &record)?;
+                Ok(db.write(batch)?)
+            })
+            .await
+    }
+
     /// Resolves an access token. Unknown or revoked: `M_UNKNOWN_TOKEN`; expired (refreshable
     /// tokens): `M_UNKNOWN_TOKEN` with `soft_logout`, so the client refreshes or logs in again.
     pub async fn authenticate(&self, token: &str, ip: Option<String>) -> Result<Authenticated> {

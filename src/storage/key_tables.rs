@@ -27,7 +27,18 @@ pub const TO_DEVICE: Table<(OwnedUserId, OwnedDeviceId, u64), ToDeviceMessage> =
 pub const TO_DEVICE_TRANSACTIONS: Table<(OwnedUserId, OwnedDeviceId, String), ()> =
     Table::new("to_device_transactions");
 
+/// (user, backup version) -> the backup version's algorithm and etag.
+pub const BACKUP_VERSIONS: Table<(OwnedUserId, u64), BackupVersion> = Table::new("backup_versions");
+/// (user, backup version, room, session) -> the backed-up session key (KeyBackupData).
+pub const BACKUP_KEYS: Table<(OwnedUserId, u64, String, String), Box<RawValue>> = Table::new("backup_keys");
+
+/// User -> their dehydrated device (MSC3814): its ID and the encrypted device data.
+pub const DEHYDRATED_DEVICES: Table<OwnedUserId, DehydratedDevice> = Table::new("dehydrated_devices");
+
 pub const KEY_TABLES: &[&str] = &[
+    DEHYDRATED_DEVICES.name,
+    BACKUP_VERSIONS.name,
+    BACKUP_KEYS.name,
     TO_DEVICE.name,
     TO_DEVICE_TRANSACTIONS.name,
     DEVICE_KEYS.name,
@@ -55,3 +66,21 @@ pub struct ToDeviceMessage {
     pub content: Box<RawValue>,
 }
 impl JsonValue for ToDeviceMessage {}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackupVersion {
+    pub algorithm: Box<RawValue>,
+    /// Changes whenever the version's keys change.
+    pub etag: u64,
+    /// Deleted versions keep their number so it is never reused.
+    #[serde(default)]
+    pub deleted: bool,
+}
+impl JsonValue for BackupVersion {}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DehydratedDevice {
+    pub device_id: OwnedDeviceId,
+    pub device_data: Box<RawValue>,
+}
+impl JsonValue for DehydratedDevice {}

@@ -265,3 +265,62 @@ async fn to_device_sends_are_idempotent_and_reach_every_device_with_star() {
         .await;
     assert_error(&bad, 400, "M_BAD_JSON");
 }
+
+#[tokio::test]
+async fn dehydrated_devices_hold_keys_and_collect_to_device_messages() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let base = "/_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device";
+    assert_error(&server.get(base, alice.token()).await, 404, "M_NOT_FOUND");
+
+    let device_key = SigningKey::new();
+    let dehydrated =
+        Session { user_id: alice.user_id.clone(), access_token: String::new(), device_id: "DEHYDRATED1".into() };
+    let body = |device: &Session| {
+        json!({"device_id": device.device_id, "initial_device_display_name": "Dehydrated",
+               "device_data": {"algorithm": "org.matrix.msc3814.v2", "device_pickle": "pickle", "nonce": "nonce"},
+               "device_keys": device_keys(device, &device_key),
+               "one_time_keys": {"signed_curve25519:D1": {"key": "dehydrated-otk"}}})
+    };
+    let put = server.put(base, alice.token(), body(&dehydrated)).await;
+    assert_eq!(put, (200, json!({"device_id": "DEHYDRATED1"})));
+    let got = server.get(base, alice.token()).await;
+    assert_eq!(got.1["device_id"], "DEHYDRATED1");
+    assert_eq!(got.1["device_data"]["device_pickle"], "pickle");
+    let query = server
+        .post(
+            "/_matrix/client/v3/keys/query",
+            bob.token(),
+            json!({"device_keys": {alice.user_id.clone(): ["DEHYDRATED1"]}}),
+        )
+        .await;
+    assert!(query.1["device_keys"][&alice.user_id]["DEHYDRATED1"].is_object(), "{}", query.1);
+
+    // Using the ID of a live device is refused.
+    let live = Session { device_id: alice.device_id.clone(), ..dehydrated.clone() };
+    assert_error(&server.put(base, alice.token(), body(&live)).await, 400, "M_INVALID_PARAM");
+
+    // Messages sent to it while no device is online wait for it, and are acknowledged by token.
+    let message = json!({"messages": {alice.user_id.clone(): {"DEHYDRATED1": {"room_key": "k"}}}});
+    assert_eq!(server.put("/_matrix/client/v3/sendToDevice/m.room.encrypted/d1", bob.token(), message).await.0, 200);
+    let events_path = format!("{base}/DEHYDRATED1/events");
+    let first = server.post(&events_path, alice.token(), json!({})).await;
+    assert_eq!(first.0, 200, "{}", first.1);
+    assert_eq!(first.1["events"][0]["sender"], bob.user_id);
+    assert_eq!(first.1["events"][0]["content"]["room_key"], "k");
+    let next = first.1["next_batch"].as_str().unwrap().to_owned();
+    let second = server.post(&events_path, alice.token(), json!({"next_batch": next})).await;
+    assert_eq!(second.1["events"], json!([]));
+    assert_error(&server.post(&format!("{base}/OTHER/events"), alice.token(), json!({})).await, 404, "M_NOT_FOUND");
+
+    // A new dehydrated device replaces the old one, whose keys go with it.
+    let replacement = Session { device_id: "DEHYDRATED2".into(), ..dehydrated.clone() };
+    assert_eq!(server.put(base, alice.token(), body(&replacement)).await.0, 200);
+    let query = server
+        .post("/_matrix/client/v3/keys/query", bob.token(), json!({"device_keys": {alice.user_id.clone(): []}}))
+        .await;
+    assert!(query.1["device_keys"][&alice.user_id].get("DEHYDRATED1").is_none(), "{}", query.1);
+    assert_eq!(server.call("DELETE", base, alice.token(), None).await, (200, json!({"device_id": "DEHYDRATED2"})));
+    assert_error(&server.get(base, alice.token()).await, 404, "M_NOT_FOUND");
+}

@@ -5,6 +5,7 @@ mod harness;
 
 mod account;
 mod admin;
+mod backup;
 mod context;
 mod dag;
 mod data;

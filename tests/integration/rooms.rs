@@ -469,3 +469,33 @@ async fn filtered_message_pages_are_full() {
     assert!(chunk.iter().all(|e| e["type"] == "m.room.message"));
     assert_eq!(bodies(&page), (7..12).rev().map(|i| format!("message {i}")).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn restricted_rooms_admit_members_of_allowed_rooms() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let carol = server.register("carol", "pw").await;
+    for version in ["10", "12"] {
+        let space = create_room(&server, &alice, json!({"room_version": version, "preset": "public_chat"})).await;
+        let restricted = create_room(
+            &server,
+            &alice,
+            json!({"room_version": version, "initial_state": [{"type": "m.room.join_rules", "state_key": "",
+                   "content": {"join_rule": "restricted", "allow": [{"type": "m.room_membership", "room_id": space}]}}]}),
+        )
+        .await;
+        assert_eq!(join(&server, &bob, &space).await.0, 200);
+        let joined = join(&server, &bob, &restricted).await;
+        assert_eq!(joined.0, 200, "v{version}: {}", joined.1);
+        let member = server
+            .get(
+                &format!("/_matrix/client/v3/rooms/{}/state/m.room.member/{}", enc(&restricted), enc(&bob.user_id)),
+                alice.token(),
+            )
+            .await;
+        assert_eq!(member.1["join_authorised_via_users_server"], alice.user_id, "v{version}: {}", member.1);
+        let refused = join(&server, &carol, &restricted).await;
+        assert_error(&refused, 403, "M_FORBIDDEN");
+    }
+}

@@ -2,7 +2,9 @@
 
 pub mod account;
 pub mod account_data;
+pub mod backup;
 pub mod context;
+pub mod dehydrated_device;
 pub mod device;
 pub mod directory;
 pub mod discovery;
@@ -41,6 +43,8 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = state::routes(router);
     let router = keys::routes(router);
     let router = to_device::routes(router);
+    let router = backup::routes(router);
+    let router = dehydrated_device::routes(router);
     let router = media::routes(router);
     let router = directory::routes(router);
     let router = context::routes(router);

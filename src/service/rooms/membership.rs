@@ -2,7 +2,7 @@
 //! knock. Each is a member event through the acceptance path, so the auth rules decide; this
 //! adds what the rules leave to the resident server (restricted joins, what a leave may undo).
 
-use ruma::{OwnedUserId, RoomId, UserId, events::TimelineEventType};
+use ruma::{RoomId, UserId, events::TimelineEventType};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -22,16 +22,6 @@ struct AllowRule {
     kind: String,
     #[serde(default)]
     room_id: Option<ruma::OwnedRoomId>,
-}
-
-#[derive(Deserialize, Default)]
-struct PowerLevels {
-    #[serde(default)]
-    users: std::collections::BTreeMap<OwnedUserId, i64>,
-    #[serde(default)]
-    users_default: Option<i64>,
-    #[serde(default)]
-    invite: Option<i64>,
 }
 
 /// A membership change someone asked for.
@@ -97,19 +87,13 @@ impl Rooms {
         if !allowed {
             return Err(Error::forbidden("You are not in any room that this room's join rules allow"));
         }
-        let power_levels = self
-            .state_event(room_id, &"m.room.power_levels".into(), "")
-            .await?
-            .and_then(|pdu| serde_json::from_str::<PowerLevels>(pdu.content.get()).ok())
-            .unwrap_or_default();
-        let invite_level = power_levels.invite.unwrap_or(0);
+        let power_levels = self.power_levels(room_id).await?;
         let members = self.current_state(room_id).await?;
         let authoriser = members.iter().find_map(|pdu| {
             let user = UserId::parse(pdu.state_key.as_deref()?).ok()?;
             let joined =
                 pdu.kind == TimelineEventType::RoomMember && super::accept::membership_in(&pdu.content) == "join";
-            let level = power_levels.users.get(&user).copied().unwrap_or(power_levels.users_default.unwrap_or(0));
-            (joined && user.server_name() == self.core.server_name && level >= invite_level).then_some(user)
+            (joined && user.server_name() == self.core.server_name && power_levels.can_invite(&user)).then_some(user)
         });
         let authoriser = authoriser.ok_or_else(|| Error::forbidden("No local user can authorise your join"))?;
         content.insert("join_authorised_via_users_server".into(), json!(authoriser));

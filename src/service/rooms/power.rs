@@ -1,11 +1,14 @@
 //! Power levels as the endpoints outside the auth rules need them: whether a user may send a
-//! given state event by the room's current power levels (for alias deletion, directory
-//! visibility and upgrades), with room version 12's creators, who outrank every level.
+//! given state event or invite by the room's current power levels (alias deletion, directory
+//! visibility, upgrades, restricted joins), computed by ruma's `RoomPowerLevels`.
 
 use ruma::{RoomId, UserId, events::StateEventType};
 use serde_json::{Map, Value};
 
-use super::{Pdu, Rooms};
+use ruma::events::room::power_levels::{RoomPowerLevels, UserPowerLevel};
+
+use super::Rooms;
+use crate::storage::room_tables::ROOMS;
 use crate::{Error, Result};
 
 /// A power level as stored: an integer, or (before room version 10) a string holding one.
@@ -17,94 +20,49 @@ pub fn level_of(value: &Value) -> Option<i64> {
     }
 }
 
-/// The users who created a room: the create event's sender (or its `creator` field before
-/// v11) and, from v12, its `additional_creators`.
-pub fn creators_of(create: &Pdu) -> Vec<String> {
-    let content = create.content_value();
-    let mut creators = vec![create.sender.to_string()];
-    if let Some(creator) = content.get("creator").and_then(Value::as_str)
-        && !creators.iter().any(|c| c == creator)
-    {
-        creators.push(creator.to_owned());
-    }
-    if let Some(additional) = content.get("additional_creators").and_then(Value::as_array) {
-        for user in additional.iter().filter_map(Value::as_str) {
-            if !creators.iter().any(|c| c == user) {
-                creators.push(user.to_owned());
-            }
-        }
-    }
-    creators
-}
-
-/// A room's power levels, read from its current state.
+/// A room's power levels: the content as stored (for editing) and ruma's reading of it, which
+/// decides every level (defaults, string levels before v10, v12's infinitely powerful creators).
 #[derive(Debug, Clone)]
 pub struct PowerLevels {
     /// The `m.room.power_levels` content; `None` when the room has none.
     pub content: Option<Map<String, Value>>,
-    /// Users with unlimited power (room version 12's creators).
-    pub privileged_creators: Vec<String>,
-    /// The creator, who has level 100 while the room has no power levels event.
-    pub creator: Option<String>,
+    levels: RoomPowerLevels,
 }
 
 impl PowerLevels {
-    /// A user's level; `None` for a privileged creator (above every level).
+    /// A user's level; `None` for a privileged creator (above every level, from v12).
     pub fn user_level(&self, user: &UserId) -> Option<i64> {
-        if self.privileged_creators.iter().any(|c| c == user.as_str()) {
-            return None;
-        }
-        Some(match &self.content {
-            Some(content) => content
-                .get("users")
-                .and_then(|users| users.get(user.as_str()))
-                .and_then(level_of)
-                .or_else(|| content.get("users_default").and_then(level_of))
-                .unwrap_or(0),
-            None if self.creator.as_deref() == Some(user.as_str()) => 100,
-            None => 0,
-        })
-    }
-
-    /// The level needed to send a state event of `kind`.
-    pub fn state_level(&self, kind: &str) -> i64 {
-        match &self.content {
-            Some(content) => content
-                .get("events")
-                .and_then(|events| events.get(kind))
-                .and_then(level_of)
-                .or_else(|| content.get("state_default").and_then(level_of))
-                .unwrap_or(50),
-            None => 0,
+        match self.levels.for_user(user) {
+            UserPowerLevel::Infinite => None,
+            UserPowerLevel::Int(level) => Some(level.into()),
+            _ => None,
         }
     }
 
     pub fn can_send_state(&self, user: &UserId, kind: &str) -> bool {
-        self.user_level(user).is_none_or(|level| level >= self.state_level(kind))
+        self.levels.user_can_send_state(user, StateEventType::from(kind))
+    }
+
+    pub fn can_invite(&self, user: &UserId) -> bool {
+        self.levels.user_can_invite(user)
     }
 }
 
 impl Rooms {
     /// The room's current power levels; `M_NOT_FOUND` for an unknown room.
     pub async fn power_levels(&self, room_id: &RoomId) -> Result<PowerLevels> {
-        let create = self
-            .state_event(room_id, &StateEventType::RoomCreate, "")
-            .await?
-            .ok_or_else(|| Error::not_found("Unknown room"))?;
-        let rules = self.version(room_id).await?.and_then(|version| version.rules());
-        let privileged = rules.is_some_and(|rules| rules.authorization.explicitly_privilege_room_creators);
-        let content = self
-            .state_event(room_id, &StateEventType::RoomPowerLevels, "")
-            .await?
-            .and_then(|pdu| pdu.content_value().as_object().cloned());
-        let creators = creators_of(&create);
-        let creator = create
-            .content_value()
-            .get("creator")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .or_else(|| Some(create.sender.to_string()));
-        Ok(PowerLevels { content, privileged_creators: if privileged { creators } else { Vec::new() }, creator })
+        let room_id = room_id.to_owned();
+        self.run(move |core, db| {
+            let short_room = core.interner.short_room(db, &room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
+            let record = ROOMS.get(db, &short_room)?.ok_or_else(|| Error::not_found("Unknown room"))?;
+            let rules = record.version.rules().ok_or_else(|| Error::internal("unsupported room version stored"))?;
+            let levels = core.power_levels_at(db, record.current_state_group, &rules)?;
+            let content = core
+                .state_in_group(db, record.current_state_group, "m.room.power_levels", "")?
+                .and_then(|pdu| pdu.content_value().as_object().cloned());
+            Ok(PowerLevels { content, levels })
+        })
+        .await
     }
 
     /// Whether `user` is joined to the room and may send a state event of `kind` there.
