@@ -73,6 +73,25 @@ impl Receipts {
         Ok(())
     }
 
+    /// The events of `user`'s unthreaded and main-thread read receipts (public and private).
+    pub async fn read_receipts(&self, room: &RoomId, user: &UserId) -> Result<Vec<String>> {
+        let (room, user) = (room.to_owned(), user.to_owned());
+        self.db
+            .run(move |db| {
+                let mut out = Vec::new();
+                for kind in ["m.read", PRIVATE] {
+                    for thread in ["", "main"] {
+                        let key = (room.clone(), kind.to_owned(), user.clone(), thread.to_owned());
+                        if let Some(record) = RECEIPTS.get(db, &key)? {
+                            out.push(record.event_id);
+                        }
+                    }
+                }
+                Ok(out)
+            })
+            .await
+    }
+
     /// The `m.receipt` content per room for `user`: every receipt of `rooms` without `since`,
     /// else those written in positions `(since, upto]`. Others' private receipts are left out.
     pub async fn for_sync(

@@ -602,3 +602,34 @@ async fn receipts_and_read_markers_reach_syncs() {
     let carol = server.register("carol", "pw").await;
     assert_error(&server.post(&receipt_path("m.read"), carol.token(), json!({})).await, 403, "M_FORBIDDEN");
 }
+
+#[tokio::test]
+async fn unread_counts_follow_push_rules_and_receipts() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    join(&server, &bob, &room).await;
+    let counts = |body: &Value| {
+        let unread = &joined(body, &room)["unread_notifications"];
+        (unread["notification_count"].as_u64(), unread["highlight_count"].as_u64())
+    };
+    assert_eq!(counts(&sync(&server, &bob, "").await), (Some(0), Some(0)));
+
+    send(&server, &alice, &room, "one").await;
+    send(&server, &alice, &room, "two").await;
+    send(&server, &bob, &room, "bob's own").await;
+    let mention = json!({"msgtype": "m.text", "body": "hey", "m.mentions": {"user_ids": [bob.user_id]}});
+    let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/mention", enc(&room));
+    let (status, sent) = server.put(&path, alice.token(), mention).await;
+    assert_eq!(status, 200, "{sent}");
+    let body = sync(&server, &bob, "").await;
+    assert_eq!(counts(&body), (Some(3), Some(1)), "{body}");
+
+    // A read receipt on the newest event clears them.
+    let receipt =
+        format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&room), enc(sent["event_id"].as_str().unwrap()));
+    assert_eq!(server.post(&receipt, bob.token(), json!({})).await.0, 200);
+    let body = sync(&server, &bob, &format!("since={}", since(&body))).await;
+    assert_eq!(counts(&body), (Some(0), Some(0)), "{body}");
+}

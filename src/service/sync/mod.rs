@@ -4,13 +4,15 @@
 //! [`Notifier`](super::notifier::Notifier) until a stream moves or the timeout passes.
 //!
 //! Files: `token.rs` (the token format), `filter.rs` (resolving and applying filters),
-//! `rooms.rs` (the joined, invited and left rooms), `e2ee.rs` (to-device messages, device
+//! `rooms.rs` (the joined, invited and left rooms), `unread.rs` (unread counts by push
+//! rules), `e2ee.rs` (to-device messages, device
 //! lists, key counts).
 
 mod e2ee;
 mod filter;
 mod rooms;
 mod token;
+mod unread;
 
 use std::{collections::HashMap, time::Duration};
 
@@ -51,6 +53,8 @@ struct Context<'a> {
     room_account_data: HashMap<String, Vec<AccountDataEntry>>,
     /// `m.receipt` content of the joined rooms whose receipts changed.
     receipts: HashMap<OwnedRoomId, serde_json::Value>,
+    /// The user's push rules, for unread counts.
+    ruleset: ruma::push::Ruleset,
 }
 
 /// Serialises a JSON value into a ruma `Raw`.
@@ -144,7 +148,9 @@ async fn build(
         .map(|(room, _)| room)
         .collect();
     let receipts = services.receipts.for_sync(user, joined, since.map(|s| s.receipts), now.receipts).await?;
-    let context = Context { services, user, device, filter, since, now, full_state, room_account_data, receipts };
+    let ruleset = unread::ruleset(services, user).await?;
+    let context =
+        Context { services, user, device, filter, since, now, full_state, room_account_data, receipts, ruleset };
     response.rooms = rooms::collect(&context).await?;
     Ok(response)
 }

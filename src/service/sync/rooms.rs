@@ -16,7 +16,7 @@ use ruma::{
     serde::Raw,
 };
 
-use super::{Context, filter, raw_account_data, raw_json};
+use super::{Context, filter, raw_account_data, raw_json, unread};
 use crate::{
     Result,
     service::rooms::{EventPredicate, Pdu, StateSelection},
@@ -83,7 +83,7 @@ pub(super) async fn collect(ctx: &Context<'_>) -> Result<Rooms> {
                 if quiet {
                     continue;
                 }
-                if let Some(joined) = joined_room(ctx, &room_id).await? {
+                if let Some(joined) = joined_room(ctx, &room_id, position).await? {
                     rooms.join.insert(room_id, joined);
                 }
             }
@@ -165,7 +165,11 @@ fn ephemeral(ctx: &Context<'_>, room_id: &RoomId) -> Result<Ephemeral> {
     Ok(ephemeral)
 }
 
-async fn joined_room(ctx: &Context<'_>, room_id: &OwnedRoomId) -> Result<Option<JoinedRoom>> {
+async fn joined_room(
+    ctx: &Context<'_>,
+    room_id: &OwnedRoomId,
+    membership_position: Option<u64>,
+) -> Result<Option<JoinedRoom>> {
     let since = ctx.since.map(|s| s.events);
     let newly_joined = match since {
         None => true,
@@ -187,10 +191,10 @@ async fn joined_room(ctx: &Context<'_>, room_id: &OwnedRoomId) -> Result<Option<
     room.summary.heroes = summary.heroes;
     room.summary.joined_member_count = count(summary.joined);
     room.summary.invited_member_count = count(summary.invited);
-    // Push rules are not evaluated yet: the counts are always zero.
+    let (notifications, highlights) = unread::counts(ctx, room_id, summary.joined, membership_position).await?;
     room.unread_notifications = UnreadNotificationsCount::new();
-    room.unread_notifications.highlight_count = count(0);
-    room.unread_notifications.notification_count = count(0);
+    room.unread_notifications.highlight_count = count(highlights);
+    room.unread_notifications.notification_count = count(notifications);
     room.timeline = section.timeline;
     room.state = State::Before(section.state.into());
     room.account_data = account_data;
