@@ -103,6 +103,12 @@ pub struct EventMeta {
     pub position: Option<u64>,
     /// The state group of the room after this event.
     pub state_after: u64,
+    /// The state group before this event (what history visibility is judged by).
+    #[serde(default)]
+    pub state_before: Option<u64>,
+    /// The short state key, for state events.
+    #[serde(default)]
+    pub state_key: Option<u64>,
     pub depth: u64,
     /// Accepted but failed auth against the current state: stored, never served.
     #[serde(default)]

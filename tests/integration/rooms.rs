@@ -256,6 +256,8 @@ async fn history_visibility_decides_what_members_see() {
         send_text(&server, &alice, &room, &format!("gone-{visibility}"), "after carol left").await;
         let after = bodies(&messages(&server, &carol, &room, "dir=b&limit=50").await.1);
         assert!(after.contains(&"after carol".to_owned()), "{visibility}: {after:?}");
+        // `shared` means joined at some point after the event: leaving does not take it away.
+        assert_eq!(after.contains(&"before carol".to_owned()), carol_sees_earlier, "{visibility}: {after:?}");
         assert_eq!(
             after.contains(&"after carol left".to_owned()),
             visibility == "world_readable",
@@ -498,4 +500,32 @@ async fn restricted_rooms_admit_members_of_allowed_rooms() {
         let refused = join(&server, &carol, &restricted).await;
         assert_error(&refused, 403, "M_FORBIDDEN");
     }
+}
+
+#[tokio::test]
+async fn a_history_visibility_change_is_judged_by_the_state_before_or_after_it() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let dave = server.register("dave", "pw").await;
+    let room = create_room(
+        &server,
+        &alice,
+        json!({"preset": "public_chat", "initial_state": [{"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "world_readable"}}]}),
+    )
+    .await;
+    let (_, open) = send_text(&server, &alice, &room, "open", "while world readable").await;
+    let change = server
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.history_visibility/", enc(&room)),
+            alice.token(),
+            json!({"history_visibility": "joined"}),
+        )
+        .await;
+    assert_eq!(change.0, 200, "{}", change.1);
+    let (_, closed) = send_text(&server, &alice, &room, "closed", "after closing").await;
+    let event = |id: &Value| format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(id.as_str().unwrap()));
+    // Dave never joined. The change itself was allowed by the state before it (world readable).
+    assert_eq!(server.get(&event(&open["event_id"]), dave.token()).await.0, 200);
+    assert_eq!(server.get(&event(&change.1["event_id"]), dave.token()).await.0, 200);
+    assert_error(&server.get(&event(&closed["event_id"]), dave.token()).await, 404, "M_NOT_FOUND");
 }

@@ -229,6 +229,12 @@ impl RoomCore {
         let short_room = self.interner.short_room_or_new(db, &mut batch, &pdu.room_id)?;
         let short_event = self.interner.short_event_or_new(db, &mut batch, &pdu.event_id)?;
 
+        // The state before the event is kept as a group too (history visibility is judged by
+        // it); it is new only when it came from resolving several prev events, or is empty.
+        let before_group = match before_group {
+            Some(group) => group,
+            None => self.state.store(db, &mut batch, None, state_before.clone())?,
+        };
         let mut pending_key = None;
         let (state_after, after_group) = match &pdu.state_key {
             Some(state_key) => {
@@ -237,16 +243,10 @@ impl RoomCore {
                 let mut map = (*state_before).clone();
                 map.insert(key, short_event);
                 let map = Arc::new(map);
-                let group = self.state.store(db, &mut batch, before_group, map.clone())?;
+                let group = self.state.store(db, &mut batch, Some(before_group), map.clone())?;
                 (map, group)
             }
-            None => match before_group {
-                Some(group) => (state_before, group),
-                None => {
-                    let group = self.state.store(db, &mut batch, None, state_before.clone())?;
-                    (state_before, group)
-                }
-            },
+            None => (state_before, before_group),
         };
 
         let mut chain: HashSet<u64> = HashSet::new();
@@ -269,7 +269,15 @@ impl RoomCore {
         batch.put(
             &EVENT_META,
             &short_event,
-            &EventMeta { room: short_room, position, state_after: after_group, depth: pdu.depth, soft_failed },
+            &EventMeta {
+                room: short_room,
+                position,
+                state_after: after_group,
+                state_before: Some(before_group),
+                state_key: pending.state_key.as_ref().map(|(key, _)| *key),
+                depth: pdu.depth,
+                soft_failed,
+            },
         )?;
 
         if pdu.kind == TimelineEventType::RoomRedaction && !soft_failed {

@@ -48,30 +48,69 @@ impl RoomCore {
         Ok(Some(self.event_by_short(db, short, &rules)?))
     }
 
-    /// Whether `user` may see an event, by the spec's history visibility rules: always for
-    /// `world_readable`; when the user was joined at the event; for `shared` when the user is
-    /// joined now; for `invited` when the user was invited (or joined) at the event.
+    /// Whether `user` may see an event, by the spec's history visibility rules, judged by the
+    /// state before the event: `world_readable`; joined then; `invited` and invited then;
+    /// `shared` and joined at some point after the event. A change of history visibility, and
+    /// the user's own member events, are visible if the state before *or* after allows it.
     pub(super) fn can_see(&self, db: &Db, user: &UserId, short_room: u64, meta: &EventMeta) -> Result<bool> {
+        let before = meta.state_before.unwrap_or(meta.state_after);
+        if self.visible_in(db, user, short_room, meta, before)? {
+            return Ok(true);
+        }
+        if let (Some(key), Some(_)) = (meta.state_key, meta.state_before) {
+            let names = self.interner.state_key(db, key)?;
+            let visibility_change = names.0 == StateEventType::RoomHistoryVisibility && names.1.is_empty();
+            let own_membership = names.0 == StateEventType::RoomMember && names.1 == user.as_str();
+            if visibility_change || own_membership {
+                return self.visible_in(db, user, short_room, meta, meta.state_after);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The visibility rules against the state of one group.
+    fn visible_in(&self, db: &Db, user: &UserId, short_room: u64, meta: &EventMeta, group: u64) -> Result<bool> {
         let visibility = self
-            .state_in_group(db, meta.state_after, "m.room.history_visibility", "")?
+            .state_in_group(db, group, "m.room.history_visibility", "")?
             .and_then(|pdu| serde_json::from_str::<HistoryVisibility>(pdu.content.get()).ok())
             .map_or_else(|| "shared".to_owned(), |v| v.history_visibility);
         if visibility == "world_readable" {
             return Ok(true);
         }
-        let membership_then = self
-            .state_in_group(db, meta.state_after, "m.room.member", user.as_str())?
-            .map(|pdu| membership_in(&pdu.content));
+        let membership_then =
+            self.state_in_group(db, group, "m.room.member", user.as_str())?.map(|pdu| membership_in(&pdu.content));
         match membership_then.as_deref() {
             Some("join") => return Ok(true),
             Some("invite") if visibility == "invited" => return Ok(true),
             _ => {}
         }
         if visibility == "shared" {
-            let now = self.current_state_event(db, short_room, "m.room.member", user.as_str())?;
-            return Ok(now.is_some_and(|pdu| membership_in(&pdu.content) == "join"));
+            return self.joined_after(db, user, short_room, meta.position.unwrap_or(0));
         }
         Ok(false)
+    }
+
+    /// Whether the user was joined to the room at some point after stream position `position`:
+    /// joined now, or left after it having been joined when they left.
+    fn joined_after(&self, db: &Db, user: &UserId, short_room: u64, position: u64) -> Result<bool> {
+        let Some(current) = self.current_state_event(db, short_room, "m.room.member", user.as_str())? else {
+            return Ok(false);
+        };
+        match membership_in(&current.content).as_str() {
+            "join" => Ok(true),
+            "leave" | "ban" => {
+                let Some(short) = self.interner.short_event(db, &current.event_id)? else { return Ok(false) };
+                let Some(leave) = EVENT_META.get(db, &short)? else { return Ok(false) };
+                if leave.position.unwrap_or(0) <= position {
+                    return Ok(false);
+                }
+                let before_leave = leave.state_before.unwrap_or(leave.state_after);
+                Ok(self
+                    .state_in_group(db, before_leave, "m.room.member", user.as_str())?
+                    .is_some_and(|pdu| membership_in(&pdu.content) == "join"))
+            }
+            _ => Ok(false),
+        }
     }
 }
 

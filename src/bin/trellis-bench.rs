@@ -1,0 +1,440 @@
+//! `trellis-bench`: a load benchmark for any Matrix homeserver, through the client-server API
+//! only. It creates users (Synapse's shared-secret registration, which Trellis also serves) and
+//! rooms, then measures: room creation and join rates; message send throughput and latency with
+//! concurrent senders; send-to-receive latency through `/sync` long-polling; initial `/sync`
+//! time for a user in R rooms of E events; incremental `/sync` cost; and the server's resident
+//! memory from `/proc/<pid>/status` when `--pid` is given. `--smoke` also checks that every
+//! message sent is received exactly once through `/sync`, and exits non-zero otherwise.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    process::ExitCode,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use clap::Parser;
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha1::Sha1;
+
+#[derive(Parser, Clone)]
+#[command(name = "trellis-bench", about = "Load benchmark for Matrix homeservers (client-server API only)")]
+struct Options {
+    /// Base URL of the homeserver's client API, e.g. http://127.0.0.1:6167.
+    #[arg(long)]
+    url: String,
+    /// The server's registration shared secret (Synapse's admin registration API).
+    #[arg(long)]
+    registration_secret: String,
+    /// Users to create; each sends messages concurrently.
+    #[arg(long, default_value_t = 4)]
+    users: usize,
+    /// Rooms to create; every user joins every room.
+    #[arg(long, default_value_t = 4)]
+    rooms: usize,
+    /// Messages each user sends in the throughput phase.
+    #[arg(long, default_value_t = 50)]
+    messages: usize,
+    /// Send-to-receive round trips measured through /sync.
+    #[arg(long, default_value_t = 20)]
+    round_trips: usize,
+    /// Incremental /sync calls measured.
+    #[arg(long, default_value_t = 20)]
+    incremental_syncs: usize,
+    /// PID of the server process, to report its resident memory.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Fail (exit 1) if any request fails or a message is not received exactly once.
+    #[arg(long)]
+    smoke: bool,
+    /// Prefix of the user names this run creates (runs against one server must differ).
+    #[arg(long, default_value = "bench")]
+    prefix: String,
+    /// Also write the figures as JSON ({metric: {"value": number, "unit": text}}) to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+#[derive(Clone)]
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    failures: Arc<AtomicU64>,
+}
+
+struct User {
+    token: String,
+}
+
+impl Client {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Option<Value> {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.header("content-type", "application/json").body(body.to_string());
+        }
+        match request.send().await {
+            Ok(response) if response.status().is_success() => {
+                response.bytes().await.ok().and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            }
+            Ok(response) => {
+                let status = response.status();
+                let text = response.text().await.unwrap_or_default();
+                eprintln!("request failed: {path}: {status} {text}");
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Err(error) => {
+                eprintln!("request failed: {path}: {error}");
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    async fn register(&self, secret: &str, name: &str) -> Option<User> {
+        let nonce = self.call(reqwest::Method::GET, "/_synapse/admin/v1/register", None, None).await?;
+        let nonce = nonce["nonce"].as_str()?.to_owned();
+        let password = format!("{name}-password");
+        let mut mac = Hmac::<Sha1>::new_from_slice(secret.as_bytes()).ok()?;
+        mac.update(format!("{nonce}\0{name}\0{password}\0notadmin").as_bytes());
+        let mac = hex::encode(mac.finalize().into_bytes());
+        let body = json!({"nonce": nonce, "username": name, "password": password, "admin": false, "mac": mac});
+        let response = self.call(reqwest::Method::POST, "/_synapse/admin/v1/register", None, Some(&body)).await?;
+        Some(User { token: response["access_token"].as_str()?.to_owned() })
+    }
+
+    async fn sync(&self, user: &User, since: Option<&str>, timeout_ms: u64) -> Option<Value> {
+        let mut path = format!("/_matrix/client/v3/sync?timeout={timeout_ms}");
+        if let Some(since) = since {
+            path.push_str(&format!("&since={}", urlencode(since)));
+        }
+        self.call(reqwest::Method::GET, &path, Some(&user.token), None).await
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Message bodies seen in a sync response's joined rooms.
+fn bodies_in(sync: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(rooms) = sync["rooms"]["join"].as_object() {
+        for room in rooms.values() {
+            for event in room["timeline"]["events"].as_array().into_iter().flatten() {
+                if event["type"] == "m.room.message"
+                    && let Some(body) = event["content"]["body"].as_str()
+                {
+                    out.push(body.to_owned());
+                }
+            }
+        }
+    }
+    out
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+fn rss_kib(pid: Option<u32>) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid?)).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+}
+
+/// The results, in the order they are printed, with a number and unit for comparisons.
+#[derive(Default)]
+struct Report {
+    rows: BTreeMap<usize, (String, String)>,
+    figures: serde_json::Map<String, Value>,
+}
+
+impl Report {
+    fn add(&mut self, name: &str, value: String) {
+        let index = self.rows.len();
+        self.rows.insert(index, (name.to_owned(), value));
+        eprintln!("  {name}: {}", self.rows[&index].1);
+    }
+    fn figure(&mut self, name: &str, value: f64, unit: &str) {
+        self.figures.insert(name.to_owned(), json!({"value": value, "unit": unit}));
+    }
+    fn print(&self) {
+        let width = self.rows.values().map(|(n, _)| n.len()).max().unwrap_or(10);
+        println!("{:width$}  value", "metric");
+        println!("{:-<width$}  {:-<24}", "", "");
+        for (name, value) in self.rows.values() {
+            println!("{name:width$}  {value}");
+        }
+    }
+}
+
+fn record_latencies(report: &mut Report, name: &str, samples: &mut [Duration]) {
+    samples.sort();
+    for (label, p) in [("p50", 0.50), ("p95", 0.95), ("p99", 0.99)] {
+        report.figure(&format!("{name} {label}"), percentile(samples, p).as_secs_f64() * 1000.0, "ms");
+    }
+}
+
+fn rate(count: usize, elapsed: Duration) -> String {
+    format!("{:.1}/s", count as f64 / elapsed.as_secs_f64().max(1e-9))
+}
+
+fn latencies(mut samples: Vec<Duration>) -> String {
+    samples.sort();
+    format!(
+        "p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms (n={})",
+        percentile(&samples, 0.50).as_secs_f64() * 1000.0,
+        percentile(&samples, 0.95).as_secs_f64() * 1000.0,
+        percentile(&samples, 0.99).as_secs_f64() * 1000.0,
+        samples.len()
+    )
+}
+
+async fn run(options: Options) -> Result<Report, String> {
+    let client = Client {
+        http: reqwest::Client::builder().timeout(Duration::from_secs(120)).build().map_err(|e| e.to_string())?,
+        base: options.url.trim_end_matches('/').to_owned(),
+        failures: Arc::new(AtomicU64::new(0)),
+    };
+    let mut report = Report::default();
+    let peak = Arc::new(AtomicU64::new(rss_kib(options.pid).unwrap_or(0)));
+    if let Some(idle) = rss_kib(options.pid) {
+        report.add("memory at idle (RSS)", format!("{:.1} MiB", idle as f64 / 1024.0));
+        report.figure("memory at idle", idle as f64 / 1024.0, "MiB");
+    }
+    let sampler = options.pid.map(|pid| {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Some(rss) = rss_kib(Some(pid)) {
+                    peak.fetch_max(rss, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    });
+
+    eprintln!("[1/6] registering {} users", options.users + 1);
+    let started = Instant::now();
+    let mut users = Vec::new();
+    for i in 0..options.users {
+        let user = client
+            .register(&options.registration_secret, &format!("{}_{i}", options.prefix))
+            .await
+            .ok_or("registration failed")?;
+        users.push(user);
+    }
+    let reader = client
+        .register(&options.registration_secret, &format!("{}_reader", options.prefix))
+        .await
+        .ok_or("registration failed")?;
+    report.add("registrations", rate(options.users + 1, started.elapsed()));
+
+    eprintln!("[2/6] creating {} rooms and joining everyone", options.rooms);
+    let started = Instant::now();
+    let mut rooms = Vec::new();
+    for _ in 0..options.rooms {
+        let created = client
+            .call(
+                reqwest::Method::POST,
+                "/_matrix/client/v3/createRoom",
+                Some(&users[0].token),
+                Some(&json!({"preset": "public_chat"})),
+            )
+            .await
+            .ok_or("createRoom failed")?;
+        rooms.push(created["room_id"].as_str().ok_or("no room_id")?.to_owned());
+    }
+    report.add("room creation", rate(options.rooms, started.elapsed()));
+    report.figure("room creation", options.rooms as f64 / started.elapsed().as_secs_f64().max(1e-9), "rooms/s");
+    let started = Instant::now();
+    let mut joins = 0;
+    for user in users.iter().skip(1).chain(std::iter::once(&reader)) {
+        for room in &rooms {
+            client
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/_matrix/client/v3/join/{}", urlencode(room)),
+                    Some(&user.token),
+                    Some(&json!({})),
+                )
+                .await;
+            joins += 1;
+        }
+    }
+    report.add("joins", rate(joins, started.elapsed()));
+    report.figure("joins", joins as f64 / started.elapsed().as_secs_f64().max(1e-9), "joins/s");
+    let reader_start = client.sync(&reader, None, 0).await.ok_or("initial sync failed")?;
+    let mut reader_since = reader_start["next_batch"].as_str().ok_or("no next_batch")?.to_owned();
+
+    eprintln!("[3/6] {} senders x {} messages", options.users, options.messages);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (index, user) in users.into_iter().enumerate() {
+        let (client, rooms, messages) = (client.clone(), rooms.clone(), options.messages);
+        tasks.push(tokio::spawn(async move {
+            let mut samples = Vec::new();
+            for n in 0..messages {
+                let room = &rooms[n % rooms.len()];
+                let body = json!({"msgtype": "m.text", "body": format!("bench {index} {n}")});
+                let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/b{index}-{n}", urlencode(room));
+                let sent = Instant::now();
+                if client.call(reqwest::Method::PUT, &path, Some(&user.token), Some(&body)).await.is_some() {
+                    samples.push(sent.elapsed());
+                }
+            }
+            (user, samples)
+        }));
+    }
+    let mut users = Vec::new();
+    let mut samples = Vec::new();
+    for task in tasks {
+        let (user, mut user_samples) = task.await.map_err(|e| e.to_string())?;
+        users.push(user);
+        samples.append(&mut user_samples);
+    }
+    let elapsed = started.elapsed();
+    report.add("send throughput", rate(samples.len(), elapsed));
+    report.figure("send throughput", samples.len() as f64 / elapsed.as_secs_f64().max(1e-9), "messages/s");
+    record_latencies(&mut report, "send latency", &mut samples);
+    report.add("send latency", latencies(samples));
+
+    // Every message must reach the reader through /sync exactly once.
+    let expected: HashSet<String> =
+        (0..users.len()).flat_map(|i| (0..options.messages).map(move |n| format!("bench {i} {n}"))).collect();
+    let mut seen: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.iter().filter(|b| expected.contains(*b)).count() < expected.len() && Instant::now() < deadline {
+        let response = client.sync(&reader, Some(&reader_since), 1000).await.ok_or("sync failed")?;
+        seen.extend(bodies_in(&response));
+        reader_since = response["next_batch"].as_str().ok_or("no next_batch")?.to_owned();
+    }
+    let unique: HashSet<&String> = seen.iter().collect();
+    let received = expected.iter().filter(|b| unique.contains(b)).count();
+    let duplicates = seen.len() - unique.len();
+    report.add("messages received via sync", format!("{received} of {} ({duplicates} duplicates)", expected.len()));
+    if options.smoke && (received != expected.len() || duplicates > 0) {
+        return Err(format!(
+            "lost or duplicated messages: received {received} of {}, {duplicates} duplicates",
+            expected.len()
+        ));
+    }
+
+    eprintln!("[4/6] send-to-receive latency through /sync long-polling");
+    let mut round_trips = Vec::new();
+    for n in 0..options.round_trips {
+        let body = format!("round trip {n}");
+        let (poll_client, poll_reader_since) = (client.clone(), reader_since.clone());
+        let reader_token = reader.token.clone();
+        let waiting = tokio::spawn(async move {
+            let reader = User { token: reader_token };
+            let mut since = poll_reader_since;
+            loop {
+                let response = poll_client.sync(&reader, Some(&since), 30_000).await?;
+                let bodies = bodies_in(&response);
+                since = response["next_batch"].as_str()?.to_owned();
+                if bodies.iter().any(|b| b.starts_with("round trip")) {
+                    return Some((Instant::now(), since));
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/rt{n}", urlencode(&rooms[0]));
+        let sent = Instant::now();
+        client
+            .call(reqwest::Method::PUT, &path, Some(&users[0].token), Some(&json!({"msgtype": "m.text", "body": body})))
+            .await;
+        match waiting.await.map_err(|e| e.to_string())? {
+            Some((received, since)) => {
+                round_trips.push(received.saturating_duration_since(sent));
+                reader_since = since;
+            }
+            None => return Err("the long-poll failed".into()),
+        }
+    }
+    record_latencies(&mut report, "send-to-receive latency", &mut round_trips);
+    report.add("send-to-receive latency", latencies(round_trips));
+
+    eprintln!("[5/6] initial sync of a user in {} rooms", options.rooms);
+    let started = Instant::now();
+    client.sync(&reader, None, 0).await.ok_or("initial sync failed")?;
+    report.add("initial sync", format!("{:.1} ms", started.elapsed().as_secs_f64() * 1000.0));
+    report.figure("initial sync", started.elapsed().as_secs_f64() * 1000.0, "ms");
+
+    eprintln!("[6/6] {} incremental syncs with nothing new", options.incremental_syncs);
+    let mut incremental = Vec::new();
+    for _ in 0..options.incremental_syncs {
+        let started = Instant::now();
+        let response = client.sync(&reader, Some(&reader_since), 0).await.ok_or("sync failed")?;
+        incremental.push(started.elapsed());
+        reader_since = response["next_batch"].as_str().ok_or("no next_batch")?.to_owned();
+    }
+    record_latencies(&mut report, "incremental sync", &mut incremental);
+    report.add("incremental sync", latencies(incremental));
+
+    if let Some(sampler) = sampler {
+        sampler.abort();
+        let peak = peak.load(Ordering::Relaxed) as f64 / 1024.0;
+        report.add("memory at peak (RSS)", format!("{peak:.1} MiB"));
+        report.figure("memory at peak", peak, "MiB");
+    }
+    let failures = client.failures.load(Ordering::Relaxed);
+    report.add("failed requests", failures.to_string());
+    if options.smoke && failures > 0 {
+        return Err(format!("{failures} requests failed"));
+    }
+    Ok(report)
+}
+
+fn main() -> ExitCode {
+    let options = Options::parse();
+    let json_path = options.json.clone();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("trellis-bench: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(options)) {
+        Ok(report) => {
+            report.print();
+            if let Some(path) = json_path
+                && let Err(error) = std::fs::write(&path, Value::Object(report.figures).to_string())
+            {
+                eprintln!("trellis-bench: cannot write {}: {error}", path.display());
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("trellis-bench: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
