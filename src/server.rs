@@ -99,6 +99,8 @@ pub async fn run(config: Config) -> Result<(), String> {
     signals.wait().await;
     tracing::info!("shutting down: finishing in-flight requests");
     let _ = shutdown_tx.send(true);
+    // Long-polling syncs return now instead of holding their connections.
+    services.notifier.shut_down();
     if tokio::time::timeout(SHUTDOWN_GRACE, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
         tracing::warn!("some requests did not finish within the grace period");
     }

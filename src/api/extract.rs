@@ -137,9 +137,22 @@ where
         // buffer `max_request_size` bytes (an upload) on endpoints that need a token.
         let bytes = read_body(body, services.config.max_request_size as usize, &parts.headers).await?;
 
-        let http_request = http::Request::from_parts(parts, bytes.as_ref());
         let path_refs: Vec<&str> = path_args.iter().map(String::as_str).collect();
-        let body = T::try_from_http_request(http_request, &path_refs).map_err(|e| request_error(e, &bytes))?;
+        // Some clients (matrix-nio's `join`, for one) send no body where every field is
+        // optional: read a missing body as `{}`, as Synapse and Conduit do.
+        let retry_empty = bytes.is_empty().then(|| (parts.method.clone(), parts.uri.clone(), parts.headers.clone()));
+        let http_request = http::Request::from_parts(parts, bytes.as_ref());
+        let body = match (T::try_from_http_request(http_request, &path_refs), retry_empty) {
+            (Ok(body), _) => body,
+            (Err(error), None) => return Err(request_error(error, &bytes)),
+            (Err(error), Some((method, uri, headers))) => {
+                let mut request = http::Request::new(b"{}".as_slice());
+                *request.method_mut() = method;
+                *request.uri_mut() = uri;
+                *request.headers_mut() = headers;
+                T::try_from_http_request(request, &path_refs).map_err(|_| request_error(error, &bytes))?
+            }
+        };
         Ok(Ruma { body, sender, client_ip })
     }
 }

@@ -1,12 +1,16 @@
 //! Account data (global and per room) with a change log for sync, and stored filters.
 
+use std::{collections::BTreeSet, sync::Arc};
+
 use ruma::{RoomId, UserId};
 use serde_json::value::RawValue;
+
+use super::notifier::Notifier;
 
 use crate::{
     Result,
     storage::{
-        Batch, Db,
+        Batch, Db, ScanDirection,
         tables::{ACCOUNT_DATA, ACCOUNT_DATA_CHANGES, AccountDataChange, COUNTERS, FILTERS},
     },
 };
@@ -15,8 +19,18 @@ use crate::{
 const STREAM_COUNTER: &str = "stream_position";
 const FILTER_COUNTER: &str = "filter_id";
 
+/// One account data entry as sync shows it.
+#[derive(Debug, Clone)]
+pub struct AccountDataEntry {
+    /// The room ID, or empty for global account data.
+    pub room: String,
+    pub event_type: String,
+    pub content: Box<RawValue>,
+}
+
 pub struct AccountData {
     db: Db,
+    notifier: Arc<Notifier>,
     /// Serialises counter increments.
     counter_lock: tokio::sync::Mutex<()>,
 }
@@ -26,8 +40,49 @@ fn room_key(room_id: Option<&RoomId>) -> String {
 }
 
 impl AccountData {
-    pub fn new(db: Db) -> Self {
-        Self { db, counter_lock: tokio::sync::Mutex::new(()) }
+    pub fn new(db: Db, notifier: Arc<Notifier>) -> Self {
+        Self { db, notifier, counter_lock: tokio::sync::Mutex::new(()) }
+    }
+
+    /// The newest account data stream position. Changes are written in position order (under
+    /// the counter lock), so every change up to it is committed.
+    pub async fn position(&self) -> Result<u64> {
+        self.db.run(|db| Ok(COUNTERS.get(db, &STREAM_COUNTER.to_owned())?.unwrap_or(0))).await
+    }
+
+    /// A user's account data: all of it without `since`, else what changed in positions
+    /// `(since, upto]`, each entry once.
+    pub async fn changes(&self, user_id: &UserId, since: Option<u64>, upto: u64) -> Result<Vec<AccountDataEntry>> {
+        let user_id = user_id.to_owned();
+        self.db
+            .run(move |db| {
+                let Some(since) = since else {
+                    return Ok(ACCOUNT_DATA
+                        .scan_prefix(db, &(user_id,))?
+                        .into_iter()
+                        .map(|((_, room, event_type), content)| AccountDataEntry { room, event_type, content })
+                        .collect());
+                };
+                let changed: BTreeSet<(String, String)> = ACCOUNT_DATA_CHANGES
+                    .scan_from(
+                        db,
+                        &(user_id.clone(), since.saturating_add(1)),
+                        ScanDirection::Forward,
+                        usize::MAX,
+                        |(user, position)| *user == user_id && *position <= upto,
+                    )?
+                    .into_iter()
+                    .map(|(_, change)| (change.room, change.event_type))
+                    .collect();
+                let mut out = Vec::with_capacity(changed.len());
+                for (room, event_type) in changed {
+                    if let Some(content) = ACCOUNT_DATA.get(db, &(user_id.clone(), room.clone(), event_type.clone()))? {
+                        out.push(AccountDataEntry { room, event_type, content });
+                    }
+                }
+                Ok(out)
+            })
+            .await
     }
 
     pub async fn get(
@@ -52,15 +107,19 @@ impl AccountData {
         let room = room_key(room_id);
         let event_type = event_type.to_owned();
         let _guard = self.counter_lock.lock().await;
-        self.db
+        let position = self
+            .db
             .run(move |db| {
                 let mut batch = Batch::new();
                 let position = next_counter(db, &mut batch, STREAM_COUNTER)?;
                 batch.put(&ACCOUNT_DATA, &(user_id.clone(), room.clone(), event_type.clone()), &content)?;
                 batch.put(&ACCOUNT_DATA_CHANGES, &(user_id, position), &AccountDataChange { room, event_type })?;
-                Ok(db.write(batch)?)
+                db.write(batch)?;
+                Ok(position)
             })
-            .await
+            .await?;
+        self.notifier.account_data_committed(position);
+        Ok(())
     }
 
     /// Stores a filter and returns its ID.

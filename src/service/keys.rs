@@ -11,6 +11,7 @@ use ruma::{
 };
 use serde_json::{Value, value::RawValue};
 
+use super::notifier::Notifier;
 use crate::{
     Error, Result,
     storage::{
@@ -25,6 +26,7 @@ use crate::{
 pub struct Keys {
     db: Db,
     changes: Arc<IdAllocator>,
+    notifier: Arc<Notifier>,
     /// Serialises claims and uploads so a one-time key is handed out once.
     lock: tokio::sync::Mutex<()>,
 }
@@ -73,8 +75,8 @@ fn verify_signed_by(object: &CanonicalJsonObject, signer: &UserId, key: &(String
 }
 
 impl Keys {
-    pub fn new(db: Db, changes: Arc<IdAllocator>) -> Self {
-        Self { db, changes, lock: tokio::sync::Mutex::new(()) }
+    pub fn new(db: Db, changes: Arc<IdAllocator>, notifier: Arc<Notifier>) -> Self {
+        Self { db, changes, notifier, lock: tokio::sync::Mutex::new(()) }
     }
 
     /// The newest key-change position (for sync tokens and `/keys/changes`).
@@ -94,7 +96,8 @@ impl Keys {
         let (user, device) = (user.to_owned(), device.to_owned());
         let changes = self.changes.clone();
         let _guard = self.lock.lock().await;
-        self.db
+        let result = self
+            .db
             .run(move |db| {
                 let mut batch = Batch::new();
                 if let Some(keys) = device_keys {
@@ -134,7 +137,10 @@ impl Keys {
                 db.write(batch)?;
                 one_time_key_counts(db, &user, &device)
             })
-            .await
+            .await;
+        // Device lists changed: wake waiting syncs.
+        self.notifier.poke();
+        result
     }
 
     pub async fn one_time_key_counts(&self, user: &UserId, device: &DeviceId) -> Result<BTreeMap<String, u64>> {
@@ -250,50 +256,53 @@ impl Keys {
     ) -> Result<()> {
         let user = user.to_owned();
         let changes = self.changes.clone();
-        self.db
-            .run(move |db| {
-                let master_object = match &master {
-                    Some(raw) => Some(to_canonical(raw)?),
-                    None => CROSS_SIGNING_KEYS
-                        .get(db, &(user.clone(), "master".to_owned()))?
-                        .map(|r| to_canonical(&r))
-                        .transpose()?,
-                };
-                let mut batch = Batch::new();
-                let check_form = |object: &CanonicalJsonObject, usage: &str| -> Result<()> {
-                    if object.get("user_id") != Some(&CanonicalJsonValue::String(user.to_string()))
-                        || !has_usage(object, usage)
-                    {
-                        return Err(Error::bad_json(format!(
-                            "The {usage} key must have usage {usage} and this user's ID"
-                        )));
+        let result =
+            self.db
+                .run(move |db| {
+                    let master_object = match &master {
+                        Some(raw) => Some(to_canonical(raw)?),
+                        None => CROSS_SIGNING_KEYS
+                            .get(db, &(user.clone(), "master".to_owned()))?
+                            .map(|r| to_canonical(&r))
+                            .transpose()?,
+                    };
+                    let mut batch = Batch::new();
+                    let check_form = |object: &CanonicalJsonObject, usage: &str| -> Result<()> {
+                        if object.get("user_id") != Some(&CanonicalJsonValue::String(user.to_string()))
+                            || !has_usage(object, usage)
+                        {
+                            return Err(Error::bad_json(format!(
+                                "The {usage} key must have usage {usage} and this user's ID"
+                            )));
+                        }
+                        if ed25519_key(object).is_none() {
+                            return Err(Error::bad_json(format!("The {usage} key has no ed25519 key")));
+                        }
+                        Ok(())
+                    };
+                    if let (Some(raw), Some(object)) = (&master, &master_object) {
+                        check_form(object, "master")?;
+                        batch.put(&CROSS_SIGNING_KEYS, &(user.clone(), "master".to_owned()), raw)?;
                     }
-                    if ed25519_key(object).is_none() {
-                        return Err(Error::bad_json(format!("The {usage} key has no ed25519 key")));
+                    for (raw, usage) in [(&self_signing, "self_signing"), (&user_signing, "user_signing")] {
+                        let Some(raw) = raw else { continue };
+                        let object = to_canonical(raw)?;
+                        check_form(&object, usage)?;
+                        let master_key = master_object.as_ref().and_then(ed25519_key).ok_or_else(|| {
+                            Error::bad_json(format!("A {usage} key needs a master key to be signed by"))
+                        })?;
+                        if !verify_signed_by(&object, &user, &master_key) {
+                            return Err(invalid_signature(format!("The {usage} key is not signed by the master key")));
+                        }
+                        batch.put(&CROSS_SIGNING_KEYS, &(user.clone(), usage.to_owned()), raw)?;
                     }
-                    Ok(())
-                };
-                if let (Some(raw), Some(object)) = (&master, &master_object) {
-                    check_form(object, "master")?;
-                    batch.put(&CROSS_SIGNING_KEYS, &(user.clone(), "master".to_owned()), raw)?;
-                }
-                for (raw, usage) in [(&self_signing, "self_signing"), (&user_signing, "user_signing")] {
-                    let Some(raw) = raw else { continue };
-                    let object = to_canonical(raw)?;
-                    check_form(&object, usage)?;
-                    let master_key = master_object
-                        .as_ref()
-                        .and_then(ed25519_key)
-                        .ok_or_else(|| Error::bad_json(format!("A {usage} key needs a master key to be signed by")))?;
-                    if !verify_signed_by(&object, &user, &master_key) {
-                        return Err(invalid_signature(format!("The {usage} key is not signed by the master key")));
-                    }
-                    batch.put(&CROSS_SIGNING_KEYS, &(user.clone(), usage.to_owned()), raw)?;
-                }
-                record_key_change(&changes, &mut batch, &user)?;
-                Ok(db.write(batch)?)
-            })
-            .await
+                    record_key_change(&changes, &mut batch, &user)?;
+                    Ok(db.write(batch)?)
+                })
+                .await;
+        // Device lists changed: wake waiting syncs.
+        self.notifier.poke();
+        result
     }
 
     pub async fn has_master_key(&self, user: &UserId) -> Result<bool> {
@@ -363,6 +372,7 @@ impl Keys {
                 Ok(Ok(()))
             })
             .await;
+        self.notifier.poke();
         match result {
             Ok(inner) => inner,
             Err(error) => Err(error.to_string()),

@@ -8,11 +8,15 @@ pub mod backup;
 pub mod dehydrated;
 pub mod keys;
 pub mod media;
+pub mod notifier;
 pub mod profile;
+pub mod receipts;
 pub mod rooms;
 pub mod server_keys;
 pub mod sessions;
+pub mod sync;
 pub mod to_device;
+pub mod typing;
 pub mod uiaa;
 
 use std::{
@@ -36,6 +40,11 @@ pub struct Services {
     pub to_device: to_device::ToDevice,
     pub backup: backup::Backup,
     pub media: media::Media,
+    /// Wakes long-polling syncs when a stream moves.
+    pub notifier: Arc<notifier::Notifier>,
+    /// Typing notifications (in memory).
+    pub typing: typing::Typing,
+    pub receipts: receipts::Receipts,
 }
 
 impl Services {
@@ -51,20 +60,29 @@ impl Services {
         let server_keys = Arc::new(server_keys::ServerKeys::load_or_create(&db, config.server_name.clone())?);
         let key_changes =
             Arc::new(crate::storage::IdAllocator::after_last_key(&db, &crate::storage::key_tables::KEY_CHANGES)?);
+        let notifier = Arc::new(notifier::Notifier::new());
         Ok(Arc::new(Self {
             media,
-            rooms: rooms::Rooms::new(db.clone(), config.server_name.clone(), server_keys)?,
-            keys: keys::Keys::new(db.clone(), key_changes.clone()),
-            to_device: to_device::ToDevice::new(db.clone()),
+            rooms: rooms::Rooms::new(db.clone(), config.server_name.clone(), server_keys, notifier.clone())?,
+            keys: keys::Keys::new(db.clone(), key_changes.clone(), notifier.clone()),
+            to_device: to_device::ToDevice::new(db.clone(), notifier.clone()),
             backup: backup::Backup::new(db.clone()),
             accounts: accounts::Accounts::new(db.clone(), config.server_name.clone()),
-            sessions: sessions::Sessions::new(db.clone(), config.refreshable_access_token_lifetime_secs, key_changes),
+            sessions: sessions::Sessions::new(
+                db.clone(),
+                config.refreshable_access_token_lifetime_secs,
+                key_changes,
+                notifier.clone(),
+            ),
             profile: profile::Profiles::new(db.clone()),
             uiaa: uiaa::Uiaa::new(non_empty(&config.registration_token)),
-            account_data: account_data::AccountData::new(db.clone()),
+            account_data: account_data::AccountData::new(db.clone(), notifier.clone()),
+            receipts: receipts::Receipts::new(db.clone(), notifier.clone()),
             admin_register: admin_register::AdminRegister::new(non_empty(&config.registration_shared_secret)),
             config,
             db,
+            typing: typing::Typing::new(notifier.clone()),
+            notifier,
         }))
     }
 }

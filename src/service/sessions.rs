@@ -13,6 +13,7 @@ use std::{
 use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
 use sha2::{Digest, Sha256};
 
+use super::notifier::Notifier;
 use super::{now_ms, random_string};
 use crate::{
     Error, Result,
@@ -30,6 +31,8 @@ pub struct Sessions {
     db: Db,
     /// Deleting a device changes its user's device list (see `keys`).
     key_changes: Arc<IdAllocator>,
+    /// Woken when a device list changes.
+    notifier: Arc<Notifier>,
     refreshable_lifetime: Duration,
     /// When each device's last-seen time was last written, to bound those writes.
     last_seen_written: Mutex<HashMap<(OwnedUserId, OwnedDeviceId), u64>>,
@@ -62,10 +65,11 @@ fn new_device_id() -> OwnedDeviceId {
 }
 
 impl Sessions {
-    pub fn new(db: Db, refreshable_lifetime_secs: u64, key_changes: Arc<IdAllocator>) -> Self {
+    pub fn new(db: Db, refreshable_lifetime_secs: u64, key_changes: Arc<IdAllocator>, notifier: Arc<Notifier>) -> Self {
         Self {
             db,
             key_changes,
+            notifier,
             refreshable_lifetime: Duration::from_secs(refreshable_lifetime_secs.max(1)),
             last_seen_written: Mutex::new(HashMap::new()),
         }
@@ -257,7 +261,8 @@ impl Sessions {
     pub async fn delete_devices(&self, user_id: &UserId, device_ids: Vec<OwnedDeviceId>) -> Result<()> {
         let user_id = user_id.to_owned();
         let key_changes = self.key_changes.clone();
-        self.db
+        let result = self
+            .db
             .run(move |db| {
                 let mut batch = Batch::new();
                 for device_id in device_ids {
@@ -279,7 +284,10 @@ impl Sessions {
                 }
                 Ok(db.write(batch)?)
             })
-            .await
+            .await;
+        // Device lists changed: wake waiting syncs.
+        self.notifier.poke();
+        result
     }
 
     /// Deletes every device of the user except `keep`.

@@ -1,7 +1,11 @@
 //! To-device messages: stored per receiving device until that device acknowledges them (by
 //! syncing past them), so they survive restarts; `sendToDevice` is idempotent per transaction.
 
+use std::sync::Arc;
+
 use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
+
+use super::notifier::Notifier;
 use serde_json::value::RawValue;
 
 use crate::{
@@ -23,12 +27,13 @@ pub enum Target {
 
 pub struct ToDevice {
     db: Db,
+    notifier: Arc<Notifier>,
     lock: tokio::sync::Mutex<()>,
 }
 
 impl ToDevice {
-    pub fn new(db: Db) -> Self {
-        Self { db, lock: tokio::sync::Mutex::new(()) }
+    pub fn new(db: Db, notifier: Arc<Notifier>) -> Self {
+        Self { db, notifier, lock: tokio::sync::Mutex::new(()) }
     }
 
     /// Queues messages for local devices, once per (sender device, transaction ID). Returns
@@ -44,7 +49,8 @@ impl ToDevice {
         let txn = (sender.to_owned(), sender_device.to_owned(), txn_id.to_owned());
         let (sender, event_type) = (sender.to_owned(), event_type.to_owned());
         let _guard = self.lock.lock().await;
-        self.db
+        let result = self
+            .db
             .run(move |db| {
                 if TO_DEVICE_TRANSACTIONS.contains(db, &txn)? {
                     return Ok(false);
@@ -73,7 +79,10 @@ impl ToDevice {
                 db.write(batch)?;
                 Ok(true)
             })
-            .await
+            .await;
+        // New messages: wake waiting syncs.
+        self.notifier.poke();
+        result
     }
 
     /// The newest position handed out (for sync tokens).

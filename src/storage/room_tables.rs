@@ -50,6 +50,13 @@ pub const CURRENT_STATE: Table<(u64, u64), u64> = Table::new("current_state");
 pub const USER_ROOMS: Table<(OwnedUserId, OwnedRoomId), UserMembership> = Table::new("user_rooms");
 /// (user, device, transaction ID) -> event ID, for idempotent sends.
 pub const TRANSACTIONS: Table<(OwnedUserId, String, String), String> = Table::new("transactions");
+/// (room, receipt type, user, thread or "") -> the user's newest receipt of that type.
+pub const RECEIPTS: Table<(OwnedRoomId, String, OwnedUserId, String), ReceiptRecord> = Table::new("receipts");
+/// Receipt stream position -> which receipt was written (for incremental syncs).
+pub const RECEIPT_CHANGES: Table<u64, ReceiptChange> = Table::new("receipt_changes");
+/// Event ID -> (device, transaction ID) of local events sent with a transaction ID, for
+/// `unsigned.transaction_id` in the sender's device's syncs.
+pub const EVENT_TRANSACTIONS: Table<String, (String, String)> = Table::new("event_transactions");
 /// Room alias -> room.
 pub const ALIASES: Table<String, AliasRecord> = Table::new("aliases");
 /// (room, alias) -> (): the local aliases of a room.
@@ -79,6 +86,9 @@ pub const ROOM_TABLES: &[&str] = &[
     CURRENT_STATE.name,
     USER_ROOMS.name,
     TRANSACTIONS.name,
+    EVENT_TRANSACTIONS.name,
+    RECEIPTS.name,
+    RECEIPT_CHANGES.name,
     ALIASES.name,
     ROOM_ALIASES.name,
     PUBLIC_ROOMS.name,
@@ -146,3 +156,24 @@ pub struct AliasRecord {
     pub creator: OwnedUserId,
 }
 impl JsonValue for AliasRecord {}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReceiptRecord {
+    pub event_id: String,
+    pub ts: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread_id: Option<String>,
+    /// Receipt stream position of this write.
+    pub position: u64,
+}
+impl JsonValue for ReceiptRecord {}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReceiptChange {
+    pub room: OwnedRoomId,
+    pub receipt_type: String,
+    pub user: OwnedUserId,
+    /// The thread, or empty.
+    pub thread: String,
+}
+impl JsonValue for ReceiptChange {}

@@ -23,4 +23,5 @@ mod register;
 mod room_helpers;
 mod rooms;
 mod state_keys;
+mod sync;
 mod upgrade;

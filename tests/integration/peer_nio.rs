@@ -1,16 +1,16 @@
 //! A real third-party client: matrix-nio (PyPI) registers, logs in, uses the profile and
-//! devices, and logs out against Trellis. `.ci/run` installs matrix-nio; `TRELLIS_PYTHON`
+//! devices, and logs out against Trellis; and two nio clients sync and read each other's
+//! messages. `.ci/run` installs matrix-nio; `TRELLIS_PYTHON`
 //! names the interpreter that has it (default `python3`).
 
 use std::process::Command;
 
 use crate::harness::TestServer;
 
-#[tokio::test]
-async fn matrix_nio_registers_logs_in_and_out() {
+/// Runs a matrix-nio script against a fresh server and asserts it printed `OK`.
+async fn run_nio_script(script: &'static str) {
     let server = TestServer::start().await;
     let python = std::env::var("TRELLIS_PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/nio_accounts.py");
     let base_url = server.base_url.clone();
     let output = tokio::task::spawn_blocking(move || Command::new(python).arg(script).arg(base_url).output())
         .await
@@ -19,4 +19,15 @@ async fn matrix_nio_registers_logs_in_and_out() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success() && stdout.contains("OK"), "nio failed:\n{stdout}\n{stderr}");
+}
+
+#[tokio::test]
+async fn matrix_nio_registers_logs_in_and_out() {
+    run_nio_script(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/nio_accounts.py")).await;
+}
+
+/// Two nio clients: an invite, a join, and a message read through a long-polling sync.
+#[tokio::test]
+async fn matrix_nio_syncs_and_reads_a_message() {
+    run_nio_script(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/nio_sync.py")).await;
 }

@@ -18,7 +18,10 @@ use serde_json::Value;
 use crate::{
     Error, Result,
     api::{RumaRouter, extract::Ruma},
-    service::{Services, rooms::NewEvent},
+    service::{
+        Services,
+        rooms::{NewEvent, Transaction},
+    },
     storage::ScanDirection,
 };
 
@@ -48,8 +51,10 @@ async fn send(
         return Err(Error::bad_json("Event content must be a JSON object"));
     }
     let kind = TimelineEventType::from(body.event_type.to_string());
-    let accepted = services.rooms.send(&body.room_id, &sender.user_id, NewEvent::message(kind, content)).await?;
-    services.rooms.record_transaction(&sender.user_id, device, body.txn_id.as_str(), &accepted.event_id).await?;
+    let transaction =
+        Transaction { device: device.to_owned(), key: body.txn_id.to_string(), client_txn: body.txn_id.to_string() };
+    let event = NewEvent::message(kind, content);
+    let accepted = services.rooms.send_with_transaction(&body.room_id, &sender.user_id, event, transaction).await?;
     Ok(send_message_event::v3::Response::new(accepted.event_id))
 }
 
@@ -80,8 +85,8 @@ async fn redact(
         state_key: None,
         redacts: Some(target.pdu.event_id.clone()),
     };
-    let accepted = services.rooms.send(&body.room_id, &sender.user_id, event).await?;
-    services.rooms.record_transaction(&sender.user_id, device, &txn, &accepted.event_id).await?;
+    let transaction = Transaction { device: device.to_owned(), key: txn, client_txn: body.txn_id.to_string() };
+    let accepted = services.rooms.send_with_transaction(&body.room_id, &sender.user_id, event, transaction).await?;
     Ok(redact_event::v3::Response::new(accepted.event_id))
 }
 

@@ -13,12 +13,15 @@ pub mod media;
 pub mod membership;
 pub mod message;
 pub mod profile;
+pub mod receipt;
 pub mod register;
 pub mod report;
 pub mod room;
 pub mod session;
 pub mod state;
+pub mod sync;
 pub mod to_device;
+pub mod typing;
 pub mod upgrade;
 
 use std::sync::Arc;
@@ -47,5 +50,8 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = context::routes(router);
     let router = report::routes(router);
     let router = upgrade::routes(router);
+    let router = sync::routes(router);
+    let router = typing::routes(router);
+    let router = receipt::routes(router);
     account_data::routes(router)
 }

@@ -22,8 +22,8 @@ use crate::{
     storage::{
         Batch, Db,
         room_tables::{
-            AUTH_CHAINS, CURRENT_STATE, EVENT_META, EVENT_STREAM, EventMeta, FORWARD_EXTREMITIES, PDUS, ROOMS,
-            RoomRecord, TIMELINE, USER_ROOMS, UserMembership,
+            AUTH_CHAINS, CURRENT_STATE, EVENT_META, EVENT_STREAM, EVENT_TRANSACTIONS, EventMeta, FORWARD_EXTREMITIES,
+            PDUS, ROOMS, RoomRecord, TIMELINE, TRANSACTIONS, USER_ROOMS, UserMembership,
         },
     },
 };
@@ -67,6 +67,17 @@ fn forbidden(message: impl std::fmt::Display) -> Error {
     Error::forbidden(format!("Event not authorised: {message}"))
 }
 
+/// The client transaction that produced a local event, recorded in the event's own batch so a
+/// sync that sees the event also sees its transaction ID.
+#[derive(Debug, Clone)]
+pub struct Transaction {
+    pub device: String,
+    /// The key of the idempotency record (the transaction ID, prefixed per endpoint).
+    pub key: String,
+    /// The transaction ID as the client gave it (for `unsigned.transaction_id`).
+    pub client_txn: String,
+}
+
 impl RoomCore {
     /// Accepts one event into its room. The caller holds the room's lock.
     pub(super) fn accept(
@@ -75,6 +86,18 @@ impl RoomCore {
         expected_room: Option<&ruma::RoomId>,
         version: &RoomVersionId,
         json: CanonicalJsonObject,
+    ) -> Result<Accepted> {
+        self.accept_with(db, expected_room, version, json, None)
+    }
+
+    /// [`accept`](Self::accept), recording the client transaction that produced the event.
+    pub(super) fn accept_with(
+        &self,
+        db: &Db,
+        expected_room: Option<&ruma::RoomId>,
+        version: &RoomVersionId,
+        json: CanonicalJsonObject,
+        transaction: Option<&Transaction>,
     ) -> Result<Accepted> {
         let rules = version.rules().ok_or_else(|| {
             Error::new(StatusCode::BAD_REQUEST, ErrorKind::UnsupportedRoomVersion, "Unsupported room version")
@@ -170,7 +193,7 @@ impl RoomCore {
             }
             _ => false,
         };
-        self.persist(db, &rules, version, pdu, before_group, state_before, room_record, soft_failed)
+        self.persist(db, &rules, version, pdu, before_group, state_before, room_record, soft_failed, transaction)
     }
 
     /// The state-dependent auth rules against a state map.
@@ -195,8 +218,14 @@ impl RoomCore {
         state_before: Arc<ShortStateMap>,
         room_record: Option<RoomRecord>,
         soft_failed: bool,
+        transaction: Option<&Transaction>,
     ) -> Result<Accepted> {
         let mut batch = Batch::new();
+        if let Some(txn) = transaction {
+            let key = (pdu.sender.clone(), txn.device.clone(), txn.key.clone());
+            batch.put(&TRANSACTIONS, &key, &pdu.event_id.to_string())?;
+            batch.put(&EVENT_TRANSACTIONS, &pdu.event_id.to_string(), &(txn.device.clone(), txn.client_txn.clone()))?;
+        }
         let short_room = self.interner.short_room_or_new(db, &mut batch, &pdu.room_id)?;
         let short_event = self.interner.short_event_or_new(db, &mut batch, &pdu.event_id)?;
 
@@ -232,7 +261,9 @@ impl RoomCore {
         batch.put(&AUTH_CHAINS, &short_event, &chain)?;
         let pending = Pending { short_event, pdu: &pdu, auth_chain: &chain, state_key: pending_key };
 
-        let position = (!soft_failed).then(|| self.positions.next());
+        // Held until the batch is written: readers never look past an uncommitted position.
+        let reserved = (!soft_failed).then(|| self.positions.reserve());
+        let position = reserved.as_ref().map(|r| r.position);
         let json = serde_json::value::to_raw_value(&pdu.json).map_err(|e| Error::internal(e.to_string()))?;
         batch.put(&PDUS, &short_event, &json)?;
         batch.put(
@@ -306,6 +337,7 @@ impl RoomCore {
             )?;
         }
         db.write(batch)?;
+        drop(reserved);
         Ok(Accepted { event_id: pdu.event_id, position, soft_failed })
     }
 

@@ -18,6 +18,8 @@ mod redaction;
 mod reports;
 mod short;
 mod state;
+mod stream;
+mod sync_read;
 mod upgrade;
 
 use std::{
@@ -30,9 +32,11 @@ use ruma::{
     room_version_rules::RoomVersionRules,
 };
 
-pub use accept::Accepted;
+pub use accept::{Accepted, Transaction};
 pub use build::NewEvent;
 pub use pdu::Pdu;
+pub use read::StoredEvent;
+pub use sync_read::{EventPredicate, MemberSummary, StateSelection, TimelineWindow};
 
 /// The `membership` of a member event.
 pub fn membership_of(pdu: &Pdu) -> String {
@@ -43,8 +47,8 @@ use super::server_keys::ServerKeys;
 use crate::{
     Error, Result,
     storage::{
-        Db, IdAllocator,
-        room_tables::{EVENT_STREAM, PDUS, ROOMS},
+        Db,
+        room_tables::{PDUS, ROOMS},
     },
 };
 
@@ -56,7 +60,7 @@ pub struct RoomCore {
     interner: short::Interner,
     state: state::StateGroups,
     /// Stream positions of the timeline.
-    positions: IdAllocator,
+    positions: stream::StreamAllocator,
 }
 
 pub struct Rooms {
@@ -92,11 +96,16 @@ impl RoomCore {
 }
 
 impl Rooms {
-    pub fn new(db: Db, server_name: OwnedServerName, keys: Arc<ServerKeys>) -> Result<Self> {
+    pub fn new(
+        db: Db,
+        server_name: OwnedServerName,
+        keys: Arc<ServerKeys>,
+        notifier: Arc<crate::service::notifier::Notifier>,
+    ) -> Result<Self> {
         let core = RoomCore {
             interner: short::Interner::new(&db)?,
             state: state::StateGroups::new(&db)?,
-            positions: IdAllocator::after_last_key(&db, &EVENT_STREAM)?,
+            positions: stream::StreamAllocator::new(&db, notifier)?,
             db,
             server_name,
             keys,
@@ -143,6 +152,27 @@ impl Rooms {
             let (_, version) = core.version_of(db, &room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
             let json = core.build(db, Some(&room_id), &version, &sender, event, prev_events)?;
             core.accept(db, Some(&room_id), &version, json)
+        })
+        .await
+    }
+
+    /// Like [`send`](Self::send), for a client request with a transaction ID: the idempotency
+    /// record and the event's transaction ID are written in the event's own batch.
+    pub async fn send_with_transaction(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        event: NewEvent,
+        transaction: Transaction,
+    ) -> Result<Accepted> {
+        let lock = self.lock_for(room_id)?;
+        let _guard = lock.lock().await;
+        let room_id = room_id.to_owned();
+        let sender = sender.to_owned();
+        self.run(move |core, db| {
+            let (_, version) = core.version_of(db, &room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
+            let json = core.build(db, Some(&room_id), &version, &sender, event, None)?;
+            core.accept_with(db, Some(&room_id), &version, json, Some(&transaction))
         })
         .await
     }

@@ -35,7 +35,13 @@ impl RoomCore {
         Ok(Some(self.event_by_short(db, *short, &rules)?))
     }
 
-    fn current_state_event(&self, db: &Db, short_room: u64, kind: &str, state_key: &str) -> Result<Option<Pdu>> {
+    pub(super) fn current_state_event(
+        &self,
+        db: &Db,
+        short_room: u64,
+        kind: &str,
+        state_key: &str,
+    ) -> Result<Option<Pdu>> {
         let Some(key) = self.interner.short_state_key(db, kind, state_key)? else { return Ok(None) };
         let Some(short) = CURRENT_STATE.get(db, &(short_room, key))? else { return Ok(None) };
         let rules = self.rules_of_room(db, short_room)?;
@@ -275,9 +281,10 @@ impl Rooms {
         .await
     }
 
-    /// The newest stream position handed out (for pagination tokens).
+    /// The newest stream position up to which every event is committed (for pagination and
+    /// sync tokens).
     pub fn current_position(&self) -> u64 {
-        self.core.positions.peek().saturating_sub(1)
+        self.core.positions.committed()
     }
 }
 
@@ -290,23 +297,6 @@ impl Rooms {
                 .get(db, &key)?
                 .map(|id| ruma::OwnedEventId::try_from(id).map_err(|e| Error::internal(e.to_string())))
                 .transpose()
-        })
-        .await
-    }
-
-    pub async fn record_transaction(
-        &self,
-        user: &UserId,
-        device: &str,
-        txn_id: &str,
-        event_id: &ruma::EventId,
-    ) -> Result<()> {
-        let key = (user.to_owned(), device.to_owned(), txn_id.to_owned());
-        let event_id = event_id.to_string();
-        self.run(move |_, db| {
-            let mut batch = crate::storage::Batch::new();
-            batch.put(&crate::storage::room_tables::TRANSACTIONS, &key, &event_id)?;
-            Ok(db.write(batch)?)
         })
         .await
     }

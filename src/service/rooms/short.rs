@@ -6,7 +6,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use ruma::{EventId, OwnedEventId, RoomId, events::StateEventType};
+use ruma::{EventId, OwnedEventId, OwnedRoomId, RoomId, events::StateEventType};
 
 use crate::{
     Error, Result,
@@ -75,6 +75,10 @@ impl Interner {
 
     pub fn short_room(&self, db: &Db, room_id: &RoomId) -> Result<Option<u64>> {
         Ok(SHORT_ROOM_IDS.get(db, &room_id.to_owned())?)
+    }
+
+    pub fn room_id(&self, db: &Db, short: u64) -> Result<OwnedRoomId> {
+        ROOM_IDS.get(db, &short)?.ok_or_else(|| Error::internal(format!("short room {short} unknown")))
     }
 
     pub fn short_room_or_new(&self, db: &Db, batch: &mut Batch, room_id: &RoomId) -> Result<u64> {

@@ -1,0 +1,152 @@
+//! Read receipts (`m.read`, `m.read.private`): the newest receipt per (room, type, user,
+//! thread), each write at the next position of the receipt stream (the `r` part of sync
+//! tokens), with a change log so an incremental sync sends only what changed.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::Arc,
+};
+
+use ruma::{EventId, OwnedRoomId, RoomId, UserId};
+use serde_json::{Map, Value, json};
+
+use super::notifier::Notifier;
+use crate::{
+    Result,
+    storage::{
+        Batch, Db, ScanDirection,
+        room_tables::{RECEIPT_CHANGES, RECEIPTS, ReceiptChange, ReceiptRecord},
+        tables::COUNTERS,
+    },
+};
+
+const COUNTER: &str = "receipt_position";
+/// Only its owner sees a private receipt.
+const PRIVATE: &str = "m.read.private";
+
+pub struct Receipts {
+    db: Db,
+    notifier: Arc<Notifier>,
+    /// Serialises positions, so every receipt up to the counter is committed.
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl Receipts {
+    pub fn new(db: Db, notifier: Arc<Notifier>) -> Self {
+        Self { db, notifier, lock: tokio::sync::Mutex::new(()) }
+    }
+
+    /// The newest receipt stream position.
+    pub async fn position(&self) -> Result<u64> {
+        self.db.run(|db| Ok(COUNTERS.get(db, &COUNTER.to_owned())?.unwrap_or(0))).await
+    }
+
+    /// Records `user`'s receipt of `receipt_type` at `event_id` (in `thread`, if any).
+    pub async fn set(
+        &self,
+        room: &RoomId,
+        user: &UserId,
+        receipt_type: &str,
+        event_id: &EventId,
+        thread: Option<&str>,
+    ) -> Result<()> {
+        let key = (room.to_owned(), receipt_type.to_owned(), user.to_owned(), thread.unwrap_or_default().to_owned());
+        let record = ReceiptRecord {
+            event_id: event_id.to_string(),
+            ts: super::now_ms(),
+            thread_id: thread.map(str::to_owned),
+            position: 0,
+        };
+        let _guard = self.lock.lock().await;
+        self.db
+            .run(move |db| {
+                let position = COUNTERS.get(db, &COUNTER.to_owned())?.unwrap_or(0) + 1;
+                let mut batch = Batch::new();
+                batch.put(&COUNTERS, &COUNTER.to_owned(), &position)?;
+                batch.put(&RECEIPTS, &key, &ReceiptRecord { position, ..record })?;
+                let (room, receipt_type, user, thread) = key;
+                batch.put(&RECEIPT_CHANGES, &position, &ReceiptChange { room, receipt_type, user, thread })?;
+                Ok(db.write(batch)?)
+            })
+            .await?;
+        self.notifier.poke();
+        Ok(())
+    }
+
+    /// The events of `user`'s unthreaded and main-thread read receipts (public and private).
+    pub async fn read_receipts(&self, room: &RoomId, user: &UserId) -> Result<Vec<String>> {
+        let (room, user) = (room.to_owned(), user.to_owned());
+        self.db
+            .run(move |db| {
+                let mut out = Vec::new();
+                for kind in ["m.read", PRIVATE] {
+                    for thread in ["", "main"] {
+                        let key = (room.clone(), kind.to_owned(), user.clone(), thread.to_owned());
+                        if let Some(record) = RECEIPTS.get(db, &key)? {
+                            out.push(record.event_id);
+                        }
+                    }
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    /// The `m.receipt` content per room for `user`: every receipt of `rooms` without `since`,
+    /// else those written in positions `(since, upto]`. Others' private receipts are left out.
+    pub async fn for_sync(
+        &self,
+        user: &UserId,
+        rooms: Vec<OwnedRoomId>,
+        since: Option<u64>,
+        upto: u64,
+    ) -> Result<HashMap<OwnedRoomId, Value>> {
+        let user = user.to_owned();
+        self.db
+            .run(move |db| {
+                let mut receipts = Vec::new();
+                match since {
+                    None => {
+                        for room in rooms {
+                            receipts.extend(RECEIPTS.scan_prefix(db, &(room,))?);
+                        }
+                    }
+                    Some(since) => {
+                        let wanted: BTreeSet<OwnedRoomId> = rooms.into_iter().collect();
+                        let changes = RECEIPT_CHANGES.scan_from(
+                            db,
+                            &since.saturating_add(1),
+                            ScanDirection::Forward,
+                            usize::MAX,
+                            |position| *position <= upto,
+                        )?;
+                        let keys: BTreeSet<_> = changes
+                            .into_iter()
+                            .filter(|(_, c)| wanted.contains(&c.room))
+                            .map(|(_, c)| (c.room, c.receipt_type, c.user, c.thread))
+                            .collect();
+                        for key in keys {
+                            if let Some(record) = RECEIPTS.get(db, &key)? {
+                                receipts.push((key, record));
+                            }
+                        }
+                    }
+                }
+                let mut out: HashMap<OwnedRoomId, Value> = HashMap::new();
+                for ((room, receipt_type, reader, _), record) in receipts {
+                    if receipt_type == PRIVATE && reader != user {
+                        continue;
+                    }
+                    let mut receipt = Map::new();
+                    receipt.insert("ts".to_owned(), json!(record.ts));
+                    if let Some(thread) = record.thread_id {
+                        receipt.insert("thread_id".to_owned(), json!(thread));
+                    }
+                    let content = out.entry(room).or_insert_with(|| json!({}));
+                    content[&record.event_id][&receipt_type][reader.as_str()] = Value::Object(receipt);
+                }
+                Ok(out)
+            })
+            .await
+    }
+}

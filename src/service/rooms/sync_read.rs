@@ -1,0 +1,301 @@
+//! Reading rooms for sync: windows of a room's timeline between two stream positions, the state
+//! at a stream position and the difference between two such states, a user's membership at a
+//! position, the member summary and the stripped state shown with an invite.
+
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    sync::Arc,
+};
+
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
+
+use super::{Pdu, RoomCore, Rooms, accept::membership_in, read::StoredEvent};
+use crate::{
+    Error, Result,
+    storage::{
+        Db, ScanDirection,
+        room_tables::{CURRENT_STATE, EVENT_META, EVENT_STREAM, EVENT_TRANSACTIONS, TIMELINE},
+    },
+};
+
+/// Events a caller wants, decided on the event itself (filters).
+pub type EventPredicate = Arc<dyn Fn(&Pdu) -> bool + Send + Sync>;
+
+/// The newest events of a timeline window, oldest first.
+#[derive(Debug, Default)]
+pub struct TimelineWindow {
+    pub events: Vec<StoredEvent>,
+    /// More wanted events lie in the window before the first one returned.
+    pub limited: bool,
+}
+
+/// Event types a caller wants.
+pub type TypePredicate = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// Which state events a sync wants.
+#[derive(Clone)]
+pub struct StateSelection {
+    /// Decides on the event type.
+    pub keep: TypePredicate,
+    /// Lazy-loading members: only these users' member events are sent...
+    pub lazy_members: Option<HashSet<String>>,
+    /// ...and these even when unchanged (the senders of the timeline).
+    pub always_members: HashSet<String>,
+}
+
+/// Member counts and heroes for a room summary.
+#[derive(Debug, Default)]
+pub struct MemberSummary {
+    pub joined: u64,
+    pub invited: u64,
+    /// Up to five other joined or invited members, by user ID.
+    pub heroes: Vec<OwnedUserId>,
+}
+
+/// The most events one timeline window looks at.
+const MAX_WINDOW_SCAN: usize = 2000;
+
+/// The most events [`Rooms::rooms_with_events`] reads.
+const MAX_CHANGED_SCAN: usize = 5000;
+
+/// State event types shown with an invite (besides the member events).
+const INVITE_STATE_TYPES: &[&str] = &[
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+];
+
+impl RoomCore {
+    /// The state group after the room's last timeline event at or before `position`.
+    fn state_group_at(&self, db: &Db, short_room: u64, position: u64) -> Result<Option<u64>> {
+        let last =
+            TIMELINE.scan_from(db, &(short_room, position), ScanDirection::Reverse, 1, |(r, _)| *r == short_room)?;
+        let Some((_, short)) = last.first() else { return Ok(None) };
+        Ok(EVENT_META.get(db, short)?.map(|meta| meta.state_after))
+    }
+
+    fn short_room_of(&self, db: &Db, room_id: &RoomId) -> Result<u64> {
+        self.interner.short_room(db, room_id)?.ok_or_else(|| Error::not_found("Unknown room"))
+    }
+}
+
+impl Rooms {
+    /// The newest `limit` events in stream positions `(after, upto]` that `user` may see and
+    /// `wanted` accepts. A user always sees their own membership events (so a leave is shown).
+    pub async fn timeline_window(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        after: Option<u64>,
+        upto: u64,
+        limit: usize,
+        wanted: EventPredicate,
+    ) -> Result<TimelineWindow> {
+        let (user, room_id) = (user.to_owned(), room_id.to_owned());
+        self.run(move |core, db| {
+            let short_room = core.short_room_of(db, &room_id)?;
+            let rules = core.rules_of_room(db, short_room)?;
+            let floor = after.unwrap_or(0);
+            let mut newest_first = Vec::new();
+            let mut limited = false;
+            let mut scanned = 0;
+            let mut cursor = upto;
+            'pages: while cursor > floor {
+                let page =
+                    TIMELINE.scan_from(db, &(short_room, cursor), ScanDirection::Reverse, 100, |(room, p)| {
+                        *room == short_room && *p > floor
+                    })?;
+                for (_, short) in &page {
+                    // Bounded work when little is visible (a long history hidden from a new
+                    // member): the window is then cut short and marked limited.
+                    scanned += 1;
+                    if scanned > MAX_WINDOW_SCAN {
+                        limited = true;
+                        break 'pages;
+                    }
+                    let Some(meta) = EVENT_META.get(db, short)? else { continue };
+                    let visible = core.can_see(db, &user, short_room, &meta)?;
+                    let pdu = core.event_for_client(db, *short, &rules)?;
+                    let own_membership = pdu.state_key.as_deref() == Some(user.as_str())
+                        && pdu.kind == ruma::events::TimelineEventType::RoomMember;
+                    if !(visible || own_membership) || !wanted(&pdu) {
+                        continue;
+                    }
+                    if newest_first.len() >= limit {
+                        limited = true;
+                        break 'pages;
+                    }
+                    newest_first.push(StoredEvent { pdu, meta });
+                }
+                match page.last() {
+                    Some(((_, position), _)) if page.len() == 100 => cursor = position.saturating_sub(1),
+                    _ => break,
+                }
+            }
+            newest_first.reverse();
+            Ok(TimelineWindow { events: newest_first, limited })
+        })
+        .await
+    }
+
+    /// State events of the room at stream position `to` (after its last event at or before
+    /// it): all of them when `from` is `None`, else those that differ from the state at `from`;
+    /// narrowed by `selection`.
+    pub async fn sync_state(
+        &self,
+        room_id: &RoomId,
+        from: Option<u64>,
+        to: u64,
+        selection: StateSelection,
+    ) -> Result<Vec<Pdu>> {
+        let room_id = room_id.to_owned();
+        self.run(move |core, db| {
+            let short_room = core.short_room_of(db, &room_id)?;
+            let rules = core.rules_of_room(db, short_room)?;
+            let Some(to_group) = core.state_group_at(db, short_room, to)? else { return Ok(Vec::new()) };
+            let to_map = core.state.load(db, to_group)?;
+            let from_group = match from {
+                Some(position) => core.state_group_at(db, short_room, position)?,
+                None => None,
+            };
+            // Nothing changed and no member is wanted regardless: skip walking the state.
+            if from_group == Some(to_group) && selection.always_members.is_empty() {
+                return Ok(Vec::new());
+            }
+            let from_map = match from_group {
+                Some(group) => Some(core.state.load(db, group)?),
+                None => None,
+            };
+            let mut out = Vec::new();
+            for (key, event) in to_map.iter() {
+                let names = core.interner.state_key(db, *key)?;
+                let kind = names.0.to_string();
+                if !(selection.keep)(&kind) {
+                    continue;
+                }
+                let changed = from_map.as_ref().is_none_or(|map| map.get(key) != Some(event));
+                let wanted = match &selection.lazy_members {
+                    Some(lazy) if kind == "m.room.member" => {
+                        lazy.contains(&names.1) && (changed || selection.always_members.contains(&names.1))
+                    }
+                    _ => changed,
+                };
+                if wanted {
+                    out.push(core.event_for_client(db, *event, &rules)?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// The rooms with events in stream positions `(after, upto]`, or `None` when there are
+    /// more than [`MAX_CHANGED_SCAN`] events to look at (the caller then checks every room).
+    pub async fn rooms_with_events(&self, after: u64, upto: u64) -> Result<Option<HashSet<OwnedRoomId>>> {
+        self.run(move |core, db| {
+            let events = EVENT_STREAM.scan_from(
+                db,
+                &after.saturating_add(1),
+                ScanDirection::Forward,
+                MAX_CHANGED_SCAN + 1,
+                |position| *position <= upto,
+            )?;
+            if events.len() > MAX_CHANGED_SCAN {
+                return Ok(None);
+            }
+            let shorts: BTreeSet<u64> = events.into_iter().map(|(_, (room, _))| room).collect();
+            let mut rooms = HashSet::with_capacity(shorts.len());
+            for short in shorts {
+                rooms.insert(core.interner.room_id(db, short)?);
+            }
+            Ok(Some(rooms))
+        })
+        .await
+    }
+
+    /// The (device, transaction ID) of each of these events that has one.
+    pub async fn transaction_ids(&self, event_ids: Vec<String>) -> Result<HashMap<String, (String, String)>> {
+        self.run(move |_, db| {
+            let mut out = HashMap::new();
+            for event_id in event_ids {
+                if let Some(txn) = EVENT_TRANSACTIONS.get(db, &event_id)? {
+                    out.insert(event_id, txn);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// `user`'s membership in the room at stream position `position`.
+    pub async fn membership_at(&self, user: &UserId, room_id: &RoomId, position: u64) -> Result<Option<String>> {
+        let (user, room_id) = (user.to_owned(), room_id.to_owned());
+        self.run(move |core, db| {
+            let short_room = core.short_room_of(db, &room_id)?;
+            let Some(group) = core.state_group_at(db, short_room, position)? else { return Ok(None) };
+            Ok(core.state_in_group(db, group, "m.room.member", user.as_str())?.map(|pdu| membership_in(&pdu.content)))
+        })
+        .await
+    }
+
+    /// Joined and invited counts of the current state, and heroes other than `user`.
+    pub async fn member_summary(&self, room_id: &RoomId, user: &UserId) -> Result<MemberSummary> {
+        let (room_id, user) = (room_id.to_owned(), user.to_owned());
+        self.run(move |core, db| {
+            let short_room = core.short_room_of(db, &room_id)?;
+            let rules = core.rules_of_room(db, short_room)?;
+            let mut summary = MemberSummary::default();
+            let mut heroes = BTreeSet::new();
+            for ((_, key), short) in CURRENT_STATE.scan_prefix(db, &(short_room,))? {
+                let names = core.interner.state_key(db, key)?;
+                if names.0 != ruma::events::StateEventType::RoomMember {
+                    continue;
+                }
+                let pdu = core.event_by_short(db, short, &rules)?;
+                let membership = membership_in(&pdu.content);
+                match membership.as_str() {
+                    "join" => summary.joined += 1,
+                    "invite" => summary.invited += 1,
+                    _ => continue,
+                }
+                if names.1 != user.as_str()
+                    && let Ok(member) = OwnedUserId::try_from(names.1.as_str())
+                {
+                    heroes.insert(member);
+                }
+            }
+            summary.heroes = heroes.into_iter().take(5).collect();
+            Ok(summary)
+        })
+        .await
+    }
+
+    /// The state shown with an invite: the room's basic state events, the invited user's
+    /// member event and the inviter's.
+    pub async fn invite_state(&self, room_id: &RoomId, user: &UserId) -> Result<Vec<Pdu>> {
+        let (room_id, user) = (room_id.to_owned(), user.to_owned());
+        self.run(move |core, db| {
+            let short_room = core.short_room_of(db, &room_id)?;
+            let mut out = Vec::new();
+            for kind in INVITE_STATE_TYPES {
+                if let Some(pdu) = core.current_state_event(db, short_room, kind, "")? {
+                    out.push(pdu);
+                }
+            }
+            if let Some(invite) = core.current_state_event(db, short_room, "m.room.member", user.as_str())? {
+                let inviter = invite.sender.clone();
+                out.push(invite);
+                if inviter != user
+                    && let Some(member) = core.current_state_event(db, short_room, "m.room.member", inviter.as_str())?
+                {
+                    out.push(member);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}

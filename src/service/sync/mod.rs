@@ -1,0 +1,156 @@
+//! `/sync`: what changed for a user between two sync tokens. A sync reads every stream up to
+//! its positions at the start (the "snapshot"), builds the rooms and account data parts, and,
+//! when an incremental sync finds nothing and the client asked to wait, waits on the
+//! [`Notifier`](super::notifier::Notifier) until a stream moves or the timeout passes.
+//!
+//! Files: `token.rs` (the token format), `filter.rs` (resolving and applying filters),
+//! `rooms.rs` (the joined, invited and left rooms), `unread.rs` (unread counts by push
+//! rules), `e2ee.rs` (to-device messages, device
+//! lists, key counts).
+
+mod e2ee;
+mod filter;
+mod rooms;
+mod token;
+mod unread;
+
+use std::{collections::HashMap, time::Duration};
+
+use ruma::{
+    DeviceId, OwnedRoomId, UserId,
+    api::client::{filter::FilterDefinition, sync::sync_events::v3},
+    serde::Raw,
+};
+use serde::Serialize;
+
+pub use token::SyncToken;
+
+use super::{Services, account_data::AccountDataEntry};
+use crate::{Error, Result};
+
+/// The longest a sync waits, whatever the client asks.
+const MAX_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A sync request, as the handler passes it on.
+#[derive(Debug, Default)]
+pub struct SyncRequest {
+    pub filter: Option<v3::Filter>,
+    pub since: Option<String>,
+    pub full_state: bool,
+    pub timeout: Option<Duration>,
+}
+
+/// What every part of one sync shares.
+struct Context<'a> {
+    services: &'a Services,
+    user: &'a UserId,
+    device: &'a DeviceId,
+    filter: &'a FilterDefinition,
+    since: Option<SyncToken>,
+    now: SyncToken,
+    full_state: bool,
+    /// Changed room account data, by room ID.
+    room_account_data: HashMap<String, Vec<AccountDataEntry>>,
+    /// `m.receipt` content of the joined rooms whose receipts changed.
+    receipts: HashMap<OwnedRoomId, serde_json::Value>,
+    /// The user's push rules, for unread counts.
+    ruleset: ruma::push::Ruleset,
+}
+
+/// Serialises a JSON value into a ruma `Raw`.
+fn raw_json<T, V: Serialize>(value: &V) -> Result<Raw<T>> {
+    serde_json::value::to_raw_value(value)
+        .map(Raw::from_json)
+        .map_err(|e| Error::internal(format!("cannot serialise event: {e}")))
+}
+
+fn raw_account_data<T>(entry: &AccountDataEntry) -> Result<Raw<T>> {
+    raw_json(&serde_json::json!({ "type": entry.event_type, "content": entry.content }))
+}
+
+/// Runs one `/sync` for `user`'s `device`.
+pub async fn sync(services: &Services, user: &UserId, device: &DeviceId, request: SyncRequest) -> Result<v3::Response> {
+    let since = request.since.as_deref().map(SyncToken::parse).transpose()?;
+    let filter = filter::resolve(&services.account_data, user, request.filter).await?;
+    let timeout = request.timeout.unwrap_or_default().min(MAX_TIMEOUT);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        // Subscribe before reading the streams: a change after the read wakes the wait below.
+        let mut changes = services.notifier.subscribe();
+        let now = SyncToken {
+            events: services.rooms.current_position(),
+            account_data: services.account_data.position().await?,
+            to_device: services.to_device.current_position().await?,
+            key_changes: services.keys.current_position(),
+            typing: services.typing.serial(),
+            receipts: services.receipts.position().await?,
+        };
+        // A token from the future (a restored database) counts as "now".
+        let since = since.map(|s| SyncToken {
+            events: s.events.min(now.events),
+            account_data: s.account_data.min(now.account_data),
+            to_device: s.to_device.min(now.to_device),
+            key_changes: s.key_changes.min(now.key_changes),
+            typing: s.typing.min(now.typing),
+            receipts: s.receipts.min(now.receipts),
+        });
+        let response = build(services, user, device, &filter, since, now, request.full_state).await?;
+        let empty = response.rooms.is_empty()
+            && response.account_data.is_empty()
+            && response.to_device.is_empty()
+            && response.device_lists.is_empty();
+        if since.is_none() || request.full_state || !empty || services.notifier.is_shutting_down() {
+            return Ok(response);
+        }
+        match tokio::time::timeout_at(deadline, changes.changed()).await {
+            Ok(Ok(())) => continue,
+            // Timed out (or the notifier is gone): an empty sync with the new token.
+            _ => return Ok(response),
+        }
+    }
+}
+
+async fn build(
+    services: &Services,
+    user: &UserId,
+    device: &DeviceId,
+    filter: &FilterDefinition,
+    since: Option<SyncToken>,
+    now: SyncToken,
+    full_state: bool,
+) -> Result<v3::Response> {
+    let (to_device, to_device_position) = e2ee::to_device(services, user, device, since, now.to_device).await?;
+    let next_batch = SyncToken { to_device: to_device_position, ..now };
+    let mut response = v3::Response::new(next_batch.to_string());
+    response.to_device.events = to_device;
+    if let Some(since) = since {
+        response.device_lists = e2ee::device_lists(services, user, since.key_changes, now.key_changes).await?;
+    }
+    let (counts, fallback) = e2ee::key_counts(services, user, device).await?;
+    response.device_one_time_keys_count = counts;
+    response.device_unused_fallback_key_types = Some(fallback);
+    let mut room_account_data: HashMap<String, Vec<AccountDataEntry>> = HashMap::new();
+    for entry in services.account_data.changes(user, since.map(|s| s.account_data), now.account_data).await? {
+        if entry.room.is_empty() {
+            if filter::account_data_allowed(&filter.account_data, &entry.event_type) {
+                response.account_data.events.push(raw_account_data(&entry)?);
+            }
+        } else {
+            room_account_data.entry(entry.room.clone()).or_default().push(entry);
+        }
+    }
+    let joined: Vec<OwnedRoomId> = services
+        .rooms
+        .user_rooms(user)
+        .await?
+        .into_iter()
+        .filter(|(_, m)| m.membership == "join")
+        .map(|(room, _)| room)
+        .collect();
+    let receipts = services.receipts.for_sync(user, joined, since.map(|s| s.receipts), now.receipts).await?;
+    let ruleset = unread::ruleset(services, user).await?;
+    let context =
+        Context { services, user, device, filter, since, now, full_state, room_account_data, receipts, ruleset };
+    response.rooms = rooms::collect(&context).await?;
+    Ok(response)
+}

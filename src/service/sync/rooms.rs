@@ -1,0 +1,286 @@
+//! The `rooms` part of a sync: which rooms to show (joined, invited, left) and, for each, the
+//! timeline window since the last sync, the state before it, room account data and the summary.
+
+use std::{collections::HashSet, sync::Arc};
+
+use ruma::{
+    OwnedRoomId, RoomId, UInt,
+    api::client::sync::sync_events::{
+        UnreadNotificationsCount,
+        v3::{
+            Ephemeral, InviteState, InvitedRoom, JoinedRoom, LeftRoom, RoomAccountData, RoomSummary, Rooms, State,
+            Timeline,
+        },
+    },
+    events::AnySyncStateEvent,
+    serde::Raw,
+};
+
+use super::{Context, filter, raw_account_data, raw_json, unread};
+use crate::{
+    Result,
+    service::rooms::{EventPredicate, Pdu, StateSelection},
+};
+
+/// A room's timeline and state for one sync.
+struct Section {
+    timeline: Timeline,
+    state: Vec<Raw<AnySyncStateEvent>>,
+}
+
+/// An event in the sync format (a client event without `room_id`).
+fn sync_event<T>(pdu: &Pdu) -> Result<Raw<T>> {
+    sync_event_with_txn(pdu, None)
+}
+
+/// An event in the sync format, with the transaction ID its sender's device gave it.
+fn sync_event_with_txn<T>(pdu: &Pdu, transaction_id: Option<&str>) -> Result<Raw<T>> {
+    let mut event = pdu.to_client_event();
+    if let Some(object) = event.as_object_mut() {
+        object.remove("room_id");
+        if let Some(txn) = transaction_id {
+            let unsigned = object.entry("unsigned").or_insert_with(|| serde_json::json!({}));
+            if let Some(unsigned) = unsigned.as_object_mut() {
+                unsigned.insert("transaction_id".to_owned(), txn.into());
+            }
+        }
+    }
+    raw_json(&event)
+}
+
+fn count(n: u64) -> Option<UInt> {
+    Some(UInt::try_from(n).unwrap_or(UInt::MAX))
+}
+
+/// Every room section of the sync.
+pub(super) async fn collect(ctx: &Context<'_>) -> Result<Rooms> {
+    let mut rooms = Rooms::new();
+    let since = ctx.since.map(|s| s.events);
+    let upto = ctx.now.events;
+    // Incrementally, a joined room without events or account data since is left out early.
+    let changed = match since {
+        Some(s) if !ctx.full_state => ctx.services.rooms.rooms_with_events(s, upto).await?,
+        _ => None,
+    };
+    for (room_id, record) in ctx.services.rooms.user_rooms(ctx.user).await? {
+        if record.forgotten || !filter::room_allowed(ctx.filter, &room_id) {
+            continue;
+        }
+        // A membership newer than this sync's snapshot: use the membership at the snapshot.
+        let (membership, position) = if record.position <= upto {
+            (record.membership.clone(), Some(record.position))
+        } else {
+            match ctx.services.rooms.membership_at(ctx.user, &room_id, upto).await? {
+                Some(membership) => (membership, None),
+                None => continue,
+            }
+        };
+        match membership.as_str() {
+            "join" => {
+                let quiet = changed.as_ref().is_some_and(|rooms| !rooms.contains(&room_id))
+                    && !ctx.room_account_data.contains_key(room_id.as_str())
+                    && ephemeral(ctx, &room_id)?.is_empty();
+                if quiet {
+                    continue;
+                }
+                if let Some(joined) = joined_room(ctx, &room_id, position).await? {
+                    rooms.join.insert(room_id, joined);
+                }
+            }
+            "invite" => {
+                let new = match since {
+                    None => true,
+                    Some(s) => changed_since(ctx, &room_id, &membership, position, s).await?,
+                };
+                if new {
+                    rooms.invite.insert(room_id.clone(), invited_room(ctx, &room_id).await?);
+                }
+            }
+            "leave" | "ban" => {
+                let show = match since {
+                    None => ctx.filter.room.include_leave,
+                    Some(s) => changed_since(ctx, &room_id, &membership, position, s).await?,
+                };
+                if show {
+                    let left = left_room(ctx, &room_id, position.unwrap_or(upto)).await?;
+                    rooms.leave.insert(room_id, left);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(rooms)
+}
+
+/// Whether the membership changed after stream position `since`.
+async fn changed_since(
+    ctx: &Context<'_>,
+    room_id: &RoomId,
+    membership: &str,
+    position: Option<u64>,
+    since: u64,
+) -> Result<bool> {
+    Ok(match position {
+        Some(position) => position > since,
+        None => ctx.services.rooms.membership_at(ctx.user, room_id, since).await?.as_deref() != Some(membership),
+    })
+}
+
+fn room_account_data(ctx: &Context<'_>, room_id: &RoomId) -> Result<RoomAccountData> {
+    let mut data = RoomAccountData::new();
+    let filter = &ctx.filter.room.account_data;
+    if !filter::room_event_room_allowed(filter, room_id) {
+        return Ok(data);
+    }
+    for entry in ctx.room_account_data.get(room_id.as_str()).into_iter().flatten() {
+        if filter::room_event_type_allowed(filter, &entry.event_type) {
+            data.events.push(raw_account_data(entry)?);
+        }
+    }
+    Ok(data)
+}
+
+/// Ephemeral events of a joined room: receipts and who is typing, when they changed since the
+/// last sync.
+fn ephemeral(ctx: &Context<'_>, room_id: &RoomId) -> Result<Ephemeral> {
+    let mut ephemeral = Ephemeral::new();
+    let filter = &ctx.filter.room.ephemeral;
+    if !filter::room_event_room_allowed(filter, room_id) {
+        return Ok(ephemeral);
+    }
+    if filter::room_event_type_allowed(filter, "m.receipt")
+        && let Some(content) = ctx.receipts.get(room_id)
+    {
+        ephemeral.events.push(raw_json(&serde_json::json!({ "type": "m.receipt", "content": content }))?);
+    }
+    if !filter::room_event_type_allowed(filter, "m.typing") {
+        return Ok(ephemeral);
+    }
+    if let Some(users) = ctx.services.typing.typing_since(room_id, ctx.since.map(|s| s.typing)) {
+        ephemeral.events.push(raw_json(&serde_json::json!({
+            "type": "m.typing",
+            "content": { "user_ids": users },
+        }))?);
+    }
+    Ok(ephemeral)
+}
+
+async fn joined_room(
+    ctx: &Context<'_>,
+    room_id: &OwnedRoomId,
+    membership_position: Option<u64>,
+) -> Result<Option<JoinedRoom>> {
+    let since = ctx.since.map(|s| s.events);
+    let newly_joined = match since {
+        None => true,
+        Some(s) => ctx.services.rooms.membership_at(ctx.user, room_id, s).await?.as_deref() != Some("join"),
+    };
+    let section = section(ctx, room_id, ctx.now.events, newly_joined).await?;
+    let account_data = room_account_data(ctx, room_id)?;
+    let ephemeral = ephemeral(ctx, room_id)?;
+    let unchanged = section.timeline.events.is_empty()
+        && section.state.is_empty()
+        && account_data.is_empty()
+        && ephemeral.is_empty();
+    if since.is_some() && !newly_joined && !ctx.full_state && unchanged {
+        return Ok(None);
+    }
+    let summary = ctx.services.rooms.member_summary(room_id, ctx.user).await?;
+    let mut room = JoinedRoom::new();
+    room.summary = RoomSummary::new();
+    room.summary.heroes = summary.heroes;
+    room.summary.joined_member_count = count(summary.joined);
+    room.summary.invited_member_count = count(summary.invited);
+    let (notifications, highlights) = unread::counts(ctx, room_id, summary.joined, membership_position).await?;
+    room.unread_notifications = UnreadNotificationsCount::new();
+    room.unread_notifications.highlight_count = count(highlights);
+    room.unread_notifications.notification_count = count(notifications);
+    room.timeline = section.timeline;
+    room.state = State::Before(section.state.into());
+    room.account_data = account_data;
+    room.ephemeral = ephemeral;
+    Ok(Some(room))
+}
+
+async fn left_room(ctx: &Context<'_>, room_id: &OwnedRoomId, left_at: u64) -> Result<LeftRoom> {
+    let full = ctx.since.is_none();
+    let section = section(ctx, room_id, left_at.min(ctx.now.events), full).await?;
+    let mut room = LeftRoom::new();
+    room.timeline = section.timeline;
+    room.state = State::Before(section.state.into());
+    room.account_data = room_account_data(ctx, room_id)?;
+    Ok(room)
+}
+
+async fn invited_room(ctx: &Context<'_>, room_id: &OwnedRoomId) -> Result<InvitedRoom> {
+    let events = ctx
+        .services
+        .rooms
+        .invite_state(room_id, ctx.user)
+        .await?
+        .iter()
+        .map(|pdu| raw_json(&pdu.to_stripped_state()))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(InvitedRoom::from(InviteState::from(events)))
+}
+
+/// The timeline window `(since, upto]` and the state before it: the state changes since the
+/// last sync (including those inside a gap), or the whole state when `full`.
+async fn section(ctx: &Context<'_>, room_id: &OwnedRoomId, upto: u64, full: bool) -> Result<Section> {
+    let since = ctx.since.map(|s| s.events);
+    let room_filter = &ctx.filter.room;
+    let timeline_filter = room_filter.timeline.clone();
+    let wanted: EventPredicate = if filter::room_event_room_allowed(&timeline_filter, room_id) {
+        Arc::new(move |pdu: &Pdu| filter::room_event_allowed(&timeline_filter, &pdu.kind.to_string(), &pdu.sender))
+    } else {
+        Arc::new(|_: &Pdu| false)
+    };
+    let limit = filter::timeline_limit(&room_filter.timeline);
+    let window = ctx.services.rooms.timeline_window(ctx.user, room_id, since, upto, limit, wanted).await?;
+    let first = window.events.first().and_then(|e| e.meta.position);
+
+    let senders: HashSet<String> = window.events.iter().map(|e| e.pdu.sender.to_string()).collect();
+    let lazy = !room_filter.state.lazy_load_options.is_disabled();
+    let state_filter = room_filter.state.clone();
+    let state_wanted = filter::room_event_room_allowed(&state_filter, room_id);
+    let selection = StateSelection {
+        keep: Arc::new(move |kind: &str| state_wanted && filter::room_event_type_allowed(&state_filter, kind)),
+        lazy_members: lazy.then(|| {
+            let mut members = senders.clone();
+            members.insert(ctx.user.to_string());
+            members
+        }),
+        always_members: senders,
+    };
+    let from = if full || ctx.full_state { None } else { since };
+    // The state before the first timeline event, or at the end when the timeline is empty.
+    let state_at = first.map_or(upto, |p| p.saturating_sub(1));
+    let state = ctx.services.rooms.sync_state(room_id, from, state_at, selection).await?;
+    let state = state
+        .iter()
+        .filter(|pdu| filter::room_event_allowed(&room_filter.state, &pdu.kind.to_string(), &pdu.sender))
+        .map(sync_event)
+        .collect::<Result<Vec<_>>>()?;
+
+    let mut timeline = Timeline::new();
+    timeline.limited = window.limited;
+    // `/messages?dir=b&from=P` returns the events before position P.
+    timeline.prev_batch = Some(first.unwrap_or(upto.saturating_add(1)).to_string());
+    // The syncing device's own events carry the transaction ID it sent them with.
+    let own: Vec<String> =
+        window.events.iter().filter(|e| e.pdu.sender == ctx.user).map(|e| e.pdu.event_id.to_string()).collect();
+    let transactions =
+        if own.is_empty() { Default::default() } else { ctx.services.rooms.transaction_ids(own).await? };
+    timeline.events = window
+        .events
+        .iter()
+        .map(|e| {
+            let txn = transactions
+                .get(e.pdu.event_id.as_str())
+                .filter(|(device, _)| device == ctx.device.as_str())
+                .map(|(_, txn)| txn.as_str());
+            sync_event_with_txn(&e.pdu, txn)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Section { timeline, state })
+}
