@@ -25,16 +25,66 @@ use crate::{
 
 pub struct Keys {
     db: Db,
-    changes: Arc<IdAllocator>,
+    changes: Arc<KeyChangeStream>,
     notifier: Arc<Notifier>,
     /// Serialises claims and uploads so a one-time key is handed out once.
     lock: tokio::sync::Mutex<()>,
 }
 
 /// Records in `batch` that `user`'s keys or devices changed.
-pub fn record_key_change(changes: &IdAllocator, batch: &mut Batch, user: &UserId) -> Result<()> {
-    batch.put(&KEY_CHANGES, &changes.next(), &user.to_owned())?;
-    Ok(())
+/// The caller keeps the returned reservation until the batch is written: until then readers do
+/// not look at or past its position.
+pub fn record_key_change<'a>(changes: &'a KeyChangeStream, batch: &mut Batch, user: &UserId) -> Result<Reserved<'a>> {
+    let reserved = changes.reserve();
+    batch.put(&KEY_CHANGES, &reserved.position, &user.to_owned())?;
+    Ok(reserved)
+}
+
+/// Positions of the key-change stream. Writes with positions commit concurrently, so position 7
+/// may land before 6: readers (sync, `/keys/changes`) only look up to the newest position below
+/// which every position is committed, or they could skip 6 for good.
+pub struct KeyChangeStream {
+    ids: IdAllocator,
+    in_flight: std::sync::Mutex<std::collections::BTreeSet<u64>>,
+}
+
+/// A reserved key-change position; dropping it (after the write, or on failure) releases it.
+pub struct Reserved<'a> {
+    pub position: u64,
+    stream: &'a KeyChangeStream,
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        self.stream.in_flight().remove(&self.position);
+    }
+}
+
+impl KeyChangeStream {
+    pub fn new(db: &Db) -> Result<Self> {
+        Ok(Self { ids: IdAllocator::after_last_key(db, &KEY_CHANGES)?, in_flight: Default::default() })
+    }
+
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<u64>> {
+        // The set holds plain numbers: a panic elsewhere cannot leave it inconsistent.
+        self.in_flight.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn reserve(&self) -> Reserved<'_> {
+        let mut in_flight = self.in_flight();
+        let position = self.ids.next();
+        in_flight.insert(position);
+        Reserved { position, stream: self }
+    }
+
+    /// The newest position below which (inclusive) every position is committed or abandoned.
+    pub fn committed(&self) -> u64 {
+        let in_flight = self.in_flight();
+        match in_flight.first() {
+            Some(first) => first.saturating_sub(1),
+            None => self.ids.peek().saturating_sub(1),
+        }
+    }
 }
 
 fn to_canonical(raw: &RawValue) -> Result<CanonicalJsonObject> {
@@ -75,13 +125,13 @@ fn verify_signed_by(object: &CanonicalJsonObject, signer: &UserId, key: &(String
 }
 
 impl Keys {
-    pub fn new(db: Db, changes: Arc<IdAllocator>, notifier: Arc<Notifier>) -> Self {
+    pub fn new(db: Db, changes: Arc<KeyChangeStream>, notifier: Arc<Notifier>) -> Self {
         Self { db, changes, notifier, lock: tokio::sync::Mutex::new(()) }
     }
 
     /// The newest key-change position (for sync tokens and `/keys/changes`).
     pub fn current_position(&self) -> u64 {
-        self.changes.peek().saturating_sub(1)
+        self.changes.committed()
     }
 
     /// Stores uploaded keys; returns the device's one-time key counts per algorithm.
@@ -100,6 +150,7 @@ impl Keys {
             .db
             .run(move |db| {
                 let mut batch = Batch::new();
+                let mut reserved = None;
                 if let Some(keys) = device_keys {
                     let object = to_canonical(&keys)?;
                     let claims = (object.get("user_id"), object.get("device_id"));
@@ -114,7 +165,7 @@ impl Keys {
                     let previous = DEVICE_KEYS.get(db, &key)?;
                     if previous.as_ref().map(|p| p.get()) != Some(keys.get()) {
                         batch.put(&DEVICE_KEYS, &key, &keys)?;
-                        record_key_change(&changes, &mut batch, &user)?;
+                        reserved = Some(record_key_change(&changes, &mut batch, &user)?);
                     }
                 }
                 for (key_id, key) in one_time_keys {
@@ -135,6 +186,8 @@ impl Keys {
                     batch.put(&FALLBACK_KEYS, &row, &FallbackKey { key_id, key, used: false })?;
                 }
                 db.write(batch)?;
+                // The key-change position is released only now that the batch is written.
+                drop(reserved);
                 one_time_key_counts(db, &user, &device)
             })
             .await;
@@ -296,7 +349,7 @@ impl Keys {
                         }
                         batch.put(&CROSS_SIGNING_KEYS, &(user.clone(), usage.to_owned()), raw)?;
                     }
-                    record_key_change(&changes, &mut batch, &user)?;
+                    let _reserved = record_key_change(&changes, &mut batch, &user)?;
                     Ok(db.write(batch)?)
                 })
                 .await;
@@ -367,7 +420,7 @@ impl Keys {
                 };
                 let mut batch = Batch::new();
                 batch.put(&KEY_SIGNATURES, &(target.clone(), key_id, sender.clone(), signer_key.0), &signature)?;
-                record_key_change(&changes, &mut batch, &target)?;
+                let _reserved = record_key_change(&changes, &mut batch, &target)?;
                 db.write(batch)?;
                 Ok(Ok(()))
             })

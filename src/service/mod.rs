@@ -58,8 +58,7 @@ impl Services {
             ))
         })?;
         let server_keys = Arc::new(server_keys::ServerKeys::load_or_create(&db, config.server_name.clone())?);
-        let key_changes =
-            Arc::new(crate::storage::IdAllocator::after_last_key(&db, &crate::storage::key_tables::KEY_CHANGES)?);
+        let key_changes = Arc::new(keys::KeyChangeStream::new(&db)?);
         let notifier = Arc::new(notifier::Notifier::new());
         Ok(Arc::new(Self {
             media,

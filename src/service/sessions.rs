@@ -18,7 +18,7 @@ use super::{now_ms, random_string};
 use crate::{
     Error, Result,
     storage::{
-        Batch, Db, IdAllocator,
+        Batch, Db,
         key_tables::{DEVICE_KEYS, FALLBACK_KEYS, ONE_TIME_KEYS},
         tables::{ACCESS_TOKENS, AccessTokenRecord, DEVICES, DeviceRecord, REFRESH_TOKENS, RefreshTokenRecord, USERS},
     },
@@ -30,7 +30,7 @@ const LAST_SEEN_RESOLUTION_MS: u64 = 60_000;
 pub struct Sessions {
     db: Db,
     /// Deleting a device changes its user's device list (see `keys`).
-    key_changes: Arc<IdAllocator>,
+    key_changes: Arc<super::keys::KeyChangeStream>,
     /// Woken when a device list changes.
     notifier: Arc<Notifier>,
     refreshable_lifetime: Duration,
@@ -65,7 +65,12 @@ fn new_device_id() -> OwnedDeviceId {
 }
 
 impl Sessions {
-    pub fn new(db: Db, refreshable_lifetime_secs: u64, key_changes: Arc<IdAllocator>, notifier: Arc<Notifier>) -> Self {
+    pub fn new(
+        db: Db,
+        refreshable_lifetime_secs: u64,
+        key_changes: Arc<super::keys::KeyChangeStream>,
+        notifier: Arc<Notifier>,
+    ) -> Self {
         Self {
             db,
             key_changes,
@@ -279,9 +284,11 @@ impl Sessions {
                         }
                     }
                 }
-                if !batch.is_empty() {
-                    super::keys::record_key_change(&key_changes, &mut batch, &user_id)?;
-                }
+                let _reserved = if batch.is_empty() {
+                    None
+                } else {
+                    Some(super::keys::record_key_change(&key_changes, &mut batch, &user_id)?)
+                };
                 Ok(db.write(batch)?)
             })
             .await;
