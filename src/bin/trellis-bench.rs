@@ -151,6 +151,43 @@ fn bodies_in(sync: &Value) -> Vec<String> {
     out
 }
 
+impl Client {
+    /// Message bodies a sync delivered, including what a `limited` timeline left out: as a
+    /// client does, those are fetched with /messages from `prev_batch` back to the previous
+    /// sync's token.
+    async fn bodies_delivered(&self, user: &User, previous_since: &str, sync: &Value) -> Vec<String> {
+        let mut out = bodies_in(sync);
+        let Some(rooms) = sync["rooms"]["join"].as_object() else { return out };
+        for (room_id, room) in rooms {
+            if room["timeline"]["limited"] != true {
+                continue;
+            }
+            let Some(mut from) = room["timeline"]["prev_batch"].as_str().map(str::to_owned) else { continue };
+            loop {
+                let path = format!(
+                    "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100&from={}&to={}",
+                    urlencode(room_id),
+                    urlencode(&from),
+                    urlencode(previous_since)
+                );
+                let Some(page) = self.call(reqwest::Method::GET, &path, Some(&user.token), None).await else { break };
+                for event in page["chunk"].as_array().into_iter().flatten() {
+                    if event["type"] == "m.room.message"
+                        && let Some(body) = event["content"]["body"].as_str()
+                    {
+                        out.push(body.to_owned());
+                    }
+                }
+                match page["end"].as_str() {
+                    Some(end) if page["chunk"].as_array().is_some_and(|c| !c.is_empty()) => from = end.to_owned(),
+                    _ => break,
+                }
+            }
+        }
+        out
+    }
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -331,7 +368,7 @@ async fn run(options: Options) -> Result<Report, String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while seen.iter().filter(|b| expected.contains(*b)).count() < expected.len() && Instant::now() < deadline {
         let response = client.sync(&reader, Some(&reader_since), 1000).await.ok_or("sync failed")?;
-        seen.extend(bodies_in(&response));
+        seen.extend(client.bodies_delivered(&reader, &reader_since, &response).await);
         reader_since = response["next_batch"].as_str().ok_or("no next_batch")?.to_owned();
     }
     let unique: HashSet<&String> = seen.iter().collect();

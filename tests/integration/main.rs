@@ -6,6 +6,7 @@ mod harness;
 mod account;
 mod admin;
 mod backup;
+mod bench;
 mod context;
 mod dag;
 mod data;

@@ -529,3 +529,29 @@ async fn a_history_visibility_change_is_judged_by_the_state_before_or_after_it()
     assert_eq!(server.get(&event(&change.1["event_id"]), dave.token()).await.0, 200);
     assert_error(&server.get(&event(&closed["event_id"]), dave.token()).await, 404, "M_NOT_FOUND");
 }
+
+#[tokio::test]
+async fn messages_accept_sync_tokens_as_from_and_to() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let room = create_room(&server, &alice, json!({})).await;
+    send_text(&server, &alice, &room, "a", "first").await;
+    let since = server.get("/_matrix/client/v3/sync?timeout=0", alice.token()).await.1["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    send_text(&server, &alice, &room, "b", "second").await;
+    send_text(&server, &alice, &room, "c", "third").await;
+    let now = server.get(&format!("/_matrix/client/v3/sync?timeout=0&since={}", enc(&since)), alice.token()).await.1["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Backwards from the newest sync token, down to the older one: exactly what came between.
+    let (status, page) =
+        messages(&server, &alice, &room, &format!("dir=b&from={}&to={}", enc(&now), enc(&since))).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(bodies(&page), vec!["third", "second"]);
+    // Forwards from the older token.
+    let (_, forward) = messages(&server, &alice, &room, &format!("dir=f&from={}", enc(&since))).await;
+    assert_eq!(bodies(&forward), vec!["second", "third"]);
+}

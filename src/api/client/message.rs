@@ -90,9 +90,20 @@ async fn redact(
     Ok(redact_event::v3::Response::new(accepted.event_id))
 }
 
-/// Pagination tokens are stream positions.
-fn parse_token(token: &str) -> Result<u64> {
-    token.parse().map_err(|_| Error::invalid_param("Invalid pagination token"))
+/// A pagination token: a stream position, or a sync token (`next_batch`), which the spec also
+/// allows and which stands for "everything up to its room-event position was delivered".
+enum Token {
+    Position(u64),
+    Sync(u64),
+}
+
+fn parse_token(token: &str) -> Result<Token> {
+    if let Ok(position) = token.parse() {
+        return Ok(Token::Position(position));
+    }
+    crate::service::sync::token::SyncToken::parse(token)
+        .map(|token| Token::Sync(token.events))
+        .map_err(|_| Error::invalid_param("Invalid pagination token"))
 }
 
 async fn messages(
@@ -105,8 +116,12 @@ async fn messages(
         Direction::Backward => ScanDirection::Reverse,
         Direction::Forward => ScanDirection::Forward,
     };
-    let from = body.from.as_deref().map(parse_token).transpose()?;
-    let to = body.to.as_deref().map(parse_token).transpose()?;
+    // `from` is exclusive: going backwards from a sync token starts after its position.
+    let from = body.from.as_deref().map(parse_token).transpose()?.map(|token| match (token, direction) {
+        (Token::Sync(position), ScanDirection::Reverse) => position.saturating_add(1),
+        (Token::Sync(position) | Token::Position(position), _) => position,
+    });
+    let to = body.to.as_deref().map(parse_token).transpose()?.map(|(Token::Sync(p) | Token::Position(p))| p);
     let limit = u64::from(body.limit).clamp(1, MAX_MESSAGES_LIMIT as u64) as usize;
     // Without `from`, backwards pagination starts at the newest event.
     let from = match (from, direction) {

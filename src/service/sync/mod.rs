@@ -11,7 +11,7 @@
 mod e2ee;
 mod filter;
 mod rooms;
-mod token;
+pub mod token;
 mod unread;
 
 use std::{collections::HashMap, time::Duration};
