@@ -144,16 +144,7 @@ impl Rooms {
         event: NewEvent,
         prev_events: Option<Vec<OwnedEventId>>,
     ) -> Result<Accepted> {
-        let lock = self.lock_for(room_id)?;
-        let _guard = lock.lock().await;
-        let room_id = room_id.to_owned();
-        let sender = sender.to_owned();
-        self.run(move |core, db| {
-            let (_, version) = core.version_of(db, &room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
-            let json = core.build(db, Some(&room_id), &version, &sender, event, prev_events)?;
-            core.accept(db, Some(&room_id), &version, json)
-        })
-        .await
+        self.build_and_accept(room_id, sender, event, prev_events, None).await
     }
 
     /// Like [`send`](Self::send), for a client request with a transaction ID: the idempotency
@@ -165,14 +156,27 @@ impl Rooms {
         event: NewEvent,
         transaction: Transaction,
     ) -> Result<Accepted> {
+        self.build_and_accept(room_id, sender, event, None, Some(transaction)).await
+    }
+
+    /// Builds a local event under the room's lock and accepts it, with its transaction record
+    /// (if any) in the event's own batch.
+    async fn build_and_accept(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        event: NewEvent,
+        prev_events: Option<Vec<OwnedEventId>>,
+        transaction: Option<Transaction>,
+    ) -> Result<Accepted> {
         let lock = self.lock_for(room_id)?;
         let _guard = lock.lock().await;
         let room_id = room_id.to_owned();
         let sender = sender.to_owned();
         self.run(move |core, db| {
             let (_, version) = core.version_of(db, &room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
-            let json = core.build(db, Some(&room_id), &version, &sender, event, None)?;
-            core.accept_with(db, Some(&room_id), &version, json, Some(&transaction))
+            let json = core.build(db, Some(&room_id), &version, &sender, event, prev_events)?;
+            core.accept_with(db, Some(&room_id), &version, json, transaction.as_ref())
         })
         .await
     }
