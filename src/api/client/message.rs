@@ -101,7 +101,7 @@ fn parse_token(token: &str) -> Result<Token> {
     if let Ok(position) = token.parse() {
         return Ok(Token::Position(position));
     }
-    crate::service::sync::token::SyncToken::parse(token)
+    crate::service::sync::SyncToken::parse(token)
         .map(|token| Token::Sync(token.events))
         .map_err(|_| Error::invalid_param("Invalid pagination token"))
 }

@@ -11,7 +11,7 @@
 mod e2ee;
 mod filter;
 mod rooms;
-pub mod token;
+mod token;
 mod unread;
 
 use std::{collections::HashMap, time::Duration};
