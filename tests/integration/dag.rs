@@ -44,19 +44,7 @@ fn fixture() -> Fixture {
 }
 
 async fn public_room(services: &Services, creator: &UserId, version: RoomVersionId) -> OwnedRoomId {
-    let spec = RoomSpec {
-        version,
-        preset: Preset::PublicChat,
-        creation_content: Map::new(),
-        power_level_override: None,
-        alias: None,
-        initial_state: Vec::new(),
-        name: None,
-        topic: None,
-        invite: Vec::new(),
-        is_direct: false,
-        creator_member: Map::new(),
-    };
+    let spec = RoomSpec::new(version, Preset::PublicChat);
     services.rooms.create_room(creator, spec).await.unwrap()
 }
 

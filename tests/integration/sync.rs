@@ -18,6 +18,27 @@ async fn sync(server: &TestServer, who: &Session, query: &str) -> Value {
     body
 }
 
+/// Starts a long-poll from `token`, checks that it is still waiting while nothing happens, then
+/// runs `trigger` and returns its output with the sync response it woke. Had the sync timed out
+/// instead, its response would hold nothing, so the callers' content checks prove the wake-up.
+async fn wakes<T>(
+    server: &TestServer,
+    who: &Session,
+    token: &str,
+    trigger: impl std::future::Future<Output = T>,
+) -> (T, Value) {
+    let query = format!("since={token}&timeout=120000");
+    let poll = sync(server, who, &query);
+    tokio::pin!(poll);
+    tokio::select! {
+        body = &mut poll => panic!("the sync returned with nothing new: {body}"),
+        () = tokio::time::sleep(Duration::from_millis(300)) => {}
+    }
+    tokio::join!(trigger, async {
+        tokio::time::timeout(Duration::from_secs(60), &mut poll).await.expect("the sync returns after the trigger")
+    })
+}
+
 fn since(body: &Value) -> String {
     body["next_batch"].as_str().unwrap().to_owned()
 }
@@ -198,17 +219,7 @@ async fn a_long_poll_wakes_on_another_users_message() {
     assert!(empty.get("rooms").is_none_or(|rooms| rooms["join"].get(&room).is_none()), "{empty}");
     let token = since(&empty);
 
-    let query = format!("since={token}&timeout=120000");
-    let poll = sync(&server, &bob, &query);
-    tokio::pin!(poll);
-    // The sync is waiting: it has not returned while nothing happened.
-    tokio::select! {
-        body = &mut poll => panic!("the sync returned with nothing new: {body}"),
-        () = tokio::time::sleep(Duration::from_millis(300)) => {}
-    }
-    let (_, body) = tokio::join!(send(&server, &alice, &room, "wake up"), async {
-        tokio::time::timeout(Duration::from_secs(60), &mut poll).await.expect("the sync returns after the message")
-    });
+    let (_, body) = wakes(&server, &bob, &token, send(&server, &alice, &room, "wake up")).await;
     // Had it timed out, the sync would hold nothing: the message proves it was woken.
     assert_eq!(bodies(&events(joined(&body, &room), "timeline")), vec!["wake up"], "{body}");
 }
@@ -423,18 +434,14 @@ async fn to_device_messages_device_lists_and_key_counts() {
     let token = since(&first);
 
     // A to-device message wakes a waiting sync.
-    let query = format!("since={token}&timeout=120000");
-    let poll = sync(&server, &bob, &query);
-    tokio::pin!(poll);
-    tokio::select! {
-        body = &mut poll => panic!("the sync returned with nothing new: {body}"),
-        () = tokio::time::sleep(Duration::from_millis(300)) => {}
-    }
     let message = json!({"messages": {bob.user_id.clone(): {bob.device_id.clone(): {"secret": 1}}}});
-    let (sent, body) = tokio::join!(
+    let (sent, body) = wakes(
+        &server,
+        &bob,
+        &token,
         server.put("/_matrix/client/v3/sendToDevice/org.example.ping/t1", alice.token(), message),
-        async { tokio::time::timeout(Duration::from_secs(60), &mut poll).await.expect("the sync returns") }
-    );
+    )
+    .await;
     assert_eq!(sent.0, 200, "{}", sent.1);
     assert_eq!(
         body["to_device"]["events"],
@@ -511,17 +518,13 @@ async fn typing_notifications_reach_syncs() {
     let typing_path = format!("/_matrix/client/v3/rooms/{}/typing/{}", enc(&room), enc(&alice.user_id));
 
     // Typing wakes a waiting sync.
-    let query = format!("since={token}&timeout=120000");
-    let poll = sync(&server, &bob, &query);
-    tokio::pin!(poll);
-    tokio::select! {
-        body = &mut poll => panic!("the sync returned with nothing new: {body}"),
-        () = tokio::time::sleep(Duration::from_millis(300)) => {}
-    }
-    let (typed, body) =
-        tokio::join!(server.put(&typing_path, alice.token(), json!({"typing": true, "timeout": 30000})), async {
-            tokio::time::timeout(Duration::from_secs(60), &mut poll).await.expect("the sync returns")
-        });
+    let (typed, body) = wakes(
+        &server,
+        &bob,
+        &token,
+        server.put(&typing_path, alice.token(), json!({"typing": true, "timeout": 30000})),
+    )
+    .await;
     assert_eq!(typed.0, 200, "{}", typed.1);
     let typing =
         |body: &Value| events(joined(body, &room), "ephemeral").into_iter().find(|e| e["type"] == "m.typing").cloned();

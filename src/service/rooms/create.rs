@@ -34,6 +34,25 @@ pub struct RoomSpec {
     pub creator_member: Map<String, Value>,
 }
 
+impl RoomSpec {
+    /// A room of `version` and `preset` with nothing else asked for.
+    pub fn new(version: RoomVersionId, preset: Preset) -> Self {
+        Self {
+            version,
+            preset,
+            creation_content: Map::new(),
+            power_level_override: None,
+            alias: None,
+            initial_state: Vec::new(),
+            name: None,
+            topic: None,
+            invite: Vec::new(),
+            is_direct: false,
+            creator_member: Map::new(),
+        }
+    }
+}
+
 fn is_v12_or_later(version: &RoomVersionId) -> bool {
     version.rules().is_some_and(|rules| rules.authorization.explicitly_privilege_room_creators)
 }

@@ -64,7 +64,7 @@ impl Rooms {
 #[cfg(test)]
 mod tests {
     use ruma::{RoomVersionId, events::TimelineEventType, user_id};
-    use serde_json::{Map, json};
+    use serde_json::json;
 
     use crate::{
         config::Config,
@@ -86,19 +86,7 @@ mod tests {
         let db = Db::open(&config).unwrap();
         let services = Services::build(config, db).unwrap();
         let (alice, bob) = (user_id!("@alice:localhost"), user_id!("@bob:localhost"));
-        let spec = RoomSpec {
-            version: RoomVersionId::V11,
-            preset: Preset::PrivateChat,
-            creation_content: Map::new(),
-            power_level_override: None,
-            alias: None,
-            initial_state: Vec::new(),
-            name: None,
-            topic: None,
-            invite: Vec::new(),
-            is_direct: false,
-            creator_member: Map::new(),
-        };
+        let spec = RoomSpec::new(RoomVersionId::V11, Preset::PrivateChat);
         let rooms = &services.rooms;
         let room = rooms.create_room(alice, spec).await.unwrap();
         let message = NewEvent::message(TimelineEventType::RoomMessage, json!({"msgtype": "m.text", "body": "x"}));
