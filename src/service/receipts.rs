@@ -100,7 +100,9 @@ impl Receipts {
             .run(move |db| {
                 let mut out = Vec::new();
                 for kind in ["m.read", PRIVATE] {
-                    for ((_, _, _, thread), record) in RECEIPTS.scan_prefix(db, &(room.clone(), kind.to_owned(), user.clone()))? {
+                    for ((_, _, _, thread), record) in
+                        RECEIPTS.scan_prefix(db, &(room.clone(), kind.to_owned(), user.clone()))?
+                    {
                         out.push((thread, record.event_id));
                     }
                 }

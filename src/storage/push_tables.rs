@@ -21,7 +21,8 @@ pub const PUSHER_OWNERS: Table<(String, String, OwnedUserId), ()> = Table::new("
 /// waiting for delivery (oldest first).
 pub const PUSH_QUEUE: Table<(u64, String), PushQueueEntry> = Table::new("push_queue");
 
-pub const PUSH_TABLES: &[&str] = &[NOTIFICATIONS.name, ROOM_NOTIFICATIONS.name, PUSHERS.name, PUSHER_OWNERS.name, PUSH_QUEUE.name];
+pub const PUSH_TABLES: &[&str] =
+    &[NOTIFICATIONS.name, ROOM_NOTIFICATIONS.name, PUSHERS.name, PUSHER_OWNERS.name, PUSH_QUEUE.name];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NotificationRecord {

@@ -50,9 +50,8 @@ impl Push {
             .db
             .run(move |db| {
                 let start = (user.clone(), room.clone(), unthreaded.saturating_add(1));
-                Ok(ROOM_NOTIFICATIONS.scan_from(db, &start, ScanDirection::Forward, usize::MAX, |key| {
-                    key.0 == user && key.1 == room
-                })?)
+                Ok(ROOM_NOTIFICATIONS
+                    .scan_from(db, &start, ScanDirection::Forward, usize::MAX, |key| key.0 == user && key.1 == room)?)
             })
             .await?;
         let mut out = UnreadCounts::default();

@@ -79,7 +79,8 @@ fn complete_now<F: Future>(future: F) -> Result<F::Output> {
 /// The `m.thread` root of an event's content, if it is in a thread.
 pub fn thread_root(content: &serde_json::Value) -> Option<String> {
     let relation = content.get("m.relates_to")?;
-    (relation.get("rel_type")?.as_str()? == "m.thread").then(|| relation.get("event_id")?.as_str().map(str::to_owned))?
+    (relation.get("rel_type")?.as_str()? == "m.thread")
+        .then(|| relation.get("event_id")?.as_str().map(str::to_owned))?
 }
 
 /// Evaluates the event (`event` as clients see it) for every recipient and adds a notification
@@ -134,7 +135,16 @@ pub fn record_notifications(
             &(user.clone(), room.room_id.clone(), position),
             &RoomNotification { highlight, thread: thread.clone() },
         )?;
-        if !PUSHERS.scan_from(db, &(user.clone(), String::new(), String::new()), crate::storage::ScanDirection::Forward, 1, |k| k.0 == user)?.is_empty() {
+        if !PUSHERS
+            .scan_from(
+                db,
+                &(user.clone(), String::new(), String::new()),
+                crate::storage::ScanDirection::Forward,
+                1,
+                |k| k.0 == user,
+            )?
+            .is_empty()
+        {
             batch.put(&PUSH_QUEUE, &(position, user.to_string()), &PushQueueEntry { queued_at: ts })?;
             queued = true;
         }

@@ -227,8 +227,11 @@ fn notification_for(
     device.pushkey_ts = Some(ruma::SecondsSinceUnixEpoch(UInt::try_from(stored.pushkey_ts).unwrap_or(UInt::MAX)));
     // `From<HttpPusherData>` keeps `format` and the other data fields, never `url`.
     device.data = PusherData::from(http.clone());
-    device.tweaks =
-        record.actions.iter().filter_map(|a| if let Action::SetTweak(t) = a { Some(t.clone()) } else { None }).collect();
+    device.tweaks = record
+        .actions
+        .iter()
+        .filter_map(|a| if let Action::SetTweak(t) = a { Some(t.clone()) } else { None })
+        .collect();
     let mut notification = Notification::new(vec![device]);
     notification.event_id = Some(pdu.event_id.clone());
     notification.room_id = Some(pdu.room_id.clone());
@@ -291,4 +294,3 @@ async fn send(client: &reqwest::Client, url: &str, notification: Notification) -
         Err(_) => Sent::Accepted(Vec::new()),
     }
 }
-

@@ -93,7 +93,13 @@ impl Push {
     }
 
     /// Removes a user-defined rule; server-default rules cannot be removed.
-    pub async fn remove_rule(&self, account_data: &AccountData, user: &UserId, kind: RuleKind, rule_id: &str) -> Result<()> {
+    pub async fn remove_rule(
+        &self,
+        account_data: &AccountData,
+        user: &UserId,
+        kind: RuleKind,
+        rule_id: &str,
+    ) -> Result<()> {
         self.update(account_data, user, |ruleset| {
             ruleset.remove(kind, rule_id).map_err(|error| match error {
                 RemovePushRuleError::ServerDefault => Error::invalid_param("Server-default rules cannot be deleted"),
@@ -111,8 +117,10 @@ impl Push {
         rule_id: &str,
         enabled: bool,
     ) -> Result<()> {
-        self.update(account_data, user, |ruleset| ruleset.set_enabled(kind, rule_id, enabled).map_err(|_| rule_not_found()))
-            .await
+        self.update(account_data, user, |ruleset| {
+            ruleset.set_enabled(kind, rule_id, enabled).map_err(|_| rule_not_found())
+        })
+        .await
     }
 
     pub async fn set_actions(
@@ -123,7 +131,9 @@ impl Push {
         rule_id: &str,
         actions: Vec<Action>,
     ) -> Result<()> {
-        self.update(account_data, user, |ruleset| ruleset.set_actions(kind, rule_id, actions).map_err(|_| rule_not_found()))
-            .await
+        self.update(account_data, user, |ruleset| {
+            ruleset.set_actions(kind, rule_id, actions).map_err(|_| rule_not_found())
+        })
+        .await
     }
 }

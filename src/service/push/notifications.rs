@@ -6,8 +6,7 @@ use std::collections::HashMap;
 
 use ruma::{
     MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, UInt, UserId,
-    api::client::push::get_notifications::v3::Notification,
-    serde::Raw,
+    api::client::push::get_notifications::v3::Notification, serde::Raw,
 };
 
 use super::counts::receipt_positions;
@@ -77,7 +76,8 @@ pub async fn page(
         }
         let room_receipts = &receipts[&record.room_id];
         let thread = record.thread.as_deref().unwrap_or("main");
-        let read_upto = room_receipts.get("").copied().unwrap_or(0).max(room_receipts.get(thread).copied().unwrap_or(0));
+        let read_upto =
+            room_receipts.get("").copied().unwrap_or(0).max(room_receipts.get(thread).copied().unwrap_or(0));
         let raw = Raw::new(&event.pdu.to_client_event())
             .map_err(|e| Error::internal(format!("cannot serialise event: {e}")))?
             .cast_unchecked();

@@ -66,8 +66,8 @@ impl Push {
     /// Creates or replaces a pusher (`M_INVALID_PARAM` when it is not valid).
     pub async fn set_pusher(&self, user: &UserId, pusher: Pusher, append: bool) -> Result<()> {
         check(&pusher)?;
-        let json =
-            serde_json::value::to_raw_value(&pusher).map_err(|e| Error::internal(format!("cannot store pusher: {e}")))?;
+        let json = serde_json::value::to_raw_value(&pusher)
+            .map_err(|e| Error::internal(format!("cannot store pusher: {e}")))?;
         let key = (user.to_owned(), pusher.ids.app_id.clone(), pusher.ids.pushkey.clone());
         let _guard = self.pushers_lock.lock().await;
         self.db

@@ -76,7 +76,8 @@ impl RoomCore {
         if recipients.is_empty() {
             return Ok(false);
         }
-        let content = power_levels.and_then(|p| serde_json::from_str::<RoomPowerLevelsEventContent>(p.content.get()).ok());
+        let content =
+            power_levels.and_then(|p| serde_json::from_str::<RoomPowerLevelsEventContent>(p.content.get()).ok());
         let creators =
             create.and_then(|c| RoomCreateEvent::new(c).creators(&rules.authorization).ok()).unwrap_or_default();
         let levels = RoomPowerLevels::new(RoomPowerLevelsSource::from(content), &rules.authorization, creators);

@@ -146,8 +146,7 @@ async fn build(
         .map(|(room, _)| room)
         .collect();
     let receipts = services.receipts.for_sync(user, joined, since.map(|s| s.receipts), now.receipts).await?;
-    let context =
-        Context { services, user, device, filter, since, now, full_state, room_account_data, receipts };
+    let context = Context { services, user, device, filter, since, now, full_state, room_account_data, receipts };
     response.rooms = rooms::collect(&context).await?;
     Ok(response)
 }

@@ -5,11 +5,8 @@ use std::{collections::HashSet, sync::Arc};
 
 use ruma::{
     OwnedRoomId, RoomId, UInt,
-    api::client::sync::sync_events::{
-        v3::{
-            Ephemeral, InviteState, InvitedRoom, JoinedRoom, LeftRoom, RoomAccountData, RoomSummary, Rooms, State,
-            Timeline,
-        },
+    api::client::sync::sync_events::v3::{
+        Ephemeral, InviteState, InvitedRoom, JoinedRoom, LeftRoom, RoomAccountData, RoomSummary, Rooms, State, Timeline,
     },
     events::AnySyncStateEvent,
     serde::Raw,
