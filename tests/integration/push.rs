@@ -362,6 +362,8 @@ async fn pushers_are_created_updated_appended_and_deleted() {
 struct Gateway {
     url: String,
     received: mpsc::UnboundedReceiver<Value>,
+    /// The answers still to give.
+    script: Arc<Mutex<Vec<(u16, Value)>>>,
 }
 
 async fn gateway(script: Vec<(u16, Value)>) -> Gateway {
@@ -376,10 +378,10 @@ async fn gateway(script: Vec<(u16, Value)>) -> Gateway {
     let (tx, received) = mpsc::unbounded_channel();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind gateway");
     let addr = listener.local_addr().expect("addr");
-    let app =
-        Router::new().route("/_matrix/push/v1/notify", post(notify)).with_state((tx, Arc::new(Mutex::new(script))));
+    let script = Arc::new(Mutex::new(script));
+    let app = Router::new().route("/_matrix/push/v1/notify", post(notify)).with_state((tx, script.clone()));
     tokio::spawn(async move { axum::serve(listener, app).await.expect("gateway") });
-    Gateway { url: format!("http://{addr}/_matrix/push/v1/notify"), received }
+    Gateway { url: format!("http://{addr}/_matrix/push/v1/notify"), received, script }
 }
 
 impl Gateway {
@@ -462,4 +464,23 @@ async fn a_rejected_pushkey_is_removed() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("the rejected pusher is still listed");
+}
+
+#[tokio::test]
+async fn an_undelivered_notification_is_sent_after_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The gateway fails until the server has been restarted.
+    let mut gateway = gateway(vec![(500, json!({"error": "down"})); 10_000]).await;
+    let server = TestServer::start_in(dir.path(), "localhost", "").expect("server starts");
+    let (alice, _bob, room) = room_with_pusher(&server, &gateway, None).await;
+    let event = send_text(&server, &alice, &room, "while the gateway is down").await;
+    assert_eq!(gateway.next().await["notification"]["event_id"], event.as_str());
+    assert_eq!(server.stop(), Some(0));
+
+    gateway.script.lock().await.clear();
+    while gateway.received.try_recv().is_ok() {}
+    let server = TestServer::start_in(dir.path(), "localhost", "").expect("server restarts");
+    let body = gateway.next().await;
+    assert_eq!(body["notification"]["event_id"], event.as_str(), "{body}");
+    drop(server);
 }
