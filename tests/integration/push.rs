@@ -394,7 +394,7 @@ impl Gateway {
 async fn room_with_pusher(server: &TestServer, gateway: &Gateway, format: Option<&str>) -> (Session, Session, String) {
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
-    let room = create_room(server, &alice, json!({"preset": "public_chat"})).await;
+    let room = create_room(server, &alice, json!({"preset": "public_chat", "name": "Push room"})).await;
     join(server, &bob, &room).await;
     let mut pusher = http_pusher(&gateway.url, "bobs-key");
     if let Some(format) = format {
@@ -410,6 +410,8 @@ async fn a_gateway_receives_the_notification_with_counts_and_device() {
     let server = TestServer::start().await;
     let mut gateway = gateway(Vec::new()).await;
     let (alice, bob, room) = room_with_pusher(&server, &gateway, None).await;
+    let path = format!("/_matrix/client/v3/profile/{}/displayname", enc(&alice.user_id));
+    assert_eq!(server.put(&path, alice.token(), json!({"displayname": "Alice A."})).await.0, 200);
     let mention = json!({"msgtype": "m.text", "body": "hello Bob", "m.mentions": {"user_ids": [bob.user_id]}});
     let event = send_content(&server, &alice, &room, mention).await;
     let body = gateway.next().await;
@@ -419,6 +421,8 @@ async fn a_gateway_receives_the_notification_with_counts_and_device() {
     assert_eq!(n["type"], "m.room.message");
     assert_eq!(n["sender"], alice.user_id.as_str());
     assert_eq!(n["content"]["body"], "hello Bob");
+    assert_eq!(n["sender_display_name"], "Alice A.", "{body}");
+    assert_eq!(n["room_name"], "Push room", "{body}");
     // `high` is the default, which ruma leaves out.
     assert!(n.get("prio").is_none_or(|prio| prio == "high"), "{body}");
     assert_eq!(n["counts"]["unread"], 1, "{body}");

@@ -34,14 +34,14 @@ pub struct UnreadCounts {
 }
 
 impl Push {
-    /// Counts from the receipt positions per thread ("" for unthreaded), never counting at or
-    /// before `floor` (the user's membership event).
+    /// Counts from the receipt positions per thread ("" for unthreaded), of the events in
+    /// `(floor, upto]` (`floor`: the user's membership event; `upto`: the sync's snapshot).
     async fn counts_after(
         &self,
         user: &UserId,
         room: &RoomId,
         receipts: HashMap<String, u64>,
-        floor: u64,
+        (floor, upto): (u64, u64),
         by_thread: bool,
     ) -> Result<UnreadCounts> {
         let unthreaded = receipts.get("").copied().unwrap_or(0).max(floor);
@@ -50,8 +50,9 @@ impl Push {
             .db
             .run(move |db| {
                 let start = (user.clone(), room.clone(), unthreaded.saturating_add(1));
-                Ok(ROOM_NOTIFICATIONS
-                    .scan_from(db, &start, ScanDirection::Forward, usize::MAX, |key| key.0 == user && key.1 == room)?)
+                Ok(ROOM_NOTIFICATIONS.scan_from(db, &start, ScanDirection::Forward, usize::MAX, |key| {
+                    key.0 == user && key.1 == room && key.2 <= upto
+                })?)
             })
             .await?;
         let mut out = UnreadCounts::default();
@@ -85,16 +86,16 @@ pub async fn receipt_positions(services: &Services, user: &UserId, room: &RoomId
     Ok(positions)
 }
 
-/// `user`'s unread counts in `room`, not counting events at or before `floor`.
+/// `user`'s unread counts in `room`, counting events in the stream positions `(floor, upto]`.
 pub async fn unread_counts(
     services: &Services,
     user: &UserId,
     room: &RoomId,
-    floor: u64,
+    (floor, upto): (u64, u64),
     by_thread: bool,
 ) -> Result<UnreadCounts> {
     let receipts = receipt_positions(services, user, room).await?;
-    services.push.counts_after(user, room, receipts, floor, by_thread).await
+    services.push.counts_after(user, room, receipts, (floor, upto), by_thread).await
 }
 
 /// How many of `user`'s joined rooms have unread notifications (a push's `counts.unread`, as
@@ -106,7 +107,7 @@ pub async fn rooms_with_unread(services: &Services, user: &UserId) -> Result<u64
         if membership.membership != "join" {
             continue;
         }
-        if unread_counts(services, user, &room, membership.position, false).await?.main.notifications > 0 {
+        if unread_counts(services, user, &room, (membership.position, u64::MAX), false).await?.main.notifications > 0 {
             unread += 1;
         }
     }

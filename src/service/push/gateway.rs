@@ -21,7 +21,7 @@ use ruma::{
             Device, Notification, NotificationCounts, NotificationPriority, PusherData, Request, Response,
         },
     },
-    events::TimelineEventType,
+    events::{StateEventType, TimelineEventType},
     push::{Action, PushFormat},
 };
 use tokio::{sync::watch, task::JoinHandle, time::Instant};
@@ -29,7 +29,7 @@ use tokio::{sync::watch, task::JoinHandle, time::Instant};
 use super::{counts::rooms_with_unread, pushers::StoredPusher};
 use crate::{
     Error, Result,
-    service::{Services, now_ms},
+    service::{Services, now_ms, rooms::Pdu},
     storage::{
         Batch, ScanDirection,
         push_tables::{NOTIFICATIONS, NotificationRecord, PUSH_QUEUE},
@@ -179,6 +179,7 @@ async fn deliver(
     let Some(event) = services.rooms.event_for(&user, &event_id).await? else { return Ok(true) };
     let pushers: Vec<StoredPusher> = services.push.pushers(&user).await?;
     let unread = rooms_with_unread(services, &user).await?;
+    let names = Names::of(services, &event.pdu).await?;
     let mut all_done = true;
     let mut rejected = Vec::new();
     for stored in pushers {
@@ -187,7 +188,7 @@ async fn deliver(
         if delivered.contains(&ids) {
             continue;
         }
-        let notification = notification_for(&record, &event.pdu, &user, &stored, unread)?;
+        let notification = notification_for(&record, &event.pdu, &user, &stored, unread, &names)?;
         match send(client, &http.url, notification).await {
             Sent::Accepted(rejected_keys) => {
                 if rejected_keys.contains(&ids.1) {
@@ -212,13 +213,32 @@ async fn deliver(
     Ok(all_done)
 }
 
+/// The display names a full-format notification carries.
+struct Names {
+    sender: Option<String>,
+    room: Option<String>,
+}
+
+impl Names {
+    async fn of(services: &Services, pdu: &Pdu) -> Result<Self> {
+        let content_field = |pdu: Option<Pdu>, field: &str| {
+            pdu.and_then(|pdu| pdu.content_value()[field].as_str().map(str::to_owned)).filter(|s| !s.is_empty())
+        };
+        let rooms = &services.rooms;
+        let member = rooms.state_event(&pdu.room_id, &StateEventType::RoomMember, pdu.sender.as_str()).await?;
+        let name = rooms.state_event(&pdu.room_id, &StateEventType::RoomName, "").await?;
+        Ok(Self { sender: content_field(member, "displayname"), room: content_field(name, "name") })
+    }
+}
+
 /// The notify request for one pusher.
 fn notification_for(
     record: &NotificationRecord,
-    pdu: &crate::service::rooms::Pdu,
+    pdu: &Pdu,
     user: &UserId,
     stored: &StoredPusher,
     unread: u64,
+    names: &Names,
 ) -> Result<Notification> {
     let PusherKind::Http(http) = &stored.pusher.kind else {
         return Err(Error::internal("not an http pusher"));
@@ -248,6 +268,8 @@ fn notification_for(
         notification.sender = Some(pdu.sender.clone());
         notification.user_is_target = pdu.state_key.as_deref() == Some(user.as_str());
         notification.content = Some(pdu.content.clone());
+        notification.sender_display_name = names.sender.clone();
+        notification.room_name = names.room.clone();
     }
     Ok(notification)
 }

@@ -27,7 +27,9 @@ pub(super) async fn counts(
     membership_position: Option<u64>,
 ) -> Result<(UnreadNotificationsCount, BTreeMap<OwnedEventId, UnreadNotificationsCount>)> {
     let by_thread = ctx.filter.room.timeline.unread_thread_notifications;
-    let counts = unread_counts(ctx.services, ctx.user, room_id, membership_position.unwrap_or(0), by_thread).await?;
+    let counts =
+        unread_counts(ctx.services, ctx.user, room_id, (membership_position.unwrap_or(0), ctx.now.events), by_thread)
+            .await?;
     let threads = counts
         .threads
         .into_iter()
