@@ -66,13 +66,16 @@ pub fn stored_ruleset(db: &Db, user: &ruma::UserId) -> Result<Ruleset> {
 
 /// Runs a future that never waits. Ruma's rule evaluation is `async` only for MSC4306 thread
 /// subscriptions, which are not enabled: without them it completes on its first poll, so it can
-/// run here on the blocking pool inside the event's write. A future that does wait is a bug,
-/// reported as an internal error rather than blocking.
-fn complete_now<F: Future>(future: F) -> Result<F::Output> {
+/// run here on the blocking pool inside the event's write. A future that does wait would be a
+/// bug: it gives `None` (logged; the event is stored without notifications rather than failed).
+fn complete_now<F: Future>(future: F) -> Option<F::Output> {
     let mut future = pin!(future);
     match future.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(output) => Ok(output),
-        Poll::Pending => Err(Error::internal("push rule evaluation unexpectedly waited")),
+        Poll::Ready(output) => Some(output),
+        Poll::Pending => {
+            tracing::error!("push rule evaluation unexpectedly waited; no notification recorded");
+            None
+        }
     }
 }
 
@@ -112,7 +115,7 @@ pub fn record_notifications(
             recipient.display_name.clone(),
         );
         ctx.power_levels = room.power_levels.clone();
-        let actions: Vec<Action> = complete_now(ruleset.get_actions(&raw, &ctx))?.to_vec();
+        let Some(actions) = complete_now(ruleset.get_actions(&raw, &ctx)).map(<[Action]>::to_vec) else { continue };
         if !actions.iter().any(Action::should_notify) {
             continue;
         }
