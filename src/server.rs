@@ -35,6 +35,7 @@ pub async fn run(config: Config) -> Result<(), String> {
     let mut signals = ShutdownSignals::register()?;
     let services = Services::build(config.clone(), db.clone()).map_err(|e| e.to_string())?;
     let routers = api::routers(services.clone());
+    let push_sender = crate::service::push::gateway::GatewaySender::spawn(services.clone());
     let app = routers.main;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
@@ -104,6 +105,7 @@ pub async fn run(config: Config) -> Result<(), String> {
     if tokio::time::timeout(SHUTDOWN_GRACE, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
         tracing::warn!("some requests did not finish within the grace period");
     }
+    push_sender.stop().await;
     drop(services);
     tokio::task::spawn_blocking(move || db.flush())
         .await

@@ -117,6 +117,12 @@ pub struct Config {
     /// Lifetime of access tokens issued together with a refresh token, in seconds.
     #[serde(default = "default_refreshable_access_token_lifetime_secs")]
     pub refreshable_access_token_lifetime_secs: u64,
+    /// Push gateway delivery: the longest wait between retries of a notification, in seconds.
+    #[serde(default = "default_push_max_backoff_secs")]
+    pub push_max_backoff_secs: u64,
+    /// Push gateway delivery: how long a notification is retried before it is dropped, in seconds.
+    #[serde(default = "default_push_give_up_secs")]
+    pub push_give_up_secs: u64,
     /// The media repository (Conduit's `[global.media]` table, with Trellis's additions).
     #[serde(default)]
     pub media: MediaConfig,
@@ -312,6 +318,12 @@ pub struct FederationListener {
     pub key: PathBuf,
 }
 
+fn default_push_max_backoff_secs() -> u64 {
+    300
+}
+fn default_push_give_up_secs() -> u64 {
+    86_400
+}
 fn default_database_backend() -> String {
     "rocksdb".to_owned()
 }

@@ -10,6 +10,7 @@ pub mod keys;
 pub mod media;
 pub mod notifier;
 pub mod profile;
+pub mod push;
 pub mod receipts;
 pub mod rooms;
 pub mod server_keys;
@@ -45,6 +46,8 @@ pub struct Services {
     /// Typing notifications (in memory).
     pub typing: typing::Typing,
     pub receipts: receipts::Receipts,
+    /// Push rules, notifications, pushers.
+    pub push: push::Push,
 }
 
 impl Services {
@@ -60,9 +63,17 @@ impl Services {
         let server_keys = Arc::new(server_keys::ServerKeys::load_or_create(&db, config.server_name.clone())?);
         let key_changes = Arc::new(keys::KeyChangeStream::new(&db)?);
         let notifier = Arc::new(notifier::Notifier::new());
+        let push_wake = Arc::new(tokio::sync::Notify::new());
         Ok(Arc::new(Self {
             media,
-            rooms: rooms::Rooms::new(db.clone(), config.server_name.clone(), server_keys, notifier.clone())?,
+            rooms: rooms::Rooms::new(
+                db.clone(),
+                config.server_name.clone(),
+                server_keys,
+                notifier.clone(),
+                push_wake.clone(),
+            )?,
+            push: push::Push::new(db.clone(), push_wake),
             keys: keys::Keys::new(db.clone(), key_changes.clone(), notifier.clone()),
             to_device: to_device::ToDevice::new(db.clone(), notifier.clone()),
             backup: backup::Backup::new(db.clone()),

@@ -92,6 +92,25 @@ impl Receipts {
             .await
     }
 
+    /// `user`'s read receipts (public and private) in a room as (thread, event ID) pairs: the
+    /// thread is empty for unthreaded receipts, `main` or a thread root for threaded ones.
+    pub async fn read_receipts_by_thread(&self, room: &RoomId, user: &UserId) -> Result<Vec<(String, String)>> {
+        let (room, user) = (room.to_owned(), user.to_owned());
+        self.db
+            .run(move |db| {
+                let mut out = Vec::new();
+                for kind in ["m.read", PRIVATE] {
+                    for ((_, _, _, thread), record) in
+                        RECEIPTS.scan_prefix(db, &(room.clone(), kind.to_owned(), user.clone()))?
+                    {
+                        out.push((thread, record.event_id));
+                    }
+                }
+                Ok(out)
+            })
+            .await
+    }
+
     /// The `m.receipt` content per room for `user`: every receipt of `rooms` without `since`,
     /// else those written in positions `(since, upto]`. Others' private receipts are left out.
     pub async fn for_sync(

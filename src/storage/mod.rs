@@ -8,6 +8,7 @@
 pub mod codec;
 pub mod engine;
 pub mod key_tables;
+pub mod push_tables;
 mod rocks;
 pub mod room_tables;
 mod schema;
@@ -150,8 +151,13 @@ impl Db {
             cache_capacity_bytes: (config.db_cache_capacity_mb.max(8.0) * 1024.0 * 1024.0) as usize,
             max_open_files: config.rocksdb_max_open_files,
         };
-        let all_tables: Vec<&'static str> =
-            tables::ALL_TABLES.iter().chain(room_tables::ROOM_TABLES).chain(key_tables::KEY_TABLES).copied().collect();
+        let all_tables: Vec<&'static str> = tables::ALL_TABLES
+            .iter()
+            .chain(room_tables::ROOM_TABLES)
+            .chain(key_tables::KEY_TABLES)
+            .chain(push_tables::PUSH_TABLES)
+            .copied()
+            .collect();
         let engine = rocks::RocksEngine::open(&config.database_path, &all_tables, &settings)?;
         let db = Self { engine: Arc::new(engine) };
         schema::check_and_migrate(&db, config.server_name.as_str())?;

@@ -20,6 +20,7 @@ mod lifecycle;
 mod login;
 mod media;
 mod peer_nio;
+mod push;
 mod register;
 mod room_helpers;
 mod rooms;

@@ -13,6 +13,7 @@ pub mod media;
 pub mod membership;
 pub mod message;
 pub mod profile;
+pub mod push;
 pub mod receipt;
 pub mod register;
 pub mod report;
@@ -53,5 +54,6 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = sync::routes(router);
     let router = typing::routes(router);
     let router = receipt::routes(router);
+    let router = push::routes(router);
     account_data::routes(router)
 }

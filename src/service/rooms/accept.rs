@@ -283,6 +283,7 @@ impl RoomCore {
         if pdu.kind == TimelineEventType::RoomRedaction && !soft_failed {
             self.record_redaction(db, &mut batch, &pdu, short_event)?;
         }
+        let mut push_queued = false;
         if let Some(position) = position {
             batch.put(&TIMELINE, &(short_room, position), &short_event)?;
             batch.put(&EVENT_STREAM, &position, &(short_room, short_event))?;
@@ -330,6 +331,9 @@ impl RoomCore {
                 None => Arc::new(ShortStateMap::new()),
             };
             self.write_current_state(db, &mut batch, short_room, (short_event, &pdu), &previous, &current, position)?;
+            // Push rules are evaluated here, in the event's own batch (see push::evaluate).
+            let new_key = pending.state_key.as_ref();
+            push_queued = self.record_push(db, &mut batch, rules, (short_event, &pdu), new_key, &current, position)?;
             batch.put(
                 &ROOMS,
                 &short_room,
@@ -338,6 +342,9 @@ impl RoomCore {
         }
         db.write(batch)?;
         drop(reserved);
+        if push_queued {
+            self.push_wake.notify_one();
+        }
         Ok(Accepted { event_id: pdu.event_id, position, soft_failed })
     }
 

@@ -10,6 +10,7 @@ mod context;
 pub mod create;
 mod directory;
 pub mod membership;
+mod notify;
 pub mod pdu;
 pub mod power;
 pub mod public;
@@ -61,6 +62,8 @@ pub struct RoomCore {
     state: state::StateGroups,
     /// Stream positions of the timeline.
     positions: stream::StreamAllocator,
+    /// Woken when an event queued a notification for a push gateway.
+    push_wake: Arc<tokio::sync::Notify>,
 }
 
 pub struct Rooms {
@@ -101,6 +104,7 @@ impl Rooms {
         server_name: OwnedServerName,
         keys: Arc<ServerKeys>,
         notifier: Arc<crate::service::notifier::Notifier>,
+        push_wake: Arc<tokio::sync::Notify>,
     ) -> Result<Self> {
         let core = RoomCore {
             interner: short::Interner::new(&db)?,
@@ -109,6 +113,7 @@ impl Rooms {
             db,
             server_name,
             keys,
+            push_wake,
         };
         Ok(Self { core: Arc::new(core), locks: Mutex::new(HashMap::new()), alias_lock: tokio::sync::Mutex::new(()) })
     }

@@ -53,8 +53,6 @@ struct Context<'a> {
     room_account_data: HashMap<String, Vec<AccountDataEntry>>,
     /// `m.receipt` content of the joined rooms whose receipts changed.
     receipts: HashMap<OwnedRoomId, serde_json::Value>,
-    /// The user's push rules, for unread counts.
-    ruleset: ruma::push::Ruleset,
 }
 
 /// Serialises a JSON value into a ruma `Raw`.
@@ -148,9 +146,7 @@ async fn build(
         .map(|(room, _)| room)
         .collect();
     let receipts = services.receipts.for_sync(user, joined, since.map(|s| s.receipts), now.receipts).await?;
-    let ruleset = unread::ruleset(services, user).await?;
-    let context =
-        Context { services, user, device, filter, since, now, full_state, room_account_data, receipts, ruleset };
+    let context = Context { services, user, device, filter, since, now, full_state, room_account_data, receipts };
     response.rooms = rooms::collect(&context).await?;
     Ok(response)
 }

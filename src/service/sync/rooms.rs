@@ -5,12 +5,8 @@ use std::{collections::HashSet, sync::Arc};
 
 use ruma::{
     OwnedRoomId, RoomId, UInt,
-    api::client::sync::sync_events::{
-        UnreadNotificationsCount,
-        v3::{
-            Ephemeral, InviteState, InvitedRoom, JoinedRoom, LeftRoom, RoomAccountData, RoomSummary, Rooms, State,
-            Timeline,
-        },
+    api::client::sync::sync_events::v3::{
+        Ephemeral, InviteState, InvitedRoom, JoinedRoom, LeftRoom, RoomAccountData, RoomSummary, Rooms, State, Timeline,
     },
     events::AnySyncStateEvent,
     serde::Raw,
@@ -191,10 +187,8 @@ async fn joined_room(
     room.summary.heroes = summary.heroes;
     room.summary.joined_member_count = count(summary.joined);
     room.summary.invited_member_count = count(summary.invited);
-    let (notifications, highlights) = unread::counts(ctx, room_id, summary.joined, membership_position).await?;
-    room.unread_notifications = UnreadNotificationsCount::new();
-    room.unread_notifications.highlight_count = count(highlights);
-    room.unread_notifications.notification_count = count(notifications);
+    (room.unread_notifications, room.unread_thread_notifications) =
+        unread::counts(ctx, room_id, membership_position).await?;
     room.timeline = section.timeline;
     room.state = State::Before(section.state.into());
     room.account_data = account_data;

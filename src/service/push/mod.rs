@@ -1,0 +1,139 @@
+//! Push: the user's push rules (stored as `m.push_rules` account data, so they sync) and their
+//! editing, the notifications push rule evaluation stored when events were persisted
+//! (`evaluate.rs`), unread counts read from them (`counts.rs`), `/notifications`
+//! (`notifications.rs`), pushers (`pushers.rs`) and delivery to push gateways (`gateway.rs`).
+
+pub mod counts;
+pub mod evaluate;
+pub mod gateway;
+pub mod notifications;
+pub mod pushers;
+
+use std::sync::Arc;
+
+use http::StatusCode;
+use ruma::{
+    UserId,
+    api::error::ErrorKind,
+    push::{Action, AnyPushRule, InsertPushRuleError, NewPushRule, RemovePushRuleError, RuleKind, Ruleset},
+};
+
+use super::account_data::AccountData;
+use crate::{Error, Result, storage::Db};
+
+pub use evaluate::PUSH_RULES_TYPE;
+
+pub struct Push {
+    db: Db,
+    /// Woken when an accepted event queued a notification for a push gateway.
+    wake: Arc<tokio::sync::Notify>,
+    /// Serialises read-modify-write of a push rule set.
+    rules_lock: tokio::sync::Mutex<()>,
+    /// Serialises pusher changes (`append: false` removes other users' copies).
+    pushers_lock: tokio::sync::Mutex<()>,
+}
+
+fn rule_not_found() -> Error {
+    Error::not_found("The push rule was not found")
+}
+
+impl Push {
+    pub fn new(db: Db, wake: Arc<tokio::sync::Notify>) -> Self {
+        Self { db, wake, rules_lock: tokio::sync::Mutex::new(()), pushers_lock: tokio::sync::Mutex::new(()) }
+    }
+
+    /// The user's push rules: what they stored, or the spec's defaults.
+    pub async fn ruleset(&self, user: &UserId) -> Result<Ruleset> {
+        let user = user.to_owned();
+        self.db.run(move |db| evaluate::stored_ruleset(db, &user)).await
+    }
+
+    /// One rule of the user's set.
+    pub async fn rule(&self, user: &UserId, kind: RuleKind, rule_id: &str) -> Result<AnyPushRule> {
+        let ruleset = self.ruleset(user).await?;
+        ruleset.get(kind, rule_id).map(|rule| rule.to_owned()).ok_or_else(rule_not_found)
+    }
+
+    /// Reads, changes and stores the user's rule set under the rules lock.
+    async fn update<R>(
+        &self,
+        account_data: &AccountData,
+        user: &UserId,
+        change: impl FnOnce(&mut Ruleset) -> Result<R>,
+    ) -> Result<R> {
+        let _guard = self.rules_lock.lock().await;
+        let mut ruleset = self.ruleset(user).await?;
+        let out = change(&mut ruleset)?;
+        let content = serde_json::value::to_raw_value(&serde_json::json!({ "global": ruleset }))
+            .map_err(|e| Error::internal(format!("cannot serialise push rules: {e}")))?;
+        account_data.set(user, None, PUSH_RULES_TYPE, content).await?;
+        Ok(out)
+    }
+
+    /// Adds or replaces a user-defined rule, placed by `before`/`after`.
+    pub async fn insert_rule(
+        &self,
+        account_data: &AccountData,
+        user: &UserId,
+        rule: NewPushRule,
+        before: Option<&str>,
+        after: Option<&str>,
+    ) -> Result<()> {
+        self.update(account_data, user, |ruleset| {
+            ruleset.insert(rule, after, before).map_err(|error| match error {
+                InsertPushRuleError::UnknownRuleId => Error::new(
+                    StatusCode::BAD_REQUEST,
+                    ErrorKind::Unknown,
+                    format!("before/after rule not found: {}", before.or(after).unwrap_or_default()),
+                ),
+                other => Error::invalid_param(other.to_string()),
+            })
+        })
+        .await
+    }
+
+    /// Removes a user-defined rule; server-default rules cannot be removed.
+    pub async fn remove_rule(
+        &self,
+        account_data: &AccountData,
+        user: &UserId,
+        kind: RuleKind,
+        rule_id: &str,
+    ) -> Result<()> {
+        self.update(account_data, user, |ruleset| {
+            ruleset.remove(kind, rule_id).map_err(|error| match error {
+                RemovePushRuleError::ServerDefault => Error::invalid_param("Server-default rules cannot be deleted"),
+                _ => rule_not_found(),
+            })
+        })
+        .await
+    }
+
+    pub async fn set_enabled(
+        &self,
+        account_data: &AccountData,
+        user: &UserId,
+        kind: RuleKind,
+        rule_id: &str,
+        enabled: bool,
+    ) -> Result<()> {
+        self.update(account_data, user, |ruleset| {
+            ruleset.set_enabled(kind, rule_id, enabled).map_err(|_| rule_not_found())
+        })
+        .await
+    }
+
+    pub async fn set_actions(
+        &self,
+        account_data: &AccountData,
+        user: &UserId,
+        kind: RuleKind,
+        rule_id: &str,
+        actions: Vec<Action>,
+    ) -> Result<()> {
+        self.update(account_data, user, |ruleset| {
+            ruleset.set_actions(kind, rule_id, actions).map_err(|_| rule_not_found())
+        })
+        .await
+    }
+}

@@ -1,0 +1,125 @@
+//! Pushers (`/pushers`, `/pushers/set`): stored per user, keyed by app ID and pushkey. Setting a
+//! pusher without `append` removes other users' pushers with the same app ID and pushkey, as the
+//! spec says; only `http` pushers receive notifications (`gateway.rs`).
+
+use ruma::{
+    OwnedUserId, UserId,
+    api::client::push::{Pusher, PusherIds, PusherKind},
+};
+
+use super::Push;
+use crate::{
+    Error, Result,
+    storage::{
+        Batch,
+        push_tables::{PUSHER_OWNERS, PUSHERS, PusherRecord},
+    },
+};
+
+/// The only path a push gateway serves notifications on.
+pub const NOTIFY_PATH: &str = "/_matrix/push/v1/notify";
+/// The spec's limits on the identifiers.
+const MAX_PUSHKEY_BYTES: usize = 512;
+const MAX_APP_ID_CHARS: usize = 64;
+
+/// A stored pusher with the time its pushkey was set.
+#[derive(Debug, Clone)]
+pub struct StoredPusher {
+    pub pusher: Pusher,
+    pub pushkey_ts: u64,
+}
+
+fn check(pusher: &Pusher) -> Result<()> {
+    if pusher.ids.pushkey.is_empty() || pusher.ids.pushkey.len() > MAX_PUSHKEY_BYTES {
+        return Err(Error::invalid_param(format!("pushkey must be 1 to {MAX_PUSHKEY_BYTES} bytes")));
+    }
+    if pusher.ids.app_id.is_empty() || pusher.ids.app_id.chars().count() > MAX_APP_ID_CHARS {
+        return Err(Error::invalid_param(format!("app_id must be 1 to {MAX_APP_ID_CHARS} characters")));
+    }
+    match &pusher.kind {
+        PusherKind::Http(data) => {
+            let url = url::Url::parse(&data.url).map_err(|_| Error::invalid_param("data.url is not a valid URL"))?;
+            if !matches!(url.scheme(), "http" | "https") || !url.path().ends_with(NOTIFY_PATH) {
+                return Err(Error::invalid_param(format!("data.url must be an http(s) URL ending in {NOTIFY_PATH}")));
+            }
+            Ok(())
+        }
+        PusherKind::Email(_) => Ok(()),
+        _ => Err(Error::invalid_param("Unsupported pusher kind")),
+    }
+}
+
+fn decode(record: &PusherRecord) -> Result<StoredPusher> {
+    let pusher = serde_json::from_str(record.pusher.get())
+        .map_err(|e| Error::internal(format!("stored pusher is invalid: {e}")))?;
+    Ok(StoredPusher { pusher, pushkey_ts: record.pushkey_ts })
+}
+
+impl Push {
+    /// The user's pushers.
+    pub async fn pushers(&self, user: &UserId) -> Result<Vec<StoredPusher>> {
+        let user = user.to_owned();
+        let records = self.db.run(move |db| Ok(PUSHERS.scan_prefix(db, &(user,))?)).await?;
+        records.iter().map(|(_, record)| decode(record)).collect()
+    }
+
+    /// Creates or replaces a pusher (`M_INVALID_PARAM` when it is not valid).
+    pub async fn set_pusher(&self, user: &UserId, pusher: Pusher, append: bool) -> Result<()> {
+        check(&pusher)?;
+        let json = serde_json::value::to_raw_value(&pusher)
+            .map_err(|e| Error::internal(format!("cannot store pusher: {e}")))?;
+        let key = (user.to_owned(), pusher.ids.app_id.clone(), pusher.ids.pushkey.clone());
+        let _guard = self.pushers_lock.lock().await;
+        self.db
+            .run(move |db| {
+                let mut batch = Batch::new();
+                // The same pushkey keeps its timestamp when only the pusher's details change.
+                let pushkey_ts =
+                    PUSHERS.get(db, &key)?.map_or_else(|| crate::service::now_ms() / 1000, |r| r.pushkey_ts);
+                let (user, app_id, pushkey) = key.clone();
+                if !append {
+                    for ((_, _, other), ()) in PUSHER_OWNERS.scan_prefix(db, &(app_id.clone(), pushkey.clone()))? {
+                        if other != user {
+                            batch.delete(&PUSHERS, &(other.clone(), app_id.clone(), pushkey.clone()));
+                            batch.delete(&PUSHER_OWNERS, &(app_id.clone(), pushkey.clone(), other));
+                        }
+                    }
+                }
+                batch.put(&PUSHERS, &key, &PusherRecord { pusher: json, pushkey_ts })?;
+                batch.put(&PUSHER_OWNERS, &(app_id, pushkey, user), &())?;
+                Ok(db.write(batch)?)
+            })
+            .await
+    }
+
+    /// Deletes a pusher (nothing happens when there is none).
+    pub async fn delete_pusher(&self, user: &UserId, ids: PusherIds) -> Result<()> {
+        let key: (OwnedUserId, String, String) = (user.to_owned(), ids.app_id, ids.pushkey);
+        let _guard = self.pushers_lock.lock().await;
+        self.db
+            .run(move |db| {
+                let mut batch = Batch::new();
+                let (user, app_id, pushkey) = key.clone();
+                batch.delete(&PUSHERS, &key);
+                batch.delete(&PUSHER_OWNERS, &(app_id, pushkey, user));
+                Ok(db.write(batch)?)
+            })
+            .await
+    }
+
+    /// Removes `user`'s pushers whose pushkeys a gateway rejected, as (app ID, pushkey) pairs.
+    pub async fn remove_rejected(&self, user: &UserId, rejected: Vec<(String, String)>) -> Result<()> {
+        let user = user.to_owned();
+        let _guard = self.pushers_lock.lock().await;
+        self.db
+            .run(move |db| {
+                let mut batch = Batch::new();
+                for (app_id, pushkey) in rejected {
+                    batch.delete(&PUSHERS, &(user.clone(), app_id.clone(), pushkey.clone()));
+                    batch.delete(&PUSHER_OWNERS, &(app_id, pushkey, user.clone()));
+                }
+                Ok(db.write(batch)?)
+            })
+            .await
+    }
+}
