@@ -93,6 +93,17 @@ async fn counts_follow_mentions_room_pings_mutes_and_receipts() {
     assert_eq!(counts(&sync(&server, &bob, "").await, &room), (0, 0));
     send_text(&server, &alice, &room, "after the receipt").await;
     assert_eq!(counts(&sync(&server, &bob, "").await, &room), (1, 0));
+
+    // Once alice gives carol the power to notify the room, carol's `@room` highlights: the
+    // rules see the room's new power levels, not those of an earlier state.
+    let levels_path = format!("/_matrix/client/v3/rooms/{}/state/m.room.power_levels", enc(&room));
+    let (status, mut levels) = server.get(&levels_path, alice.token()).await;
+    assert_eq!(status, 200, "{levels}");
+    levels["users"][carol.user_id.as_str()] = json!(50);
+    let (status, body) = server.put(&levels_path, alice.token(), levels).await;
+    assert_eq!(status, 200, "{body}");
+    send_content(&server, &carol, &room, room_ping("@room carol again")).await;
+    assert_eq!(counts(&sync(&server, &bob, "").await, &room), (2, 1));
 }
 
 #[tokio::test]

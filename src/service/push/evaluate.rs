@@ -43,6 +43,7 @@ struct PushRulesContent {
 }
 
 /// A local user who may be notified of an event, with their display name in the room.
+#[derive(Clone)]
 pub struct Recipient {
     pub user: OwnedUserId,
     pub display_name: String,

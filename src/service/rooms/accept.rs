@@ -333,7 +333,15 @@ impl RoomCore {
             self.write_current_state(db, &mut batch, short_room, (short_event, &pdu), &previous, &current, position)?;
             // Push rules are evaluated here, in the event's own batch (see push::evaluate).
             let new_key = pending.state_key.as_ref();
-            push_queued = self.record_push(db, &mut batch, rules, (short_event, &pdu), new_key, &current, position)?;
+            push_queued = self.record_push(
+                db,
+                &mut batch,
+                rules,
+                (short_event, &pdu),
+                new_key,
+                (&current, current_group),
+                (short_room, position),
+            )?;
             batch.put(
                 &ROOMS,
                 &short_room,

@@ -64,6 +64,8 @@ pub struct RoomCore {
     positions: stream::StreamAllocator,
     /// Woken when an event queued a notification for a push gateway.
     push_wake: Arc<tokio::sync::Notify>,
+    /// Push evaluation's facts per room (see `notify.rs`).
+    push_facts: notify::PushFactsCache,
 }
 
 pub struct Rooms {
@@ -114,6 +116,7 @@ impl Rooms {
             server_name,
             keys,
             push_wake,
+            push_facts: notify::PushFactsCache::default(),
         };
         Ok(Self { core: Arc::new(core), locks: Mutex::new(HashMap::new()), alias_lock: tokio::sync::Mutex::new(()) })
     }
