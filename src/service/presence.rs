@@ -203,12 +203,7 @@ impl Presence {
         }
         let wanted = state_name(set_presence);
         let current = self.inner.record(user).await?;
-        let change = match (current.state.as_str(), wanted) {
-            (OFFLINE, _) => true,
-            (ONLINE, UNAVAILABLE) => true,
-            _ => false,
-        };
-        if change {
+        if matches!((current.state.as_str(), wanted), (OFFLINE, _) | (ONLINE, UNAVAILABLE)) {
             self.inner
                 .update(user, true, |record, now| {
                     record.state = wanted.to_owned();

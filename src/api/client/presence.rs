@@ -48,9 +48,10 @@ async fn get_status(
         }
     }
     let view = services.presence.get(target).await?;
+    let online = view.state == ruma::presence::PresenceState::Online;
     let mut response = get_presence::v3::Response::new(view.state);
     response.status_msg = view.status_msg;
     response.last_active_ago = view.last_active_ago;
-    response.currently_active = (view.state == ruma::presence::PresenceState::Online).then_some(view.currently_active);
+    response.currently_active = online.then_some(view.currently_active);
     Ok(response)
 }
