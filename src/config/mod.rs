@@ -123,6 +123,17 @@ pub struct Config {
     /// Push gateway delivery: how long a notification is retried before it is dropped, in seconds.
     #[serde(default = "default_push_give_up_secs")]
     pub push_give_up_secs: u64,
+    /// Whether local users' presence is tracked and shown (Conduit's key); when false, presence
+    /// updates are accepted and ignored, everyone reads as offline and syncs carry no presence.
+    #[serde(default = "default_true")]
+    pub allow_local_presence: bool,
+    /// Seconds without activity after which an online user becomes unavailable (Conduit's key).
+    #[serde(default = "default_presence_idle_timeout_s")]
+    pub presence_idle_timeout_s: u64,
+    /// Seconds after a user's last sync (or presence update) after which they become offline
+    /// (Conduit's key; Synapse's 30 seconds by default, where Conduit counts 30 minutes).
+    #[serde(default = "default_presence_offline_timeout_s")]
+    pub presence_offline_timeout_s: u64,
     /// The media repository (Conduit's `[global.media]` table, with Trellis's additions).
     #[serde(default)]
     pub media: MediaConfig,
@@ -359,6 +370,12 @@ fn default_rocksdb_max_open_files() -> i32 {
 }
 fn default_refreshable_access_token_lifetime_secs() -> u64 {
     300
+}
+fn default_presence_idle_timeout_s() -> u64 {
+    300
+}
+fn default_presence_offline_timeout_s() -> u64 {
+    30
 }
 
 /// A configuration that could not be loaded; the message names the file, key and line.

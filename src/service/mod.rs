@@ -9,6 +9,7 @@ pub mod dehydrated;
 pub mod keys;
 pub mod media;
 pub mod notifier;
+pub mod presence;
 pub mod profile;
 pub mod push;
 pub mod receipts;
@@ -16,6 +17,7 @@ pub mod rooms;
 pub mod server_keys;
 pub mod sessions;
 pub mod sync;
+pub mod tags;
 pub mod to_device;
 pub mod typing;
 pub mod uiaa;
@@ -48,6 +50,12 @@ pub struct Services {
     pub receipts: receipts::Receipts,
     /// Push rules, notifications, pushers.
     pub push: push::Push,
+    /// Presence of local users, with its idle and offline timer.
+    pub presence: presence::Presence,
+    /// Room tags, kept as `m.tag` room account data.
+    pub tags: tags::Tags,
+    /// Member events each device was sent while lazy-loading (in memory).
+    pub lazy_members: sync::LazyMemberCache,
 }
 
 impl Services {
@@ -88,6 +96,9 @@ impl Services {
             uiaa: uiaa::Uiaa::new(non_empty(&config.registration_token)),
             account_data: account_data::AccountData::new(db.clone(), notifier.clone()),
             receipts: receipts::Receipts::new(db.clone(), notifier.clone()),
+            presence: presence::Presence::new(&config, db.clone(), notifier.clone())?,
+            tags: tags::Tags::default(),
+            lazy_members: sync::LazyMemberCache::default(),
             admin_register: admin_register::AdminRegister::new(non_empty(&config.registration_shared_secret)),
             config,
             db,

@@ -26,6 +26,11 @@ pub const REFRESH_TOKENS: Table<String, RefreshTokenRecord> = Table::new("refres
 pub const ACCOUNT_DATA: Table<(OwnedUserId, String, String), Box<RawValue>> = Table::new("account_data");
 /// Change log of account data for incremental sync. Key: (user, stream position).
 pub const ACCOUNT_DATA_CHANGES: Table<(OwnedUserId, u64), AccountDataChange> = Table::new("account_data_changes");
+/// Local users' presence. Key: user ID.
+pub const PRESENCE: Table<OwnedUserId, PresenceRecord> = Table::new("presence");
+/// Presence stream: position -> the user whose presence changed then (one row per user, the
+/// newest; older rows are deleted with each change).
+pub const PRESENCE_CHANGES: Table<u64, OwnedUserId> = Table::new("presence_changes");
 /// Stored filters. Key: (user, filter ID).
 pub const FILTERS: Table<(OwnedUserId, u64), Box<RawValue>> = Table::new("filters");
 
@@ -53,6 +58,8 @@ pub const ALL_TABLES: &[&str] = &[
     ACCOUNT_DATA.name,
     ACCOUNT_DATA_CHANGES.name,
     FILTERS.name,
+    PRESENCE.name,
+    PRESENCE_CHANGES.name,
     MEDIA.name,
     MEDIA_PENDING.name,
     MEDIA_PENDING_BY_USER.name,
@@ -110,6 +117,19 @@ pub struct AccountDataChange {
     pub event_type: String,
 }
 impl JsonValue for AccountDataChange {}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceRecord {
+    /// `online`, `unavailable` or `offline`.
+    pub state: String,
+    pub status_msg: Option<String>,
+    /// When the user was last active (ms since the epoch).
+    pub last_active_ms: u64,
+    pub currently_active: bool,
+    /// The presence stream position of the last change.
+    pub position: u64,
+}
+impl JsonValue for PresenceRecord {}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MediaRecord {

@@ -11,7 +11,7 @@ use crate::{
     rooms::{create_room, messages, send_text},
 };
 
-async fn sync(server: &TestServer, who: &Session, query: &str) -> Value {
+pub(crate) async fn sync(server: &TestServer, who: &Session, query: &str) -> Value {
     let (status, body) = server.get(&format!("/_matrix/client/v3/sync?{query}"), who.token()).await;
     assert_eq!(status, 200, "sync?{query}: {body}");
     assert!(body["next_batch"].is_string(), "{body}");
@@ -21,7 +21,7 @@ async fn sync(server: &TestServer, who: &Session, query: &str) -> Value {
 /// Starts a long-poll from `token`, checks that it is still waiting while nothing happens, then
 /// runs `trigger` and returns its output with the sync response it woke. Had the sync timed out
 /// instead, its response would hold nothing, so the callers' content checks prove the wake-up.
-async fn wakes<T>(
+pub(crate) async fn wakes<T>(
     server: &TestServer,
     who: &Session,
     token: &str,
@@ -39,19 +39,19 @@ async fn wakes<T>(
     })
 }
 
-fn since(body: &Value) -> String {
+pub(crate) fn since(body: &Value) -> String {
     body["next_batch"].as_str().unwrap().to_owned()
 }
 
-fn filter(filter: Value) -> String {
+pub(crate) fn filter(filter: Value) -> String {
     format!("filter={}", enc(&filter.to_string()))
 }
 
-fn joined<'a>(body: &'a Value, room: &str) -> &'a Value {
+pub(crate) fn joined<'a>(body: &'a Value, room: &str) -> &'a Value {
     &body["rooms"]["join"][room]
 }
 
-fn events<'a>(section: &'a Value, part: &str) -> Vec<&'a Value> {
+pub(crate) fn events<'a>(section: &'a Value, part: &str) -> Vec<&'a Value> {
     section[part]["events"].as_array().map(|events| events.iter().collect()).unwrap_or_default()
 }
 
@@ -67,13 +67,13 @@ fn has_state(section: &Value, kind: &str, state_key: &str) -> bool {
     events(section, "state").iter().any(|e| e["type"] == kind && e["state_key"] == state_key)
 }
 
-async fn join(server: &TestServer, who: &Session, room: &str) {
+pub(crate) async fn join(server: &TestServer, who: &Session, room: &str) {
     let (status, body) =
         server.post(&format!("/_matrix/client/v3/rooms/{}/join", enc(room)), who.token(), json!({})).await;
     assert_eq!(status, 200, "join: {body}");
 }
 
-async fn send(server: &TestServer, who: &Session, room: &str, text: &str) {
+pub(crate) async fn send(server: &TestServer, who: &Session, room: &str, text: &str) {
     let (status, body) = send_text(server, who, room, text, text).await;
     assert_eq!(status, 200, "send {text}: {body}");
 }

@@ -55,6 +55,8 @@ async fn send(
         Transaction { device: device.to_owned(), key: body.txn_id.to_string(), client_txn: body.txn_id.to_string() };
     let event = NewEvent::message(kind, content);
     let accepted = services.rooms.send_with_transaction(&body.room_id, &sender.user_id, event, transaction).await?;
+    // Sending a message is activity for presence, as in Synapse.
+    services.presence.active(&sender.user_id).await?;
     Ok(send_message_event::v3::Response::new(accepted.event_id))
 }
 

@@ -12,6 +12,7 @@ pub mod keys;
 pub mod media;
 pub mod membership;
 pub mod message;
+pub mod presence;
 pub mod profile;
 pub mod push;
 pub mod receipt;
@@ -21,6 +22,7 @@ pub mod room;
 pub mod session;
 pub mod state;
 pub mod sync;
+pub mod tag;
 pub mod to_device;
 pub mod typing;
 pub mod upgrade;
@@ -55,5 +57,7 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = typing::routes(router);
     let router = receipt::routes(router);
     let router = push::routes(router);
+    let router = presence::routes(router);
+    let router = tag::routes(router);
     account_data::routes(router)
 }

@@ -18,7 +18,6 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     router.ruma(sync_events)
 }
 
-/// Presence (`set_presence`) is accepted and not acted on yet.
 async fn sync_events(
     services: Arc<Services>,
     request: Ruma<sync_events::v3::Request>,
@@ -26,7 +25,12 @@ async fn sync_events(
     let sender = request.sender()?;
     let (user, device) = (sender.user_id.clone(), sender.device_id.clone());
     let body = request.body;
-    let sync_request =
-        SyncRequest { filter: body.filter, since: body.since, full_state: body.full_state, timeout: body.timeout };
+    let sync_request = SyncRequest {
+        filter: body.filter,
+        since: body.since,
+        full_state: body.full_state,
+        timeout: body.timeout,
+        set_presence: body.set_presence,
+    };
     sync::sync(&services, &user, &device, sync_request).await
 }

@@ -105,6 +105,12 @@ pub fn account_data_allowed(filter: &Filter, kind: &str) -> bool {
     types_allow(filter.types.as_deref(), &filter.not_types, kind)
 }
 
+/// Whether a (global) filter's sender lists accept `sender` (presence).
+pub fn senders_allowed(filter: &Filter, sender: &UserId) -> bool {
+    filter.senders.as_ref().is_none_or(|senders| senders.iter().any(|s| s == sender))
+        && !filter.not_senders.iter().any(|s| s == sender)
+}
+
 #[cfg(test)]
 mod tests {
     use super::type_matches;

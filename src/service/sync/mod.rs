@@ -7,9 +7,14 @@
 //! `rooms.rs` (the joined, invited and left rooms), `unread.rs` (unread counts by push
 //! rules), `e2ee.rs` (to-device messages, device
 //! lists, key counts).
+//! `presence.rs`: the top-level presence part; `lazy_members.rs`: member events already sent;
+//! `event_fields.rs`: the filter's `event_fields`.
 
 mod e2ee;
+mod event_fields;
 mod filter;
+mod lazy_members;
+mod presence;
 mod rooms;
 mod token;
 mod unread;
@@ -19,10 +24,12 @@ use std::{collections::HashMap, time::Duration};
 use ruma::{
     DeviceId, OwnedRoomId, UserId,
     api::client::{filter::FilterDefinition, sync::sync_events::v3},
+    presence::PresenceState,
     serde::Raw,
 };
 use serde::Serialize;
 
+pub use lazy_members::LazyMemberCache;
 pub use token::SyncToken;
 
 use super::{Services, account_data::AccountDataEntry};
@@ -38,6 +45,8 @@ pub struct SyncRequest {
     pub since: Option<String>,
     pub full_state: bool,
     pub timeout: Option<Duration>,
+    /// The client's `set_presence` (online by default).
+    pub set_presence: PresenceState,
 }
 
 /// What every part of one sync shares.
@@ -72,6 +81,8 @@ pub async fn sync(services: &Services, user: &UserId, device: &DeviceId, request
     let filter = filter::resolve(&services.account_data, user, request.filter).await?;
     let timeout = request.timeout.unwrap_or_default().min(MAX_TIMEOUT);
     let deadline = tokio::time::Instant::now() + timeout;
+    // The user counts as syncing (for presence) until this sync returns.
+    let _syncing = services.presence.syncing(user, &request.set_presence).await?;
     loop {
         // Subscribe before reading the streams: a change after the read wakes the wait below.
         let mut changes = services.notifier.subscribe();
@@ -82,6 +93,7 @@ pub async fn sync(services: &Services, user: &UserId, device: &DeviceId, request
             key_changes: services.keys.current_position(),
             typing: services.typing.serial(),
             receipts: services.receipts.position().await?,
+            presence: services.presence.position().await?,
         };
         // A token from the future (a restored database) counts as "now".
         let since = since.map(|s| SyncToken {
@@ -91,12 +103,14 @@ pub async fn sync(services: &Services, user: &UserId, device: &DeviceId, request
             key_changes: s.key_changes.min(now.key_changes),
             typing: s.typing.min(now.typing),
             receipts: s.receipts.min(now.receipts),
+            presence: s.presence.min(now.presence),
         });
         let response = build(services, user, device, &filter, since, now, request.full_state).await?;
         let empty = response.rooms.is_empty()
             && response.account_data.is_empty()
             && response.to_device.is_empty()
-            && response.device_lists.is_empty();
+            && response.device_lists.is_empty()
+            && response.presence.is_empty();
         if since.is_none() || request.full_state || !empty || services.notifier.is_shutting_down() {
             return Ok(response);
         }
@@ -127,6 +141,8 @@ async fn build(
     let (counts, fallback) = e2ee::key_counts(services, user, device).await?;
     response.device_one_time_keys_count = counts;
     response.device_unused_fallback_key_types = Some(fallback);
+    response.presence.events =
+        presence::collect(services, user, &filter.presence, since.map(|s| s.presence), now.presence).await?;
     let mut room_account_data: HashMap<String, Vec<AccountDataEntry>> = HashMap::new();
     for entry in services.account_data.changes(user, since.map(|s| s.account_data), now.account_data).await? {
         if entry.room.is_empty() {
@@ -146,7 +162,11 @@ async fn build(
         .map(|(room, _)| room)
         .collect();
     let receipts = services.receipts.for_sync(user, joined, since.map(|s| s.receipts), now.receipts).await?;
+    if since.is_none() || full_state {
+        services.lazy_members.reset(user, device);
+    }
     let context = Context { services, user, device, filter, since, now, full_state, room_account_data, receipts };
     response.rooms = rooms::collect(&context).await?;
+    event_fields::apply(&mut response, filter.event_fields.as_deref());
     Ok(response)
 }

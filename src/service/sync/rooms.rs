@@ -5,10 +5,12 @@ use std::{collections::HashSet, sync::Arc};
 
 use ruma::{
     OwnedRoomId, RoomId, UInt,
+    api::client::filter::{EventFormat, LazyLoadOptions},
     api::client::sync::sync_events::v3::{
-        Ephemeral, InviteState, InvitedRoom, JoinedRoom, LeftRoom, RoomAccountData, RoomSummary, Rooms, State, Timeline,
+        Ephemeral, InviteState, InvitedRoom, JoinedRoom, KnockState, KnockedRoom, LeftRoom, RoomAccountData,
+        RoomSummary, Rooms, State, Timeline,
     },
-    events::AnySyncStateEvent,
+    events::{AnySyncStateEvent, TimelineEventType},
     serde::Raw,
 };
 
@@ -24,13 +26,18 @@ struct Section {
     state: Vec<Raw<AnySyncStateEvent>>,
 }
 
-/// An event in the sync format (a client event without `room_id`).
-fn sync_event<T>(pdu: &Pdu) -> Result<Raw<T>> {
-    sync_event_with_txn(pdu, None)
+/// An event in the sync format (a client event without `room_id`), or with the filter's
+/// `event_format: federation` the PDU as stored (hashes, signatures, `auth_events`,
+/// `prev_events`).
+fn sync_event<T>(pdu: &Pdu, format: &EventFormat) -> Result<Raw<T>> {
+    sync_event_with_txn(pdu, format, None)
 }
 
 /// An event in the sync format, with the transaction ID its sender's device gave it.
-fn sync_event_with_txn<T>(pdu: &Pdu, transaction_id: Option<&str>) -> Result<Raw<T>> {
+fn sync_event_with_txn<T>(pdu: &Pdu, format: &EventFormat, transaction_id: Option<&str>) -> Result<Raw<T>> {
+    if *format == EventFormat::Federation {
+        return raw_json(&pdu.json);
+    }
     let mut event = pdu.to_client_event();
     if let Some(object) = event.as_object_mut() {
         object.remove("room_id");
@@ -90,6 +97,17 @@ pub(super) async fn collect(ctx: &Context<'_>) -> Result<Rooms> {
                 };
                 if new {
                     rooms.invite.insert(room_id.clone(), invited_room(ctx, &room_id).await?);
+                }
+            }
+            "knock" => {
+                let new = match since {
+                    None => true,
+                    Some(s) => changed_since(ctx, &room_id, &membership, position, s).await?,
+                };
+                if new {
+                    let mut state = KnockState::new();
+                    state.events = stripped_state(ctx, &room_id).await?;
+                    rooms.knock.insert(room_id.clone(), KnockedRoom::from(state));
                 }
             }
             "leave" | "ban" => {
@@ -207,15 +225,19 @@ async fn left_room(ctx: &Context<'_>, room_id: &OwnedRoomId, left_at: u64) -> Re
 }
 
 async fn invited_room(ctx: &Context<'_>, room_id: &OwnedRoomId) -> Result<InvitedRoom> {
-    let events = ctx
-        .services
+    Ok(InvitedRoom::from(InviteState::from(stripped_state(ctx, room_id).await?)))
+}
+
+/// The stripped state of an invite or a knock: the room's basic state and the user's own member
+/// event (with, for an invite, the inviter's).
+async fn stripped_state<T>(ctx: &Context<'_>, room_id: &OwnedRoomId) -> Result<Vec<Raw<T>>> {
+    ctx.services
         .rooms
         .invite_state(room_id, ctx.user)
         .await?
         .iter()
         .map(|pdu| raw_json(&pdu.to_stripped_state()))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(InvitedRoom::from(InviteState::from(events)))
+        .collect()
 }
 
 /// The timeline window `(since, upto]` and the state before it: the state changes since the
@@ -250,11 +272,34 @@ async fn section(ctx: &Context<'_>, room_id: &OwnedRoomId, upto: u64, full: bool
     // The state before the first timeline event, or at the end when the timeline is empty.
     let state_at = first.map_or(upto, |p| p.saturating_sub(1));
     let state = ctx.services.rooms.sync_state(room_id, from, state_at, selection).await?;
-    let state = state
+    // Lazy-loading without `include_redundant_members`: member events this device already has
+    // are left out.
+    let redundant =
+        matches!(room_filter.state.lazy_load_options, LazyLoadOptions::Enabled { include_redundant_members: true });
+    let cache = &ctx.services.lazy_members;
+    let already_sent = |pdu: &Pdu| {
+        lazy && !redundant
+            && pdu.kind == TimelineEventType::RoomMember
+            && pdu
+                .state_key
+                .as_deref()
+                .is_some_and(|member| cache.was_sent(ctx.user, ctx.device, room_id, member, pdu.event_id.as_str()))
+    };
+    let state: Vec<&Pdu> = state
         .iter()
         .filter(|pdu| filter::room_event_allowed(&room_filter.state, &pdu.kind.to_string(), &pdu.sender))
-        .map(sync_event)
-        .collect::<Result<Vec<_>>>()?;
+        .filter(|pdu| !already_sent(pdu))
+        .collect();
+    if lazy {
+        let members = state.iter().copied().chain(window.events.iter().map(|e| &e.pdu));
+        let sent = members
+            .filter(|pdu| pdu.kind == TimelineEventType::RoomMember)
+            .filter_map(|pdu| Some((pdu.state_key.clone()?, pdu.event_id.to_string())))
+            .collect();
+        cache.record(ctx.user, ctx.device, room_id, sent);
+    }
+    let format = &ctx.filter.event_format;
+    let state = state.into_iter().map(|pdu| sync_event(pdu, format)).collect::<Result<Vec<_>>>()?;
 
     let mut timeline = Timeline::new();
     timeline.limited = window.limited;
@@ -273,7 +318,7 @@ async fn section(ctx: &Context<'_>, room_id: &OwnedRoomId, upto: u64, full: bool
                 .get(e.pdu.event_id.as_str())
                 .filter(|(device, _)| device == ctx.device.as_str())
                 .map(|(_, txn)| txn.as_str());
-            sync_event_with_txn(&e.pdu, txn)
+            sync_event_with_txn(&e.pdu, format, txn)
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(Section { timeline, state })

@@ -1,5 +1,5 @@
 //! Sync tokens (`since`, `next_batch`): one stream position per sync stream, as
-//! `s{events}_a{account_data}_d{to_device}_k{key_changes}_t{typing}_r{receipts}`. The first
+//! `s{events}_a{account_data}_d{to_device}_k{key_changes}_t{typing}_r{receipts}_p{presence}`. The first
 //! part is the room event position; every later part is a one-letter stream tag and a position. A stream added later
 //! gets a new tag: older tokens lack it (it reads as 0) and tags this build does not know are
 //! skipped, as long as they carry a number. `/keys/changes` reads the `k` part of a token.
@@ -22,6 +22,8 @@ pub struct SyncToken {
     pub typing: u64,
     /// Receipt stream position.
     pub receipts: u64,
+    /// Presence stream position.
+    pub presence: u64,
 }
 
 impl SyncToken {
@@ -46,6 +48,7 @@ impl SyncToken {
                 'k' => parsed.key_changes = position,
                 't' => parsed.typing = position,
                 'r' => parsed.receipts = position,
+                'p' => parsed.presence = position,
                 _ => {}
             }
         }
@@ -57,8 +60,8 @@ impl fmt::Display for SyncToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "s{}_a{}_d{}_k{}_t{}_r{}",
-            self.events, self.account_data, self.to_device, self.key_changes, self.typing, self.receipts
+            "s{}_a{}_d{}_k{}_t{}_r{}_p{}",
+            self.events, self.account_data, self.to_device, self.key_changes, self.typing, self.receipts, self.presence
         )
     }
 }
@@ -69,12 +72,22 @@ mod tests {
 
     #[test]
     fn round_trips_and_rejects_garbage() {
-        let token = SyncToken { events: 42, account_data: 7, to_device: 3, key_changes: 9, typing: 4, receipts: 5 };
-        assert_eq!(token.to_string(), "s42_a7_d3_k9_t4_r5");
-        assert_eq!(SyncToken::parse("s42_a7_d3_k9_t4_r5").ok(), Some(token));
+        let token = SyncToken {
+            events: 42,
+            account_data: 7,
+            to_device: 3,
+            key_changes: 9,
+            typing: 4,
+            receipts: 5,
+            presence: 6,
+        };
+        assert_eq!(token.to_string(), "s42_a7_d3_k9_t4_r5_p6");
+        assert_eq!(SyncToken::parse("s42_a7_d3_k9_t4_r5_p6").ok(), Some(token));
+        // A token from before the presence stream reads it as 0.
+        assert_eq!(SyncToken::parse("s42_a7_d3_k9_t4_r5").ok(), Some(SyncToken { presence: 0, ..token }));
         // Missing streams read as 0; unknown tags are skipped.
         assert_eq!(SyncToken::parse("s42").ok(), Some(SyncToken { events: 42, ..SyncToken::default() }));
-        assert_eq!(SyncToken::parse("s42_z5_a7_d3_k9_t4_r5").ok(), Some(token));
+        assert_eq!(SyncToken::parse("s42_z5_a7_d3_k9_t4_r5_p6").ok(), Some(token));
         for bad in ["", "s", "42_a7", "s_a7", "sx_a1", "s1_ay", "s1_a", "s1_7", "s-1", "s1__a2", "s+1", "s1_A2"] {
             assert!(SyncToken::parse(bad).is_err(), "{bad:?} must be refused");
         }
