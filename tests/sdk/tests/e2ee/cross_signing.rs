@@ -2,8 +2,9 @@
 //! user-signing keys (`/keys/device_signing/upload`) and the device's signature
 //! (`/keys/signatures/upload`); replacing them needs the password (UIA); another user who
 //! shares a room learns of the change through `device_lists.changed` and sees the signatures.
+//! Re-uploading the same keys needs no UIA.
 
-use matrix_sdk::Client;
+use matrix_sdk::{Client, encryption::CrossSigningResetAuthType};
 
 use crate::harness::{TestServer, encrypted_room, password_auth, sync};
 
@@ -37,20 +38,27 @@ async fn bootstrap_and_reset_are_seen_as_cross_signed_by_the_other_user() {
     let device = bob.encryption().get_device(&alice_id, &alice_device).await.expect("store").expect("Alice's device");
     assert!(device.is_cross_signed_by_owner(), "Bob sees Alice's device signed by her self-signing key");
 
+    // Bootstrapping again re-uploads the same keys: a repeat needs no UIA (spec v1.11).
+    alice.encryption().bootstrap_cross_signing(None).await.expect("a repeated bootstrap");
+    assert_eq!(master_key_seen_by(&alice, &alice).await.as_deref(), Some(first_master.as_str()));
+
     // Replacing the keys needs the password: without auth the server answers with UIA flows...
-    let error = alice.encryption().bootstrap_cross_signing(None).await.expect_err("a reset without auth");
-    let uiaa = error.as_uiaa_response().unwrap_or_else(|| panic!("a UIA response, not {error:?}"));
+    let handle = alice
+        .encryption()
+        .reset_cross_signing()
+        .await
+        .expect("start a reset")
+        .expect("a reset needs user-interactive auth");
+    let CrossSigningResetAuthType::Uiaa(uiaa) = handle.auth_type() else {
+        panic!("password UIA, not {:?}", handle.auth_type());
+    };
     assert!(
         uiaa.flows.iter().any(|flow| flow.stages.iter().any(|stage| stage.as_str() == "m.login.password")),
         "password is a UIA flow: {:?}",
         uiaa.flows
     );
     // ...and with it, the new identity is stored.
-    alice
-        .encryption()
-        .bootstrap_cross_signing(Some(password_auth(&alice_id, uiaa.session.clone())))
-        .await
-        .expect("bootstrap with the password");
+    handle.auth(Some(password_auth(&alice_id, uiaa.session.clone()))).await.expect("reset with the password");
     let second_master = master_key_seen_by(&alice, &alice).await.expect("Alice's new identity");
     assert_ne!(first_master, second_master, "a reset makes a new master key");
 

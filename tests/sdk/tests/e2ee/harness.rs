@@ -135,7 +135,7 @@ log = "info"
         request.initial_device_display_name = Some(format!("{name}'s first device"));
         request.auth = Some(uiaa::AuthData::Dummy(uiaa::Dummy::new()));
         client.matrix_auth().register(request).await.unwrap_or_else(|e| panic!("register {name}: {e}"));
-        assert!(client.logged_in(), "registration logged {name} in");
+        assert!(client.matrix_auth().logged_in(), "registration logged {name} in");
         client.encryption().wait_for_e2ee_initialization_tasks().await;
         client
     }

@@ -22,10 +22,10 @@ async fn a_message_is_decrypted_by_the_other_user() {
         .expect("send");
     sync(&bob).await;
 
-    let event = room(&bob, &room_id).event(&sent.event_id, None).await.expect("fetch the event");
+    let event = room(&bob, &room_id).event(&sent.response.event_id, None).await.expect("fetch the event");
     assert_eq!(decrypted_body(&event), "the eagle lands at dawn");
     // What the server stored and serves is ciphertext.
-    let request = get_room_event::v3::Request::new(room_id.clone(), sent.event_id.clone());
+    let request = get_room_event::v3::Request::new(room_id.clone(), sent.response.event_id.clone());
     let stored = bob.send(request).await.expect("GET the event").event;
     assert_eq!(stored.get_field::<String>("type").expect("type").as_deref(), Some("m.room.encrypted"));
     assert!(!stored.json().get().contains("eagle"), "plaintext on the server: {}", stored.json().get());
@@ -33,7 +33,7 @@ async fn a_message_is_decrypted_by_the_other_user() {
     // And the other direction.
     let reply = room(&bob, &room_id).send(RoomMessageEventContent::text_plain("copy that")).await.expect("reply");
     sync(&alice).await;
-    let event = room(&alice, &room_id).event(&reply.event_id, None).await.expect("fetch the reply");
+    let event = room(&alice, &room_id).event(&reply.response.event_id, None).await.expect("fetch the reply");
     assert_eq!(decrypted_body(&event), "copy that");
 }
 
@@ -49,7 +49,10 @@ async fn a_device_added_later_gets_the_keys_for_the_next_message() {
     let room_id = encrypted_room(&alice, &[&bob]).await;
     let first = room(&alice, &room_id).send(RoomMessageEventContent::text_plain("first")).await.expect("send");
     sync(&bob).await;
-    assert_eq!(decrypted_body(&room(&bob, &room_id).event(&first.event_id, None).await.expect("fetch")), "first");
+    assert_eq!(
+        decrypted_body(&room(&bob, &room_id).event(&first.response.event_id, None).await.expect("fetch")),
+        "first"
+    );
 
     let bob_laptop = server.login("bob", "bob's laptop").await;
     // The new device uploads its keys on its first sync.
@@ -65,10 +68,10 @@ async fn a_device_added_later_gets_the_keys_for_the_next_message() {
     assert!(known.is_some(), "Alice knows Bob's new device {laptop_id}");
 
     sync(&bob_laptop).await;
-    let event = room(&bob_laptop, &room_id).event(&second.event_id, None).await.expect("fetch on the laptop");
+    let event = room(&bob_laptop, &room_id).event(&second.response.event_id, None).await.expect("fetch on the laptop");
     assert_eq!(decrypted_body(&event), "second, for every device");
     // Bob's first device still decrypts it as well.
     sync(&bob).await;
-    let event = room(&bob, &room_id).event(&second.event_id, None).await.expect("fetch on the first device");
+    let event = room(&bob, &room_id).event(&second.response.event_id, None).await.expect("fetch on the first device");
     assert_eq!(decrypted_body(&event), "second, for every device");
 }

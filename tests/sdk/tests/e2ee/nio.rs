@@ -64,7 +64,7 @@ async fn matrix_nio_and_matrix_sdk_exchange_encrypted_messages() {
         .send(RoomMessageEventContent::text_plain("hello from matrix-sdk, encrypted"))
         .await
         .expect("send");
-    to_nio.write_all(format!("SENT {}\n", sent.event_id).as_bytes()).await.expect("write to nio");
+    to_nio.write_all(format!("SENT {}\n", sent.response.event_id).as_bytes()).await.expect("write to nio");
     expect_line(&mut from_nio, "OK").await;
     let status = script.wait().await.expect("nio exits");
     assert!(status.success(), "nio exited with {status}");
