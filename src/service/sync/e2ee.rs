@@ -43,8 +43,7 @@ pub(super) async fn to_device<T>(
     Ok((events, if full { last } else { now.max(after) }))
 }
 
-/// Users whose keys changed in `(since, now]` and who share a room with `user` (or are `user`),
-/// for a sync's `device_lists`.
+/// A sync's `device_lists` for the window `(since, now]` (see [`device_list_changes`]).
 pub(super) async fn device_lists(
     services: &Services,
     user: &UserId,
