@@ -91,8 +91,15 @@ fn to_canonical(raw: &RawValue) -> Result<CanonicalJsonObject> {
     serde_json::from_str(raw.get()).map_err(|e| Error::bad_json(format!("Keys must be canonical JSON objects: {e}")))
 }
 
-fn invalid_signature(message: impl Into<String>) -> Error {
-    Error::invalid_param(message)
+/// Checks the form of a one-time or fallback key: an unsigned key (a string) or a key object
+/// with a string `key`.
+fn check_one_time_key(key_id: &str, raw: &RawValue) -> Result<()> {
+    let well_formed = match serde_json::from_str::<Value>(raw.get()) {
+        Ok(Value::String(_)) => true,
+        Ok(Value::Object(object)) => object.get("key").is_some_and(Value::is_string) && to_canonical(raw).is_ok(),
+        _ => false,
+    };
+    if well_formed { Ok(()) } else { Err(Error::bad_json(format!("Key {key_id} is neither a key nor a key object"))) }
 }
 
 /// The first ed25519 key of a cross-signing key object: (key ID, public key).
@@ -167,6 +174,9 @@ impl Keys {
                         batch.put(&DEVICE_KEYS, &key, &keys)?;
                         reserved = Some(record_key_change(&changes, &mut batch, &user)?);
                     }
+                }
+                for (key_id, key) in one_time_keys.iter().chain(&fallback_keys) {
+                    check_one_time_key(key_id, key)?;
                 }
                 for (key_id, key) in one_time_keys {
                     let row = (user.clone(), device.clone(), key_id.clone());
@@ -309,53 +319,85 @@ impl Keys {
     ) -> Result<()> {
         let user = user.to_owned();
         let changes = self.changes.clone();
-        let result =
-            self.db
-                .run(move |db| {
-                    let master_object = match &master {
-                        Some(raw) => Some(to_canonical(raw)?),
-                        None => CROSS_SIGNING_KEYS
-                            .get(db, &(user.clone(), "master".to_owned()))?
-                            .map(|r| to_canonical(&r))
-                            .transpose()?,
-                    };
-                    let mut batch = Batch::new();
-                    let check_form = |object: &CanonicalJsonObject, usage: &str| -> Result<()> {
-                        if object.get("user_id") != Some(&CanonicalJsonValue::String(user.to_string()))
-                            || !has_usage(object, usage)
-                        {
-                            return Err(Error::bad_json(format!(
-                                "The {usage} key must have usage {usage} and this user's ID"
-                            )));
-                        }
-                        if ed25519_key(object).is_none() {
-                            return Err(Error::bad_json(format!("The {usage} key has no ed25519 key")));
-                        }
-                        Ok(())
-                    };
-                    if let (Some(raw), Some(object)) = (&master, &master_object) {
-                        check_form(object, "master")?;
-                        batch.put(&CROSS_SIGNING_KEYS, &(user.clone(), "master".to_owned()), raw)?;
+        let result = self
+            .db
+            .run(move |db| {
+                let master_object = match &master {
+                    Some(raw) => Some(to_canonical(raw)?),
+                    None => CROSS_SIGNING_KEYS
+                        .get(db, &(user.clone(), "master".to_owned()))?
+                        .map(|r| to_canonical(&r))
+                        .transpose()?,
+                };
+                let mut batch = Batch::new();
+                let check_form = |object: &CanonicalJsonObject, usage: &str| -> Result<()> {
+                    if object.get("user_id") != Some(&CanonicalJsonValue::String(user.to_string()))
+                        || !has_usage(object, usage)
+                    {
+                        return Err(Error::bad_json(format!(
+                            "The {usage} key must have usage {usage} and this user's ID"
+                        )));
                     }
-                    for (raw, usage) in [(&self_signing, "self_signing"), (&user_signing, "user_signing")] {
-                        let Some(raw) = raw else { continue };
-                        let object = to_canonical(raw)?;
-                        check_form(&object, usage)?;
-                        let master_key = master_object.as_ref().and_then(ed25519_key).ok_or_else(|| {
-                            Error::bad_json(format!("A {usage} key needs a master key to be signed by"))
-                        })?;
-                        if !verify_signed_by(&object, &user, &master_key) {
-                            return Err(invalid_signature(format!("The {usage} key is not signed by the master key")));
-                        }
-                        batch.put(&CROSS_SIGNING_KEYS, &(user.clone(), usage.to_owned()), raw)?;
+                    if ed25519_key(object).is_none() {
+                        return Err(Error::bad_json(format!("The {usage} key has no ed25519 key")));
                     }
-                    let _reserved = record_key_change(&changes, &mut batch, &user)?;
-                    Ok(db.write(batch)?)
-                })
-                .await;
+                    Ok(())
+                };
+                if let (Some(raw), Some(object)) = (&master, &master_object) {
+                    check_form(object, "master")?;
+                    batch.put(&CROSS_SIGNING_KEYS, &(user.clone(), "master".to_owned()), raw)?;
+                }
+                for (raw, usage) in [(&self_signing, "self_signing"), (&user_signing, "user_signing")] {
+                    let Some(raw) = raw else { continue };
+                    let object = to_canonical(raw)?;
+                    check_form(&object, usage)?;
+                    let master_key = master_object.as_ref().and_then(ed25519_key).ok_or_else(|| {
+                        Error::missing_param(format!("A {usage} key needs a master key to be signed by"))
+                    })?;
+                    if !verify_signed_by(&object, &user, &master_key) {
+                        return Err(Error::invalid_signature(format!(
+                            "The {usage} key is not signed by the master key"
+                        )));
+                    }
+                    batch.put(&CROSS_SIGNING_KEYS, &(user.clone(), usage.to_owned()), raw)?;
+                }
+                let _reserved = record_key_change(&changes, &mut batch, &user)?;
+                Ok(db.write(batch)?)
+            })
+            .await;
         // Device lists changed: wake waiting syncs.
         self.notifier.poke();
         result
+    }
+
+    /// Whether an upload of cross-signing keys holds nothing new: a master key equal to the
+    /// stored one and, for each other key given, one equal to the stored key of its kind. Such
+    /// a repeat (a client retrying a lost response) needs no user-interactive auth.
+    pub async fn cross_signing_upload_is_repeat(
+        &self,
+        user: &UserId,
+        master: Option<Box<RawValue>>,
+        self_signing: Option<Box<RawValue>>,
+        user_signing: Option<Box<RawValue>>,
+    ) -> Result<bool> {
+        let user = user.to_owned();
+        self.db
+            .run(move |db| {
+                let Some(master) = master else { return Ok(false) };
+                for (kind, uploaded) in
+                    [("master", Some(master)), ("self_signing", self_signing), ("user_signing", user_signing)]
+                {
+                    let Some(uploaded) = uploaded else { continue };
+                    let Some(stored) = CROSS_SIGNING_KEYS.get(db, &(user.clone(), kind.to_owned()))? else {
+                        return Ok(false);
+                    };
+                    if to_canonical(&stored)? != to_canonical(&uploaded)? {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            })
+            .await
     }
 
     pub async fn has_master_key(&self, user: &UserId) -> Result<bool> {

@@ -11,13 +11,13 @@ use serde_json::{Value, json};
 
 use crate::harness::{Session, TestServer, assert_error};
 
-struct SigningKey {
+pub struct SigningKey {
     pair: Ed25519KeyPair,
     public: String,
 }
 
 impl SigningKey {
-    fn new() -> Self {
+    pub fn new() -> Self {
         let document = Ed25519KeyPair::generate();
         let probe = Ed25519KeyPair::from_der(&document, "probe".into()).unwrap();
         let public = Base64::<ruma::serde::base64::Standard, _>::new(probe.public_key().to_vec()).encode();
@@ -25,21 +25,21 @@ impl SigningKey {
         let pair = Ed25519KeyPair::from_der(&document, public.clone()).unwrap();
         Self { pair, public }
     }
-    fn key_id(&self) -> String {
+    pub fn key_id(&self) -> String {
         format!("ed25519:{}", self.public)
     }
-    fn sign(&self, entity: &str, value: Value) -> Value {
+    pub fn sign(&self, entity: &str, value: Value) -> Value {
         let mut object: CanonicalJsonObject = serde_json::from_value(value).unwrap();
         sign_json(entity, &self.pair, &mut object).unwrap();
         serde_json::to_value(CanonicalJsonValue::Object(object)).unwrap()
     }
 }
 
-fn cross_signing_key(user: &str, usage: &str, key: &SigningKey) -> Value {
+pub fn cross_signing_key(user: &str, usage: &str, key: &SigningKey) -> Value {
     json!({"user_id": user, "usage": [usage], "keys": {key.key_id(): key.public}})
 }
 
-fn device_keys(session: &Session, device_key: &SigningKey) -> Value {
+pub fn device_keys(session: &Session, device_key: &SigningKey) -> Value {
     let unsigned = json!({
         "user_id": session.user_id, "device_id": session.device_id,
         "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
@@ -160,7 +160,7 @@ async fn cross_signing_keys_are_checked_and_signatures_merged() {
             json!({"master_key": cross_signing_key(&alice.user_id, "master", &master), "self_signing_key": unsigned_self}),
         )
         .await;
-    assert_error(&bad, 400, "M_INVALID_PARAM");
+    assert_error(&bad, 400, "M_INVALID_SIGNATURE");
 
     let upload = json!({
         "master_key": cross_signing_key(&alice.user_id, "master", &master),
@@ -169,6 +169,12 @@ async fn cross_signing_keys_are_checked_and_signatures_merged() {
     });
     let first = server.post("/_matrix/client/v3/keys/device_signing/upload", alice.token(), upload.clone()).await;
     assert_eq!(first.0, 200, "the first upload needs no password: {}", first.1);
+    let repeat = server.post("/_matrix/client/v3/keys/device_signing/upload", alice.token(), upload.clone()).await;
+    assert_eq!(repeat.0, 200, "repeating the stored keys needs no password: {}", repeat.1);
+    // A new user-signing key replaces a stored one: that needs the password.
+    let mut upload = upload;
+    upload["user_signing_key"] =
+        master.sign(&alice.user_id, cross_signing_key(&alice.user_id, "user_signing", &SigningKey::new()));
     let replace = server.post("/_matrix/client/v3/keys/device_signing/upload", alice.token(), upload.clone()).await;
     assert_eq!(replace.0, 401, "replacing needs user-interactive auth: {}", replace.1);
     let mut with_auth = upload;

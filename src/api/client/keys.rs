@@ -14,7 +14,10 @@ use serde_json::{Value, json, value::RawValue};
 use crate::{
     Error, Result,
     api::{RumaRouter, client::account::confirm_password, extract::Ruma},
-    service::Services,
+    service::{
+        Services,
+        sync::{DeviceListWindow, SyncToken, device_list_changes},
+    },
 };
 
 pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
@@ -117,17 +120,16 @@ async fn changes(
     request: Ruma<get_key_changes::v3::Request>,
 ) -> Result<get_key_changes::v3::Response> {
     let sender = request.sender()?;
-    let from = key_position(&request.body.from)?;
-    let to = key_position(&request.body.to)?;
-    let changed = services.keys.changed_users(from, to).await?;
-    // Only users the requester shares a room with (or the requester) are reported.
-    let mut visible = Vec::new();
-    for user in changed {
-        if user == sender.user_id || services.rooms.share_a_room(&sender.user_id, &user).await? {
-            visible.push(user);
-        }
-    }
-    Ok(get_key_changes::v3::Response::new(visible, Vec::new()))
+    let (from, to) = (&request.body.from, &request.body.to);
+    let key_changes = (key_position(from)?, key_position(to)?.min(services.keys.current_position()));
+    // Sync tokens also bound the membership changes (joins and leaves) the answer includes.
+    let events = match (SyncToken::parse(from), SyncToken::parse(to)) {
+        (Ok(from), Ok(to)) => Some((from.events, to.events.min(services.rooms.current_position()))),
+        _ => None,
+    };
+    let window = DeviceListWindow { key_changes, events };
+    let (changed, left) = device_list_changes(&services, &sender.user_id, window).await?;
+    Ok(get_key_changes::v3::Response::new(changed, left))
 }
 
 async fn upload_signing_keys(
@@ -136,11 +138,22 @@ async fn upload_signing_keys(
 ) -> Result<upload_signing_keys::v3::Response> {
     let sender = request.sender()?;
     let body = &request.body;
-    // Replacing existing cross-signing keys needs the password; the first upload does not.
-    if services.keys.has_master_key(&sender.user_id).await? {
+    let to_raw = |key: &Option<Raw<_>>| key.as_ref().map(|k: &Raw<_>| k.json().to_owned());
+    // Replacing existing cross-signing keys needs the password; the first upload, and a repeat
+    // of the stored keys, do not (spec v1.11).
+    if services.keys.has_master_key(&sender.user_id).await?
+        && !services
+            .keys
+            .cross_signing_upload_is_repeat(
+                &sender.user_id,
+                to_raw(&body.master_key),
+                to_raw(&body.self_signing_key),
+                to_raw(&body.user_signing_key),
+            )
+            .await?
+    {
         confirm_password(&services, &sender.user_id, body.auth.as_ref()).await?;
     }
-    let to_raw = |key: &Option<Raw<_>>| key.as_ref().map(|k: &Raw<_>| k.json().to_owned());
     services
         .keys
         .set_cross_signing_keys(

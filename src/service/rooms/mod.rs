@@ -37,7 +37,7 @@ pub use accept::{Accepted, Transaction};
 pub use build::NewEvent;
 pub use pdu::Pdu;
 pub use read::StoredEvent;
-pub use sync_read::{EventPredicate, MemberSummary, StateSelection, TimelineWindow};
+pub use sync_read::{EventPredicate, MemberSummary, MembershipChange, StateSelection, TimelineWindow};
 
 /// The `membership` of a member event.
 pub fn membership_of(pdu: &Pdu) -> String {

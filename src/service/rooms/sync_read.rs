@@ -1,6 +1,7 @@
 //! Reading rooms for sync: windows of a room's timeline between two stream positions, the state
 //! at a stream position and the difference between two such states, a user's membership at a
-//! position, the member summary and the stripped state shown with an invite.
+//! position, the member summary, the stripped state shown with an invite, and the membership
+//! changes between two positions (for device lists).
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
@@ -50,6 +51,18 @@ pub struct MemberSummary {
     pub invited: u64,
     /// Up to five other joined or invited members, by user ID.
     pub heroes: Vec<OwnedUserId>,
+}
+
+/// A change of one user's membership in a room (a member event whose membership differs from
+/// the one before it; profile changes are not membership changes).
+#[derive(Debug, Clone)]
+pub struct MembershipChange {
+    pub room_id: OwnedRoomId,
+    pub user: OwnedUserId,
+    /// The new membership: `join`, `invite`, `leave`, `ban` or `knock`.
+    pub membership: String,
+    /// The membership before the change, if the user had one.
+    pub previous: Option<String>,
 }
 
 /// The most events one timeline window looks at.
@@ -212,6 +225,81 @@ impl Rooms {
                 rooms.insert(core.interner.room_id(db, short)?);
             }
             Ok(Some(rooms))
+        })
+        .await
+    }
+
+    /// The membership changes in stream positions `(after, upto]` in `rooms`, oldest first, or
+    /// `None` when there are more than [`MAX_CHANGED_SCAN`] events to look at.
+    pub async fn membership_changes(
+        &self,
+        rooms: Vec<OwnedRoomId>,
+        after: u64,
+        upto: u64,
+    ) -> Result<Option<Vec<MembershipChange>>> {
+        self.run(move |core, db| {
+            let mut wanted = HashMap::new();
+            for room_id in rooms {
+                if let Some(short) = core.interner.short_room(db, &room_id)? {
+                    wanted.insert(short, room_id);
+                }
+            }
+            let events = EVENT_STREAM.scan_from(
+                db,
+                &after.saturating_add(1),
+                ScanDirection::Forward,
+                MAX_CHANGED_SCAN + 1,
+                |position| *position <= upto,
+            )?;
+            if events.len() > MAX_CHANGED_SCAN {
+                return Ok(None);
+            }
+            let mut changes = Vec::new();
+            for (_, (short_room, short_event)) in events {
+                let Some(room_id) = wanted.get(&short_room) else { continue };
+                let Some(meta) = EVENT_META.get(db, &short_event)? else { continue };
+                let Some(state_key) = meta.state_key.filter(|_| !meta.soft_failed) else { continue };
+                let names = core.interner.state_key(db, state_key)?;
+                if names.0 != ruma::events::StateEventType::RoomMember {
+                    continue;
+                }
+                let Ok(user) = OwnedUserId::try_from(names.1.as_str()) else { continue };
+                let rules = core.rules_of_room(db, short_room)?;
+                let membership = membership_in(&core.event_by_short(db, short_event, &rules)?.content);
+                let before = match meta.state_before {
+                    Some(group) => core
+                        .state_in_group(db, group, "m.room.member", user.as_str())?
+                        .map(|pdu| membership_in(&pdu.content)),
+                    None => None,
+                };
+                if before.as_deref() != Some(membership.as_str()) {
+                    changes.push(MembershipChange { room_id: room_id.clone(), user, membership, previous: before });
+                }
+            }
+            Ok(Some(changes))
+        })
+        .await
+    }
+
+    /// The users joined to a room now.
+    pub async fn joined_members(&self, room_id: &RoomId) -> Result<Vec<OwnedUserId>> {
+        let room_id = room_id.to_owned();
+        self.run(move |core, db| {
+            let short_room = core.short_room_of(db, &room_id)?;
+            let rules = core.rules_of_room(db, short_room)?;
+            let mut joined = Vec::new();
+            for ((_, key), short) in CURRENT_STATE.scan_prefix(db, &(short_room,))? {
+                let names = core.interner.state_key(db, key)?;
+                if names.0 != ruma::events::StateEventType::RoomMember {
+                    continue;
+                }
+                if membership_in(&core.event_by_short(db, short, &rules)?.content) == "join"
+                    && let Ok(user) = OwnedUserId::try_from(names.1.as_str())
+                {
+                    joined.push(user);
+                }
+            }
+            Ok(joined)
         })
         .await
     }

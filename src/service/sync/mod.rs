@@ -29,6 +29,7 @@ use ruma::{
 };
 use serde::Serialize;
 
+pub use e2ee::{DeviceListWindow, device_list_changes};
 pub use lazy_members::LazyMemberCache;
 pub use token::SyncToken;
 
@@ -136,7 +137,7 @@ async fn build(
     let mut response = v3::Response::new(next_batch.to_string());
     response.to_device.events = to_device;
     if let Some(since) = since {
-        response.device_lists = e2ee::device_lists(services, user, since.key_changes, now.key_changes).await?;
+        response.device_lists = e2ee::device_lists(services, user, since, now).await?;
     }
     let (counts, fallback) = e2ee::key_counts(services, user, device).await?;
     response.device_one_time_keys_count = counts;

@@ -1,0 +1,1 @@
+//! Empty on purpose: this package holds only integration tests (see tests/).

@@ -1,0 +1,8 @@
+//! End-to-end encryption through Trellis with real client crypto: matrix-sdk (Rust, Olm and
+//! Megolm by vodozemac) and matrix-nio (Python) clients against the real server binary.
+
+mod backup;
+mod cross_signing;
+mod harness;
+mod messages;
+mod nio;
