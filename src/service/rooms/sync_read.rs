@@ -361,29 +361,6 @@ impl Rooms {
         .await
     }
 
-    /// The users whose current membership in `room_id` is `join`.
-    pub async fn joined_members(&self, room_id: &RoomId) -> Result<Vec<OwnedUserId>> {
-        let room_id = room_id.to_owned();
-        self.run(move |core, db| {
-            let short_room = core.short_room_of(db, &room_id)?;
-            let rules = core.rules_of_room(db, short_room)?;
-            let mut members = Vec::new();
-            for ((_, key), short) in CURRENT_STATE.scan_prefix(db, &(short_room,))? {
-                let names = core.interner.state_key(db, key)?;
-                if names.0 != ruma::events::StateEventType::RoomMember {
-                    continue;
-                }
-                if membership_in(&core.event_by_short(db, short, &rules)?.content) == "join"
-                    && let Ok(member) = OwnedUserId::try_from(names.1.as_str())
-                {
-                    members.push(member);
-                }
-            }
-            Ok(members)
-        })
-        .await
-    }
-
     /// The state shown with an invite: the room's basic state events, the invited user's
     /// member event and the inviter's.
     pub async fn invite_state(&self, room_id: &RoomId, user: &UserId) -> Result<Vec<Pdu>> {
