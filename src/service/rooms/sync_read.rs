@@ -81,6 +81,22 @@ const INVITE_STATE_TYPES: &[&str] = &[
     "m.room.encryption",
 ];
 
+/// An event's stream position with its (short room, short event).
+type StreamEntry = (u64, (u64, u64));
+
+/// Every event in stream positions `(after, upto]`, oldest first, or `None` when there are more
+/// than [`MAX_CHANGED_SCAN`] of them.
+fn events_between(db: &Db, after: u64, upto: u64) -> Result<Option<Vec<StreamEntry>>> {
+    let events = EVENT_STREAM.scan_from(
+        db,
+        &after.saturating_add(1),
+        ScanDirection::Forward,
+        MAX_CHANGED_SCAN + 1,
+        |position| *position <= upto,
+    )?;
+    Ok((events.len() <= MAX_CHANGED_SCAN).then_some(events))
+}
+
 impl RoomCore {
     /// The state group after the room's last timeline event at or before `position`.
     fn state_group_at(&self, db: &Db, short_room: u64, position: u64) -> Result<Option<u64>> {
@@ -209,16 +225,7 @@ impl Rooms {
     /// more than [`MAX_CHANGED_SCAN`] events to look at (the caller then checks every room).
     pub async fn rooms_with_events(&self, after: u64, upto: u64) -> Result<Option<HashSet<OwnedRoomId>>> {
         self.run(move |core, db| {
-            let events = EVENT_STREAM.scan_from(
-                db,
-                &after.saturating_add(1),
-                ScanDirection::Forward,
-                MAX_CHANGED_SCAN + 1,
-                |position| *position <= upto,
-            )?;
-            if events.len() > MAX_CHANGED_SCAN {
-                return Ok(None);
-            }
+            let Some(events) = events_between(db, after, upto)? else { return Ok(None) };
             let shorts: BTreeSet<u64> = events.into_iter().map(|(_, (room, _))| room).collect();
             let mut rooms = HashSet::with_capacity(shorts.len());
             for short in shorts {
@@ -244,16 +251,7 @@ impl Rooms {
                     wanted.insert(short, room_id);
                 }
             }
-            let events = EVENT_STREAM.scan_from(
-                db,
-                &after.saturating_add(1),
-                ScanDirection::Forward,
-                MAX_CHANGED_SCAN + 1,
-                |position| *position <= upto,
-            )?;
-            if events.len() > MAX_CHANGED_SCAN {
-                return Ok(None);
-            }
+            let Some(events) = events_between(db, after, upto)? else { return Ok(None) };
             let mut changes = Vec::new();
             for (_, (short_room, short_event)) in events {
                 let Some(room_id) = wanted.get(&short_room) else { continue };
