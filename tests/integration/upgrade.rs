@@ -166,3 +166,26 @@ async fn upgrade_errors() {
     let tombstone = state(&server, &alice, &room, "m.room.tombstone").await;
     assert_error(&tombstone, 404, "M_NOT_FOUND");
 }
+
+/// Two identical upgrade requests at once (a client retrying) make one replacement room: the
+/// second waits for the first and gets its answer. A later upgrade to another version is a new
+/// upgrade.
+#[tokio::test]
+async fn concurrent_identical_upgrades_make_one_replacement_room() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let old = create_room(&server, &alice, json!({"room_version": "11"})).await;
+    let path = upgrade_path(&old);
+    let body = json!({"new_version": "12"});
+    let (first, second) =
+        tokio::join!(server.post(&path, alice.token(), body.clone()), server.post(&path, alice.token(), body));
+    assert_eq!(first.0, 200, "{}", first.1);
+    assert_eq!(second.0, 200, "{}", second.1);
+    assert_eq!(first.1["replacement_room"], second.1["replacement_room"]);
+    let tombstone = content(&server, &alice, &old, "m.room.tombstone").await;
+    assert_eq!(tombstone["replacement_room"], first.1["replacement_room"]);
+    // Alice is in exactly one replacement room (plus the old one).
+    let (status, rooms) = server.get("/_matrix/client/v3/joined_rooms", alice.token()).await;
+    assert_eq!(status, 200, "{rooms}");
+    assert_eq!(rooms["joined_rooms"].as_array().map(Vec::len), Some(2), "{rooms}");
+}

@@ -73,6 +73,8 @@ pub struct Rooms {
     locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
     /// Serialises alias changes so an alias is never given twice.
     alias_lock: tokio::sync::Mutex<()>,
+    /// Upgrades in progress or just done, so one room is upgraded once per request burst.
+    upgrades: upgrade::RecentUpgrades,
 }
 
 impl RoomCore {
@@ -118,7 +120,12 @@ impl Rooms {
             push_wake,
             push_facts: notify::PushFactsCache::default(),
         };
-        Ok(Self { core: Arc::new(core), locks: Mutex::new(HashMap::new()), alias_lock: tokio::sync::Mutex::new(()) })
+        Ok(Self {
+            core: Arc::new(core),
+            locks: Mutex::new(HashMap::new()),
+            alias_lock: tokio::sync::Mutex::new(()),
+            upgrades: upgrade::RecentUpgrades::default(),
+        })
     }
 
     fn lock_for(&self, room_id: &RoomId) -> Result<Arc<tokio::sync::Mutex<()>>> {

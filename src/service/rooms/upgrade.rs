@@ -2,6 +2,17 @@
 //! replacement room (its create event naming the predecessor) with the old room's important
 //! state copied over, send `m.room.tombstone` in the old room, move the local aliases and the
 //! directory listing, and restrict the old room so ordinary users can no longer talk there.
+//!
+//! Upgrades of one room are serialised, and a request repeating one that finished less than
+//! [`REPEAT_WINDOW`] ago (same room, user and version; a client retrying, or a double click)
+//! gets the same replacement room, as Synapse answers repeats from a response cache, instead of
+//! a second replacement room.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use http::StatusCode;
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UserId, api::error::ErrorKind, events::TimelineEventType};
@@ -25,6 +36,40 @@ const COPIED_STATE: &[&str] = &[
     "m.room.server_acl",
     "m.room.canonical_alias",
 ];
+
+/// How long a finished upgrade answers repeats of its request.
+const REPEAT_WINDOW: Duration = Duration::from_secs(300);
+
+/// (old room, user, version) of an upgrade request.
+type UpgradeKey = (OwnedRoomId, OwnedUserId, RoomVersionId);
+
+/// Per room, a lock held for the whole upgrade, and the upgrades finished recently.
+#[derive(Default)]
+pub(super) struct RecentUpgrades {
+    locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
+    done: Mutex<HashMap<UpgradeKey, (OwnedRoomId, Instant)>>,
+}
+
+impl RecentUpgrades {
+    fn lock_for(&self, room_id: &RoomId) -> Result<Arc<tokio::sync::Mutex<()>>> {
+        let mut locks = self.locks.lock().map_err(|_| Error::internal("poisoned upgrade locks"))?;
+        // Only rooms being upgraded right now need a lock: drop the idle ones.
+        locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+        Ok(locks.entry(room_id.to_owned()).or_default().clone())
+    }
+
+    fn recent(&self, key: &UpgradeKey) -> Option<OwnedRoomId> {
+        let mut done = self.done.lock().ok()?;
+        done.retain(|_, (_, at)| at.elapsed() < REPEAT_WINDOW);
+        done.get(key).map(|(room, _)| room.clone())
+    }
+
+    fn finished(&self, key: UpgradeKey, new_room: OwnedRoomId) {
+        if let Ok(mut done) = self.done.lock() {
+            done.insert(key, (new_room, Instant::now()));
+        }
+    }
+}
 
 /// The lowest level needed to speak or invite in a room after it was replaced.
 const RESTRICTED_LEVEL: i64 = 50;
@@ -114,6 +159,25 @@ impl Rooms {
         if self.version(room_id).await?.is_none() {
             return Err(Error::not_found("Unknown room"));
         }
+        let lock = self.upgrades.lock_for(room_id)?;
+        let _upgrading = lock.lock().await;
+        let key = (room_id.to_owned(), user.to_owned(), new_version.clone());
+        if let Some(new_room) = self.upgrades.recent(&key) {
+            return Ok(new_room);
+        }
+        let new_room = self.upgrade_locked(room_id, user, new_version, additional_creators).await?;
+        self.upgrades.finished(key, new_room.clone());
+        Ok(new_room)
+    }
+
+    /// The upgrade itself, with the room's upgrade lock held.
+    async fn upgrade_locked(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        new_version: &RoomVersionId,
+        additional_creators: &[OwnedUserId],
+    ) -> Result<OwnedRoomId> {
         let old_power = self.power_levels(room_id).await?;
         if self.membership(user, room_id).await?.is_none_or(|m| m.membership != "join")
             || !old_power.can_send_state(user, "m.room.tombstone")
