@@ -20,6 +20,24 @@ pub struct StoredEvent {
     pub meta: EventMeta,
 }
 
+/// For which stream positions a user was joined to a room at some point after them.
+#[derive(Debug, Clone, Copy)]
+enum JoinedAfter {
+    /// Joined now: every position.
+    Always,
+    /// Left (or banned) at this position, having been joined until then: the positions before.
+    Before(u64),
+    Never,
+}
+
+/// What visibility checks of one user in one room have read; see [`RoomCore::can_see_with`].
+#[derive(Default)]
+pub(super) struct VisibilityMemo {
+    /// Per state group: its history visibility and the user's membership in it.
+    groups: std::collections::HashMap<u64, (String, Option<String>)>,
+    joined_after: Option<JoinedAfter>,
+}
+
 #[derive(Deserialize)]
 struct HistoryVisibility {
     history_visibility: String,
@@ -53,8 +71,22 @@ impl RoomCore {
     /// `shared` and joined at some point after the event. A change of history visibility, and
     /// the user's own member events, are visible if the state before *or* after allows it.
     pub(super) fn can_see(&self, db: &Db, user: &UserId, short_room: u64, meta: &EventMeta) -> Result<bool> {
+        self.can_see_with(db, user, short_room, meta, &mut VisibilityMemo::default())
+    }
+
+    /// [`can_see`](Self::can_see) for many events of one room and one user: `memo` keeps what
+    /// the checks read (per state group, and the user's current membership), so a page of
+    /// messages sharing one state costs one set of reads.
+    pub(super) fn can_see_with(
+        &self,
+        db: &Db,
+        user: &UserId,
+        short_room: u64,
+        meta: &EventMeta,
+        memo: &mut VisibilityMemo,
+    ) -> Result<bool> {
         let before = meta.state_before.unwrap_or(meta.state_after);
-        if self.visible_in(db, user, short_room, meta, before)? {
+        if self.visible_in(db, user, short_room, meta, before, memo)? {
             return Ok(true);
         }
         if let (Some(key), Some(_)) = (meta.state_key, meta.state_before) {
@@ -62,54 +94,89 @@ impl RoomCore {
             let visibility_change = names.0 == StateEventType::RoomHistoryVisibility && names.1.is_empty();
             let own_membership = names.0 == StateEventType::RoomMember && names.1 == user.as_str();
             if visibility_change || own_membership {
-                return self.visible_in(db, user, short_room, meta, meta.state_after);
+                return self.visible_in(db, user, short_room, meta, meta.state_after, memo);
             }
         }
         Ok(false)
     }
 
     /// The visibility rules against the state of one group.
-    fn visible_in(&self, db: &Db, user: &UserId, short_room: u64, meta: &EventMeta, group: u64) -> Result<bool> {
-        let visibility = self
-            .state_in_group(db, group, "m.room.history_visibility", "")?
-            .and_then(|pdu| serde_json::from_str::<HistoryVisibility>(pdu.content.get()).ok())
-            .map_or_else(|| "shared".to_owned(), |v| v.history_visibility);
+    fn visible_in(
+        &self,
+        db: &Db,
+        user: &UserId,
+        short_room: u64,
+        meta: &EventMeta,
+        group: u64,
+        memo: &mut VisibilityMemo,
+    ) -> Result<bool> {
+        let (visibility, membership_then) = match memo.groups.get(&group) {
+            Some(facts) => facts.clone(),
+            None => {
+                let facts = self.group_facts(db, user, group)?;
+                memo.groups.insert(group, facts.clone());
+                facts
+            }
+        };
         if visibility == "world_readable" {
             return Ok(true);
         }
-        let membership_then =
-            self.state_in_group(db, group, "m.room.member", user.as_str())?.map(|pdu| membership_in(&pdu.content));
         match membership_then.as_deref() {
             Some("join") => return Ok(true),
             Some("invite") if visibility == "invited" => return Ok(true),
             _ => {}
         }
         if visibility == "shared" {
-            return self.joined_after(db, user, short_room, meta.position.unwrap_or(0));
+            let joined_after = match memo.joined_after {
+                Some(joined_after) => joined_after,
+                None => *memo.joined_after.insert(self.joined_after(db, user, short_room)?),
+            };
+            let position = meta.position.unwrap_or(0);
+            return Ok(match joined_after {
+                JoinedAfter::Always => true,
+                JoinedAfter::Before(left_at) => position < left_at,
+                JoinedAfter::Never => false,
+            });
         }
         Ok(false)
     }
 
-    /// Whether the user was joined to the room at some point after stream position `position`:
-    /// joined now, or left after it having been joined when they left.
-    fn joined_after(&self, db: &Db, user: &UserId, short_room: u64, position: u64) -> Result<bool> {
+    /// The history visibility of a state group (`shared` when unset) and the user's membership
+    /// in it.
+    fn group_facts(&self, db: &Db, user: &UserId, group: u64) -> Result<(String, Option<String>)> {
+        let visibility = self
+            .state_in_group(db, group, "m.room.history_visibility", "")?
+            .and_then(|pdu| serde_json::from_str::<HistoryVisibility>(pdu.content.get()).ok())
+            .map_or_else(|| "shared".to_owned(), |v| v.history_visibility);
+        let membership_then =
+            self.state_in_group(db, group, "m.room.member", user.as_str())?.map(|pdu| membership_in(&pdu.content));
+        Ok((visibility, membership_then))
+    }
+
+    /// For which stream positions the user was joined to the room at some point after them:
+    /// all when joined now; those before their leave (or ban) when they were joined until it.
+    fn joined_after(&self, db: &Db, user: &UserId, short_room: u64) -> Result<JoinedAfter> {
         let Some(current) = self.current_state_event(db, short_room, "m.room.member", user.as_str())? else {
-            return Ok(false);
+            return Ok(JoinedAfter::Never);
         };
         match membership_in(&current.content).as_str() {
-            "join" => Ok(true),
+            "join" => Ok(JoinedAfter::Always),
             "leave" | "ban" => {
-                let Some(short) = self.interner.short_event(db, &current.event_id)? else { return Ok(false) };
-                let Some(leave) = EVENT_META.get(db, &short)? else { return Ok(false) };
-                if leave.position.unwrap_or(0) <= position {
-                    return Ok(false);
-                }
+                let Some(short) = self.interner.short_event(db, &current.event_id)? else {
+                    return Ok(JoinedAfter::Never);
+                };
+                let Some(leave) = EVENT_META.get(db, &short)? else { return Ok(JoinedAfter::Never) };
                 let before_leave = leave.state_before.unwrap_or(leave.state_after);
-                Ok(self
+                let joined_until_leave = self
                     .state_in_group(db, before_leave, "m.room.member", user.as_str())?
-                    .is_some_and(|pdu| membership_in(&pdu.content) == "join"))
+                    .is_some_and(|pdu| membership_in(&pdu.content) == "join");
+                Ok(if joined_until_leave {
+                    JoinedAfter::Before(leave.position.unwrap_or(0))
+                } else {
+                    JoinedAfter::Never
+                })
             }
-            _ => Ok(false),
+            _ => Ok(JoinedAfter::Never),
         }
     }
 }
@@ -245,6 +312,7 @@ impl Rooms {
             let mut last = None;
             // Read in pages, skipping what the user may not see, until `limit` are found.
             let mut cursor = start;
+            let mut memo = VisibilityMemo::default();
             'pages: loop {
                 let page =
                     TIMELINE.scan_from(db, &(short_room, cursor), direction, 100, |(room, _)| *room == short_room)?;
@@ -254,7 +322,7 @@ impl Rooms {
                 for ((_, position), short) in &page {
                     last = Some(*position);
                     let Some(meta) = EVENT_META.get(db, short)? else { continue };
-                    if core.can_see(db, &user, short_room, &meta)? {
+                    if core.can_see_with(db, &user, short_room, &meta, &mut memo)? {
                         let pdu = core.event_for_client(db, *short, &rules)?;
                         if !keep(&pdu) {
                             continue;

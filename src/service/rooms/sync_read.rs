@@ -10,7 +10,11 @@ use std::{
 
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 
-use super::{Pdu, RoomCore, Rooms, accept::membership_in, read::StoredEvent};
+use super::{
+    Pdu, RoomCore, Rooms,
+    accept::membership_in,
+    read::{StoredEvent, VisibilityMemo},
+};
 use crate::{
     Error, Result,
     storage::{
@@ -132,6 +136,7 @@ impl Rooms {
             let mut limited = false;
             let mut scanned = 0;
             let mut cursor = upto;
+            let mut memo = VisibilityMemo::default();
             'pages: while cursor > floor {
                 let page =
                     TIMELINE.scan_from(db, &(short_room, cursor), ScanDirection::Reverse, 100, |(room, p)| {
@@ -146,7 +151,7 @@ impl Rooms {
                         break 'pages;
                     }
                     let Some(meta) = EVENT_META.get(db, short)? else { continue };
-                    let visible = core.can_see(db, &user, short_room, &meta)?;
+                    let visible = core.can_see_with(db, &user, short_room, &meta, &mut memo)?;
                     let pdu = core.event_for_client(db, *short, &rules)?;
                     let own_membership = pdu.state_key.as_deref() == Some(user.as_str())
                         && pdu.kind == ruma::events::TimelineEventType::RoomMember;
