@@ -499,3 +499,26 @@ async fn an_undelivered_notification_is_sent_after_a_restart() {
     assert_eq!(body["notification"]["event_id"], event.as_str(), "{body}");
     drop(server);
 }
+
+/// A gateway that is down, with more notifications waiting for it than one pass of the sender
+/// reads, does not hold up another user's notifications queued behind them.
+#[tokio::test]
+async fn a_gateway_that_is_down_does_not_hold_up_others() {
+    let server = TestServer::start().await;
+    let down = gateway(vec![(500, json!({"error": "down"})); 100_000]).await;
+    let (alice, _bob, room) = room_with_pusher(&server, &down, None).await;
+    for i in 0..120 {
+        send_text(&server, &alice, &room, &format!("for bob {i}")).await;
+    }
+    let mut up = gateway(Vec::new()).await;
+    let carol = server.register("carol", "pw").await;
+    let other_room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    join(&server, &carol, &other_room).await;
+    let (status, body) =
+        server.post("/_matrix/client/v3/pushers/set", carol.token(), http_pusher(&up.url, "carols-key")).await;
+    assert_eq!(status, 200, "{body}");
+    let event = send_text(&server, &alice, &other_room, "for carol").await;
+    let body = up.next().await;
+    assert_eq!(body["notification"]["event_id"], event.as_str(), "{body}");
+    assert_eq!(body["notification"]["devices"][0]["pushkey"], "carols-key", "{body}");
+}

@@ -85,8 +85,9 @@ async fn run(services: Arc<Services>, mut stopped: watch::Receiver<bool>) {
         }
     };
     let mut retries: HashMap<(u64, String), Retry> = HashMap::new();
+    let mut sweep = Sweep::default();
     loop {
-        let next = match pass(&services, &client, &mut retries).await {
+        let next = match pass(&services, &client, &mut retries, &mut sweep).await {
             Ok(next) => next,
             Err(error) => {
                 tracing::warn!(%error, "push delivery pass failed");
@@ -107,17 +108,37 @@ async fn run(services: Arc<Services>, mut stopped: watch::Receiver<bool>) {
     }
 }
 
-/// Sends every due queue entry once; returns when the next pass is due (`None`: when woken).
+/// Where a sweep through the queue is, [`PASS`] entries at a time: each pass goes on after the
+/// previous one, so entries waiting for a retry never hide the ones behind them, and a queue
+/// full of entries in backoff is not scanned again before one is due.
+#[derive(Default)]
+struct Sweep {
+    /// The last entry of the previous pass, when the sweep is not finished.
+    after: Option<(u64, String)>,
+    /// The earliest retry due among the entries swept so far.
+    earliest: Option<Instant>,
+}
+
+/// Sends every due queue entry of the next [`PASS`] once; returns when the next pass is due
+/// (`None`: when woken).
 async fn pass(
     services: &Services,
     client: &reqwest::Client,
     retries: &mut HashMap<(u64, String), Retry>,
+    sweep: &mut Sweep,
 ) -> Result<Option<Instant>> {
+    let after = sweep.after.clone();
     let entries = services
         .db
-        .run(|db| Ok(PUSH_QUEUE.scan_from(db, &(0, String::new()), ScanDirection::Forward, PASS, |_| true)?))
+        .run(move |db| {
+            let start = after.clone().unwrap_or((0, String::new()));
+            Ok(PUSH_QUEUE.scan_from(db, &start, ScanDirection::Forward, PASS + 1, |_| true)?)
+        })
         .await?;
+    // The scan starts at the previous pass's last entry (inclusive); skip it.
+    let entries: Vec<_> = entries.into_iter().filter(|(key, _)| sweep.after.as_ref() != Some(key)).take(PASS).collect();
     let full_pass = entries.len() == PASS;
+    sweep.after = if full_pass { entries.last().map(|(key, _)| key.clone()) } else { None };
     let give_up_ms = services.config.push_give_up_secs.saturating_mul(1000);
     let max_backoff = Duration::from_secs(services.config.push_max_backoff_secs.max(1));
     let mut next: Option<Instant> = None;
@@ -160,7 +181,11 @@ async fn pass(
             })
             .await?;
     }
-    Ok(if full_pass { Some(Instant::now()) } else { next })
+    if let Some(at) = next {
+        sweep.earliest = Some(sweep.earliest.map_or(at, |e| e.min(at)));
+    }
+    // Go on with the sweep at once; at its end, wait for the earliest retry it saw.
+    Ok(if full_pass { Some(Instant::now()) } else { sweep.earliest.take() })
 }
 
 /// Sends one notification to the user's http pushers that have not had it yet. `Ok(true)` when
