@@ -1,4 +1,4 @@
-//! Account data (global and per room), filters, and the push rule set.
+//! Account data (global and per room) and filters.
 
 use std::sync::Arc;
 
@@ -10,11 +10,9 @@ use ruma::{
         client::{
             config::{get_global_account_data, get_room_account_data, set_global_account_data, set_room_account_data},
             filter::{create_filter, get_filter},
-            push::get_pushrules_all,
         },
         error::ErrorKind,
     },
-    push::Ruleset,
     serde::Raw,
 };
 use serde_json::value::RawValue;
@@ -27,17 +25,9 @@ use crate::{
 
 /// Account data types the server manages itself; clients may not set them directly.
 const SERVER_MANAGED_TYPES: &[&str] = &["m.fully_read", "m.push_rules"];
-const PUSH_RULES_TYPE: &str = "m.push_rules";
 
 pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
-    router
-        .ruma(set_global)
-        .ruma(get_global)
-        .ruma(set_room)
-        .ruma(get_room)
-        .ruma(create_filter)
-        .ruma(get_filter)
-        .ruma(push_rules)
+    router.ruma(set_global).ruma(get_global).ruma(set_room).ruma(get_room).ruma(create_filter).ruma(get_filter)
 }
 
 fn ensure_self(path_user: &UserId, sender: &UserId, what: &str) -> Result<()> {
@@ -143,25 +133,4 @@ async fn get_filter(
     let filter =
         serde_json::from_str(json.get()).map_err(|e| Error::internal(format!("stored filter is invalid: {e}")))?;
     Ok(get_filter::v3::Response::new(filter))
-}
-
-/// The user's push rules: what they stored, or the spec's default rule set.
-async fn push_rules(
-    services: Arc<Services>,
-    request: Ruma<get_pushrules_all::v3::Request>,
-) -> Result<get_pushrules_all::v3::Response> {
-    let sender = request.sender()?;
-    let stored = services.account_data.get(&sender.user_id, None, PUSH_RULES_TYPE).await?;
-    let ruleset = match stored {
-        Some(json) => serde_json::from_str::<PushRulesContent>(json.get())
-            .map(|content| content.global)
-            .map_err(|e| Error::internal(format!("stored push rules are invalid: {e}")))?,
-        None => Ruleset::server_default(&sender.user_id),
-    };
-    Ok(get_pushrules_all::v3::Response::new(ruleset))
-}
-
-#[derive(serde::Deserialize)]
-struct PushRulesContent {
-    global: Ruleset,
 }

@@ -1,14 +1,13 @@
 //! Push: push rule editing (`/pushrules/global/...`, with `enabled` and `actions`),
-//! `/notifications`, and pushers (`/pushers`, `/pushers/set`). `GET /pushrules/` itself is in
-//! `account_data.rs`.
+//! the whole set (`GET /pushrules/`), `/notifications`, and pushers (`/pushers`, `/pushers/set`).
 
 use std::sync::Arc;
 
 use axum::Router;
 use ruma::api::client::push::{
     PushRule, delete_pushrule, get_notifications, get_pushers, get_pushrule, get_pushrule_actions,
-    get_pushrule_enabled, get_pushrules_global_scope, set_pusher, set_pushrule, set_pushrule_actions,
-    set_pushrule_enabled,
+    get_pushrule_enabled, get_pushrules_all, get_pushrules_global_scope, set_pusher, set_pushrule,
+    set_pushrule_actions, set_pushrule_enabled,
 };
 
 use crate::{
@@ -19,6 +18,7 @@ use crate::{
 
 pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     router
+        .ruma(all_rules)
         .ruma(global_rules)
         .ruma(get_rule)
         .ruma(set_rule)
@@ -30,6 +30,15 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
         .ruma(list_notifications)
         .ruma(list_pushers)
         .ruma(set_pusher_handler)
+}
+
+/// The user's push rules: what they stored, or the spec's default rule set.
+async fn all_rules(
+    services: Arc<Services>,
+    request: Ruma<get_pushrules_all::v3::Request>,
+) -> Result<get_pushrules_all::v3::Response> {
+    let ruleset = services.push.ruleset(&request.sender()?.user_id).await?;
+    Ok(get_pushrules_all::v3::Response::new(ruleset))
 }
 
 async fn global_rules(
