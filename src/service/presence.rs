@@ -18,7 +18,7 @@ use crate::{
     Result,
     config::Config,
     storage::{
-        Batch, Db, ScanDirection,
+        Batch, Db,
         tables::{COUNTERS, PRESENCE, PRESENCE_CHANGES, PresenceRecord},
     },
 };
@@ -257,13 +257,7 @@ impl Presence {
             .inner
             .db
             .run(move |db| {
-                let rows = PRESENCE_CHANGES.scan_from(
-                    db,
-                    &since.saturating_add(1),
-                    ScanDirection::Forward,
-                    usize::MAX,
-                    |position| *position <= upto,
-                )?;
+                let rows = PRESENCE_CHANGES.between(db, since, upto, usize::MAX)?;
                 Ok(rows.into_iter().map(|(_, user)| user).collect())
             })
             .await?;

@@ -14,7 +14,7 @@ use super::notifier::Notifier;
 use crate::{
     Result,
     storage::{
-        Batch, Db, ScanDirection,
+        Batch, Db,
         room_tables::{RECEIPT_CHANGES, RECEIPTS, ReceiptChange, ReceiptRecord},
         tables::COUNTERS,
     },
@@ -132,13 +132,7 @@ impl Receipts {
                     }
                     Some(since) => {
                         let wanted: BTreeSet<OwnedRoomId> = rooms.into_iter().collect();
-                        let changes = RECEIPT_CHANGES.scan_from(
-                            db,
-                            &since.saturating_add(1),
-                            ScanDirection::Forward,
-                            usize::MAX,
-                            |position| *position <= upto,
-                        )?;
+                        let changes = RECEIPT_CHANGES.between(db, since, upto, usize::MAX)?;
                         let keys: BTreeSet<_> = changes
                             .into_iter()
                             .filter(|(_, c)| wanted.contains(&c.room))

@@ -108,6 +108,14 @@ impl<K: KeyCodec, V: ValueCodec> Table<K, V> {
     }
 }
 
+impl<V: ValueCodec> Table<u64, V> {
+    /// The entries of a table keyed by stream position with positions in `(after, upto]`,
+    /// oldest first, at most `limit`.
+    pub fn between(&self, db: &Db, after: u64, upto: u64, limit: usize) -> Result<Vec<(u64, V)>, StorageError> {
+        self.scan_from(db, &after.saturating_add(1), ScanDirection::Forward, limit, |position| *position <= upto)
+    }
+}
+
 /// The writes of one logical change, applied atomically by [`Db::write`].
 #[derive(Default)]
 pub struct Batch {
