@@ -205,6 +205,41 @@ impl Db {
     }
 }
 
+/// Serialises one kind of write (a room's events, a stream counter). The async caller waits for
+/// the lock, and the guard then moves into the blocking work, so it is held until that work has
+/// finished even when the caller's future is dropped mid-way (a client that went away): a second
+/// writer can never enter while the first is still committing.
+#[derive(Clone, Default)]
+pub struct WriteLock(Arc<tokio::sync::Mutex<()>>);
+
+impl WriteLock {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs `work` on the blocking pool while holding the lock.
+    pub async fn run<R, F>(&self, db: &Db, work: F) -> crate::Result<R>
+    where
+        F: FnOnce(&Db) -> crate::Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let guard = self.0.clone().lock_owned().await;
+        // From here on nothing awaits before the work is handed to the blocking pool, which runs
+        // it to the end whatever happens to this future.
+        db.run(move |db| {
+            let result = work(db);
+            drop(guard);
+            result
+        })
+        .await
+    }
+
+    /// Whether anyone holds or waits for this lock besides `self` (for pruning lock maps).
+    pub fn is_shared(&self) -> bool {
+        Arc::strong_count(&self.0) > 1
+    }
+}
+
 /// Hands out interned ids (short ids) of one kind. Seeded at start-up from the last key of the
 /// table that maps the ids back, so allocation never needs a write of its own: an id whose
 /// batch never committed is simply skipped.

@@ -48,7 +48,7 @@ use super::server_keys::ServerKeys;
 use crate::{
     Error, Result,
     storage::{
-        Db,
+        Db, WriteLock,
         room_tables::{PDUS, ROOMS},
     },
 };
@@ -70,7 +70,7 @@ pub struct RoomCore {
 
 pub struct Rooms {
     core: Arc<RoomCore>,
-    locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
+    locks: Mutex<HashMap<OwnedRoomId, WriteLock>>,
     /// Serialises alias changes so an alias is never given twice.
     alias_lock: tokio::sync::Mutex<()>,
     /// Upgrades in progress or just done, so one room is upgraded once per request burst.
@@ -128,10 +128,10 @@ impl Rooms {
         })
     }
 
-    fn lock_for(&self, room_id: &RoomId) -> Result<Arc<tokio::sync::Mutex<()>>> {
+    fn lock_for(&self, room_id: &RoomId) -> Result<WriteLock> {
         let mut locks = self.locks.lock().map_err(|_| Error::internal("poisoned room locks"))?;
         if locks.len() > 10_000 {
-            locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+            locks.retain(|_, lock| lock.is_shared());
         }
         Ok(locks.entry(room_id.to_owned()).or_default().clone())
     }
@@ -143,6 +143,16 @@ impl Rooms {
     ) -> Result<R> {
         let core = self.core.clone();
         self.core.db.run(move |db| work(&core, db)).await
+    }
+
+    /// Runs blocking work on the room core while holding `lock` (see [`WriteLock`]).
+    async fn run_locked<R: Send + 'static>(
+        &self,
+        lock: &WriteLock,
+        work: impl FnOnce(&RoomCore, &Db) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        let core = self.core.clone();
+        lock.run(&self.core.db, move |db| work(&core, db)).await
     }
 
     /// Builds, signs and accepts an event from a local user into an existing room.
@@ -185,10 +195,9 @@ impl Rooms {
         transaction: Option<Transaction>,
     ) -> Result<Accepted> {
         let lock = self.lock_for(room_id)?;
-        let _guard = lock.lock().await;
         let room_id = room_id.to_owned();
         let sender = sender.to_owned();
-        self.run(move |core, db| {
+        self.run_locked(&lock, move |core, db| {
             let (_, version) = core.version_of(db, &room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
             let json = core.build(db, Some(&room_id), &version, &sender, event, prev_events)?;
             core.accept_with(db, Some(&room_id), &version, json, transaction.as_ref())
@@ -199,9 +208,8 @@ impl Rooms {
     /// Accepts an event built elsewhere (signed PDU JSON): the federation entry point.
     pub async fn accept_pdu(&self, room_id: &RoomId, json: ruma::CanonicalJsonObject) -> Result<Accepted> {
         let lock = self.lock_for(room_id)?;
-        let _guard = lock.lock().await;
         let room_id = room_id.to_owned();
-        self.run(move |core, db| {
+        self.run_locked(&lock, move |core, db| {
             let (_, version) = core.version_of(db, &room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
             core.accept(db, Some(&room_id), &version, json)
         })
