@@ -8,6 +8,9 @@
 pub mod codec;
 pub mod engine;
 pub mod key_tables;
+#[cfg(test)]
+pub mod memory;
+mod overlay;
 pub mod push_tables;
 mod rocks;
 pub mod room_tables;
@@ -25,6 +28,7 @@ use std::{
 
 pub use codec::{KeyCodec, ValueCodec};
 pub use engine::{Engine, ScanDirection, WriteOp};
+pub use overlay::Staged;
 pub use schema::SCHEMA_VERSION;
 
 use crate::config::Config;

@@ -35,8 +35,10 @@ pub const AUTH_CHAINS: Table<u64, Vec<u64>> = Table::new("auth_chains");
 pub const TIMELINE: Table<(u64, u64), u64> = Table::new("timeline");
 /// Stream position -> (short room id, short event id): every room's events in arrival order.
 pub const EVENT_STREAM: Table<u64, (u64, u64)> = Table::new("event_stream");
-/// (short room id, short event id) -> (): the room's forward extremities.
-pub const FORWARD_EXTREMITIES: Table<(u64, u64), ()> = Table::new("forward_extremities");
+/// Schema 1 only: (short room id, short event id) -> (), the room's forward extremities. Every
+/// event deleted a row and added one, so the room's prefix filled with tombstones that each
+/// later scan walked; they are now a field of [`RoomRecord`], which every event rewrites anyway.
+pub const LEGACY_FORWARD_EXTREMITIES: Table<(u64, u64), ()> = Table::new("forward_extremities");
 
 /// State group -> a diff against its parent group (or a full snapshot when it has none).
 pub const STATE_GROUPS: Table<u64, StateGroup> = Table::new("state_groups");
@@ -80,7 +82,7 @@ pub const ROOM_TABLES: &[&str] = &[
     AUTH_CHAINS.name,
     TIMELINE.name,
     EVENT_STREAM.name,
-    FORWARD_EXTREMITIES.name,
+    LEGACY_FORWARD_EXTREMITIES.name,
     STATE_GROUPS.name,
     ROOMS.name,
     CURRENT_STATE.name,
@@ -113,8 +115,31 @@ pub struct EventMeta {
     /// Accepted but failed auth against the current state: stored, never served.
     #[serde(default)]
     pub soft_failed: bool,
+    /// Refused by the auth rules (an event from another server): stored so it is not fetched
+    /// again, never served, never used to authorise another event. `state_after` is then the
+    /// state before it, or 0 when that was never known.
+    #[serde(default)]
+    pub rejected: bool,
 }
 impl JsonValue for EventMeta {}
+
+impl EventMeta {
+    /// The state group after this event, if known (not for a rejected event whose state was
+    /// never computed).
+    pub fn state_after_known(&self) -> Option<u64> {
+        (self.state_after != 0).then_some(self.state_after)
+    }
+
+    /// An outlier: stored without state and outside the timeline (see `store_outlier`).
+    pub fn is_outlier(&self) -> bool {
+        self.position.is_none() && !self.soft_failed && !self.rejected && self.state_after == 0
+    }
+
+    /// Whether clients may be shown this event at all (history visibility aside).
+    pub fn is_served(&self) -> bool {
+        !self.soft_failed && !self.rejected && self.state_after != 0
+    }
+}
 
 /// A state snapshot as a diff against `parent`: the state is the parent's with `removed` short
 /// state keys dropped and `added` (short state key, short event id) pairs set.
@@ -134,6 +159,10 @@ pub struct RoomRecord {
     pub version: RoomVersionId,
     /// State group of the room's current state.
     pub current_state_group: u64,
+    /// The room's forward extremities (short event ids): the events nothing refers to yet,
+    /// which the next event of this server names as its prev events.
+    #[serde(default)]
+    pub extremities: Vec<u64>,
 }
 impl JsonValue for RoomRecord {}
 

@@ -2,14 +2,33 @@
 //! for. Start-up refuses a database of another server name or a newer schema, and runs the
 //! migrations from an older schema in order.
 
-use super::{Batch, Db, StorageError, tables::META};
+use super::{
+    Batch, Db, StorageError,
+    room_tables::{LEGACY_FORWARD_EXTREMITIES, ROOMS},
+    tables::META,
+};
 
 /// The schema this build writes. Raise it with a migration in [`MIGRATIONS`].
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// Migration `i` upgrades a database from version `i + 1` to `i + 2`.
 type Migration = fn(&Db) -> Result<(), StorageError>;
-const MIGRATIONS: &[Migration] = &[];
+const MIGRATIONS: &[Migration] = &[extremities_into_room_records];
+
+/// 1 -> 2: forward extremities move from rows of their own into each room's record.
+fn extremities_into_room_records(db: &Db) -> Result<(), StorageError> {
+    let mut batch = Batch::new();
+    for (short_room, mut record) in ROOMS.all(db)? {
+        for ((_, extremity), ()) in LEGACY_FORWARD_EXTREMITIES.scan_prefix(db, &(short_room,))? {
+            if !record.extremities.contains(&extremity) {
+                record.extremities.push(extremity);
+            }
+            batch.delete(&LEGACY_FORWARD_EXTREMITIES, &(short_room, extremity));
+        }
+        batch.put(&ROOMS, &short_room, &record)?;
+    }
+    db.write(batch)
+}
 
 const KEY_VERSION: &str = "schema_version";
 const KEY_SERVER_NAME: &str = "server_name";

@@ -16,7 +16,7 @@ use trellis::{
     service::{
         Services,
         rooms::{
-            NewEvent,
+            NewEvent, Outcome,
             create::{Preset, RoomSpec},
             membership::MembershipChange,
             membership_of,
@@ -210,6 +210,98 @@ async fn a_soft_failed_event_is_stored_but_not_served() {
     assert_eq!(stored.pdu.prev_events, vec![demotion.event_id]);
 }
 
+/// Events as another server would send them, through the federation entry point: one whose
+/// sender isn't in the room is stored as rejected (never served, never used as an auth event),
+/// and one that names an unknown prev event is reported as missing events with nothing stored.
+#[tokio::test]
+async fn remote_events_are_rejected_or_reported_missing() {
+    let Fixture { services, _dir } = fixture();
+    let (alice, mallory) = (user("alice"), user("mallory"));
+    for version in [RoomVersionId::V1, RoomVersionId::V6, RoomVersionId::V11, RoomVersionId::V12] {
+        let room = public_room(&services, &alice, version.clone()).await;
+        let message =
+            |body: &str| NewEvent::message(TimelineEventType::RoomMessage, json!({"msgtype": "m.text", "body": body}));
+
+        // Mallory never joined: her message fails the auth rules.
+        let intruder = services.rooms.build_event(&room, &mallory, message("let me in"), None).await.unwrap();
+        let outcome = services.rooms.accept_pdu(&room, intruder.clone()).await.unwrap();
+        let Outcome::Rejected { event_id: rejected_id, .. } = outcome else { panic!("{version}: {outcome:?}") };
+        assert!(services.rooms.event_for(&alice, &rejected_id).await.unwrap().is_none(), "{version}: served");
+        // Stored: offered again, it is already known.
+        let again = services.rooms.accept_pdu(&room, intruder).await.unwrap();
+        assert!(matches!(again, Outcome::AlreadyKnown { .. }), "{version}: {again:?}");
+
+        // An event naming the rejected one as an auth event is rejected too, whatever else it is.
+        let mut built = services.rooms.build_event(&room, &alice, message("cites it"), None).await.unwrap();
+        let mut auth_events = match built.remove("auth_events") {
+            Some(CanonicalJsonValue::Array(list)) => list,
+            other => panic!("{version}: auth_events {other:?}"),
+        };
+        let reference = match &auth_events[0] {
+            CanonicalJsonValue::Array(pair) => CanonicalJsonValue::Array(vec![
+                CanonicalJsonValue::String(rejected_id.to_string()),
+                pair.get(1).cloned().unwrap_or(CanonicalJsonValue::Null),
+            ]),
+            _ => CanonicalJsonValue::String(rejected_id.to_string()),
+        };
+        auth_events.push(reference);
+        built.insert("auth_events".into(), CanonicalJsonValue::Array(auth_events));
+        let resigned = resign(&services, built, &version);
+        match services.rooms.accept_pdu(&room, resigned).await {
+            Ok(Outcome::Rejected { reason, .. }) => assert!(reason.contains("rejected"), "{version}: {reason}"),
+            other => panic!("{version}: {other:?}"),
+        }
+
+        // An unknown prev event: reported, nothing stored, and the room is unchanged.
+        let unknown = OwnedEventId::try_from(format!("$unknownprev{}:localhost", version.as_str())).unwrap();
+        let dangling = services.rooms.build_event(&room, &alice, message("dangling"), None).await.unwrap();
+        let mut dangling = dangling;
+        let prev = match version {
+            RoomVersionId::V1 => CanonicalJsonValue::Array(vec![
+                CanonicalJsonValue::String(unknown.to_string()),
+                CanonicalJsonValue::Object([("sha256".to_owned(), CanonicalJsonValue::String("AAAA".into()))].into()),
+            ]),
+            _ => CanonicalJsonValue::String(unknown.to_string()),
+        };
+        dangling.insert("prev_events".into(), CanonicalJsonValue::Array(vec![prev]));
+        let dangling = resign(&services, dangling, &version);
+        match services.rooms.accept_pdu(&room, dangling.clone()).await {
+            Ok(Outcome::MissingEvents { missing, .. }) => assert_eq!(missing, vec![unknown.clone()], "{version}"),
+            other => panic!("{version}: {other:?}"),
+        }
+        let again = services.rooms.accept_pdu(&room, dangling).await.unwrap();
+        assert!(matches!(again, Outcome::MissingEvents { .. }), "{version}: stored: {again:?}");
+        // The room is still writable and its next event builds on what was accepted.
+        services.rooms.send(&room, &alice, message("after")).await.unwrap();
+
+        // An outlier: stored without state, not served, not in the timeline; when the same event
+        // later arrives with its place in the graph, it joins the timeline.
+        let topic = NewEvent::state(TimelineEventType::RoomTopic, "", json!({"topic": "fetched alone"}));
+        let topic = services.rooms.build_event(&room, &alice, topic, None).await.unwrap();
+        let outlier = services.rooms.accept_outlier(&room, topic.clone()).await.unwrap();
+        let Outcome::Accepted(stored) = outlier else { panic!("{version}: {outlier:?}") };
+        assert_eq!(stored.position, None, "{version}");
+        assert!(services.rooms.event_for(&alice, &stored.event_id).await.unwrap().is_none(), "{version}");
+        let current_topic = services.rooms.state_event(&room, &StateEventType::RoomTopic, "").await.unwrap();
+        assert!(current_topic.is_none(), "{version}: an outlier changed the room's state");
+        let placed = services.rooms.accept_pdu(&room, topic).await.unwrap();
+        let Outcome::Accepted(placed) = placed else { panic!("{version}: {placed:?}") };
+        assert!(placed.position.is_some(), "{version}");
+        assert!(services.rooms.event_for(&alice, &placed.event_id).await.unwrap().is_some(), "{version}");
+    }
+}
+
+/// Hashes and signs a modified event again with this server's key (as its sender's server
+/// would have), dropping the old event ID, hashes and signatures.
+fn resign(services: &Services, mut event: CanonicalJsonObject, version: &RoomVersionId) -> CanonicalJsonObject {
+    event.remove("signatures");
+    event.remove("hashes");
+    event.remove("unsigned");
+    let rules = version.rules().unwrap();
+    services.rooms.sign_as_this_server(&mut event, &rules).unwrap();
+    event
+}
+
 fn random_value(rng: &mut StdRng, depth: u32) -> CanonicalJsonValue {
     match rng.gen_range(0..7) {
         0 => CanonicalJsonValue::Null,
@@ -274,13 +366,19 @@ async fn malformed_events_are_always_refused_cleanly() {
         for round in 0..150 {
             let candidate = mutate(&mut rng, &seed);
             match services.rooms.accept_pdu(&room, candidate.clone()).await {
-                Ok(accepted) => panic!("{version} round {round}: accepted a mutated event {accepted:?}: {candidate:?}"),
+                Ok(Outcome::Accepted(accepted)) => {
+                    panic!("{version} round {round}: accepted a mutated event {accepted:?}: {candidate:?}")
+                }
+                // Refused by the auth rules, missing events, or (content hash broken, so
+                // redacted) the seed itself again: nothing new in the room.
+                Ok(Outcome::Rejected { .. } | Outcome::MissingEvents { .. } | Outcome::AlreadyKnown { .. }) => {}
                 Err(Error::Matrix { .. }) => {}
                 Err(other) => panic!("{version} round {round}: internal error {other} for {candidate:?}"),
             }
         }
-        // Replaying the untouched event is refused as a duplicate.
-        assert!(services.rooms.accept_pdu(&room, seed).await.is_err());
+        // Replaying the untouched event changes nothing.
+        let replay = services.rooms.accept_pdu(&room, seed).await.unwrap();
+        assert!(matches!(replay, Outcome::AlreadyKnown { .. }), "{replay:?}");
     }
 }
 

@@ -33,3 +33,4 @@ mod sync_filters;
 mod sync_knock;
 mod tags;
 mod upgrade;
+mod writer;

@@ -43,7 +43,9 @@ async fn send(
     let sender = request.sender()?;
     let body = &request.body;
     let device = sender.device_id.as_str();
-    if let Some(event_id) = services.rooms.transaction(&sender.user_id, device, body.txn_id.as_str()).await? {
+    let txn_key = Transaction::key_for("send", &body.room_id, body.txn_id.as_str());
+    // A fast path for retries; the decision that counts is taken under the room's lock.
+    if let Some(event_id) = services.rooms.transaction(&sender.user_id, device, &txn_key).await? {
         return Ok(send_message_event::v3::Response::new(event_id));
     }
     let content: Value = serde_json::from_str(body.body.json().get()).map_err(|e| Error::bad_json(e.to_string()))?;
@@ -51,8 +53,7 @@ async fn send(
         return Err(Error::bad_json("Event content must be a JSON object"));
     }
     let kind = TimelineEventType::from(body.event_type.to_string());
-    let transaction =
-        Transaction { device: device.to_owned(), key: body.txn_id.to_string(), client_txn: body.txn_id.to_string() };
+    let transaction = Transaction { device: device.to_owned(), key: txn_key, client_txn: body.txn_id.to_string() };
     let event = NewEvent::message(kind, content);
     let accepted = services.rooms.send_with_transaction(&body.room_id, &sender.user_id, event, transaction).await?;
     // Sending a message is activity for presence, as in Synapse.
@@ -67,7 +68,7 @@ async fn redact(
     let sender = request.sender()?;
     let body = &request.body;
     let device = sender.device_id.as_str();
-    let txn = format!("redact:{}", body.txn_id);
+    let txn = Transaction::key_for("redact", &body.room_id, body.txn_id.as_str());
     if let Some(event_id) = services.rooms.transaction(&sender.user_id, device, &txn).await? {
         return Ok(redact_event::v3::Response::new(event_id));
     }
@@ -200,5 +201,15 @@ async fn event(
         .await?
         .filter(|e| e.pdu.room_id == body.room_id)
         .ok_or_else(|| Error::not_found("Event not found"))?;
-    Ok(get_room_event::v3::Response::new(raw_event(&event.pdu.to_client_event())))
+    let mut client_event = event.pdu.to_client_event();
+    // The sending device sees its transaction ID, as in `/sync` (Complement's TestTxnInEvent).
+    if event.pdu.sender == sender.user_id {
+        let event_id = event.pdu.event_id.to_string();
+        if let Some((device, txn)) = services.rooms.transaction_ids(vec![event_id.clone()]).await?.remove(&event_id)
+            && device == sender.device_id.as_str()
+        {
+            client_event["unsigned"]["transaction_id"] = Value::String(txn);
+        }
+    }
+    Ok(get_room_event::v3::Response::new(raw_event(&client_event)))
 }

@@ -130,21 +130,16 @@ async fn create_room(
         preset,
         creation_content,
         power_level_override,
-        alias: alias.clone(),
+        alias,
         initial_state,
         name: body.name.clone(),
         topic: body.topic.clone(),
         invite: body.invite.clone(),
         is_direct: body.is_direct,
         creator_member: member_profile(&services, &sender.user_id).await?,
+        publish: body.visibility == Visibility::Public,
     };
     let room_id = services.rooms.create_room(&sender.user_id, spec).await?;
-    if let Some(alias) = alias {
-        services.rooms.set_alias(&alias, &room_id, &sender.user_id).await?;
-    }
-    if body.visibility == Visibility::Public {
-        services.rooms.set_published(&room_id, true).await?;
-    }
     tracing::info!(%room_id, creator = %sender.user_id, "created room");
     Ok(create_room::v3::Response::new(room_id))
 }

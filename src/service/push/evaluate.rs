@@ -7,12 +7,14 @@
 //! with pushers) its entry in the durable push queue commit together, so a crash can neither
 //! lose a notification nor count one for an event that was never stored, and a sync that sees
 //! an event always sees its counts. The cost is one rule evaluation per local member per event,
-//! on the blocking pool under the room's lock; the rules are read from the user's account data
-//! (one point read each).
+//! on the blocking pool under the room's lock, before the event's stream position is taken; the
+//! rules are read from the user's account data (one point read each) and parsed once per change
+//! ([`RulesetCache`]).
 
 use std::{
     future::Future,
     pin::pin,
+    sync::Arc,
     task::{Context, Poll, Waker},
 };
 
@@ -87,28 +89,42 @@ pub fn thread_root(content: &serde_json::Value) -> Option<String> {
         .then(|| relation.get("event_id")?.as_str().map(str::to_owned))?
 }
 
-/// Evaluates the event (`event` as clients see it) for every recipient and adds a notification
-/// row for each one it notifies, plus a push queue entry for those with pushers. Returns whether
-/// anything was queued for delivery.
-pub fn record_notifications(
+/// A notification decided for one recipient, waiting for the event's stream position.
+pub struct PendingNotification {
+    user: OwnedUserId,
+    actions: Vec<Action>,
+    highlight: bool,
+    /// Whether the user has a pusher, so the notification is queued for delivery.
+    has_pusher: bool,
+}
+
+/// What an event's push evaluation decided: written by [`write_notifications`] once the event
+/// has its stream position (evaluation comes first, so the position is held only for the write).
+pub struct EventNotifications {
+    room_id: OwnedRoomId,
+    event_id: String,
+    thread: Option<String>,
+    notifications: Vec<PendingNotification>,
+}
+
+/// Evaluates the event (`event` as clients see it) for every recipient.
+pub fn evaluate_notifications(
     db: &Db,
-    batch: &mut Batch,
+    rulesets: &RulesetCache,
     event: &serde_json::Value,
-    position: u64,
     room: &RoomFacts,
     recipients: &[Recipient],
-) -> Result<bool> {
+) -> Result<EventNotifications> {
+    let event_id = event.get("event_id").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+    let thread = event.get("content").and_then(thread_root);
+    let mut out = EventNotifications { room_id: room.room_id.clone(), event_id, thread, notifications: Vec::new() };
     if recipients.is_empty() {
-        return Ok(false);
+        return Ok(out);
     }
     let raw: Raw<serde_json::Value> =
         Raw::new(event).map_err(|e| Error::internal(format!("cannot serialise event: {e}")))?;
-    let event_id = event.get("event_id").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
-    let thread = event.get("content").and_then(thread_root);
-    let ts = crate::service::now_ms();
-    let mut queued = false;
     for recipient in recipients {
-        let ruleset = stored_ruleset(db, &recipient.user)?;
+        let ruleset = rulesets.get(db, &recipient.user)?;
         let mut ctx = PushConditionRoomCtx::new(
             room.room_id.clone(),
             UInt::try_from(room.joined_members).unwrap_or(UInt::MAX),
@@ -122,24 +138,7 @@ pub fn record_notifications(
         }
         let highlight = actions.iter().any(Action::is_highlight);
         let user = recipient.user.clone();
-        batch.put(
-            &NOTIFICATIONS,
-            &(user.clone(), position),
-            &NotificationRecord {
-                room_id: room.room_id.clone(),
-                event_id: event_id.clone(),
-                actions,
-                highlight,
-                ts,
-                thread: thread.clone(),
-            },
-        )?;
-        batch.put(
-            &ROOM_NOTIFICATIONS,
-            &(user.clone(), room.room_id.clone(), position),
-            &RoomNotification { highlight, thread: thread.clone() },
-        )?;
-        if !PUSHERS
+        let has_pusher = !PUSHERS
             .scan_from(
                 db,
                 &(user.clone(), String::new(), String::new()),
@@ -147,11 +146,75 @@ pub fn record_notifications(
                 1,
                 |k| k.0 == user,
             )?
-            .is_empty()
-        {
+            .is_empty();
+        out.notifications.push(PendingNotification { user, actions, highlight, has_pusher });
+    }
+    Ok(out)
+}
+
+/// Adds the notification rows of an evaluated event at `position` to `batch`, plus a push
+/// queue entry for recipients with pushers. Returns whether anything was queued for delivery.
+pub fn write_notifications(batch: &mut Batch, position: u64, decided: EventNotifications) -> Result<bool> {
+    let ts = crate::service::now_ms();
+    let mut queued = false;
+    for notification in decided.notifications {
+        let user = notification.user;
+        batch.put(
+            &NOTIFICATIONS,
+            &(user.clone(), position),
+            &NotificationRecord {
+                room_id: decided.room_id.clone(),
+                event_id: decided.event_id.clone(),
+                actions: notification.actions,
+                highlight: notification.highlight,
+                ts,
+                thread: decided.thread.clone(),
+            },
+        )?;
+        batch.put(
+            &ROOM_NOTIFICATIONS,
+            &(user.clone(), decided.room_id.clone(), position),
+            &RoomNotification { highlight: notification.highlight, thread: decided.thread.clone() },
+        )?;
+        if notification.has_pusher {
             batch.put(&PUSH_QUEUE, &(position, user.to_string()), &PushQueueEntry { queued_at: ts })?;
             queued = true;
         }
     }
     Ok(queued)
+}
+
+/// Parsed push rules per user. Each use still reads the user's stored rules (one point read)
+/// and reuses the parsed ruleset while those bytes are unchanged, so no invalidation is needed
+/// however the rules change; parsing, or building the defaults, is what costs in a big room.
+#[derive(Default)]
+pub struct RulesetCache(std::sync::Mutex<std::collections::HashMap<OwnedUserId, (Option<Box<str>>, Arc<Ruleset>)>>);
+
+/// Users whose rulesets are kept; past it the cache starts over.
+const CACHED_RULESETS: usize = 20_000;
+
+impl RulesetCache {
+    pub fn get(&self, db: &Db, user: &ruma::UserId) -> Result<Arc<Ruleset>> {
+        let key = (user.to_owned(), String::new(), PUSH_RULES_TYPE.to_owned());
+        let stored: Option<Box<str>> = ACCOUNT_DATA.get(db, &key)?.map(|raw| raw.get().into());
+        if let Ok(cache) = self.0.lock()
+            && let Some((bytes, ruleset)) = cache.get(user)
+            && *bytes == stored
+        {
+            return Ok(ruleset.clone());
+        }
+        let ruleset = Arc::new(
+            stored
+                .as_deref()
+                .and_then(|json| serde_json::from_str::<PushRulesContent>(json).ok())
+                .map_or_else(|| Ruleset::server_default(user), |content| content.global),
+        );
+        if let Ok(mut cache) = self.0.lock() {
+            if cache.len() >= CACHED_RULESETS {
+                cache.clear();
+            }
+            cache.insert(user.to_owned(), (stored, ruleset.clone()));
+        }
+        Ok(ruleset)
+    }
 }

@@ -1,35 +1,38 @@
-//! The one acceptance path for events, local or remote: format and size, hashes and
-//! signatures, authorisation against the event's own auth events and against the state before
-//! it (resolved with state resolution v2 when it has several prev events), the soft-fail check
+//! The one acceptance path for events, local or remote, second half (the first is
+//! `prepare.rs`: format, size, hashes, signatures, outside the room's lock). Under the lock:
+//! authorisation against the event's own auth events and against the state before it
+//! (resolved with state resolution when it has several prev events), the soft-fail check
 //! against the current state, and then one write batch that stores the event, its state, the
-//! timeline entry, forward extremities and the room's new current state.
+//! timeline entry, forward extremities and the room's new current state. The result is an
+//! [`Outcome`]; events from other servers that the auth rules refuse are stored as rejected.
 
 use std::{collections::HashSet, sync::Arc};
 
-use http::StatusCode;
 use ruma::{
     CanonicalJsonObject, EventId, OwnedEventId, RoomVersionId,
-    api::error::ErrorKind,
     events::{StateEventType, TimelineEventType},
     room_version_rules::{RoomVersionRules, StateResolutionVersion},
-    signatures::Verified,
     state_res::{self, StateMap, utils::event_id_set::EventIdSet},
 };
 
-use super::{RoomCore, pdu::Pdu, state::ShortStateMap};
+use super::{
+    RoomCore,
+    notify::CurrentStateChange,
+    pdu::Pdu,
+    prepare::{Origin, Prepared, bad_event},
+    state::ShortStateMap,
+};
 use crate::{
     Error, Result,
+    service::push::evaluate::write_notifications,
     storage::{
         Batch, Db,
         room_tables::{
-            AUTH_CHAINS, CURRENT_STATE, EVENT_META, EVENT_STREAM, EVENT_TRANSACTIONS, EventMeta, FORWARD_EXTREMITIES,
-            PDUS, ROOMS, RoomRecord, TIMELINE, TRANSACTIONS, USER_ROOMS, UserMembership,
+            AUTH_CHAINS, CURRENT_STATE, EVENT_META, EVENT_STREAM, EVENT_TRANSACTIONS, EventMeta, PDUS, ROOMS,
+            RoomRecord, TIMELINE, TRANSACTIONS, USER_ROOMS, UserMembership,
         },
     },
 };
-
-/// The spec's limit on a whole PDU, signatures included.
-const MAX_PDU_BYTES: usize = 65_536;
 
 /// What accepting an event did.
 #[derive(Debug, Clone)]
@@ -40,10 +43,6 @@ pub struct Accepted {
     pub soft_failed: bool,
 }
 
-fn rejected(message: impl Into<String>) -> Error {
-    Error::new(StatusCode::BAD_REQUEST, ErrorKind::BadJson, message)
-}
-
 /// The event being accepted, whose ids and auth chain are still in the uncommitted batch:
 /// state resolution at persist time must see it too.
 pub(super) struct Pending<'a> {
@@ -52,6 +51,13 @@ pub(super) struct Pending<'a> {
     auth_chain: &'a [u64],
     /// The event's short state key and its names, for state events.
     state_key: Option<(u64, (StateEventType, String))>,
+}
+
+/// The keys whose events differ between two states: set to the event in `current`, or removed.
+fn state_diff(previous: &ShortStateMap, current: &ShortStateMap) -> Vec<(u64, Option<u64>)> {
+    let removed = previous.keys().filter(|k| !current.contains_key(k)).map(|k| (*k, None));
+    let set = current.iter().filter(|(k, v)| previous.get(k) != Some(v)).map(|(k, v)| (*k, Some(*v)));
+    removed.chain(set).collect()
 }
 
 /// The `membership` of a member event's content (`leave` if unreadable).
@@ -72,14 +78,63 @@ fn forbidden(message: impl std::fmt::Display) -> Error {
 #[derive(Debug, Clone)]
 pub struct Transaction {
     pub device: String,
-    /// The key of the idempotency record (the transaction ID, prefixed per endpoint).
+    /// The key of the idempotency record: the transaction ID, prefixed per endpoint and room
+    /// (see [`Transaction::key_for`]).
     pub key: String,
     /// The transaction ID as the client gave it (for `unsigned.transaction_id`).
     pub client_txn: String,
 }
 
+impl Transaction {
+    /// The idempotency key of a transaction ID used on `endpoint` in `room`. Synapse scopes a
+    /// transaction to its request path, so the same ID in another room is another event
+    /// (Complement's `TestTxnIdempotency` expects that).
+    pub fn key_for(endpoint: &str, room: &ruma::RoomId, txn_id: &str) -> String {
+        format!("{endpoint}\u{0}{room}\u{0}{txn_id}")
+    }
+}
+
+/// What committing an event did: the domain outcome that the API layer turns into its answer.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// In the timeline; `Accepted::soft_failed` is set when it passed the auth rules against
+    /// the state before it but not against the room's current state: then it is stored and
+    /// kept out of the timeline, as the spec says.
+    Accepted(Accepted),
+    /// Refused by the auth rules (against its auth events or the state before it). From another
+    /// server it is stored as rejected: never served, never used to authorise another event.
+    Rejected { event_id: OwnedEventId, reason: String },
+    /// It refers to events this server doesn't have (auth or prev events, or the state at a
+    /// prev event); nothing was stored. Federation fetches them and tries again.
+    MissingEvents { event_id: OwnedEventId, missing: Vec<OwnedEventId> },
+    /// Already stored; nothing changed.
+    AlreadyKnown { event_id: OwnedEventId },
+}
+
+impl Outcome {
+    /// The outcome for an event this server built itself: anything but acceptance is an error
+    /// of the request that asked for it (a local event is never stored as rejected).
+    pub fn into_local_result(self) -> Result<Accepted> {
+        match self {
+            Outcome::Accepted(accepted) => Ok(accepted),
+            Outcome::Rejected { reason, .. } => Err(forbidden(reason)),
+            Outcome::MissingEvents { missing, .. } => {
+                let list = missing.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+                Err(forbidden(format!("unknown events {list}")))
+            }
+            Outcome::AlreadyKnown { .. } => Err(bad_event("Event already accepted")),
+        }
+    }
+}
+
+/// Why an event can't be authorised yet, or at all.
+enum AuthProblem {
+    Missing(Vec<OwnedEventId>),
+    Refused(String),
+}
+
 impl RoomCore {
-    /// Accepts one event into its room. The caller holds the room's lock.
+    /// Accepts one event this server built into its room. The caller holds the room's lock.
     pub(super) fn accept(
         &self,
         db: &Db,
@@ -99,59 +154,30 @@ impl RoomCore {
         json: CanonicalJsonObject,
         transaction: Option<&Transaction>,
     ) -> Result<Accepted> {
-        let rules = version.rules().ok_or_else(|| {
-            Error::new(StatusCode::BAD_REQUEST, ErrorKind::UnsupportedRoomVersion, "Unsupported room version")
-        })?;
-        // Format and size limits (whole event 65,536 bytes, field limits).
-        let size = serde_json::to_vec(&json).map(|v| v.len()).unwrap_or(usize::MAX);
-        if size > MAX_PDU_BYTES {
-            return Err(Error::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                ErrorKind::TooLarge,
-                format!("Event is {size} bytes; the limit is {MAX_PDU_BYTES}"),
-            ));
-        }
-        state_res::check_pdu_format(&json, &rules.event_format).map_err(rejected)?;
-        let mut pdu = Pdu::from_json(json, &rules).map_err(rejected)?;
-        if expected_room.is_some_and(|room| room != pdu.room_id) {
-            return Err(rejected("The event belongs to another room"));
-        }
+        let prepared = self.prepare(expected_room, version, json, Origin::Local)?;
+        self.commit(db, prepared, Origin::Local, transaction)?.into_local_result()
+    }
 
-        // Hashes and signatures. A wrong content hash means the content was tampered with: the
-        // spec keeps the event, redacted.
-        match ruma::signatures::verify_event(&self.keys.public_key_map(), &pdu.json, &rules) {
-            Ok(Verified::All) => {}
-            Ok(Verified::Signatures) => {
-                let redacted = ruma::canonical_json::redact(pdu.json.clone(), &rules.redaction, None)
-                    .map_err(|e| rejected(format!("cannot redact event: {e}")))?;
-                pdu = Pdu::from_json(redacted, &rules).map_err(rejected)?;
-            }
-            Err(error) => return Err(forbidden(format!("signature check failed: {error}"))),
-        }
+    /// The second half of accepting an event, under the room's lock: authorisation against its
+    /// auth events and against the state before it (resolved with the room version's state
+    /// resolution when it has several prev events), the soft-fail check against the current
+    /// state, and one write batch.
+    pub(super) fn commit(
+        &self,
+        db: &Db,
+        prepared: Prepared,
+        origin: Origin,
+        transaction: Option<&Transaction>,
+    ) -> Result<Outcome> {
+        let Prepared { pdu, rules, version } = prepared;
+        let event_id = pdu.event_id.clone();
+        // An outlier stored earlier (an auth event fetched on its own) now arrives with its
+        // place in the graph: it is accepted like any new event.
         if let Some(short) = self.interner.short_event(db, &pdu.event_id)?
-            && EVENT_META.contains(db, &short)?
+            && EVENT_META.get(db, &short)?.is_some_and(|meta| !meta.is_outlier())
         {
-            return Err(rejected("Event already accepted"));
+            return Ok(Outcome::AlreadyKnown { event_id });
         }
-
-        // Authorisation against the event's own auth events.
-        let mut auth_events = Vec::with_capacity(pdu.auth_events.len());
-        for id in &pdu.auth_events {
-            let event =
-                self.event_by_id(db, id, &rules)?.ok_or_else(|| forbidden(format!("unknown auth event {id}")))?;
-            auth_events.push(event);
-        }
-        // From v12 the create event is not among the auth events: ruma asks for it by the ID
-        // derived from the room ID, so fall back to the store.
-        state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, |id: &EventId| {
-            auth_events
-                .iter()
-                .find(|e| e.event_id == id)
-                .cloned()
-                .or_else(|| self.event_by_id(db, id, &rules).ok().flatten())
-        })
-        .map_err(forbidden)?;
-
         let is_create = pdu.kind == TimelineEventType::RoomCreate;
         let room_record = match self.interner.short_room(db, &pdu.room_id)? {
             Some(short) => ROOMS.get(db, &short)?,
@@ -161,29 +187,49 @@ impl RoomCore {
             return Err(Error::not_found("Unknown room"));
         }
 
+        // Authorisation against the event's own auth events.
+        let refused = |reason: String, before_group: Option<u64>| -> Result<Outcome> {
+            if origin == Origin::Remote {
+                self.store_rejected(db, &pdu, before_group)?;
+            }
+            Ok(Outcome::Rejected { event_id: pdu.event_id.clone(), reason })
+        };
+        match self.check_auth_events(db, &rules, &pdu) {
+            Ok(()) => {}
+            Err(AuthProblem::Missing(missing)) => return Ok(Outcome::MissingEvents { event_id, missing }),
+            Err(AuthProblem::Refused(reason)) => return refused(reason, None),
+        }
+
         // The state before the event: after its single prev event, or resolved across several.
         let (before_group, state_before) = if is_create {
             (None, Arc::new(ShortStateMap::new()))
         } else {
             let mut groups = Vec::new();
+            let mut missing = Vec::new();
             for prev in &pdu.prev_events {
-                let short = self
-                    .interner
-                    .short_event(db, prev)?
-                    .ok_or_else(|| forbidden(format!("unknown prev event {prev}")))?;
-                let meta =
-                    EVENT_META.get(db, &short)?.ok_or_else(|| forbidden(format!("unknown prev event {prev}")))?;
-                groups.push(meta.state_after);
+                let meta = match self.interner.short_event(db, prev)? {
+                    Some(short) => EVENT_META.get(db, &short)?,
+                    None => None,
+                };
+                match meta.and_then(|meta| meta.state_after_known()) {
+                    Some(group) => groups.push(group),
+                    None => missing.push(prev.clone()),
+                }
+            }
+            if !missing.is_empty() {
+                return Ok(Outcome::MissingEvents { event_id, missing });
             }
             groups.sort_unstable();
             groups.dedup();
             match groups.as_slice() {
-                [] => return Err(rejected("event has no prev_events")),
+                [] => return Err(bad_event("event has no prev_events")),
                 [group] => (Some(*group), self.state.load(db, *group)?),
                 many => (None, Arc::new(self.resolve(db, &rules, many, None)?)),
             }
         };
-        self.check_against(db, &rules, &pdu, &state_before).map_err(forbidden)?;
+        if let Err(reason) = self.check_against(db, &rules, &pdu, &state_before) {
+            return refused(reason, before_group);
+        }
 
         // Soft fail: passes against the state before it, but not against the current state.
         let soft_failed = match &room_record {
@@ -193,7 +239,136 @@ impl RoomCore {
             }
             _ => false,
         };
-        self.persist(db, &rules, version, pdu, before_group, state_before, room_record, soft_failed, transaction)
+        let accepted =
+            self.persist(db, &rules, &version, pdu, before_group, state_before, room_record, soft_failed, transaction)?;
+        Ok(Outcome::Accepted(accepted))
+    }
+
+    /// The auth rules against the event's own auth events: they must all be known and not
+    /// rejected, and must authorise it.
+    fn check_auth_events(&self, db: &Db, rules: &RoomVersionRules, pdu: &Pdu) -> Result<(), AuthProblem> {
+        let internal = |e: Error| AuthProblem::Refused(format!("cannot read auth events: {e}"));
+        let mut auth_events = Vec::with_capacity(pdu.auth_events.len());
+        let mut missing = Vec::new();
+        for id in &pdu.auth_events {
+            let short = self.interner.short_event(db, id).map_err(internal)?;
+            let meta = match short {
+                Some(short) => EVENT_META.get(db, &short).map_err(|e| internal(e.into()))?,
+                None => None,
+            };
+            match (short, meta) {
+                (Some(_), Some(meta)) if meta.rejected => {
+                    return Err(AuthProblem::Refused(format!("auth event {id} was rejected")));
+                }
+                (Some(short), Some(_)) => auth_events.push(self.event_by_short(db, short, rules).map_err(internal)?),
+                _ => missing.push(id.clone()),
+            }
+        }
+        if !missing.is_empty() {
+            return Err(AuthProblem::Missing(missing));
+        }
+        // From v12 the create event is not among the auth events: ruma asks for it by the ID
+        // derived from the room ID, so fall back to the store.
+        state_res::check_state_independent_auth_rules(&rules.authorization, pdu, |id: &EventId| {
+            auth_events
+                .iter()
+                .find(|e| e.event_id == id)
+                .cloned()
+                .or_else(|| self.event_by_id(db, id, rules).ok().flatten())
+        })
+        .map_err(AuthProblem::Refused)?;
+        // The state-dependent rules with the auth events as the state (from v12 plus the create
+        // event, which the room ID names).
+        if rules.authorization.room_create_event_id_as_room_id
+            && !auth_events.iter().any(|e| e.kind == TimelineEventType::RoomCreate)
+            && let Ok(create_id) = OwnedEventId::try_from(format!("${}", &pdu.room_id.as_str()[1..]))
+            && let Some(create) = self.event_by_id(db, &create_id, rules).map_err(internal)?
+        {
+            auth_events.push(create);
+        }
+        state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, |kind: &StateEventType, key: &str| {
+            auth_events
+                .iter()
+                .find(|e| e.kind.to_string() == kind.to_string() && e.state_key.as_deref() == Some(key))
+                .cloned()
+        })
+        .map_err(AuthProblem::Refused)
+    }
+
+    /// Stores an event as an outlier: known and usable as an auth event, but without state
+    /// and outside the timeline (an auth or state event fetched from another server, whose own
+    /// history is not here). It must pass the auth rules against its own auth events, which
+    /// must be stored already.
+    pub(super) fn store_outlier(&self, db: &Db, prepared: Prepared) -> Result<Outcome> {
+        let Prepared { pdu, rules, .. } = prepared;
+        let event_id = pdu.event_id.clone();
+        if let Some(short) = self.interner.short_event(db, &pdu.event_id)?
+            && EVENT_META.contains(db, &short)?
+        {
+            return Ok(Outcome::AlreadyKnown { event_id });
+        }
+        match self.check_auth_events(db, &rules, &pdu) {
+            Ok(()) => {}
+            Err(AuthProblem::Missing(missing)) => return Ok(Outcome::MissingEvents { event_id, missing }),
+            Err(AuthProblem::Refused(reason)) => {
+                self.store_rejected(db, &pdu, None)?;
+                return Ok(Outcome::Rejected { event_id, reason });
+            }
+        }
+        let mut batch = Batch::new();
+        let short_room = self.interner.short_room_or_new(db, &mut batch, &pdu.room_id)?;
+        let short_event = self.interner.short_event_or_new(db, &mut batch, &pdu.event_id)?;
+        let state_key = match &pdu.state_key {
+            Some(state_key) => Some(self.interner.short_state_key_or_new(db, &pdu.kind.to_string(), state_key)?),
+            None => None,
+        };
+        let mut chain: HashSet<u64> = HashSet::new();
+        for id in &pdu.auth_events {
+            if let Some(short) = self.interner.short_event(db, id)? {
+                chain.insert(short);
+                chain.extend(AUTH_CHAINS.get(db, &short)?.unwrap_or_default());
+            }
+        }
+        let mut chain: Vec<u64> = chain.into_iter().collect();
+        chain.sort_unstable();
+        batch.put(&AUTH_CHAINS, &short_event, &chain)?;
+        let json = serde_json::value::to_raw_value(&pdu.json).map_err(|e| Error::internal(e.to_string()))?;
+        batch.put(&PDUS, &short_event, &json)?;
+        let meta = EventMeta {
+            room: short_room,
+            position: None,
+            state_after: 0,
+            state_before: None,
+            state_key,
+            depth: pdu.depth,
+            soft_failed: false,
+            rejected: false,
+        };
+        batch.put(&EVENT_META, &short_event, &meta)?;
+        db.write(batch)?;
+        Ok(Outcome::Accepted(Accepted { event_id, position: None, soft_failed: false }))
+    }
+
+    /// Stores an event from another server that the auth rules refused: never served, never
+    /// used to authorise another event; the state at it is the state before it (when known).
+    fn store_rejected(&self, db: &Db, pdu: &Pdu, before_group: Option<u64>) -> Result<()> {
+        let mut batch = Batch::new();
+        let short_room = self.interner.short_room_or_new(db, &mut batch, &pdu.room_id)?;
+        let short_event = self.interner.short_event_or_new(db, &mut batch, &pdu.event_id)?;
+        let json = serde_json::value::to_raw_value(&pdu.json).map_err(|e| Error::internal(e.to_string()))?;
+        batch.put(&PDUS, &short_event, &json)?;
+        let meta = EventMeta {
+            room: short_room,
+            position: None,
+            state_after: before_group.unwrap_or(0),
+            state_before: before_group,
+            state_key: None,
+            depth: pdu.depth,
+            soft_failed: false,
+            rejected: true,
+        };
+        batch.put(&EVENT_META, &short_event, &meta)?;
+        Ok(db.write(batch)?)
     }
 
     /// The state-dependent auth rules against a state map.
@@ -238,12 +413,10 @@ impl RoomCore {
         let mut pending_key = None;
         let (state_after, after_group) = match &pdu.state_key {
             Some(state_key) => {
-                let key = self.interner.short_state_key_or_new(db, &mut batch, &pdu.kind.to_string(), state_key)?;
+                let key = self.interner.short_state_key_or_new(db, &pdu.kind.to_string(), state_key)?;
                 pending_key = Some((key, (StateEventType::from(pdu.kind.to_string()), state_key.clone())));
-                let mut map = (*state_before).clone();
-                map.insert(key, short_event);
-                let map = Arc::new(map);
-                let group = self.state.store(db, &mut batch, Some(before_group), map.clone())?;
+                let (group, map) =
+                    self.state.store_change(db, &mut batch, before_group, &[(key, Some(short_event))])?;
                 (map, group)
             }
             None => (state_before, before_group),
@@ -261,47 +434,46 @@ impl RoomCore {
         batch.put(&AUTH_CHAINS, &short_event, &chain)?;
         let pending = Pending { short_event, pdu: &pdu, auth_chain: &chain, state_key: pending_key };
 
-        // Held until the batch is written: readers never look past an uncommitted position.
-        let reserved = (!soft_failed).then(|| self.positions.reserve());
-        let position = reserved.as_ref().map(|r| r.position);
-        let json = serde_json::value::to_raw_value(&pdu.json).map_err(|e| Error::internal(e.to_string()))?;
-        batch.put(&PDUS, &short_event, &json)?;
-        batch.put(
-            &EVENT_META,
-            &short_event,
-            &EventMeta {
-                room: short_room,
-                position,
-                state_after: after_group,
-                state_before: Some(before_group),
-                state_key: pending.state_key.as_ref().map(|(key, _)| *key),
-                depth: pdu.depth,
-                soft_failed,
-            },
-        )?;
-
         if pdu.kind == TimelineEventType::RoomRedaction && !soft_failed {
             self.record_redaction(db, &mut batch, &pdu, short_event)?;
         }
-        let mut push_queued = false;
-        if let Some(position) = position {
-            batch.put(&TIMELINE, &(short_room, position), &short_event)?;
-            batch.put(&EVENT_STREAM, &position, &(short_room, short_event))?;
-            // Forward extremities: this event replaces its prev events.
-            let mut extremities: Vec<u64> =
-                FORWARD_EXTREMITIES.scan_prefix(db, &(short_room,))?.into_iter().map(|((_, e), ())| e).collect();
-            for prev in &pdu.prev_events {
-                if let Some(short) = self.interner.short_event(db, prev)? {
-                    batch.delete(&FORWARD_EXTREMITIES, &(short_room, short));
-                    extremities.retain(|e| *e != short);
-                }
-            }
-            batch.put(&FORWARD_EXTREMITIES, &(short_room, short_event), &())?;
-            extremities.push(short_event);
+        let json = serde_json::value::to_raw_value(&pdu.json).map_err(|e| Error::internal(e.to_string()))?;
+        batch.put(&PDUS, &short_event, &json)?;
+        let mut meta = EventMeta {
+            room: short_room,
+            position: None,
+            state_after: after_group,
+            state_before: Some(before_group),
+            state_key: pending.state_key.as_ref().map(|(key, _)| *key),
+            depth: pdu.depth,
+            soft_failed,
+            rejected: false,
+        };
+        if soft_failed {
+            batch.put(&EVENT_META, &short_event, &meta)?;
+            db.write(batch)?;
+            return Ok(Accepted { event_id: pdu.event_id, position: None, soft_failed });
+        }
 
-            // The room's new current state: the state after this event when it is the only
-            // extremity, otherwise the resolution of every extremity's state.
-            let (current, current_group) = if extremities.len() == 1 {
+        // Forward extremities: this event replaces its prev events.
+        let mut extremities = room_record.as_ref().map(|r| r.extremities.clone()).unwrap_or_default();
+        for prev in &pdu.prev_events {
+            if let Some(short) = self.interner.short_event(db, prev)? {
+                extremities.retain(|e| *e != short);
+            }
+        }
+        extremities.push(short_event);
+
+        // The room's new current state: the state after this event when it is the only
+        // extremity, otherwise the resolution of every extremity's state. The change from the
+        // previous current state is known without comparing whole states unless there was a fork.
+        let previous_group = room_record.as_ref().map(|r| r.current_state_group);
+        let own_change: Vec<(u64, Option<u64>)> =
+            pending.state_key.as_ref().map(|(key, _)| (*key, Some(short_event))).into_iter().collect();
+        let (current, current_group, changes) = if extremities.len() == 1 && previous_group == Some(before_group) {
+            (state_after, after_group, own_change)
+        } else {
+            let (current, group) = if extremities.len() == 1 {
                 (state_after, after_group)
             } else {
                 let mut groups = Vec::new();
@@ -318,45 +490,64 @@ impl RoomCore {
                 }
                 groups.sort_unstable();
                 groups.dedup();
-                if groups.len() == 1 {
-                    (self.state.load(db, groups[0])?, groups[0])
+                if let [group] = groups.as_slice() {
+                    (self.state.load(db, *group)?, *group)
                 } else {
                     let resolved = Arc::new(self.resolve(db, rules, &groups, Some(&pending))?);
                     let group = self.state.store(db, &mut batch, Some(after_group), resolved.clone())?;
                     (resolved, group)
                 }
             };
-            let previous = match &room_record {
-                Some(record) => self.state.load(db, record.current_state_group)?,
+            let previous = match previous_group {
+                Some(group) => self.state.load(db, group)?,
                 None => Arc::new(ShortStateMap::new()),
             };
-            self.write_current_state(db, &mut batch, short_room, (short_event, &pdu), &previous, &current, position)?;
-            // Push rules are evaluated here, in the event's own batch (see push::evaluate).
-            let new_key = pending.state_key.as_ref();
-            push_queued = self.record_push(
-                db,
-                &mut batch,
-                rules,
-                (short_event, &pdu),
-                new_key,
-                (&current, current_group),
-                (short_room, position),
-            )?;
-            batch.put(
-                &ROOMS,
-                &short_room,
-                &RoomRecord { version: version.clone(), current_state_group: current_group },
-            )?;
-        }
+            (current.clone(), group, state_diff(&previous, &current))
+        };
+        let previous = match previous_group {
+            Some(group) => self.state.load(db, group)?,
+            None => Arc::new(ShortStateMap::new()),
+        };
+        // Push rules are evaluated here, for the event's own batch (see push::evaluate), and
+        // before the stream position is taken, so a big room holds back no reader meanwhile.
+        let change = previous_group.map(|previous_group| CurrentStateChange {
+            previous_group,
+            previous: &previous,
+            changes: &changes,
+        });
+        let notifications = self.evaluate_push(
+            db,
+            rules,
+            ((short_event, &pdu), pending.state_key.as_ref()),
+            (&current, current_group),
+            change,
+            short_room,
+        )?;
+
+        // Held until the batch is written: readers never look past an uncommitted position.
+        let reserved = self.positions.reserve();
+        let position = reserved.position;
+        meta.position = Some(position);
+        batch.put(&EVENT_META, &short_event, &meta)?;
+        batch.put(&TIMELINE, &(short_room, position), &short_event)?;
+        batch.put(&EVENT_STREAM, &position, &(short_room, short_event))?;
+        self.write_current_state(db, &mut batch, short_room, (short_event, &pdu), &previous, &changes, position)?;
+        let push_queued = write_notifications(&mut batch, position, notifications)?;
+        batch.put(
+            &ROOMS,
+            &short_room,
+            &RoomRecord { version: version.clone(), current_state_group: current_group, extremities },
+        )?;
         db.write(batch)?;
         drop(reserved);
         if push_queued {
             self.push_wake.notify_one();
         }
-        Ok(Accepted { event_id: pdu.event_id, position, soft_failed })
+        Ok(Accepted { event_id: pdu.event_id, position: Some(position), soft_failed })
     }
 
-    /// Writes the difference between two current states, and local users' memberships.
+    /// Writes a change of the room's current state (each key set to an event, or removed), and
+    /// local users' memberships.
     #[allow(clippy::too_many_arguments)]
     fn write_current_state(
         &self,
@@ -365,22 +556,24 @@ impl RoomCore {
         short_room: u64,
         new_event: (u64, &Pdu),
         previous: &ShortStateMap,
-        current: &ShortStateMap,
+        changes: &[(u64, Option<u64>)],
         position: u64,
     ) -> Result<()> {
         let room_id = &new_event.1.room_id;
-        for key in previous.keys().filter(|k| !current.contains_key(k)) {
-            batch.delete(&CURRENT_STATE, &(short_room, *key));
-            // State resolution can drop a member event: the user then has no membership.
-            let names = self.interner.state_key(db, *key)?;
-            if names.0 == StateEventType::RoomMember
-                && let Ok(user_id) = ruma::UserId::parse(names.1.as_str())
-                && user_id.server_name() == self.server_name
-            {
-                batch.delete(&USER_ROOMS, &(user_id, room_id.clone()));
-            }
-        }
-        for (key, event) in current.iter().filter(|(k, v)| previous.get(k) != Some(v)) {
+        for (key, event) in changes {
+            let Some(event) = event else {
+                batch.delete(&CURRENT_STATE, &(short_room, *key));
+                // State resolution can drop a member event: the user then has no membership.
+                let names = self.interner.state_key(db, *key)?;
+                if names.0 == StateEventType::RoomMember
+                    && let Ok(user_id) = ruma::UserId::parse(names.1.as_str())
+                    && user_id.server_name() == self.server_name
+                    && previous.contains_key(key)
+                {
+                    batch.delete(&USER_ROOMS, &(user_id, room_id.clone()));
+                }
+                continue;
+            };
             batch.put(&CURRENT_STATE, &(short_room, *key), event)?;
             // The new event's own state key may be new in this batch: read it from the event.
             let (kind, state_key) = if *event == new_event.0 {

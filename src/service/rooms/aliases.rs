@@ -103,24 +103,24 @@ impl Rooms {
     /// Points every local alias of `from` at `to`; returns the aliases moved.
     pub async fn move_aliases(&self, from: &RoomId, to: &RoomId) -> Result<Vec<String>> {
         let (from, to) = (from.to_owned(), to.to_owned());
-        let _guard = self.alias_lock.lock().await;
-        self.run(move |_, db| {
-            let mut batch = Batch::new();
-            let mut moved = Vec::new();
-            for ((_, alias), ()) in ROOM_ALIASES.scan_prefix(db, &(from.clone(),))? {
-                let creator = match ALIASES.get(db, &alias)? {
-                    Some(record) => record.creator,
-                    None => continue,
-                };
-                batch.put(&ALIASES, &alias, &AliasRecord { room_id: to.clone(), creator })?;
-                batch.delete(&ROOM_ALIASES, &(from.clone(), alias.clone()));
-                batch.put(&ROOM_ALIASES, &(to.clone(), alias.clone()), &())?;
-                moved.push(alias);
-            }
-            db.write(batch)?;
-            Ok(moved)
-        })
-        .await
+        self.alias_lock
+            .run(&self.core.db, move |db| {
+                let mut batch = Batch::new();
+                let mut moved = Vec::new();
+                for ((_, alias), ()) in ROOM_ALIASES.scan_prefix(db, &(from.clone(),))? {
+                    let creator = match ALIASES.get(db, &alias)? {
+                        Some(record) => record.creator,
+                        None => continue,
+                    };
+                    batch.put(&ALIASES, &alias, &AliasRecord { room_id: to.clone(), creator })?;
+                    batch.delete(&ROOM_ALIASES, &(from.clone(), alias.clone()));
+                    batch.put(&ROOM_ALIASES, &(to.clone(), alias.clone()), &())?;
+                    moved.push(alias);
+                }
+                db.write(batch)?;
+                Ok(moved)
+            })
+            .await
     }
 
     /// The room an alias points to, for `GET /directory/room/{alias}`.

@@ -2,7 +2,7 @@
 //! given ones), depth, the auth events the spec selects from the state before the event, the
 //! reference formats of the room version, then content hash and signature.
 
-use std::sync::Arc;
+use std::sync::{Arc, atomic::Ordering};
 
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, RoomId, RoomVersionId, UserId,
@@ -17,7 +17,7 @@ use crate::{
     service::{now_ms, random_string},
     storage::{
         Db,
-        room_tables::{EVENT_META, FORWARD_EXTREMITIES, ROOMS},
+        room_tables::{EVENT_META, ROOMS},
     },
 };
 
@@ -83,8 +83,9 @@ impl RoomCore {
                 shorts
             }
             (None, Some(short_room)) => {
+                let record = ROOMS.get(db, &short_room)?.ok_or_else(|| Error::not_found("Unknown room"))?;
                 let mut extremities: Vec<(u64, u64)> = Vec::new();
-                for ((_, short), ()) in FORWARD_EXTREMITIES.scan_prefix(db, &(short_room,))? {
+                for short in record.extremities {
                     let depth = EVENT_META.get(db, &short)?.map_or(0, |m| m.depth);
                     extremities.push((depth, short));
                 }
@@ -142,7 +143,8 @@ impl RoomCore {
         json.insert("type".into(), CanonicalJsonValue::String(event.kind.to_string()));
         json.insert("content".into(), to_canonical(content)?);
         json.insert("sender".into(), CanonicalJsonValue::String(sender.to_string()));
-        json.insert("origin_server_ts".into(), CanonicalJsonValue::Integer(now_ms().try_into().unwrap_or_default()));
+        let ts = if event.kind == TimelineEventType::RoomCreate { self.unique_create_ts() } else { now_ms() };
+        json.insert("origin_server_ts".into(), CanonicalJsonValue::Integer(ts.try_into().unwrap_or_default()));
         json.insert(
             "depth".into(),
             CanonicalJsonValue::Integer((depth + 1).min(i64::MAX as u64).try_into().unwrap_or_default()),
@@ -183,6 +185,18 @@ impl RoomCore {
             other => Error::internal(format!("cannot sign event: {other}")),
         })?;
         Ok(json)
+    }
+
+    /// A timestamp for a create event that no other create event of this server has. From v12
+    /// the room ID is the create event's hash: two rooms created by one user in the same
+    /// millisecond with the same content would otherwise be one room.
+    fn unique_create_ts(&self) -> u64 {
+        let now = now_ms();
+        let previous = self
+            .last_create_ts
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| Some(now.max(last + 1)))
+            .unwrap_or(now);
+        now.max(previous + 1)
     }
 
     /// Event references in the room version's format: IDs, or `[id, {"sha256": hash}]` pairs.

@@ -149,7 +149,7 @@ impl Rooms {
             }
             for (event_ts, _, short) in candidates {
                 let Some(meta) = EVENT_META.get(db, &short)? else { continue };
-                if meta.soft_failed || !core.can_see(db, &user, short_room, &meta)? {
+                if !meta.is_served() || !core.can_see(db, &user, short_room, &meta)? {
                     continue;
                 }
                 return Ok(Some((core.interner.event_id(db, short)?, event_ts)));

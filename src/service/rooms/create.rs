@@ -1,12 +1,23 @@
 //! Room creation as `/createRoom` specifies it: the create event, the creator's join, power
 //! levels, the canonical alias, the preset's events, `initial_state`, name, topic, invites, in
-//! that order, each through the acceptance path.
+//! that order, each through the acceptance path, and all written in one batch.
 
-use ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UserId, events::TimelineEventType};
+use http::StatusCode;
+use ruma::{
+    OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UserId, api::error::ErrorKind,
+    events::TimelineEventType,
+};
 use serde_json::{Map, Value, json};
 
 use super::{NewEvent, RoomCore, Rooms, pdu::event_id_of};
-use crate::{Error, Result, service::random_string, storage::Db};
+use crate::{
+    Error, Result,
+    service::random_string,
+    storage::{
+        Batch, Db, Staged,
+        room_tables::{ALIASES, AliasRecord, PUBLIC_ROOMS, ROOM_ALIASES},
+    },
+};
 
 /// The presets of `/createRoom`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +43,8 @@ pub struct RoomSpec {
     pub is_direct: bool,
     /// The creator's member event content (display name and avatar).
     pub creator_member: Map<String, Value>,
+    /// Whether to publish the room in the public room directory.
+    pub publish: bool,
 }
 
 impl RoomSpec {
@@ -49,6 +62,7 @@ impl RoomSpec {
             invite: Vec::new(),
             is_direct: false,
             creator_member: Map::new(),
+            publish: false,
         }
     }
 }
@@ -256,9 +270,56 @@ impl RoomCore {
 }
 
 impl Rooms {
-    /// Creates a room; returns its ID.
+    /// Creates a room; returns its ID. The room's first events, its alias and its directory
+    /// entry are built on a staged view of the database and written in one batch, so a
+    /// creation that fails half-way (an `initial_state` event the auth rules refuse, an alias
+    /// taken meanwhile) leaves nothing behind.
     pub async fn create_room(&self, creator: &UserId, spec: RoomSpec) -> Result<OwnedRoomId> {
+        let has_alias = spec.alias.is_some();
         let creator = creator.to_owned();
-        self.run(move |core, db| core.create_room(db, &creator, spec)).await
+        let core = self.core.clone();
+        let work = move |db: &Db| core.create_room_staged(db, &creator, spec);
+        // With an alias, the alias lock makes its check and its write one step.
+        if has_alias { self.alias_lock.run(&self.core.db, work).await } else { self.core.db.run(work).await }
+    }
+}
+
+impl RoomCore {
+    fn create_room_staged(&self, db: &Db, creator: &UserId, spec: RoomSpec) -> Result<OwnedRoomId> {
+        if let Some(alias) = &spec.alias
+            && ALIASES.contains(db, &alias.to_string())?
+        {
+            return Err(Error::new(StatusCode::BAD_REQUEST, ErrorKind::RoomInUse, "That room alias is already taken"));
+        }
+        self.staged(db, |view| {
+            let (alias, publish) = (spec.alias.clone(), spec.publish);
+            let room_id = self.create_room(view, creator, spec)?;
+            let mut batch = Batch::new();
+            if let Some(alias) = alias {
+                let record = AliasRecord { room_id: room_id.clone(), creator: creator.to_owned() };
+                batch.put(&ALIASES, &alias.to_string(), &record)?;
+                batch.put(&ROOM_ALIASES, &(room_id.clone(), alias.to_string()), &())?;
+            }
+            if publish {
+                batch.put(&PUBLIC_ROOMS, &room_id, &())?;
+            }
+            view.write(batch)?;
+            Ok(room_id)
+        })
+    }
+
+    /// Runs `work` (which may accept several events) on a staged view of the database and
+    /// writes everything it did in one batch, or nothing if it fails.
+    pub(super) fn staged<R>(&self, db: &Db, work: impl FnOnce(&Db) -> Result<R>) -> Result<R> {
+        // Holds the stream's committed bound below every position the new events take until
+        // their one batch is written, so no reader passes them while they are staged.
+        let hold = self.positions.reserve();
+        let staged = Staged::new(db);
+        let result = work(&staged.db())?;
+        db.write(staged.into_batch())?;
+        drop(hold);
+        // Events may have queued pushes while staged.
+        self.push_wake.notify_one();
+        Ok(result)
     }
 }

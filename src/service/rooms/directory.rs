@@ -20,34 +20,34 @@ impl Rooms {
     /// Points a local alias at a room; `M_ROOM_IN_USE` if it is taken.
     pub async fn set_alias(&self, alias: &RoomAliasId, room_id: &RoomId, creator: &UserId) -> Result<()> {
         let (alias, room_id, creator) = (alias.to_string(), room_id.to_owned(), creator.to_owned());
-        let _guard = self.alias_lock.lock().await;
-        self.run(move |_, db| {
-            if ALIASES.contains(db, &alias)? {
-                return Err(Error::new(
-                    http::StatusCode::CONFLICT,
-                    ruma::api::error::ErrorKind::RoomInUse,
-                    "That room alias is already taken",
-                ));
-            }
-            let mut batch = Batch::new();
-            batch.put(&ALIASES, &alias, &AliasRecord { room_id: room_id.clone(), creator })?;
-            batch.put(&ROOM_ALIASES, &(room_id, alias), &())?;
-            Ok(db.write(batch)?)
-        })
-        .await
+        self.alias_lock
+            .run(&self.core.db, move |db| {
+                if ALIASES.contains(db, &alias)? {
+                    return Err(Error::new(
+                        http::StatusCode::CONFLICT,
+                        ruma::api::error::ErrorKind::RoomInUse,
+                        "That room alias is already taken",
+                    ));
+                }
+                let mut batch = Batch::new();
+                batch.put(&ALIASES, &alias, &AliasRecord { room_id: room_id.clone(), creator })?;
+                batch.put(&ROOM_ALIASES, &(room_id, alias), &())?;
+                Ok(db.write(batch)?)
+            })
+            .await
     }
 
     pub async fn remove_alias(&self, alias: &RoomAliasId) -> Result<()> {
         let alias = alias.to_string();
-        let _guard = self.alias_lock.lock().await;
-        self.run(move |_, db| {
-            let record = ALIASES.get(db, &alias)?.ok_or_else(|| Error::not_found("Unknown room alias"))?;
-            let mut batch = Batch::new();
-            batch.delete(&ALIASES, &alias);
-            batch.delete(&ROOM_ALIASES, &(record.room_id, alias));
-            Ok(db.write(batch)?)
-        })
-        .await
+        self.alias_lock
+            .run(&self.core.db, move |db| {
+                let record = ALIASES.get(db, &alias)?.ok_or_else(|| Error::not_found("Unknown room alias"))?;
+                let mut batch = Batch::new();
+                batch.delete(&ALIASES, &alias);
+                batch.delete(&ROOM_ALIASES, &(record.room_id, alias));
+                Ok(db.write(batch)?)
+            })
+            .await
     }
 
     pub async fn room_aliases(&self, room_id: &RoomId) -> Result<Vec<String>> {

@@ -13,6 +13,7 @@ pub mod membership;
 mod notify;
 pub mod pdu;
 pub mod power;
+mod prepare;
 pub mod public;
 mod read;
 mod redaction;
@@ -33,9 +34,10 @@ use ruma::{
     room_version_rules::RoomVersionRules,
 };
 
-pub use accept::{Accepted, Transaction};
+pub use accept::{Accepted, Outcome, Transaction};
 pub use build::NewEvent;
 pub use pdu::Pdu;
+pub use prepare::Prepared;
 pub use read::StoredEvent;
 pub use sync_read::{EventPredicate, MemberSummary, MembershipChange, StateSelection, TimelineWindow};
 
@@ -49,7 +51,7 @@ use crate::{
     Error, Result,
     storage::{
         Db, WriteLock,
-        room_tables::{PDUS, ROOMS},
+        room_tables::{PDUS, ROOMS, TRANSACTIONS},
     },
 };
 
@@ -66,13 +68,17 @@ pub struct RoomCore {
     push_wake: Arc<tokio::sync::Notify>,
     /// Push evaluation's facts per room (see `notify.rs`).
     push_facts: notify::PushFactsCache,
+    /// Parsed push rules per user, for evaluation at write time.
+    rulesets: crate::service::push::evaluate::RulesetCache,
+    /// The newest `origin_server_ts` given to a create event (see `build.rs`).
+    last_create_ts: std::sync::atomic::AtomicU64,
 }
 
 pub struct Rooms {
     core: Arc<RoomCore>,
     locks: Mutex<HashMap<OwnedRoomId, WriteLock>>,
     /// Serialises alias changes so an alias is never given twice.
-    alias_lock: tokio::sync::Mutex<()>,
+    alias_lock: WriteLock,
     /// Upgrades in progress or just done, so one room is upgraded once per request burst.
     upgrades: upgrade::RecentUpgrades,
 }
@@ -94,6 +100,15 @@ impl RoomCore {
             Some(short) if PDUS.contains(db, &short)? => Ok(Some(self.event_by_short(db, short, rules)?)),
             _ => Ok(None),
         }
+    }
+
+    /// The event a client transaction already produced.
+    fn transaction_event(&self, db: &Db, sender: &UserId, txn: &Transaction) -> Result<Option<OwnedEventId>> {
+        let key = (sender.to_owned(), txn.device.clone(), txn.key.clone());
+        TRANSACTIONS
+            .get(db, &key)?
+            .map(|id| OwnedEventId::try_from(id).map_err(|e| Error::internal(e.to_string())))
+            .transpose()
     }
 
     fn version_of(&self, db: &Db, room_id: &RoomId) -> Result<Option<(u64, RoomVersionId)>> {
@@ -119,11 +134,13 @@ impl Rooms {
             keys,
             push_wake,
             push_facts: notify::PushFactsCache::default(),
+            rulesets: Default::default(),
+            last_create_ts: std::sync::atomic::AtomicU64::new(0),
         };
         Ok(Self {
             core: Arc::new(core),
             locks: Mutex::new(HashMap::new()),
-            alias_lock: tokio::sync::Mutex::new(()),
+            alias_lock: WriteLock::new(),
             upgrades: upgrade::RecentUpgrades::default(),
         })
     }
@@ -198,6 +215,13 @@ impl Rooms {
         let room_id = room_id.to_owned();
         let sender = sender.to_owned();
         self.run_locked(&lock, move |core, db| {
+            // Idempotency is decided here, under the room's lock and before anything is built:
+            // the same request sent many times at once gives one event.
+            if let Some(txn) = &transaction
+                && let Some(event_id) = core.transaction_event(db, &sender, txn)?
+            {
+                return Ok(Accepted { event_id, position: None, soft_failed: false });
+            }
             let (_, version) = core.version_of(db, &room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
             let json = core.build(db, Some(&room_id), &version, &sender, event, prev_events)?;
             core.accept_with(db, Some(&room_id), &version, json, transaction.as_ref())
@@ -205,15 +229,63 @@ impl Rooms {
         .await
     }
 
-    /// Accepts an event built elsewhere (signed PDU JSON): the federation entry point.
-    pub async fn accept_pdu(&self, room_id: &RoomId, json: ruma::CanonicalJsonObject) -> Result<Accepted> {
+    /// Accepts an event built elsewhere (signed PDU JSON): the federation entry point. The
+    /// checks that need no room state run first, outside the room's lock; the rest commits
+    /// under it.
+    pub async fn accept_pdu(&self, room_id: &RoomId, json: ruma::CanonicalJsonObject) -> Result<Outcome> {
+        let room = room_id.to_owned();
+        let prepared = self
+            .run(move |core, db| {
+                let (_, version) = core.version_of(db, &room)?.ok_or_else(|| Error::not_found("Unknown room"))?;
+                core.prepare(Some(&room), &version, json, prepare::Origin::Remote)
+            })
+            .await?;
         let lock = self.lock_for(room_id)?;
-        let room_id = room_id.to_owned();
+        self.run_locked(&lock, move |core, db| core.commit(db, prepared, prepare::Origin::Remote, None)).await
+    }
+
+    /// Stores an event from another server as an outlier (see `accept.rs`): an auth or state
+    /// event fetched on its own, usable to authorise others, outside the timeline.
+    pub async fn accept_outlier(&self, room_id: &RoomId, json: ruma::CanonicalJsonObject) -> Result<Outcome> {
+        let room = room_id.to_owned();
+        let prepared = self
+            .run(move |core, db| {
+                let (_, version) = core.version_of(db, &room)?.ok_or_else(|| Error::not_found("Unknown room"))?;
+                core.prepare(Some(&room), &version, json, prepare::Origin::Remote)
+            })
+            .await?;
+        let lock = self.lock_for(room_id)?;
+        self.run_locked(&lock, move |core, db| core.store_outlier(db, prepared)).await
+    }
+
+    /// Builds and signs an event on given prev events (or the forward extremities) without
+    /// accepting it: an event as another server would send it, for tests of the acceptance
+    /// path (and, later, the templates of `make_join`).
+    pub async fn build_event(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        event: NewEvent,
+        prev_events: Option<Vec<OwnedEventId>>,
+    ) -> Result<ruma::CanonicalJsonObject> {
+        let lock = self.lock_for(room_id)?;
+        let (room_id, sender) = (room_id.to_owned(), sender.to_owned());
         self.run_locked(&lock, move |core, db| {
             let (_, version) = core.version_of(db, &room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
-            core.accept(db, Some(&room_id), &version, json)
+            core.build(db, Some(&room_id), &version, &sender, event, prev_events)
         })
         .await
+    }
+
+    /// Hashes and signs an event with this server's key (tests that alter built events).
+    pub fn sign_as_this_server(&self, event: &mut ruma::CanonicalJsonObject, rules: &RoomVersionRules) -> Result<()> {
+        ruma::signatures::hash_and_sign_event(
+            self.core.server_name.as_str(),
+            self.core.keys.key_pair(),
+            event,
+            &rules.redaction,
+        )
+        .map_err(|e| Error::internal(format!("cannot sign event: {e}")))
     }
 
     /// The signed key document of this server.

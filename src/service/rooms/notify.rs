@@ -4,12 +4,13 @@
 //!
 //! Reading them means loading every member event of the room, so they are cached per room,
 //! keyed by the state group they were read from: a message (no state change) in a big room
-//! reuses them and costs only the rule evaluations. State group ids are never reused within a
+//! reuses them and costs only the rule evaluations, and a state change (a join) updates them by
+//! the keys it changed. State group ids are never reused within a
 //! process (they come from an increasing allocator), so a cached entry can only be stale if its
 //! group is not the room's current one, and then it is read again.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
 };
 
@@ -27,18 +28,19 @@ use ruma::{
 use super::{RoomCore, accept::membership_in, pdu::Pdu, state::ShortStateMap};
 use crate::{
     Result,
-    service::push::evaluate::{Recipient, RoomFacts, record_notifications},
-    storage::{Batch, Db},
+    service::push::evaluate::{EventNotifications, Recipient, RoomFacts, evaluate_notifications},
+    storage::Db,
 };
 
 /// The most rooms whose facts are kept; past it the cache starts over.
 const CACHED_ROOMS: usize = 10_000;
 
 /// What push evaluation needs from one state of a room.
+#[derive(Clone)]
 pub(super) struct RoomPushFacts {
     joined_members: u64,
     /// Every joined local member, with their display name in the room.
-    local_joined: Vec<Recipient>,
+    local_joined: BTreeMap<OwnedUserId, String>,
     power_levels: PushConditionPowerLevelsCtx,
 }
 
@@ -47,9 +49,8 @@ pub(super) struct RoomPushFacts {
 pub(super) struct PushFactsCache(Mutex<HashMap<u64, (u64, Arc<RoomPushFacts>)>>);
 
 impl PushFactsCache {
-    fn get(&self, short_room: u64, group: u64) -> Option<Arc<RoomPushFacts>> {
-        let map = self.0.lock().ok()?;
-        map.get(&short_room).filter(|(cached, _)| *cached == group).map(|(_, facts)| facts.clone())
+    fn get(&self, short_room: u64) -> Option<(u64, Arc<RoomPushFacts>)> {
+        self.0.lock().ok()?.get(&short_room).cloned()
     }
 
     fn put(&self, short_room: u64, group: u64, facts: Arc<RoomPushFacts>) {
@@ -67,31 +68,53 @@ fn display_name_in(event: &Pdu, user: &OwnedUserId) -> String {
     event.content_value()["displayname"].as_str().map_or_else(|| user.localpart().to_owned(), str::to_owned)
 }
 
+/// How the room's current state came from the previous one: the state group before and the
+/// keys that changed (set to an event, or removed). With it, cached facts are updated by the
+/// change instead of being read again from every member event.
+pub(super) struct CurrentStateChange<'a> {
+    pub previous_group: u64,
+    pub previous: &'a ShortStateMap,
+    pub changes: &'a [(u64, Option<u64>)],
+}
+
+/// The new event as push evaluation sees it: its short id, the PDU, and its state key (which
+/// may exist only in the uncommitted batch).
+pub(super) type NewEventRef<'a> = ((u64, &'a Pdu), Option<&'a (u64, (StateEventType, String))>);
+
 impl RoomCore {
-    /// Evaluates push rules for the local recipients of `pdu` (accepted at `position`, with
-    /// `state` the room's state after it, stored as state group `group`) and adds the
-    /// notifications to `batch`. Returns whether a notification was queued for a push gateway.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn record_push(
+    /// Evaluates push rules for the local recipients of `pdu`, with `state` the room's state
+    /// after it (state group `group`). The notifications are written once the event has its
+    /// stream position ([`write_notifications`](crate::service::push::evaluate::write_notifications)).
+    pub(super) fn evaluate_push(
         &self,
         db: &Db,
-        batch: &mut Batch,
         rules: &RoomVersionRules,
-        (short_event, pdu): (u64, &Pdu),
-        new_key: Option<&(u64, (StateEventType, String))>,
+        ((short_event, pdu), new_key): NewEventRef<'_>,
         (state, group): (&ShortStateMap, u64),
-        (short_room, position): (u64, u64),
-    ) -> Result<bool> {
-        let facts = match self.push_facts.get(short_room, group) {
-            Some(facts) => facts,
-            None => {
-                let facts = Arc::new(self.read_push_facts(db, rules, (short_event, pdu), new_key, state)?);
+        change: Option<CurrentStateChange<'_>>,
+        short_room: u64,
+    ) -> Result<EventNotifications> {
+        let new_event = ((short_event, pdu), new_key);
+        let facts = match self.push_facts.get(short_room) {
+            Some((cached, facts)) if cached == group => facts,
+            Some((cached, facts)) if change.as_ref().is_some_and(|c| c.previous_group == cached) => {
+                let change = change.as_ref().ok_or_else(|| crate::Error::internal("state change vanished"))?;
+                let facts = Arc::new(self.update_push_facts(db, rules, new_event, &facts, state, change)?);
+                self.push_facts.put(short_room, group, facts.clone());
+                facts
+            }
+            _ => {
+                let facts = Arc::new(self.read_push_facts(db, rules, new_event, state)?);
                 self.push_facts.put(short_room, group, facts.clone());
                 facts
             }
         };
-        let mut recipients: Vec<Recipient> =
-            facts.local_joined.iter().filter(|r| r.user != pdu.sender).cloned().collect();
+        let mut recipients: Vec<Recipient> = facts
+            .local_joined
+            .iter()
+            .filter(|(user, _)| **user != pdu.sender)
+            .map(|(user, display_name)| Recipient { user: user.clone(), display_name: display_name.clone() })
+            .collect();
         // A local user being invited by this very event, so `.m.rule.invite_for_me` can apply.
         if pdu.kind == ruma::events::TimelineEventType::RoomMember
             && membership_in(&pdu.content) == "invite"
@@ -102,15 +125,104 @@ impl RoomCore {
             let display_name = display_name_in(pdu, &user);
             recipients.push(Recipient { user, display_name });
         }
-        if recipients.is_empty() {
-            return Ok(false);
-        }
         let room = RoomFacts {
             room_id: pdu.room_id.clone(),
             joined_members: facts.joined_members,
             power_levels: Some(facts.power_levels.clone()),
         };
-        record_notifications(db, batch, &pdu.to_client_event(), position, &room, &recipients)
+        let event = if recipients.is_empty() { serde_json::Value::Null } else { pdu.to_client_event() };
+        evaluate_notifications(db, &self.rulesets, &event, &room, &recipients)
+    }
+
+    fn load_with_new(&self, db: &Db, rules: &RoomVersionRules, short: u64, new: (u64, &Pdu)) -> Result<Pdu> {
+        if short == new.0 { Ok(new.1.clone()) } else { self.event_by_short(db, short, rules) }
+    }
+
+    fn names_with_new(
+        &self,
+        db: &Db,
+        key: u64,
+        new_key: Option<&(u64, (StateEventType, String))>,
+    ) -> Result<(StateEventType, String)> {
+        match new_key {
+            Some((new, names)) if *new == key => Ok(names.clone()),
+            _ => Ok((*self.interner.state_key(db, key)?).clone()),
+        }
+    }
+
+    /// Cached facts brought up to date with a change of a few state keys.
+    fn update_push_facts(
+        &self,
+        db: &Db,
+        rules: &RoomVersionRules,
+        ((short_event, pdu), new_key): NewEventRef<'_>,
+        cached: &RoomPushFacts,
+        state: &ShortStateMap,
+        change: &CurrentStateChange<'_>,
+    ) -> Result<RoomPushFacts> {
+        let mut facts = cached.clone();
+        let mut levels_changed = false;
+        for (key, event) in change.changes {
+            let names = self.names_with_new(db, *key, new_key)?;
+            match (&names.0, names.1.as_str()) {
+                (StateEventType::RoomMember, member) => {
+                    let joined_before = match change.previous.get(key) {
+                        Some(old) => {
+                            membership_in(&self.load_with_new(db, rules, *old, (short_event, pdu))?.content) == "join"
+                        }
+                        None => false,
+                    };
+                    let now = match event {
+                        Some(new) => Some(self.load_with_new(db, rules, *new, (short_event, pdu))?),
+                        None => None,
+                    };
+                    let joined_now = now.as_ref().is_some_and(|e| membership_in(&e.content) == "join");
+                    facts.joined_members = facts.joined_members + u64::from(joined_now) - u64::from(joined_before);
+                    let Ok(user) = OwnedUserId::try_from(member) else { continue };
+                    if user.server_name() != self.server_name {
+                        continue;
+                    }
+                    match now.filter(|_| joined_now) {
+                        Some(event) => {
+                            let display_name = display_name_in(&event, &user);
+                            facts.local_joined.insert(user, display_name);
+                        }
+                        None => {
+                            facts.local_joined.remove(&user);
+                        }
+                    }
+                }
+                (StateEventType::RoomPowerLevels | StateEventType::RoomCreate, "") => levels_changed = true,
+                _ => {}
+            }
+        }
+        if levels_changed {
+            facts.power_levels = self.push_power_levels(db, rules, ((short_event, pdu), new_key), state)?;
+        }
+        Ok(facts)
+    }
+
+    /// The power levels push conditions see, from a state's power levels and create events.
+    fn push_power_levels(
+        &self,
+        db: &Db,
+        rules: &RoomVersionRules,
+        ((short_event, pdu), new_key): NewEventRef<'_>,
+        state: &ShortStateMap,
+    ) -> Result<PushConditionPowerLevelsCtx> {
+        let find = |kind: StateEventType| -> Result<Option<Pdu>> {
+            let key = match new_key {
+                Some((key, (k, s))) if *k == kind && s.is_empty() => Some(*key),
+                _ => self.interner.short_state_key(db, &kind.to_string(), "")?,
+            };
+            match key.and_then(|key| state.get(&key).copied()) {
+                Some(short) => Ok(Some(self.load_with_new(db, rules, short, (short_event, pdu))?)),
+                None => Ok(None),
+            }
+        };
+        let power_levels = find(StateEventType::RoomPowerLevels)?;
+        let create = find(StateEventType::RoomCreate)?;
+        Ok(power_levels_ctx(rules, power_levels, create))
     }
 
     /// Reads the push facts of a room state from its member, power levels and create events.
@@ -118,27 +230,23 @@ impl RoomCore {
         &self,
         db: &Db,
         rules: &RoomVersionRules,
-        (short_event, pdu): (u64, &Pdu),
-        new_key: Option<&(u64, (StateEventType, String))>,
+        ((short_event, pdu), new_key): NewEventRef<'_>,
         state: &ShortStateMap,
     ) -> Result<RoomPushFacts> {
-        // The new event and its state key may exist only in the uncommitted batch.
-        let load = |short: u64| -> Result<Pdu> {
-            if short == short_event { Ok(pdu.clone()) } else { self.event_by_short(db, short, rules) }
-        };
         let mut joined_members = 0u64;
-        let mut local_joined = Vec::new();
+        let mut local_joined = BTreeMap::new();
         let (mut power_levels, mut create) = (None, None);
         for (key, short) in state.iter() {
-            let names = match new_key {
-                Some((new, names)) if new == key => names.clone(),
-                _ => (*self.interner.state_key(db, *key)?).clone(),
-            };
+            let names = self.names_with_new(db, *key, new_key)?;
             match (&names.0, names.1.as_str()) {
-                (StateEventType::RoomPowerLevels, "") => power_levels = Some(load(*short)?),
-                (StateEventType::RoomCreate, "") => create = Some(load(*short)?),
+                (StateEventType::RoomPowerLevels, "") => {
+                    power_levels = Some(self.load_with_new(db, rules, *short, (short_event, pdu))?)
+                }
+                (StateEventType::RoomCreate, "") => {
+                    create = Some(self.load_with_new(db, rules, *short, (short_event, pdu))?)
+                }
                 (StateEventType::RoomMember, member) => {
-                    let event = load(*short)?;
+                    let event = self.load_with_new(db, rules, *short, (short_event, pdu))?;
                     if membership_in(&event.content) != "join" {
                         continue;
                     }
@@ -146,17 +254,22 @@ impl RoomCore {
                     let Ok(user) = OwnedUserId::try_from(member) else { continue };
                     if user.server_name() == self.server_name {
                         let display_name = display_name_in(&event, &user);
-                        local_joined.push(Recipient { user, display_name });
+                        local_joined.insert(user, display_name);
                     }
                 }
                 _ => {}
             }
         }
-        let content =
-            power_levels.and_then(|p| serde_json::from_str::<RoomPowerLevelsEventContent>(p.content.get()).ok());
-        let creators =
-            create.and_then(|c| RoomCreateEvent::new(c).creators(&rules.authorization).ok()).unwrap_or_default();
-        let levels = RoomPowerLevels::new(RoomPowerLevelsSource::from(content), &rules.authorization, creators);
-        Ok(RoomPushFacts { joined_members, local_joined, power_levels: levels.into() })
+        Ok(RoomPushFacts { joined_members, local_joined, power_levels: power_levels_ctx(rules, power_levels, create) })
     }
+}
+
+fn power_levels_ctx(
+    rules: &RoomVersionRules,
+    power_levels: Option<Pdu>,
+    create: Option<Pdu>,
+) -> PushConditionPowerLevelsCtx {
+    let content = power_levels.and_then(|p| serde_json::from_str::<RoomPowerLevelsEventContent>(p.content.get()).ok());
+    let creators = create.and_then(|c| RoomCreateEvent::new(c).creators(&rules.authorization).ok()).unwrap_or_default();
+    RoomPowerLevels::new(RoomPowerLevelsSource::from(content), &rules.authorization, creators).into()
 }

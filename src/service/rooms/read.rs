@@ -262,7 +262,7 @@ impl Rooms {
         self.run(move |core, db| {
             let Some(short) = core.interner.short_event(db, &event_id)? else { return Ok(None) };
             let Some(meta) = EVENT_META.get(db, &short)? else { return Ok(None) };
-            if meta.soft_failed || !core.can_see(db, &user, meta.room, &meta)? {
+            if !meta.is_served() || !core.can_see(db, &user, meta.room, &meta)? {
                 return Ok(None);
             }
             let rules = core.rules_of_room(db, meta.room)?;

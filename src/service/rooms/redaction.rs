@@ -53,7 +53,7 @@ impl RoomCore {
         let pdu = self.event_by_short(db, short, rules)?;
         for ((_, short_redaction), ()) in REDACTIONS.scan_prefix(db, &(short,))? {
             let Some(meta) = EVENT_META.get(db, &short_redaction)? else { continue };
-            if meta.soft_failed {
+            if !meta.is_served() {
                 continue;
             }
             let redaction = self.event_by_short(db, short_redaction, rules)?;

@@ -1,5 +1,12 @@
 //! Interning: event IDs, room IDs and (type, state key) pairs as u64 short ids. Lookups of
-//! committed ids are cached; new ids are written in the caller's batch.
+//! committed ids are cached.
+//!
+//! New event and room ids are written in the caller's batch: both are only ever introduced under
+//! their room's lock (an event ID names its room, hashed into it from v3; a room ID is new only
+//! with its create event), so no two writers can allocate one twice. A (type, state key) pair is
+//! shared by every room, so it is allocated under one lock and written through at once, in its
+//! own small batch: two rooms introducing the same pair at once get the same id. An id whose
+//! event never commits stays, unused and harmless.
 
 use std::{
     collections::HashMap,
@@ -19,6 +26,10 @@ use crate::{
 const CACHE_ENTRIES: usize = 100_000;
 
 pub struct Interner {
+    /// The committed store, for state keys written through (see the module comment).
+    base: Db,
+    /// Serialises the check-then-allocate of state keys.
+    state_key_allocation: Mutex<()>,
     events: IdAllocator,
     rooms: IdAllocator,
     state_keys: IdAllocator,
@@ -39,6 +50,8 @@ fn bounded_insert<K: std::hash::Hash + Eq, V>(map: &Mutex<HashMap<K, V>>, key: K
 impl Interner {
     pub fn new(db: &Db) -> Result<Self> {
         Ok(Self {
+            base: db.clone(),
+            state_key_allocation: Mutex::new(()),
             events: IdAllocator::after_last_key(db, &EVENT_IDS)?,
             rooms: IdAllocator::after_last_key(db, &ROOM_IDS)?,
             state_keys: IdAllocator::after_last_key(db, &STATE_KEYS)?,
@@ -103,14 +116,25 @@ impl Interner {
         Ok(short)
     }
 
-    pub fn short_state_key_or_new(&self, db: &Db, batch: &mut Batch, kind: &str, state_key: &str) -> Result<u64> {
+    /// The short id of a (type, state key) pair, allocating and storing one if it has none.
+    pub fn short_state_key_or_new(&self, db: &Db, kind: &str, state_key: &str) -> Result<u64> {
         if let Some(short) = self.short_state_key(db, kind, state_key)? {
             return Ok(short);
         }
-        let short = self.state_keys.next();
+        let _allocating = self.state_key_allocation.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let key = (kind.to_owned(), state_key.to_owned());
+        // Checked again under the lock, in the committed store: another room may just have
+        // introduced the same pair.
+        if let Some(short) = SHORT_STATE_KEYS.get(&self.base, &key)? {
+            bounded_insert(&self.state_key_ids, key, short);
+            return Ok(short);
+        }
+        let short = self.state_keys.next();
+        let mut batch = Batch::new();
         batch.put(&SHORT_STATE_KEYS, &key, &short)?;
         batch.put(&STATE_KEYS, &short, &key)?;
+        self.base.write(batch)?;
+        bounded_insert(&self.state_key_ids, key, short);
         Ok(short)
     }
 

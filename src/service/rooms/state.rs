@@ -1,9 +1,10 @@
 //! Room state as layered diffs: a state group is a diff against a parent group, and every
 //! `MAX_CHAIN` diffs a full snapshot starts a new chain, so loading any group reads a bounded
-//! number of rows. Loaded groups are cached in memory.
+//! number of rows. Loaded groups are cached in memory as persistent maps that share structure
+//! with their parents, so a state event costs its own change, not a copy of the room's state.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     sync::{Arc, Mutex},
 };
 
@@ -15,8 +16,8 @@ use crate::{
     },
 };
 
-/// Short state key -> short event id.
-pub type ShortStateMap = BTreeMap<u64, u64>;
+/// Short state key -> short event id. Cloning is O(1); an insert copies one path of the tree.
+pub type ShortStateMap = imbl::OrdMap<u64, u64>;
 
 /// Diffs in a chain before a full snapshot is written instead.
 const MAX_CHAIN: u32 = 24;
@@ -73,7 +74,7 @@ impl StateGroups {
             next = diff.parent;
             chain.push(diff);
         }
-        let mut map = base.map(|m| (*m).clone()).unwrap_or_default();
+        let mut map: ShortStateMap = base.map(|m| (*m).clone()).unwrap_or_default();
         for diff in chain.iter().rev() {
             for key in &diff.removed {
                 map.remove(key);
@@ -85,20 +86,66 @@ impl StateGroups {
         Ok(map)
     }
 
-    /// Stores `state` as a new group (a diff against `parent` when the chain allows) in `batch`.
-    pub fn store(&self, db: &Db, batch: &mut Batch, parent: Option<u64>, state: Arc<ShortStateMap>) -> Result<u64> {
+    /// Stores the state `parent` has with `changes` applied (each key set to an event, or removed
+    /// with `None`) as a new group; returns it and its map. Costs the size of the change, but
+    /// for the full snapshot that starts a new chain every `MAX_CHAIN` groups.
+    pub fn store_change(
+        &self,
+        db: &Db,
+        batch: &mut Batch,
+        parent: u64,
+        changes: &[(u64, Option<u64>)],
+    ) -> Result<(u64, Arc<ShortStateMap>)> {
+        let parent_map = self.load(db, parent)?;
+        let mut map = (*parent_map).clone();
+        for (key, event) in changes {
+            match event {
+                Some(event) => map.insert(*key, *event),
+                None => map.remove(key),
+            };
+        }
+        let map = Arc::new(map);
+        let parent_chain = self.chain_length(db, parent)?;
+        let record = if parent_chain < MAX_CHAIN {
+            let added = changes.iter().filter_map(|(k, v)| v.map(|v| (*k, v))).collect();
+            let removed = changes.iter().filter(|(_, v)| v.is_none()).map(|(k, _)| *k).collect();
+            StateGroup { parent: Some(parent), chain_length: parent_chain + 1, added, removed }
+        } else {
+            full_snapshot(&map)
+        };
+        let group = self.put_record(batch, record, map.clone())?;
+        Ok((group, map))
+    }
+
+    fn chain_length(&self, db: &Db, group: u64) -> Result<u32> {
+        match self.chain_lengths.lock().ok().and_then(|m| m.get(&group).copied()) {
+            Some(length) => Ok(length),
+            None => Ok(STATE_GROUPS
+                .get(db, &group)?
+                .ok_or_else(|| Error::internal("parent state group missing"))?
+                .chain_length),
+        }
+    }
+
+    fn put_record(&self, batch: &mut Batch, record: StateGroup, map: Arc<ShortStateMap>) -> Result<u64> {
         let group = self.allocator.next();
+        batch.put(&STATE_GROUPS, &group, &record)?;
+        if let Ok(mut lengths) = self.chain_lengths.lock() {
+            if lengths.len() >= CACHE_GROUPS {
+                lengths.clear();
+            }
+            lengths.insert(group, record.chain_length);
+        }
+        self.remember(group, map);
+        Ok(group)
+    }
+
+    /// Stores `state` as a new group (a diff against `parent` when the chain allows) in `batch`.
+    /// Computing the diff walks both maps: for resolved states, where the change is not known.
+    pub fn store(&self, db: &Db, batch: &mut Batch, parent: Option<u64>, state: Arc<ShortStateMap>) -> Result<u64> {
         let record = match parent {
             Some(parent_id) => {
-                let parent_chain = match self.chain_lengths.lock().ok().and_then(|m| m.get(&parent_id).copied()) {
-                    Some(length) => length,
-                    None => {
-                        STATE_GROUPS
-                            .get(db, &parent_id)?
-                            .ok_or_else(|| Error::internal("parent state group missing"))?
-                            .chain_length
-                    }
-                };
+                let parent_chain = self.chain_length(db, parent_id)?;
                 if parent_chain < MAX_CHAIN {
                     let parent_map = self.load(db, parent_id)?;
                     let added =
@@ -111,15 +158,7 @@ impl StateGroups {
             }
             None => full_snapshot(&state),
         };
-        batch.put(&STATE_GROUPS, &group, &record)?;
-        if let Ok(mut lengths) = self.chain_lengths.lock() {
-            if lengths.len() >= CACHE_GROUPS {
-                lengths.clear();
-            }
-            lengths.insert(group, record.chain_length);
-        }
-        self.remember(group, state);
-        Ok(group)
+        self.put_record(batch, record, state)
     }
 }
 

@@ -255,7 +255,7 @@ impl Rooms {
             for (_, (short_room, short_event)) in events {
                 let Some(room_id) = wanted.get(&short_room) else { continue };
                 let Some(meta) = EVENT_META.get(db, &short_event)? else { continue };
-                let Some(state_key) = meta.state_key.filter(|_| !meta.soft_failed) else { continue };
+                let Some(state_key) = meta.state_key.filter(|_| meta.is_served()) else { continue };
                 let names = core.interner.state_key(db, state_key)?;
                 if names.0 != ruma::events::StateEventType::RoomMember {
                     continue;

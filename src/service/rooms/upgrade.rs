@@ -190,7 +190,9 @@ impl Rooms {
         let spec = replacement_spec(&state, room_id, user, new_version, additional_creators, &old_power, last_event);
 
         let creator = user.to_owned();
-        let new_room = self.run(move |core, db| core.create_replacement(db, &creator, spec)).await?;
+        // The replacement room's first events are written at once, or not at all.
+        let new_room =
+            self.run(move |core, db| core.staged(db, |view| core.create_replacement(view, &creator, spec))).await?;
 
         let tombstone = json!({"body": "This room has been replaced", "replacement_room": new_room});
         self.send(room_id, user, NewEvent::state(TimelineEventType::RoomTombstone, "", tombstone)).await?;

@@ -1,0 +1,86 @@
+//! The first half of accepting an event, which needs no room state and so runs outside the
+//! room's lock: the room version, format and size limits, the event's room, and its content
+//! hash and signatures. What it returns goes to the commit step (`accept.rs`) under the lock.
+//! Federation will fetch signing keys here, before the lock is taken.
+
+use http::StatusCode;
+use ruma::{
+    CanonicalJsonObject, OwnedEventId, RoomId, RoomVersionId, api::error::ErrorKind,
+    room_version_rules::RoomVersionRules, signatures::Verified, state_res,
+};
+
+use super::{RoomCore, pdu::Pdu};
+use crate::{Error, Result};
+
+/// The spec's limit on a whole PDU, signatures included.
+const MAX_PDU_BYTES: usize = 65_536;
+
+/// An event whose format, size, hashes and signatures have been checked.
+pub struct Prepared {
+    pub(super) pdu: Pdu,
+    pub(super) rules: RoomVersionRules,
+    pub(super) version: RoomVersionId,
+}
+
+impl Prepared {
+    pub fn event_id(&self) -> &OwnedEventId {
+        &self.pdu.event_id
+    }
+}
+
+/// How much of the event to check: events this server just built and signed need no
+/// signature check.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Origin {
+    Local,
+    Remote,
+}
+
+pub(super) fn bad_event(message: impl Into<String>) -> Error {
+    Error::new(StatusCode::BAD_REQUEST, ErrorKind::BadJson, message)
+}
+
+impl RoomCore {
+    /// Checks an event for everything that needs no room state.
+    pub(super) fn prepare(
+        &self,
+        expected_room: Option<&RoomId>,
+        version: &RoomVersionId,
+        json: CanonicalJsonObject,
+        origin: Origin,
+    ) -> Result<Prepared> {
+        let rules = version.rules().ok_or_else(|| {
+            Error::new(StatusCode::BAD_REQUEST, ErrorKind::UnsupportedRoomVersion, "Unsupported room version")
+        })?;
+        // Format and size limits (whole event 65,536 bytes, field limits).
+        let size = serde_json::to_vec(&json).map(|v| v.len()).unwrap_or(usize::MAX);
+        if size > MAX_PDU_BYTES {
+            return Err(Error::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorKind::TooLarge,
+                format!("Event is {size} bytes; the limit is {MAX_PDU_BYTES}"),
+            ));
+        }
+        state_res::check_pdu_format(&json, &rules.event_format).map_err(bad_event)?;
+        let mut pdu = Pdu::from_json(json, &rules).map_err(bad_event)?;
+        if expected_room.is_some_and(|room| room != pdu.room_id) {
+            return Err(bad_event("The event belongs to another room"));
+        }
+        if origin == Origin::Remote {
+            // Hashes and signatures. A wrong content hash means the content was tampered with:
+            // the spec keeps the event, redacted.
+            match ruma::signatures::verify_event(&self.keys.public_key_map(), &pdu.json, &rules) {
+                Ok(Verified::All) => {}
+                Ok(Verified::Signatures) => {
+                    let redacted = ruma::canonical_json::redact(pdu.json.clone(), &rules.redaction, None)
+                        .map_err(|e| bad_event(format!("cannot redact event: {e}")))?;
+                    pdu = Pdu::from_json(redacted, &rules).map_err(bad_event)?;
+                }
+                Err(error) => {
+                    return Err(Error::forbidden(format!("Event not authorised: signature check failed: {error}")));
+                }
+            }
+        }
+        Ok(Prepared { pdu, rules, version: version.clone() })
+    }
+}
