@@ -194,7 +194,7 @@ impl RoomCore {
             }
             Ok(Outcome::Rejected { event_id: pdu.event_id.clone(), reason })
         };
-        match self.check_auth_events(db, &rules, &pdu) {
+        match self.check_auth_events(db, &rules, &pdu)? {
             Ok(()) => {}
             Err(AuthProblem::Missing(missing)) => return Ok(Outcome::MissingEvents { event_id, missing }),
             Err(AuthProblem::Refused(reason)) => return refused(reason, None),
@@ -246,53 +246,58 @@ impl RoomCore {
 
     /// The auth rules against the event's own auth events: they must all be known and not
     /// rejected, and must authorise it.
-    fn check_auth_events(&self, db: &Db, rules: &RoomVersionRules, pdu: &Pdu) -> Result<(), AuthProblem> {
-        let internal = |e: Error| AuthProblem::Refused(format!("cannot read auth events: {e}"));
+    /// Storage failures are errors (`Err`), never taken for a refusal.
+    fn check_auth_events(&self, db: &Db, rules: &RoomVersionRules, pdu: &Pdu) -> Result<Result<(), AuthProblem>> {
         let mut auth_events = Vec::with_capacity(pdu.auth_events.len());
         let mut missing = Vec::new();
         for id in &pdu.auth_events {
-            let short = self.interner.short_event(db, id).map_err(internal)?;
+            let short = self.interner.short_event(db, id)?;
             let meta = match short {
-                Some(short) => EVENT_META.get(db, &short).map_err(|e| internal(e.into()))?,
+                Some(short) => EVENT_META.get(db, &short)?,
                 None => None,
             };
             match (short, meta) {
                 (Some(_), Some(meta)) if meta.rejected => {
-                    return Err(AuthProblem::Refused(format!("auth event {id} was rejected")));
+                    return Ok(Err(AuthProblem::Refused(format!("auth event {id} was rejected"))));
                 }
-                (Some(short), Some(_)) => auth_events.push(self.event_by_short(db, short, rules).map_err(internal)?),
+                (Some(short), Some(_)) => auth_events.push(self.event_by_short(db, short, rules)?),
                 _ => missing.push(id.clone()),
             }
         }
         if !missing.is_empty() {
-            return Err(AuthProblem::Missing(missing));
+            return Ok(Err(AuthProblem::Missing(missing)));
         }
         // From v12 the create event is not among the auth events: ruma asks for it by the ID
         // derived from the room ID, so fall back to the store.
-        state_res::check_state_independent_auth_rules(&rules.authorization, pdu, |id: &EventId| {
+        if let Err(reason) = state_res::check_state_independent_auth_rules(&rules.authorization, pdu, |id: &EventId| {
             auth_events
                 .iter()
                 .find(|e| e.event_id == id)
                 .cloned()
                 .or_else(|| self.event_by_id(db, id, rules).ok().flatten())
-        })
-        .map_err(AuthProblem::Refused)?;
+        }) {
+            return Ok(Err(AuthProblem::Refused(reason)));
+        }
         // The state-dependent rules with the auth events as the state (from v12 plus the create
         // event, which the room ID names).
         if rules.authorization.room_create_event_id_as_room_id
             && !auth_events.iter().any(|e| e.kind == TimelineEventType::RoomCreate)
             && let Ok(create_id) = OwnedEventId::try_from(format!("${}", &pdu.room_id.as_str()[1..]))
-            && let Some(create) = self.event_by_id(db, &create_id, rules).map_err(internal)?
+            && let Some(create) = self.event_by_id(db, &create_id, rules)?
         {
             auth_events.push(create);
         }
-        state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, |kind: &StateEventType, key: &str| {
-            auth_events
-                .iter()
-                .find(|e| e.kind.to_string() == kind.to_string() && e.state_key.as_deref() == Some(key))
-                .cloned()
-        })
-        .map_err(AuthProblem::Refused)
+        Ok(state_res::check_state_dependent_auth_rules(
+            &rules.authorization,
+            pdu,
+            |kind: &StateEventType, key: &str| {
+                auth_events
+                    .iter()
+                    .find(|e| e.kind.to_string() == kind.to_string() && e.state_key.as_deref() == Some(key))
+                    .cloned()
+            },
+        )
+        .map_err(AuthProblem::Refused))
     }
 
     /// Stores an event as an outlier: known and usable as an auth event, but without state
@@ -307,7 +312,7 @@ impl RoomCore {
         {
             return Ok(Outcome::AlreadyKnown { event_id });
         }
-        match self.check_auth_events(db, &rules, &pdu) {
+        match self.check_auth_events(db, &rules, &pdu)? {
             Ok(()) => {}
             Err(AuthProblem::Missing(missing)) => return Ok(Outcome::MissingEvents { event_id, missing }),
             Err(AuthProblem::Refused(reason)) => {
