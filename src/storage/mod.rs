@@ -8,6 +8,8 @@
 pub mod codec;
 pub mod engine;
 pub mod key_tables;
+#[cfg(test)]
+pub mod memory;
 pub mod push_tables;
 mod rocks;
 pub mod room_tables;

@@ -16,14 +16,14 @@ use ruma::{
     state_res::{self, StateMap, utils::event_id_set::EventIdSet},
 };
 
-use super::{RoomCore, pdu::Pdu, state::ShortStateMap};
+use super::{RoomCore, auth_chain::AuthChain, pdu::Pdu, state::ShortStateMap};
 use crate::{
     Error, Result,
     storage::{
         Batch, Db,
         room_tables::{
-            AUTH_CHAINS, CURRENT_STATE, EVENT_META, EVENT_STREAM, EVENT_TRANSACTIONS, EventMeta, FORWARD_EXTREMITIES,
-            PDUS, ROOMS, RoomRecord, TIMELINE, TRANSACTIONS, USER_ROOMS, UserMembership,
+            CURRENT_STATE, EVENT_META, EVENT_STREAM, EVENT_TRANSACTIONS, EventMeta, FORWARD_EXTREMITIES, PDUS, ROOMS,
+            RoomRecord, TIMELINE, TRANSACTIONS, USER_ROOMS, UserMembership,
         },
     },
 };
@@ -49,7 +49,8 @@ fn rejected(message: impl Into<String>) -> Error {
 pub(super) struct Pending<'a> {
     short_event: u64,
     pdu: &'a Pdu,
-    auth_chain: &'a [u64],
+    auth_chain: AuthChain,
+    direct_auth: &'a [u64],
     /// The event's short state key and its names, for state events.
     state_key: Option<(u64, (StateEventType, String))>,
 }
@@ -249,17 +250,12 @@ impl RoomCore {
             None => (state_before, before_group),
         };
 
-        let mut chain: HashSet<u64> = HashSet::new();
+        let mut direct_auth = Vec::with_capacity(pdu.auth_events.len());
         for id in &pdu.auth_events {
-            if let Some(short) = self.interner.short_event(db, id)? {
-                chain.insert(short);
-                chain.extend(AUTH_CHAINS.get(db, &short)?.unwrap_or_default());
-            }
+            direct_auth.extend(self.interner.short_event(db, id)?);
         }
-        let mut chain: Vec<u64> = chain.into_iter().collect();
-        chain.sort_unstable();
-        batch.put(&AUTH_CHAINS, &short_event, &chain)?;
-        let pending = Pending { short_event, pdu: &pdu, auth_chain: &chain, state_key: pending_key };
+        let auth_chain = self.auth_chains.record(db, &mut batch, short_event, &direct_auth)?;
+        let pending = Pending { short_event, pdu: &pdu, auth_chain, direct_auth: &direct_auth, state_key: pending_key };
 
         // Held until the batch is written: readers never look past an uncommitted position.
         let reserved = (!soft_failed).then(|| self.positions.reserve());
@@ -286,6 +282,8 @@ impl RoomCore {
         let mut push_queued = false;
         if let Some(position) = position {
             batch.put(&TIMELINE, &(short_room, position), &short_event)?;
+            let ts = pdu.origin_server_ts.get().into();
+            super::context::index_timestamp(&mut batch, short_room, ts, position, short_event)?;
             batch.put(&EVENT_STREAM, &position, &(short_room, short_event))?;
             // Forward extremities: this event replaces its prev events.
             let mut extremities: Vec<u64> =
@@ -434,8 +432,8 @@ impl RoomCore {
             for (key, event) in short_map.iter() {
                 let names = self.key_names(db, *key, pending)?;
                 map.insert(names, self.event_id_of_short(db, *event, pending)?);
-                for short in self.auth_chain_of(db, *event, pending)? {
-                    chain.insert(self.event_id_of_short(db, short, pending)?);
+                for short in self.auth_chain_of(db, *event, pending)?.iter() {
+                    chain.insert(self.event_id_of_short(db, *short, pending)?);
                 }
             }
             maps.push(map);
@@ -489,16 +487,16 @@ impl RoomCore {
         }
     }
 
-    fn auth_chain_of(&self, db: &Db, short: u64, pending: Option<&Pending<'_>>) -> Result<Vec<u64>> {
+    fn auth_chain_of(&self, db: &Db, short: u64, pending: Option<&Pending<'_>>) -> Result<AuthChain> {
         match pending {
-            Some(p) if p.short_event == short => Ok(p.auth_chain.to_vec()),
-            _ => Ok(AUTH_CHAINS.get(db, &short)?.unwrap_or_default()),
+            Some(p) if p.short_event == short => Ok(p.auth_chain.clone()),
+            _ => self.auth_chains.chain(db, short),
         }
     }
 
     /// The conflicted state subgraph (room version 12): the conflicted events and every event on
     /// an auth-event path between two of them. Ruma asks the caller for it and keeps its own
-    /// implementation in its tests, so this is the smallest version over our cached auth chains.
+    /// implementation in its tests; ours walks the auth edges once (see `auth_chain.rs`).
     fn conflicted_subgraph(
         &self,
         db: &Db,
@@ -510,16 +508,10 @@ impl RoomCore {
             .flatten()
             .filter_map(|id| self.short_of_event(db, id, pending).ok().flatten())
             .collect();
+        let pending_edges = pending.map(|p| (p.short_event, p.direct_auth));
         let mut subgraph = EventIdSet::new();
-        for start in &conflicted_shorts {
-            subgraph.insert(self.event_id_of_short(db, *start, pending).ok()?);
-            for ancestor in self.auth_chain_of(db, *start, pending).ok()? {
-                let reaches_conflicted = conflicted_shorts.contains(&ancestor)
-                    || self.auth_chain_of(db, ancestor, pending).ok()?.iter().any(|e| conflicted_shorts.contains(e));
-                if reaches_conflicted {
-                    subgraph.insert(self.event_id_of_short(db, ancestor, pending).ok()?);
-                }
-            }
+        for short in self.auth_chains.conflicted_subgraph(db, &conflicted_shorts, pending_edges).ok()? {
+            subgraph.insert(self.event_id_of_short(db, short, pending).ok()?);
         }
         Some(subgraph)
     }
