@@ -1,29 +1,32 @@
-//! An in-memory engine over a `BTreeMap`, for unit tests of code that sits on tables.
+//! An in-memory [`Engine`] for unit tests: one ordered map per table behind a mutex, with the
+//! same ordering, scan and atomic-batch contract as RocksDB.
 
 use std::{
-    collections::BTreeMap,
-    sync::{Mutex, MutexGuard},
+    collections::{BTreeMap, HashMap},
+    sync::Mutex,
 };
 
 use super::{
     StorageError,
-    engine::{Engine, ScanDirection, ScanIter, WriteOp},
+    engine::{Engine, KeyValue, ScanDirection, ScanIter, WriteOp},
 };
+
+type Tables = HashMap<&'static str, BTreeMap<Vec<u8>, Vec<u8>>>;
 
 #[derive(Default)]
 pub struct MemoryEngine {
-    entries: Mutex<BTreeMap<(&'static str, Vec<u8>), Vec<u8>>>,
+    tables: Mutex<Tables>,
 }
 
 impl MemoryEngine {
-    fn entries(&self) -> MutexGuard<'_, BTreeMap<(&'static str, Vec<u8>), Vec<u8>>> {
-        self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn tables(&self) -> Result<std::sync::MutexGuard<'_, Tables>, StorageError> {
+        self.tables.lock().map_err(|_| StorageError("memory engine poisoned".into()))
     }
 }
 
 impl Engine for MemoryEngine {
     fn get(&self, table: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        Ok(self.entries().get(&(table, key.to_vec())).cloned())
+        Ok(self.tables()?.get(table).and_then(|t| t.get(key).cloned()))
     }
 
     fn scan<'a>(
@@ -32,27 +35,26 @@ impl Engine for MemoryEngine {
         start: &[u8],
         direction: ScanDirection,
     ) -> Result<ScanIter<'a>, StorageError> {
-        let entries = self.entries();
-        let in_table = entries.range((table, Vec::new())..).take_while(|((t, _), _)| *t == table);
-        let mut out: Vec<(Vec<u8>, Vec<u8>)> = match direction {
-            ScanDirection::Forward => in_table.filter(|((_, k), _)| k.as_slice() >= start).collect::<Vec<_>>(),
-            ScanDirection::Reverse => in_table.filter(|((_, k), _)| k.as_slice() <= start).collect::<Vec<_>>(),
-        }
-        .into_iter()
-        .map(|((_, k), v)| (k.clone(), v.clone()))
-        .collect();
-        if direction == ScanDirection::Reverse {
-            out.reverse();
-        }
-        Ok(Box::new(out.into_iter().map(Ok)))
+        let tables = self.tables()?;
+        let items: Vec<KeyValue> = match tables.get(table) {
+            None => Vec::new(),
+            Some(t) => match direction {
+                ScanDirection::Forward => t.range(start.to_vec()..).map(|(k, v)| (k.clone(), v.clone())).collect(),
+                ScanDirection::Reverse => {
+                    t.range(..=start.to_vec()).rev().map(|(k, v)| (k.clone(), v.clone())).collect()
+                }
+            },
+        };
+        Ok(Box::new(items.into_iter().map(Ok)))
     }
 
     fn write(&self, ops: Vec<WriteOp>) -> Result<(), StorageError> {
-        let mut entries = self.entries();
+        let mut tables = self.tables()?;
         for op in ops {
+            let table = tables.entry(op.table).or_default();
             match op.value {
-                Some(value) => entries.insert((op.table, op.key), value),
-                None => entries.remove(&(op.table, op.key)),
+                Some(value) => table.insert(op.key, value),
+                None => table.remove(&op.key),
             };
         }
         Ok(())

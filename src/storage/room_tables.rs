@@ -28,11 +28,20 @@ pub const STATE_KEYS: Table<u64, (String, String)> = Table::new("state_keys");
 pub const PDUS: Table<u64, Box<RawValue>> = Table::new("pdus");
 /// Short event id -> what the server knows about the event.
 pub const EVENT_META: Table<u64, EventMeta> = Table::new("event_meta");
-/// Short event id -> its full auth chain (short ids), computed once when the event is accepted.
-pub const AUTH_CHAINS: Table<u64, Vec<u64>> = Table::new("auth_chains");
+/// Short event id -> its direct auth events (short ids): the edges of the auth DAG, from which
+/// auth chains are computed (see `service::rooms::auth_chain`). Written when the event is
+/// accepted; the index grows with the number of events, not with their chains.
+pub const AUTH_EDGES: Table<u64, Vec<u64>> = Table::new("auth_edges");
+/// Schema 1's short event id -> full auth chain, whose size grew with the square of a room's
+/// auth history. Emptied by the migration to schema 2 and no longer written; still opened so
+/// that migration can find it.
+pub const LEGACY_AUTH_CHAINS: Table<u64, Vec<u64>> = Table::new("auth_chains");
 
 /// (short room id, stream position) -> short event id: each room's timeline in order.
 pub const TIMELINE: Table<(u64, u64), u64> = Table::new("timeline");
+/// (short room id, origin_server_ts, stream position) -> short event id: each room's timeline
+/// ordered by the events' timestamps, for `/timestamp_to_event`. Written next to [`TIMELINE`].
+pub const TIMELINE_BY_TS: Table<(u64, u64, u64), u64> = Table::new("timeline_by_ts");
 /// Stream position -> (short room id, short event id): every room's events in arrival order.
 pub const EVENT_STREAM: Table<u64, (u64, u64)> = Table::new("event_stream");
 /// Schema 1 only: (short room id, short event id) -> (), the room's forward extremities. Every
@@ -79,8 +88,10 @@ pub const ROOM_TABLES: &[&str] = &[
     STATE_KEYS.name,
     PDUS.name,
     EVENT_META.name,
-    AUTH_CHAINS.name,
+    AUTH_EDGES.name,
+    LEGACY_AUTH_CHAINS.name,
     TIMELINE.name,
+    TIMELINE_BY_TS.name,
     EVENT_STREAM.name,
     LEGACY_FORWARD_EXTREMITIES.name,
     STATE_GROUPS.name,

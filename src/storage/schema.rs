@@ -2,20 +2,34 @@
 //! for. Start-up refuses a database of another server name or a newer schema, and runs the
 //! migrations from an older schema in order.
 
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
 use super::{
-    Batch, Db, StorageError,
-    room_tables::{LEGACY_FORWARD_EXTREMITIES, ROOMS},
+    Batch, Db, ScanDirection, StorageError, Table, ValueCodec,
+    room_tables::{
+        AUTH_EDGES, LEGACY_AUTH_CHAINS, LEGACY_FORWARD_EXTREMITIES, PDUS, ROOMS, SHORT_EVENT_IDS, TIMELINE,
+        TIMELINE_BY_TS,
+    },
     tables::META,
 };
 
 /// The schema this build writes. Raise it with a migration in [`MIGRATIONS`].
 pub const SCHEMA_VERSION: u64 = 2;
 
-/// Migration `i` upgrades a database from version `i + 1` to `i + 2`.
+/// Migration `i` upgrades a database from version `i + 1` to `i + 2`. A migration may be cut
+/// short by a crash and run again from the start, so each must be idempotent.
 type Migration = fn(&Db) -> Result<(), StorageError>;
-const MIGRATIONS: &[Migration] = &[extremities_into_room_records];
+const MIGRATIONS: &[Migration] = &[to_schema_2];
 
-/// 1 -> 2: forward extremities move from rows of their own into each room's record.
+/// 1 -> 2: the event writer's new layout (forward extremities in room records, auth chains as
+/// edges, the timestamp index).
+fn to_schema_2(db: &Db) -> Result<(), StorageError> {
+    extremities_into_room_records(db)?;
+    auth_edges_and_timestamp_index(db)
+}
+
+/// Forward extremities move from rows of their own into each room's record.
 fn extremities_into_room_records(db: &Db) -> Result<(), StorageError> {
     let mut batch = Batch::new();
     for (short_room, mut record) in ROOMS.all(db)? {
@@ -76,5 +90,165 @@ pub(super) fn check_and_migrate(db: &Db, server_name: &str) -> Result<(), Storag
         _ => {
             Err(StorageError("the database's meta table is incomplete (server_name or schema_version missing)".into()))
         }
+    }
+}
+
+/// Rows a migration reads and writes per batch.
+const MIGRATION_PAGE: usize = 1_000;
+
+/// Calls `each` for every entry of a table keyed by u64, a page at a time, writing what it puts
+/// in the batch after each page.
+fn for_each_page<V: ValueCodec>(
+    db: &Db,
+    table: &Table<u64, V>,
+    mut each: impl FnMut(&mut Batch, u64, V) -> Result<(), StorageError>,
+) -> Result<(), StorageError> {
+    let mut cursor = 0;
+    loop {
+        let page = table.scan_from(db, &cursor, ScanDirection::Forward, MIGRATION_PAGE, |_| true)?;
+        let Some(&(last, _)) = page.last() else { return Ok(()) };
+        let full = page.len() == MIGRATION_PAGE;
+        let mut batch = Batch::new();
+        for (key, value) in page {
+            each(&mut batch, key, value)?;
+        }
+        db.write(batch)?;
+        match last.checked_add(1) {
+            Some(next) if full => cursor = next,
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// The fields of a stored PDU the schema 2 migration reads.
+#[derive(Deserialize)]
+struct PduRefs {
+    #[serde(default)]
+    auth_events: Vec<EventRef>,
+    #[serde(default)]
+    origin_server_ts: u64,
+}
+
+/// An `auth_events` entry: an ID (room v3+) or an `[id, {hashes}]` pair (v1, v2).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum EventRef {
+    Id(String),
+    Pair(String, serde::de::IgnoredAny),
+}
+
+fn pdu_refs(short: u64, json: &RawValue) -> Result<PduRefs, StorageError> {
+    serde_json::from_str(json.get()).map_err(|e| StorageError(format!("stored event {short} is unreadable: {e}")))
+}
+
+/// Schema 1 -> 2: auth chains are computed from the auth DAG's edges instead of stored whole,
+/// and `/timestamp_to_event` reads a timestamp index. Fills `auth_edges` from every stored
+/// PDU's `auth_events`, fills `timeline_by_ts` from the timeline, then deletes the old
+/// `auth_chains` rows (the table stays, empty).
+fn auth_edges_and_timestamp_index(db: &Db) -> Result<(), StorageError> {
+    for_each_page(db, &PDUS, |batch, short, json| {
+        let mut edges = Vec::new();
+        for auth in pdu_refs(short, &json)?.auth_events {
+            let (EventRef::Id(id) | EventRef::Pair(id, _)) = auth;
+            // An event is accepted only after its auth events, so each has a short id.
+            edges.extend(SHORT_EVENT_IDS.get(db, &id)?);
+        }
+        edges.sort_unstable();
+        edges.dedup();
+        batch.put(&AUTH_EDGES, &short, &edges)
+    })?;
+    let mut cursor = (0, 0);
+    loop {
+        let page = TIMELINE.scan_from(db, &cursor, ScanDirection::Forward, MIGRATION_PAGE, |_| true)?;
+        let Some(&((room, position), _)) = page.last() else { break };
+        let mut batch = Batch::new();
+        for ((room, position), short) in &page {
+            let Some(json) = PDUS.get(db, short)? else { continue };
+            let ts = pdu_refs(*short, &json)?.origin_server_ts;
+            batch.put(&TIMELINE_BY_TS, &(*room, ts, *position), short)?;
+        }
+        db.write(batch)?;
+        if page.len() < MIGRATION_PAGE {
+            break;
+        }
+        cursor = match position.checked_add(1) {
+            Some(next) => (room, next),
+            None => (room.saturating_add(1), 0),
+        };
+    }
+    for_each_page(db, &LEGACY_AUTH_CHAINS, |batch, short, _| {
+        batch.delete(&LEGACY_AUTH_CHAINS, &short);
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::{BTreeSet, HashMap},
+        sync::Arc,
+    };
+
+    use rand::{SeedableRng, rngs::StdRng};
+    use serde_json::json;
+
+    use super::*;
+    use crate::{
+        service::rooms::auth_chain::{
+            AuthChains,
+            tests::{brute_chain, random_dag},
+        },
+        storage::memory::MemoryEngine,
+    };
+
+    /// A schema 1 database (events with full stored auth chains, a timeline), migrated: the
+    /// chains computed from the new edges equal the old stored ones, the timestamp index holds
+    /// every timeline event, and the old rows are gone.
+    #[test]
+    fn migration_to_2_builds_edges_and_the_timestamp_index() {
+        let db = Db::with_engine(Arc::new(MemoryEngine::default()));
+        let mut rng = StdRng::seed_from_u64(3);
+        // More events than a migration page, so paging is exercised.
+        let dag = random_dag(&mut rng, 2_500);
+        let edges: HashMap<u64, Vec<u64>> = dag.iter().cloned().collect();
+        let mut batch = Batch::new();
+        batch.put(&META, &KEY_SERVER_NAME.to_owned(), &"localhost".into()).unwrap();
+        batch.put(&META, &KEY_VERSION.to_owned(), &1.into()).unwrap();
+        for (event, parents) in &dag {
+            let id = |e: u64| format!("$event{e}");
+            // Old room versions list auth events as [id, hashes] pairs; newer ones as IDs.
+            let auth: Vec<serde_json::Value> = parents
+                .iter()
+                .map(|p| if event % 2 == 0 { json!(id(*p)) } else { json!([id(*p), {"sha256": "x"}]) })
+                .collect();
+            let pdu = json!({"type": "m.room.message", "auth_events": auth, "origin_server_ts": 1_000 + event % 7});
+            batch.put(&PDUS, event, &serde_json::value::to_raw_value(&pdu).unwrap()).unwrap();
+            batch.put(&SHORT_EVENT_IDS, &id(*event), event).unwrap();
+            batch.put(&LEGACY_AUTH_CHAINS, event, &brute_chain(&edges, parents)).unwrap();
+            // Two rooms' timelines.
+            batch.put(&TIMELINE, &(event % 2, *event), event).unwrap();
+        }
+        db.write(batch).unwrap();
+
+        check_and_migrate(&db, "localhost").unwrap();
+        assert_eq!(META.get(&db, &KEY_VERSION.to_owned()).unwrap(), Some(json!(SCHEMA_VERSION)));
+
+        let chains = AuthChains::new();
+        for (event, parents) in &dag {
+            assert_eq!(AUTH_EDGES.get(&db, event).unwrap().as_ref(), Some(parents), "edges of {event}");
+            let expected = brute_chain(&edges, parents);
+            assert_eq!(&chains.chain(&db, *event).unwrap()[..], expected.as_slice(), "chain of {event}");
+        }
+        assert!(LEGACY_AUTH_CHAINS.all(&db).unwrap().is_empty());
+        let index: BTreeSet<(u64, u64, u64, u64)> =
+            TIMELINE_BY_TS.all(&db).unwrap().into_iter().map(|((r, ts, p), e)| (r, ts, p, e)).collect();
+        let expected: BTreeSet<(u64, u64, u64, u64)> =
+            dag.iter().map(|(e, _)| (e % 2, 1_000 + e % 7, *e, *e)).collect();
+        assert_eq!(index, expected);
+
+        // Running it again (as after a crash mid-way) changes nothing.
+        auth_edges_and_timestamp_index(&db).unwrap();
+        assert_eq!(TIMELINE_BY_TS.all(&db).unwrap().len(), dag.len());
+        assert_eq!(AUTH_EDGES.all(&db).unwrap().len(), dag.len());
     }
 }

@@ -148,6 +148,7 @@ async fn messages(
     };
     let (events, next) =
         services.rooms.timeline_filtered(&sender.user_id, &body.room_id, from, direction, limit, keep).await?;
+    let returned = events.len();
     let events: Vec<_> = events
         .into_iter()
         .take_while(|e| {
@@ -159,7 +160,17 @@ async fn messages(
             }
         })
         .collect();
-    let reached_to = to.is_some() && events.len() < limit;
+    let found = events.len();
+    // Done when the page stopped at `to`, or the scan (which may stop early, see
+    // `timeline_filtered`) went past it.
+    let reached_to = match (to, next) {
+        (Some(_), _) if found < returned => true,
+        (Some(to), Some(next)) => match direction {
+            ScanDirection::Reverse => next <= to.saturating_add(1),
+            ScanDirection::Forward => next >= to,
+        },
+        _ => false,
+    };
     let mut response = get_message_events::v3::Response::new();
     response.start = from.map(|p| p.to_string()).unwrap_or_else(|| "0".to_owned());
     response.end = if reached_to { None } else { next.map(|p| p.to_string()) };

@@ -17,6 +17,7 @@ use ruma::{
 
 use super::{
     RoomCore,
+    auth_chain::AuthChain,
     notify::CurrentStateChange,
     pdu::Pdu,
     prepare::{Origin, Prepared, bad_event},
@@ -28,8 +29,8 @@ use crate::{
     storage::{
         Batch, Db,
         room_tables::{
-            AUTH_CHAINS, CURRENT_STATE, EVENT_META, EVENT_STREAM, EVENT_TRANSACTIONS, EventMeta, PDUS, ROOMS,
-            RoomRecord, TIMELINE, TRANSACTIONS, USER_ROOMS, UserMembership,
+            CURRENT_STATE, EVENT_META, EVENT_STREAM, EVENT_TRANSACTIONS, EventMeta, PDUS, ROOMS, RoomRecord,
+            TIMELINE, TRANSACTIONS, USER_ROOMS, UserMembership,
         },
     },
 };
@@ -48,7 +49,8 @@ pub struct Accepted {
 pub(super) struct Pending<'a> {
     short_event: u64,
     pdu: &'a Pdu,
-    auth_chain: &'a [u64],
+    auth_chain: AuthChain,
+    direct_auth: &'a [u64],
     /// The event's short state key and its names, for state events.
     state_key: Option<(u64, (StateEventType, String))>,
 }
@@ -327,16 +329,11 @@ impl RoomCore {
             Some(state_key) => Some(self.interner.short_state_key_or_new(db, &pdu.kind.to_string(), state_key)?),
             None => None,
         };
-        let mut chain: HashSet<u64> = HashSet::new();
+        let mut direct_auth = Vec::with_capacity(pdu.auth_events.len());
         for id in &pdu.auth_events {
-            if let Some(short) = self.interner.short_event(db, id)? {
-                chain.insert(short);
-                chain.extend(AUTH_CHAINS.get(db, &short)?.unwrap_or_default());
-            }
+            direct_auth.extend(self.interner.short_event(db, id)?);
         }
-        let mut chain: Vec<u64> = chain.into_iter().collect();
-        chain.sort_unstable();
-        batch.put(&AUTH_CHAINS, &short_event, &chain)?;
+        self.auth_chains.record(db, &mut batch, short_event, &direct_auth)?;
         let json = serde_json::value::to_raw_value(&pdu.json).map_err(|e| Error::internal(e.to_string()))?;
         batch.put(&PDUS, &short_event, &json)?;
         let meta = EventMeta {
@@ -427,17 +424,12 @@ impl RoomCore {
             None => (state_before, before_group),
         };
 
-        let mut chain: HashSet<u64> = HashSet::new();
+        let mut direct_auth = Vec::with_capacity(pdu.auth_events.len());
         for id in &pdu.auth_events {
-            if let Some(short) = self.interner.short_event(db, id)? {
-                chain.insert(short);
-                chain.extend(AUTH_CHAINS.get(db, &short)?.unwrap_or_default());
-            }
+            direct_auth.extend(self.interner.short_event(db, id)?);
         }
-        let mut chain: Vec<u64> = chain.into_iter().collect();
-        chain.sort_unstable();
-        batch.put(&AUTH_CHAINS, &short_event, &chain)?;
-        let pending = Pending { short_event, pdu: &pdu, auth_chain: &chain, state_key: pending_key };
+        let auth_chain = self.auth_chains.record(db, &mut batch, short_event, &direct_auth)?;
+        let pending = Pending { short_event, pdu: &pdu, auth_chain, direct_auth: &direct_auth, state_key: pending_key };
 
         if pdu.kind == TimelineEventType::RoomRedaction && !soft_failed {
             self.record_redaction(db, &mut batch, &pdu, short_event)?;
@@ -535,6 +527,7 @@ impl RoomCore {
         meta.position = Some(position);
         batch.put(&EVENT_META, &short_event, &meta)?;
         batch.put(&TIMELINE, &(short_room, position), &short_event)?;
+        super::context::index_timestamp(&mut batch, short_room, pdu.origin_server_ts.get().into(), position, short_event)?;
         batch.put(&EVENT_STREAM, &position, &(short_room, short_event))?;
         self.write_current_state(db, &mut batch, short_room, (short_event, &pdu), &previous, &changes, position)?;
         let push_queued = write_notifications(&mut batch, position, notifications)?;
@@ -632,8 +625,8 @@ impl RoomCore {
             for (key, event) in short_map.iter() {
                 let names = self.key_names(db, *key, pending)?;
                 map.insert(names, self.event_id_of_short(db, *event, pending)?);
-                for short in self.auth_chain_of(db, *event, pending)? {
-                    chain.insert(self.event_id_of_short(db, short, pending)?);
+                for short in self.auth_chain_of(db, *event, pending)?.iter() {
+                    chain.insert(self.event_id_of_short(db, *short, pending)?);
                 }
             }
             maps.push(map);
@@ -687,16 +680,16 @@ impl RoomCore {
         }
     }
 
-    fn auth_chain_of(&self, db: &Db, short: u64, pending: Option<&Pending<'_>>) -> Result<Vec<u64>> {
+    fn auth_chain_of(&self, db: &Db, short: u64, pending: Option<&Pending<'_>>) -> Result<AuthChain> {
         match pending {
-            Some(p) if p.short_event == short => Ok(p.auth_chain.to_vec()),
-            _ => Ok(AUTH_CHAINS.get(db, &short)?.unwrap_or_default()),
+            Some(p) if p.short_event == short => Ok(p.auth_chain.clone()),
+            _ => self.auth_chains.chain(db, short),
         }
     }
 
     /// The conflicted state subgraph (room version 12): the conflicted events and every event on
     /// an auth-event path between two of them. Ruma asks the caller for it and keeps its own
-    /// implementation in its tests, so this is the smallest version over our cached auth chains.
+    /// implementation in its tests; ours walks the auth edges once (see `auth_chain.rs`).
     fn conflicted_subgraph(
         &self,
         db: &Db,
@@ -708,16 +701,10 @@ impl RoomCore {
             .flatten()
             .filter_map(|id| self.short_of_event(db, id, pending).ok().flatten())
             .collect();
+        let pending_edges = pending.map(|p| (p.short_event, p.direct_auth));
         let mut subgraph = EventIdSet::new();
-        for start in &conflicted_shorts {
-            subgraph.insert(self.event_id_of_short(db, *start, pending).ok()?);
-            for ancestor in self.auth_chain_of(db, *start, pending).ok()? {
-                let reaches_conflicted = conflicted_shorts.contains(&ancestor)
-                    || self.auth_chain_of(db, ancestor, pending).ok()?.iter().any(|e| conflicted_shorts.contains(e));
-                if reaches_conflicted {
-                    subgraph.insert(self.event_id_of_short(db, ancestor, pending).ok()?);
-                }
-            }
+        for short in self.auth_chains.conflicted_subgraph(db, &conflicted_shorts, pending_edges).ok()? {
+            subgraph.insert(self.event_id_of_short(db, short, pending).ok()?);
         }
         Some(subgraph)
     }

@@ -1,27 +1,50 @@
 //! Reading around one event: `/context` (the events before and after an event, with the state
 //! there and pagination tokens for `/messages`) and `/timestamp_to_event` (the visible event
-//! closest to a point in time, in one direction).
+//! closest to a point in time, in one direction, found through the room's timestamp index).
 
 use ruma::{EventId, OwnedEventId, RoomId, UserId};
-use serde::Deserialize;
 
 use super::{Pdu, Rooms, read::StoredEvent};
 use crate::{
     Error, Result,
     storage::{
-        ScanDirection,
-        room_tables::{EVENT_META, PDUS, TIMELINE},
+        Batch, ScanDirection,
+        room_tables::{EVENT_META, TIMELINE_BY_TS},
     },
 };
 
 /// At most this many timeline reads per side while a filter skips events.
 const MAX_FILTER_ROUNDS: usize = 50;
-/// Timeline rows read per page by `/timestamp_to_event`.
-const TIMESTAMP_PAGE: usize = 1000;
+/// Timestamp index rows read per page by `/timestamp_to_event`.
+const TIMESTAMP_PAGE: usize = 64;
+/// At most this many events `/timestamp_to_event` passes over (hidden from the user) before it
+/// answers that there is none.
+const MAX_TIMESTAMP_CANDIDATES: usize = 10_000;
 
-#[derive(Deserialize)]
-struct Timestamp {
+/// Adds a timeline event to its room's timestamp index, in the event's own batch (called where
+/// the event's timeline entry is written).
+pub(super) fn index_timestamp(
+    batch: &mut Batch,
+    short_room: u64,
     origin_server_ts: u64,
+    position: u64,
+    short_event: u64,
+) -> Result<()> {
+    Ok(batch.put(&TIMELINE_BY_TS, &(short_room, origin_server_ts, position), &short_event)?)
+}
+
+/// The index key right after `key` in `direction`, if any.
+fn next_key((room, ts, position): (u64, u64, u64), direction: ScanDirection) -> Option<(u64, u64, u64)> {
+    match direction {
+        ScanDirection::Forward => match position.checked_add(1) {
+            Some(position) => Some((room, ts, position)),
+            None => Some((room, ts.checked_add(1)?, 0)),
+        },
+        ScanDirection::Reverse => match position.checked_sub(1) {
+            Some(position) => Some((room, ts, position)),
+            None => Some((room, ts.checked_sub(1)?, u64::MAX)),
+        },
+    }
 }
 
 /// What `/context` returns. Tokens are stream positions: `start` for paginating backwards,
@@ -118,41 +141,32 @@ impl Rooms {
         let (user, room_id) = (user.to_owned(), room_id.to_owned());
         self.run(move |core, db| {
             let short_room = core.interner.short_room(db, &room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
-            // (timestamp, position, short event id) of every candidate on the right side of `ts`.
-            let mut candidates: Vec<(u64, u64, u64)> = Vec::new();
-            let mut cursor = 0;
-            loop {
-                let page = TIMELINE.scan_from(
-                    db,
-                    &(short_room, cursor),
-                    ScanDirection::Forward,
-                    TIMESTAMP_PAGE,
-                    |(room, _)| *room == short_room,
-                )?;
-                for ((_, position), short) in &page {
-                    let Some(json) = PDUS.get(db, short)? else { continue };
-                    let event_ts = serde_json::from_str::<Timestamp>(json.get()).map_or(0, |t| t.origin_server_ts);
-                    if (forward && event_ts >= ts) || (!forward && event_ts <= ts) {
-                        candidates.push((event_ts, *position, *short));
+            let mut memo = super::read::VisibilityMemo::default();
+            // The index is ordered by (timestamp, position): seek to `ts` and read away from it.
+            let (mut cursor, direction) = if forward {
+                ((short_room, ts, 0), ScanDirection::Forward)
+            } else {
+                ((short_room, ts, u64::MAX), ScanDirection::Reverse)
+            };
+            let mut passed = 0;
+            while passed < MAX_TIMESTAMP_CANDIDATES {
+                let page = TIMELINE_BY_TS
+                    .scan_from(db, &cursor, direction, TIMESTAMP_PAGE, |(room, _, _)| *room == short_room)?;
+                for ((_, event_ts, _), short) in &page {
+                    let Some(meta) = EVENT_META.get(db, short)? else { continue };
+                    if !meta.is_served() || !core.can_see_with(db, &user, short_room, &meta, &mut memo)? {
+                        continue;
                     }
+                    return Ok(Some((core.interner.event_id(db, *short)?, *event_ts)));
                 }
+                passed += page.len();
                 match page.last() {
-                    Some(((_, position), _)) if page.len() == TIMESTAMP_PAGE => cursor = position.saturating_add(1),
+                    Some((key, _)) if page.len() == TIMESTAMP_PAGE => match next_key(*key, direction) {
+                        Some(next) => cursor = next,
+                        None => break,
+                    },
                     _ => break,
                 }
-            }
-            // Closest first.
-            if forward {
-                candidates.sort_unstable();
-            } else {
-                candidates.sort_unstable_by(|a, b| b.cmp(a));
-            }
-            for (event_ts, _, short) in candidates {
-                let Some(meta) = EVENT_META.get(db, &short)? else { continue };
-                if !meta.is_served() || !core.can_see(db, &user, short_room, &meta)? {
-                    continue;
-                }
-                return Ok(Some((core.interner.event_id(db, short)?, event_ts)));
             }
             Ok(None)
         })

@@ -5,6 +5,7 @@
 
 mod accept;
 pub mod aliases;
+pub(crate) mod auth_chain;
 mod build;
 mod context;
 pub mod create;
@@ -62,6 +63,8 @@ pub struct RoomCore {
     keys: Arc<ServerKeys>,
     interner: short::Interner,
     state: state::StateGroups,
+    /// The auth DAG's edges and a bounded cache of auth chains.
+    auth_chains: auth_chain::AuthChains,
     /// Stream positions of the timeline.
     positions: stream::StreamAllocator,
     /// Woken when an event queued a notification for a push gateway.
@@ -128,6 +131,7 @@ impl Rooms {
         let core = RoomCore {
             interner: short::Interner::new(&db)?,
             state: state::StateGroups::new(&db)?,
+            auth_chains: auth_chain::AuthChains::new(),
             positions: stream::StreamAllocator::new(&db, notifier)?,
             db,
             server_name,

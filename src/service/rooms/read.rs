@@ -13,6 +13,11 @@ use crate::{
     },
 };
 
+/// Timeline rows read per storage scan.
+const TIMELINE_PAGE: usize = 100;
+/// Timeline rows one `/messages` page reads at most (unless its limit is higher).
+const MAX_SCANNED: usize = 1_000;
+
 /// An event with what the server knows about it.
 #[derive(Debug, Clone)]
 pub struct StoredEvent {
@@ -285,7 +290,10 @@ impl Rooms {
     }
 
     /// Like [`timeline`](Self::timeline), counting only events `keep` accepts (a client's
-    /// event filter), so a filtered page still holds up to `limit` events.
+    /// event filter), so a filtered page still holds up to `limit` events. One call reads at
+    /// most [`MAX_SCANNED`] timeline rows (or `limit`, if more): a room full of events the user
+    /// may not see, or that the filter drops, returns a short (even empty) page with the
+    /// position the scan reached, from which the client continues.
     pub async fn timeline_filtered(
         &self,
         user: &UserId,
@@ -310,15 +318,20 @@ impl Rooms {
             }
             let mut events = Vec::new();
             let mut last = None;
-            // Read in pages, skipping what the user may not see, until `limit` are found.
+            // Read in pages, skipping what the user may not see, until `limit` are found or the
+            // scan budget is spent.
             let mut cursor = start;
             let mut memo = VisibilityMemo::default();
+            let budget = MAX_SCANNED.max(limit);
+            let mut scanned = 0;
             'pages: loop {
-                let page =
-                    TIMELINE.scan_from(db, &(short_room, cursor), direction, 100, |(room, _)| *room == short_room)?;
+                let page_size = TIMELINE_PAGE.min(budget - scanned);
+                let page = TIMELINE
+                    .scan_from(db, &(short_room, cursor), direction, page_size, |(room, _)| *room == short_room)?;
                 if page.is_empty() {
                     break;
                 }
+                scanned += page.len();
                 for ((_, position), short) in &page {
                     last = Some(*position);
                     let Some(meta) = EVENT_META.get(db, short)? else { continue };
@@ -339,8 +352,12 @@ impl Rooms {
                     ScanDirection::Reverse if *position == 0 => break,
                     ScanDirection::Reverse => position - 1,
                 };
-                if page.len() < 100 {
+                if page.len() < page_size {
                     break;
+                }
+                if scanned >= budget {
+                    // Out of budget, maybe not at the end: the client continues from here.
+                    return Ok((events, last));
                 }
             }
             let more = events.len() >= limit;
