@@ -15,6 +15,8 @@ use super::{
 };
 
 type Pending = BTreeMap<(&'static str, Vec<u8>), Option<Vec<u8>>>;
+/// A staged entry of one table: its key, and its value or `None` for a deletion.
+type StagedEntry = (Vec<u8>, Option<Vec<u8>>);
 
 /// Writes staged over a base engine. Cheap to share: [`Staged::db`] gives a [`Db`] over it.
 pub struct Staged {
@@ -65,7 +67,7 @@ impl Engine for StagedEngine {
         direction: ScanDirection,
     ) -> Result<ScanIter<'a>, StorageError> {
         // A snapshot of the staged entries of this table in the scan's range and order.
-        let staged: Vec<(Vec<u8>, Option<Vec<u8>>)> = {
+        let staged: Vec<StagedEntry> = {
             let pending = self.pending();
             let in_table = pending.range((table, Vec::new())..).take_while(|((t, _), _)| *t == table);
             match direction {
@@ -104,7 +106,7 @@ impl Engine for StagedEngine {
 /// deletions hide base entries.
 struct Merged<'a> {
     base: Peekable<ScanIter<'a>>,
-    staged: Peekable<std::vec::IntoIter<(Vec<u8>, Option<Vec<u8>>)>>,
+    staged: Peekable<std::vec::IntoIter<StagedEntry>>,
     direction: ScanDirection,
 }
 

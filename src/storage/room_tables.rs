@@ -42,6 +42,9 @@ pub const TIMELINE: Table<(u64, u64), u64> = Table::new("timeline");
 /// (short room id, origin_server_ts, stream position) -> short event id: each room's timeline
 /// ordered by the events' timestamps, for `/timestamp_to_event`. Written next to [`TIMELINE`].
 pub const TIMELINE_BY_TS: Table<(u64, u64, u64), u64> = Table::new("timeline_by_ts");
+/// (short room id, n) -> short event id: history prepended to a room by backfill, `n` counting
+/// backwards from the room's oldest event (1 is the newest of them).
+pub const BACKFILL: Table<(u64, u64), u64> = Table::new("backfill");
 /// Stream position -> (short room id, short event id): every room's events in arrival order.
 pub const EVENT_STREAM: Table<u64, (u64, u64)> = Table::new("event_stream");
 /// Schema 1 only: (short room id, short event id) -> (), the room's forward extremities. Every
@@ -91,6 +94,7 @@ pub const ROOM_TABLES: &[&str] = &[
     AUTH_EDGES.name,
     LEGACY_AUTH_CHAINS.name,
     TIMELINE.name,
+    BACKFILL.name,
     TIMELINE_BY_TS.name,
     EVENT_STREAM.name,
     LEGACY_FORWARD_EXTREMITIES.name,
@@ -174,6 +178,9 @@ pub struct RoomRecord {
     /// which the next event of this server names as its prev events.
     #[serde(default)]
     pub extremities: Vec<u64>,
+    /// How many events backfill has prepended to the timeline (see `BACKFILL`).
+    #[serde(default)]
+    pub backfilled: u64,
 }
 impl JsonValue for RoomRecord {}
 

@@ -291,6 +291,87 @@ async fn remote_events_are_rejected_or_reported_missing() {
     }
 }
 
+/// History prepended by backfill: events older than the room's timeline, with unknown prev
+/// events and the state at them given (as federation's `/state_ids` would), are served, come
+/// after the live timeline when paging backwards (and before it forwards), and change neither
+/// the room's state nor what a sync shows.
+#[tokio::test]
+async fn backfilled_history_is_prepended_to_the_timeline() {
+    use trellis::storage::ScanDirection::{Forward, Reverse};
+    let Fixture { services, _dir } = fixture();
+    let alice = user("alice");
+    for version in [RoomVersionId::V1, RoomVersionId::V11, RoomVersionId::V12] {
+        let room = public_room(&services, &alice, version.clone()).await;
+        let message =
+            |body: &str| NewEvent::message(TimelineEventType::RoomMessage, json!({"msgtype": "m.text", "body": body}));
+        services.rooms.send(&room, &alice, message("live")).await.unwrap();
+        let state_ids: Vec<OwnedEventId> =
+            services.rooms.current_state(&room).await.unwrap().into_iter().map(|pdu| pdu.event_id).collect();
+        let (live, _) = services.rooms.timeline(&alice, &room, None, Reverse, 1000).await.unwrap();
+
+        let mut backfilled = Vec::new();
+        for (i, body) in ["older", "oldest"].into_iter().enumerate() {
+            let mut event = services.rooms.build_event(&room, &alice, message(body), None).await.unwrap();
+            let unknown = format!("$neverseen{i}{}:localhost", version.as_str());
+            let prev = match version {
+                RoomVersionId::V1 => CanonicalJsonValue::Array(vec![
+                    CanonicalJsonValue::String(unknown),
+                    CanonicalJsonValue::Object(
+                        [("sha256".to_owned(), CanonicalJsonValue::String("AAAA".into()))].into(),
+                    ),
+                ]),
+                _ => CanonicalJsonValue::String(unknown),
+            };
+            event.insert("prev_events".into(), CanonicalJsonValue::Array(vec![prev]));
+            let event = resign(&services, event, &version);
+            // Without the state at it, its unknown prev event is missing.
+            let outcome = services.rooms.accept_backfilled(&room, event.clone(), None).await.unwrap();
+            assert!(matches!(outcome, Outcome::MissingEvents { .. }), "{version}: {outcome:?}");
+            let outcome = services.rooms.accept_backfilled(&room, event, Some(state_ids.clone())).await.unwrap();
+            let Outcome::Accepted(accepted) = outcome else { panic!("{version}: {outcome:?}") };
+            assert_eq!(accepted.position, None, "{version}: backfill takes no stream position");
+            assert!(services.rooms.event_for(&alice, &accepted.event_id).await.unwrap().is_some(), "{version}");
+            backfilled.push(accepted.event_id);
+        }
+
+        // Backwards: the live timeline, then the backfilled events, newest first; in pages of
+        // two, following the cursors.
+        let mut seen = Vec::new();
+        let mut from = None;
+        loop {
+            let (page, next) = services.rooms.timeline(&alice, &room, from, Reverse, 2).await.unwrap();
+            seen.extend(page.into_iter().map(|e| e.pdu.event_id));
+            match next {
+                Some(next) => from = Some(next),
+                None => break,
+            }
+        }
+        let mut expected: Vec<OwnedEventId> = live.iter().map(|e| e.pdu.event_id.clone()).collect();
+        expected.extend(backfilled.iter().cloned());
+        assert_eq!(seen, expected, "{version}: backwards");
+
+        // Forwards from the oldest backfilled event: the newer one, then the live timeline.
+        let (oldest, _) = services.rooms.timeline(&alice, &room, None, Reverse, 1000).await.unwrap();
+        assert_eq!(oldest.last().map(|e| &e.pdu.event_id), backfilled.last(), "{version}");
+        let (page, cursor) = services.rooms.timeline(&alice, &room, None, Reverse, expected.len()).await.unwrap();
+        assert_eq!(page.len(), expected.len());
+        let cursor = cursor.unwrap_or_else(|| panic!("{version}: a full page has a cursor"));
+        let (forward, _) = services.rooms.timeline(&alice, &room, Some(cursor), Forward, 1000).await.unwrap();
+        let forward: Vec<OwnedEventId> = forward.into_iter().map(|e| e.pdu.event_id).collect();
+        let mut expected_forward: Vec<OwnedEventId> = vec![backfilled[0].clone()];
+        expected_forward.extend(live.iter().rev().map(|e| e.pdu.event_id.clone()));
+        assert_eq!(forward, expected_forward, "{version}: forwards");
+
+        // The room's state and its next event are untouched by the old history.
+        let after: Vec<OwnedEventId> =
+            services.rooms.current_state(&room).await.unwrap().into_iter().map(|pdu| pdu.event_id).collect();
+        assert_eq!(after.len(), state_ids.len(), "{version}");
+        let next = services.rooms.send(&room, &alice, message("newest")).await.unwrap();
+        let next = services.rooms.event_for(&alice, &next.event_id).await.unwrap().unwrap();
+        assert_eq!(next.pdu.prev_events, vec![live[0].pdu.event_id.clone()], "{version}");
+    }
+}
+
 /// Hashes and signs a modified event again with this server's key (as its sender's server
 /// would have), dropping the old event ID, hashes and signatures.
 fn resign(services: &Services, mut event: CanonicalJsonObject, version: &RoomVersionId) -> CanonicalJsonObject {

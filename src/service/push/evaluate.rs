@@ -188,7 +188,10 @@ pub fn write_notifications(batch: &mut Batch, position: u64, decided: EventNotif
 /// and reuses the parsed ruleset while those bytes are unchanged, so no invalidation is needed
 /// however the rules change; parsing, or building the defaults, is what costs in a big room.
 #[derive(Default)]
-pub struct RulesetCache(std::sync::Mutex<std::collections::HashMap<OwnedUserId, (Option<Box<str>>, Arc<Ruleset>)>>);
+pub struct RulesetCache(std::sync::Mutex<std::collections::HashMap<OwnedUserId, CachedRuleset>>);
+
+/// A user's stored push rules (as stored, `None` for the defaults) and their parsed form.
+type CachedRuleset = (Option<Box<str>>, Arc<Ruleset>);
 
 /// Users whose rulesets are kept; past it the cache starts over.
 const CACHED_RULESETS: usize = 20_000;

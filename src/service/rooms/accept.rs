@@ -29,8 +29,8 @@ use crate::{
     storage::{
         Batch, Db,
         room_tables::{
-            CURRENT_STATE, EVENT_META, EVENT_STREAM, EVENT_TRANSACTIONS, EventMeta, PDUS, ROOMS, RoomRecord,
-            TIMELINE, TRANSACTIONS, USER_ROOMS, UserMembership,
+            CURRENT_STATE, EVENT_META, EVENT_STREAM, EVENT_TRANSACTIONS, EventMeta, PDUS, ROOMS, RoomRecord, TIMELINE,
+            TRANSACTIONS, USER_ROOMS, UserMembership,
         },
     },
 };
@@ -130,7 +130,7 @@ impl Outcome {
 }
 
 /// Why an event can't be authorised yet, or at all.
-enum AuthProblem {
+pub(super) enum AuthProblem {
     Missing(Vec<OwnedEventId>),
     Refused(String),
 }
@@ -249,7 +249,12 @@ impl RoomCore {
     /// The auth rules against the event's own auth events: they must all be known and not
     /// rejected, and must authorise it.
     /// Storage failures are errors (`Err`), never taken for a refusal.
-    fn check_auth_events(&self, db: &Db, rules: &RoomVersionRules, pdu: &Pdu) -> Result<Result<(), AuthProblem>> {
+    pub(super) fn check_auth_events(
+        &self,
+        db: &Db,
+        rules: &RoomVersionRules,
+        pdu: &Pdu,
+    ) -> Result<Result<(), AuthProblem>> {
         let mut auth_events = Vec::with_capacity(pdu.auth_events.len());
         let mut missing = Vec::new();
         for id in &pdu.auth_events {
@@ -353,7 +358,7 @@ impl RoomCore {
 
     /// Stores an event from another server that the auth rules refused: never served, never
     /// used to authorise another event; the state at it is the state before it (when known).
-    fn store_rejected(&self, db: &Db, pdu: &Pdu, before_group: Option<u64>) -> Result<()> {
+    pub(super) fn store_rejected(&self, db: &Db, pdu: &Pdu, before_group: Option<u64>) -> Result<()> {
         let mut batch = Batch::new();
         let short_room = self.interner.short_room_or_new(db, &mut batch, &pdu.room_id)?;
         let short_event = self.interner.short_event_or_new(db, &mut batch, &pdu.event_id)?;
@@ -374,7 +379,13 @@ impl RoomCore {
     }
 
     /// The state-dependent auth rules against a state map.
-    fn check_against(&self, db: &Db, rules: &RoomVersionRules, pdu: &Pdu, state: &ShortStateMap) -> Result<(), String> {
+    pub(super) fn check_against(
+        &self,
+        db: &Db,
+        rules: &RoomVersionRules,
+        pdu: &Pdu,
+        state: &ShortStateMap,
+    ) -> Result<(), String> {
         let fetch = |kind: &StateEventType, state_key: &str| -> Option<Pdu> {
             let short_key = self.interner.short_state_key(db, &kind.to_string(), state_key).ok()??;
             let short_event = *state.get(&short_key)?;
@@ -527,14 +538,25 @@ impl RoomCore {
         meta.position = Some(position);
         batch.put(&EVENT_META, &short_event, &meta)?;
         batch.put(&TIMELINE, &(short_room, position), &short_event)?;
-        super::context::index_timestamp(&mut batch, short_room, pdu.origin_server_ts.get().into(), position, short_event)?;
+        super::context::index_timestamp(
+            &mut batch,
+            short_room,
+            pdu.origin_server_ts.get().into(),
+            position,
+            short_event,
+        )?;
         batch.put(&EVENT_STREAM, &position, &(short_room, short_event))?;
         self.write_current_state(db, &mut batch, short_room, (short_event, &pdu), &previous, &changes, position)?;
         let push_queued = write_notifications(&mut batch, position, notifications)?;
         batch.put(
             &ROOMS,
             &short_room,
-            &RoomRecord { version: version.clone(), current_state_group: current_group, extremities },
+            &RoomRecord {
+                version: version.clone(),
+                current_state_group: current_group,
+                extremities,
+                backfilled: room_record.as_ref().map_or(0, |r| r.backfilled),
+            },
         )?;
         db.write(batch)?;
         drop(reserved);

@@ -6,6 +6,7 @@
 mod accept;
 pub mod aliases;
 pub(crate) mod auth_chain;
+mod backfill;
 mod build;
 mod context;
 pub mod create;

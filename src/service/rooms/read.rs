@@ -1,15 +1,18 @@
 //! Reading rooms: versions, current state, memberships, single events, timeline pages, and
 //! the history-visibility rule that decides which events a user may see.
 
-use ruma::{OwnedRoomId, RoomId, RoomVersionId, UserId, events::StateEventType};
+use ruma::{
+    OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UserId, events::StateEventType,
+    room_version_rules::RoomVersionRules,
+};
 use serde::Deserialize;
 
-use super::{Pdu, RoomCore, Rooms, accept::membership_in};
+use super::{Pdu, RoomCore, Rooms, accept::membership_in, backfill::BACKFILL_CURSOR};
 use crate::{
     Error, Result,
     storage::{
         Db, ScanDirection,
-        room_tables::{CURRENT_STATE, EVENT_META, EventMeta, TIMELINE, USER_ROOMS, UserMembership},
+        room_tables::{BACKFILL, CURRENT_STATE, EVENT_META, EventMeta, TIMELINE, USER_ROOMS, UserMembership},
     },
 };
 
@@ -17,6 +20,124 @@ use crate::{
 const TIMELINE_PAGE: usize = 100;
 /// Timeline rows one `/messages` page reads at most (unless its limit is higher).
 const MAX_SCANNED: usize = 1_000;
+
+/// Why a timeline scan stopped.
+enum End {
+    /// `limit` events found.
+    Full,
+    /// The scan budget is spent: the client continues from the last row read.
+    Budget,
+    /// No more rows in this part of the timeline.
+    Exhausted,
+}
+
+impl End {
+    /// Goes on into the next part of the timeline only when this one is exhausted.
+    fn or_else(self, next: impl FnOnce() -> Result<End>) -> Result<End> {
+        match self {
+            End::Exhausted => next(),
+            other => Ok(other),
+        }
+    }
+}
+
+/// One `/messages` page being filled: what it found, where it is, what it may still read.
+struct TimelinePage<F> {
+    user: OwnedUserId,
+    short_room: u64,
+    rules: RoomVersionRules,
+    keep: F,
+    limit: usize,
+    budget: usize,
+    scanned: usize,
+    events: Vec<StoredEvent>,
+    /// The cursor of the last row read (a stream position, or a backfill cursor).
+    last: Option<u64>,
+    memo: VisibilityMemo,
+}
+
+impl<F: Fn(&Pdu) -> bool> TimelinePage<F> {
+    /// Takes one row; `Some` when the page must stop.
+    fn take(&mut self, core: &RoomCore, db: &Db, cursor: u64, short: u64) -> Result<Option<End>> {
+        self.last = Some(cursor);
+        if let Some(meta) = EVENT_META.get(db, &short)?
+            && core.can_see_with(db, &self.user, self.short_room, &meta, &mut self.memo)?
+        {
+            let pdu = core.event_for_client(db, short, &self.rules)?;
+            if (self.keep)(&pdu) {
+                self.events.push(StoredEvent { pdu, meta });
+                if self.events.len() >= self.limit {
+                    return Ok(Some(End::Full));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The live timeline from position `start` (inclusive) in `direction`, in pages.
+    fn scan_live(&mut self, core: &RoomCore, db: &Db, start: u64, direction: ScanDirection) -> Result<End> {
+        let short_room = self.short_room;
+        let mut cursor = start;
+        loop {
+            if self.scanned >= self.budget {
+                return Ok(End::Budget);
+            }
+            let page_size = TIMELINE_PAGE.min(self.budget - self.scanned);
+            let rows =
+                TIMELINE.scan_from(db, &(short_room, cursor), direction, page_size, |(room, _)| *room == short_room)?;
+            self.scanned += rows.len();
+            for ((_, position), short) in &rows {
+                if let Some(end) = self.take(core, db, *position, *short)? {
+                    return Ok(end);
+                }
+            }
+            let Some(((_, position), _)) = rows.last() else { return Ok(End::Exhausted) };
+            cursor = match direction {
+                ScanDirection::Forward => position.saturating_add(1),
+                ScanDirection::Reverse if *position == 0 => return Ok(End::Exhausted),
+                ScanDirection::Reverse => position - 1,
+            };
+            if rows.len() < page_size {
+                return Ok(End::Exhausted);
+            }
+        }
+    }
+
+    /// The backfilled history from `n` (inclusive): older (growing `n`) when reading backwards,
+    /// newer (shrinking `n`, down to 1) when reading forwards.
+    fn scan_backfill(&mut self, core: &RoomCore, db: &Db, n: u64, direction: ScanDirection) -> Result<End> {
+        let short_room = self.short_room;
+        // Backwards in time is forwards in `n`.
+        let order = match direction {
+            ScanDirection::Reverse => ScanDirection::Forward,
+            ScanDirection::Forward => ScanDirection::Reverse,
+        };
+        let mut cursor = n;
+        loop {
+            if self.scanned >= self.budget {
+                return Ok(End::Budget);
+            }
+            let page_size = TIMELINE_PAGE.min(self.budget - self.scanned);
+            let rows = BACKFILL
+                .scan_from(db, &(short_room, cursor), order, page_size, |(room, n)| *room == short_room && *n > 0)?;
+            self.scanned += rows.len();
+            for ((_, n), short) in &rows {
+                if let Some(end) = self.take(core, db, BACKFILL_CURSOR | n, *short)? {
+                    return Ok(end);
+                }
+            }
+            let Some(((_, n), _)) = rows.last() else { return Ok(End::Exhausted) };
+            cursor = match order {
+                ScanDirection::Forward => n.saturating_add(1),
+                ScanDirection::Reverse if *n <= 1 => return Ok(End::Exhausted),
+                ScanDirection::Reverse => n - 1,
+            };
+            if rows.len() < page_size {
+                return Ok(End::Exhausted);
+            }
+        }
+    }
+}
 
 /// An event with what the server knows about it.
 #[derive(Debug, Clone)]
@@ -307,61 +428,45 @@ impl Rooms {
         self.run(move |core, db| {
             let short_room = core.interner.short_room(db, &room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
             let rules = core.rules_of_room(db, short_room)?;
-            let start = match (from, direction) {
-                (Some(p), ScanDirection::Forward) => p.saturating_add(1),
-                (Some(p), ScanDirection::Reverse) => p.saturating_sub(1),
-                (None, ScanDirection::Forward) => 0,
-                (None, ScanDirection::Reverse) => u64::MAX,
+            let mut page = TimelinePage {
+                user,
+                short_room,
+                rules,
+                keep,
+                limit,
+                budget: MAX_SCANNED.max(limit),
+                scanned: 0,
+                events: Vec::new(),
+                last: None,
+                memo: VisibilityMemo::default(),
             };
-            if from == Some(0) && direction == ScanDirection::Reverse {
-                return Ok((Vec::new(), None));
-            }
-            let mut events = Vec::new();
-            let mut last = None;
-            // Read in pages, skipping what the user may not see, until `limit` are found or the
-            // scan budget is spent.
-            let mut cursor = start;
-            let mut memo = VisibilityMemo::default();
-            let budget = MAX_SCANNED.max(limit);
-            let mut scanned = 0;
-            'pages: loop {
-                let page_size = TIMELINE_PAGE.min(budget - scanned);
-                let page = TIMELINE
-                    .scan_from(db, &(short_room, cursor), direction, page_size, |(room, _)| *room == short_room)?;
-                if page.is_empty() {
-                    break;
-                }
-                scanned += page.len();
-                for ((_, position), short) in &page {
-                    last = Some(*position);
-                    let Some(meta) = EVENT_META.get(db, short)? else { continue };
-                    if core.can_see_with(db, &user, short_room, &meta, &mut memo)? {
-                        let pdu = core.event_for_client(db, *short, &rules)?;
-                        if !keep(&pdu) {
-                            continue;
-                        }
-                        events.push(StoredEvent { pdu, meta });
-                        if events.len() >= limit {
-                            break 'pages;
-                        }
+            // Backwards: the live timeline, then the history backfill prepended to it; forwards
+            // the other way round. A cursor with `BACKFILL_CURSOR` set is in the backfilled part.
+            let in_backfill = from.filter(|f| f & BACKFILL_CURSOR != 0).map(|f| f & !BACKFILL_CURSOR);
+            let end = match (direction, in_backfill) {
+                (ScanDirection::Reverse, Some(n)) => page.scan_backfill(core, db, n.saturating_add(1), direction)?,
+                (ScanDirection::Reverse, None) => {
+                    let start = from.map_or(u64::MAX, |p| p.saturating_sub(1));
+                    match from == Some(0) {
+                        true => End::Exhausted,
+                        false => page.scan_live(core, db, start, direction)?,
                     }
+                    .or_else(|| page.scan_backfill(core, db, 1, direction))?
                 }
-                let Some(((_, position), _)) = page.last() else { break };
-                cursor = match direction {
-                    ScanDirection::Forward => position.saturating_add(1),
-                    ScanDirection::Reverse if *position == 0 => break,
-                    ScanDirection::Reverse => position - 1,
-                };
-                if page.len() < page_size {
-                    break;
+                (ScanDirection::Forward, Some(n)) => match n > 1 {
+                    true => page.scan_backfill(core, db, n - 1, direction)?,
+                    false => End::Exhausted,
                 }
-                if scanned >= budget {
-                    // Out of budget, maybe not at the end: the client continues from here.
-                    return Ok((events, last));
+                .or_else(|| page.scan_live(core, db, 0, direction))?,
+                (ScanDirection::Forward, None) => {
+                    page.scan_live(core, db, from.map_or(0, |p| p.saturating_add(1)), direction)?
                 }
-            }
-            let more = events.len() >= limit;
-            Ok((events, if more { last } else { None }))
+            };
+            let next = match end {
+                End::Full | End::Budget => page.last,
+                End::Exhausted => None,
+            };
+            Ok((page.events, next))
         })
         .await
     }

@@ -1,0 +1,164 @@
+//! History prepended to a room: events older than everything the room's timeline holds, as
+//! federation brings them when `/messages` runs out of local history (backfill). They are
+//! authorised like any event, against their auth events and the state before them, but are
+//! never soft-failed against today's state, take no stream position (a sync never shows them)
+//! and change neither the room's current state nor its forward extremities. Their order is a
+//! count backwards from the room's oldest event (`backfill` table), which `/messages` continues
+//! into when it reaches the start of the live timeline.
+
+use std::sync::Arc;
+
+use ruma::{OwnedEventId, RoomId};
+
+use super::{
+    Accepted, Outcome, RoomCore, Rooms,
+    accept::AuthProblem,
+    prepare::{Origin, Prepared},
+    state::ShortStateMap,
+};
+use crate::{
+    Error, Result,
+    storage::{
+        Batch, Db,
+        room_tables::{BACKFILL, EVENT_META, EventMeta, PDUS, ROOMS},
+    },
+};
+
+/// Set on a timeline cursor that points into the backfilled part of a room (the rest of the
+/// value is the count backwards); live cursors are stream positions, far below it.
+pub const BACKFILL_CURSOR: u64 = 1 << 63;
+
+impl RoomCore {
+    /// Stores an event older than the room's timeline. The state before it comes from its prev
+    /// events when they are known, or else from `state_before` (event IDs of stored events,
+    /// as federation's `/state_ids` gives them); without either it is `MissingEvents`.
+    pub(super) fn commit_backfilled(
+        &self,
+        db: &Db,
+        prepared: Prepared,
+        state_before: Option<Vec<OwnedEventId>>,
+    ) -> Result<Outcome> {
+        let Prepared { pdu, rules, .. } = prepared;
+        let event_id = pdu.event_id.clone();
+        if let Some(short) = self.interner.short_event(db, &pdu.event_id)?
+            && EVENT_META.get(db, &short)?.is_some_and(|meta| !meta.is_outlier())
+        {
+            return Ok(Outcome::AlreadyKnown { event_id });
+        }
+        let short_room = self.interner.short_room(db, &pdu.room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
+        let mut record = ROOMS.get(db, &short_room)?.ok_or_else(|| Error::not_found("Unknown room"))?;
+        match self.check_auth_events(db, &rules, &pdu)? {
+            Ok(()) => {}
+            Err(AuthProblem::Missing(missing)) => return Ok(Outcome::MissingEvents { event_id, missing }),
+            Err(AuthProblem::Refused(reason)) => {
+                self.store_rejected(db, &pdu, None)?;
+                return Ok(Outcome::Rejected { event_id, reason });
+            }
+        }
+
+        // The state before it: from its prev events, or as given.
+        let mut groups = Vec::new();
+        let mut missing = Vec::new();
+        for prev in &pdu.prev_events {
+            let meta = match self.interner.short_event(db, prev)? {
+                Some(short) => EVENT_META.get(db, &short)?,
+                None => None,
+            };
+            match meta.and_then(|meta| meta.state_after_known()) {
+                Some(group) => groups.push(group),
+                None => missing.push(prev.clone()),
+            }
+        }
+        groups.sort_unstable();
+        groups.dedup();
+        let mut batch = Batch::new();
+        let (before_group, state_before) = match (missing.is_empty(), groups.as_slice(), state_before) {
+            (true, [group], _) => (*group, self.state.load(db, *group)?),
+            (true, many, _) if !many.is_empty() => {
+                let state = Arc::new(self.resolve(db, &rules, many, None)?);
+                (self.state.store(db, &mut batch, None, state.clone())?, state)
+            }
+            (_, _, Some(ids)) => {
+                let mut state = ShortStateMap::new();
+                let mut unknown = Vec::new();
+                for id in ids {
+                    let stored = match self.interner.short_event(db, &id)? {
+                        Some(short) if EVENT_META.contains(db, &short)? => Some(short),
+                        _ => None,
+                    };
+                    let Some(short) = stored else {
+                        unknown.push(id);
+                        continue;
+                    };
+                    let event = self.event_by_short(db, short, &rules)?;
+                    let Some(state_key) = &event.state_key else { continue };
+                    state.insert(self.interner.short_state_key_or_new(db, &event.kind.to_string(), state_key)?, short);
+                }
+                if !unknown.is_empty() {
+                    return Ok(Outcome::MissingEvents { event_id, missing: unknown });
+                }
+                let state = Arc::new(state);
+                (self.state.store(db, &mut batch, None, state.clone())?, state)
+            }
+            _ => return Ok(Outcome::MissingEvents { event_id, missing }),
+        };
+        if let Err(reason) = self.check_against(db, &rules, &pdu, &state_before) {
+            self.store_rejected(db, &pdu, Some(before_group))?;
+            return Ok(Outcome::Rejected { event_id, reason });
+        }
+
+        let short_event = self.interner.short_event_or_new(db, &mut batch, &pdu.event_id)?;
+        let state_key = match &pdu.state_key {
+            Some(state_key) => Some(self.interner.short_state_key_or_new(db, &pdu.kind.to_string(), state_key)?),
+            None => None,
+        };
+        let after_group = match state_key {
+            Some(key) => self.state.store_change(db, &mut batch, before_group, &[(key, Some(short_event))])?.0,
+            None => before_group,
+        };
+        let mut direct_auth = Vec::with_capacity(pdu.auth_events.len());
+        for id in &pdu.auth_events {
+            direct_auth.extend(self.interner.short_event(db, id)?);
+        }
+        self.auth_chains.record(db, &mut batch, short_event, &direct_auth)?;
+        let json = serde_json::value::to_raw_value(&pdu.json).map_err(|e| Error::internal(e.to_string()))?;
+        batch.put(&PDUS, &short_event, &json)?;
+        let meta = EventMeta {
+            room: short_room,
+            position: None,
+            state_after: after_group,
+            state_before: Some(before_group),
+            state_key,
+            depth: pdu.depth,
+            soft_failed: false,
+            rejected: false,
+        };
+        batch.put(&EVENT_META, &short_event, &meta)?;
+        record.backfilled += 1;
+        batch.put(&BACKFILL, &(short_room, record.backfilled), &short_event)?;
+        batch.put(&ROOMS, &short_room, &record)?;
+        db.write(batch)?;
+        Ok(Outcome::Accepted(Accepted { event_id, position: None, soft_failed: false }))
+    }
+}
+
+impl Rooms {
+    /// Stores an event from another server older than this room's timeline (see the module
+    /// comment); `state_before` is the state at it when its prev events are not stored.
+    pub async fn accept_backfilled(
+        &self,
+        room_id: &RoomId,
+        json: ruma::CanonicalJsonObject,
+        state_before: Option<Vec<OwnedEventId>>,
+    ) -> Result<Outcome> {
+        let room = room_id.to_owned();
+        let prepared = self
+            .run(move |core, db| {
+                let (_, version) = core.version_of(db, &room)?.ok_or_else(|| Error::not_found("Unknown room"))?;
+                core.prepare(Some(&room), &version, json, Origin::Remote)
+            })
+            .await?;
+        let lock = self.lock_for(room_id)?;
+        self.run_locked(&lock, move |core, db| core.commit_backfilled(db, prepared, state_before)).await
+    }
+}
