@@ -21,6 +21,7 @@ mod launcher;
 mod lifecycle;
 mod login;
 mod media;
+mod migration;
 mod pagination;
 mod peer_nio;
 mod presence;

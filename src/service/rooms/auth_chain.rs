@@ -5,8 +5,8 @@
 //!
 //! A walk stops at every event whose chain is cached and takes that chain whole, so in steady
 //! state a new event's chain is one union of its auth events' cached chains. The cache keeps the
-//! chains that were asked for (and those of accepted events), not the chain of every event a
-//! walk passes: memoising each step of a long linear history (power levels, one member's
+//! chains that were asked for, those of accepted events and those of their direct auth events,
+//! not the chain of every event a walk passes: memoising each step of a long linear history (power levels, one member's
 //! membership changes) would cost memory and time quadratic in its length, which is what this
 //! index replaces on disk.
 //!
@@ -86,6 +86,12 @@ impl Generations {
     }
 }
 
+fn sorted(events: HashSet<u64>) -> AuthChain {
+    let mut chain: Vec<u64> = events.into_iter().collect();
+    chain.sort_unstable();
+    chain.into()
+}
+
 /// The auth DAG's index and chain cache (one per server; rooms share it).
 pub struct AuthChains {
     chains: Mutex<Generations>,
@@ -140,10 +146,36 @@ impl AuthChains {
     }
 
     /// The auth chain of an event with these direct auth events: the events and their chains.
-    /// For an event whose own edges are not committed (or not known) yet.
+    /// For an event whose own edges are not committed (or not known) yet. The direct auth
+    /// events' chains are cached too: many events share them (the power levels, join rules and
+    /// member events most of a room's events were authorised by), so after a cold start the
+    /// next event that shares one stops its walk there.
     pub fn chain_with(&self, db: &Db, direct_auth: &[u64]) -> Result<AuthChain> {
         let mut found: HashSet<u64> = HashSet::new();
-        let mut stack: Vec<u64> = direct_auth.to_vec();
+        for &event in direct_auth {
+            if !found.insert(event) {
+                continue;
+            }
+            let chain = match self.cached_chain(event) {
+                Some(chain) => chain,
+                None => {
+                    let chain = self.walk(db, &self.edges(db, event)?)?;
+                    if let Ok(mut chains) = self.chains.lock() {
+                        chains.insert(event, chain.clone());
+                    }
+                    chain
+                }
+            };
+            found.extend(chain.iter().copied());
+        }
+        Ok(sorted(found))
+    }
+
+    /// Everything reachable from `roots` through auth events, `roots` included: a walk that
+    /// takes cached chains whole instead of walking them.
+    fn walk(&self, db: &Db, roots: &[u64]) -> Result<AuthChain> {
+        let mut found: HashSet<u64> = HashSet::new();
+        let mut stack: Vec<u64> = roots.to_vec();
         while let Some(event) = stack.pop() {
             if !found.insert(event) {
                 continue;
@@ -155,9 +187,7 @@ impl AuthChains {
             }
             stack.extend(self.edges(db, event)?.iter().copied().filter(|e| !found.contains(e)));
         }
-        let mut chain: Vec<u64> = found.into_iter().collect();
-        chain.sort_unstable();
-        Ok(chain.into())
+        Ok(sorted(found))
     }
 
     /// The conflicted state subgraph (room version 12): the `conflicted` events and every event

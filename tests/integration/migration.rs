@@ -1,0 +1,96 @@
+//! Schema migrations on a real database: a schema 1 database (whole auth chains stored, no
+//! timestamp index) is upgraded at start-up and serves rooms as before.
+
+use std::collections::{BTreeSet, HashMap};
+
+use serde_json::json;
+use trellis::{
+    config::Config,
+    storage::{
+        Batch, Db, SCHEMA_VERSION,
+        room_tables::{AUTH_EDGES, LEGACY_AUTH_CHAINS, PDUS, TIMELINE, TIMELINE_BY_TS},
+        tables::META,
+    },
+};
+
+use crate::{
+    harness::{TestServer, config_text, enc},
+    room_helpers::{create_room, join, send_text},
+};
+
+fn open(dir: &std::path::Path) -> Db {
+    let config = Config::from_toml(&config_text(dir, "localhost", ""), "test", Vec::new()).unwrap().config;
+    Db::open(&config).unwrap()
+}
+
+/// Everything reachable from `direct` through `edges`.
+fn chain(edges: &HashMap<u64, Vec<u64>>, direct: &[u64]) -> Vec<u64> {
+    let mut seen = BTreeSet::new();
+    let mut stack = direct.to_vec();
+    while let Some(event) = stack.pop() {
+        if seen.insert(event) {
+            stack.extend(edges.get(&event).into_iter().flatten().copied());
+        }
+    }
+    seen.into_iter().collect()
+}
+
+#[tokio::test]
+async fn a_schema_1_database_is_migrated_at_start_up() {
+    let tempdir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(tempdir.path(), "localhost", "").unwrap();
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    join(&server, &bob, &room).await;
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        sent.push(send_text(&server, if i % 2 == 0 { &alice } else { &bob }, &room, &format!("m{i}")).await);
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let ts_path =
+        |ts: u64, dir: &str| format!("/_matrix/client/v1/rooms/{}/timestamp_to_event?ts={ts}&dir={dir}", enc(&room));
+    let event_path = |id: &str| format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(id));
+    let ts2 = server.get(&event_path(&sent[2]), alice.token()).await.1["origin_server_ts"].as_u64().unwrap();
+    assert_eq!(server.stop(), Some(0));
+
+    // Back to schema 1: whole chains instead of edges, no timestamp index.
+    let (edges, events) = {
+        let db = open(tempdir.path());
+        let edges: HashMap<u64, Vec<u64>> = AUTH_EDGES.all(&db).unwrap().into_iter().collect();
+        assert_eq!(edges.len(), PDUS.all(&db).unwrap().len());
+        let mut batch = Batch::new();
+        for (event, direct) in &edges {
+            batch.put(&LEGACY_AUTH_CHAINS, event, &chain(&edges, direct)).unwrap();
+            batch.delete(&AUTH_EDGES, event);
+        }
+        for (key, _) in TIMELINE_BY_TS.all(&db).unwrap() {
+            batch.delete(&TIMELINE_BY_TS, &key);
+        }
+        batch.put(&META, &"schema_version".to_owned(), &json!(1)).unwrap();
+        db.write(batch).unwrap();
+        db.flush().unwrap();
+        (edges, TIMELINE.all(&db).unwrap().len())
+    };
+
+    // The upgraded server finds events by timestamp and accepts new events (their auth chains
+    // come from the migrated edges).
+    let server = TestServer::start_in(tempdir.path(), "localhost", "").unwrap();
+    let found = server.get(&ts_path(ts2, "f"), alice.token()).await;
+    assert_eq!(found.0, 200, "{}", found.1);
+    assert_eq!(found.1["event_id"], sent[2]);
+    assert_eq!(server.get(&ts_path(ts2, "b"), alice.token()).await.1["event_id"], sent[2]);
+    let topic = format!("/_matrix/client/v3/rooms/{}/state/m.room.topic", enc(&room));
+    assert_eq!(server.put(&topic, alice.token(), json!({"topic": "after"})).await.0, 200);
+    send_text(&server, &bob, &room, "after the upgrade").await;
+    assert_eq!(server.stop(), Some(0));
+
+    let db = open(tempdir.path());
+    assert_eq!(META.get(&db, &"schema_version".to_owned()).unwrap(), Some(json!(SCHEMA_VERSION)));
+    assert!(LEGACY_AUTH_CHAINS.all(&db).unwrap().is_empty());
+    for (event, direct) in &edges {
+        assert_eq!(AUTH_EDGES.get(&db, event).unwrap().as_ref(), Some(direct), "edges of {event}");
+    }
+    assert_eq!(AUTH_EDGES.all(&db).unwrap().len(), edges.len() + 2);
+    assert_eq!(TIMELINE_BY_TS.all(&db).unwrap().len(), events + 2);
+}
