@@ -97,7 +97,7 @@ impl Services {
             account_data: account_data::AccountData::new(db.clone(), notifier.clone()),
             receipts: receipts::Receipts::new(db.clone(), notifier.clone()),
             presence: presence::Presence::new(&config, db.clone(), notifier.clone())?,
-            tags: tags::Tags::default(),
+            tags: tags::Tags,
             lazy_members: sync::LazyMemberCache::default(),
             admin_register: admin_register::AdminRegister::new(non_empty(&config.registration_shared_secret)),
             config,

@@ -7,6 +7,7 @@ mod account;
 mod admin;
 mod backup;
 mod bench;
+mod concurrency;
 mod context;
 mod dag;
 mod data;

@@ -69,9 +69,8 @@ impl Push {
         let json = serde_json::value::to_raw_value(&pusher)
             .map_err(|e| Error::internal(format!("cannot store pusher: {e}")))?;
         let key = (user.to_owned(), pusher.ids.app_id.clone(), pusher.ids.pushkey.clone());
-        let _guard = self.pushers_lock.lock().await;
-        self.db
-            .run(move |db| {
+        self.pushers_lock
+            .run(&self.db, move |db| {
                 let mut batch = Batch::new();
                 // The same pushkey keeps its timestamp when only the pusher's details change.
                 let pushkey_ts =
@@ -95,9 +94,8 @@ impl Push {
     /// Deletes a pusher (nothing happens when there is none).
     pub async fn delete_pusher(&self, user: &UserId, ids: PusherIds) -> Result<()> {
         let key: (OwnedUserId, String, String) = (user.to_owned(), ids.app_id, ids.pushkey);
-        let _guard = self.pushers_lock.lock().await;
-        self.db
-            .run(move |db| {
+        self.pushers_lock
+            .run(&self.db, move |db| {
                 let mut batch = Batch::new();
                 let (user, app_id, pushkey) = key.clone();
                 batch.delete(&PUSHERS, &key);
@@ -110,9 +108,8 @@ impl Push {
     /// Removes `user`'s pushers whose pushkeys a gateway rejected, as (app ID, pushkey) pairs.
     pub async fn remove_rejected(&self, user: &UserId, rejected: Vec<(String, String)>) -> Result<()> {
         let user = user.to_owned();
-        let _guard = self.pushers_lock.lock().await;
-        self.db
-            .run(move |db| {
+        self.pushers_lock
+            .run(&self.db, move |db| {
                 let mut batch = Batch::new();
                 for (app_id, pushkey) in rejected {
                     batch.delete(&PUSHERS, &(user.clone(), app_id.clone(), pushkey.clone()));
