@@ -83,7 +83,7 @@ impl Services {
             )?,
             push: push::Push::new(db.clone(), push_wake),
             keys: keys::Keys::new(db.clone(), key_changes.clone(), notifier.clone()),
-            to_device: to_device::ToDevice::new(db.clone(), notifier.clone()),
+            to_device: to_device::ToDevice::new(db.clone(), notifier.clone(), config.server_name.clone()),
             backup: backup::Backup::new(db.clone()),
             accounts: accounts::Accounts::new(db.clone(), config.server_name.clone()),
             sessions: sessions::Sessions::new(

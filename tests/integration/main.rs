@@ -33,4 +33,5 @@ mod sync;
 mod sync_filters;
 mod sync_knock;
 mod tags;
+mod to_device;
 mod upgrade;
