@@ -3,6 +3,7 @@
 
 pub mod account_data;
 pub mod accounts;
+pub mod address_guard;
 pub mod admin_register;
 pub mod backup;
 pub mod dehydrated;
@@ -81,7 +82,15 @@ impl Services {
                 notifier.clone(),
                 push_wake.clone(),
             )?,
-            push: push::Push::new(db.clone(), push_wake),
+            push: push::Push::new(
+                db.clone(),
+                push_wake,
+                address_guard::AddressGuard::new(
+                    config.push_ip_range_denylist.clone(),
+                    config.push_ip_range_allowlist.clone(),
+                    "Push notifications",
+                ),
+            ),
             keys: keys::Keys::new(db.clone(), key_changes.clone(), notifier.clone()),
             to_device: to_device::ToDevice::new(db.clone(), notifier.clone(), config.server_name.clone()),
             backup: backup::Backup::new(db.clone()),

@@ -18,7 +18,7 @@ use ruma::{
     push::{Action, AnyPushRule, InsertPushRuleError, NewPushRule, RemovePushRuleError, RuleKind, Ruleset},
 };
 
-use super::account_data::AccountData;
+use super::{account_data::AccountData, address_guard::AddressGuard};
 use crate::{
     Error, Result,
     storage::{Db, WriteLock},
@@ -33,6 +33,9 @@ pub struct Push {
     /// Serialises pusher changes (`append: false` removes other users' copies). Rule changes
     /// are serialised by the account data lock they are stored under.
     pushers_lock: WriteLock,
+    /// Which addresses push gateways may be reached at (checked at `/pushers/set` and on
+    /// every delivery).
+    guard: AddressGuard,
 }
 
 fn rule_not_found() -> Error {
@@ -40,8 +43,8 @@ fn rule_not_found() -> Error {
 }
 
 impl Push {
-    pub fn new(db: Db, wake: Arc<tokio::sync::Notify>) -> Self {
-        Self { db, wake, pushers_lock: WriteLock::new() }
+    pub fn new(db: Db, wake: Arc<tokio::sync::Notify>, guard: AddressGuard) -> Self {
+        Self { db, wake, pushers_lock: WriteLock::new(), guard }
     }
 
     /// The user's push rules: what they stored, or the spec's defaults.
