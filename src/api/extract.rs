@@ -131,7 +131,7 @@ where
             }
         };
         if let Some(sender) = &sender {
-            super::guest::check(sender, parts.uri.path())?;
+            super::guest::check(sender, &parts.method, parts.uri.path())?;
         }
         // Read only once the caller is known, so an anonymous client cannot make the server
         // buffer `max_request_size` bytes (an upload) on endpoints that need a token.

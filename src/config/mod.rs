@@ -123,6 +123,15 @@ pub struct Config {
     /// Push gateway delivery: how long a notification is retried before it is dropped, in seconds.
     #[serde(default = "default_push_give_up_secs")]
     pub push_give_up_secs: u64,
+    /// Address ranges push gateways may not be reached at, checked when a pusher is set and on
+    /// every delivery. Setting it replaces the default (the URL preview default: every
+    /// non-public range).
+    #[serde(default = "default_url_preview_denylist")]
+    pub push_ip_range_denylist: Vec<ipnet::IpNet>,
+    /// Ranges push gateways may be reached at even when the deny list covers them (a gateway on
+    /// the same host or network: `["127.0.0.1/32"]`).
+    #[serde(default)]
+    pub push_ip_range_allowlist: Vec<ipnet::IpNet>,
     /// Whether local users' presence is tracked and shown (Conduit's key); when false, presence
     /// updates are accepted and ignored, everyone reads as offline and syncs carry no presence.
     #[serde(default = "default_true")]

@@ -10,7 +10,7 @@ use super::notifier::Notifier;
 use crate::{
     Result,
     storage::{
-        Batch, Db, ScanDirection,
+        Batch, Db, ScanDirection, WriteLock,
         tables::{ACCOUNT_DATA, ACCOUNT_DATA_CHANGES, AccountDataChange, COUNTERS, FILTERS},
     },
 };
@@ -31,8 +31,9 @@ pub struct AccountDataEntry {
 pub struct AccountData {
     db: Db,
     notifier: Arc<Notifier>,
-    /// Serialises counter increments.
-    counter_lock: tokio::sync::Mutex<()>,
+    /// Serialises counter increments and read-modify-write of entries; held until the write
+    /// is committed even when the request that started it is dropped.
+    lock: WriteLock,
 }
 
 fn room_key(room_id: Option<&RoomId>) -> String {
@@ -41,7 +42,7 @@ fn room_key(room_id: Option<&RoomId>) -> String {
 
 impl AccountData {
     pub fn new(db: Db, notifier: Arc<Notifier>) -> Self {
-        Self { db, notifier, counter_lock: tokio::sync::Mutex::new(()) }
+        Self { db, notifier, lock: WriteLock::new() }
     }
 
     /// The newest account data stream position. Changes are written in position order (under
@@ -103,31 +104,48 @@ impl AccountData {
         event_type: &str,
         content: Box<RawValue>,
     ) -> Result<()> {
-        let user_id = user_id.to_owned();
-        let room = room_key(room_id);
-        let event_type = event_type.to_owned();
-        let _guard = self.counter_lock.lock().await;
-        let position = self
-            .db
-            .run(move |db| {
+        self.update(user_id, room_id, event_type, move |_, _| Ok((Some(content), ()))).await
+    }
+
+    /// Read-modify-write of one entry under the account data lock: `change` gets the database
+    /// and the stored content and returns the new content (`None`: leave it as it is) and a
+    /// result. The new content is stored at a new stream position and waiting syncs are woken
+    /// inside the blocking work, so a dropped request can neither interleave with another
+    /// change of the entry nor skip the wake-up.
+    pub async fn update<R, F>(
+        &self,
+        user_id: &UserId,
+        room_id: Option<&RoomId>,
+        event_type: &str,
+        change: F,
+    ) -> Result<R>
+    where
+        F: FnOnce(&Db, Option<Box<RawValue>>) -> Result<(Option<Box<RawValue>>, R)> + Send + 'static,
+        R: Send + 'static,
+    {
+        let key = (user_id.to_owned(), room_key(room_id), event_type.to_owned());
+        let notifier = self.notifier.clone();
+        self.lock
+            .run(&self.db, move |db| {
+                let (content, out) = change(db, ACCOUNT_DATA.get(db, &key)?)?;
+                let Some(content) = content else { return Ok(out) };
                 let mut batch = Batch::new();
                 let position = next_counter(db, &mut batch, STREAM_COUNTER)?;
-                batch.put(&ACCOUNT_DATA, &(user_id.clone(), room.clone(), event_type.clone()), &content)?;
+                batch.put(&ACCOUNT_DATA, &key, &content)?;
+                let (user_id, room, event_type) = key;
                 batch.put(&ACCOUNT_DATA_CHANGES, &(user_id, position), &AccountDataChange { room, event_type })?;
                 db.write(batch)?;
-                Ok(position)
+                notifier.account_data_committed(position);
+                Ok(out)
             })
-            .await?;
-        self.notifier.account_data_committed(position);
-        Ok(())
+            .await
     }
 
     /// Stores a filter and returns its ID.
     pub async fn create_filter(&self, user_id: &UserId, filter: Box<RawValue>) -> Result<u64> {
         let user_id = user_id.to_owned();
-        let _guard = self.counter_lock.lock().await;
-        self.db
-            .run(move |db| {
+        self.lock
+            .run(&self.db, move |db| {
                 let mut batch = Batch::new();
                 let id = next_counter(db, &mut batch, FILTER_COUNTER)?;
                 batch.put(&FILTERS, &(user_id, id), &filter)?;

@@ -6,13 +6,12 @@ use argon2::{
 };
 use http::StatusCode;
 use ruma::{OwnedServerName, OwnedUserId, UserId, api::error::ErrorKind};
-use tokio::sync::Mutex;
 
 use super::now_ms;
 use crate::{
     Error, Result,
     storage::{
-        Batch, Db,
+        Batch, Db, WriteLock,
         tables::{COUNTERS, USERS, UserRecord},
     },
 };
@@ -20,8 +19,9 @@ use crate::{
 pub struct Accounts {
     db: Db,
     server_name: OwnedServerName,
-    /// Serialises account creation so two requests cannot both claim one user ID.
-    create_lock: Mutex<()>,
+    /// Serialises account creation and changes so two requests cannot both claim one user ID
+    /// or overwrite each other's change to a record.
+    lock: WriteLock,
 }
 
 /// What kind of account to create.
@@ -34,7 +34,7 @@ pub enum AccountKind {
 
 impl Accounts {
     pub fn new(db: Db, server_name: OwnedServerName) -> Self {
-        Self { db, server_name, create_lock: Mutex::new(()) }
+        Self { db, server_name, lock: WriteLock::new() }
     }
 
     pub fn server_name(&self) -> &ruma::ServerName {
@@ -98,10 +98,9 @@ impl Accounts {
             Some(password) => Some(hash_password(password).await?),
             None => None,
         };
-        let _guard = self.create_lock.lock().await;
         let user_id = user_id.to_owned();
-        self.db
-            .run(move |db| {
+        self.lock
+            .run(&self.db, move |db| {
                 if USERS.contains(db, &user_id)? {
                     return Err(Error::new(
                         StatusCode::BAD_REQUEST,
@@ -126,9 +125,8 @@ impl Accounts {
     /// A fresh numeric localpart for a guest account.
     pub async fn next_guest_user_id(&self) -> Result<OwnedUserId> {
         let server_name = self.server_name.clone();
-        let _guard = self.create_lock.lock().await;
-        self.db
-            .run(move |db| {
+        self.lock
+            .run(&self.db, move |db| {
                 let key = "guest_localpart".to_owned();
                 let next = COUNTERS.get(db, &key)?.unwrap_or(1);
                 let mut batch = Batch::new();
@@ -183,9 +181,8 @@ impl Accounts {
 
     async fn update(&self, user_id: &UserId, change: impl FnOnce(&mut UserRecord) + Send + 'static) -> Result<()> {
         let user_id = user_id.to_owned();
-        let _guard = self.create_lock.lock().await;
-        self.db
-            .run(move |db| {
+        self.lock
+            .run(&self.db, move |db| {
                 let mut record = USERS.get(db, &user_id)?.ok_or_else(|| Error::not_found("Unknown user"))?;
                 change(&mut record);
                 let mut batch = Batch::new();

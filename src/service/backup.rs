@@ -14,14 +14,15 @@ use serde_json::value::RawValue;
 use crate::{
     Error, Result,
     storage::{
-        Batch, Db, ScanDirection,
+        Batch, Db, ScanDirection, WriteLock,
         key_tables::{BACKUP_KEYS, BACKUP_VERSIONS, BackupVersion},
     },
 };
 
 pub struct Backup {
     db: Db,
-    lock: tokio::sync::Mutex<()>,
+    /// Serialises changes (version numbers, etags, which copy of a session wins).
+    lock: WriteLock,
 }
 
 /// What the server compares to decide which copy of a session to keep.
@@ -102,14 +103,13 @@ fn keys_in(db: &Db, user: &UserId, version: u64, scope: &Scope) -> Result<Vec<(B
 
 impl Backup {
     pub fn new(db: Db) -> Self {
-        Self { db, lock: tokio::sync::Mutex::new(()) }
+        Self { db, lock: WriteLock::new() }
     }
 
     pub async fn create_version(&self, user: &UserId, algorithm: Box<RawValue>) -> Result<u64> {
         let user = user.to_owned();
-        let _guard = self.lock.lock().await;
-        self.db
-            .run(move |db| {
+        self.lock
+            .run(&self.db, move |db| {
                 let newest =
                     BACKUP_VERSIONS
                         .scan_from(db, &(user.clone(), u64::MAX), ScanDirection::Reverse, 1, |(u, _)| *u == user)?;
@@ -148,9 +148,8 @@ impl Backup {
             algorithm: String,
         }
         let user = user.to_owned();
-        let _guard = self.lock.lock().await;
-        self.db
-            .run(move |db| {
+        self.lock
+            .run(&self.db, move |db| {
                 let mut record = live_version(db, &user, version)?;
                 let old: Named =
                     serde_json::from_str(record.algorithm.get()).map_err(|e| Error::internal(e.to_string()))?;
@@ -169,9 +168,8 @@ impl Backup {
     /// Deletes a version and its keys; its number is never used again.
     pub async fn delete_version(&self, user: &UserId, version: u64) -> Result<()> {
         let user = user.to_owned();
-        let _guard = self.lock.lock().await;
-        self.db
-            .run(move |db| {
+        self.lock
+            .run(&self.db, move |db| {
                 let mut record = live_version(db, &user, version)?;
                 let mut batch = Batch::new();
                 for (key, _) in keys_in(db, &user, version, &Scope::All)? {
@@ -192,9 +190,8 @@ impl Backup {
         keys: Vec<(String, String, Box<RawValue>)>,
     ) -> Result<(u64, u64)> {
         let user = user.to_owned();
-        let _guard = self.lock.lock().await;
-        self.db
-            .run(move |db| {
+        self.lock
+            .run(&self.db, move |db| {
                 let current = latest(db, &user)?;
                 let (current_version, mut record) = match current {
                     Some((current_version, record)) if current_version == version => (current_version, record),
@@ -254,9 +251,8 @@ impl Backup {
     /// Deletes backed-up keys; returns (count, etag).
     pub async fn delete_keys(&self, user: &UserId, version: u64, scope: Scope) -> Result<(u64, u64)> {
         let user = user.to_owned();
-        let _guard = self.lock.lock().await;
-        self.db
-            .run(move |db| {
+        self.lock
+            .run(&self.db, move |db| {
                 let mut record = live_version(db, &user, version)?;
                 let keys = keys_in(db, &user, version, &scope)?;
                 let mut batch = Batch::new();

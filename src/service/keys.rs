@@ -15,7 +15,7 @@ use super::notifier::Notifier;
 use crate::{
     Error, Result,
     storage::{
-        Batch, Db, IdAllocator, ScanDirection,
+        Batch, Db, IdAllocator, ScanDirection, WriteLock,
         key_tables::{
             CROSS_SIGNING_KEYS, DEVICE_KEYS, FALLBACK_KEYS, FallbackKey, KEY_CHANGES, KEY_SIGNATURES, ONE_TIME_KEYS,
         },
@@ -27,13 +27,18 @@ pub struct Keys {
     db: Db,
     changes: Arc<KeyChangeStream>,
     notifier: Arc<Notifier>,
-    /// Serialises claims and uploads so a one-time key is handed out once.
-    lock: tokio::sync::Mutex<()>,
+    /// Serialises claims, uploads and signature changes so a one-time key is handed out once
+    /// and a check-then-write never sees a stale key. Held until the write is done, even when
+    /// the request is dropped.
+    lock: WriteLock,
 }
 
 /// Records in `batch` that `user`'s keys or devices changed.
 /// The caller keeps the returned reservation until the batch is written: until then readers do
-/// not look at or past its position.
+/// not look at or past its position. Call it only inside blocking work (`Db::run`,
+/// `WriteLock::run`): that work runs to its end even when the request is dropped, so the
+/// reservation is always released, and release it before waking syncs, or a woken sync would
+/// still not see the change.
 pub fn record_key_change<'a>(changes: &'a KeyChangeStream, batch: &mut Batch, user: &UserId) -> Result<Reserved<'a>> {
     let reserved = changes.reserve();
     batch.put(&KEY_CHANGES, &reserved.position, &user.to_owned())?;
@@ -133,7 +138,7 @@ fn verify_signed_by(object: &CanonicalJsonObject, signer: &UserId, key: &(String
 
 impl Keys {
     pub fn new(db: Db, changes: Arc<KeyChangeStream>, notifier: Arc<Notifier>) -> Self {
-        Self { db, changes, notifier, lock: tokio::sync::Mutex::new(()) }
+        Self { db, changes, notifier, lock: WriteLock::new() }
     }
 
     /// The newest key-change position (for sync tokens and `/keys/changes`).
@@ -151,11 +156,9 @@ impl Keys {
         fallback_keys: Vec<(String, Box<RawValue>)>,
     ) -> Result<BTreeMap<String, u64>> {
         let (user, device) = (user.to_owned(), device.to_owned());
-        let changes = self.changes.clone();
-        let _guard = self.lock.lock().await;
-        let result = self
-            .db
-            .run(move |db| {
+        let (changes, notifier) = (self.changes.clone(), self.notifier.clone());
+        self.lock
+            .run(&self.db, move |db| {
                 let mut batch = Batch::new();
                 let mut reserved = None;
                 if let Some(keys) = device_keys {
@@ -198,12 +201,11 @@ impl Keys {
                 db.write(batch)?;
                 // The key-change position is released only now that the batch is written.
                 drop(reserved);
+                // Device lists changed: wake waiting syncs.
+                notifier.poke();
                 one_time_key_counts(db, &user, &device)
             })
-            .await;
-        // Device lists changed: wake waiting syncs.
-        self.notifier.poke();
-        result
+            .await
     }
 
     pub async fn one_time_key_counts(&self, user: &UserId, device: &DeviceId) -> Result<BTreeMap<String, u64>> {
@@ -234,9 +236,8 @@ impl Keys {
         algorithm: &str,
     ) -> Result<Option<(String, Box<RawValue>)>> {
         let (user, device, algorithm) = (user.to_owned(), device.to_owned(), algorithm.to_owned());
-        let _guard = self.lock.lock().await;
-        self.db
-            .run(move |db| {
+        self.lock
+            .run(&self.db, move |db| {
                 let prefix = (user.clone(), device.clone());
                 let start = (user.clone(), device.clone(), format!("{algorithm}:"));
                 let candidates = ONE_TIME_KEYS.scan_from(db, &start, ScanDirection::Forward, 1, |(u, d, id)| {
@@ -318,10 +319,9 @@ impl Keys {
         user_signing: Option<Box<RawValue>>,
     ) -> Result<()> {
         let user = user.to_owned();
-        let changes = self.changes.clone();
-        let result = self
-            .db
-            .run(move |db| {
+        let (changes, notifier) = (self.changes.clone(), self.notifier.clone());
+        self.lock
+            .run(&self.db, move |db| {
                 let master_object = match &master {
                     Some(raw) => Some(to_canonical(raw)?),
                     None => CROSS_SIGNING_KEYS
@@ -361,13 +361,14 @@ impl Keys {
                     }
                     batch.put(&CROSS_SIGNING_KEYS, &(user.clone(), usage.to_owned()), raw)?;
                 }
-                let _reserved = record_key_change(&changes, &mut batch, &user)?;
-                Ok(db.write(batch)?)
+                let reserved = record_key_change(&changes, &mut batch, &user)?;
+                db.write(batch)?;
+                drop(reserved);
+                // Device lists changed: wake waiting syncs.
+                notifier.poke();
+                Ok(())
             })
-            .await;
-        // Device lists changed: wake waiting syncs.
-        self.notifier.poke();
-        result
+            .await
     }
 
     /// Whether an upload of cross-signing keys holds nothing new: a master key equal to the
@@ -416,10 +417,10 @@ impl Keys {
         signed: Box<RawValue>,
     ) -> Result<(), String> {
         let (sender, target, key_id) = (sender.to_owned(), target.to_owned(), key_id.to_owned());
-        let changes = self.changes.clone();
+        let (changes, notifier) = (self.changes.clone(), self.notifier.clone());
         let result = self
-            .db
-            .run(move |db| {
+            .lock
+            .run(&self.db, move |db| {
                 let object = to_canonical(&signed)?;
                 let cross = |user: &OwnedUserId, kind: &str| -> Result<Option<(String, String)>> {
                     Ok(CROSS_SIGNING_KEYS
@@ -462,12 +463,13 @@ impl Keys {
                 };
                 let mut batch = Batch::new();
                 batch.put(&KEY_SIGNATURES, &(target.clone(), key_id, sender.clone(), signer_key.0), &signature)?;
-                let _reserved = record_key_change(&changes, &mut batch, &target)?;
+                let reserved = record_key_change(&changes, &mut batch, &target)?;
                 db.write(batch)?;
+                drop(reserved);
+                notifier.poke();
                 Ok(Ok(()))
             })
             .await;
-        self.notifier.poke();
         match result {
             Ok(inner) => inner,
             Err(error) => Err(error.to_string()),

@@ -3,6 +3,7 @@
 
 pub mod account_data;
 pub mod accounts;
+pub mod address_guard;
 pub mod admin_register;
 pub mod backup;
 pub mod dehydrated;
@@ -81,9 +82,17 @@ impl Services {
                 notifier.clone(),
                 push_wake.clone(),
             )?,
-            push: push::Push::new(db.clone(), push_wake),
+            push: push::Push::new(
+                db.clone(),
+                push_wake,
+                address_guard::AddressGuard::new(
+                    config.push_ip_range_denylist.clone(),
+                    config.push_ip_range_allowlist.clone(),
+                    "Push notifications",
+                ),
+            ),
             keys: keys::Keys::new(db.clone(), key_changes.clone(), notifier.clone()),
-            to_device: to_device::ToDevice::new(db.clone(), notifier.clone()),
+            to_device: to_device::ToDevice::new(db.clone(), notifier.clone(), config.server_name.clone()),
             backup: backup::Backup::new(db.clone()),
             accounts: accounts::Accounts::new(db.clone(), config.server_name.clone()),
             sessions: sessions::Sessions::new(
@@ -97,7 +106,7 @@ impl Services {
             account_data: account_data::AccountData::new(db.clone(), notifier.clone()),
             receipts: receipts::Receipts::new(db.clone(), notifier.clone()),
             presence: presence::Presence::new(&config, db.clone(), notifier.clone())?,
-            tags: tags::Tags::default(),
+            tags: tags::Tags,
             lazy_members: sync::LazyMemberCache::default(),
             admin_register: admin_register::AdminRegister::new(non_empty(&config.registration_shared_secret)),
             config,

@@ -18,7 +18,7 @@ use crate::{
     Result,
     config::Config,
     storage::{
-        Batch, Db,
+        Batch, Db, WriteLock,
         tables::{COUNTERS, PRESENCE, PRESENCE_CHANGES, PresenceRecord},
     },
 };
@@ -48,8 +48,9 @@ struct Inner {
     notifier: Arc<Notifier>,
     idle_ms: u64,
     offline_ms: u64,
-    /// Serialises stream positions, so every change up to the counter is committed.
-    write_lock: tokio::sync::Mutex<()>,
+    /// Serialises stream positions, so every change up to the counter is committed; the
+    /// read-modify-write, the commit, the in-memory copy and the wake-up all happen inside it.
+    write_lock: WriteLock,
     live: Mutex<HashMap<OwnedUserId, Live>>,
 }
 
@@ -147,7 +148,7 @@ impl Presence {
             notifier,
             idle_ms: config.presence_idle_timeout_s.saturating_mul(1000),
             offline_ms: config.presence_offline_timeout_s.saturating_mul(1000),
-            write_lock: tokio::sync::Mutex::new(()),
+            write_lock: WriteLock::new(),
             live: Mutex::new(live),
         });
         if config.allow_local_presence
@@ -181,9 +182,9 @@ impl Presence {
         }
         let state = state_name(state);
         self.inner
-            .update(user, true, |record, now| {
+            .update(user, true, move |record, now| {
                 record.state = state.to_owned();
-                record.status_msg = status_msg.clone();
+                record.status_msg = status_msg;
                 if state == ONLINE {
                     record.last_active_ms = now;
                     record.currently_active = true;
@@ -205,7 +206,7 @@ impl Presence {
         let current = self.inner.record(user).await?;
         if matches!((current.state.as_str(), wanted), (OFFLINE, _) | (ONLINE, UNAVAILABLE)) {
             self.inner
-                .update(user, true, |record, now| {
+                .update(user, true, move |record, now| {
                     record.state = wanted.to_owned();
                     record.currently_active = wanted == ONLINE;
                     if wanted == ONLINE {
@@ -291,39 +292,51 @@ impl Inner {
         self.db.run(move |db| Ok(PRESENCE.get(db, &user)?.unwrap_or_else(offline_record))).await
     }
 
+    /// [`record`](Self::record) on the blocking pool.
+    fn record_blocking(&self, db: &Db, user: &UserId) -> Result<PresenceRecord> {
+        if let Some(live) = lock(&self.live).get(user) {
+            return Ok(live.record.clone());
+        }
+        Ok(PRESENCE.get(db, &user.to_owned())?.unwrap_or_else(offline_record))
+    }
+
     /// Applies `change` to `user`'s record; when the result differs in what clients see, stores
     /// it at the next stream position and wakes waiting syncs. With `touch`, the update counts
-    /// as a sync for the offline timeout.
-    async fn update(&self, user: &UserId, touch: bool, change: impl FnOnce(&mut PresenceRecord, u64)) -> Result<()> {
-        let _guard = self.write_lock.lock().await;
-        let old = self.record(user).await?;
-        let now = now_ms();
-        let mut new = old.clone();
-        change(&mut new, now);
-        if new == old {
-            self.remember(user, &new, touch.then_some(now));
-            return Ok(());
-        }
-        let (key, old_position) = (user.to_owned(), old.position);
-        let stored = self
-            .db
-            .run(move |db| {
+    /// as a sync for the offline timeout. All of it runs inside the write lock on the blocking
+    /// pool, so a dropped request leaves neither the memory copy behind the stored record nor
+    /// waiting syncs asleep.
+    async fn update(
+        self: &Arc<Self>,
+        user: &UserId,
+        touch: bool,
+        change: impl FnOnce(&mut PresenceRecord, u64) + Send + 'static,
+    ) -> Result<()> {
+        let (inner, user) = (self.clone(), user.to_owned());
+        self.write_lock
+            .run(&self.db, move |db| {
+                let old = inner.record_blocking(db, &user)?;
+                let now = now_ms();
+                let mut new = old.clone();
+                change(&mut new, now);
+                if new == old {
+                    inner.remember(&user, &new, touch.then_some(now));
+                    return Ok(());
+                }
                 let position = COUNTERS.get(db, &COUNTER.to_owned())?.unwrap_or(0) + 1;
                 let record = PresenceRecord { position, ..new };
                 let mut batch = Batch::new();
                 batch.put(&COUNTERS, &COUNTER.to_owned(), &position)?;
-                if old_position > 0 {
-                    batch.delete(&PRESENCE_CHANGES, &old_position);
+                if old.position > 0 {
+                    batch.delete(&PRESENCE_CHANGES, &old.position);
                 }
-                batch.put(&PRESENCE_CHANGES, &position, &key)?;
-                batch.put(&PRESENCE, &key, &record)?;
+                batch.put(&PRESENCE_CHANGES, &position, &user)?;
+                batch.put(&PRESENCE, &user, &record)?;
                 db.write(batch)?;
-                Ok(record)
+                inner.remember(&user, &record, touch.then_some(now));
+                inner.notifier.poke();
+                Ok(())
             })
-            .await?;
-        self.remember(user, &stored, touch.then_some(now));
-        self.notifier.poke();
-        Ok(())
+            .await
     }
 
     /// Keeps the in-memory copy of a user who is not offline (with `synced_at` as their last
@@ -382,10 +395,10 @@ async fn timer(inner: Weak<Inner>) {
         };
         for (user, record) in due {
             let result = inner
-                .update(&user, false, |current, _| {
+                .update(&user, false, move |current, _| {
                     // Only if nothing changed it in between.
                     if current.position == record.position {
-                        *current = record.clone();
+                        *current = record;
                     }
                 })
                 .await;

@@ -14,7 +14,7 @@ use super::notifier::Notifier;
 use crate::{
     Result,
     storage::{
-        Batch, Db,
+        Batch, Db, WriteLock,
         room_tables::{RECEIPT_CHANGES, RECEIPTS, ReceiptChange, ReceiptRecord},
         tables::COUNTERS,
     },
@@ -28,12 +28,12 @@ pub struct Receipts {
     db: Db,
     notifier: Arc<Notifier>,
     /// Serialises positions, so every receipt up to the counter is committed.
-    lock: tokio::sync::Mutex<()>,
+    lock: WriteLock,
 }
 
 impl Receipts {
     pub fn new(db: Db, notifier: Arc<Notifier>) -> Self {
-        Self { db, notifier, lock: tokio::sync::Mutex::new(()) }
+        Self { db, notifier, lock: WriteLock::new() }
     }
 
     /// The newest receipt stream position.
@@ -57,20 +57,21 @@ impl Receipts {
             thread_id: thread.map(str::to_owned),
             position: 0,
         };
-        let _guard = self.lock.lock().await;
-        self.db
-            .run(move |db| {
+        let notifier = self.notifier.clone();
+        self.lock
+            .run(&self.db, move |db| {
                 let position = COUNTERS.get(db, &COUNTER.to_owned())?.unwrap_or(0) + 1;
                 let mut batch = Batch::new();
                 batch.put(&COUNTERS, &COUNTER.to_owned(), &position)?;
                 batch.put(&RECEIPTS, &key, &ReceiptRecord { position, ..record })?;
                 let (room, receipt_type, user, thread) = key;
                 batch.put(&RECEIPT_CHANGES, &position, &ReceiptChange { room, receipt_type, user, thread })?;
-                Ok(db.write(batch)?)
+                db.write(batch)?;
+                // Inside the blocking work: a dropped request cannot skip the wake-up.
+                notifier.poke();
+                Ok(())
             })
-            .await?;
-        self.notifier.poke();
-        Ok(())
+            .await
     }
 
     /// The events of `user`'s unthreaded and main-thread read receipts (public and private).

@@ -1,11 +1,18 @@
 //! Devices and their tokens: login creates a device with an access token (and optionally a
 //! refresh token), every request's token is checked here, logout removes the device.
 //!
+//! Every change to a user's devices (login, refresh, logout, rename, last-seen) reads and
+//! writes the device record inside one per-user [`WriteLock`], so they never overwrite each
+//! other: a refresh racing a logout cannot leave a token behind, and a last-seen update cannot
+//! bring back a deleted device or an old token. A token is valid only while its device exists
+//! and names it as its current token.
+//!
 //! Tokens are random and only their SHA-256 is stored, so a copy of the database or a log line
 //! never holds a usable token.
 
 use std::{
     collections::HashMap,
+    hash::{BuildHasher, RandomState},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -18,7 +25,7 @@ use super::{now_ms, random_string};
 use crate::{
     Error, Result,
     storage::{
-        Batch, Db,
+        Batch, Db, WriteLock,
         key_tables::{DEVICE_KEYS, FALLBACK_KEYS, ONE_TIME_KEYS},
         tables::{ACCESS_TOKENS, AccessTokenRecord, DEVICES, DeviceRecord, REFRESH_TOKENS, RefreshTokenRecord, USERS},
     },
@@ -26,6 +33,8 @@ use crate::{
 
 /// How often a device's "last seen" is written at most.
 const LAST_SEEN_RESOLUTION_MS: u64 = 60_000;
+/// How many locks users' device changes are spread over.
+const LOCK_STRIPES: usize = 64;
 
 pub struct Sessions {
     db: Db,
@@ -36,6 +45,9 @@ pub struct Sessions {
     refreshable_lifetime: Duration,
     /// When each device's last-seen time was last written, to bound those writes.
     last_seen_written: Mutex<HashMap<(OwnedUserId, OwnedDeviceId), u64>>,
+    /// Serialise changes to one user's devices and tokens (a user always maps to one stripe).
+    locks: Vec<WriteLock>,
+    hasher: RandomState,
 }
 
 /// The identity behind a valid access token.
@@ -77,7 +89,15 @@ impl Sessions {
             notifier,
             refreshable_lifetime: Duration::from_secs(refreshable_lifetime_secs.max(1)),
             last_seen_written: Mutex::new(HashMap::new()),
+            locks: (0..LOCK_STRIPES).map(|_| WriteLock::new()).collect(),
+            hasher: RandomState::new(),
         }
+    }
+
+    /// The lock that serialises changes to `user`'s devices.
+    fn lock_for(&self, user: &UserId) -> &WriteLock {
+        let index = (self.hasher.hash_one(user.as_str()) % LOCK_STRIPES as u64) as usize;
+        &self.locks[index % self.locks.len()]
     }
 
     /// Starts a session: creates the device (or reuses `device_id`, revoking its old tokens, as
@@ -93,8 +113,8 @@ impl Sessions {
         let user_id = user_id.to_owned();
         let device_id = device_id.unwrap_or_else(new_device_id);
         let lifetime = self.refreshable_lifetime;
-        self.db
-            .run(move |db| {
+        self.lock_for(&user_id)
+            .run(&self.db, move |db| {
                 let mut batch = Batch::new();
                 let key = (user_id.clone(), device_id.clone());
                 let existing = DEVICES.get(db, &key)?;
@@ -133,8 +153,8 @@ impl Sessions {
         display_name: Option<String>,
     ) -> Result<()> {
         let key = (user_id.to_owned(), device_id.to_owned());
-        self.db
-            .run(move |db| {
+        self.lock_for(user_id)
+            .run(&self.db, move |db| {
                 let mut batch = Batch::new();
                 if let Some(old) = DEVICES.get(db, &key)? {
                     revoke_device_tokens(&mut batch, &old);
@@ -153,19 +173,21 @@ impl Sessions {
             .await
     }
 
-    /// Resolves an access token. Unknown or revoked: `M_UNKNOWN_TOKEN`; expired (refreshable
-    /// tokens): `M_UNKNOWN_TOKEN` with `soft_logout`, so the client refreshes or logs in again.
+    /// Resolves an access token. Unknown or revoked, or its device gone or holding another
+    /// token: `M_UNKNOWN_TOKEN`; expired (refreshable tokens): `M_UNKNOWN_TOKEN` with
+    /// `soft_logout`, so the client refreshes or logs in again.
     pub async fn authenticate(&self, token: &str, ip: Option<String>) -> Result<Authenticated> {
         let hash = token_hash(token);
         let (record, user) = self
             .db
             .run(move |db| {
-                let record = ACCESS_TOKENS.get(db, &hash)?;
-                let user = match &record {
-                    Some(record) => USERS.get(db, &record.user_id)?,
-                    None => None,
-                };
-                Ok((record, user))
+                let Some(record) = ACCESS_TOKENS.get(db, &hash)? else { return Ok((None, None)) };
+                let device = DEVICES.get(db, &(record.user_id.clone(), record.device_id.clone()))?;
+                if device.is_none_or(|device| device.access_token_hash.as_deref() != Some(hash.as_str())) {
+                    return Ok((None, None));
+                }
+                let user = USERS.get(db, &record.user_id)?;
+                Ok((Some(record), user))
             })
             .await?;
         let record = record.ok_or_else(|| Error::unknown_token(false, "Unknown access token"))?;
@@ -180,6 +202,9 @@ impl Sessions {
         Ok(Authenticated { user_id: record.user_id, device_id: record.device_id, guest: user.guest, admin: user.admin })
     }
 
+    /// Writes a device's last-seen time and address (at most once per resolution period). Only
+    /// those fields change, read and written under the user's lock: a device deleted or given a
+    /// new token meanwhile stays as it is now.
     async fn note_last_seen(&self, user_id: &UserId, device_id: &DeviceId, ip: Option<String>) -> Result<()> {
         let now = now_ms();
         let key = (user_id.to_owned(), device_id.to_owned());
@@ -190,8 +215,8 @@ impl Sessions {
                 _ => written.insert(key.clone(), now),
             };
         }
-        self.db
-            .run(move |db| {
+        self.lock_for(user_id)
+            .run(&self.db, move |db| {
                 if let Some(mut record) = DEVICES.get(db, &key)? {
                     record.last_seen_ms = Some(now);
                     record.last_seen_ip = ip;
@@ -204,16 +229,25 @@ impl Sessions {
             .await
     }
 
-    /// Exchanges a refresh token for new tokens; the old pair stops working at once.
+    /// Exchanges a refresh token for new tokens; the old pair stops working at once. The token
+    /// is looked up again under its user's lock, so a logout or another refresh that won the
+    /// race makes this one fail rather than bring the device back.
     pub async fn refresh(&self, refresh_token: &str) -> Result<(OwnedUserId, IssuedTokens)> {
+        let unknown = || Error::unknown_token(false, "Unknown refresh token");
         let hash = token_hash(refresh_token);
+        let owner = {
+            let hash = hash.clone();
+            self.db.run(move |db| Ok(REFRESH_TOKENS.get(db, &hash)?)).await?.ok_or_else(unknown)?.user_id
+        };
         let lifetime = self.refreshable_lifetime;
-        self.db
-            .run(move |db| {
-                let unknown = || Error::unknown_token(false, "Unknown refresh token");
+        self.lock_for(&owner)
+            .run(&self.db, move |db| {
                 let token = REFRESH_TOKENS.get(db, &hash)?.ok_or_else(unknown)?;
                 let key = (token.user_id.clone(), token.device_id.clone());
                 let mut record = DEVICES.get(db, &key)?.ok_or_else(unknown)?;
+                if record.refresh_token_hash.as_deref() != Some(hash.as_str()) {
+                    return Err(unknown());
+                }
                 let mut batch = Batch::new();
                 revoke_device_tokens(&mut batch, &record);
                 let tokens = issue_tokens(&mut batch, &mut record, &token.user_id, &token.device_id, true, lifetime)?;
@@ -250,8 +284,8 @@ impl Sessions {
         display_name: Option<String>,
     ) -> Result<()> {
         let key = (user_id.to_owned(), device_id.to_owned());
-        self.db
-            .run(move |db| {
+        self.lock_for(user_id)
+            .run(&self.db, move |db| {
                 let mut record = DEVICES.get(db, &key)?.ok_or_else(|| Error::not_found("Unknown device"))?;
                 record.display_name = display_name;
                 let mut batch = Batch::new();
@@ -264,13 +298,36 @@ impl Sessions {
     /// Deletes devices with their tokens and encryption keys, in one batch, and records the
     /// device list change. Unknown IDs are skipped.
     pub async fn delete_devices(&self, user_id: &UserId, device_ids: Vec<OwnedDeviceId>) -> Result<()> {
+        self.delete_where(user_id, move |_| Ok(device_ids)).await
+    }
+
+    /// Deletes every device of the user except `keep`. The devices are listed under the same
+    /// lock as the deletion, so a device logged in meanwhile is either deleted or created after.
+    pub async fn delete_all_devices_except(&self, user_id: &UserId, keep: Option<&DeviceId>) -> Result<()> {
+        let (user, keep) = (user_id.to_owned(), keep.map(ToOwned::to_owned));
+        self.delete_where(user_id, move |db| {
+            Ok(DEVICES
+                .scan_prefix(db, &(user,))?
+                .into_iter()
+                .map(|((_, id), _)| id)
+                .filter(|id| Some(id) != keep.as_ref())
+                .collect())
+        })
+        .await
+    }
+
+    /// Deletes the devices `which` names, all inside the user's lock.
+    async fn delete_where(
+        &self,
+        user_id: &UserId,
+        which: impl FnOnce(&Db) -> Result<Vec<OwnedDeviceId>> + Send + 'static,
+    ) -> Result<()> {
         let user_id = user_id.to_owned();
-        let key_changes = self.key_changes.clone();
-        let result = self
-            .db
-            .run(move |db| {
+        let (key_changes, notifier) = (self.key_changes.clone(), self.notifier.clone());
+        self.lock_for(&user_id)
+            .run(&self.db, move |db| {
                 let mut batch = Batch::new();
-                for device_id in device_ids {
+                for device_id in which(db)? {
                     let key = (user_id.clone(), device_id);
                     if let Some(record) = DEVICES.get(db, &key)? {
                         revoke_device_tokens(&mut batch, &record);
@@ -284,24 +341,17 @@ impl Sessions {
                         }
                     }
                 }
-                let _reserved = if batch.is_empty() {
-                    None
-                } else {
-                    Some(super::keys::record_key_change(&key_changes, &mut batch, &user_id)?)
-                };
-                Ok(db.write(batch)?)
+                if batch.is_empty() {
+                    return Ok(());
+                }
+                let reserved = super::keys::record_key_change(&key_changes, &mut batch, &user_id)?;
+                db.write(batch)?;
+                drop(reserved);
+                // Device lists changed: wake waiting syncs.
+                notifier.poke();
+                Ok(())
             })
-            .await;
-        // Device lists changed: wake waiting syncs.
-        self.notifier.poke();
-        result
-    }
-
-    /// Deletes every device of the user except `keep`.
-    pub async fn delete_all_devices_except(&self, user_id: &UserId, keep: Option<&DeviceId>) -> Result<()> {
-        let ids =
-            self.devices(user_id).await?.into_iter().map(|(id, _)| id).filter(|id| Some(id.as_ref()) != keep).collect();
-        self.delete_devices(user_id, ids).await
+            .await
     }
 }
 

@@ -1,7 +1,8 @@
 //! Room tags (`/user/{userId}/rooms/{roomId}/tags`), stored as Synapse stores them: the room
 //! account data `m.tag`, `{"tags": {tag: {"order": ...}}}`, so they reach clients through the
-//! room's `account_data` in sync. Changes are read-modify-write under one lock, so two
-//! concurrent tag changes do not lose each other.
+//! room's `account_data` in sync. Changes are read-modify-write inside the account data lock
+//! (`AccountData::update`), so two concurrent tag changes do not lose each other, even when a
+//! request is dropped half-way.
 
 use ruma::{RoomId, UserId};
 use serde_json::{Map, Value, json};
@@ -12,9 +13,7 @@ use crate::{Error, Result};
 const TAG_TYPE: &str = "m.tag";
 
 #[derive(Default)]
-pub struct Tags {
-    lock: tokio::sync::Mutex<()>,
-}
+pub struct Tags;
 
 /// The `tags` object of stored `m.tag` content (empty when there is none or it is malformed).
 fn tags_of(content: Option<&serde_json::value::RawValue>) -> Map<String, Value> {
@@ -43,16 +42,18 @@ impl Tags {
         tag: &str,
         info: Value,
     ) -> Result<()> {
-        self.change(account_data, user, room, |tags| {
-            tags.insert(tag.to_owned(), info);
+        let tag = tag.to_owned();
+        self.change(account_data, user, room, move |tags| {
+            tags.insert(tag, info);
         })
         .await
     }
 
     /// Removes `tag` (no error when it is not there, as in Synapse).
     pub async fn delete(&self, account_data: &AccountData, user: &UserId, room: &RoomId, tag: &str) -> Result<()> {
-        self.change(account_data, user, room, |tags| {
-            tags.remove(tag);
+        let tag = tag.to_owned();
+        self.change(account_data, user, room, move |tags| {
+            tags.remove(&tag);
         })
         .await
     }
@@ -62,13 +63,16 @@ impl Tags {
         account_data: &AccountData,
         user: &UserId,
         room: &RoomId,
-        change: impl FnOnce(&mut Map<String, Value>),
+        change: impl FnOnce(&mut Map<String, Value>) + Send + 'static,
     ) -> Result<()> {
-        let _guard = self.lock.lock().await;
-        let mut tags = self.get(account_data, user, room).await?;
-        change(&mut tags);
-        let content = serde_json::value::to_raw_value(&json!({ "tags": tags }))
-            .map_err(|e| Error::internal(format!("cannot serialise tags: {e}")))?;
-        account_data.set(user, Some(room), TAG_TYPE, content).await
+        account_data
+            .update(user, Some(room), TAG_TYPE, move |_, stored| {
+                let mut tags = tags_of(stored.as_deref());
+                change(&mut tags);
+                let content = serde_json::value::to_raw_value(&json!({ "tags": tags }))
+                    .map_err(|e| Error::internal(format!("cannot serialise tags: {e}")))?;
+                Ok((Some(content), ()))
+            })
+            .await
     }
 }

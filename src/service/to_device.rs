@@ -1,9 +1,12 @@
 //! To-device messages: stored per receiving device until that device acknowledges them (by
-//! syncing past them), so they survive restarts; `sendToDevice` is idempotent per transaction.
+//! syncing past them), so they survive restarts; `sendToDevice` is idempotent per (sender,
+//! device, transaction ID), checked and recorded in the same locked commit as the messages.
+//! Messages for users of other servers go to a durable outbound queue per destination server
+//! (`to_device_outbound`), where they wait for the federation sender.
 
 use std::sync::Arc;
 
-use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
+use ruma::{DeviceId, OwnedDeviceId, OwnedServerName, OwnedUserId, UserId};
 
 use super::notifier::Notifier;
 use serde_json::value::RawValue;
@@ -11,13 +14,15 @@ use serde_json::value::RawValue;
 use crate::{
     Result,
     storage::{
-        Batch, Db, ScanDirection,
-        key_tables::{TO_DEVICE, TO_DEVICE_TRANSACTIONS, ToDeviceMessage},
+        Batch, Db, ScanDirection, WriteLock,
+        key_tables::{OutboundToDevice, TO_DEVICE, TO_DEVICE_OUTBOUND, TO_DEVICE_TRANSACTIONS, ToDeviceMessage},
         tables::{COUNTERS, DEVICES},
     },
 };
 
 const COUNTER: &str = "to_device_position";
+/// Orders the outbound queue.
+const OUTBOUND_COUNTER: &str = "to_device_outbound_position";
 
 /// Where a message goes: one device, or every device of the user (`*`).
 pub enum Target {
@@ -28,16 +33,19 @@ pub enum Target {
 pub struct ToDevice {
     db: Db,
     notifier: Arc<Notifier>,
-    lock: tokio::sync::Mutex<()>,
+    server_name: OwnedServerName,
+    /// Serialises the transaction check, the counters and the commit.
+    lock: WriteLock,
 }
 
 impl ToDevice {
-    pub fn new(db: Db, notifier: Arc<Notifier>) -> Self {
-        Self { db, notifier, lock: tokio::sync::Mutex::new(()) }
+    pub fn new(db: Db, notifier: Arc<Notifier>, server_name: OwnedServerName) -> Self {
+        Self { db, notifier, server_name, lock: WriteLock::new() }
     }
 
-    /// Queues messages for local devices, once per (sender device, transaction ID). Returns
-    /// false when the transaction was already handled.
+    /// Queues messages for local devices and, for users of other servers, in the outbound
+    /// queue of their server; once per (sender, sender device, transaction ID). Returns false
+    /// when the transaction was already handled.
     pub async fn send(
         &self,
         sender: &UserId,
@@ -48,16 +56,34 @@ impl ToDevice {
     ) -> Result<bool> {
         let txn = (sender.to_owned(), sender_device.to_owned(), txn_id.to_owned());
         let (sender, event_type) = (sender.to_owned(), event_type.to_owned());
-        let _guard = self.lock.lock().await;
-        let result = self
-            .db
-            .run(move |db| {
+        let (notifier, server_name) = (self.notifier.clone(), self.server_name.clone());
+        let message_id = super::random_string(16);
+        self.lock
+            .run(&self.db, move |db| {
                 if TO_DEVICE_TRANSACTIONS.contains(db, &txn)? {
                     return Ok(false);
                 }
                 let mut batch = Batch::new();
                 let mut position = COUNTERS.get(db, &COUNTER.to_owned())?.unwrap_or(0);
+                let mut outbound = COUNTERS.get(db, &OUTBOUND_COUNTER.to_owned())?.unwrap_or(0);
                 for (user, target, content) in messages {
+                    if user.server_name() != server_name {
+                        outbound += 1;
+                        let device = match target {
+                            Target::Device(device) => device.to_string(),
+                            Target::AllDevices => "*".to_owned(),
+                        };
+                        let message = OutboundToDevice {
+                            sender: sender.clone(),
+                            target: user.clone(),
+                            device,
+                            event_type: event_type.clone(),
+                            content,
+                            message_id: message_id.clone(),
+                        };
+                        batch.put(&TO_DEVICE_OUTBOUND, &(user.server_name().to_string(), outbound), &message)?;
+                        continue;
+                    }
                     let devices: Vec<OwnedDeviceId> = match target {
                         Target::Device(device) => vec![device],
                         Target::AllDevices => {
@@ -75,14 +101,32 @@ impl ToDevice {
                     }
                 }
                 batch.put(&COUNTERS, &COUNTER.to_owned(), &position)?;
+                batch.put(&COUNTERS, &OUTBOUND_COUNTER.to_owned(), &outbound)?;
                 batch.put(&TO_DEVICE_TRANSACTIONS, &txn, &())?;
                 db.write(batch)?;
+                // New messages: wake waiting syncs (here, so a dropped request cannot skip it).
+                notifier.poke();
                 Ok(true)
             })
-            .await;
-        // New messages: wake waiting syncs.
-        self.notifier.poke();
-        result
+            .await
+    }
+
+    /// The messages waiting for `destination` (a server name), oldest first, at most `limit`:
+    /// what the federation sender will deliver.
+    pub async fn outbound(&self, destination: &str, limit: usize) -> Result<Vec<(u64, OutboundToDevice)>> {
+        let destination = destination.to_owned();
+        self.db
+            .run(move |db| {
+                let rows = TO_DEVICE_OUTBOUND.scan_from(
+                    db,
+                    &(destination.clone(), 0),
+                    ScanDirection::Forward,
+                    limit,
+                    |(server, _)| *server == destination,
+                )?;
+                Ok(rows.into_iter().map(|((_, position), message)| (position, message)).collect())
+            })
+            .await
     }
 
     /// The newest position handed out (for sync tokens).
@@ -125,5 +169,53 @@ impl ToDevice {
                 Ok(db.write(batch)?)
             })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::{owned_device_id, owned_user_id, user_id};
+    use serde_json::value::to_raw_value;
+
+    use super::Target;
+    use crate::{config::Config, service::Services, storage::Db};
+
+    /// Messages for users of other servers wait, durably, in the outbound queue of their
+    /// server (once per transaction); local ones are delivered as before.
+    #[tokio::test]
+    async fn remote_messages_wait_in_the_outbound_queue_per_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!("[global]\nserver_name = \"localhost\"\ndatabase_path = \"{}\"\n", dir.path().display());
+        let config = Config::from_toml(&text, "test.toml", Vec::new()).unwrap().config;
+        let (alice, bob) = (user_id!("@alice:localhost"), owned_user_id!("@bob:localhost"));
+        let (eve, zed) = (owned_user_id!("@eve:one.example"), owned_user_id!("@zed:two.example"));
+        {
+            let services = Services::build(config.clone(), Db::open(&config).unwrap()).unwrap();
+            let to_device = &services.to_device;
+            let messages = || {
+                vec![
+                    (eve.clone(), Target::Device(owned_device_id!("EVEDEVICE")), to_raw_value(&1).unwrap()),
+                    (zed.clone(), Target::AllDevices, to_raw_value(&2).unwrap()),
+                    (bob.clone(), Target::Device(owned_device_id!("BOBDEVICE")), to_raw_value(&3).unwrap()),
+                ]
+            };
+            let device = owned_device_id!("ALICEDEVICE");
+            assert!(to_device.send(alice, &device, "t1", "org.example.test", messages()).await.unwrap());
+            assert!(!to_device.send(alice, &device, "t1", "org.example.test", messages()).await.unwrap());
+            let local = to_device.pending(&bob, &owned_device_id!("BOBDEVICE"), 0, 10).await.unwrap();
+            assert_eq!(local.len(), 1);
+        }
+        // After a restart (the queue is durable).
+        let services = Services::build(config.clone(), Db::open(&config).unwrap()).unwrap();
+        let one = services.to_device.outbound("one.example", 10).await.unwrap();
+        assert_eq!(one.len(), 1, "{one:?}");
+        assert_eq!((one[0].1.target.as_str(), one[0].1.device.as_str()), ("@eve:one.example", "EVEDEVICE"));
+        assert_eq!((one[0].1.sender.as_str(), one[0].1.event_type.as_str()), ("@alice:localhost", "org.example.test"));
+        assert_eq!(one[0].1.content.get(), "1");
+        let two = services.to_device.outbound("two.example", 10).await.unwrap();
+        assert_eq!(two.len(), 1, "{two:?}");
+        assert_eq!(two[0].1.device, "*");
+        assert_eq!(two[0].1.message_id, one[0].1.message_id, "one message ID per request");
+        assert!(services.to_device.outbound("localhost", 10).await.unwrap().is_empty());
     }
 }

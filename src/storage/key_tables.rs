@@ -26,6 +26,9 @@ pub const TO_DEVICE: Table<(OwnedUserId, OwnedDeviceId, u64), ToDeviceMessage> =
 /// (sender, device, transaction ID) -> (): `sendToDevice` transactions already handled.
 pub const TO_DEVICE_TRANSACTIONS: Table<(OwnedUserId, OwnedDeviceId, String), ()> =
     Table::new("to_device_transactions");
+/// (destination server, position) -> a to-device message for a user of another server, kept
+/// for the federation sender (which does not exist yet) to deliver as `m.direct_to_device`.
+pub const TO_DEVICE_OUTBOUND: Table<(String, u64), OutboundToDevice> = Table::new("to_device_outbound");
 
 /// (user, backup version) -> the backup version's algorithm and etag.
 pub const BACKUP_VERSIONS: Table<(OwnedUserId, u64), BackupVersion> = Table::new("backup_versions");
@@ -41,6 +44,7 @@ pub const KEY_TABLES: &[&str] = &[
     BACKUP_KEYS.name,
     TO_DEVICE.name,
     TO_DEVICE_TRANSACTIONS.name,
+    TO_DEVICE_OUTBOUND.name,
     DEVICE_KEYS.name,
     ONE_TIME_KEYS.name,
     FALLBACK_KEYS.name,
@@ -66,6 +70,21 @@ pub struct ToDeviceMessage {
     pub content: Box<RawValue>,
 }
 impl JsonValue for ToDeviceMessage {}
+
+/// A to-device message waiting to go to another server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutboundToDevice {
+    pub sender: OwnedUserId,
+    pub target: OwnedUserId,
+    /// A device ID, or `*` for all the target's devices.
+    pub device: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub content: Box<RawValue>,
+    /// The `message_id` of the `m.direct_to_device` EDU: one per `sendToDevice` request.
+    pub message_id: String,
+}
+impl JsonValue for OutboundToDevice {}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BackupVersion {

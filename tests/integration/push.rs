@@ -368,6 +368,9 @@ async fn pushers_are_created_updated_appended_and_deleted() {
     assert!(pushers(&server, &carol).await.is_empty());
 }
 
+/// The test gateways listen on loopback, which push gateways may not use by default.
+const LOOPBACK_GATEWAYS: &str = "push_ip_range_allowlist = [\"127.0.0.0/8\", \"::1/128\"]";
+
 /// A push gateway on loopback: records each notify body and answers with the next scripted
 /// (status, body), then 200 `{"rejected": []}`.
 struct Gateway {
@@ -418,7 +421,7 @@ async fn room_with_pusher(server: &TestServer, gateway: &Gateway, format: Option
 
 #[tokio::test]
 async fn a_gateway_receives_the_notification_with_counts_and_device() {
-    let server = TestServer::start().await;
+    let server = TestServer::start_with(LOOPBACK_GATEWAYS).await;
     let mut gateway = gateway(Vec::new()).await;
     let (alice, bob, room) = room_with_pusher(&server, &gateway, None).await;
     let path = format!("/_matrix/client/v3/profile/{}/displayname", enc(&alice.user_id));
@@ -449,7 +452,7 @@ async fn a_gateway_receives_the_notification_with_counts_and_device() {
 
 #[tokio::test]
 async fn event_id_only_pushers_get_no_content_and_5xx_is_retried() {
-    let server = TestServer::start().await;
+    let server = TestServer::start_with(LOOPBACK_GATEWAYS).await;
     let mut gateway = gateway(vec![(500, json!({"error": "busy"}))]).await;
     let (alice, _bob, room) = room_with_pusher(&server, &gateway, Some("event_id_only")).await;
     let event = send_text(&server, &alice, &room, "first").await;
@@ -465,7 +468,7 @@ async fn event_id_only_pushers_get_no_content_and_5xx_is_retried() {
 
 #[tokio::test]
 async fn a_rejected_pushkey_is_removed() {
-    let server = TestServer::start().await;
+    let server = TestServer::start_with(LOOPBACK_GATEWAYS).await;
     let mut gateway = gateway(vec![(200, json!({"rejected": ["bobs-key"]}))]).await;
     let (alice, bob, room) = room_with_pusher(&server, &gateway, None).await;
     assert_eq!(pushers(&server, &bob).await.len(), 1);
@@ -486,7 +489,7 @@ async fn an_undelivered_notification_is_sent_after_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     // The gateway fails until the server has been restarted.
     let mut gateway = gateway(vec![(500, json!({"error": "down"})); 10_000]).await;
-    let server = TestServer::start_in(dir.path(), "localhost", "").expect("server starts");
+    let server = TestServer::start_in(dir.path(), "localhost", LOOPBACK_GATEWAYS).expect("server starts");
     let (alice, _bob, room) = room_with_pusher(&server, &gateway, None).await;
     let event = send_text(&server, &alice, &room, "while the gateway is down").await;
     assert_eq!(gateway.next().await["notification"]["event_id"], event.as_str());
@@ -494,7 +497,7 @@ async fn an_undelivered_notification_is_sent_after_a_restart() {
 
     gateway.script.lock().await.clear();
     while gateway.received.try_recv().is_ok() {}
-    let server = TestServer::start_in(dir.path(), "localhost", "").expect("server restarts");
+    let server = TestServer::start_in(dir.path(), "localhost", LOOPBACK_GATEWAYS).expect("server restarts");
     let body = gateway.next().await;
     assert_eq!(body["notification"]["event_id"], event.as_str(), "{body}");
     drop(server);
@@ -504,7 +507,7 @@ async fn an_undelivered_notification_is_sent_after_a_restart() {
 /// reads, does not hold up another user's notifications queued behind them.
 #[tokio::test]
 async fn a_gateway_that_is_down_does_not_hold_up_others() {
-    let server = TestServer::start().await;
+    let server = TestServer::start_with(LOOPBACK_GATEWAYS).await;
     let down = gateway(vec![(500, json!({"error": "down"})); 100_000]).await;
     let (alice, _bob, room) = room_with_pusher(&server, &down, None).await;
     for i in 0..120 {
@@ -521,4 +524,46 @@ async fn a_gateway_that_is_down_does_not_hold_up_others() {
     let body = up.next().await;
     assert_eq!(body["notification"]["event_id"], event.as_str(), "{body}");
     assert_eq!(body["notification"]["devices"][0]["pushkey"], "carols-key", "{body}");
+}
+
+/// Push gateways get the URL preview guard: a pusher whose URL is (or resolves only to) a
+/// loopback or private address is refused at `/pushers/set`, unless the config allows it.
+#[tokio::test]
+async fn pushers_to_private_addresses_are_refused_by_default() {
+    let server = TestServer::start().await;
+    let bob = server.register("bob", "pw").await;
+    const SET: &str = "/_matrix/client/v3/pushers/set";
+    for url in [
+        "http://127.0.0.1:9/_matrix/push/v1/notify",
+        "http://localhost:9/_matrix/push/v1/notify",
+        "http://[::1]:9/_matrix/push/v1/notify",
+        "https://10.1.2.3/_matrix/push/v1/notify",
+        "http://169.254.169.254/_matrix/push/v1/notify",
+    ] {
+        assert_error(&server.post(SET, bob.token(), http_pusher(url, "k1")).await, 400, "M_INVALID_PARAM");
+    }
+    assert!(pushers(&server, &bob).await.is_empty());
+
+    let allowed = TestServer::start_with(LOOPBACK_GATEWAYS).await;
+    let carol = allowed.register("carol", "pw").await;
+    let url = "http://127.0.0.1:9/_matrix/push/v1/notify";
+    assert_eq!(allowed.post(SET, carol.token(), http_pusher(url, "k1")).await.0, 200);
+}
+
+/// The address is checked again at delivery: a loopback pusher set while loopback was allowed
+/// gets nothing once the config no longer allows it.
+#[tokio::test]
+async fn delivery_checks_the_gateway_address_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut gateway = gateway(Vec::new()).await;
+    let server = TestServer::start_in(dir.path(), "localhost", LOOPBACK_GATEWAYS).expect("server starts");
+    let (alice, _bob, room) = room_with_pusher(&server, &gateway, None).await;
+    let event = send_text(&server, &alice, &room, "allowed").await;
+    assert_eq!(gateway.next().await["notification"]["event_id"], event.as_str());
+    assert_eq!(server.stop(), Some(0));
+
+    let server = TestServer::start_in(dir.path(), "localhost", "").expect("server restarts");
+    send_text(&server, &alice, &room, "no longer allowed").await;
+    let nothing = tokio::time::timeout(Duration::from_secs(3), gateway.received.recv()).await;
+    assert!(nothing.is_err(), "a gateway on loopback was sent {nothing:?}");
 }

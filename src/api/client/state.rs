@@ -89,6 +89,9 @@ async fn put_state(
         return Err(Error::bad_json("State content must be a JSON object"));
     }
     validate(&services, &body.room_id, &body.event_type, &content).await?;
+    if sender.guest && body.event_type == StateEventType::RoomMember && content["membership"] == "join" {
+        services.rooms.check_guest_join(&body.room_id, &sender.user_id).await?;
+    }
     let kind = TimelineEventType::from(body.event_type.to_string());
     // Setting state to what it already is changes nothing: return the existing event (Synapse
     // does the same, and clients rely on such PUTs being idempotent).

@@ -22,12 +22,8 @@ async fn send(
     let sender = request.sender()?;
     let body = &request.body;
     let mut messages = Vec::new();
+    // Messages for users of other servers are queued for federation by the service.
     for (user, by_device) in &body.messages {
-        // Devices of other servers need federation; their messages are dropped until then.
-        if user.server_name() != services.config.server_name {
-            tracing::warn!(%user, "dropping a to-device message for another server: federation is not available yet");
-            continue;
-        }
         for (device, content) in by_device {
             let target = match device {
                 DeviceIdOrAllDevices::DeviceId(device) => Target::Device(device.clone()),

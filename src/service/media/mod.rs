@@ -21,14 +21,14 @@ use ruma::{
     api::error::{ErrorKind, LimitExceededErrorData, RetryAfter},
 };
 use serde_json::{Map, Value};
-use tokio::sync::{Mutex, Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 
 use crate::{
     Error, Result,
     config::Config,
     service::{now_ms, random_string},
     storage::{
-        Batch, Db,
+        Batch, Db, WriteLock,
         tables::{
             MEDIA, MEDIA_PENDING, MEDIA_PENDING_BY_USER, MEDIA_THUMBNAILS, MediaRecord, PendingMediaRecord,
             ThumbnailRecord, URL_PREVIEWS, UrlPreviewRecord,
@@ -67,9 +67,9 @@ pub struct Media {
     store: FileStore,
     fetcher: Fetcher,
     /// Serialises the checks and writes of reservations and uploads to reserved IDs.
-    claims: Mutex<()>,
+    claims: WriteLock,
     /// Woken whenever reserved media is uploaded, for downloads waiting on it.
-    uploaded: Notify,
+    uploaded: Arc<Notify>,
     /// Bounds concurrent thumbnailing (CPU and memory heavy).
     thumbnailing: Semaphore,
     /// Bounds concurrent URL preview fetches (each holds up to `url_preview.max_size` bytes).
@@ -86,8 +86,8 @@ impl Media {
             fetcher: Fetcher::new(config.url_preview.clone(), config.server_name.as_str()),
             config,
             store,
-            claims: Mutex::new(()),
-            uploaded: Notify::new(),
+            claims: WriteLock::new(),
+            uploaded: Arc::new(Notify::new()),
             thumbnailing: Semaphore::new(2),
             previews: Semaphore::new(8),
         })
@@ -150,14 +150,13 @@ impl Media {
     /// Reserves a media ID for content uploaded later (`POST /create`); returns the URI and when
     /// it expires unused.
     pub async fn reserve(&self, owner: &UserId) -> Result<(OwnedMxcUri, MilliSecondsSinceUnixEpoch)> {
-        let _claims = self.claims.lock().await;
         let owner = owner.to_owned();
         let limit = self.config.media.max_pending_uploads;
         let expires_ms = now_ms().saturating_add(self.config.media.unused_upload_expiry_secs.saturating_mul(1000));
         let media_id = random_string(MEDIA_ID_LENGTH);
         let key = media_id.clone();
-        self.db
-            .run(move |db| {
+        self.claims
+            .run(&self.db, move |db| {
                 let now = now_ms();
                 let mut batch = Batch::new();
                 let mut live = 0;
@@ -203,11 +202,11 @@ impl Media {
         }
         // The file is content-addressed, so writing it before the checks is harmless.
         let record = self.store_file(bytes, content_type, filename, Some(uploader)).await?;
-        let _claims = self.claims.lock().await;
         let media_id = media_id.to_owned();
         let uploader = uploader.to_owned();
-        self.db
-            .run(move |db| {
+        let uploaded = self.uploaded.clone();
+        self.claims
+            .run(&self.db, move |db| {
                 if MEDIA.contains(db, &media_id)? {
                     return Err(Error::new(
                         StatusCode::CONFLICT,
@@ -226,11 +225,12 @@ impl Media {
                 batch.put(&MEDIA, &media_id, &record)?;
                 batch.delete(&MEDIA_PENDING, &media_id);
                 batch.delete(&MEDIA_PENDING_BY_USER, &(uploader, media_id.clone()));
-                Ok(db.write(batch)?)
+                db.write(batch)?;
+                // Here, so a dropped request cannot leave waiting downloads asleep.
+                uploaded.notify_waiters();
+                Ok(())
             })
-            .await?;
-        self.uploaded.notify_waiters();
-        Ok(())
+            .await
     }
 
     /// The record of local media, waiting up to `timeout` for reserved media to be uploaded.

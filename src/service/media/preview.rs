@@ -1,24 +1,24 @@
 //! URL previews: fetching a page for `/preview_url` without letting a client use the server to
 //! reach places it should not (server-side request forgery), and reading its OpenGraph data.
 //!
-//! Every hop, the first request and each redirect (followed by hand, up to a limit), resolves
-//! the host itself, checks each address against the configured allow and deny lists and then
-//! pins the connection to a checked address (`reqwest::ClientBuilder::resolve`), so a DNS answer
-//! that changes between the check and the connection (DNS rebinding) cannot bypass the check.
+//! Every hop, the first request and each redirect (followed by hand, up to a limit), goes
+//! through the address guard (`service::address_guard`, shared with push gateways): it resolves
+//! the host itself, checks each address against the configured allow and deny lists and pins
+//! the connection to a checked address, so DNS rebinding cannot bypass the check.
 //! Bodies are read up to a size limit; the whole preview runs under a time limit set by the
 //! caller. HTML is read with `html5gum`, a small WHATWG tokenizer: previews need only the
 //! `<title>` and `<meta>` tags, not a DOM.
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    time::Duration,
-};
+use std::{net::IpAddr, time::Duration};
 
 use html5gum::{DefaultEmitter, Token, Tokenizer};
 use reqwest::{Url, redirect::Policy};
 use serde_json::{Map, Value};
 
-use crate::config::UrlPreviewConfig;
+use crate::{
+    config::UrlPreviewConfig,
+    service::address_guard::{AddressGuard, GuardError},
+};
 
 /// Longest text kept from one OpenGraph property.
 const MAX_PROPERTY_CHARS: usize = 1000;
@@ -52,12 +52,25 @@ pub struct Fetched {
 /// Fetches pages and images for previews under the configured limits.
 pub struct Fetcher {
     config: UrlPreviewConfig,
+    guard: AddressGuard,
     user_agent: String,
+}
+
+impl From<GuardError> for PreviewError {
+    fn from(error: GuardError) -> Self {
+        match error {
+            GuardError::Forbidden(why) => PreviewError::Forbidden(why),
+            GuardError::InvalidUrl(why) => PreviewError::InvalidUrl(why),
+            GuardError::Resolve(why) => PreviewError::Fetch(why),
+        }
+    }
 }
 
 impl Fetcher {
     pub fn new(config: UrlPreviewConfig, server_name: &str) -> Self {
-        Self { config, user_agent: format!("Trellis URL preview (Matrix homeserver {server_name})") }
+        let guard =
+            AddressGuard::new(config.ip_range_denylist.clone(), config.ip_range_allowlist.clone(), "URL previews");
+        Self { config, guard, user_agent: format!("Trellis URL preview (Matrix homeserver {server_name})") }
     }
 
     pub fn config(&self) -> &UrlPreviewConfig {
@@ -66,9 +79,7 @@ impl Fetcher {
 
     /// Whether previews may connect to `ip`: the allow list wins over the deny list.
     pub fn allows(&self, ip: IpAddr) -> bool {
-        let ip = ip.to_canonical();
-        self.config.ip_range_allowlist.iter().any(|net| net.contains(&ip))
-            || !self.config.ip_range_denylist.iter().any(|net| net.contains(&ip))
+        self.guard.allows(ip)
     }
 
     /// Parses a URL a client asked for; only `http` and `https` are fetched.
@@ -137,48 +148,14 @@ impl Fetcher {
     /// A client for one request to `url`: no proxy, no automatic redirects, and for a host name,
     /// pinned to an address that passed the checks.
     async fn client_for(&self, url: &Url) -> Result<reqwest::Client, PreviewError> {
-        let port = url.port_or_known_default().unwrap_or(80);
         let builder = reqwest::Client::builder()
             .redirect(Policy::none())
             .no_proxy()
             .user_agent(&self.user_agent)
             .timeout(Duration::from_secs(self.config.timeout_secs.max(1)))
             .connect_timeout(Duration::from_secs(self.config.timeout_secs.clamp(1, 10)));
-        let builder = match url.host() {
-            Some(url::Host::Ipv4(ip)) => {
-                self.check(IpAddr::V4(ip))?;
-                builder
-            }
-            Some(url::Host::Ipv6(ip)) => {
-                self.check(IpAddr::V6(ip))?;
-                builder
-            }
-            Some(url::Host::Domain(domain)) => {
-                let addresses: Vec<SocketAddr> = tokio::net::lookup_host((domain, port))
-                    .await
-                    .map_err(|e| PreviewError::Fetch(format!("Could not resolve {domain}: {e}")))?
-                    .collect();
-                let allowed = addresses.iter().find(|addr| self.allows(addr.ip())).copied();
-                let Some(address) = allowed else {
-                    return Err(if addresses.is_empty() {
-                        PreviewError::Fetch(format!("{domain} has no address"))
-                    } else {
-                        PreviewError::Forbidden(format!("URL previews of {domain} are not allowed"))
-                    });
-                };
-                builder.resolve(domain, address)
-            }
-            None => return Err(PreviewError::InvalidUrl("The URL has no host".into())),
-        };
+        let builder = self.guard.pin(builder, url).await?;
         builder.build().map_err(|e| PreviewError::Fetch(format!("HTTP client: {e}")))
-    }
-
-    fn check(&self, ip: IpAddr) -> Result<(), PreviewError> {
-        if self.allows(ip) {
-            Ok(())
-        } else {
-            Err(PreviewError::Forbidden(format!("URL previews of {ip} are not allowed")))
-        }
     }
 }
 

@@ -5,6 +5,11 @@
 //! Network errors and 5xx answers are retried with exponential backoff (from half a second,
 //! capped by `push_max_backoff_secs`) until `push_give_up_secs` after the event; other 4xx
 //! answers are not retried; pushkeys the gateway lists in `rejected` are removed.
+//!
+//! Every request goes through the push address guard (`push_ip_range_denylist`/`allowlist`):
+//! the gateway's host is resolved and checked again for each delivery and the connection pinned
+//! to the checked address; redirects are not followed (a 3xx counts as a refusal), and at most
+//! `MAX_RESPONSE_BYTES` of an answer are read.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -29,7 +34,12 @@ use tokio::{sync::watch, task::JoinHandle, time::Instant};
 use super::{counts::rooms_with_unread, pushers::StoredPusher};
 use crate::{
     Error, Result,
-    service::{Services, now_ms, rooms::Pdu},
+    service::{
+        Services,
+        address_guard::{AddressGuard, GuardError},
+        now_ms,
+        rooms::Pdu,
+    },
     storage::{
         Batch, ScanDirection,
         push_tables::{NOTIFICATIONS, NotificationRecord, PUSH_QUEUE},
@@ -42,6 +52,8 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// Queue entries looked at per pass.
 const PASS: usize = 100;
+/// The most of a gateway's answer that is read (its `rejected` list is all we need).
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
 /// The running sender; [`stop`](Self::stop) ends it.
 pub struct GatewaySender {
@@ -77,17 +89,10 @@ struct Retry {
 }
 
 async fn run(services: Arc<Services>, mut stopped: watch::Receiver<bool>) {
-    let client = match reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build() {
-        Ok(client) => client,
-        Err(error) => {
-            tracing::error!(%error, "cannot build the push gateway client; push delivery is off");
-            return;
-        }
-    };
     let mut retries: HashMap<(u64, String), Retry> = HashMap::new();
     let mut sweep = Sweep::default();
     loop {
-        let next = match pass(&services, &client, &mut retries, &mut sweep).await {
+        let next = match pass(&services, &mut retries, &mut sweep).await {
             Ok(next) => next,
             Err(error) => {
                 tracing::warn!(%error, "push delivery pass failed");
@@ -123,7 +128,6 @@ struct Sweep {
 /// (`None`: when woken).
 async fn pass(
     services: &Services,
-    client: &reqwest::Client,
     retries: &mut HashMap<(u64, String), Retry>,
     sweep: &mut Sweep,
 ) -> Result<Option<Instant>> {
@@ -156,7 +160,7 @@ async fn pass(
             next = Some(next.map_or(at, |n| n.min(at)));
             continue;
         }
-        if deliver(services, client, key.0, &key.1, &mut retry.delivered).await? {
+        if deliver(services, key.0, &key.1, &mut retry.delivered).await? {
             done.push(key);
         } else {
             let backoff = FIRST_BACKOFF.saturating_mul(2u32.saturating_pow(retry.failures)).min(max_backoff);
@@ -192,7 +196,6 @@ async fn pass(
 /// nothing is left to retry.
 async fn deliver(
     services: &Services,
-    client: &reqwest::Client,
     position: u64,
     user: &str,
     delivered: &mut HashSet<(String, String)>,
@@ -214,7 +217,7 @@ async fn deliver(
             continue;
         }
         let notification = notification_for(&record, &event.pdu, &user, &stored, unread, &names)?;
-        match send(client, &http.url, notification).await {
+        match send(&services.push.guard, &http.url, notification).await {
             Sent::Accepted(rejected_keys) => {
                 if rejected_keys.contains(&ids.1) {
                     rejected.push(ids.clone());
@@ -223,6 +226,10 @@ async fn deliver(
             }
             Sent::Refused(status) => {
                 tracing::warn!(%status, app_id = %ids.0, "push gateway refused a notification; not retried");
+                delivered.insert(ids);
+            }
+            Sent::NotAllowed(why) => {
+                tracing::warn!(%why, app_id = %ids.0, "push gateway address not allowed; not sent");
                 delivered.insert(ids);
             }
             Sent::Failed(error) => {
@@ -306,19 +313,38 @@ enum Sent {
     Refused(http::StatusCode),
     /// A network error, timeout, 429 or 5xx: worth retrying.
     Failed(String),
+    /// The gateway's address is one push gateways may not be reached at: not retried.
+    NotAllowed(String),
 }
 
-async fn send(client: &reqwest::Client, url: &str, notification: Notification) -> Sent {
+/// A client for one request to `url`: no proxy, no redirects, pinned to an address the guard
+/// allows.
+async fn client_for(guard: &AddressGuard, url: &str) -> Result<reqwest::Client, Sent> {
+    let url = reqwest::Url::parse(url).map_err(|_| Sent::Refused(http::StatusCode::BAD_REQUEST))?;
+    let builder =
+        reqwest::Client::builder().timeout(REQUEST_TIMEOUT).redirect(reqwest::redirect::Policy::none()).no_proxy();
+    let builder = guard.pin(builder, &url).await.map_err(|error| match error {
+        GuardError::Resolve(why) => Sent::Failed(why),
+        GuardError::Forbidden(why) | GuardError::InvalidUrl(why) => Sent::NotAllowed(why),
+    })?;
+    builder.build().map_err(|e| Sent::Failed(format!("cannot build the HTTP client: {e}")))
+}
+
+async fn send(guard: &AddressGuard, url: &str, notification: Notification) -> Sent {
     // Ruma builds the body; the request goes to the pusher's URL exactly as the client gave it.
     let body = match Request::new(notification).try_into_http_request::<Vec<u8>>("http://gateway", (), ()) {
         Ok(request) => request.into_body(),
         Err(error) => return Sent::Failed(format!("cannot build the request: {error}")),
     };
-    let response = match client.post(url).header(http::header::CONTENT_TYPE, "application/json").body(body).send().await
-    {
-        Ok(response) => response,
-        Err(error) => return Sent::Failed(error.to_string()),
+    let client = match client_for(guard, url).await {
+        Ok(client) => client,
+        Err(sent) => return sent,
     };
+    let mut response =
+        match client.post(url).header(http::header::CONTENT_TYPE, "application/json").body(body).send().await {
+            Ok(response) => response,
+            Err(error) => return Sent::Failed(error.without_url().to_string()),
+        };
     let status = response.status();
     if status.is_server_error() || status == http::StatusCode::TOO_MANY_REQUESTS {
         return Sent::Failed(format!("status {status}"));
@@ -326,13 +352,20 @@ async fn send(client: &reqwest::Client, url: &str, notification: Notification) -
     if !status.is_success() {
         return Sent::Refused(status);
     }
-    let bytes = match response.bytes().await {
-        Ok(bytes) => bytes,
-        Err(error) => return Sent::Failed(error.to_string()),
-    };
+    let mut bytes = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) if bytes.len() + chunk.len() <= MAX_RESPONSE_BYTES => bytes.extend_from_slice(&chunk),
+            // Too long to be a gateway's answer: it took the notification; the `rejected` list
+            // is lost.
+            Ok(Some(_)) => return Sent::Accepted(Vec::new()),
+            Ok(None) => break,
+            Err(error) => return Sent::Failed(error.without_url().to_string()),
+        }
+    }
     let parsed = http::Response::builder()
         .status(status)
-        .body(bytes.as_ref())
+        .body(bytes.as_slice())
         .map_err(|e| e.to_string())
         .and_then(|r| Response::try_from_http_response(r).map_err(|e| e.to_string()));
     match parsed {

@@ -18,8 +18,11 @@ use ruma::{
     push::{Action, AnyPushRule, InsertPushRuleError, NewPushRule, RemovePushRuleError, RuleKind, Ruleset},
 };
 
-use super::account_data::AccountData;
-use crate::{Error, Result, storage::Db};
+use super::{account_data::AccountData, address_guard::AddressGuard};
+use crate::{
+    Error, Result,
+    storage::{Db, WriteLock},
+};
 
 pub use evaluate::PUSH_RULES_TYPE;
 
@@ -27,10 +30,12 @@ pub struct Push {
     db: Db,
     /// Woken when an accepted event queued a notification for a push gateway.
     wake: Arc<tokio::sync::Notify>,
-    /// Serialises read-modify-write of a push rule set.
-    rules_lock: tokio::sync::Mutex<()>,
-    /// Serialises pusher changes (`append: false` removes other users' copies).
-    pushers_lock: tokio::sync::Mutex<()>,
+    /// Serialises pusher changes (`append: false` removes other users' copies). Rule changes
+    /// are serialised by the account data lock they are stored under.
+    pushers_lock: WriteLock,
+    /// Which addresses push gateways may be reached at (checked at `/pushers/set` and on
+    /// every delivery).
+    guard: AddressGuard,
 }
 
 fn rule_not_found() -> Error {
@@ -38,8 +43,8 @@ fn rule_not_found() -> Error {
 }
 
 impl Push {
-    pub fn new(db: Db, wake: Arc<tokio::sync::Notify>) -> Self {
-        Self { db, wake, rules_lock: tokio::sync::Mutex::new(()), pushers_lock: tokio::sync::Mutex::new(()) }
+    pub fn new(db: Db, wake: Arc<tokio::sync::Notify>, guard: AddressGuard) -> Self {
+        Self { db, wake, pushers_lock: WriteLock::new(), guard }
     }
 
     /// The user's push rules: what they stored, or the spec's defaults.
@@ -54,20 +59,23 @@ impl Push {
         ruleset.get(kind, rule_id).map(|rule| rule.to_owned()).ok_or_else(rule_not_found)
     }
 
-    /// Reads, changes and stores the user's rule set under the rules lock.
-    async fn update<R>(
+    /// Reads, changes and stores the user's rule set, all inside the account data lock.
+    async fn update<R: Send + 'static>(
         &self,
         account_data: &AccountData,
         user: &UserId,
-        change: impl FnOnce(&mut Ruleset) -> Result<R>,
+        change: impl FnOnce(&mut Ruleset) -> Result<R> + Send + 'static,
     ) -> Result<R> {
-        let _guard = self.rules_lock.lock().await;
-        let mut ruleset = self.ruleset(user).await?;
-        let out = change(&mut ruleset)?;
-        let content = serde_json::value::to_raw_value(&serde_json::json!({ "global": ruleset }))
-            .map_err(|e| Error::internal(format!("cannot serialise push rules: {e}")))?;
-        account_data.set(user, None, PUSH_RULES_TYPE, content).await?;
-        Ok(out)
+        let owner = user.to_owned();
+        account_data
+            .update(user, None, PUSH_RULES_TYPE, move |db, _| {
+                let mut ruleset = evaluate::stored_ruleset(db, &owner)?;
+                let out = change(&mut ruleset)?;
+                let content = serde_json::value::to_raw_value(&serde_json::json!({ "global": ruleset }))
+                    .map_err(|e| Error::internal(format!("cannot serialise push rules: {e}")))?;
+                Ok((Some(content), out))
+            })
+            .await
     }
 
     /// Adds or replaces a user-defined rule, placed by `before`/`after`.
@@ -79,8 +87,9 @@ impl Push {
         before: Option<&str>,
         after: Option<&str>,
     ) -> Result<()> {
-        self.update(account_data, user, |ruleset| {
-            ruleset.insert(rule, after, before).map_err(|error| match error {
+        let (before, after) = (before.map(str::to_owned), after.map(str::to_owned));
+        self.update(account_data, user, move |ruleset| {
+            ruleset.insert(rule, after.as_deref(), before.as_deref()).map_err(|error| match error {
                 InsertPushRuleError::UnknownRuleId => Error::new(
                     StatusCode::BAD_REQUEST,
                     ErrorKind::Unknown,
@@ -100,8 +109,9 @@ impl Push {
         kind: RuleKind,
         rule_id: &str,
     ) -> Result<()> {
-        self.update(account_data, user, |ruleset| {
-            ruleset.remove(kind, rule_id).map_err(|error| match error {
+        let rule_id = rule_id.to_owned();
+        self.update(account_data, user, move |ruleset| {
+            ruleset.remove(kind, &rule_id).map_err(|error| match error {
                 RemovePushRuleError::ServerDefault => Error::invalid_param("Server-default rules cannot be deleted"),
                 _ => rule_not_found(),
             })
@@ -117,8 +127,9 @@ impl Push {
         rule_id: &str,
         enabled: bool,
     ) -> Result<()> {
-        self.update(account_data, user, |ruleset| {
-            ruleset.set_enabled(kind, rule_id, enabled).map_err(|_| rule_not_found())
+        let rule_id = rule_id.to_owned();
+        self.update(account_data, user, move |ruleset| {
+            ruleset.set_enabled(kind, &rule_id, enabled).map_err(|_| rule_not_found())
         })
         .await
     }
@@ -131,8 +142,9 @@ impl Push {
         rule_id: &str,
         actions: Vec<Action>,
     ) -> Result<()> {
-        self.update(account_data, user, |ruleset| {
-            ruleset.set_actions(kind, rule_id, actions).map_err(|_| rule_not_found())
+        let rule_id = rule_id.to_owned();
+        self.update(account_data, user, move |ruleset| {
+            ruleset.set_actions(kind, &rule_id, actions).map_err(|_| rule_not_found())
         })
         .await
     }

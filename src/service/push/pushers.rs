@@ -1,6 +1,9 @@
 //! Pushers (`/pushers`, `/pushers/set`): stored per user, keyed by app ID and pushkey. Setting a
 //! pusher without `append` removes other users' pushers with the same app ID and pushkey, as the
-//! spec says; only `http` pushers receive notifications (`gateway.rs`).
+//! spec says; only `http` pushers receive notifications (`gateway.rs`). An `http` pusher's URL
+//! must not point at an address the push address guard refuses (by default loopback, private
+//! and other non-public ranges, see `push_ip_range_denylist`): checked here when the pusher is
+//! set, and again on every delivery, since DNS answers change.
 
 use ruma::{
     OwnedUserId, UserId,
@@ -10,6 +13,7 @@ use ruma::{
 use super::Push;
 use crate::{
     Error, Result,
+    service::address_guard::GuardError,
     storage::{
         Batch,
         push_tables::{PUSHER_OWNERS, PUSHERS, PusherRecord},
@@ -18,6 +22,9 @@ use crate::{
 
 /// The only path a push gateway serves notifications on.
 pub const NOTIFY_PATH: &str = "/_matrix/push/v1/notify";
+/// How long `/pushers/set` waits for the gateway's host name to resolve; a name that does not
+/// resolve in time (or at all) is accepted and checked again at delivery.
+const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// The spec's limits on the identifiers.
 const MAX_PUSHKEY_BYTES: usize = 512;
 const MAX_APP_ID_CHARS: usize = 64;
@@ -63,15 +70,31 @@ impl Push {
         records.iter().map(|(_, record)| decode(record)).collect()
     }
 
+    /// Whether push gateways at `url` may be reached: not when its host is, or resolves only
+    /// to, addresses the guard refuses (`M_INVALID_PARAM`). A name that does not resolve now is
+    /// let through: delivery checks again.
+    async fn check_gateway_address(&self, url: &str) -> Result<()> {
+        let url = url::Url::parse(url).map_err(|_| Error::invalid_param("data.url is not a valid URL"))?;
+        let pinned = tokio::time::timeout(RESOLVE_TIMEOUT, self.guard.pin(reqwest::Client::builder(), &url)).await;
+        match pinned {
+            Ok(Err(GuardError::Forbidden(why) | GuardError::InvalidUrl(why))) => {
+                Err(Error::invalid_param(format!("data.url cannot be used: {why}")))
+            }
+            Ok(Err(GuardError::Resolve(_))) | Ok(Ok(_)) | Err(_) => Ok(()),
+        }
+    }
+
     /// Creates or replaces a pusher (`M_INVALID_PARAM` when it is not valid).
     pub async fn set_pusher(&self, user: &UserId, pusher: Pusher, append: bool) -> Result<()> {
         check(&pusher)?;
+        if let PusherKind::Http(data) = &pusher.kind {
+            self.check_gateway_address(&data.url).await?;
+        }
         let json = serde_json::value::to_raw_value(&pusher)
             .map_err(|e| Error::internal(format!("cannot store pusher: {e}")))?;
         let key = (user.to_owned(), pusher.ids.app_id.clone(), pusher.ids.pushkey.clone());
-        let _guard = self.pushers_lock.lock().await;
-        self.db
-            .run(move |db| {
+        self.pushers_lock
+            .run(&self.db, move |db| {
                 let mut batch = Batch::new();
                 // The same pushkey keeps its timestamp when only the pusher's details change.
                 let pushkey_ts =
@@ -95,9 +118,8 @@ impl Push {
     /// Deletes a pusher (nothing happens when there is none).
     pub async fn delete_pusher(&self, user: &UserId, ids: PusherIds) -> Result<()> {
         let key: (OwnedUserId, String, String) = (user.to_owned(), ids.app_id, ids.pushkey);
-        let _guard = self.pushers_lock.lock().await;
-        self.db
-            .run(move |db| {
+        self.pushers_lock
+            .run(&self.db, move |db| {
                 let mut batch = Batch::new();
                 let (user, app_id, pushkey) = key.clone();
                 batch.delete(&PUSHERS, &key);
@@ -110,9 +132,8 @@ impl Push {
     /// Removes `user`'s pushers whose pushkeys a gateway rejected, as (app ID, pushkey) pairs.
     pub async fn remove_rejected(&self, user: &UserId, rejected: Vec<(String, String)>) -> Result<()> {
         let user = user.to_owned();
-        let _guard = self.pushers_lock.lock().await;
-        self.db
-            .run(move |db| {
+        self.pushers_lock
+            .run(&self.db, move |db| {
                 let mut batch = Batch::new();
                 for (app_id, pushkey) in rejected {
                     batch.delete(&PUSHERS, &(user.clone(), app_id.clone(), pushkey.clone()));

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::{Accepted, NewEvent, Rooms};
-use crate::{Error, Result};
+use crate::{Error, Result, storage::tables::USERS};
 
 #[derive(Deserialize)]
 struct JoinRules {
@@ -51,10 +51,27 @@ impl Rooms {
         }
         let mut content = self.member_content(&change).await;
         if change.membership == "join" {
+            self.check_guest_join(room_id, change.target).await?;
             self.authorise_restricted_join(room_id, change.target, &mut content).await?;
         }
         let event = NewEvent::state(TimelineEventType::RoomMember, change.target.as_str(), Value::Object(content));
         self.send(room_id, change.sender, event).await
+    }
+
+    /// A guest may join only a room whose `m.room.guest_access` is `can_join` (a spec MUST);
+    /// `M_FORBIDDEN` otherwise. Other users pass.
+    pub async fn check_guest_join(&self, room_id: &RoomId, user: &UserId) -> Result<()> {
+        let owned = user.to_owned();
+        let guest = self.run(move |_, db| Ok(USERS.get(db, &owned)?.is_some_and(|record| record.guest))).await?;
+        if !guest {
+            return Ok(());
+        }
+        let access = self.state_event(room_id, &"m.room.guest_access".into(), "").await?;
+        if access.is_some_and(|pdu| pdu.content_value()["guest_access"] == "can_join") {
+            Ok(())
+        } else {
+            Err(Error::forbidden("Guests may not join this room: its guest access is not can_join"))
+        }
     }
 
     /// For restricted join rules (v8+), a user who is not invited may join when they are in a
