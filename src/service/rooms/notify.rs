@@ -177,7 +177,8 @@ impl RoomCore {
                         None => None,
                     };
                     let joined_now = now.as_ref().is_some_and(|e| membership_in(&e.content) == "join");
-                    facts.joined_members = facts.joined_members + u64::from(joined_now) - u64::from(joined_before);
+                    facts.joined_members =
+                        (facts.joined_members + u64::from(joined_now)).saturating_sub(u64::from(joined_before));
                     let Ok(user) = OwnedUserId::try_from(member) else { continue };
                     if user.server_name() != self.server_name {
                         continue;
