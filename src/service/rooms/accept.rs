@@ -206,23 +206,10 @@ impl RoomCore {
         let (before_group, state_before) = if is_create {
             (None, Arc::new(ShortStateMap::new()))
         } else {
-            let mut groups = Vec::new();
-            let mut missing = Vec::new();
-            for prev in &pdu.prev_events {
-                let meta = match self.interner.short_event(db, prev)? {
-                    Some(short) => EVENT_META.get(db, &short)?,
-                    None => None,
-                };
-                match meta.and_then(|meta| meta.state_after_known()) {
-                    Some(group) => groups.push(group),
-                    None => missing.push(prev.clone()),
-                }
-            }
-            if !missing.is_empty() {
-                return Ok(Outcome::MissingEvents { event_id, missing });
-            }
-            groups.sort_unstable();
-            groups.dedup();
+            let groups = match self.prev_state_groups(db, &pdu)? {
+                Ok(groups) => groups,
+                Err(missing) => return Ok(Outcome::MissingEvents { event_id, missing }),
+            };
             match groups.as_slice() {
                 [] => return Err(bad_event("event has no prev_events")),
                 [group] => (Some(*group), self.state.load(db, *group)?),
@@ -328,8 +315,46 @@ impl RoomCore {
             }
         }
         let mut batch = Batch::new();
-        let short_room = self.interner.short_room_or_new(db, &mut batch, &pdu.room_id)?;
-        let short_event = self.interner.short_event_or_new(db, &mut batch, &pdu.event_id)?;
+        self.store_off_timeline(db, &mut batch, &pdu, None)?;
+        db.write(batch)?;
+        Ok(Outcome::Accepted(Accepted { event_id, position: None, soft_failed: false }))
+    }
+
+    /// The state groups after each prev event of `pdu` (sorted, without repeats), or the prev
+    /// events whose state this server doesn't have.
+    pub(super) fn prev_state_groups(&self, db: &Db, pdu: &Pdu) -> Result<Result<Vec<u64>, Vec<OwnedEventId>>> {
+        let mut groups = Vec::new();
+        let mut missing = Vec::new();
+        for prev in &pdu.prev_events {
+            let meta = match self.interner.short_event(db, prev)? {
+                Some(short) => EVENT_META.get(db, &short)?,
+                None => None,
+            };
+            match meta.and_then(|meta| meta.state_after_known()) {
+                Some(group) => groups.push(group),
+                None => missing.push(prev.clone()),
+            }
+        }
+        if !missing.is_empty() {
+            return Ok(Err(missing));
+        }
+        groups.sort_unstable();
+        groups.dedup();
+        Ok(Ok(groups))
+    }
+
+    /// Adds an event that takes no place in the live timeline to `batch`: its ids, auth edges,
+    /// PDU and metadata. `state` is the (before, after) state groups when known; without them it
+    /// is an outlier. Returns its short id and metadata.
+    pub(super) fn store_off_timeline(
+        &self,
+        db: &Db,
+        batch: &mut Batch,
+        pdu: &Pdu,
+        state: Option<(u64, u64)>,
+    ) -> Result<(u64, EventMeta)> {
+        let short_room = self.interner.short_room_or_new(db, batch, &pdu.room_id)?;
+        let short_event = self.interner.short_event_or_new(db, batch, &pdu.event_id)?;
         let state_key = match &pdu.state_key {
             Some(state_key) => Some(self.interner.short_state_key_or_new(db, &pdu.kind.to_string(), state_key)?),
             None => None,
@@ -338,22 +363,21 @@ impl RoomCore {
         for id in &pdu.auth_events {
             direct_auth.extend(self.interner.short_event(db, id)?);
         }
-        self.auth_chains.record(db, &mut batch, short_event, &direct_auth)?;
+        self.auth_chains.record(db, batch, short_event, &direct_auth)?;
         let json = serde_json::value::to_raw_value(&pdu.json).map_err(|e| Error::internal(e.to_string()))?;
         batch.put(&PDUS, &short_event, &json)?;
         let meta = EventMeta {
             room: short_room,
             position: None,
-            state_after: 0,
-            state_before: None,
+            state_after: state.map_or(0, |(_, after)| after),
+            state_before: state.map(|(before, _)| before),
             state_key,
             depth: pdu.depth,
             soft_failed: false,
             rejected: false,
         };
         batch.put(&EVENT_META, &short_event, &meta)?;
-        db.write(batch)?;
-        Ok(Outcome::Accepted(Accepted { event_id, position: None, soft_failed: false }))
+        Ok((short_event, meta))
     }
 
     /// Stores an event from another server that the auth rules refused: never served, never

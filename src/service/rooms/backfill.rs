@@ -10,17 +10,12 @@ use std::sync::Arc;
 
 use ruma::{OwnedEventId, RoomId};
 
-use super::{
-    Accepted, Outcome, RoomCore, Rooms,
-    accept::AuthProblem,
-    prepare::{Origin, Prepared},
-    state::ShortStateMap,
-};
+use super::{Accepted, Outcome, RoomCore, Rooms, accept::AuthProblem, prepare::Prepared, state::ShortStateMap};
 use crate::{
     Error, Result,
     storage::{
         Batch, Db,
-        room_tables::{BACKFILL, EVENT_META, EventMeta, PDUS, ROOMS},
+        room_tables::{BACKFILL, EVENT_META, ROOMS},
     },
 };
 
@@ -57,28 +52,15 @@ impl RoomCore {
         }
 
         // The state before it: from its prev events, or as given.
-        let mut groups = Vec::new();
-        let mut missing = Vec::new();
-        for prev in &pdu.prev_events {
-            let meta = match self.interner.short_event(db, prev)? {
-                Some(short) => EVENT_META.get(db, &short)?,
-                None => None,
-            };
-            match meta.and_then(|meta| meta.state_after_known()) {
-                Some(group) => groups.push(group),
-                None => missing.push(prev.clone()),
-            }
-        }
-        groups.sort_unstable();
-        groups.dedup();
+        let prev_groups = self.prev_state_groups(db, &pdu)?;
         let mut batch = Batch::new();
-        let (before_group, state_before) = match (missing.is_empty(), groups.as_slice(), state_before) {
-            (true, [group], _) => (*group, self.state.load(db, *group)?),
-            (true, many, _) if !many.is_empty() => {
+        let (before_group, state_before) = match (prev_groups.as_deref(), state_before) {
+            (Ok([group]), _) => (*group, self.state.load(db, *group)?),
+            (Ok(many), _) if !many.is_empty() => {
                 let state = Arc::new(self.resolve(db, &rules, many, None)?);
                 (self.state.store(db, &mut batch, None, state.clone())?, state)
             }
-            (_, _, Some(ids)) => {
+            (_, Some(ids)) => {
                 let mut state = ShortStateMap::new();
                 let mut unknown = Vec::new();
                 for id in ids {
@@ -100,40 +82,20 @@ impl RoomCore {
                 let state = Arc::new(state);
                 (self.state.store(db, &mut batch, None, state.clone())?, state)
             }
-            _ => return Ok(Outcome::MissingEvents { event_id, missing }),
+            (Err(missing), None) => return Ok(Outcome::MissingEvents { event_id, missing: missing.clone() }),
+            (Ok(_), None) => return Err(crate::service::rooms::prepare::bad_event("event has no prev_events")),
         };
         if let Err(reason) = self.check_against(db, &rules, &pdu, &state_before) {
             self.store_rejected(db, &pdu, Some(before_group))?;
             return Ok(Outcome::Rejected { event_id, reason });
         }
 
-        let short_event = self.interner.short_event_or_new(db, &mut batch, &pdu.event_id)?;
-        let state_key = match &pdu.state_key {
-            Some(state_key) => Some(self.interner.short_state_key_or_new(db, &pdu.kind.to_string(), state_key)?),
-            None => None,
-        };
-        let after_group = match state_key {
-            Some(key) => self.state.store_change(db, &mut batch, before_group, &[(key, Some(short_event))])?.0,
-            None => before_group,
-        };
-        let mut direct_auth = Vec::with_capacity(pdu.auth_events.len());
-        for id in &pdu.auth_events {
-            direct_auth.extend(self.interner.short_event(db, id)?);
+        let (short_event, mut meta) =
+            self.store_off_timeline(db, &mut batch, &pdu, Some((before_group, before_group)))?;
+        if let Some(key) = meta.state_key {
+            meta.state_after = self.state.store_change(db, &mut batch, before_group, &[(key, Some(short_event))])?.0;
+            batch.put(&EVENT_META, &short_event, &meta)?;
         }
-        self.auth_chains.record(db, &mut batch, short_event, &direct_auth)?;
-        let json = serde_json::value::to_raw_value(&pdu.json).map_err(|e| Error::internal(e.to_string()))?;
-        batch.put(&PDUS, &short_event, &json)?;
-        let meta = EventMeta {
-            room: short_room,
-            position: None,
-            state_after: after_group,
-            state_before: Some(before_group),
-            state_key,
-            depth: pdu.depth,
-            soft_failed: false,
-            rejected: false,
-        };
-        batch.put(&EVENT_META, &short_event, &meta)?;
         record.backfilled += 1;
         batch.put(&BACKFILL, &(short_room, record.backfilled), &short_event)?;
         batch.put(&ROOMS, &short_room, &record)?;
@@ -151,13 +113,7 @@ impl Rooms {
         json: ruma::CanonicalJsonObject,
         state_before: Option<Vec<OwnedEventId>>,
     ) -> Result<Outcome> {
-        let room = room_id.to_owned();
-        let prepared = self
-            .run(move |core, db| {
-                let (_, version) = core.version_of(db, &room)?.ok_or_else(|| Error::not_found("Unknown room"))?;
-                core.prepare(Some(&room), &version, json, Origin::Remote)
-            })
-            .await?;
+        let prepared = self.prepare_remote(room_id, json).await?;
         let lock = self.lock_for(room_id)?;
         self.run_locked(&lock, move |core, db| core.commit_backfilled(db, prepared, state_before)).await
     }

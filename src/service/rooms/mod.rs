@@ -234,17 +234,22 @@ impl Rooms {
         .await
     }
 
+    /// The checks of an event from another server that need no room state (`prepare.rs`),
+    /// outside the room's lock.
+    async fn prepare_remote(&self, room_id: &RoomId, json: ruma::CanonicalJsonObject) -> Result<Prepared> {
+        let room = room_id.to_owned();
+        self.run(move |core, db| {
+            let (_, version) = core.version_of(db, &room)?.ok_or_else(|| Error::not_found("Unknown room"))?;
+            core.prepare(Some(&room), &version, json, prepare::Origin::Remote)
+        })
+        .await
+    }
+
     /// Accepts an event built elsewhere (signed PDU JSON): the federation entry point. The
     /// checks that need no room state run first, outside the room's lock; the rest commits
     /// under it.
     pub async fn accept_pdu(&self, room_id: &RoomId, json: ruma::CanonicalJsonObject) -> Result<Outcome> {
-        let room = room_id.to_owned();
-        let prepared = self
-            .run(move |core, db| {
-                let (_, version) = core.version_of(db, &room)?.ok_or_else(|| Error::not_found("Unknown room"))?;
-                core.prepare(Some(&room), &version, json, prepare::Origin::Remote)
-            })
-            .await?;
+        let prepared = self.prepare_remote(room_id, json).await?;
         let lock = self.lock_for(room_id)?;
         self.run_locked(&lock, move |core, db| core.commit(db, prepared, prepare::Origin::Remote, None)).await
     }
@@ -252,13 +257,7 @@ impl Rooms {
     /// Stores an event from another server as an outlier (see `accept.rs`): an auth or state
     /// event fetched on its own, usable to authorise others, outside the timeline.
     pub async fn accept_outlier(&self, room_id: &RoomId, json: ruma::CanonicalJsonObject) -> Result<Outcome> {
-        let room = room_id.to_owned();
-        let prepared = self
-            .run(move |core, db| {
-                let (_, version) = core.version_of(db, &room)?.ok_or_else(|| Error::not_found("Unknown room"))?;
-                core.prepare(Some(&room), &version, json, prepare::Origin::Remote)
-            })
-            .await?;
+        let prepared = self.prepare_remote(room_id, json).await?;
         let lock = self.lock_for(room_id)?;
         self.run_locked(&lock, move |core, db| core.store_outlier(db, prepared)).await
     }
