@@ -14,6 +14,7 @@ mod device_lists;
 mod devices;
 mod directory;
 mod discovery;
+mod durability;
 mod http_errors;
 mod key_errors;
 mod keys;
