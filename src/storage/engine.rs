@@ -29,8 +29,9 @@ pub struct WriteStats {
     pub batches: u64,
     /// Write groups: concurrent batches the engine committed together as one.
     pub groups: u64,
-    /// Syncs of the write-ahead log to stable storage. With group commit, one sync covers every
-    /// batch of its group, so this is at most `groups`; zero when writes are not durable.
+    /// Syncs of the write-ahead log to stable storage: with group commit one per write group
+    /// (covering all its batches), plus one when the engine moves to a new log file; zero when
+    /// writes are not durable.
     pub syncs: u64,
 }
 
