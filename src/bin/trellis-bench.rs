@@ -3,7 +3,8 @@
 //! rooms, then measures: room creation and join rates; message send throughput and latency with
 //! concurrent senders; send-to-receive latency through `/sync` long-polling; initial `/sync`
 //! time for a user in R rooms of E events; incremental `/sync` cost; and the server's resident
-//! memory from `/proc/<pid>/status` when `--pid` is given. `--smoke` also checks that every
+//! memory from `/proc/<pid>/status` when `--pid` is given. `--room-members N` fills every room
+//! with idle local members up to N before the sends, to compare send rates by room size. `--smoke` also checks that every
 //! message sent is received exactly once through `/sync`, and exits non-zero otherwise.
 
 use std::{
@@ -36,6 +37,11 @@ struct Options {
     /// Rooms to create; every user joins every room.
     #[arg(long, default_value_t = 4)]
     rooms: usize,
+    /// Members every room has during the sends (at least the senders and the reader): the rest
+    /// are idle local users, registered and joined before the sends, so send rates of small and
+    /// large rooms can be compared.
+    #[arg(long, default_value_t = 0)]
+    room_members: usize,
     /// Messages each user sends in the throughput phase.
     #[arg(long, default_value_t = 50)]
     messages: usize,
@@ -326,6 +332,21 @@ async fn run(options: Options) -> Result<Report, String> {
     }
     report.add("joins", rate(joins, started.elapsed()));
     report.figure("joins", joins as f64 / started.elapsed().as_secs_f64().max(1e-9), "joins/s");
+    let extra_members = options.room_members.saturating_sub(options.users + 1);
+    if extra_members > 0 {
+        eprintln!("[2/6] adding {extra_members} idle members to every room");
+        let started = Instant::now();
+        add_members(&client, &options, &rooms, extra_members).await?;
+        report.add(
+            "room members",
+            format!(
+                "{} per room ({:.1} s to register and join)",
+                options.room_members,
+                started.elapsed().as_secs_f64()
+            ),
+        );
+        report.figure("room members", options.room_members as f64, "members");
+    }
     let reader_start = client.sync(&reader, None, 0).await.ok_or("initial sync failed")?;
     let mut reader_since = reader_start["next_batch"].as_str().ok_or("no next_batch")?.to_owned();
 
@@ -446,6 +467,38 @@ async fn run(options: Options) -> Result<Report, String> {
         return Err(format!("{failures} requests failed"));
     }
     Ok(report)
+}
+
+/// Registers `count` idle users and joins each to every room, eight requests at a time.
+async fn add_members(client: &Client, options: &Options, rooms: &[String], count: usize) -> Result<(), String> {
+    const PARALLEL: usize = 8;
+    let mut tasks = Vec::new();
+    for lane in 0..PARALLEL {
+        let (client, rooms) = (client.clone(), rooms.to_vec());
+        let (secret, prefix) = (options.registration_secret.clone(), options.prefix.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in (lane..count).step_by(PARALLEL) {
+                let member =
+                    client.register(&secret, &format!("{prefix}_member_{i}")).await.ok_or("registration failed")?;
+                for room in &rooms {
+                    client
+                        .call(
+                            reqwest::Method::POST,
+                            &format!("/_matrix/client/v3/join/{}", urlencode(room)),
+                            Some(&member.token),
+                            Some(&json!({})),
+                        )
+                        .await
+                        .ok_or("join failed")?;
+                }
+            }
+            Ok::<(), &'static str>(())
+        }));
+    }
+    for task in tasks {
+        task.await.map_err(|e| e.to_string())??;
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {

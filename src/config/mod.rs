@@ -114,6 +114,11 @@ pub struct Config {
     /// Upper bound on files RocksDB keeps open (Conduit's key).
     #[serde(default = "default_rocksdb_max_open_files")]
     pub rocksdb_max_open_files: i32,
+    /// Whether a write is synced to disk (the RocksDB write-ahead log, fdatasync) before it is
+    /// acknowledged, so it survives a power cut; concurrent writers share one sync. With false,
+    /// writes survive a crash of the process but not of the machine, and are faster.
+    #[serde(default = "default_true")]
+    pub rocksdb_durable_writes: bool,
     /// Lifetime of access tokens issued together with a refresh token, in seconds.
     #[serde(default = "default_refreshable_access_token_lifetime_secs")]
     pub refreshable_access_token_lifetime_secs: u64,

@@ -20,6 +20,7 @@ fn minimal_file_gets_defaults() {
     assert_eq!(config.port, 6167);
     assert_eq!(config.default_room_version, RoomVersionId::V12);
     assert!(!config.allow_registration);
+    assert!(config.rocksdb_durable_writes, "writes are synced unless the admin opts out");
     assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
 }
 

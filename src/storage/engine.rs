@@ -20,6 +20,21 @@ pub enum ScanDirection {
     Reverse,
 }
 
+/// Counters of an engine's write path since it was opened (for logs, tests and benchmarks).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    /// Whether `write` returns only after the batch is on stable storage.
+    pub durable: bool,
+    /// Batches written (calls of `write` that succeeded).
+    pub batches: u64,
+    /// Write groups: concurrent batches the engine committed together as one.
+    pub groups: u64,
+    /// Syncs of the write-ahead log to stable storage: with group commit one per write group
+    /// (covering all its batches), plus one when the engine moves to a new log file; zero when
+    /// writes are not durable.
+    pub syncs: u64,
+}
+
 pub type KeyValue = (Vec<u8>, Vec<u8>);
 pub type ScanIter<'a> = Box<dyn Iterator<Item = Result<KeyValue, StorageError>> + Send + 'a>;
 
@@ -34,7 +49,9 @@ pub trait Engine: Send + Sync + 'static {
         direction: ScanDirection,
     ) -> Result<ScanIter<'a>, StorageError>;
 
-    /// Applies all writes atomically: after a crash either all or none are visible.
+    /// Applies all writes atomically: after a crash either all or none are visible. An engine
+    /// opened for durable writes returns only once the batch is on stable storage, so it
+    /// survives a power cut too.
     fn write(&self, ops: Vec<WriteOp>) -> Result<(), StorageError>;
 
     fn put(&self, table: &'static str, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
@@ -47,4 +64,9 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Makes everything written so far durable in the engine's own files (for shutdown).
     fn flush(&self) -> Result<(), StorageError>;
+
+    /// The write path's counters, if the engine keeps them.
+    fn write_stats(&self) -> Option<WriteStats> {
+        None
+    }
 }

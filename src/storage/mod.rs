@@ -27,7 +27,7 @@ use std::{
 };
 
 pub use codec::{KeyCodec, ValueCodec};
-pub use engine::{Engine, ScanDirection, WriteOp};
+pub use engine::{Engine, ScanDirection, WriteOp, WriteStats};
 pub use overlay::Staged;
 pub use schema::SCHEMA_VERSION;
 
@@ -162,6 +162,7 @@ impl Db {
         let settings = rocks::RocksSettings {
             cache_capacity_bytes: (config.db_cache_capacity_mb.max(8.0) * 1024.0 * 1024.0) as usize,
             max_open_files: config.rocksdb_max_open_files,
+            durable_writes: config.rocksdb_durable_writes,
         };
         let all_tables: Vec<&'static str> = tables::ALL_TABLES
             .iter()
@@ -173,6 +174,14 @@ impl Db {
         let engine = rocks::RocksEngine::open(&config.database_path, &all_tables, &settings)?;
         let db = Self { engine: Arc::new(engine) };
         schema::check_and_migrate(&db, config.server_name.as_str())?;
+        if config.rocksdb_durable_writes {
+            tracing::info!("durable writes: each write is synced to disk before it is acknowledged");
+        } else {
+            tracing::warn!(
+                "rocksdb_durable_writes = false: writes are acknowledged before they reach the disk; \
+                 a power cut or kernel crash can lose the last seconds of acknowledged writes"
+            );
+        }
         Ok(db)
     }
 
@@ -200,8 +209,23 @@ impl Db {
             .map_err(|e| crate::Error::internal(format!("storage task failed: {e}")))?
     }
 
+    /// Flushes the engine (for shutdown) and logs its write counters since it was opened.
     pub fn flush(&self) -> Result<(), StorageError> {
+        if let Some(stats) = self.engine.write_stats() {
+            tracing::info!(
+                durable = stats.durable,
+                batches = stats.batches,
+                write_groups = stats.groups,
+                wal_syncs = stats.syncs,
+                "storage writes since start-up"
+            );
+        }
         self.engine.flush()
+    }
+
+    /// The engine's write counters since it was opened, if it keeps them.
+    pub fn write_stats(&self) -> Option<WriteStats> {
+        self.engine.write_stats()
     }
 
     pub fn database_exists(path: &Path) -> bool {

@@ -15,6 +15,7 @@ mod device_lists;
 mod devices;
 mod directory;
 mod discovery;
+mod durability;
 mod guests;
 mod http_errors;
 mod key_errors;
