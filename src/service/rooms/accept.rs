@@ -500,6 +500,10 @@ impl RoomCore {
         // extremity, otherwise the resolution of every extremity's state. The change from the
         // previous current state is known without comparing whole states unless there was a fork.
         let previous_group = room_record.as_ref().map(|r| r.current_state_group);
+        let previous = match previous_group {
+            Some(group) => self.state.load(db, group)?,
+            None => Arc::new(ShortStateMap::new()),
+        };
         let own_change: Vec<(u64, Option<u64>)> =
             pending.state_key.as_ref().map(|(key, _)| (*key, Some(short_event))).into_iter().collect();
         let (current, current_group, changes) = if extremities.len() == 1 && previous_group == Some(before_group) {
@@ -530,15 +534,7 @@ impl RoomCore {
                     (resolved, group)
                 }
             };
-            let previous = match previous_group {
-                Some(group) => self.state.load(db, group)?,
-                None => Arc::new(ShortStateMap::new()),
-            };
             (current.clone(), group, state_diff(&previous, &current))
-        };
-        let previous = match previous_group {
-            Some(group) => self.state.load(db, group)?,
-            None => Arc::new(ShortStateMap::new()),
         };
         // Push rules are evaluated here, for the event's own batch (see push::evaluate), and
         // before the stream position is taken, so a big room holds back no reader meanwhile.

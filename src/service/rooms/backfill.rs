@@ -83,9 +83,11 @@ impl RoomCore {
                 (self.state.store(db, &mut batch, None, state.clone())?, state)
             }
             (Err(missing), None) => return Ok(Outcome::MissingEvents { event_id, missing: missing.clone() }),
-            (Ok(_), None) => return Err(crate::service::rooms::prepare::bad_event("event has no prev_events")),
+            (Ok(_), None) => return Err(super::prepare::bad_event("event has no prev_events")),
         };
         if let Err(reason) = self.check_against(db, &rules, &pdu, &state_before) {
+            // The state group it names must be stored with it.
+            db.write(std::mem::take(&mut batch))?;
             self.store_rejected(db, &pdu, Some(before_group))?;
             return Ok(Outcome::Rejected { event_id, reason });
         }
