@@ -20,7 +20,7 @@ use std::{
 
 use ruma::{
     OwnedRoomId, OwnedUserId, UInt,
-    push::{Action, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset},
+    push::{Action, FlattenedJson, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset},
     serde::Raw,
 };
 
@@ -82,6 +82,21 @@ fn complete_now<F: Future>(future: F) -> Option<F::Output> {
     }
 }
 
+/// The actions of the first rule of `ruleset` that applies to the (flattened) event, as ruma's
+/// `Ruleset::get_actions` decides them (the same order and the same skip of the recipient's own
+/// events), on an event flattened once for all recipients.
+async fn first_match(ruleset: &Ruleset, event: &FlattenedJson, ctx: &PushConditionRoomCtx) -> Vec<Action> {
+    if event.get_str("sender").is_some_and(|sender| sender == ctx.user_id) {
+        return Vec::new();
+    }
+    for rule in ruleset {
+        if rule.applies(event, ctx).await {
+            return rule.actions().to_vec();
+        }
+    }
+    Vec::new()
+}
+
 /// The `m.thread` root of an event's content, if it is in a thread.
 pub fn thread_root(content: &serde_json::Value) -> Option<String> {
     let relation = content.get("m.relates_to")?;
@@ -123,6 +138,9 @@ pub fn evaluate_notifications(
     }
     let raw: Raw<serde_json::Value> =
         Raw::new(event).map_err(|e| Error::internal(format!("cannot serialise event: {e}")))?;
+    // Flattened once for every recipient: ruma's `Ruleset::get_actions` flattens the event again
+    // on each call, which in a big room was most of a send's allocations.
+    let flattened = FlattenedJson::from_raw(&raw);
     for recipient in recipients {
         let ruleset = rulesets.get(db, &recipient.user)?;
         let mut ctx = PushConditionRoomCtx::new(
@@ -132,7 +150,7 @@ pub fn evaluate_notifications(
             recipient.display_name.clone(),
         );
         ctx.power_levels = room.power_levels.clone();
-        let Some(actions) = complete_now(ruleset.get_actions(&raw, &ctx)).map(<[Action]>::to_vec) else { continue };
+        let Some(actions) = complete_now(first_match(&ruleset, &flattened, &ctx)) else { continue };
         if !actions.iter().any(Action::should_notify) {
             continue;
         }
