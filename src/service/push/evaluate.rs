@@ -23,6 +23,7 @@ use ruma::{
     push::{Action, FlattenedJson, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset},
     serde::Raw,
 };
+use serde_json::value::RawValue;
 
 use crate::{
     Error, Result,
@@ -61,10 +62,14 @@ pub struct RoomFacts {
 /// The user's push rules from storage: what they stored, or the spec's defaults.
 pub fn stored_ruleset(db: &Db, user: &ruma::UserId) -> Result<Ruleset> {
     let key = (user.to_owned(), String::new(), PUSH_RULES_TYPE.to_owned());
-    Ok(ACCOUNT_DATA
-        .get(db, &key)?
-        .and_then(|json| serde_json::from_str::<PushRulesContent>(json.get()).ok())
-        .map_or_else(|| Ruleset::server_default(user), |content| content.global))
+    Ok(ruleset_from(user, ACCOUNT_DATA.get(db, &key)?.as_deref().map(RawValue::get)))
+}
+
+/// The ruleset stored `m.push_rules` content holds, or the spec's defaults.
+fn ruleset_from(user: &ruma::UserId, stored: Option<&str>) -> Ruleset {
+    stored
+        .and_then(|json| serde_json::from_str::<PushRulesContent>(json).ok())
+        .map_or_else(|| Ruleset::server_default(user), |content| content.global)
 }
 
 /// Runs a future that never waits. Ruma's rule evaluation is `async` only for MSC4306 thread
@@ -224,12 +229,7 @@ impl RulesetCache {
         {
             return Ok(ruleset.clone());
         }
-        let ruleset = Arc::new(
-            stored
-                .as_deref()
-                .and_then(|json| serde_json::from_str::<PushRulesContent>(json).ok())
-                .map_or_else(|| Ruleset::server_default(user), |content| content.global),
-        );
+        let ruleset = Arc::new(ruleset_from(user, stored.as_deref()));
         if let Ok(mut cache) = self.0.lock() {
             if cache.len() >= CACHED_RULESETS {
                 cache.clear();

@@ -130,7 +130,7 @@ impl Outcome {
 }
 
 /// Why an event can't be authorised yet, or at all.
-pub(super) enum AuthProblem {
+enum AuthProblem {
     Missing(Vec<OwnedEventId>),
     Refused(String),
 }
@@ -173,11 +173,7 @@ impl RoomCore {
     ) -> Result<Outcome> {
         let Prepared { pdu, rules, version } = prepared;
         let event_id = pdu.event_id.clone();
-        // An outlier stored earlier (an auth event fetched on its own) now arrives with its
-        // place in the graph: it is accepted like any new event.
-        if let Some(short) = self.interner.short_event(db, &pdu.event_id)?
-            && EVENT_META.get(db, &short)?.is_some_and(|meta| !meta.is_outlier())
-        {
+        if self.placed_already(db, &pdu)? {
             return Ok(Outcome::AlreadyKnown { event_id });
         }
         let is_create = pdu.kind == TimelineEventType::RoomCreate;
@@ -190,17 +186,15 @@ impl RoomCore {
         }
 
         // Authorisation against the event's own auth events.
+        if let Some(outcome) = self.auth_events_outcome(db, &rules, &pdu, origin)? {
+            return Ok(outcome);
+        }
         let refused = |reason: String, before_group: Option<u64>| -> Result<Outcome> {
             if origin == Origin::Remote {
                 self.store_rejected(db, &pdu, before_group)?;
             }
             Ok(Outcome::Rejected { event_id: pdu.event_id.clone(), reason })
         };
-        match self.check_auth_events(db, &rules, &pdu)? {
-            Ok(()) => {}
-            Err(AuthProblem::Missing(missing)) => return Ok(Outcome::MissingEvents { event_id, missing }),
-            Err(AuthProblem::Refused(reason)) => return refused(reason, None),
-        }
 
         // The state before the event: after its single prev event, or resolved across several.
         let (before_group, state_before) = if is_create {
@@ -233,15 +227,42 @@ impl RoomCore {
         Ok(Outcome::Accepted(accepted))
     }
 
-    /// The auth rules against the event's own auth events: they must all be known and not
-    /// rejected, and must authorise it.
-    /// Storage failures are errors (`Err`), never taken for a refusal.
-    pub(super) fn check_auth_events(
+    /// Whether the event is stored with its place in the graph already. An outlier stored
+    /// earlier (an auth event fetched on its own) that now arrives with its place in the graph
+    /// is accepted like any new event.
+    pub(super) fn placed_already(&self, db: &Db, pdu: &Pdu) -> Result<bool> {
+        Ok(match self.interner.short_event(db, &pdu.event_id)? {
+            Some(short) => EVENT_META.get(db, &short)?.is_some_and(|meta| !meta.is_outlier()),
+            None => false,
+        })
+    }
+
+    /// The outcome when the event's auth events don't authorise it (`None` when they do):
+    /// missing events, or a refusal, stored as rejected for an event from another server.
+    pub(super) fn auth_events_outcome(
         &self,
         db: &Db,
         rules: &RoomVersionRules,
         pdu: &Pdu,
-    ) -> Result<Result<(), AuthProblem>> {
+        origin: Origin,
+    ) -> Result<Option<Outcome>> {
+        let event_id = pdu.event_id.clone();
+        Ok(match self.check_auth_events(db, rules, pdu)? {
+            Ok(()) => None,
+            Err(AuthProblem::Missing(missing)) => Some(Outcome::MissingEvents { event_id, missing }),
+            Err(AuthProblem::Refused(reason)) => {
+                if origin == Origin::Remote {
+                    self.store_rejected(db, pdu, None)?;
+                }
+                Some(Outcome::Rejected { event_id, reason })
+            }
+        })
+    }
+
+    /// The auth rules against the event's own auth events: they must all be known and not
+    /// rejected, and must authorise it.
+    /// Storage failures are errors (`Err`), never taken for a refusal.
+    fn check_auth_events(&self, db: &Db, rules: &RoomVersionRules, pdu: &Pdu) -> Result<Result<(), AuthProblem>> {
         let mut auth_events = Vec::with_capacity(pdu.auth_events.len());
         let mut missing = Vec::new();
         for id in &pdu.auth_events {
@@ -306,13 +327,8 @@ impl RoomCore {
         {
             return Ok(Outcome::AlreadyKnown { event_id });
         }
-        match self.check_auth_events(db, &rules, &pdu)? {
-            Ok(()) => {}
-            Err(AuthProblem::Missing(missing)) => return Ok(Outcome::MissingEvents { event_id, missing }),
-            Err(AuthProblem::Refused(reason)) => {
-                self.store_rejected(db, &pdu, None)?;
-                return Ok(Outcome::Rejected { event_id, reason });
-            }
+        if let Some(outcome) = self.auth_events_outcome(db, &rules, &pdu, Origin::Remote)? {
+            return Ok(outcome);
         }
         let mut batch = Batch::new();
         self.store_off_timeline(db, &mut batch, &pdu, None)?;

@@ -10,7 +10,11 @@ use std::sync::Arc;
 
 use ruma::{OwnedEventId, RoomId};
 
-use super::{Accepted, Outcome, RoomCore, Rooms, accept::AuthProblem, prepare::Prepared, state::ShortStateMap};
+use super::{
+    Accepted, Outcome, RoomCore, Rooms,
+    prepare::{Origin, Prepared},
+    state::ShortStateMap,
+};
 use crate::{
     Error, Result,
     storage::{
@@ -35,20 +39,13 @@ impl RoomCore {
     ) -> Result<Outcome> {
         let Prepared { pdu, rules, .. } = prepared;
         let event_id = pdu.event_id.clone();
-        if let Some(short) = self.interner.short_event(db, &pdu.event_id)?
-            && EVENT_META.get(db, &short)?.is_some_and(|meta| !meta.is_outlier())
-        {
+        if self.placed_already(db, &pdu)? {
             return Ok(Outcome::AlreadyKnown { event_id });
         }
         let short_room = self.interner.short_room(db, &pdu.room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
         let mut record = ROOMS.get(db, &short_room)?.ok_or_else(|| Error::not_found("Unknown room"))?;
-        match self.check_auth_events(db, &rules, &pdu)? {
-            Ok(()) => {}
-            Err(AuthProblem::Missing(missing)) => return Ok(Outcome::MissingEvents { event_id, missing }),
-            Err(AuthProblem::Refused(reason)) => {
-                self.store_rejected(db, &pdu, None)?;
-                return Ok(Outcome::Rejected { event_id, reason });
-            }
+        if let Some(outcome) = self.auth_events_outcome(db, &rules, &pdu, Origin::Remote)? {
+            return Ok(outcome);
         }
 
         // The state before it: from its prev events, or as given.

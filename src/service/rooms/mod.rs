@@ -107,8 +107,8 @@ impl RoomCore {
     }
 
     /// The event a client transaction already produced.
-    fn transaction_event(&self, db: &Db, sender: &UserId, txn: &Transaction) -> Result<Option<OwnedEventId>> {
-        let key = (sender.to_owned(), txn.device.clone(), txn.key.clone());
+    fn transaction_event(&self, db: &Db, sender: &UserId, device: &str, key: &str) -> Result<Option<OwnedEventId>> {
+        let key = (sender.to_owned(), device.to_owned(), key.to_owned());
         TRANSACTIONS
             .get(db, &key)?
             .map(|id| OwnedEventId::try_from(id).map_err(|e| Error::internal(e.to_string())))
@@ -223,7 +223,7 @@ impl Rooms {
             // Idempotency is decided here, under the room's lock and before anything is built:
             // the same request sent many times at once gives one event.
             if let Some(txn) = &transaction
-                && let Some(event_id) = core.transaction_event(db, &sender, txn)?
+                && let Some(event_id) = core.transaction_event(db, &sender, &txn.device, &txn.key)?
             {
                 return Ok(Accepted { event_id, position: None, soft_failed: false });
             }

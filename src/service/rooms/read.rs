@@ -481,14 +481,8 @@ impl Rooms {
 impl Rooms {
     /// The event a transaction ID already produced, for idempotent sends.
     pub async fn transaction(&self, user: &UserId, device: &str, txn_id: &str) -> Result<Option<ruma::OwnedEventId>> {
-        let key = (user.to_owned(), device.to_owned(), txn_id.to_owned());
-        self.run(move |_, db| {
-            crate::storage::room_tables::TRANSACTIONS
-                .get(db, &key)?
-                .map(|id| ruma::OwnedEventId::try_from(id).map_err(|e| Error::internal(e.to_string())))
-                .transpose()
-        })
-        .await
+        let (user, device, txn_id) = (user.to_owned(), device.to_owned(), txn_id.to_owned());
+        self.run(move |core, db| core.transaction_event(db, &user, &device, &txn_id)).await
     }
 }
 
