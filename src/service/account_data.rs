@@ -5,7 +5,10 @@ use std::{collections::BTreeSet, sync::Arc};
 use ruma::{RoomId, UserId};
 use serde_json::value::RawValue;
 
-use super::notifier::Notifier;
+use super::{
+    notifier::Notifier,
+    push::{PUSH_RULES_TYPE, recipients::PushProfiles},
+};
 
 use crate::{
     Result,
@@ -34,6 +37,8 @@ pub struct AccountData {
     /// Serialises counter increments and read-modify-write of entries; held until the write
     /// is committed even when the request that started it is dropped.
     lock: WriteLock,
+    /// Push evaluation's cached profiles, forgotten when a user's push rules are written.
+    push_profiles: Arc<PushProfiles>,
 }
 
 fn room_key(room_id: Option<&RoomId>) -> String {
@@ -41,8 +46,8 @@ fn room_key(room_id: Option<&RoomId>) -> String {
 }
 
 impl AccountData {
-    pub fn new(db: Db, notifier: Arc<Notifier>) -> Self {
-        Self { db, notifier, lock: WriteLock::new() }
+    pub fn new(db: Db, notifier: Arc<Notifier>, push_profiles: Arc<PushProfiles>) -> Self {
+        Self { db, notifier, lock: WriteLock::new(), push_profiles }
     }
 
     /// The newest account data stream position. Changes are written in position order (under
@@ -125,6 +130,7 @@ impl AccountData {
     {
         let key = (user_id.to_owned(), room_key(room_id), event_type.to_owned());
         let notifier = self.notifier.clone();
+        let push_profiles = self.push_profiles.clone();
         self.lock
             .run(&self.db, move |db| {
                 let (content, out) = change(db, ACCOUNT_DATA.get(db, &key)?)?;
@@ -133,8 +139,17 @@ impl AccountData {
                 let position = next_counter(db, &mut batch, STREAM_COUNTER)?;
                 batch.put(&ACCOUNT_DATA, &key, &content)?;
                 let (user_id, room, event_type) = key;
-                batch.put(&ACCOUNT_DATA_CHANGES, &(user_id, position), &AccountDataChange { room, event_type })?;
+                let push_rules = room.is_empty() && event_type == PUSH_RULES_TYPE;
+                batch.put(
+                    &ACCOUNT_DATA_CHANGES,
+                    &(user_id.clone(), position),
+                    &AccountDataChange { room, event_type },
+                )?;
                 db.write(batch)?;
+                if push_rules {
+                    // After the write: a profile read before it is not cached (see `PushProfiles`).
+                    push_profiles.forget(&user_id);
+                }
                 notifier.account_data_committed(position);
                 Ok(out)
             })

@@ -73,6 +73,7 @@ impl Services {
         let key_changes = Arc::new(keys::KeyChangeStream::new(&db)?);
         let notifier = Arc::new(notifier::Notifier::new());
         let push_wake = Arc::new(tokio::sync::Notify::new());
+        let push_profiles = Arc::new(push::recipients::PushProfiles::default());
         Ok(Arc::new(Self {
             media,
             rooms: rooms::Rooms::new(
@@ -81,6 +82,7 @@ impl Services {
                 server_keys,
                 notifier.clone(),
                 push_wake.clone(),
+                push_profiles.clone(),
             )?,
             push: push::Push::new(
                 db.clone(),
@@ -90,6 +92,7 @@ impl Services {
                     config.push_ip_range_allowlist.clone(),
                     "Push notifications",
                 ),
+                push_profiles.clone(),
             ),
             keys: keys::Keys::new(db.clone(), key_changes.clone(), notifier.clone()),
             to_device: to_device::ToDevice::new(db.clone(), notifier.clone(), config.server_name.clone()),
@@ -103,7 +106,7 @@ impl Services {
             ),
             profile: profile::Profiles::new(db.clone()),
             uiaa: uiaa::Uiaa::new(non_empty(&config.registration_token)),
-            account_data: account_data::AccountData::new(db.clone(), notifier.clone()),
+            account_data: account_data::AccountData::new(db.clone(), notifier.clone(), push_profiles),
             receipts: receipts::Receipts::new(db.clone(), notifier.clone()),
             presence: presence::Presence::new(&config, db.clone(), notifier.clone())?,
             tags: tags::Tags,

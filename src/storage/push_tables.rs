@@ -1,6 +1,7 @@
-//! Push tables: the notifications push rule evaluation produced (per user, and per user and room
-//! for unread counts), the users' pushers, and the durable queue of notifications still to be
-//! sent to push gateways.
+//! Push tables: the notifications push rule evaluation produced (once per event for the room's
+//! members who share its generic outcome; per user and room for the others, and per user for
+//! those of them notified), the users' pushers, and the durable queue of notifications still to
+//! be sent to push gateways.
 
 use ruma::{OwnedRoomId, OwnedUserId, push::Action};
 use serde::{Deserialize, Serialize};
@@ -8,11 +9,17 @@ use serde_json::value::RawValue;
 
 use super::{Table, codec::JsonValue};
 
-/// (user, stream position) -> a notification of the event at that position.
+/// (user, stream position) -> a notification of the event at that position, for a user with an
+/// outcome of their own (see `ROOM_NOTIFICATIONS`).
 pub const NOTIFICATIONS: Table<(OwnedUserId, u64), NotificationRecord> = Table::new("notifications");
-/// (user, room, stream position) -> what unread counts need of a notification.
+/// (user, room, stream position) -> a user's own outcome for the event at that position, where it
+/// differs from the room's (including "not notified"); what unread counts need of it.
 pub const ROOM_NOTIFICATIONS: Table<(OwnedUserId, OwnedRoomId, u64), RoomNotification> =
     Table::new("room_notifications");
+/// (room, stream position) -> the notification of every local member joined at that position
+/// who has no `ROOM_NOTIFICATIONS` row for it.
+pub const ROOM_DEFAULT_NOTIFICATIONS: Table<(OwnedRoomId, u64), NotificationRecord> =
+    Table::new("room_default_notifications");
 /// (user, app ID, pushkey) -> the pusher as the client set it.
 pub const PUSHERS: Table<(OwnedUserId, String, String), PusherRecord> = Table::new("pushers");
 /// (app ID, pushkey, user) -> (): who has a pusher with this pushkey (`append: false`).
@@ -21,8 +28,14 @@ pub const PUSHER_OWNERS: Table<(String, String, OwnedUserId), ()> = Table::new("
 /// waiting for delivery (oldest first).
 pub const PUSH_QUEUE: Table<(u64, String), PushQueueEntry> = Table::new("push_queue");
 
-pub const PUSH_TABLES: &[&str] =
-    &[NOTIFICATIONS.name, ROOM_NOTIFICATIONS.name, PUSHERS.name, PUSHER_OWNERS.name, PUSH_QUEUE.name];
+pub const PUSH_TABLES: &[&str] = &[
+    NOTIFICATIONS.name,
+    ROOM_NOTIFICATIONS.name,
+    ROOM_DEFAULT_NOTIFICATIONS.name,
+    PUSHERS.name,
+    PUSHER_OWNERS.name,
+    PUSH_QUEUE.name,
+];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NotificationRecord {
@@ -43,6 +56,14 @@ pub struct RoomNotification {
     pub highlight: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub thread: Option<String>,
+    /// Whether the event notifies the user (rows written before room-wide outcomes existed
+    /// were all notifications).
+    #[serde(default = "notified")]
+    pub notify: bool,
+}
+
+fn notified() -> bool {
+    true
 }
 impl JsonValue for RoomNotification {}
 
@@ -51,6 +72,10 @@ pub struct PushQueueEntry {
     /// When the notification was queued (milliseconds since the epoch): delivery gives up on it
     /// after a bounded time.
     pub queued_at: u64,
+    /// The event's room, where the notification is the room's outcome
+    /// (`ROOM_DEFAULT_NOTIFICATIONS`) rather than the user's own (`NOTIFICATIONS`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<OwnedRoomId>,
 }
 impl JsonValue for PushQueueEntry {}
 

@@ -29,6 +29,7 @@ mod pagination;
 mod peer_nio;
 mod presence;
 mod push;
+mod push_shared;
 mod register;
 mod room_helpers;
 mod rooms;

@@ -1,5 +1,6 @@
-//! Unread counts from the stored notifications: the notifying events after the user's newest
-//! read receipt in a room. An unthreaded receipt reads everything up to it; a threaded receipt
+//! Unread counts from the stored notifications (the room's outcome of each event, unless the
+//! user has one of their own): the notifying events after the user's newest read receipt in a
+//! room. An unthreaded receipt reads everything up to it; a threaded receipt
 //! (`thread_id`) reads only its thread (`main` being the main timeline). Counting reads only the
 //! notification rows after the oldest receipt that matters, so it costs the unread
 //! notifications, not the room's history.
@@ -12,7 +13,10 @@ use super::Push;
 use crate::{
     Result,
     service::Services,
-    storage::{ScanDirection, push_tables::ROOM_NOTIFICATIONS},
+    storage::{
+        ScanDirection,
+        push_tables::{ROOM_DEFAULT_NOTIFICATIONS, ROOM_NOTIFICATIONS},
+    },
 };
 
 /// The thread key of the main timeline in receipts and counts.
@@ -46,27 +50,44 @@ impl Push {
     ) -> Result<UnreadCounts> {
         let unthreaded = receipts.get("").copied().unwrap_or(0).max(floor);
         let (user, room) = (user.to_owned(), room.to_owned());
-        let rows = self
+        let (own, room_rows) = self
             .db
             .run(move |db| {
                 let start = (user.clone(), room.clone(), unthreaded.saturating_add(1));
-                Ok(ROOM_NOTIFICATIONS.scan_from(db, &start, ScanDirection::Forward, usize::MAX, |key| {
+                let own = ROOM_NOTIFICATIONS.scan_from(db, &start, ScanDirection::Forward, usize::MAX, |key| {
                     key.0 == user && key.1 == room && key.2 <= upto
-                })?)
+                })?;
+                let start = (room.clone(), unthreaded.saturating_add(1));
+                let room_rows =
+                    ROOM_DEFAULT_NOTIFICATIONS.scan_from(db, &start, ScanDirection::Forward, usize::MAX, |key| {
+                        key.0 == room && key.1 <= upto
+                    })?;
+                Ok((own, room_rows))
             })
             .await?;
+        // The user's own outcome where there is one, else the room's.
+        let mut outcomes: BTreeMap<u64, (bool, Option<String>)> = room_rows
+            .into_iter()
+            .map(|((_, position), record)| (position, (record.highlight, record.thread)))
+            .collect();
+        for ((_, _, position), row) in own {
+            if row.notify {
+                outcomes.insert(position, (row.highlight, row.thread));
+            } else {
+                outcomes.remove(&position);
+            }
+        }
         let mut out = UnreadCounts::default();
-        for ((_, _, position), row) in rows {
-            let thread = row.thread.as_deref().unwrap_or(MAIN);
-            if position <= receipts.get(thread).copied().unwrap_or(0) {
+        for (position, (highlight, thread)) in outcomes {
+            if position <= receipts.get(thread.as_deref().unwrap_or(MAIN)).copied().unwrap_or(0) {
                 continue;
             }
-            let counts = match row.thread {
+            let counts = match thread {
                 Some(root) if by_thread => out.threads.entry(root).or_default(),
                 _ => &mut out.main,
             };
             counts.notifications += 1;
-            counts.highlights += u64::from(row.highlight);
+            counts.highlights += u64::from(highlight);
         }
         Ok(out)
     }

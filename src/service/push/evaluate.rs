@@ -1,37 +1,42 @@
-//! Push rule evaluation when an event is persisted: for every local recipient of a new event,
-//! ruma's `Ruleset::get_actions` with the room's member count, the recipient's display name and
-//! the room's power levels (so `@room` highlights when the sender may notify the room). Events
-//! that notify become rows of the notification tables, written into the event's own write batch.
+//! Push rule evaluation when an event is persisted, with ruma's rule matching, for every local
+//! recipient of a new event, on the room's member count, the recipient's display name and the
+//! room's power levels (so `@room` highlights when the sender may notify the room).
+//!
+//! The cost does not grow with the room: recipients whose rules are the server defaults and
+//! whom the event does not name share one evaluation, the event's generic outcome (see
+//! `recipients.rs`), which is stored once per event for the whole room
+//! (`room_default_notifications`). Only the others (custom rules, mentioned, named in the body,
+//! the sender) are evaluated one by one, and only those whose outcome differs from the room's
+//! get a row of their own (`room_notifications`, and `notifications` when it notifies).
 //!
 //! Why in the batch and not in a background task: the event, its notifications and (for users
 //! with pushers) its entry in the durable push queue commit together, so a crash can neither
 //! lose a notification nor count one for an event that was never stored, and a sync that sees
-//! an event always sees its counts. The cost is one rule evaluation per local member per event,
-//! on the blocking pool under the room's lock, before the event's stream position is taken; the
-//! rules are read from the user's account data (one point read each) and parsed once per change
-//! ([`RulesetCache`]).
+//! an event always sees its counts. It runs on the blocking pool under the room's lock, before
+//! the event's stream position is taken.
 
 use std::{
     future::Future,
     pin::pin,
-    sync::Arc,
+    sync::LazyLock,
     task::{Context, Poll, Waker},
 };
 
 use ruma::{
-    OwnedRoomId, OwnedUserId, UInt,
+    OwnedRoomId, OwnedUserId, UInt, UserId,
     push::{Action, FlattenedJson, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset},
     serde::Raw,
 };
 use serde_json::value::RawValue;
 
+use super::recipients::{EventScreen, PushProfiles, Recipient};
 use crate::{
     Error, Result,
     storage::{
         Batch, Db,
         push_tables::{
-            NOTIFICATIONS, NotificationRecord, PUSH_QUEUE, PUSHERS, PushQueueEntry, ROOM_NOTIFICATIONS,
-            RoomNotification,
+            NOTIFICATIONS, NotificationRecord, PUSH_QUEUE, PushQueueEntry, ROOM_DEFAULT_NOTIFICATIONS,
+            ROOM_NOTIFICATIONS, RoomNotification,
         },
         tables::ACCOUNT_DATA,
     },
@@ -45,13 +50,6 @@ struct PushRulesContent {
     global: Ruleset,
 }
 
-/// A local user who may be notified of an event, with their display name in the room.
-#[derive(Clone)]
-pub struct Recipient {
-    pub user: OwnedUserId,
-    pub display_name: String,
-}
-
 /// What the push conditions need to know about the room.
 pub struct RoomFacts {
     pub room_id: OwnedRoomId,
@@ -60,13 +58,13 @@ pub struct RoomFacts {
 }
 
 /// The user's push rules from storage: what they stored, or the spec's defaults.
-pub fn stored_ruleset(db: &Db, user: &ruma::UserId) -> Result<Ruleset> {
+pub fn stored_ruleset(db: &Db, user: &UserId) -> Result<Ruleset> {
     let key = (user.to_owned(), String::new(), PUSH_RULES_TYPE.to_owned());
     Ok(ruleset_from(user, ACCOUNT_DATA.get(db, &key)?.as_deref().map(RawValue::get)))
 }
 
 /// The ruleset stored `m.push_rules` content holds, or the spec's defaults.
-fn ruleset_from(user: &ruma::UserId, stored: Option<&str>) -> Ruleset {
+pub(super) fn ruleset_from(user: &UserId, stored: Option<&str>) -> Ruleset {
     stored
         .and_then(|json| serde_json::from_str::<PushRulesContent>(json).ok())
         .map_or_else(|| Ruleset::server_default(user), |content| content.global)
@@ -76,7 +74,7 @@ fn ruleset_from(user: &ruma::UserId, stored: Option<&str>) -> Ruleset {
 /// subscriptions, which are not enabled: without them it completes on its first poll, so it can
 /// run here on the blocking pool inside the event's write. A future that does wait would be a
 /// bug: it gives `None` (logged; the event is stored without notifications rather than failed).
-fn complete_now<F: Future>(future: F) -> Option<F::Output> {
+pub(super) fn complete_now<F: Future>(future: F) -> Option<F::Output> {
     let mut future = pin!(future);
     match future.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
         Poll::Ready(output) => Some(output),
@@ -90,7 +88,7 @@ fn complete_now<F: Future>(future: F) -> Option<F::Output> {
 /// The actions of the first rule of `ruleset` that applies to the (flattened) event, as ruma's
 /// `Ruleset::get_actions` decides them (the same order and the same skip of the recipient's own
 /// events), on an event flattened once for all recipients.
-async fn first_match(ruleset: &Ruleset, event: &FlattenedJson, ctx: &PushConditionRoomCtx) -> Vec<Action> {
+pub(super) async fn first_match(ruleset: &Ruleset, event: &FlattenedJson, ctx: &PushConditionRoomCtx) -> Vec<Action> {
     if event.get_str("sender").is_some_and(|sender| sender == ctx.user_id) {
         return Vec::new();
     }
@@ -109,13 +107,29 @@ pub fn thread_root(content: &serde_json::Value) -> Option<String> {
         .then(|| relation.get("event_id")?.as_str().map(str::to_owned))?
 }
 
-/// A notification decided for one recipient, waiting for the event's stream position.
-pub struct PendingNotification {
+/// The localpart of the user the generic outcome is evaluated for. No event that contains it
+/// (in any case) gets a generic outcome: then every recipient is evaluated on their own.
+pub(super) const GENERIC_LOCALPART: &str = "trellis.generic.recipient";
+
+/// A user no event can name (see [`GENERIC_LOCALPART`]) and their server-default rules.
+static GENERIC: LazyLock<Option<(OwnedUserId, Ruleset)>> = LazyLock::new(|| {
+    let user = OwnedUserId::try_from(format!("@{GENERIC_LOCALPART}:trellis.invalid")).ok()?;
+    let ruleset = Ruleset::server_default(&user);
+    Some((user, ruleset))
+});
+
+/// A recipient whose outcome is not the room's: what their rules gave.
+pub struct OwnOutcome {
     user: OwnedUserId,
+    /// Empty when the event does not notify them.
     actions: Vec<Action>,
     highlight: bool,
-    /// Whether the user has a pusher, so the notification is queued for delivery.
-    has_pusher: bool,
+}
+
+impl OwnOutcome {
+    fn notifies(&self) -> bool {
+        self.actions.iter().any(Action::should_notify)
+    }
 }
 
 /// What an event's push evaluation decided: written by [`write_notifications`] once the event
@@ -124,53 +138,109 @@ pub struct EventNotifications {
     room_id: OwnedRoomId,
     event_id: String,
     thread: Option<String>,
-    notifications: Vec<PendingNotification>,
+    /// The generic outcome when it notifies: every local joined member without an own outcome
+    /// is notified with these actions (and whether they highlight).
+    room_default: Option<(Vec<Action>, bool)>,
+    /// Recipients (and the sender) whose outcome differs from the room's.
+    own: Vec<OwnOutcome>,
+    /// Recipients with a pusher whom the event notifies.
+    queued: Vec<OwnedUserId>,
 }
 
-/// Evaluates the event (`event` as clients see it) for every recipient.
+impl EventNotifications {
+    /// Each recipient's outcome as stored: their own, else the room's (for tests and checks).
+    #[cfg(test)]
+    pub(super) fn outcome_of(&self, user: &UserId) -> Option<&[Action]> {
+        match self.own.iter().find(|own| own.user == user) {
+            Some(own) => Some(&own.actions).filter(|_| own.notifies()).map(Vec::as_slice),
+            None => self.room_default.as_ref().map(|(actions, _)| actions.as_slice()),
+        }
+    }
+}
+
+/// The serialized form of actions, to compare two outcomes (ruma's `Action` has no `PartialEq`).
+fn same_actions(a: &[Action], b: &[Action]) -> bool {
+    match (serde_json::to_value(a), serde_json::to_value(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// Evaluates the event (`event` as clients see it) for every recipient; `sender_joined`: the
+/// sender is a local joined member (whom a room-wide outcome must leave out).
 pub fn evaluate_notifications(
     db: &Db,
-    rulesets: &RulesetCache,
+    profiles: &PushProfiles,
     event: &serde_json::Value,
     room: &RoomFacts,
-    recipients: &[Recipient],
+    (sender, sender_joined): (&UserId, bool),
+    recipients: &[&Recipient],
 ) -> Result<EventNotifications> {
     let event_id = event.get("event_id").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
     let thread = event.get("content").and_then(thread_root);
-    let mut out = EventNotifications { room_id: room.room_id.clone(), event_id, thread, notifications: Vec::new() };
+    let mut out = EventNotifications {
+        room_id: room.room_id.clone(),
+        event_id,
+        thread,
+        room_default: None,
+        own: Vec::new(),
+        queued: Vec::new(),
+    };
     if recipients.is_empty() {
         return Ok(out);
     }
     let raw: Raw<serde_json::Value> =
         Raw::new(event).map_err(|e| Error::internal(format!("cannot serialise event: {e}")))?;
     // Flattened once for every recipient: ruma's `Ruleset::get_actions` flattens the event again
-    // on each call, which in a big room was most of a send's allocations.
+    // on each call.
     let flattened = FlattenedJson::from_raw(&raw);
-    for recipient in recipients {
-        let ruleset = rulesets.get(db, &recipient.user)?;
+    let ctx_for = |user: &UserId, display_name: &str| {
         let mut ctx = PushConditionRoomCtx::new(
             room.room_id.clone(),
             UInt::try_from(room.joined_members).unwrap_or(UInt::MAX),
-            recipient.user.clone(),
-            recipient.display_name.clone(),
+            user.to_owned(),
+            display_name.to_owned(),
         );
         ctx.power_levels = room.power_levels.clone();
-        let Some(actions) = complete_now(first_match(&ruleset, &flattened, &ctx)) else { continue };
-        if !actions.iter().any(Action::should_notify) {
-            continue;
+        ctx
+    };
+    let generic = GENERIC
+        .as_ref()
+        .filter(|_| !raw.json().get().to_lowercase().contains(GENERIC_LOCALPART))
+        .and_then(|(user, ruleset)| complete_now(first_match(ruleset, &flattened, &ctx_for(user, GENERIC_LOCALPART))));
+    out.room_default = generic
+        .as_ref()
+        .filter(|actions| actions.iter().any(Action::should_notify))
+        .map(|actions| (actions.clone(), actions.iter().any(Action::is_highlight)));
+    let screen = EventScreen::of(event);
+    for recipient in recipients {
+        let profile = profiles.get(db, &recipient.user)?;
+        let shares_generic = profile.default_rules && !recipient.may_differ(&screen);
+        let (notifies, own) = match &generic {
+            Some(actions) if shares_generic => (actions.iter().any(Action::should_notify), None),
+            _ => {
+                let ctx = ctx_for(&recipient.user, &recipient.display_name);
+                let Some(actions) = complete_now(first_match(&profile.ruleset, &flattened, &ctx)) else { continue };
+                let highlight = actions.iter().any(Action::is_highlight);
+                let own = OwnOutcome { user: recipient.user.clone(), actions, highlight };
+                (own.notifies(), Some(own))
+            }
+        };
+        if notifies && profile.has_pusher {
+            out.queued.push(recipient.user.clone());
         }
-        let highlight = actions.iter().any(Action::is_highlight);
-        let user = recipient.user.clone();
-        let has_pusher = !PUSHERS
-            .scan_from(
-                db,
-                &(user.clone(), String::new(), String::new()),
-                crate::storage::ScanDirection::Forward,
-                1,
-                |k| k.0 == user,
-            )?
-            .is_empty();
-        out.notifications.push(PendingNotification { user, actions, highlight, has_pusher });
+        if let Some(own) = own {
+            let same_as_room = match &out.room_default {
+                Some((actions, _)) => notifies && same_actions(actions, &own.actions),
+                None => !notifies,
+            };
+            if !same_as_room {
+                out.own.push(own);
+            }
+        }
+    }
+    if out.room_default.is_some() && sender_joined {
+        out.own.push(OwnOutcome { user: sender.to_owned(), actions: Vec::new(), highlight: false });
     }
     Ok(out)
 }
@@ -179,63 +249,38 @@ pub fn evaluate_notifications(
 /// queue entry for recipients with pushers. Returns whether anything was queued for delivery.
 pub fn write_notifications(batch: &mut Batch, position: u64, decided: EventNotifications) -> Result<bool> {
     let ts = crate::service::now_ms();
-    let mut queued = false;
-    for notification in decided.notifications {
-        let user = notification.user;
+    let record = |actions: Vec<Action>, highlight: bool| NotificationRecord {
+        room_id: decided.room_id.clone(),
+        event_id: decided.event_id.clone(),
+        actions,
+        highlight,
+        ts,
+        thread: decided.thread.clone(),
+    };
+    if let Some((actions, highlight)) = &decided.room_default {
         batch.put(
-            &NOTIFICATIONS,
-            &(user.clone(), position),
-            &NotificationRecord {
-                room_id: decided.room_id.clone(),
-                event_id: decided.event_id.clone(),
-                actions: notification.actions,
-                highlight: notification.highlight,
-                ts,
-                thread: decided.thread.clone(),
-            },
+            &ROOM_DEFAULT_NOTIFICATIONS,
+            &(decided.room_id.clone(), position),
+            &record(actions.clone(), *highlight),
         )?;
+    }
+    for own in &decided.own {
+        let notify = own.notifies();
         batch.put(
             &ROOM_NOTIFICATIONS,
-            &(user.clone(), decided.room_id.clone(), position),
-            &RoomNotification { highlight: notification.highlight, thread: decided.thread.clone() },
+            &(own.user.clone(), decided.room_id.clone(), position),
+            &RoomNotification { highlight: own.highlight, thread: decided.thread.clone(), notify },
         )?;
-        if notification.has_pusher {
-            batch.put(&PUSH_QUEUE, &(position, user.to_string()), &PushQueueEntry { queued_at: ts })?;
-            queued = true;
+        if notify {
+            batch.put(&NOTIFICATIONS, &(own.user.clone(), position), &record(own.actions.clone(), own.highlight))?;
         }
     }
-    Ok(queued)
-}
-
-/// Parsed push rules per user. Each use still reads the user's stored rules (one point read)
-/// and reuses the parsed ruleset while those bytes are unchanged, so no invalidation is needed
-/// however the rules change; parsing, or building the defaults, is what costs in a big room.
-#[derive(Default)]
-pub struct RulesetCache(std::sync::Mutex<std::collections::HashMap<OwnedUserId, CachedRuleset>>);
-
-/// A user's stored push rules (as stored, `None` for the defaults) and their parsed form.
-type CachedRuleset = (Option<Box<str>>, Arc<Ruleset>);
-
-/// Users whose rulesets are kept; past it the cache starts over.
-const CACHED_RULESETS: usize = 20_000;
-
-impl RulesetCache {
-    pub fn get(&self, db: &Db, user: &ruma::UserId) -> Result<Arc<Ruleset>> {
-        let key = (user.to_owned(), String::new(), PUSH_RULES_TYPE.to_owned());
-        let stored: Option<Box<str>> = ACCOUNT_DATA.get(db, &key)?.map(|raw| raw.get().into());
-        if let Ok(cache) = self.0.lock()
-            && let Some((bytes, ruleset)) = cache.get(user)
-            && *bytes == stored
-        {
-            return Ok(ruleset.clone());
-        }
-        let ruleset = Arc::new(ruleset_from(user, stored.as_deref()));
-        if let Ok(mut cache) = self.0.lock() {
-            if cache.len() >= CACHED_RULESETS {
-                cache.clear();
-            }
-            cache.insert(user.to_owned(), (stored, ruleset.clone()));
-        }
-        Ok(ruleset)
+    for user in &decided.queued {
+        batch.put(
+            &PUSH_QUEUE,
+            &(position, user.to_string()),
+            &PushQueueEntry { queued_at: ts, room: Some(decided.room_id.clone()) },
+        )?;
     }
+    Ok(!decided.queued.is_empty())
 }

@@ -18,7 +18,7 @@ use std::{
 };
 
 use ruma::{
-    OwnedEventId, OwnedUserId, UInt, UserId,
+    OwnedEventId, OwnedRoomId, OwnedUserId, UInt, UserId,
     api::{
         IncomingResponseExt, OutgoingRequestExt,
         client::push::PusherKind,
@@ -42,7 +42,7 @@ use crate::{
     },
     storage::{
         Batch, ScanDirection,
-        push_tables::{NOTIFICATIONS, NotificationRecord, PUSH_QUEUE},
+        push_tables::{NOTIFICATIONS, NotificationRecord, PUSH_QUEUE, ROOM_DEFAULT_NOTIFICATIONS},
     },
 };
 
@@ -160,7 +160,7 @@ async fn pass(
             next = Some(next.map_or(at, |n| n.min(at)));
             continue;
         }
-        if deliver(services, key.0, &key.1, &mut retry.delivered).await? {
+        if deliver(services, (key.0, &key.1, entry.room), &mut retry.delivered).await? {
             done.push(key);
         } else {
             let backoff = FIRST_BACKOFF.saturating_mul(2u32.saturating_pow(retry.failures)).min(max_backoff);
@@ -196,13 +196,23 @@ async fn pass(
 /// nothing is left to retry.
 async fn deliver(
     services: &Services,
-    position: u64,
-    user: &str,
+    (position, user, room): (u64, &str, Option<OwnedRoomId>),
     delivered: &mut HashSet<(String, String)>,
 ) -> Result<bool> {
     let Ok(user) = OwnedUserId::try_from(user) else { return Ok(true) };
     let key = (user.clone(), position);
-    let Some(record) = services.db.run(move |db| Ok(NOTIFICATIONS.get(db, &key)?)).await? else { return Ok(true) };
+    // The user's own notification if they have one, else the room's outcome they shared.
+    let record = services
+        .db
+        .run(move |db| match NOTIFICATIONS.get(db, &key)? {
+            Some(own) => Ok(Some(own)),
+            None => match room {
+                Some(room) => Ok(ROOM_DEFAULT_NOTIFICATIONS.get(db, &(room, position))?),
+                None => Ok(None),
+            },
+        })
+        .await?;
+    let Some(record) = record else { return Ok(true) };
     let Ok(event_id) = OwnedEventId::try_from(record.event_id.as_str()) else { return Ok(true) };
     let Some(event) = services.rooms.event_for(&user, &event_id).await? else { return Ok(true) };
     let pushers: Vec<StoredPusher> = services.push.pushers(&user).await?;

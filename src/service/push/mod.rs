@@ -8,6 +8,7 @@ pub mod evaluate;
 pub mod gateway;
 pub mod notifications;
 pub mod pushers;
+pub mod recipients;
 
 use std::sync::Arc;
 
@@ -36,6 +37,8 @@ pub struct Push {
     /// Which addresses push gateways may be reached at (checked at `/pushers/set` and on
     /// every delivery).
     guard: AddressGuard,
+    /// Cached push profiles, forgotten here when a user's pushers change.
+    profiles: Arc<recipients::PushProfiles>,
 }
 
 fn rule_not_found() -> Error {
@@ -43,8 +46,13 @@ fn rule_not_found() -> Error {
 }
 
 impl Push {
-    pub fn new(db: Db, wake: Arc<tokio::sync::Notify>, guard: AddressGuard) -> Self {
-        Self { db, wake, pushers_lock: WriteLock::new(), guard }
+    pub fn new(
+        db: Db,
+        wake: Arc<tokio::sync::Notify>,
+        guard: AddressGuard,
+        profiles: Arc<recipients::PushProfiles>,
+    ) -> Self {
+        Self { db, wake, pushers_lock: WriteLock::new(), guard, profiles }
     }
 
     /// The user's push rules: what they stored, or the spec's defaults.

@@ -93,6 +93,7 @@ impl Push {
         let json = serde_json::value::to_raw_value(&pusher)
             .map_err(|e| Error::internal(format!("cannot store pusher: {e}")))?;
         let key = (user.to_owned(), pusher.ids.app_id.clone(), pusher.ids.pushkey.clone());
+        let profiles = self.profiles.clone();
         self.pushers_lock
             .run(&self.db, move |db| {
                 let mut batch = Batch::new();
@@ -100,17 +101,21 @@ impl Push {
                 let pushkey_ts =
                     PUSHERS.get(db, &key)?.map_or_else(|| crate::service::now_ms() / 1000, |r| r.pushkey_ts);
                 let (user, app_id, pushkey) = key.clone();
+                let mut changed = vec![user.clone()];
                 if !append {
                     for ((_, _, other), ()) in PUSHER_OWNERS.scan_prefix(db, &(app_id.clone(), pushkey.clone()))? {
                         if other != user {
                             batch.delete(&PUSHERS, &(other.clone(), app_id.clone(), pushkey.clone()));
-                            batch.delete(&PUSHER_OWNERS, &(app_id.clone(), pushkey.clone(), other));
+                            batch.delete(&PUSHER_OWNERS, &(app_id.clone(), pushkey.clone(), other.clone()));
+                            changed.push(other);
                         }
                     }
                 }
                 batch.put(&PUSHERS, &key, &PusherRecord { pusher: json, pushkey_ts })?;
                 batch.put(&PUSHER_OWNERS, &(app_id, pushkey, user), &())?;
-                Ok(db.write(batch)?)
+                db.write(batch)?;
+                changed.iter().for_each(|user| profiles.forget(user));
+                Ok(())
             })
             .await
     }
@@ -118,13 +123,16 @@ impl Push {
     /// Deletes a pusher (nothing happens when there is none).
     pub async fn delete_pusher(&self, user: &UserId, ids: PusherIds) -> Result<()> {
         let key: (OwnedUserId, String, String) = (user.to_owned(), ids.app_id, ids.pushkey);
+        let profiles = self.profiles.clone();
         self.pushers_lock
             .run(&self.db, move |db| {
                 let mut batch = Batch::new();
                 let (user, app_id, pushkey) = key.clone();
                 batch.delete(&PUSHERS, &key);
-                batch.delete(&PUSHER_OWNERS, &(app_id, pushkey, user));
-                Ok(db.write(batch)?)
+                batch.delete(&PUSHER_OWNERS, &(app_id, pushkey, user.clone()));
+                db.write(batch)?;
+                profiles.forget(&user);
+                Ok(())
             })
             .await
     }
@@ -132,6 +140,7 @@ impl Push {
     /// Removes `user`'s pushers whose pushkeys a gateway rejected, as (app ID, pushkey) pairs.
     pub async fn remove_rejected(&self, user: &UserId, rejected: Vec<(String, String)>) -> Result<()> {
         let user = user.to_owned();
+        let profiles = self.profiles.clone();
         self.pushers_lock
             .run(&self.db, move |db| {
                 let mut batch = Batch::new();
@@ -139,7 +148,9 @@ impl Push {
                     batch.delete(&PUSHERS, &(user.clone(), app_id.clone(), pushkey.clone()));
                     batch.delete(&PUSHER_OWNERS, &(app_id, pushkey, user.clone()));
                 }
-                Ok(db.write(batch)?)
+                db.write(batch)?;
+                profiles.forget(&user);
+                Ok(())
             })
             .await
     }

@@ -72,8 +72,9 @@ pub struct RoomCore {
     push_wake: Arc<tokio::sync::Notify>,
     /// Push evaluation's facts per room (see `notify.rs`).
     push_facts: notify::PushFactsCache,
-    /// Parsed push rules per user, for evaluation at write time.
-    rulesets: crate::service::push::evaluate::RulesetCache,
+    /// Push rules and pushers per user, for evaluation at write time (shared with the services
+    /// that change them, which forget a user's entry).
+    push_profiles: Arc<crate::service::push::recipients::PushProfiles>,
     /// The newest `origin_server_ts` given to a create event (see `build.rs`).
     last_create_ts: std::sync::atomic::AtomicU64,
 }
@@ -128,6 +129,7 @@ impl Rooms {
         keys: Arc<ServerKeys>,
         notifier: Arc<crate::service::notifier::Notifier>,
         push_wake: Arc<tokio::sync::Notify>,
+        push_profiles: Arc<crate::service::push::recipients::PushProfiles>,
     ) -> Result<Self> {
         let core = RoomCore {
             interner: short::Interner::new(&db)?,
@@ -139,7 +141,7 @@ impl Rooms {
             keys,
             push_wake,
             push_facts: notify::PushFactsCache::default(),
-            rulesets: Default::default(),
+            push_profiles,
             last_create_ts: std::sync::atomic::AtomicU64::new(0),
         };
         Ok(Self {

@@ -28,7 +28,10 @@ use ruma::{
 use super::{RoomCore, accept::membership_in, pdu::Pdu, state::ShortStateMap};
 use crate::{
     Result,
-    service::push::evaluate::{EventNotifications, Recipient, RoomFacts, evaluate_notifications},
+    service::push::{
+        evaluate::{EventNotifications, RoomFacts, evaluate_notifications},
+        recipients::Recipient,
+    },
     storage::Db,
 };
 
@@ -40,7 +43,7 @@ const CACHED_ROOMS: usize = 10_000;
 pub(super) struct RoomPushFacts {
     joined_members: u64,
     /// Every joined local member, with their display name in the room.
-    local_joined: BTreeMap<OwnedUserId, String>,
+    local_joined: BTreeMap<OwnedUserId, Recipient>,
     power_levels: PushConditionPowerLevelsCtx,
 }
 
@@ -109,13 +112,14 @@ impl RoomCore {
                 facts
             }
         };
-        let mut recipients: Vec<Recipient> = facts
+        let mut recipients: Vec<&Recipient> = facts
             .local_joined
             .iter()
             .filter(|(user, _)| **user != pdu.sender)
-            .map(|(user, display_name)| Recipient { user: user.clone(), display_name: display_name.clone() })
+            .map(|(_, recipient)| recipient)
             .collect();
         // A local user being invited by this very event, so `.m.rule.invite_for_me` can apply.
+        let mut invitee = None;
         if pdu.kind == ruma::events::TimelineEventType::RoomMember
             && membership_in(&pdu.content) == "invite"
             && let Some(Ok(user)) = pdu.state_key.as_deref().map(OwnedUserId::try_from)
@@ -123,15 +127,17 @@ impl RoomCore {
             && user != pdu.sender
         {
             let display_name = display_name_in(pdu, &user);
-            recipients.push(Recipient { user, display_name });
+            invitee = Some(Recipient::new(user, display_name));
         }
+        recipients.extend(invitee.as_ref());
         let room = RoomFacts {
             room_id: pdu.room_id.clone(),
             joined_members: facts.joined_members,
             power_levels: Some(facts.power_levels.clone()),
         };
         let event = if recipients.is_empty() { serde_json::Value::Null } else { pdu.to_client_event() };
-        evaluate_notifications(db, &self.rulesets, &event, &room, &recipients)
+        let sender_joined = facts.local_joined.contains_key(&pdu.sender);
+        evaluate_notifications(db, &self.push_profiles, &event, &room, (&pdu.sender, sender_joined), &recipients)
     }
 
     fn load_with_new(&self, db: &Db, rules: &RoomVersionRules, short: u64, new: (u64, &Pdu)) -> Result<Pdu> {
@@ -186,7 +192,7 @@ impl RoomCore {
                     match now.filter(|_| joined_now) {
                         Some(event) => {
                             let display_name = display_name_in(&event, &user);
-                            facts.local_joined.insert(user, display_name);
+                            facts.local_joined.insert(user.clone(), Recipient::new(user, display_name));
                         }
                         None => {
                             facts.local_joined.remove(&user);
@@ -255,7 +261,7 @@ impl RoomCore {
                     let Ok(user) = OwnedUserId::try_from(member) else { continue };
                     if user.server_name() == self.server_name {
                         let display_name = display_name_in(&event, &user);
-                        local_joined.insert(user, display_name);
+                        local_joined.insert(user.clone(), Recipient::new(user, display_name));
                     }
                 }
                 _ => {}
