@@ -16,6 +16,7 @@
 //! the event's stream position is taken.
 
 use std::{
+    collections::HashSet,
     future::Future,
     pin::pin,
     sync::LazyLock,
@@ -29,7 +30,7 @@ use ruma::{
 };
 use serde_json::value::RawValue;
 
-use super::recipients::{EventScreen, PushProfiles, Recipient};
+use super::recipients::{EventScreen, PushProfiles, Recipient, RoomRecipients};
 use crate::{
     Error, Result,
     storage::{
@@ -166,15 +167,24 @@ fn same_actions(a: &[Action], b: &[Action]) -> bool {
     }
 }
 
-/// Evaluates the event (`event` as clients see it) for every recipient; `sender_joined`: the
-/// sender is a local joined member (whom a room-wide outcome must leave out).
+/// Who an event may notify: the room's local joined members (in the state after the event),
+/// those of them whose profiles single them out ([`RoomRecipients::special`]), and a local user
+/// the event invites.
+pub struct Audience<'a> {
+    pub members: &'a RoomRecipients,
+    pub special: &'a [OwnedUserId],
+    pub invitee: Option<&'a Recipient>,
+}
+
+/// Evaluates the event (`event` as clients see it) for every recipient: once for all the
+/// members who share its generic outcome, then one by one for the members it may single out.
 pub fn evaluate_notifications(
     db: &Db,
     profiles: &PushProfiles,
     event: &serde_json::Value,
     room: &RoomFacts,
-    (sender, sender_joined): (&UserId, bool),
-    recipients: &[&Recipient],
+    sender: &UserId,
+    audience: Audience<'_>,
 ) -> Result<EventNotifications> {
     let event_id = event.get("event_id").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
     let thread = event.get("content").and_then(thread_root);
@@ -186,7 +196,8 @@ pub fn evaluate_notifications(
         own: Vec::new(),
         queued: Vec::new(),
     };
-    if recipients.is_empty() {
+    let sender_joined = audience.members.contains(sender);
+    if audience.members.len() == usize::from(sender_joined) && audience.invitee.is_none() {
         return Ok(out);
     }
     let raw: Raw<serde_json::Value> =
@@ -213,7 +224,20 @@ pub fn evaluate_notifications(
         .filter(|actions| actions.iter().any(Action::should_notify))
         .map(|actions| (actions.clone(), actions.iter().any(Action::is_highlight)));
     let screen = EventScreen::of(event);
-    for recipient in recipients {
+    // Everyone else shares the generic outcome: default rules, no pusher, not named.
+    let candidates: Vec<&Recipient> = match &generic {
+        None => audience.members.iter().chain(audience.invitee).collect(),
+        Some(_) => {
+            let mut seen = HashSet::new();
+            let special = audience.special.iter().filter_map(|user| audience.members.get(user));
+            special
+                .chain(audience.members.named(&screen))
+                .chain(audience.invitee)
+                .filter(|recipient| seen.insert(&recipient.user))
+                .collect()
+        }
+    };
+    for recipient in candidates.into_iter().filter(|recipient| recipient.user != sender) {
         let profile = profiles.get(db, &recipient.user)?;
         let shares_generic = profile.default_rules && !recipient.may_differ(&screen);
         let (notifies, own) = match &generic {

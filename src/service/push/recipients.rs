@@ -71,6 +71,12 @@ impl PushProfiles {
         Ok(profile)
     }
 
+    /// Changes with every [`forget`](Self::forget): what was derived from profiles under one
+    /// generation holds while it lasts.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     /// Drops the cached profile of `user`; called after a change of their rules or pushers is
     /// committed.
     pub fn forget(&self, user: &UserId) {
@@ -180,6 +186,111 @@ impl EventScreen {
             named_ids.insert(state_key.to_owned());
         }
         Self { body_words, named_ids }
+    }
+}
+
+/// The local joined members of one state of a room, indexed so that an event finds the
+/// members it may name without looking at the others: by the first words of their display
+/// names and localparts, plus those whose names words cannot screen.
+#[derive(Clone, Default)]
+pub struct RoomRecipients {
+    members: HashMap<OwnedUserId, Recipient>,
+    by_word: HashMap<Box<str>, Vec<OwnedUserId>>,
+    /// Members whose display name or localpart has no screening word, or whose ID has glob
+    /// characters: evaluated for every event with a body.
+    unscreenable: HashSet<OwnedUserId>,
+}
+
+impl RoomRecipients {
+    pub fn insert(&mut self, recipient: Recipient) {
+        self.remove(&recipient.user.clone());
+        let user = &recipient.user;
+        for word in [&recipient.display_name_word, &recipient.localpart_word] {
+            match word {
+                Some(word) => {
+                    let users = self.by_word.entry(word.clone()).or_default();
+                    if !users.contains(user) {
+                        users.push(user.clone());
+                    }
+                }
+                None => {
+                    self.unscreenable.insert(user.clone());
+                }
+            }
+        }
+        if recipient.glob_id {
+            self.unscreenable.insert(user.clone());
+        }
+        self.members.insert(user.clone(), recipient);
+    }
+
+    pub fn remove(&mut self, user: &UserId) {
+        let Some(recipient) = self.members.remove(user) else { return };
+        for word in [&recipient.display_name_word, &recipient.localpart_word].into_iter().flatten() {
+            if let Some(users) = self.by_word.get_mut(word) {
+                users.retain(|u| u != user);
+                if users.is_empty() {
+                    self.by_word.remove(word);
+                }
+            }
+        }
+        self.unscreenable.remove(user);
+    }
+
+    pub fn contains(&self, user: &UserId) -> bool {
+        self.members.contains_key(user)
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// The members whose profiles single them out for every event: custom rules or a pusher.
+    pub fn special(&self, db: &Db, profiles: &PushProfiles) -> Result<Vec<OwnedUserId>> {
+        let mut special = Vec::new();
+        for user in self.members.keys() {
+            let profile = profiles.get(db, user)?;
+            if !profile.default_rules || profile.has_pusher {
+                special.push(user.clone());
+            }
+        }
+        Ok(special)
+    }
+
+    /// The members the event may name (a superset; see [`Recipient::may_differ`]).
+    pub fn named<'a>(&'a self, screen: &'a EventScreen) -> impl Iterator<Item = &'a Recipient> + 'a {
+        let by_id = screen
+            .named_ids
+            .iter()
+            .filter_map(|id| <&UserId>::try_from(id.as_str()).ok())
+            .filter_map(|user| self.members.get_key_value(user));
+        let by_word = screen
+            .body_words
+            .iter()
+            .flatten()
+            .filter_map(|word| self.by_word.get(word.as_str()))
+            .flatten()
+            .filter_map(|user| self.members.get_key_value(user));
+        let unscreenable = screen
+            .body_words
+            .is_some()
+            .then_some(&self.unscreenable)
+            .into_iter()
+            .flatten()
+            .filter_map(|user| self.members.get_key_value(user));
+        by_id.chain(by_word).chain(unscreenable).map(|(_, recipient)| recipient)
+    }
+
+    pub fn get(&self, user: &UserId) -> Option<&Recipient> {
+        self.members.get(user)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Recipient> {
+        self.members.values()
     }
 }
 

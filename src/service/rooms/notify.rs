@@ -10,7 +10,7 @@
 //! group is not the room's current one, and then it is read again.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     sync::{Arc, Mutex},
 };
 
@@ -29,8 +29,8 @@ use super::{RoomCore, accept::membership_in, pdu::Pdu, state::ShortStateMap};
 use crate::{
     Result,
     service::push::{
-        evaluate::{EventNotifications, RoomFacts, evaluate_notifications},
-        recipients::Recipient,
+        evaluate::{Audience, EventNotifications, RoomFacts, evaluate_notifications},
+        recipients::{Recipient, RoomRecipients},
     },
     storage::Db,
 };
@@ -43,21 +43,39 @@ const CACHED_ROOMS: usize = 10_000;
 pub(super) struct RoomPushFacts {
     joined_members: u64,
     /// Every joined local member, with their display name in the room.
-    local_joined: BTreeMap<OwnedUserId, Recipient>,
+    local_joined: RoomRecipients,
     power_levels: PushConditionPowerLevelsCtx,
 }
 
-/// Push facts by short room ID, with the state group they were read from.
+/// Push facts by short room ID, with the state group they were read from; and the special
+/// members of each, with the state group and profile generation they were read under.
 #[derive(Default)]
-pub(super) struct PushFactsCache(Mutex<HashMap<u64, (u64, Arc<RoomPushFacts>)>>);
+pub(super) struct PushFactsCache {
+    facts: Mutex<HashMap<u64, (u64, Arc<RoomPushFacts>)>>,
+    special: Mutex<HashMap<u64, ((u64, u64), Arc<Vec<OwnedUserId>>)>>,
+}
 
 impl PushFactsCache {
+    fn special(&self, short_room: u64, read_under: (u64, u64)) -> Option<Arc<Vec<OwnedUserId>>> {
+        let map = self.special.lock().ok()?;
+        map.get(&short_room).filter(|(under, _)| *under == read_under).map(|(_, special)| special.clone())
+    }
+
+    fn put_special(&self, short_room: u64, read_under: (u64, u64), special: Arc<Vec<OwnedUserId>>) {
+        if let Ok(mut map) = self.special.lock() {
+            if map.len() >= CACHED_ROOMS {
+                map.clear();
+            }
+            map.insert(short_room, (read_under, special));
+        }
+    }
+
     fn get(&self, short_room: u64) -> Option<(u64, Arc<RoomPushFacts>)> {
-        self.0.lock().ok()?.get(&short_room).cloned()
+        self.facts.lock().ok()?.get(&short_room).cloned()
     }
 
     fn put(&self, short_room: u64, group: u64, facts: Arc<RoomPushFacts>) {
-        if let Ok(mut map) = self.0.lock() {
+        if let Ok(mut map) = self.facts.lock() {
             if map.len() >= CACHED_ROOMS {
                 map.clear();
             }
@@ -112,12 +130,6 @@ impl RoomCore {
                 facts
             }
         };
-        let mut recipients: Vec<&Recipient> = facts
-            .local_joined
-            .iter()
-            .filter(|(user, _)| **user != pdu.sender)
-            .map(|(_, recipient)| recipient)
-            .collect();
         // A local user being invited by this very event, so `.m.rule.invite_for_me` can apply.
         let mut invitee = None;
         if pdu.kind == ruma::events::TimelineEventType::RoomMember
@@ -129,15 +141,37 @@ impl RoomCore {
             let display_name = display_name_in(pdu, &user);
             invitee = Some(Recipient::new(user, display_name));
         }
-        recipients.extend(invitee.as_ref());
         let room = RoomFacts {
             room_id: pdu.room_id.clone(),
             joined_members: facts.joined_members,
             power_levels: Some(facts.power_levels.clone()),
         };
-        let event = if recipients.is_empty() { serde_json::Value::Null } else { pdu.to_client_event() };
-        let sender_joined = facts.local_joined.contains_key(&pdu.sender);
-        evaluate_notifications(db, &self.push_profiles, &event, &room, (&pdu.sender, sender_joined), &recipients)
+        let special = self.special_members(db, short_room, group, &facts)?;
+        let audience = Audience { members: &facts.local_joined, special: &special, invitee: invitee.as_ref() };
+        let event = if facts.local_joined.is_empty() && invitee.is_none() {
+            serde_json::Value::Null
+        } else {
+            pdu.to_client_event()
+        };
+        evaluate_notifications(db, &self.push_profiles, &event, &room, &pdu.sender, audience)
+    }
+
+    /// The members of a room state whose push profiles single them out (custom rules or a
+    /// pusher), kept while neither the state nor any profile changes.
+    fn special_members(
+        &self,
+        db: &Db,
+        short_room: u64,
+        group: u64,
+        facts: &RoomPushFacts,
+    ) -> Result<Arc<Vec<OwnedUserId>>> {
+        let generation = self.push_profiles.generation();
+        if let Some(special) = self.push_facts.special(short_room, (group, generation)) {
+            return Ok(special);
+        }
+        let special = Arc::new(facts.local_joined.special(db, &self.push_profiles)?);
+        self.push_facts.put_special(short_room, (group, generation), special.clone());
+        Ok(special)
     }
 
     fn load_with_new(&self, db: &Db, rules: &RoomVersionRules, short: u64, new: (u64, &Pdu)) -> Result<Pdu> {
@@ -192,7 +226,7 @@ impl RoomCore {
                     match now.filter(|_| joined_now) {
                         Some(event) => {
                             let display_name = display_name_in(&event, &user);
-                            facts.local_joined.insert(user.clone(), Recipient::new(user, display_name));
+                            facts.local_joined.insert(Recipient::new(user, display_name));
                         }
                         None => {
                             facts.local_joined.remove(&user);
@@ -241,7 +275,7 @@ impl RoomCore {
         state: &ShortStateMap,
     ) -> Result<RoomPushFacts> {
         let mut joined_members = 0u64;
-        let mut local_joined = BTreeMap::new();
+        let mut local_joined = RoomRecipients::default();
         let (mut power_levels, mut create) = (None, None);
         for (key, short) in state.iter() {
             let names = self.names_with_new(db, *key, new_key)?;
@@ -261,7 +295,7 @@ impl RoomCore {
                     let Ok(user) = OwnedUserId::try_from(member) else { continue };
                     if user.server_name() == self.server_name {
                         let display_name = display_name_in(&event, &user);
-                        local_joined.insert(user.clone(), Recipient::new(user, display_name));
+                        local_joined.insert(Recipient::new(user, display_name));
                     }
                 }
                 _ => {}

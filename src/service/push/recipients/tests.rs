@@ -13,9 +13,9 @@ use ruma::{
 };
 use serde_json::{Value, json};
 
-use super::{EventScreen, PushProfiles, Recipient};
+use super::{EventScreen, PushProfiles, Recipient, RoomRecipients};
 use crate::{
-    service::push::evaluate::{GENERIC_LOCALPART, RoomFacts, complete_now, evaluate_notifications, first_match},
+    service::push::evaluate::{Audience, GENERIC_LOCALPART, RoomFacts, complete_now, evaluate_notifications, first_match},
     storage::{Db, memory::MemoryEngine},
 };
 
@@ -125,7 +125,13 @@ fn the_shared_outcome_is_what_each_users_default_rules_give() {
     let db = Db::with_engine(Arc::new(MemoryEngine::default()));
     let profiles = PushProfiles::default();
     let recipients = recipients();
-    let refs: Vec<&Recipient> = recipients.iter().collect();
+    let mut members = RoomRecipients::default();
+    for recipient in &recipients {
+        members.insert(recipient.clone());
+    }
+    members.insert(Recipient::new(user("@sender:hs"), "Sender".to_owned()));
+    let special = members.special(&db, &profiles).unwrap();
+    assert!(special.is_empty(), "nobody has custom rules or a pusher");
     let rules = RoomVersionRules::V11;
     let levels: RoomPowerLevelsEventContent = serde_json::from_value(json!({"users": {"@sender:hs": 100}})).unwrap();
     let power_levels = RoomPowerLevels::new(RoomPowerLevelsSource::from(Some(levels)), &rules.authorization, vec![]);
@@ -137,8 +143,8 @@ fn the_shared_outcome_is_what_each_users_default_rules_give() {
             power_levels: Some(power_levels.clone().into()),
         };
         for event in events() {
-            let decided =
-                evaluate_notifications(&db, &profiles, &event, &room, (&user("@sender:hs"), true), &refs).unwrap();
+            let audience = Audience { members: &members, special: &special, invitee: None };
+            let decided = evaluate_notifications(&db, &profiles, &event, &room, &user("@sender:hs"), audience).unwrap();
             let raw: Raw<Value> = Raw::new(&event).unwrap();
             let flattened = FlattenedJson::from_raw(&raw);
             for recipient in &recipients {
@@ -172,9 +178,22 @@ fn the_shared_outcome_is_what_each_users_default_rules_give() {
 #[test]
 fn screening_singles_out_named_users_only() {
     let recipients = recipients();
+    let mut members = RoomRecipients::default();
+    for recipient in &recipients {
+        members.insert(recipient.clone());
+    }
+    // Both ways of finding the named members agree: one by one, and through the room's index.
     let named = |event: Value| -> Vec<&str> {
         let screen = EventScreen::of(&event);
-        recipients.iter().filter(|r| r.may_differ(&screen)).map(|r| r.user.as_str()).collect()
+        let one_by_one: Vec<&str> =
+            recipients.iter().filter(|r| r.may_differ(&screen)).map(|r| r.user.as_str()).collect();
+        let mut indexed: Vec<&str> = members.named(&screen).map(|r| r.user.as_str()).collect();
+        indexed.sort();
+        indexed.dedup();
+        let mut sorted = one_by_one.clone();
+        sorted.sort();
+        assert_eq!(indexed, sorted, "{event}");
+        one_by_one
     };
     // Names that words cannot screen (`[bot] Dave`, `*`, the empty name, `Ivan?`) are always
     // evaluated when there is a body.
@@ -193,4 +212,16 @@ fn screening_singles_out_named_users_only() {
     assert_eq!(named(json!({"content": {"m.mentions": {"user_ids": ["@alice:hs"]}}})), vec!["@alice:hs"]);
     assert_eq!(named(json!({"state_key": "@judy:hs", "content": {}})), vec!["@judy:hs"]);
     assert!(named(json!({"content": {"key": "alice"}})).is_empty());
+
+    // A member who leaves (or is renamed) is no longer found by their old words.
+    let mut members = RoomRecipients::default();
+    members.insert(Recipient::new(user("@bob:hs"), "Bob Smith".to_owned()));
+    members.insert(Recipient::new(user("@bobby:hs"), "Bob".to_owned()));
+    let screen = EventScreen::of(&json!({"content": {"body": "bob?"}}));
+    assert_eq!(members.named(&screen).count(), 2);
+    members.insert(Recipient::new(user("@bobby:hs"), "Robert".to_owned()));
+    assert_eq!(members.named(&screen).map(|r| r.user.as_str()).collect::<Vec<_>>(), ["@bob:hs"]);
+    members.remove(&user("@bob:hs"));
+    assert_eq!(members.named(&screen).count(), 0);
+    assert_eq!(members.len(), 1);
 }
