@@ -52,8 +52,11 @@ pub(super) struct RoomPushFacts {
 #[derive(Default)]
 pub(super) struct PushFactsCache {
     facts: Mutex<HashMap<u64, (u64, Arc<RoomPushFacts>)>>,
-    special: Mutex<HashMap<u64, ((u64, u64), Arc<Vec<OwnedUserId>>)>>,
+    special: Mutex<HashMap<u64, SpecialMembers>>,
 }
+
+/// A room's special members, with the (state group, profile generation) they were read under.
+type SpecialMembers = ((u64, u64), Arc<Vec<OwnedUserId>>);
 
 impl PushFactsCache {
     fn special(&self, short_room: u64, read_under: (u64, u64)) -> Option<Arc<Vec<OwnedUserId>>> {

@@ -316,6 +316,28 @@ impl Rooms {
     }
 
     /// `user`'s membership in the room at stream position `position`.
+    /// The user's membership in the room's state at a stream position, with the stream position
+    /// of that membership event.
+    pub async fn membership_event_at(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        position: u64,
+    ) -> Result<Option<(String, Option<u64>)>> {
+        let (user, room_id) = (user.to_owned(), room_id.to_owned());
+        self.run(move |core, db| {
+            let short_room = core.short_room_of(db, &room_id)?;
+            let Some(group) = core.state_group_at(db, short_room, position)? else { return Ok(None) };
+            let Some(pdu) = core.state_in_group(db, group, "m.room.member", user.as_str())? else { return Ok(None) };
+            let at = match core.interner.short_event(db, &pdu.event_id)? {
+                Some(short) => EVENT_META.get(db, &short)?.and_then(|meta| meta.position),
+                None => None,
+            };
+            Ok(Some((membership_in(&pdu.content), at)))
+        })
+        .await
+    }
+
     pub async fn membership_at(&self, user: &UserId, room_id: &RoomId, position: u64) -> Result<Option<String>> {
         let (user, room_id) = (user.to_owned(), room_id.to_owned());
         self.run(move |core, db| {

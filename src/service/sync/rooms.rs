@@ -73,8 +73,8 @@ pub(super) async fn collect(ctx: &Context<'_>) -> Result<Rooms> {
         let (membership, position) = if record.position <= upto {
             (record.membership.clone(), Some(record.position))
         } else {
-            match ctx.services.rooms.membership_at(ctx.user, &room_id, upto).await? {
-                Some(membership) => (membership, None),
+            match ctx.services.rooms.membership_event_at(ctx.user, &room_id, upto).await? {
+                Some((membership, at)) => (membership, at),
                 None => continue,
             }
         };

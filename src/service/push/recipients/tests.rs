@@ -15,7 +15,9 @@ use serde_json::{Value, json};
 
 use super::{EventScreen, PushProfiles, Recipient, RoomRecipients};
 use crate::{
-    service::push::evaluate::{Audience, GENERIC_LOCALPART, RoomFacts, complete_now, evaluate_notifications, first_match},
+    service::push::evaluate::{
+        Audience, GENERIC_LOCALPART, RoomFacts, complete_now, evaluate_notifications, first_match,
+    },
     storage::{Db, memory::MemoryEngine},
 };
 
