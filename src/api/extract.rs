@@ -137,6 +137,16 @@ where
         // buffer `max_request_size` bytes (an upload) on endpoints that need a token.
         let bytes = read_body(body, services.config.max_request_size as usize, &parts.headers).await?;
 
+        // serde_json skips the strings of fields nobody reads without checking their UTF-8, so a
+        // body with invalid UTF-8 there would be taken; the spec wants it refused as not JSON.
+        // (A binary upload is not JSON whatever its bytes, so it is let through.)
+        if std::str::from_utf8(&bytes).is_err() && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok() {
+            return Err(Error::new(
+                StatusCode::BAD_REQUEST,
+                ErrorKind::NotJson,
+                "Request body is not valid UTF-8 JSON",
+            ));
+        }
         let path_refs: Vec<&str> = path_args.iter().map(String::as_str).collect();
         // Some clients (matrix-nio's `join`, for one) send no body where every field is
         // optional: read a missing body as `{}`, as Synapse and Conduit do.

@@ -9,6 +9,7 @@ mod backup;
 mod bench;
 mod concurrency;
 mod context;
+mod cs_details;
 mod dag;
 mod data;
 mod device_lists;

@@ -3,14 +3,14 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use axum::Router;
+use axum::{Json, Router, extract::State};
 use ruma::{
     RoomVersionId,
     api::client::discovery::{
         discover_homeserver::{self, HomeserverInfo},
         get_capabilities::{
             self,
-            v3::{Capabilities, ChangePasswordCapability, RoomVersionStability, RoomVersionsCapability},
+            v3::{Capabilities, RoomVersionStability, RoomVersionsCapability},
         },
         get_supported_versions,
     },
@@ -46,7 +46,7 @@ pub const ROOM_VERSIONS: &[RoomVersionId] = &[
 ];
 
 pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
-    router.ruma(versions).ruma(well_known_client).ruma(capabilities)
+    capabilities_routes(router.ruma(versions).ruma(well_known_client))
 }
 
 async fn versions(
@@ -75,15 +75,36 @@ async fn well_known_client(
     Ok(discover_homeserver::Response::new(HomeserverInfo::new(base_url)))
 }
 
+/// Ruma leaves out capabilities that have their default value (`m.change_password` enabled,
+/// for one), which the spec allows, but clients and Complement's `TestServerCapabilities` look
+/// for the key, as Synapse always sends it. So this route is plain axum around the same
+/// extractor, and the capabilities ruma would leave out are written back in.
+fn capabilities_routes(mut router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+    use ruma::api::{Metadata, path_builder::PathBuilder};
+    for path in <get_capabilities::v3::Request as Metadata>::PATH_BUILDER.all_paths() {
+        router = router.route(path, axum::routing::get(capabilities));
+    }
+    router
+}
+
 async fn capabilities(
-    services: Arc<Services>,
+    State(services): State<Arc<Services>>,
     _: Ruma<get_capabilities::v3::Request>,
-) -> Result<get_capabilities::v3::Response> {
+) -> Result<Json<serde_json::Value>> {
     let mut capabilities = Capabilities::new();
-    capabilities.change_password = ChangePasswordCapability::new(true);
     capabilities.room_versions = RoomVersionsCapability::new(
         services.config.default_room_version.clone(),
         ROOM_VERSIONS.iter().map(|v| (v.clone(), RoomVersionStability::Stable)).collect(),
     );
-    Ok(get_capabilities::v3::Response::new(capabilities))
+    let mut json = serde_json::to_value(&capabilities)
+        .map_err(|e| Error::internal(format!("cannot serialise capabilities: {e}")))?;
+    if let Some(map) = json.as_object_mut() {
+        let enabled = |enabled: bool| serde_json::json!({ "enabled": enabled });
+        map.insert("m.change_password".to_owned(), enabled(true));
+        map.insert("m.set_displayname".to_owned(), enabled(true));
+        map.insert("m.set_avatar_url".to_owned(), enabled(true));
+        // Third-party identifiers (email, phone) are not supported.
+        map.insert("m.3pid_changes".to_owned(), enabled(false));
+    }
+    Ok(Json(serde_json::json!({ "capabilities": json })))
 }

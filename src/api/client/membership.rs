@@ -118,6 +118,15 @@ async fn forget(services: Arc<Services>, request: Ruma<forget_room::v3::Request>
 async fn kick(services: Arc<Services>, request: Ruma<kick_user::v3::Request>) -> Result<kick_user::v3::Response> {
     let sender = request.sender()?;
     let body = &request.body;
+    // The auth rules allow a "kick" of someone who already left or never came; Synapse refuses
+    // it (Complement's `TestCannotKickNonPresentUser` and `TestCannotKickLeftUser`), and the
+    // event would say nothing.
+    let current = services.rooms.state_event(&body.room_id, &StateEventType::RoomMember, body.user_id.as_str()).await?;
+    if current
+        .is_none_or(|pdu| !matches!(crate::service::rooms::membership_of(&pdu).as_str(), "join" | "invite" | "knock"))
+    {
+        return Err(Error::forbidden("The target user is not in the room"));
+    }
     change(&services, &body.room_id, &sender.user_id, &body.user_id, "leave", body.reason.clone()).await?;
     Ok(kick_user::v3::Response::new())
 }

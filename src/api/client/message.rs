@@ -131,8 +131,10 @@ async fn messages(
         (None, ScanDirection::Reverse) => Some(services.rooms.current_position() + 1),
         (from, _) => from,
     };
+    // An unknown room is a room the user is not in, as Synapse answers (Complement's
+    // `TestFetchMessagesFromNonExistentRoom`): 403, which also tells nothing of which rooms exist.
     if services.rooms.version(&body.room_id).await?.is_none() {
-        return Err(Error::not_found("Unknown room"));
+        return Err(Error::forbidden("You are not in this room"));
     }
     let membership = services.rooms.membership(&sender.user_id, &body.room_id).await?;
     if membership.is_none() && !services.rooms.is_world_readable(&body.room_id).await? {

@@ -1,0 +1,69 @@
+//! Small client-server wire details real clients and Complement's client-server tests trip
+//! over: kicking users who are not in the room, bodies that are not UTF-8, `/messages` of a
+//! room that does not exist, the capabilities a client needs before it offers a feature.
+
+use serde_json::json;
+
+use crate::{
+    harness::{TestServer, assert_error, enc},
+    room_helpers::{create_room, join},
+};
+
+#[tokio::test]
+async fn users_who_are_not_in_the_room_cannot_be_kicked() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let carol = server.register("carol", "pw").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    let kick = format!("/_matrix/client/v3/rooms/{}/kick", enc(&room));
+    // Never in the room.
+    let result = server.post(&kick, alice.token(), json!({"user_id": bob.user_id, "reason": "testing"})).await;
+    assert_error(&result, 403, "M_FORBIDDEN");
+    // In the room once, but left.
+    join(&server, &carol, &room).await;
+    let leave = format!("/_matrix/client/v3/rooms/{}/leave", enc(&room));
+    assert_eq!(server.post(&leave, carol.token(), json!({})).await.0, 200);
+    let result = server.post(&kick, alice.token(), json!({"user_id": carol.user_id})).await;
+    assert_error(&result, 403, "M_FORBIDDEN");
+    // A member can still be kicked.
+    join(&server, &bob, &room).await;
+    assert_eq!(server.post(&kick, alice.token(), json!({"user_id": bob.user_id})).await.0, 200);
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_utf8_is_not_json() {
+    let server = TestServer::start().await;
+    let response = reqwest::Client::new()
+        .post(server.url("/_matrix/client/v3/register"))
+        .header("content-type", "application/json")
+        .body(b"{ \"test\":\"a\x81\" }".to_vec())
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status().as_u16(), 400);
+    let body: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(body["errcode"], "M_NOT_JSON", "{body}");
+}
+
+#[tokio::test]
+async fn messages_of_a_room_that_does_not_exist_are_forbidden() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let path = format!("/_matrix/client/v3/rooms/{}/messages?dir=b", enc("!does-not-exist:hs1"));
+    let result = server.get(&path, alice.token()).await;
+    assert_error(&result, 403, "M_FORBIDDEN");
+}
+
+#[tokio::test]
+async fn capabilities_name_password_changes_and_room_versions_to_users_only() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let (status, body) = server.get("/_matrix/client/v3/capabilities", alice.token()).await;
+    assert_eq!(status, 200, "{body}");
+    let capabilities = &body["capabilities"];
+    assert_eq!(capabilities["m.change_password"]["enabled"], true, "{body}");
+    assert_eq!(capabilities["m.room_versions"]["default"], "12", "{body}");
+    assert_eq!(capabilities["m.3pid_changes"]["enabled"], false, "{body}");
+    assert_error(&server.get("/_matrix/client/v3/capabilities", None).await, 401, "M_MISSING_TOKEN");
+}
