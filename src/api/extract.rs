@@ -75,6 +75,9 @@ pub struct Ruma<T> {
     pub sender: Option<Authenticated>,
     /// The client's address, for device "last seen" records.
     pub client_ip: Option<String>,
+    /// The body as sent, for the few endpoints that keep keys ruma's types drop (extra content
+    /// of a join).
+    pub raw_body: bytes::Bytes,
 }
 
 impl<T> Ruma<T> {
@@ -163,7 +166,7 @@ where
                 T::try_from_http_request(request, &path_refs).map_err(|_| request_error(error, &bytes))?
             }
         };
-        Ok(Ruma { body, sender, client_ip })
+        Ok(Ruma { body, sender, client_ip, raw_body: bytes })
     }
 }
 

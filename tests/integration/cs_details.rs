@@ -67,3 +67,31 @@ async fn capabilities_name_password_changes_and_room_versions_to_users_only() {
     assert_eq!(capabilities["m.3pid_changes"]["enabled"], false, "{body}");
     assert_error(&server.get("/_matrix/client/v3/capabilities", None).await, 401, "M_MISSING_TOKEN");
 }
+
+#[tokio::test]
+async fn a_join_keeps_the_content_the_client_sent() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let carol = server.register("carol", "pw").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat", "room_alias_name": "custom"})).await;
+    let path = format!("/_matrix/client/v3/join/{}", enc(&room));
+    let (status, body) = server.post(&path, bob.token(), json!({"foo": "bar", "reason": "hi"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["room_id"], room.as_str());
+    let state = |user: &str| format!("/_matrix/client/v3/rooms/{}/state/m.room.member/{}", enc(&room), enc(user));
+    let (_, content) = server.get(&state(&bob.user_id), alice.token()).await;
+    assert_eq!(content["membership"], "join", "{content}");
+    assert_eq!(content["foo"], "bar", "{content}");
+    assert_eq!(content["reason"], "hi", "{content}");
+    // By alias, with a per-room display name that wins over the profile's.
+    let path = format!("/_matrix/client/v3/join/{}", enc("#custom:localhost"));
+    let (status, body) = server.post(&path, carol.token(), json!({"foo": "baz", "displayname": "Carol here"})).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, content) = server.get(&state(&carol.user_id), alice.token()).await;
+    assert_eq!((content["foo"].as_str(), content["displayname"].as_str()), (Some("baz"), Some("Carol here")));
+    // A body that is not an object is still a plain join.
+    let (status, body) =
+        server.post(&format!("/_matrix/client/v3/rooms/{}/join", enc(&room)), alice.token(), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+}

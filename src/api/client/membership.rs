@@ -16,7 +16,7 @@ use ruma::{
     events::StateEventType,
     serde::Raw,
 };
-use serde_json::Map;
+use serde_json::{Map, Value};
 
 use crate::{
     Error, Result,
@@ -48,13 +48,38 @@ async fn change(
     membership: &str,
     reason: Option<String>,
 ) -> Result<()> {
-    let profile = if membership == "join" || membership == "knock" {
-        member_profile(services, target).await?
-    } else {
-        Map::new()
-    };
+    change_with(services, room_id, (sender, target), membership, reason, Map::new()).await
+}
+
+/// A membership change whose event content also carries `extra` keys the client sent (a join
+/// or knock body may hold any content; a display name or avatar given there is kept, as Synapse
+/// keeps per-room profiles, and otherwise the user's profile fills them in).
+async fn change_with(
+    services: &Services,
+    room_id: &RoomId,
+    (sender, target): (&UserId, &UserId),
+    membership: &str,
+    reason: Option<String>,
+    extra: Map<String, Value>,
+) -> Result<()> {
+    let mut profile = extra;
+    if membership == "join" || membership == "knock" {
+        for (key, value) in member_profile(services, target).await? {
+            profile.entry(key).or_insert(value);
+        }
+    }
     services.rooms.change_membership(room_id, MembershipChange { sender, target, membership, reason, profile }).await?;
     Ok(())
+}
+
+/// The keys of a join or knock body that are content of the member event: everything but what
+/// the endpoint itself defines.
+fn extra_content(raw_body: &[u8]) -> Map<String, Value> {
+    let mut extra: Map<String, Value> = serde_json::from_slice(raw_body).unwrap_or_default();
+    for key in ["membership", "reason", "third_party_signed", "join_authorised_via_users_server"] {
+        extra.remove(key);
+    }
+    extra
 }
 
 async fn resolve_room(services: &Services, room: &RoomOrAliasId) -> Result<OwnedRoomId> {
@@ -74,7 +99,8 @@ async fn join_by_id(
 ) -> Result<join_room_by_id::v3::Response> {
     let sender = request.sender()?;
     let body = &request.body;
-    change(&services, &body.room_id, &sender.user_id, &sender.user_id, "join", body.reason.clone()).await?;
+    let (user, extra) = (&sender.user_id, extra_content(&request.raw_body));
+    change_with(&services, &body.room_id, (user, user), "join", body.reason.clone(), extra).await?;
     Ok(join_room_by_id::v3::Response::new(body.room_id.clone()))
 }
 
@@ -85,7 +111,8 @@ async fn join_by_id_or_alias(
     let sender = request.sender()?;
     let body = &request.body;
     let room_id = resolve_room(&services, &body.room_id_or_alias).await?;
-    change(&services, &room_id, &sender.user_id, &sender.user_id, "join", body.reason.clone()).await?;
+    let (user, extra) = (&sender.user_id, extra_content(&request.raw_body));
+    change_with(&services, &room_id, (user, user), "join", body.reason.clone(), extra).await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
 }
 
@@ -153,7 +180,8 @@ async fn knock(services: Arc<Services>, request: Ruma<knock_room::v3::Request>) 
     let sender = request.sender()?;
     let body = &request.body;
     let room_id = resolve_room(&services, &body.room_id_or_alias).await?;
-    change(&services, &room_id, &sender.user_id, &sender.user_id, "knock", body.reason.clone()).await?;
+    let (user, extra) = (&sender.user_id, extra_content(&request.raw_body));
+    change_with(&services, &room_id, (user, user), "knock", body.reason.clone(), extra).await?;
     Ok(knock_room::v3::Response::new(room_id))
 }
 
