@@ -85,5 +85,9 @@ pub struct PusherRecord {
     pub pusher: Box<RawValue>,
     /// When the pushkey was set (seconds since the epoch), sent to the gateway as `pushkey_ts`.
     pub pushkey_ts: u64,
+    /// The device whose session set it: its pushers go with it (logout, device deletion), and a
+    /// password change removes those of the other devices, as Synapse does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
 }
 impl JsonValue for PusherRecord {}

@@ -95,3 +95,41 @@ async fn a_join_keeps_the_content_the_client_sent() {
         server.post(&format!("/_matrix/client/v3/rooms/{}/join", enc(&room)), alice.token(), json!({})).await;
     assert_eq!(status, 200, "{body}");
 }
+
+/// Pushers belong to the session that set them: a password change stops those of the other
+/// sessions, a logout or device deletion those of that device.
+#[tokio::test]
+async fn pushers_go_with_their_sessions() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "superuser").await;
+    let (status, other) = server.login("alice", "superuser").await;
+    assert_eq!(status, 200, "{other}");
+    let other_token = other["access_token"].as_str().expect("token").to_owned();
+    let pusher = |pushkey: &str| {
+        json!({"kind": "http", "app_id": "complement", "pushkey": pushkey, "app_display_name": "a",
+               "device_display_name": "d", "lang": "en", "data": {"url": "https://dummy.url/_matrix/push/v1/notify"}})
+    };
+    let pushkeys = |body: serde_json::Value| -> Vec<String> {
+        body["pushers"]
+            .as_array()
+            .expect("pushers")
+            .iter()
+            .map(|p| p["pushkey"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+    assert_eq!(server.post("/_matrix/client/v3/pushers/set", Some(&other_token), pusher("other")).await.0, 200);
+    assert_eq!(server.post("/_matrix/client/v3/pushers/set", alice.token(), pusher("mine")).await.0, 200);
+    let change = json!({"new_password": "second", "logout_devices": false,
+        "auth": {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": alice.user_id}, "password": "superuser"}});
+    let (status, body) = server.post("/_matrix/client/v3/account/password", alice.token(), change).await;
+    assert_eq!(status, 200, "{body}");
+    // The other session still works (logout_devices: false) but its pusher is gone.
+    let (status, body) = server.get("/_matrix/client/v3/pushers", Some(&other_token)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(pushkeys(body), ["mine"]);
+    // A logout takes the session's pushers with it.
+    assert_eq!(server.post("/_matrix/client/v3/pushers/set", Some(&other_token), pusher("other")).await.0, 200);
+    assert_eq!(server.post("/_matrix/client/v3/logout", Some(&other_token), json!({})).await.0, 200);
+    let (_, body) = server.get("/_matrix/client/v3/pushers", alice.token()).await;
+    assert_eq!(pushkeys(body), ["mine"]);
+}

@@ -40,6 +40,10 @@ async fn change_password(
     if body.logout_devices {
         services.sessions.delete_all_devices_except(&sender.user_id, Some(&sender.device_id)).await?;
     }
+    // Whether or not the other devices are logged out, their pushers stop: whoever changes a
+    // password may be locking someone out (Synapse does the same).
+    let keep = sender.device_id.to_string();
+    services.push.remove_device_pushers(&sender.user_id, move |device| device != Some(keep.as_str())).await?;
     Ok(change_password::v3::Response::new())
 }
 
@@ -52,6 +56,7 @@ async fn deactivate(
     confirm_password(&services, &sender.user_id, body.auth.as_ref()).await?;
     services.accounts.deactivate(&sender.user_id).await?;
     services.sessions.delete_all_devices_except(&sender.user_id, None).await?;
+    services.push.remove_device_pushers(&sender.user_id, |_| true).await?;
     if body.erase {
         services.profile.erase(&sender.user_id).await?;
     }

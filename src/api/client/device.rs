@@ -62,6 +62,8 @@ async fn delete(
     let body = &request.body;
     confirm_password(&services, &sender.user_id, body.auth.as_ref()).await?;
     // Like Synapse, deleting a device that does not exist succeeds: the outcome is the same.
+    let device = body.device_id.to_string();
+    services.push.remove_device_pushers(&sender.user_id, move |d| d == Some(device.as_str())).await?;
     services.sessions.delete_devices(&sender.user_id, vec![body.device_id.clone()]).await?;
     Ok(delete_device::v3::Response::new())
 }
@@ -73,6 +75,11 @@ async fn delete_many(
     let sender = request.sender()?;
     let body = &request.body;
     confirm_password(&services, &sender.user_id, body.auth.as_ref()).await?;
+    let devices: Vec<String> = body.devices.iter().map(ToString::to_string).collect();
+    services
+        .push
+        .remove_device_pushers(&sender.user_id, move |d| d.is_some_and(|d| devices.iter().any(|x| x == d)))
+        .await?;
     services.sessions.delete_devices(&sender.user_id, body.devices.clone()).await?;
     Ok(delete_devices::v3::Response::new())
 }

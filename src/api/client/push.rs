@@ -144,9 +144,12 @@ async fn set_pusher_handler(
     services: Arc<Services>,
     request: Ruma<set_pusher::v3::Request>,
 ) -> Result<set_pusher::v3::Response> {
-    let user = &request.sender()?.user_id;
+    let sender = request.sender()?;
+    let user = &sender.user_id;
     match request.body.action.clone() {
-        set_pusher::v3::PusherAction::Post(data) => services.push.set_pusher(user, data.pusher, data.append).await?,
+        set_pusher::v3::PusherAction::Post(data) => {
+            services.push.set_pusher((user, sender.device_id.as_str()), data.pusher, data.append).await?
+        }
         set_pusher::v3::PusherAction::Delete(ids) => services.push.delete_pusher(user, ids).await?,
         _ => return Err(crate::Error::invalid_param("Unsupported pusher action")),
     }

@@ -83,6 +83,10 @@ async fn refresh(
 
 async fn logout(services: Arc<Services>, request: Ruma<logout::v3::Request>) -> Result<logout::v3::Response> {
     let sender = request.sender()?;
+    // Pushers first: a request dropped between the two leaves a session without pushers
+    // (clients set them again), never pushes to a device that is gone.
+    let device = sender.device_id.to_string();
+    services.push.remove_device_pushers(&sender.user_id, move |d| d == Some(device.as_str())).await?;
     services.sessions.delete_devices(&sender.user_id, vec![sender.device_id.clone()]).await?;
     Ok(logout::v3::Response::new())
 }
@@ -92,6 +96,7 @@ async fn logout_all(
     request: Ruma<logout_all::v3::Request>,
 ) -> Result<logout_all::v3::Response> {
     let sender = request.sender()?;
+    services.push.remove_device_pushers(&sender.user_id, |_| true).await?;
     services.sessions.delete_all_devices_except(&sender.user_id, None).await?;
     Ok(logout_all::v3::Response::new())
 }

@@ -85,7 +85,7 @@ impl Push {
     }
 
     /// Creates or replaces a pusher (`M_INVALID_PARAM` when it is not valid).
-    pub async fn set_pusher(&self, user: &UserId, pusher: Pusher, append: bool) -> Result<()> {
+    pub async fn set_pusher(&self, (user, device): (&UserId, &str), pusher: Pusher, append: bool) -> Result<()> {
         check(&pusher)?;
         if let PusherKind::Http(data) = &pusher.kind {
             self.check_gateway_address(&data.url).await?;
@@ -93,6 +93,7 @@ impl Push {
         let json = serde_json::value::to_raw_value(&pusher)
             .map_err(|e| Error::internal(format!("cannot store pusher: {e}")))?;
         let key = (user.to_owned(), pusher.ids.app_id.clone(), pusher.ids.pushkey.clone());
+        let device = device.to_owned();
         let profiles = self.profiles.clone();
         self.pushers_lock
             .run(&self.db, move |db| {
@@ -111,7 +112,7 @@ impl Push {
                         }
                     }
                 }
-                batch.put(&PUSHERS, &key, &PusherRecord { pusher: json, pushkey_ts })?;
+                batch.put(&PUSHERS, &key, &PusherRecord { pusher: json, pushkey_ts, device_id: Some(device) })?;
                 batch.put(&PUSHER_OWNERS, &(app_id, pushkey, user), &())?;
                 db.write(batch)?;
                 changed.iter().for_each(|user| profiles.forget(user));
@@ -150,6 +151,35 @@ impl Push {
                 }
                 db.write(batch)?;
                 profiles.forget(&user);
+                Ok(())
+            })
+            .await
+    }
+
+    /// Removes the user's pushers set by sessions of devices `remove` selects (by device ID;
+    /// `None` for pushers stored before devices were recorded).
+    pub async fn remove_device_pushers(
+        &self,
+        user: &UserId,
+        remove: impl Fn(Option<&str>) -> bool + Send + 'static,
+    ) -> Result<()> {
+        let user = user.to_owned();
+        let profiles = self.profiles.clone();
+        self.pushers_lock
+            .run(&self.db, move |db| {
+                let mut batch = Batch::new();
+                let mut removed = false;
+                for ((_, app_id, pushkey), record) in PUSHERS.scan_prefix(db, &(user.clone(),))? {
+                    if remove(record.device_id.as_deref()) {
+                        batch.delete(&PUSHERS, &(user.clone(), app_id.clone(), pushkey.clone()));
+                        batch.delete(&PUSHER_OWNERS, &(app_id, pushkey, user.clone()));
+                        removed = true;
+                    }
+                }
+                if removed {
+                    db.write(batch)?;
+                    profiles.forget(&user);
+                }
                 Ok(())
             })
             .await
