@@ -16,6 +16,7 @@ mod devices;
 mod directory;
 mod discovery;
 mod durability;
+mod federation;
 mod guests;
 mod http_errors;
 mod key_errors;

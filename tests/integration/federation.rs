@@ -1,0 +1,391 @@
+//! Federation between two Trellis servers (`hs-a`, `hs-b`) on loopback, over TLS with a test CA
+//! made here by `openssl`, reached through `federation_server_addresses`; and a fake server
+//! (`hs-t`, in this process) whose signing key the tests hold, so they can sign requests
+//! themselves, correctly and not.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::Arc,
+};
+
+use axum::{Router, http::HeaderMap, routing::get};
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, OwnedServerName,
+    api::federation::authentication::{XMatrix, XMatrixSigningInput},
+    serde::Base64,
+    signatures::{Ed25519KeyPair, PublicKeyMap, PublicKeySet},
+};
+use serde_json::{Value, json};
+
+use crate::harness::{TestServer, assert_error, enc};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn openssl(args: &[&str], dir: &Path) {
+    let output = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs");
+    assert!(output.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// A test CA and one certificate for every test server name (and 127.0.0.1).
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new(names: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path();
+        openssl(
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=Trellis Federation Test CA",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+            ],
+            path,
+        );
+        let san: Vec<String> = names.iter().map(|name| format!("DNS:{name}")).chain(["IP:127.0.0.1".into()]).collect();
+        std::fs::write(
+            path.join("ext.cnf"),
+            format!(
+                "basicConstraints = critical, CA:FALSE\nkeyUsage = critical, digitalSignature, keyEncipherment\n\
+                 extendedKeyUsage = serverAuth\nsubjectAltName = {}\n",
+                san.join(",")
+            ),
+        )
+        .unwrap();
+        openssl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "server.key"], path);
+        openssl(&["req", "-new", "-key", "server.key", "-subj", "/CN=federation", "-out", "server.csr"], path);
+        openssl(
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-set_serial",
+                "7",
+                "-days",
+                "2",
+                "-sha256",
+                "-extfile",
+                "ext.cnf",
+                "-out",
+                "server.crt",
+            ],
+            path,
+        );
+        Self { dir }
+    }
+    fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+    /// An HTTP client that trusts the test CA.
+    fn client(&self) -> reqwest::Client {
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(self.path("ca.crt")).unwrap()).unwrap();
+        reqwest::Client::builder().add_root_certificate(ca).build().unwrap()
+    }
+}
+
+/// A Trellis server with a federation listener on `port`, reaching the others through `peers`.
+fn start_federating(pki: &Pki, dir: &Path, name: &str, port: u16, peers: &[(&str, u16)], extra: &str) -> TestServer {
+    let addresses: String = peers.iter().map(|(peer, port)| format!("\"{peer}\" = \"127.0.0.1:{port}\"\n")).collect();
+    let config = format!(
+        "federation_ca_file = \"{ca}\"\nfederation_allow_private_addresses = true\ntrusted_servers = []\n{extra}\n\
+         [global.federation_listener]\naddress = \"127.0.0.1\"\nport = {port}\ncerts = \"{crt}\"\nkey = \"{key}\"\n\
+         [global.federation_server_addresses]\n{addresses}",
+        ca = pki.path("ca.crt").display(),
+        crt = pki.path("server.crt").display(),
+        key = pki.path("server.key").display(),
+    );
+    TestServer::start_in(dir, name, &config).expect("federating server starts")
+}
+
+/// `hs-t`: a fake server in this process that serves its key document over TLS (and, as
+/// `hs-bad`, a document whose self-signature does not verify). The tests sign with its key.
+struct FakeServer {
+    key_pair: Arc<Ed25519KeyPair>,
+    port: u16,
+}
+
+impl FakeServer {
+    const NAME: &'static str = "hs-t";
+    const KEY_ID: &'static str = "ed25519:t1";
+
+    async fn start(pki: &Pki) -> Self {
+        let key_pair = Arc::new(new_key_pair("t1"));
+        let impostor = Arc::new(new_key_pair("t1"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let acceptor = trellis::server::tls_acceptor(&pki.path("server.crt"), &pki.path("server.key")).unwrap();
+        let keys = key_pair.clone();
+        let app = Router::new().route(
+            "/_matrix/key/v2/server",
+            get(move |headers: HeaderMap| {
+                let (keys, impostor) = (keys.clone(), impostor.clone());
+                async move {
+                    let host = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or_default().to_owned();
+                    let document = if host == "hs-bad" {
+                        // Lists `keys`' public key but is signed by another key with its ID.
+                        let mut document = key_document("hs-bad", &keys);
+                        document.remove("signatures");
+                        ruma::signatures::sign_json("hs-bad", &*impostor, &mut document).unwrap();
+                        document
+                    } else {
+                        key_document(FakeServer::NAME, &keys)
+                    };
+                    axum::Json(serde_json::to_value(document).unwrap())
+                }
+            }),
+        );
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { break };
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(stream).await else { return };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        Self { key_pair, port }
+    }
+
+    /// The `Authorization` header of a request signed by `hs-t`'s key.
+    fn sign(&self, method: &str, uri: &str, destination: &str, body: Option<&Value>) -> String {
+        sign_with(&self.key_pair, method, uri, destination, body)
+    }
+}
+
+fn new_key_pair(version: &str) -> Ed25519KeyPair {
+    Ed25519KeyPair::from_der(&Ed25519KeyPair::generate(), version.to_owned()).unwrap()
+}
+
+fn key_document(server: &str, key_pair: &Ed25519KeyPair) -> CanonicalJsonObject {
+    let valid_until = ruma::MilliSecondsSinceUnixEpoch::now().get() + ruma::UInt::from(3_600_000u32);
+    let mut document: CanonicalJsonObject = serde_json::from_value(json!({
+        "server_name": server,
+        "verify_keys": {
+            format!("ed25519:{}", key_pair.version()): {"key": Base64::<ruma::serde::base64::Standard, _>::new(key_pair.public_key().to_vec()).encode()}
+        },
+        "old_verify_keys": {},
+        "valid_until_ts": valid_until,
+    }))
+    .unwrap();
+    ruma::signatures::sign_json(server, key_pair, &mut document).unwrap();
+    document
+}
+
+fn sign_with(key_pair: &Ed25519KeyPair, method: &str, uri: &str, destination: &str, body: Option<&Value>) -> String {
+    let body = body.map(|body| serde_json::to_vec(body).unwrap()).unwrap_or_default();
+    let request = http::Request::builder().method(method).uri(uri).body(body).unwrap();
+    let origin: OwnedServerName = FakeServer::NAME.try_into().unwrap();
+    let input = XMatrixSigningInput::new(origin, destination.try_into().unwrap(), key_pair);
+    XMatrix::sign_http_request(&request, input).unwrap().to_string()
+}
+
+/// Sends a request to a server's federation listener; returns status and JSON body.
+async fn federation_call(
+    client: &reqwest::Client,
+    server: &TestServer,
+    method: &str,
+    uri: &str,
+    authorization: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let url = format!("{}{uri}", server.federation_url.as_deref().expect("federation listener"));
+    let mut request = client.request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), url);
+    if let Some(authorization) = authorization {
+        request = request.header("authorization", authorization);
+    }
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    let response = request.send().await.expect("federation request sent");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Checks that `document` is signed by `server` with the key of its `/_matrix/key/v2/server`.
+async fn assert_signed_by(client: &reqwest::Client, server: &TestServer, name: &str, document: &Value) {
+    let own = federation_call(client, server, "GET", "/_matrix/key/v2/server", None, None).await;
+    assert_eq!(own.0, 200, "{}", own.1);
+    let keys: PublicKeySet = own.1["verify_keys"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(id, key)| (id.clone(), Base64::parse(key["key"].as_str().unwrap()).unwrap()))
+        .collect();
+    let mut only: CanonicalJsonObject = serde_json::from_value(document.clone()).unwrap();
+    if let Some(CanonicalJsonValue::Object(signatures)) = only.get_mut("signatures") {
+        signatures.retain(|entity, _| entity == name);
+    }
+    let map = PublicKeyMap::from([(name.to_owned(), keys)]);
+    ruma::signatures::verify_json(&map, &only).unwrap_or_else(|e| panic!("{name}'s signature on {document}: {e}"));
+}
+
+struct Pair {
+    a: TestServer,
+    b: TestServer,
+    fake: FakeServer,
+    pki: Pki,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+async fn start_pair() -> Pair {
+    let pki = Pki::new(&["hs-a", "hs-b", "hs-c", "hs-t", "hs-bad"]);
+    let fake = FakeServer::start(&pki).await;
+    let (port_a, port_b) = (free_port(), free_port());
+    let peers = [("hs-a", port_a), ("hs-b", port_b), ("hs-c", port_b), ("hs-t", fake.port), ("hs-bad", fake.port)];
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = start_federating(&pki, dir_a.path(), "hs-a", port_a, &peers, "");
+    let b = start_federating(&pki, dir_b.path(), "hs-b", port_b, &peers, "");
+    Pair { a, b, fake, pki, _dirs: (dir_a, dir_b) }
+}
+
+#[tokio::test]
+async fn servers_query_profiles_with_signed_requests_and_serve_each_others_keys() {
+    let pair = start_pair().await;
+    let (a, b) = (&pair.a, &pair.b);
+    let alice = b.register("alice", "pw").await;
+    let set = b
+        .put("/_matrix/client/v3/profile/@alice:hs-b/displayname", alice.token(), json!({"displayname": "Alice B"}))
+        .await;
+    assert_eq!(set.0, 200, "{}", set.1);
+
+    // A asks B (signed by A; B fetches A's key from A to check it).
+    let bob = a.register("bob", "pw").await;
+    let profile = a.get(&format!("/_matrix/client/v3/profile/{}", enc("@alice:hs-b")), bob.token()).await;
+    assert_eq!(profile, (200, json!({"displayname": "Alice B"})));
+    let field = a.get(&format!("/_matrix/client/v3/profile/{}/displayname", enc("@alice:hs-b")), bob.token()).await;
+    assert_eq!(field, (200, json!({"displayname": "Alice B"})));
+    assert_error(
+        &a.get(&format!("/_matrix/client/v3/profile/{}", enc("@nobody:hs-b")), bob.token()).await,
+        404,
+        "M_NOT_FOUND",
+    );
+    // And B asks A.
+    let profile = b.get(&format!("/_matrix/client/v3/profile/{}", enc("@bob:hs-a")), alice.token()).await;
+    assert_eq!(profile.0, 200, "{}", profile.1);
+
+    // A as a notary: B's keys, signed by B and countersigned by A.
+    let client = pair.pki.client();
+    let query = federation_call(&client, a, "GET", "/_matrix/key/v2/query/hs-b", None, None).await;
+    assert_eq!(query.0, 200, "{}", query.1);
+    let documents = query.1["server_keys"].as_array().unwrap();
+    assert_eq!(documents.len(), 1, "{}", query.1);
+    assert_eq!(documents[0]["server_name"], "hs-b");
+    assert_signed_by(&client, b, "hs-b", &documents[0]).await;
+    assert_signed_by(&client, a, "hs-a", &documents[0]).await;
+    let own_b = federation_call(&client, b, "GET", "/_matrix/key/v2/server", None, None).await;
+    assert_eq!(documents[0]["verify_keys"], own_b.1["verify_keys"]);
+
+    // The batch form, for B, A itself and a server no one can reach.
+    let batch = federation_call(
+        &client,
+        a,
+        "POST",
+        "/_matrix/key/v2/query",
+        None,
+        Some(&json!({"server_keys": {"hs-b": {}, "hs-a": {}, "unreachable.invalid": {}}})),
+    )
+    .await;
+    assert_eq!(batch.0, 200, "{}", batch.1);
+    let mut names: Vec<&str> =
+        batch.1["server_keys"].as_array().unwrap().iter().map(|d| d["server_name"].as_str().unwrap()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["hs-a", "hs-b"]);
+    for document in batch.1["server_keys"].as_array().unwrap() {
+        assert_signed_by(&client, a, "hs-a", document).await;
+    }
+    // B learnt A's keys when it checked A's request; it vouches for them too.
+    let from_b = federation_call(&client, b, "GET", "/_matrix/key/v2/query/hs-a", None, None).await;
+    assert_eq!(from_b.1["server_keys"][0]["server_name"], "hs-a", "{}", from_b.1);
+    assert_signed_by(&client, a, "hs-a", &from_b.1["server_keys"][0]).await;
+    assert_signed_by(&client, b, "hs-b", &from_b.1["server_keys"][0]).await;
+}
+
+#[tokio::test]
+async fn inbound_signatures_are_checked() {
+    let pair = start_pair().await;
+    let b = &pair.b;
+    let alice = b.register("alice", "pw").await;
+    b.put("/_matrix/client/v3/profile/@alice:hs-b/displayname", alice.token(), json!({"displayname": "Alice"})).await;
+    let client = pair.pki.client();
+    let uri = format!("/_matrix/federation/v1/query/profile?user_id={}", enc("@alice:hs-b"));
+    let call = |authorization: Option<String>, uri: String, body: Option<Value>| {
+        let client = client.clone();
+        async move { federation_call(&client, b, "GET", &uri, authorization.as_deref(), body.as_ref()).await }
+    };
+
+    // Correctly signed by hs-t, whose key B fetches from the fake server.
+    let signed = pair.fake.sign("GET", &uri, "hs-b", None);
+    assert_eq!(call(Some(signed.clone()), uri.clone(), None).await, (200, json!({"displayname": "Alice"})));
+    // The same header again works (nothing single-use), and the key is now cached.
+    assert_eq!(call(Some(signed), uri.clone(), None).await.0, 200);
+
+    // No header, or not X-Matrix.
+    assert_error(&call(None, uri.clone(), None).await, 401, "M_UNAUTHORIZED");
+    assert_error(&call(Some("Bearer abc".into()), uri.clone(), None).await, 401, "M_UNAUTHORIZED");
+    // Signed for another path (another user): the signature does not cover this one.
+    let other = format!("/_matrix/federation/v1/query/profile?user_id={}", enc("@bob:hs-b"));
+    assert_error(
+        &call(Some(pair.fake.sign("GET", &other, "hs-b", None)), uri.clone(), None).await,
+        401,
+        "M_UNAUTHORIZED",
+    );
+    // Signed without the body that is sent: the body is part of what is signed.
+    let with_body = call(Some(pair.fake.sign("GET", &uri, "hs-b", None)), uri.clone(), Some(json!({"extra": 1}))).await;
+    assert_error(&with_body, 401, "M_UNAUTHORIZED");
+    // Signed for another destination.
+    let wrong_destination = call(Some(pair.fake.sign("GET", &uri, "hs-c", None)), uri.clone(), None).await;
+    assert_error(&wrong_destination, 401, "M_UNAUTHORIZED");
+    assert!(wrong_destination.1["error"].as_str().unwrap().contains("not for hs-b"), "{}", wrong_destination.1);
+    // Signed by another key under hs-t's key ID.
+    let impostor = sign_with(&new_key_pair("t1"), "GET", &uri, "hs-b", None);
+    assert_error(&call(Some(impostor), uri.clone(), None).await, 401, "M_UNAUTHORIZED");
+    // A key ID hs-t does not have.
+    let unknown_key = sign_with(&new_key_pair("t2"), "GET", &uri, "hs-b", None);
+    assert_error(&call(Some(unknown_key), uri.clone(), None).await, 401, "M_UNAUTHORIZED");
+    // A server whose key document's self-signature is wrong is not believed.
+    let header = pair.fake.sign("GET", &uri, "hs-b", None).replace("origin=hs-t", "origin=hs-bad");
+    assert!(header.contains("origin=hs-bad"), "{header}");
+    assert_error(&call(Some(header), uri.clone(), None).await, 401, "M_UNAUTHORIZED");
+    let notary = federation_call(&client, &pair.a, "GET", "/_matrix/key/v2/query/hs-bad", None, None).await;
+    assert_eq!(notary, (200, json!({"server_keys": []})));
+    // Notary answers about hs-t carry its document with B's countersignature.
+    let notary = federation_call(&client, b, "GET", "/_matrix/key/v2/query/hs-t", None, None).await;
+    let document = &notary.1["server_keys"][0];
+    assert_eq!(document["server_name"], FakeServer::NAME, "{}", notary.1);
+    assert!(document["signatures"]["hs-t"][FakeServer::KEY_ID].is_string(), "{document}");
+    assert_signed_by(&client, b, "hs-b", document).await;
+}
+
+#[tokio::test]
+async fn outbound_requests_name_their_destination() {
+    let pair = start_pair().await;
+    let bob = pair.a.register("bob", "pw").await;
+    pair.b.register("alice", "pw").await;
+    // A believes hs-c is at B's address: A signs for hs-c, and B refuses a request not for it.
+    let refused = pair.a.get(&format!("/_matrix/client/v3/profile/{}", enc("@alice:hs-c")), bob.token()).await;
+    assert_error(&refused, 502, "M_UNKNOWN");
+    assert!(refused.1["error"].as_str().unwrap().contains("401"), "{}", refused.1);
+}
