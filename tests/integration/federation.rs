@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use crate::harness::{TestServer, assert_error, enc};
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -30,12 +30,12 @@ fn openssl(args: &[&str], dir: &Path) {
 }
 
 /// A test CA and one certificate for every test server name (and 127.0.0.1).
-struct Pki {
+pub(crate) struct Pki {
     dir: tempfile::TempDir,
 }
 
 impl Pki {
-    fn new(names: &[&str]) -> Self {
+    pub(crate) fn new(names: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path();
         openssl(
@@ -92,18 +92,25 @@ impl Pki {
         );
         Self { dir }
     }
-    fn path(&self, file: &str) -> PathBuf {
+    pub(crate) fn path(&self, file: &str) -> PathBuf {
         self.dir.path().join(file)
     }
     /// An HTTP client that trusts the test CA.
-    fn client(&self) -> reqwest::Client {
+    pub(crate) fn client(&self) -> reqwest::Client {
         let ca = reqwest::Certificate::from_pem(&std::fs::read(self.path("ca.crt")).unwrap()).unwrap();
         reqwest::Client::builder().add_root_certificate(ca).build().unwrap()
     }
 }
 
 /// A Trellis server with a federation listener on `port`, reaching the others through `peers`.
-fn start_federating(pki: &Pki, dir: &Path, name: &str, port: u16, peers: &[(&str, u16)], extra: &str) -> TestServer {
+pub(crate) fn start_federating(
+    pki: &Pki,
+    dir: &Path,
+    name: &str,
+    port: u16,
+    peers: &[(&str, u16)],
+    extra: &str,
+) -> TestServer {
     let addresses: String = peers.iter().map(|(peer, port)| format!("\"{peer}\" = \"127.0.0.1:{port}\"\n")).collect();
     let config = format!(
         "federation_ca_file = \"{ca}\"\nfederation_allow_private_addresses = true\ntrusted_servers = []\n{extra}\n\
@@ -203,7 +210,7 @@ fn sign_with(key_pair: &Ed25519KeyPair, method: &str, uri: &str, destination: &s
 }
 
 /// Sends a request to a server's federation listener; returns status and JSON body.
-async fn federation_call(
+pub(crate) async fn federation_call(
     client: &reqwest::Client,
     server: &TestServer,
     method: &str,
@@ -225,10 +232,15 @@ async fn federation_call(
 }
 
 /// Checks that `document` is signed by `server` with the key of its `/_matrix/key/v2/server`.
-async fn assert_signed_by(client: &reqwest::Client, server: &TestServer, name: &str, document: &Value) {
+pub(crate) async fn assert_signed_by(client: &reqwest::Client, server: &TestServer, name: &str, document: &Value) {
     let own = federation_call(client, server, "GET", "/_matrix/key/v2/server", None, None).await;
     assert_eq!(own.0, 200, "{}", own.1);
-    let keys: PublicKeySet = own.1["verify_keys"]
+    assert_signed_with(&own.1, name, document);
+}
+
+/// Checks that `document` is signed by `name` with a key of its key document `own`.
+pub(crate) fn assert_signed_with(own: &Value, name: &str, document: &Value) {
+    let keys: PublicKeySet = own["verify_keys"]
         .as_object()
         .unwrap()
         .iter()

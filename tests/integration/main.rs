@@ -28,6 +28,7 @@ mod media;
 mod migration;
 mod pagination;
 mod peer_nio;
+mod peer_synapse;
 mod presence;
 mod push;
 mod register;
