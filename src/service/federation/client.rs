@@ -53,8 +53,8 @@ pub enum FederationError {
 /// TLS settings of outbound federation connections.
 #[derive(Clone)]
 pub(crate) struct Tls {
-    /// `federation_ca_file`, trusted besides the built-in roots.
-    pub(crate) extra_ca: Option<reqwest::Certificate>,
+    /// The certificates of `federation_ca_file`, trusted besides the built-in roots.
+    pub(crate) extra_ca: Vec<reqwest::Certificate>,
     /// `federation_verify_certificates`.
     pub(crate) verify: bool,
 }
@@ -67,7 +67,7 @@ impl Tls {
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("Trellis/", env!("CARGO_PKG_VERSION")));
-        if let Some(ca) = &self.extra_ca {
+        for ca in &self.extra_ca {
             builder = builder.add_root_certificate(ca.clone());
         }
         if !self.verify {

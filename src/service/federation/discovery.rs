@@ -2,12 +2,8 @@
 //! host and port reach a server name, which name its TLS certificate must carry (and the SNI)
 //! and which `Host` header requests carry. The order: `federation_server_addresses` (the
 //! operator's override), an IP literal, an explicit port, `/.well-known/matrix/server` (over
-//! HTTPS through the address guard, up to three redirects; cached, failures too), then port
-//! 8448.
-//!
-//! SRV records (`_matrix-fed._tcp`, then the deprecated `_matrix._tcp`) are not looked up yet:
-//! that needs a DNS resolver crate (hickory-resolver), which the build does not carry; a server
-//! that publishes only SRV records cannot be reached until then (see the TODOs below).
+//! HTTPS through the address guard, up to three redirects; cached, failures too), SRV records
+//! (`_matrix-fed._tcp`, then the deprecated `_matrix._tcp`, through `srv.rs`), then port 8448.
 //! Addresses are resolved and checked against the address guard when connecting
 //! (`client.rs`), not here.
 
@@ -20,7 +16,10 @@ use std::{
 
 use ruma::{OwnedServerName, ServerName};
 
-use super::client::{Tls, read_limited};
+use super::{
+    client::{Tls, read_limited},
+    srv::SrvResolver,
+};
 use crate::service::address_guard::AddressGuard;
 
 /// The port of a server name without one, when nothing else names a port.
@@ -71,12 +70,13 @@ struct CachedWellKnown {
 pub struct Resolver {
     overrides: BTreeMap<String, String>,
     source: WellKnownSource,
+    srv: SrvResolver,
     well_known: Mutex<HashMap<String, CachedWellKnown>>,
 }
 
 impl Resolver {
-    pub(crate) fn new(overrides: BTreeMap<String, String>, source: WellKnownSource) -> Self {
-        Self { overrides, source, well_known: Mutex::new(HashMap::new()) }
+    pub(crate) fn new(overrides: BTreeMap<String, String>, source: WellKnownSource, srv: SrvResolver) -> Self {
+        Self { overrides, source, srv, well_known: Mutex::new(HashMap::new()) }
     }
 
     /// Where `server` is reached.
@@ -99,10 +99,24 @@ impl Resolver {
             if is_ip_literal(delegated_host) || delegated.port().is_some() {
                 return direct(delegated_host, delegated.port().unwrap_or(DEFAULT_FEDERATION_PORT), delegated.as_str());
             }
-            // TODO: SRV `_matrix-fed._tcp.<delegated>`, then `_matrix._tcp.<delegated>`.
-            return direct(delegated_host, DEFAULT_FEDERATION_PORT, delegated_host);
+            return self.srv_or_default(delegated_host).await;
         }
-        // TODO: SRV `_matrix-fed._tcp.<host>`, then `_matrix._tcp.<host>`.
+        self.srv_or_default(host).await
+    }
+
+    /// `host`'s SRV target (`_matrix-fed._tcp`, then `_matrix._tcp`), else `host` on port
+    /// 8448; the certificate and `Host` stay `host` either way.
+    async fn srv_or_default(&self, host: &str) -> Destination {
+        for service in ["_matrix-fed._tcp", "_matrix._tcp"] {
+            if let Some(record) = self.srv.lookup(&format!("{service}.{host}")).await {
+                return Destination {
+                    connect_host: record.target,
+                    port: record.port,
+                    tls_name: host.to_owned(),
+                    host_header: host.to_owned(),
+                };
+            }
+        }
         direct(host, DEFAULT_FEDERATION_PORT, host)
     }
 

@@ -389,3 +389,6 @@ fn verify_signed_by(
     }
     ruma::signatures::verify_json(&PublicKeyMap::from([(entity.to_owned(), keys)]), &only)
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,12 +1,13 @@
 //! Federation with other servers: discovery of where a server name is reached
-//! (`discovery.rs`), outbound requests signed with this server's key (`client.rs`), and the
-//! signing keys of other servers, fetched, verified, stored and served again as a notary
-//! (`keys.rs`). Inbound request signatures are checked by the API's extractor through
-//! [`keys::RemoteKeys::verify_request`].
+//! (`discovery.rs`, with SRV lookups in `srv.rs`), outbound requests signed with this server's
+//! key (`client.rs`), and the signing keys of other servers, fetched, verified, stored and
+//! served again as a notary (`keys.rs`). Inbound request signatures are checked by the API's
+//! extractor through [`keys::RemoteKeys::verify_request`].
 
 pub mod client;
 pub mod discovery;
 pub mod keys;
+pub mod srv;
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -32,14 +33,17 @@ pub struct Federation {
 impl Federation {
     pub fn new(config: &Config, db: Db, own_keys: Arc<ServerKeys>) -> Result<Self> {
         let extra_ca = match &config.federation_ca_file {
+            None => Vec::new(),
             Some(path) => {
                 let pem = std::fs::read(path)
                     .map_err(|e| Error::internal(format!("cannot read federation_ca_file {}: {e}", path.display())))?;
-                Some(reqwest::Certificate::from_pem(&pem).map_err(|e| {
-                    Error::internal(format!("federation_ca_file {} is not a PEM certificate: {e}", path.display()))
-                })?)
+                reqwest::Certificate::from_pem_bundle(&pem)
+                    .ok()
+                    .filter(|certificates| !certificates.is_empty())
+                    .ok_or_else(|| {
+                        Error::internal(format!("federation_ca_file {} holds no PEM certificate", path.display()))
+                    })?
             }
-            None => None,
         };
         let tls = client::Tls { extra_ca, verify: config.federation_verify_certificates };
         // Other servers are reached at public addresses only, unless the operator allows more.
@@ -52,6 +56,7 @@ impl Federation {
         let resolver = discovery::Resolver::new(
             config.federation_server_addresses.clone(),
             discovery::WellKnownSource::Https { tls: tls.clone(), guard: guard.clone() },
+            srv::SrvResolver::from_system(),
         );
         let client =
             Arc::new(client::FederationClient::new(config.server_name.clone(), own_keys.clone(), resolver, tls, guard));

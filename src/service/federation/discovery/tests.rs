@@ -3,7 +3,7 @@
 use std::{
     collections::BTreeMap,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
@@ -49,9 +49,40 @@ async fn well_known_server() -> (SocketAddr, Arc<AtomicUsize>) {
 }
 
 fn resolver(address: SocketAddr, overrides: &[(&str, &str)]) -> Resolver {
+    resolver_with_dns(address, overrides, Vec::new())
+}
+
+fn resolver_with_dns(address: SocketAddr, overrides: &[(&str, &str)], nameservers: Vec<SocketAddr>) -> Resolver {
     let overrides: BTreeMap<String, String> =
         overrides.iter().map(|(name, target)| ((*name).to_owned(), (*target).to_owned())).collect();
-    Resolver::new(overrides, WellKnownSource::Plain(address))
+    Resolver::new(overrides, WellKnownSource::Plain(address), SrvResolver::with_nameservers(nameservers))
+}
+
+/// A DNS server on UDP answering SRV queries from `records` (name -> priority, weight, port,
+/// target); other names get an empty answer. Returns its address and the names asked.
+async fn dns_server(
+    records: &'static [(&'static str, u16, u16, u16, &'static str)],
+) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let address = socket.local_addr().expect("address");
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let log = asked.clone();
+    tokio::spawn(async move {
+        let mut buffer = vec![0u8; 1500];
+        while let Ok((length, peer)) = socket.recv_from(&mut buffer).await {
+            let query = buffer[..length].to_vec();
+            let Some(name) = super::super::srv::tests::question_name(&query) else { continue };
+            log.lock().expect("log").push(name.clone());
+            let answers: Vec<(u16, u16, u16, &str)> = records
+                .iter()
+                .filter(|record| record.0 == name)
+                .map(|&(_, priority, weight, port, target)| (priority, weight, port, target))
+                .collect();
+            let answer = super::super::srv::tests::answer_packet(&query, &answers);
+            let _ = socket.send_to(&answer, peer).await;
+        }
+    });
+    (address, asked)
 }
 
 fn destination(connect_host: &str, port: u16, tls_name: &str, host_header: &str) -> Destination {
@@ -153,6 +184,47 @@ async fn well_known_answers_are_cached() {
     assert_eq!(first, second);
     assert_eq!(first, destination("c.test", 1, "c.test", "c.test:1"));
     assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn srv_records_come_after_the_well_known_and_before_port_8448() {
+    static RECORDS: &[(&str, u16, u16, u16, &str)] = &[
+        // A delegated name without a port: its SRV record.
+        ("_matrix-fed._tcp.delegated.test", 10, 0, 8999, "fed.delegated.test"),
+        // No well-known: the name's own records, lowest priority then heaviest first.
+        ("_matrix-fed._tcp.srv.test", 20, 100, 1111, "late.srv.test"),
+        ("_matrix-fed._tcp.srv.test", 10, 1, 2222, "light.srv.test"),
+        ("_matrix-fed._tcp.srv.test", 10, 9, 3333, "heavy.srv.test"),
+        // Only the deprecated service.
+        ("_matrix._tcp.old.test", 0, 0, 4444, "legacy.old.test"),
+        // "No service here".
+        ("_matrix-fed._tcp.none.test", 0, 0, 0, ""),
+    ];
+    let (address, _) = well_known_server().await;
+    let (dns, asked) = dns_server(RECORDS).await;
+    let resolver = resolver_with_dns(address, &[], vec![dns]);
+    assert_eq!(
+        resolver.resolve(server_name!("wk-noport.test")).await,
+        destination("fed.delegated.test", 8999, "delegated.test", "delegated.test")
+    );
+    assert_eq!(
+        resolver.resolve(server_name!("srv.test")).await,
+        destination("heavy.srv.test", 3333, "srv.test", "srv.test")
+    );
+    assert_eq!(
+        resolver.resolve(server_name!("old.test")).await,
+        destination("legacy.old.test", 4444, "old.test", "old.test")
+    );
+    assert_eq!(
+        resolver.resolve(server_name!("none.test")).await,
+        destination("none.test", 8448, "none.test", "none.test")
+    );
+    // A well-known with a port, an explicit port or an IP literal asks no SRV record.
+    asked.lock().expect("log").clear();
+    resolver.resolve(server_name!("wk-port.test")).await;
+    resolver.resolve(server_name!("srv.test:80")).await;
+    resolver.resolve(server_name!("192.0.2.1")).await;
+    assert!(asked.lock().expect("log").is_empty());
 }
 
 #[test]
