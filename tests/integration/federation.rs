@@ -112,11 +112,23 @@ pub(crate) fn start_federating(
     extra: &str,
 ) -> TestServer {
     let addresses: String = peers.iter().map(|(peer, port)| format!("\"{peer}\" = \"127.0.0.1:{port}\"\n")).collect();
+    // Defaults that `extra` does not set itself.
+    let defaults: String = [
+        format!("federation_ca_file = \"{}\"", pki.path("ca.crt").display()),
+        "federation_allow_private_addresses = true".to_owned(),
+        "trusted_servers = []".to_owned(),
+    ]
+    .into_iter()
+    .filter(|line| {
+        let key = line.split(" = ").next().unwrap_or_default();
+        !extra.lines().any(|set| set.split('=').next().is_some_and(|k| k.trim() == key))
+    })
+    .map(|line| line + "\n")
+    .collect();
     let config = format!(
-        "federation_ca_file = \"{ca}\"\nfederation_allow_private_addresses = true\ntrusted_servers = []\n{extra}\n\
+        "{defaults}{extra}\n\
          [global.federation_listener]\naddress = \"127.0.0.1\"\nport = {port}\ncerts = \"{crt}\"\nkey = \"{key}\"\n\
          [global.federation_server_addresses]\n{addresses}",
-        ca = pki.path("ca.crt").display(),
         crt = pki.path("server.crt").display(),
         key = pki.path("server.key").display(),
     );
@@ -277,11 +289,19 @@ struct Pair {
     b: TestServer,
     fake: FakeServer,
     pki: Pki,
+    /// Every name the servers know an address for; `hs-x` and `hs-y` are free for more servers.
+    peers: Vec<(&'static str, u16)>,
     _dirs: (tempfile::TempDir, tempfile::TempDir),
 }
 
+impl Pair {
+    fn port_of(&self, name: &str) -> u16 {
+        self.peers.iter().find(|(peer, _)| *peer == name).map(|(_, port)| *port).expect("a known name")
+    }
+}
+
 async fn start_pair() -> Pair {
-    let pki = Pki::new(&["hs-a", "hs-b", "hs-c", "hs-t", "hs-bad", "hs-old"]);
+    let pki = Pki::new(&["hs-a", "hs-b", "hs-c", "hs-t", "hs-bad", "hs-old", "hs-x", "hs-y"]);
     let fake = FakeServer::start(&pki).await;
     let (port_a, port_b) = (free_port(), free_port());
     let peers = [
@@ -291,11 +311,13 @@ async fn start_pair() -> Pair {
         ("hs-t", fake.port),
         ("hs-bad", fake.port),
         ("hs-old", fake.port),
+        ("hs-x", free_port()),
+        ("hs-y", free_port()),
     ];
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = start_federating(&pki, dir_a.path(), "hs-a", port_a, &peers, "");
     let b = start_federating(&pki, dir_b.path(), "hs-b", port_b, &peers, "");
-    Pair { a, b, fake, pki, _dirs: (dir_a, dir_b) }
+    Pair { a, b, fake, pki, peers: peers.to_vec(), _dirs: (dir_a, dir_b) }
 }
 
 #[tokio::test]
@@ -428,4 +450,64 @@ async fn outbound_requests_name_their_destination() {
     let refused = pair.a.get(&format!("/_matrix/client/v3/profile/{}", enc("@alice:hs-c")), bob.token()).await;
     assert_error(&refused, 502, "M_UNKNOWN");
     assert!(refused.1["error"].as_str().unwrap().contains("401"), "{}", refused.1);
+}
+
+#[tokio::test]
+async fn outbound_connections_check_certificates_and_addresses() {
+    let pair = start_pair().await;
+    let alice = pair.b.register("alice", "pw").await;
+    pair.b
+        .put("/_matrix/client/v3/profile/@alice:hs-b/displayname", alice.token(), json!({"displayname": "Alice"}))
+        .await;
+    let profile_path = format!("/_matrix/client/v3/profile/{}", enc("@alice:hs-b"));
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["x", "y", "x2"] {
+        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+    }
+
+    // Trusting another CA than the one that signed B's certificate: no connection.
+    let other_ca = Pki::new(&["elsewhere"]);
+    let untrusting = start_federating(
+        &pair.pki,
+        &dir.path().join("x"),
+        "hs-x",
+        pair.port_of("hs-x"),
+        &pair.peers,
+        &format!("federation_ca_file = \"{}\"", other_ca.path("ca.crt").display()),
+    );
+    let bob = untrusting.register("bob", "pw").await;
+    assert_error(&untrusting.get(&profile_path, bob.token()).await, 502, "M_UNKNOWN");
+
+    // With certificate checks off, the same works (B checks hs-y's signature as usual).
+    let unchecking = start_federating(
+        &pair.pki,
+        &dir.path().join("y"),
+        "hs-y",
+        pair.port_of("hs-y"),
+        &pair.peers,
+        &format!(
+            "federation_ca_file = \"{}\"\nfederation_verify_certificates = false",
+            other_ca.path("ca.crt").display()
+        ),
+    );
+    let carol = unchecking.register("carol", "pw").await;
+    assert_eq!(unchecking.get(&profile_path, carol.token()).await, (200, json!({"displayname": "Alice"})));
+
+    // Loopback addresses are refused unless federation_allow_private_addresses.
+    drop(untrusting);
+    let guarded = start_federating(
+        &pair.pki,
+        &dir.path().join("x2"),
+        "hs-x",
+        pair.port_of("hs-x"),
+        &pair.peers,
+        "federation_allow_private_addresses = false",
+    );
+    let dave = guarded.register("dave", "pw").await;
+    let refused = guarded.get(&profile_path, dave.token()).await;
+    assert_error(&refused, 502, "M_UNKNOWN");
+    assert!(refused.1["error"].as_str().unwrap().contains("not allowed"), "{}", refused.1);
+    let client = pair.pki.client();
+    let notary = federation_call(&client, &guarded, "GET", "/_matrix/key/v2/query/hs-b", None, None).await;
+    assert_eq!(notary, (200, json!({"server_keys": []})));
 }
