@@ -38,7 +38,8 @@ async fn query_batch(
     if servers.len() > MAX_BATCH_SERVERS {
         return Err(Error::invalid_param(format!("At most {MAX_BATCH_SERVERS} servers per query")));
     }
-    let mut documents = Vec::new();
+    // Servers are asked at the same time, so unreachable ones cost one timeout, not one each.
+    let mut tasks = tokio::task::JoinSet::new();
     for (server, criteria) in servers {
         // The latest `minimum_valid_until_ts` asked for any of its keys, else now.
         let minimum = criteria
@@ -47,7 +48,12 @@ async fn query_batch(
             .map(|ts| u64::from(ts.get()))
             .max()
             .unwrap_or_else(now_ms);
-        documents.extend(services.federation.keys.notary_documents(&server, minimum).await?);
+        let services = services.clone();
+        tasks.spawn(async move { services.federation.keys.notary_documents(&server, minimum).await });
+    }
+    let mut documents = Vec::new();
+    while let Some(result) = tasks.join_next().await {
+        documents.extend(result.map_err(|e| Error::internal(format!("key query task failed: {e}")))??);
     }
     Ok(get_remote_server_keys_batch::v2::Response::new(documents))
 }
