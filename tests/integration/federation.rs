@@ -511,3 +511,41 @@ async fn outbound_connections_check_certificates_and_addresses() {
     let notary = federation_call(&client, &guarded, "GET", "/_matrix/key/v2/query/hs-b", None, None).await;
     assert_eq!(notary, (200, json!({"server_keys": []})));
 }
+
+#[tokio::test]
+async fn keys_come_from_a_trusted_notary_when_the_server_cannot_be_reached() {
+    let pair = start_pair().await;
+    // hs-x cannot reach hs-t itself (a closed port), but trusts hs-b, which can.
+    let mut peers = pair.peers.clone();
+    for (name, port) in &mut peers {
+        if *name == "hs-t" {
+            *port = 1;
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let x =
+        start_federating(&pair.pki, dir.path(), "hs-x", pair.port_of("hs-x"), &peers, "trusted_servers = [\"hs-b\"]");
+    let erin = x.register("erin", "pw").await;
+    x.put("/_matrix/client/v3/profile/@erin:hs-x/displayname", erin.token(), json!({"displayname": "Erin"})).await;
+
+    let uri = format!("/_matrix/federation/v1/query/profile?user_id={}", enc("@erin:hs-x"));
+    let header = pair.fake.sign("GET", &uri, "hs-x", None);
+    let client = pair.pki.client();
+    let answer = federation_call(&client, &x, "GET", &uri, Some(&header), None).await;
+    assert_eq!(answer, (200, json!({"displayname": "Erin"})));
+    // hs-x now vouches for hs-t's keys itself: the document signed by hs-t and by hs-b, and
+    // now by hs-x.
+    let notary = federation_call(&client, &x, "GET", "/_matrix/key/v2/query/hs-t", None, None).await;
+    let document = &notary.1["server_keys"][0];
+    assert_eq!(document["server_name"], FakeServer::NAME, "{}", notary.1);
+    assert_signed_by(&client, &pair.b, "hs-b", document).await;
+    assert_signed_by(&client, &x, "hs-x", document).await;
+
+    // Without a notary, the same request is refused.
+    drop(x);
+    let dir = tempfile::tempdir().unwrap();
+    let alone = start_federating(&pair.pki, dir.path(), "hs-x", pair.port_of("hs-x"), &peers, "");
+    alone.register("erin", "pw").await;
+    let refused = federation_call(&client, &alone, "GET", &uri, Some(&header), None).await;
+    assert_error(&refused, 401, "M_UNAUTHORIZED");
+}
