@@ -1,6 +1,7 @@
 //! The one extractor for ruma request types: authenticates according to the endpoint's auth
 //! scheme (`Authorization: Bearer`, or the older `access_token` query parameter), then reads the
-//! body within `max_request_size` and parses the request, mapping every failure to the Matrix
+//! body within `max_request_size` (for server-signed federation requests, checks the `X-Matrix`
+//! signature over it) and parses the request, mapping every failure to the Matrix
 //! error the spec names. Also the response wrapper that turns ruma responses into HTTP.
 
 use std::{net::SocketAddr, sync::Arc};
@@ -11,15 +12,18 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use http::StatusCode;
-use ruma::api::{
-    IncomingRequest, IncomingRequestExt, OutgoingResponse, OutgoingResponseExt,
-    auth_scheme::{
-        AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional, AuthScheme, NoAccessToken,
-        NoAuthentication,
+use ruma::{
+    OwnedServerName, ServerName,
+    api::{
+        IncomingRequest, IncomingRequestExt, OutgoingResponse, OutgoingResponseExt,
+        auth_scheme::{
+            AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional, AuthScheme, NoAccessToken,
+            NoAuthentication,
+        },
+        error::{DeserializationError, ErrorKind, FromHttpRequestError},
+        federation::authentication::ServerSignatures,
+        path_builder::PathBuilder,
     },
-    error::{DeserializationError, ErrorKind, FromHttpRequestError},
-    federation::authentication::ServerSignatures,
-    path_builder::PathBuilder,
 };
 
 use crate::{
@@ -73,6 +77,8 @@ pub struct Ruma<T> {
     pub body: T,
     /// The user and device behind the access token, when the endpoint takes one.
     pub sender: Option<Authenticated>,
+    /// The server that signed the request, on federation endpoints that require signatures.
+    pub origin: Option<OwnedServerName>,
     /// The client's address, for device "last seen" records.
     pub client_ip: Option<String>,
     /// The body as sent, for the few endpoints that keep keys ruma's types drop (extra content
@@ -81,6 +87,13 @@ pub struct Ruma<T> {
 }
 
 impl<T> Ruma<T> {
+    /// The server that signed the request; endpoints that require signatures always have one.
+    pub fn origin(&self) -> Result<&ServerName, Error> {
+        self.origin
+            .as_deref()
+            .ok_or_else(|| Error::new(StatusCode::UNAUTHORIZED, ErrorKind::Unauthorized, "Missing server signature"))
+    }
+
     /// The authenticated sender; endpoints that require a token always have one.
     pub fn sender(&self) -> Result<&Authenticated, Error> {
         self.sender
@@ -125,13 +138,8 @@ where
                     None => None,
                 }
             }
-            AuthMode::ServerSignatures => {
-                return Err(Error::new(
-                    StatusCode::UNAUTHORIZED,
-                    ErrorKind::Unauthorized,
-                    "Signed federation requests are not supported yet",
-                ));
-            }
+            // Checked once the body is read: the signature covers it.
+            AuthMode::ServerSignatures => None,
         };
         if let Some(sender) = &sender {
             super::guest::check(sender, &parts.method, parts.uri.path())?;
@@ -139,6 +147,10 @@ where
         // Read only once the caller is known, so an anonymous client cannot make the server
         // buffer `max_request_size` bytes (an upload) on endpoints that need a token.
         let bytes = read_body(body, services.config.max_request_size as usize, &parts.headers).await?;
+        let origin = match <T::Authentication as AuthPolicy>::MODE {
+            AuthMode::ServerSignatures => Some(super::federation::auth::verify(services, &parts, &bytes).await?),
+            _ => None,
+        };
 
         // serde_json skips the strings of fields nobody reads without checking their UTF-8, so a
         // body with invalid UTF-8 there would be taken; the spec wants it refused as not JSON.
@@ -166,7 +178,7 @@ where
                 T::try_from_http_request(request, &path_refs).map_err(|_| request_error(error, &bytes))?
             }
         };
-        Ok(Ruma { body, sender, client_ip, raw_body: bytes })
+        Ok(Ruma { body, sender, origin, client_ip, raw_body: bytes })
     }
 }
 

@@ -77,7 +77,9 @@ pub struct Config {
     pub allow_guest_registration: bool,
     #[serde(default = "default_true")]
     pub allow_federation: bool,
-    #[serde(default = "default_trusted_servers")]
+    /// Notaries asked for another server's signing keys when that server cannot be asked
+    /// itself. None by default (Conduit's default is `["matrix.org"]`).
+    #[serde(default)]
     pub trusted_servers: Vec<OwnedServerName>,
     #[serde(default = "default_room_version")]
     pub default_room_version: RoomVersionId,
@@ -366,9 +368,6 @@ fn default_max_request_size() -> u32 {
 }
 fn default_true() -> bool {
     true
-}
-fn default_trusted_servers() -> Vec<OwnedServerName> {
-    vec![ruma::server_name!("matrix.org").to_owned()]
 }
 fn default_room_version() -> RoomVersionId {
     RoomVersionId::V12

@@ -1,4 +1,5 @@
-//! The address guard for outbound HTTP to URLs that users choose (URL previews, push gateways),
+//! The address guard for outbound HTTP to URLs that users choose (URL previews, push gateways)
+//! and to other servers (federation),
 //! against server-side request forgery: it resolves the host itself, checks each address
 //! against an allow list and a deny list (the allow list wins), and pins the connection to a
 //! checked address (`reqwest::ClientBuilder::resolve`), so a DNS answer that changes between
@@ -58,17 +59,29 @@ impl AddressGuard {
             Some(url::Host::Ipv6(ip)) => self.check(IpAddr::V6(ip)).map(|()| builder),
             Some(url::Host::Domain(domain)) => {
                 let port = url.port_or_known_default().unwrap_or(80);
-                let addresses: Vec<SocketAddr> = tokio::net::lookup_host((domain, port))
-                    .await
-                    .map_err(|e| GuardError::Resolve(format!("Could not resolve {domain}: {e}")))?
-                    .collect();
-                match addresses.iter().find(|addr| self.allows(addr.ip())) {
-                    Some(address) => Ok(builder.resolve(domain, *address)),
-                    None if addresses.is_empty() => Err(GuardError::Resolve(format!("{domain} has no address"))),
-                    None => Err(GuardError::Forbidden(format!("{} to {domain} are not allowed", self.purpose))),
-                }
+                let address = self.resolve(domain, port).await?;
+                Ok(builder.resolve(domain, address))
             }
             None => Err(GuardError::InvalidUrl("The URL has no host".into())),
+        }
+    }
+
+    /// An allowed address of `host` (an IP literal, bracketed or not, or a name to resolve) at
+    /// `port`: the literal itself if it is allowed, else the first allowed address the name
+    /// resolves to.
+    pub async fn resolve(&self, host: &str, port: u16) -> Result<SocketAddr, GuardError> {
+        let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        if let Ok(ip) = bare.parse::<IpAddr>() {
+            return self.check(ip).map(|()| SocketAddr::new(ip, port));
+        }
+        let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| GuardError::Resolve(format!("Could not resolve {host}: {e}")))?
+            .collect();
+        match addresses.iter().find(|addr| self.allows(addr.ip())) {
+            Some(address) => Ok(*address),
+            None if addresses.is_empty() => Err(GuardError::Resolve(format!("{host} has no address"))),
+            None => Err(GuardError::Forbidden(format!("{} to {host} are not allowed", self.purpose))),
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod address_guard;
 pub mod admin_register;
 pub mod backup;
 pub mod dehydrated;
+pub mod federation;
 pub mod keys;
 pub mod media;
 pub mod notifier;
@@ -55,6 +56,8 @@ pub struct Services {
     pub presence: presence::Presence,
     /// Room tags, kept as `m.tag` room account data.
     pub tags: tags::Tags,
+    /// Server discovery, signed outbound requests and other servers' keys.
+    pub federation: federation::Federation,
     /// Member events each device was sent while lazy-loading (in memory).
     pub lazy_members: sync::LazyMemberCache,
 }
@@ -74,8 +77,10 @@ impl Services {
         let notifier = Arc::new(notifier::Notifier::new());
         let push_wake = Arc::new(tokio::sync::Notify::new());
         let push_profiles = Arc::new(push::recipients::PushProfiles::default());
+        let federation = federation::Federation::new(&config, db.clone(), server_keys.clone())?;
         Ok(Arc::new(Self {
             media,
+            federation,
             rooms: rooms::Rooms::new(
                 db.clone(),
                 config.server_name.clone(),

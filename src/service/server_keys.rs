@@ -1,6 +1,7 @@
-//! The server's ed25519 signing key: made at first start and kept in the database. Signs events
-//! and the key document served at `/_matrix/key/v2/server`, and verifies this server's own
-//! signatures. Keys of other servers arrive with federation.
+//! The server's ed25519 signing key: made at first start and kept in the database. Signs events,
+//! the key document served at `/_matrix/key/v2/server`, notary answers and outbound federation
+//! requests, and verifies this server's own signatures. Keys of other servers are kept by
+//! `federation/keys.rs`.
 
 use std::collections::BTreeMap;
 
@@ -73,7 +74,7 @@ impl ServerKeys {
         Base64::new(self.key_pair.public_key().to_vec())
     }
 
-    /// The keys this server can verify signatures with (its own, until federation brings more).
+    /// This server's own public key, as a key map for signature checks.
     pub fn public_key_map(&self) -> PublicKeyMap {
         let set: PublicKeySet = BTreeMap::from([(self.key_id(), self.public_key_base64())]);
         BTreeMap::from([(self.server_name.to_string(), set)])

@@ -7,6 +7,7 @@
 
 pub mod codec;
 pub mod engine;
+pub mod federation_tables;
 pub mod key_tables;
 #[cfg(test)]
 pub mod memory;
@@ -169,6 +170,7 @@ impl Db {
             .chain(room_tables::ROOM_TABLES)
             .chain(key_tables::KEY_TABLES)
             .chain(push_tables::PUSH_TABLES)
+            .chain(federation_tables::FEDERATION_TABLES)
             .copied()
             .collect();
         let engine = rocks::RocksEngine::open(&config.database_path, &all_tables, &settings)?;

@@ -1,5 +1,6 @@
 //! Profiles: `GET /profile/{userId}` and per-field GET, PUT and DELETE (`displayname`,
-//! `avatar_url` and the custom fields of spec v1.16) for local users.
+//! `avatar_url` and the custom fields of spec v1.16) for local users; GETs of other servers'
+//! users are asked of their server over federation.
 
 use std::sync::Arc;
 
@@ -28,7 +29,7 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     router.ruma(profile).ruma(get_field).ruma(set_field).ruma(delete_field)
 }
 
-/// Profiles of remote users need federation; until then they are not found.
+/// Users of this server that do not exist have no profile.
 async fn ensure_known_local_user(services: &Services, user_id: &UserId) -> Result<()> {
     if user_id.server_name() != services.config.server_name || !services.accounts.exists(user_id).await? {
         return Err(Error::not_found("Profile not found"));
@@ -57,8 +58,12 @@ async fn profile(
     request: Ruma<get_profile::v3::Request>,
 ) -> Result<get_profile::v3::Response> {
     let user_id = &request.body.user_id;
-    ensure_known_local_user(&services, user_id).await?;
     let mut response = get_profile::v3::Response::new();
+    if user_id.server_name() != services.config.server_name {
+        response.data = services.federation.remote_profile(user_id, None).await?.into_iter().collect();
+        return Ok(response);
+    }
+    ensure_known_local_user(&services, user_id).await?;
     response.data = services.profile.all(user_id).await?.into_iter().collect();
     Ok(response)
 }
@@ -68,13 +73,14 @@ async fn get_field(
     request: Ruma<get_profile_field::v3::Request>,
 ) -> Result<get_profile_field::v3::Response> {
     let body = &request.body;
-    ensure_known_local_user(&services, &body.user_id).await?;
     let name = body.field.as_str();
-    let value = services
-        .profile
-        .field(&body.user_id, name)
-        .await?
-        .ok_or_else(|| Error::not_found(format!("The profile has no field {name}")))?;
+    let value = if body.user_id.server_name() != services.config.server_name {
+        services.federation.remote_profile(&body.user_id, Some(body.field.clone())).await?.remove(name)
+    } else {
+        ensure_known_local_user(&services, &body.user_id).await?;
+        services.profile.field(&body.user_id, name).await?
+    };
+    let value = value.ok_or_else(|| Error::not_found(format!("The profile has no field {name}")))?;
     let value = ProfileFieldValue::new(name, value)
         .map_err(|e| Error::internal(format!("stored profile field {name} is invalid: {e}")))?;
     Ok(get_profile_field::v3::Response::new(value))

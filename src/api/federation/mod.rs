@@ -1,7 +1,12 @@
-//! The server-server API. So far: server discovery and the version endpoint; the signed event
-//! exchange arrives with rooms.
+//! The server-server API: server discovery, the version endpoint and the server's key
+//! (`discovery.rs`), the notary key queries (`keys.rs`), queries about local users
+//! (`query.rs`), and the `X-Matrix` authentication of signed requests (`auth.rs`). The signed
+//! event exchange arrives with rooms.
 
+pub(crate) mod auth;
 pub mod discovery;
+pub mod keys;
+pub mod query;
 
 use std::sync::Arc;
 
@@ -10,5 +15,5 @@ use axum::Router;
 use crate::service::Services;
 
 pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
-    discovery::routes(router)
+    query::routes(keys::routes(discovery::routes(router)))
 }

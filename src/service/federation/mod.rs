@@ -1,0 +1,95 @@
+//! Federation with other servers: discovery of where a server name is reached
+//! (`discovery.rs`, with SRV lookups in `srv.rs`), outbound requests signed with this server's
+//! key (`client.rs`), and the signing keys of other servers, fetched, verified, stored and
+//! served again as a notary (`keys.rs`). Inbound request signatures are checked by the API's
+//! extractor through [`keys::RemoteKeys::verify_request`].
+
+pub mod client;
+pub mod discovery;
+pub mod keys;
+pub mod srv;
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use http::StatusCode;
+use ruma::{
+    UserId,
+    api::{error::ErrorKind, federation::query::get_profile_information},
+    profile::ProfileFieldName,
+};
+
+use crate::{
+    Error, Result,
+    config::{Config, DEFAULT_URL_PREVIEW_DENYLIST},
+    service::{address_guard::AddressGuard, server_keys::ServerKeys},
+    storage::Db,
+};
+
+pub struct Federation {
+    pub client: Arc<client::FederationClient>,
+    pub keys: keys::RemoteKeys,
+}
+
+impl Federation {
+    pub fn new(config: &Config, db: Db, own_keys: Arc<ServerKeys>) -> Result<Self> {
+        let extra_ca = match &config.federation_ca_file {
+            None => Vec::new(),
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| Error::internal(format!("cannot read federation_ca_file {}: {e}", path.display())))?;
+                reqwest::Certificate::from_pem_bundle(&pem)
+                    .ok()
+                    .filter(|certificates| !certificates.is_empty())
+                    .ok_or_else(|| {
+                        Error::internal(format!("federation_ca_file {} holds no PEM certificate", path.display()))
+                    })?
+            }
+        };
+        let tls = client::Tls { extra_ca, verify: config.federation_verify_certificates };
+        // Other servers are reached at public addresses only, unless the operator allows more.
+        let denylist = if config.federation_allow_private_addresses {
+            Vec::new()
+        } else {
+            DEFAULT_URL_PREVIEW_DENYLIST.iter().filter_map(|net| net.parse().ok()).collect()
+        };
+        let guard = AddressGuard::new(denylist, Vec::new(), "Federation requests");
+        let resolver = discovery::Resolver::new(
+            config.federation_server_addresses.clone(),
+            discovery::WellKnownSource::Https { tls: tls.clone(), guard: guard.clone() },
+            srv::SrvResolver::from_system(),
+        );
+        let client =
+            Arc::new(client::FederationClient::new(config.server_name.clone(), own_keys.clone(), resolver, tls, guard));
+        let keys = keys::RemoteKeys::new(
+            db,
+            config.server_name.clone(),
+            own_keys,
+            client.clone(),
+            config.trusted_servers.clone(),
+        );
+        Ok(Self { client, keys })
+    }
+}
+
+impl Federation {
+    /// The profile of a user of another server (one field when `field` is given), asked of
+    /// that server. `404 M_NOT_FOUND` when it has no such user or field; `502` when it cannot
+    /// be reached or asked.
+    pub async fn remote_profile(
+        &self,
+        user_id: &UserId,
+        field: Option<ProfileFieldName>,
+    ) -> Result<BTreeMap<String, serde_json::Value>> {
+        let mut request = get_profile_information::v1::Request::new(user_id.to_owned());
+        request.field = field;
+        match self.client.send(user_id.server_name(), request).await {
+            Ok(response) => Ok(response.iter().map(|(name, value)| (name.clone(), value.clone())).collect()),
+            Err(client::FederationError::Remote { status: 404, .. }) => Err(Error::not_found("Profile not found")),
+            Err(e) => Err(Error::new(
+                StatusCode::BAD_GATEWAY,
+                ErrorKind::Unknown,
+                format!("Could not ask {} for the profile: {e}", user_id.server_name()),
+            )),
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! Federation with a real Synapse (PyPI `matrix-synapse`) on loopback TLS: Synapse asks Trellis
+//! for a user's profile (signing the request with its key, which Trellis fetches from Synapse to
+//! check it), Trellis asks Synapse (Synapse fetches Trellis's key), and Trellis vouches for
+//! Synapse's keys as a notary. Runs when `TRELLIS_SYNAPSE_PYTHON` names a Python interpreter with
+//! `matrix-synapse` installed (`.ci/run` installs it); skipped otherwise.
+
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+
+use crate::{
+    federation::{Pki, assert_signed_with, federation_call, free_port, start_federating},
+    harness::{assert_error, enc},
+};
+
+/// A Synapse process, killed when dropped.
+struct Synapse {
+    child: Child,
+    client_url: String,
+    federation_url: String,
+    server_name: String,
+}
+
+impl Drop for Synapse {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Synapse {
+    async fn start(python: &str, pki: &Pki, dir: &Path) -> Synapse {
+        let (client_port, federation_port) = (free_port(), free_port());
+        let server_name = format!("127.0.0.1:{federation_port}");
+        let d = dir.display();
+        let config = format!(
+            r#"server_name: "{server_name}"
+pid_file: {d}/homeserver.pid
+report_stats: false
+signing_key_path: {d}/signing.key
+media_store_path: {d}/media
+log_config: {d}/log.yaml
+database:
+  name: sqlite3
+  args:
+    database: {d}/homeserver.db
+listeners:
+  - port: {client_port}
+    bind_addresses: ['127.0.0.1']
+    type: http
+    tls: false
+    resources:
+      - names: [client]
+        compress: false
+  - port: {federation_port}
+    bind_addresses: ['127.0.0.1']
+    type: http
+    tls: true
+    resources:
+      - names: [federation]
+        compress: false
+tls_certificate_path: {crt}
+tls_private_key_path: {key}
+federation_custom_ca_list: [{ca}]
+ip_range_whitelist: ['127.0.0.0/8', '::1/128']
+federation_ip_range_blacklist: []
+enable_registration: true
+enable_registration_without_verification: true
+registration_shared_secret: "synapse-secret"
+macaroon_secret_key: "macaroon-secret"
+form_secret: "form-secret"
+trusted_key_servers: []
+suppress_key_server_warning: true
+rc_registration: {{per_second: 1000, burst_count: 1000}}
+rc_login: {{address: {{per_second: 1000, burst_count: 1000}}, account: {{per_second: 1000, burst_count: 1000}}}}
+rc_message: {{per_second: 1000, burst_count: 1000}}
+"#,
+            crt = pki.path("server.crt").display(),
+            key = pki.path("server.key").display(),
+            ca = pki.path("ca.crt").display(),
+        );
+        std::fs::write(dir.join("homeserver.yaml"), config).unwrap();
+        std::fs::write(
+            dir.join("log.yaml"),
+            format!(
+                "version: 1\nformatters: {{precise: {{format: '%(asctime)s %(name)s %(levelname)s %(message)s'}}}}\n\
+                 handlers: {{file: {{class: logging.FileHandler, formatter: precise, filename: {d}/synapse.log}}}}\n\
+                 root: {{level: INFO, handlers: [file]}}\ndisable_existing_loggers: false\n"
+            ),
+        )
+        .unwrap();
+        let config_path = dir.join("homeserver.yaml");
+        let keys = Command::new(python)
+            .args(["-m", "synapse.app.homeserver", "--generate-keys", "-c"])
+            .arg(&config_path)
+            .output()
+            .expect("synapse runs");
+        assert!(keys.status.success(), "synapse --generate-keys: {}", String::from_utf8_lossy(&keys.stderr));
+        let child = Command::new(python)
+            .args(["-m", "synapse.app.homeserver", "-c"])
+            .arg(&config_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("synapse starts");
+        let synapse = Synapse {
+            child,
+            client_url: format!("http://127.0.0.1:{client_port}"),
+            federation_url: format!("https://127.0.0.1:{federation_port}"),
+            server_name,
+        };
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let http = reqwest::Client::new();
+        loop {
+            if let Ok(response) = http.get(format!("{}/health", synapse.client_url)).send().await
+                && response.status().is_success()
+            {
+                break;
+            }
+            let log = std::fs::read_to_string(dir.join("synapse.log")).unwrap_or_default();
+            assert!(Instant::now() < deadline, "Synapse did not start:\n{log}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        synapse
+    }
+
+    /// Registers `localpart` through the dummy flow; returns the access token.
+    async fn register(&self, localpart: &str) -> String {
+        let http = reqwest::Client::new();
+        let url = format!("{}/_matrix/client/v3/register", self.client_url);
+        let first: Value = http
+            .post(&url)
+            .json(&json!({"username": localpart, "password": "pw-pw-pw"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let session = first["session"].as_str().unwrap_or_default();
+        let body = json!({"username": localpart, "password": "pw-pw-pw", "auth": {"type": "m.login.dummy", "session": session}});
+        let response: Value = http.post(&url).json(&body).send().await.unwrap().json().await.unwrap();
+        response["access_token"].as_str().unwrap_or_else(|| panic!("Synapse registration: {response}")).to_owned()
+    }
+
+    async fn client_get(&self, path: &str, token: &str) -> (u16, Value) {
+        let response =
+            reqwest::Client::new().get(format!("{}{path}", self.client_url)).bearer_auth(token).send().await.unwrap();
+        (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+    }
+}
+
+#[tokio::test]
+async fn synapse_and_trellis_query_each_others_profiles() {
+    let Ok(python) = std::env::var("TRELLIS_SYNAPSE_PYTHON") else {
+        eprintln!("skipped: TRELLIS_SYNAPSE_PYTHON is not set (a Python with matrix-synapse)");
+        return;
+    };
+    let pki = Pki::new(&["localhost"]);
+    let (trellis_dir, synapse_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let synapse = Synapse::start(&python, &pki, synapse_dir.path()).await;
+    let trellis_port = free_port();
+    let trellis_name = format!("127.0.0.1:{trellis_port}");
+    // Both server names are IP literals with ports: no override, well-known or SRV is needed.
+    let trellis = start_federating(&pki, trellis_dir.path(), &trellis_name, trellis_port, &[], "");
+
+    let alice = trellis.register("alice", "pw").await;
+    let alice_id = format!("@alice:{trellis_name}");
+    let set = trellis
+        .put(
+            &format!("/_matrix/client/v3/profile/{}/displayname", enc(&alice_id)),
+            alice.token(),
+            json!({"displayname": "Alice of Trellis"}),
+        )
+        .await;
+    assert_eq!(set.0, 200, "{}", set.1);
+    let sam_token = synapse.register("sam").await;
+    let sam_id = format!("@sam:{}", synapse.server_name);
+    let (status, body) =
+        synapse.client_get(&format!("/_matrix/client/v3/profile/{}/displayname", enc(&sam_id)), &sam_token).await;
+    assert_eq!(status, 200, "{body}");
+
+    // Synapse asks Trellis (Trellis fetches Synapse's key to check the request).
+    let profile = synapse.client_get(&format!("/_matrix/client/v3/profile/{}", enc(&alice_id)), &sam_token).await;
+    assert_eq!(profile.0, 200, "{}", profile.1);
+    assert_eq!(profile.1["displayname"], "Alice of Trellis");
+    let missing = synapse
+        .client_get(&format!("/_matrix/client/v3/profile/{}", enc(&format!("@nobody:{trellis_name}"))), &sam_token)
+        .await;
+    assert_eq!(missing.0, 404, "{}", missing.1);
+
+    // Trellis asks Synapse (Synapse fetches Trellis's key to check the request).
+    let profile = trellis.get(&format!("/_matrix/client/v3/profile/{}", enc(&sam_id)), alice.token()).await;
+    assert_eq!(profile.0, 200, "{}", profile.1);
+    assert_eq!(profile.1["displayname"], "sam");
+    assert_error(
+        &trellis
+            .get(
+                &format!("/_matrix/client/v3/profile/{}", enc(&format!("@nobody:{}", synapse.server_name))),
+                alice.token(),
+            )
+            .await,
+        404,
+        "M_NOT_FOUND",
+    );
+
+    // Trellis vouches for Synapse's keys, which Synapse signed.
+    let client = pki.client();
+    let synapse_keys: Value = client
+        .get(format!("{}/_matrix/key/v2/server", synapse.federation_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let query = federation_call(
+        &client,
+        &trellis,
+        "GET",
+        &format!("/_matrix/key/v2/query/{}", synapse.server_name),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(query.0, 200, "{}", query.1);
+    let document = &query.1["server_keys"][0];
+    assert_eq!(document["verify_keys"], synapse_keys["verify_keys"], "{}", query.1);
+    assert_signed_with(&synapse_keys, &synapse.server_name, document);
+    let trellis_keys = federation_call(&client, &trellis, "GET", "/_matrix/key/v2/server", None, None).await.1;
+    assert_signed_with(&trellis_keys, &trellis_name, document);
+
+    // And Synapse, as a notary, has Trellis's keys: it fetched them to check Trellis's request.
+    let from_synapse: Value = client
+        .get(format!("{}/_matrix/key/v2/query/{}", synapse.federation_url, trellis_name))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(from_synapse["server_keys"][0]["verify_keys"], trellis_keys["verify_keys"], "{from_synapse}");
+}
