@@ -18,6 +18,8 @@ pub mod power;
 mod prepare;
 pub mod public;
 mod read;
+mod reach;
+mod search;
 mod redaction;
 mod reports;
 mod short;
@@ -41,6 +43,7 @@ pub use build::NewEvent;
 pub use pdu::Pdu;
 pub use prepare::Prepared;
 pub use read::StoredEvent;
+pub use search::{SearchHit, SearchOrder, SearchPage, SearchQuery};
 pub use sync_read::{EventPredicate, MemberSummary, MembershipChange, StateSelection, TimelineWindow};
 
 /// The `membership` of a member event.
