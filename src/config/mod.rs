@@ -553,9 +553,15 @@ fn env_key_path(key: &str) -> Vec<String> {
     if key.contains("__") {
         return key.split("__").map(str::to_owned).collect();
     }
-    for table in
-        ["well_known", "tls", "federation_listener", "federation_server_addresses", "media", "url_preview", "user_directory"]
-    {
+    for table in [
+        "well_known",
+        "tls",
+        "federation_listener",
+        "federation_server_addresses",
+        "media",
+        "url_preview",
+        "user_directory",
+    ] {
         if let Some(field) = key.strip_prefix(table).and_then(|rest| rest.strip_prefix('_'))
             && !field.is_empty()
         {

@@ -16,7 +16,7 @@ use crate::{
     service::rooms::Rooms,
     storage::{
         Batch, Db, ScanDirection,
-        search_tables::{DirectoryEntry, USER_DIRECTORY, USER_DIRECTORY_WORDS, user_words, words},
+        search_tables::{DirectoryEntry, USER_DIRECTORY, USER_DIRECTORY_WORDS, directory_words, user_words},
         tables::{PROFILE_FIELDS, USERS},
     },
 };
@@ -70,7 +70,7 @@ impl UserDirectory {
         term: &str,
         limit: usize,
     ) -> Result<(Vec<DirectoryUser>, bool)> {
-        let terms = words(term);
+        let terms = directory_words(term);
         // The longest term is the most selective to look up; the others are checked against
         // each candidate's words.
         let Some(lookup) = terms.iter().max_by_key(|t| t.len()).cloned() else { return Ok((Vec::new(), false)) };
@@ -115,8 +115,8 @@ impl UserDirectory {
                     .map(|user_id| {
                         let field = |name: &str| PROFILE_FIELDS.get(db, &(user_id.clone(), name.to_owned()));
                         let display_name = field("displayname")?.and_then(|v| v.as_str().map(str::to_owned));
-                        let avatar_url =
-                            field("avatar_url")?.and_then(|v| v.as_str().filter(|u| !u.is_empty()).map(OwnedMxcUri::from));
+                        let avatar_url = field("avatar_url")?
+                            .and_then(|v| v.as_str().filter(|u| !u.is_empty()).map(OwnedMxcUri::from));
                         Ok(DirectoryUser { user_id, display_name, avatar_url })
                     })
                     .collect::<Result<Vec<_>>>()

@@ -64,11 +64,22 @@ pub fn words(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// The tokens of the user directory: words, also split where a word holds other characters
+/// than letters and digits (UAX #29 keeps `alice:example.org` together), so that the parts of a
+/// user ID are words of their own.
+pub fn directory_words(text: &str) -> Vec<String> {
+    words(text)
+        .iter()
+        .flat_map(|word| word.split(|c: char| !c.is_alphanumeric()).map(str::to_owned).collect::<Vec<_>>())
+        .filter(|part| !part.is_empty())
+        .collect()
+}
+
 /// The tokens of a user: the words of the user ID (`@alice-1:example.org` gives `alice`, `1`,
 /// `example`, `org`) and of the global display name, each once.
 pub fn user_words(user_id: &str, display_name: Option<&str>) -> Vec<String> {
-    let mut out = words(user_id);
-    out.extend(display_name.map(words).unwrap_or_default());
+    let mut out = directory_words(user_id);
+    out.extend(display_name.map(directory_words).unwrap_or_default());
     out.sort();
     out.dedup();
     out
@@ -117,12 +128,13 @@ mod tests {
     #[test]
     fn user_words_cover_id_and_name() {
         assert_eq!(user_words("@user-1-alice:hs1", Some("Alice Cooper")), ["1", "alice", "cooper", "hs1", "user"]);
+        assert_eq!(directory_words("@user-1-alice:hs1.example"), ["user", "1", "alice", "hs1", "example"]);
     }
 
     #[test]
     fn postings_count_repeats() {
-        let content = serde_json::value::to_raw_value(&serde_json::json!({"body": "a b a", "msgtype": "m.text"}))
-            .expect("json");
+        let content =
+            serde_json::value::to_raw_value(&serde_json::json!({"body": "a b a", "msgtype": "m.text"})).expect("json");
         let postings = event_postings("m.room.message", &content, 7);
         assert_eq!(postings.len(), 2);
         assert_eq!(postings[0].0, "a");

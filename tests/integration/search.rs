@@ -48,12 +48,9 @@ async fn finds_an_event_by_body() {
     let event = send_text(&server, &alice, &room, "hello, world").await;
     send_text(&server, &alice, &room, "something else").await;
 
-    let found = search(
-        &server,
-        &alice,
-        json!({"keys": ["content.body"], "search_term": "hello", "filter": {"rooms": [room]}}),
-    )
-    .await;
+    let found =
+        search(&server, &alice, json!({"keys": ["content.body"], "search_term": "hello", "filter": {"rooms": [room]}}))
+            .await;
     assert_eq!(found["count"], 1, "{found}");
     let result = &found["results"][0]["result"];
     assert_eq!(result["event_id"], event);
@@ -76,8 +73,14 @@ async fn returns_context_around_results() {
     let server = TestServer::start().await;
     let alice = server.register("alice", "pw").await;
     let room = private_room(&server, &alice).await;
-    put_state(&server, &alice, &room, "m.room.member/@alice:localhost", json!({"membership": "join", "displayname": "Al"}))
-        .await;
+    put_state(
+        &server,
+        &alice,
+        &room,
+        "m.room.member/@alice:localhost",
+        json!({"membership": "join", "displayname": "Al"}),
+    )
+    .await;
     for i in 1..=7 {
         send_text(&server, &alice, &room, &format!("Message number {i}")).await;
     }
@@ -217,7 +220,7 @@ async fn leaves_out_redacted_events_with_either_ordering() {
             json!({"keys": ["content.body"], "order_by": order, "search_term": "redacted", "filter": {"rooms": [room]}}),
         )
         .await;
-        assert_eq!(result_ids(&found), [visible.clone()], "{order}: {found}");
+        assert_eq!(result_ids(&found), std::slice::from_ref(&visible), "{order}: {found}");
         assert_eq!(found["results"][0]["result"]["content"]["body"], "This message is not going to be redacted");
     }
 }
@@ -264,15 +267,19 @@ async fn keys_filters_groupings_state_and_rank() {
     assert_eq!(bodies["count"], 3);
 
     // Rank: the message saying it twice (and shorter relative to its matches) first.
-    let ranked = search(&server, &alice, json!({"search_term": "gardening", "keys": ["content.body"],
-                                                  "order_by": "rank", "filter": {"rooms": [room]}}))
+    let ranked = search(
+        &server,
+        &alice,
+        json!({"search_term": "gardening", "keys": ["content.body"],
+                                                  "order_by": "rank", "filter": {"rooms": [room]}}),
+    )
     .await;
     assert_eq!(result_ids(&ranked), [twice.clone(), once.clone()], "{ranked}");
 
     // Filters: senders, types.
     let from_bob =
         search(&server, &alice, json!({"search_term": "gardening", "filter": {"senders": ["@bob:localhost"]}})).await;
-    assert_eq!(result_ids(&from_bob), [twice.clone()]);
+    assert_eq!(result_ids(&from_bob), std::slice::from_ref(&twice));
     let not_messages =
         search(&server, &alice, json!({"search_term": "gardening", "filter": {"not_types": ["m.room.message"]}})).await;
     assert_eq!(not_messages["count"], 2, "{not_messages}");
@@ -296,7 +303,11 @@ async fn keys_filters_groupings_state_and_rank() {
 
     // Errors.
     let (status, body) = server
-        .post(SEARCH, alice.token(), json!({"search_categories": {"room_events": {"search_term": "x", "order_by": "nope"}}}))
+        .post(
+            SEARCH,
+            alice.token(),
+            json!({"search_categories": {"room_events": {"search_term": "x", "order_by": "nope"}}}),
+        )
         .await;
     assert_eq!(status, 400, "{body}");
     let (status, body) = server.post(SEARCH, None, json!({"search_categories": {}})).await;

@@ -142,7 +142,8 @@ async fn event_context(
         let senders: BTreeSet<&OwnedUserId> =
             context.before.iter().chain(context.after.iter()).map(|e| &e.pdu.sender).chain([&pdu.sender]).collect();
         for member in &context.state {
-            let Some(sender) = member.state_key.as_deref().and_then(|k| senders.iter().find(|s| s.as_str() == k)) else {
+            let Some(sender) = member.state_key.as_deref().and_then(|k| senders.iter().find(|s| s.as_str() == k))
+            else {
                 continue;
             };
             if member.kind.to_string() != "m.room.member" {
@@ -160,11 +161,7 @@ async fn event_context(
 }
 
 /// The page's results grouped by room or sender, each group in the order it first appears.
-fn groupings(
-    group_by: &[search::Grouping],
-    hits: &[SearchHit],
-    next_batch: Option<&str>,
-) -> Vec<ResultGroupMap> {
+fn groupings(group_by: &[search::Grouping], hits: &[SearchHit], next_batch: Option<&str>) -> Vec<ResultGroupMap> {
     let mut maps = Vec::new();
     for grouping in group_by {
         let key_of: fn(&SearchHit) -> String = match &grouping.key {

@@ -15,7 +15,10 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     router.ruma(search)
 }
 
-async fn search(services: Arc<Services>, request: Ruma<search_users::v3::Request>) -> Result<search_users::v3::Response> {
+async fn search(
+    services: Arc<Services>,
+    request: Ruma<search_users::v3::Request>,
+) -> Result<search_users::v3::Response> {
     let searcher = request.sender()?.user_id.clone();
     let limit = usize::try_from(u64::from(request.body.limit)).unwrap_or(usize::MAX);
     let (users, limited) =

@@ -39,11 +39,7 @@ impl Rooms {
     /// The users of `candidates` (local users) that `searcher` may find in the user directory:
     /// those sharing a joined room with the searcher, and those joined to a public room. The
     /// cost is the candidates' room lists, not the rooms' member lists.
-    pub async fn users_findable_by(
-        &self,
-        searcher: &UserId,
-        candidates: Vec<OwnedUserId>,
-    ) -> Result<Vec<OwnedUserId>> {
+    pub async fn users_findable_by(&self, searcher: &UserId, candidates: Vec<OwnedUserId>) -> Result<Vec<OwnedUserId>> {
         let searcher = searcher.to_owned();
         self.run(move |core, db| {
             let own: BTreeSet<OwnedRoomId> = core.joined_rooms(db, &searcher)?.into_iter().collect();

@@ -27,7 +27,7 @@ use std::collections::{BTreeSet, HashMap};
 use ruma::{OwnedRoomId, OwnedUserId};
 use serde::Deserialize;
 
-use super::{Pdu, RoomCore, Rooms, read::VisibilityMemo, read::StoredEvent};
+use super::{Pdu, RoomCore, Rooms, read::StoredEvent, read::VisibilityMemo};
 use crate::{
     Error, Result,
     storage::{
@@ -52,7 +52,13 @@ const AVERAGE_LENGTH: f64 = 12.0;
 const CORPUS: f64 = 10_000.0;
 
 /// Adds a timeline event's postings to the index, in the event's own batch.
-pub(super) fn index_event(batch: &mut Batch, short_room: u64, position: u64, short_event: u64, pdu: &Pdu) -> Result<()> {
+pub(super) fn index_event(
+    batch: &mut Batch,
+    short_room: u64,
+    position: u64,
+    short_event: u64,
+    pdu: &Pdu,
+) -> Result<()> {
     for (token, posting) in event_postings(&pdu.kind.to_string(), &pdu.content, short_event) {
         batch.put(&SEARCH_POSTINGS, &(short_room, token, position), &posting)?;
     }
@@ -182,7 +188,7 @@ impl RoomCore {
             self.room_candidates(db, short_room, &terms, fields, &mut candidates)?;
         }
         match query.order {
-            SearchOrder::Recent => candidates.sort_by(|a, b| b.position.cmp(&a.position)),
+            SearchOrder::Recent => candidates.sort_by_key(|c| std::cmp::Reverse(c.position)),
             SearchOrder::Rank => {
                 candidates.sort_by(|a, b| b.score.total_cmp(&a.score).then(b.position.cmp(&a.position)));
             }
@@ -218,7 +224,9 @@ impl RoomCore {
         }
         if page.hits.len() >= query.limit.max(1) {
             page.next_batch = match (query.order, cursor) {
-                (SearchOrder::Recent, _) => page.hits.last().and_then(|h| h.event.meta.position).map(|p| format!("r{p}")),
+                (SearchOrder::Recent, _) => {
+                    page.hits.last().and_then(|h| h.event.meta.position).map(|p| format!("r{p}"))
+                }
                 (SearchOrder::Rank, Cursor::Offset(offset)) => Some(format!("k{}", offset + page.hits.len())),
                 (SearchOrder::Rank, _) => Some(format!("k{}", page.hits.len())),
             };
