@@ -310,6 +310,11 @@ async fn keys_filters_groupings_state_and_rank() {
         )
         .await;
     assert_eq!(status, 400, "{body}");
+    let many: Vec<String> = (0..17).map(|i| format!("w{i}")).collect();
+    let (status, body) = server
+        .post(SEARCH, alice.token(), json!({"search_categories": {"room_events": {"search_term": many.join(" ")}}}))
+        .await;
+    assert_error(&(status, body), 400, "M_BAD_JSON");
     let (status, body) = server.post(SEARCH, None, json!({"search_categories": {}})).await;
     assert_error(&(status, body), 401, "M_MISSING_TOKEN");
 }

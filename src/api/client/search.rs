@@ -132,7 +132,10 @@ async fn event_context(
     let before = u64::from(wanted.before_limit).min(MAX_CONTEXT) as usize;
     let after = u64::from(wanted.after_limit).min(MAX_CONTEXT) as usize;
     let pdu = &hit.event.pdu;
-    let context = services.rooms.event_context(user, &pdu.room_id, &pdu.event_id, before, after, &|_| true).await?;
+    let context = services
+        .rooms
+        .event_context_with_senders(user, &pdu.room_id, &pdu.event_id, (before, after), wanted.include_profile)
+        .await?;
     let mut result = EventContextResult::new();
     result.start = Some(context.start.to_string());
     result.end = Some(context.end.to_string());

@@ -41,6 +41,8 @@ use crate::{
 const MAX_POSTINGS: usize = 5_000;
 /// Matches checked for visibility, redaction and filters per query (and so the largest count).
 const MAX_CHECKED: usize = 1_000;
+/// Distinct words one search may hold.
+const MAX_TERMS: usize = 16;
 /// Rooms searched per query, predecessors included.
 const MAX_ROOMS: usize = 500;
 /// Predecessors followed from one room.
@@ -179,6 +181,9 @@ impl RoomCore {
         let mut terms = words(&query.search_term);
         terms.sort();
         terms.dedup();
+        if terms.len() > MAX_TERMS {
+            return Err(Error::bad_json(format!("At most {MAX_TERMS} words can be searched for at once")));
+        }
         let mut page = SearchPage { highlights: terms.clone(), ..SearchPage::default() };
         if terms.is_empty() {
             return Ok(page);
