@@ -1,7 +1,7 @@
 //! A real third-party client: matrix-nio (PyPI) registers, logs in, uses the profile and
 //! devices, and logs out against Trellis; two nio clients sync and read each other's
-//! messages; and nio searches messages and the user directory. `.ci/run` installs matrix-nio; `TRELLIS_PYTHON`
-//! names the interpreter that has it (default `python3`).
+//! messages; and nio searches messages and the user directory. `.ci/run` installs
+//! matrix-nio; `TRELLIS_PYTHON` names the interpreter that has it (default `python3`).
 
 use std::process::Command;
 
