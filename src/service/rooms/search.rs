@@ -10,10 +10,11 @@
 //! - **Query**: the rooms are the filter's `rooms` (else every room the user has a membership
 //!   in) with their predecessors (`m.room.create`'s `predecessor`, followed through upgrades),
 //!   minus `not_rooms`. Per room, the newest [`MAX_POSTINGS`] rows of each search term are read
-//!   and intersected: an event matches when it holds every term (in one of the requested
-//!   keys). Matches are ordered by stream position (`recent`) or by rank, then checked, at most
-//!   [`MAX_CHECKED`] of them, for history visibility (the rule `/messages` uses), redaction and
-//!   the filter's senders and types. `count` is the number of matches that pass.
+//!   (at most [`MAX_ROWS`] per query) and intersected: an event matches when it holds every
+//!   term (in one of the requested keys). Matches are ordered by stream position (`recent`) or
+//!   by rank, then checked, at most [`MAX_CHECKED`] of them, for history visibility (the rule
+//!   `/messages` uses), redaction and the filter's senders and types. `count` is the number of
+//!   matches that pass.
 //! - **Rank** (BM25-lite): the sum over the terms of `idf × tf·(k1+1) / (tf + k1·(1 − b +
 //!   b·len/avglen))` with `k1 = 1.2`, `b = 0.75`, an average length of [`AVERAGE_LENGTH`] words
 //!   and `idf = ln(1 + CORPUS / df)`, `df` being the term's rows in the room (capped) and
@@ -39,6 +40,9 @@ use crate::{
 
 /// Index rows read per (room, term): the newest ones.
 const MAX_POSTINGS: usize = 5_000;
+/// Index rows read per query in all, across rooms and terms: once spent, the remaining rooms
+/// are not searched.
+const MAX_ROWS: usize = 100_000;
 /// Matches checked for visibility, redaction and filters per query (and so the largest count).
 const MAX_CHECKED: usize = 1_000;
 /// Distinct words one search may hold.
@@ -189,8 +193,12 @@ impl RoomCore {
             return Ok(page);
         }
         let mut candidates = Vec::new();
+        let mut budget = MAX_ROWS;
         for short_room in self.search_rooms(db, &query)? {
-            self.room_candidates(db, short_room, &terms, fields, &mut candidates)?;
+            if budget == 0 {
+                break;
+            }
+            self.room_candidates(db, short_room, (&terms, fields), &mut budget, &mut candidates)?;
         }
         match query.order {
             SearchOrder::Recent => candidates.sort_by_key(|c| std::cmp::Reverse(c.position)),
@@ -280,8 +288,8 @@ impl RoomCore {
         &self,
         db: &Db,
         short_room: u64,
-        terms: &[String],
-        fields: u8,
+        (terms, fields): (&[String], u8),
+        budget: &mut usize,
         out: &mut Vec<Candidate>,
     ) -> Result<()> {
         let mut lists: Vec<HashMap<u64, Posting>> = Vec::with_capacity(terms.len());
@@ -290,9 +298,10 @@ impl RoomCore {
                 db,
                 &(short_room, term.clone(), u64::MAX),
                 ScanDirection::Reverse,
-                MAX_POSTINGS,
+                MAX_POSTINGS.min(*budget),
                 |(room, token, _)| *room == short_room && token == term,
             )?;
+            *budget -= rows.len();
             let list: HashMap<u64, Posting> =
                 rows.into_iter().filter(|(_, p)| p.fields & fields != 0).map(|((_, _, pos), p)| (pos, p)).collect();
             if list.is_empty() {
