@@ -3,8 +3,9 @@
 //! authorisation against the event's own auth events and against the state before it
 //! (resolved with state resolution when it has several prev events), the soft-fail check
 //! against the current state, and then one write batch that stores the event, its state, the
-//! timeline entry, its search index rows, forward extremities and the room's new current state. The result is an
-//! [`Outcome`]; events from other servers that the auth rules refuse are stored as rejected.
+//! timeline entry, its search index rows, forward extremities and the room's new current state.
+//! The result is an [`Outcome`]; events from other servers that the auth rules refuse are
+//! stored as rejected.
 
 use std::{collections::HashSet, sync::Arc};
 

@@ -11,7 +11,8 @@
 //!   in) with their predecessors (`m.room.create`'s `predecessor`, followed through upgrades),
 //!   minus `not_rooms`. Per room, the newest [`MAX_POSTINGS`] rows of each search term are read
 //!   (at most [`MAX_ROWS`] per query) and intersected: an event matches when it holds every
-//!   term (in one of the requested keys). Matches are ordered by stream position (`recent`) or
+//!   term (in one of the requested keys); the rarest term's rows are the candidates, and a
+//!   term whose rows were cut short is looked up per candidate. Matches are ordered by stream position (`recent`) or
 //!   by rank, then checked, at most [`MAX_CHECKED`] of them, for history visibility (the rule
 //!   `/messages` uses), redaction and the filter's senders and types. `count` is the number of
 //!   matches that pass.
@@ -283,7 +284,9 @@ impl RoomCore {
         Ok(out)
     }
 
-    /// The events of one room holding every term, with their scores.
+    /// The events of one room holding every term, with their scores. The rarest term's rows
+    /// are the candidates; another term whose rows were cut by the limits is looked up per
+    /// candidate, so an older event holding a rare and a frequent word is still found.
     fn room_candidates(
         &self,
         db: &Db,
@@ -292,31 +295,41 @@ impl RoomCore {
         budget: &mut usize,
         out: &mut Vec<Candidate>,
     ) -> Result<()> {
-        let mut lists: Vec<HashMap<u64, Posting>> = Vec::with_capacity(terms.len());
+        // Per term: its rows by position, and whether that is all of them.
+        let mut lists: Vec<(&String, HashMap<u64, Posting>, bool)> = Vec::with_capacity(terms.len());
         for term in terms {
+            let limit = MAX_POSTINGS.min(*budget);
             let rows = SEARCH_POSTINGS.scan_from(
                 db,
                 &(short_room, term.clone(), u64::MAX),
                 ScanDirection::Reverse,
-                MAX_POSTINGS.min(*budget),
+                limit,
                 |(room, token, _)| *room == short_room && token == term,
             )?;
             *budget -= rows.len();
+            let complete = rows.len() < limit;
             let list: HashMap<u64, Posting> =
                 rows.into_iter().filter(|(_, p)| p.fields & fields != 0).map(|((_, _, pos), p)| (pos, p)).collect();
-            if list.is_empty() {
+            if list.is_empty() && complete {
                 return Ok(());
             }
-            lists.push(list);
+            lists.push((term, list, complete));
         }
-        lists.sort_by_key(HashMap::len);
-        let Some((smallest, others)) = lists.split_first() else { return Ok(()) };
+        lists.sort_by_key(|(_, list, complete)| (!complete, list.len()));
+        let Some(((_, smallest, _), others)) = lists.split_first() else { return Ok(()) };
         for (position, posting) in smallest {
             let mut score = bm25(posting, smallest.len());
             let mut all = true;
-            for list in others {
-                match list.get(position) {
-                    Some(p) => score += bm25(p, list.len()),
+            for (term, list, complete) in others {
+                let found = match list.get(position) {
+                    Some(p) => Some(*p),
+                    None if !complete => SEARCH_POSTINGS
+                        .get(db, &(short_room, (*term).clone(), *position))?
+                        .filter(|p| p.fields & fields != 0),
+                    None => None,
+                };
+                match found {
+                    Some(p) => score += bm25(&p, list.len()),
                     None => {
                         all = false;
                         break;
