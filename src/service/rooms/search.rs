@@ -285,7 +285,7 @@ impl RoomCore {
     }
 
     /// The events of one room holding every term, with their scores. The rarest term's rows
-    /// are the candidates; another term whose rows were cut by the limits is looked up per
+    /// (of a term whose rows were all read, if any) are the candidates; another term whose rows were cut by the limits is looked up per
     /// candidate, so an older event holding a rare and a frequent word is still found.
     fn room_candidates(
         &self,
