@@ -156,6 +156,18 @@ pub struct Config {
     /// URL previews (`/preview_url`).
     #[serde(default)]
     pub url_preview: UrlPreviewConfig,
+    /// The user directory (`/user_directory/search`; Synapse's `user_directory` section).
+    #[serde(default)]
+    pub user_directory: UserDirectoryConfig,
+}
+
+/// Who the user directory lists.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct UserDirectoryConfig {
+    /// When true, every local user can be found (Synapse's key); when false (the default), only
+    /// users who share a room with the searcher or are joined to a public room.
+    #[serde(default)]
+    pub search_all_users: bool,
 }
 
 /// The media repository: where files go and who may read them how.
@@ -540,7 +552,15 @@ fn env_key_path(key: &str) -> Vec<String> {
     if key.contains("__") {
         return key.split("__").map(str::to_owned).collect();
     }
-    for table in ["well_known", "tls", "federation_listener", "federation_server_addresses", "media", "url_preview"] {
+    for table in [
+        "well_known",
+        "tls",
+        "federation_listener",
+        "federation_server_addresses",
+        "media",
+        "url_preview",
+        "user_directory",
+    ] {
         if let Some(field) = key.strip_prefix(table).and_then(|rest| rest.strip_prefix('_'))
             && !field.is_empty()
         {

@@ -208,3 +208,14 @@ fn url_preview_ranges_are_parsed() {
     let bad = format!("{MINIMAL}\n[global.url_preview]\nip_range_denylist = [\"not a range\"]\n");
     assert!(load(&bad, &[]).err().unwrap().0.contains("url_preview.ip_range_denylist"));
 }
+
+#[test]
+fn user_directory_table_is_read() {
+    assert!(!load(MINIMAL, &[]).unwrap().config.user_directory.search_all_users);
+    let text = format!("{MINIMAL}\n[global.user_directory]\nsearch_all_users = true\n");
+    let loaded = load(&text, &[]).unwrap();
+    assert!(loaded.config.user_directory.search_all_users);
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let env = load(MINIMAL, &[("TRELLIS_USER_DIRECTORY_SEARCH_ALL_USERS", "true")]).unwrap();
+    assert!(env.config.user_directory.search_all_users);
+}

@@ -117,6 +117,7 @@ impl Accounts {
                 };
                 let mut batch = Batch::new();
                 batch.put(&USERS, &user_id, &record)?;
+                crate::service::user_directory::reindex_user(db, &mut batch, &user_id, None)?;
                 Ok(db.write(batch)?)
             })
             .await

@@ -23,6 +23,7 @@ pub mod tags;
 pub mod to_device;
 pub mod typing;
 pub mod uiaa;
+pub mod user_directory;
 
 use std::{
     sync::Arc,
@@ -37,6 +38,7 @@ pub struct Services {
     pub accounts: accounts::Accounts,
     pub sessions: sessions::Sessions,
     pub profile: profile::Profiles,
+    pub user_directory: user_directory::UserDirectory,
     pub uiaa: uiaa::Uiaa,
     pub account_data: account_data::AccountData,
     pub admin_register: admin_register::AdminRegister,
@@ -110,6 +112,7 @@ impl Services {
                 notifier.clone(),
             ),
             profile: profile::Profiles::new(db.clone()),
+            user_directory: user_directory::UserDirectory::new(db.clone(), config.user_directory.search_all_users),
             uiaa: uiaa::Uiaa::new(non_empty(&config.registration_token)),
             account_data: account_data::AccountData::new(db.clone(), notifier.clone(), push_profiles),
             receipts: receipts::Receipts::new(db.clone(), notifier.clone()),

@@ -1,4 +1,5 @@
-//! Profiles: `displayname`, `avatar_url` and custom fields (spec v1.16), one row per field.
+//! Profiles: `displayname`, `avatar_url` and custom fields (spec v1.16), one row per field. A
+//! display name change rewrites the user's user directory words in the same batch.
 
 use std::collections::BTreeMap;
 
@@ -42,6 +43,10 @@ impl Profiles {
         self.db
             .run(move |db| {
                 let mut batch = Batch::new();
+                if key.1 == "displayname" {
+                    let name = value.as_ref().and_then(|v| v.as_str());
+                    crate::service::user_directory::reindex_user(db, &mut batch, &key.0, name)?;
+                }
                 match value {
                     Some(value) => batch.put(&PROFILE_FIELDS, &key, &value)?,
                     None => batch.delete(&PROFILE_FIELDS, &key),
@@ -57,9 +62,10 @@ impl Profiles {
         self.db
             .run(move |db| {
                 let mut batch = Batch::new();
-                for (key, _) in PROFILE_FIELDS.scan_prefix(db, &(user_id,))? {
+                for (key, _) in PROFILE_FIELDS.scan_prefix(db, &(user_id.clone(),))? {
                     batch.delete(&PROFILE_FIELDS, &key);
                 }
+                crate::service::user_directory::reindex_user(db, &mut batch, &user_id, None)?;
                 Ok(db.write(batch)?)
             })
             .await

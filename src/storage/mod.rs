@@ -16,6 +16,7 @@ pub mod push_tables;
 mod rocks;
 pub mod room_tables;
 mod schema;
+pub mod search_tables;
 pub mod tables;
 
 use std::{
@@ -171,6 +172,7 @@ impl Db {
             .chain(key_tables::KEY_TABLES)
             .chain(push_tables::PUSH_TABLES)
             .chain(federation_tables::FEDERATION_TABLES)
+            .chain(search_tables::SEARCH_TABLES)
             .copied()
             .collect();
         let engine = rocks::RocksEngine::open(&config.database_path, &all_tables, &settings)?;

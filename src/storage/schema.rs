@@ -11,22 +11,66 @@ use super::{
         AUTH_EDGES, LEGACY_AUTH_CHAINS, LEGACY_FORWARD_EXTREMITIES, PDUS, ROOMS, SHORT_EVENT_IDS, TIMELINE,
         TIMELINE_BY_TS,
     },
-    tables::META,
+    search_tables::{SEARCH_POSTINGS, USER_DIRECTORY, USER_DIRECTORY_WORDS, event_postings, user_words},
+    tables::{META, PROFILE_FIELDS, USERS},
 };
 
 /// The schema this build writes. Raise it with a migration in [`MIGRATIONS`].
-pub const SCHEMA_VERSION: u64 = 2;
+pub const SCHEMA_VERSION: u64 = 3;
 
 /// Migration `i` upgrades a database from version `i + 1` to `i + 2`. A migration may be cut
 /// short by a crash and run again from the start, so each must be idempotent.
 type Migration = fn(&Db) -> Result<(), StorageError>;
-const MIGRATIONS: &[Migration] = &[to_schema_2];
+const MIGRATIONS: &[Migration] = &[to_schema_2, to_schema_3];
 
 /// 1 -> 2: the event writer's new layout (forward extremities in room records, auth chains as
 /// edges, the timestamp index).
 fn to_schema_2(db: &Db) -> Result<(), StorageError> {
     extremities_into_room_records(db)?;
     auth_edges_and_timestamp_index(db)
+}
+
+/// 2 -> 3: the search index of the room events already stored, and the user directory of the
+/// accounts already registered.
+fn to_schema_3(db: &Db) -> Result<(), StorageError> {
+    #[derive(Deserialize)]
+    struct Indexed {
+        #[serde(rename = "type")]
+        kind: String,
+        content: Box<RawValue>,
+    }
+    let mut cursor = (0, 0);
+    loop {
+        let page = TIMELINE.scan_from(db, &cursor, ScanDirection::Forward, MIGRATION_PAGE, |_| true)?;
+        let Some(&((room, position), _)) = page.last() else { break };
+        let mut batch = Batch::new();
+        for ((room, position), short) in &page {
+            let Some(json) = PDUS.get(db, short)? else { continue };
+            // An event whose JSON lacks a type or content has nothing to index.
+            let Ok(event) = serde_json::from_str::<Indexed>(json.get()) else { continue };
+            for (token, posting) in event_postings(&event.kind, &event.content, *short) {
+                batch.put(&SEARCH_POSTINGS, &(*room, token, *position), &posting)?;
+            }
+        }
+        db.write(batch)?;
+        if page.len() < MIGRATION_PAGE {
+            break;
+        }
+        cursor = match position.checked_add(1) {
+            Some(next) => (room, next),
+            None => (room.saturating_add(1), 0),
+        };
+    }
+    let mut batch = Batch::new();
+    for (user, _) in USERS.all(db)? {
+        let name = PROFILE_FIELDS.get(db, &(user.clone(), "displayname".to_owned()))?;
+        let words = user_words(user.as_str(), name.as_ref().and_then(|n| n.as_str()));
+        for word in &words {
+            batch.put(&USER_DIRECTORY_WORDS, &(word.clone(), user.to_string()), &())?;
+        }
+        batch.put(&USER_DIRECTORY, &user, &crate::storage::search_tables::DirectoryEntry { words })?;
+    }
+    db.write(batch)
 }
 
 /// Forward extremities move from rows of their own into each room's record.

@@ -1,5 +1,6 @@
 //! Schema migrations on a real database: a schema 1 database (whole auth chains stored, no
-//! timestamp index) is upgraded at start-up and serves rooms as before.
+//! timestamp index) is upgraded at start-up and serves rooms as before; a schema 2 database (no
+//! search index, no user directory) gets both.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -9,6 +10,7 @@ use trellis::{
     storage::{
         Batch, Db, SCHEMA_VERSION,
         room_tables::{AUTH_EDGES, LEGACY_AUTH_CHAINS, PDUS, TIMELINE, TIMELINE_BY_TS},
+        search_tables::{SEARCH_POSTINGS, USER_DIRECTORY, USER_DIRECTORY_WORDS},
         tables::META,
     },
 };
@@ -93,4 +95,51 @@ async fn a_schema_1_database_is_migrated_at_start_up() {
     }
     assert_eq!(AUTH_EDGES.all(&db).unwrap().len(), edges.len() + 2);
     assert_eq!(TIMELINE_BY_TS.all(&db).unwrap().len(), events + 2);
+}
+
+#[tokio::test]
+async fn a_schema_2_database_gets_its_search_index_and_user_directory() {
+    let tempdir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(tempdir.path(), "localhost", "").unwrap();
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let name_path = format!("/_matrix/client/v3/profile/{}/displayname", enc(&alice.user_id));
+    assert_eq!(server.put(&name_path, alice.token(), json!({"displayname": "Alice Cooper"})).await.0, 200);
+    let room = create_room(&server, &alice, json!({"preset": "public_chat", "topic": "old songs"})).await;
+    let hello = send_text(&server, &alice, &room, "hello from before").await;
+    assert_eq!(server.stop(), Some(0));
+
+    // Back to schema 2: no search rows, no directory.
+    {
+        let db = open(tempdir.path());
+        let mut batch = Batch::new();
+        for (key, _) in SEARCH_POSTINGS.all(&db).unwrap() {
+            batch.delete(&SEARCH_POSTINGS, &key);
+        }
+        for (key, _) in USER_DIRECTORY_WORDS.all(&db).unwrap() {
+            batch.delete(&USER_DIRECTORY_WORDS, &key);
+        }
+        for (key, _) in USER_DIRECTORY.all(&db).unwrap() {
+            batch.delete(&USER_DIRECTORY, &key);
+        }
+        batch.put(&META, &"schema_version".to_owned(), &json!(2)).unwrap();
+        db.write(batch).unwrap();
+        db.flush().unwrap();
+    }
+
+    let server = TestServer::start_in(tempdir.path(), "localhost", "").unwrap();
+    let search = |term: &str| json!({"search_categories": {"room_events": {"search_term": term}}});
+    let (status, found) = server.post("/_matrix/client/v3/search", alice.token(), search("hello")).await;
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(found["search_categories"]["room_events"]["results"][0]["result"]["event_id"], hello, "{found}");
+    let (_, found) = server.post("/_matrix/client/v3/search", alice.token(), search("songs")).await;
+    assert_eq!(found["search_categories"]["room_events"]["count"], 1, "{found}");
+    let (status, found) =
+        server.post("/_matrix/client/v3/user_directory/search", bob.token(), json!({"search_term": "cooper"})).await;
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(found["results"][0]["user_id"], alice.user_id, "{found}");
+    let (_, found) =
+        server.post("/_matrix/client/v3/user_directory/search", alice.token(), json!({"search_term": "bob"})).await;
+    assert_eq!(found["results"], json!([]), "bob is in no room: {found}");
+    assert_eq!(server.stop(), Some(0));
 }

@@ -1,7 +1,7 @@
 //! A real third-party client: matrix-nio (PyPI) registers, logs in, uses the profile and
-//! devices, and logs out against Trellis; and two nio clients sync and read each other's
-//! messages. `.ci/run` installs matrix-nio; `TRELLIS_PYTHON`
-//! names the interpreter that has it (default `python3`).
+//! devices, and logs out against Trellis; two nio clients sync and read each other's
+//! messages; and nio searches messages and the user directory. `.ci/run` installs
+//! matrix-nio; `TRELLIS_PYTHON` names the interpreter that has it (default `python3`).
 
 use std::process::Command;
 
@@ -30,4 +30,11 @@ async fn matrix_nio_registers_logs_in_and_out() {
 #[tokio::test]
 async fn matrix_nio_syncs_and_reads_a_message() {
     run_nio_script(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/nio_sync.py")).await;
+}
+
+/// nio sends messages, reads them with `room_messages`, searches them (raw `/search`, parsed
+/// with nio's event parser), pages with `next_batch` and uses the user directory.
+#[tokio::test]
+async fn matrix_nio_searches_messages() {
+    run_nio_script(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/nio_search.py")).await;
 }

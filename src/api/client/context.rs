@@ -33,7 +33,7 @@ fn type_matches(pattern: &str, kind: &str) -> bool {
     }
 }
 
-fn filter_accepts(filter: &RoomEventFilter, pdu: &Pdu) -> bool {
+pub(crate) fn filter_accepts(filter: &RoomEventFilter, pdu: &Pdu) -> bool {
     let kind = pdu.kind.to_string();
     filter.types.as_ref().is_none_or(|types| types.iter().any(|t| type_matches(t, &kind)))
         && !filter.not_types.iter().any(|t| type_matches(t, &kind))

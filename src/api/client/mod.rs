@@ -19,6 +19,7 @@ pub mod receipt;
 pub mod register;
 pub mod report;
 pub mod room;
+pub mod search;
 pub mod session;
 pub mod state;
 pub mod sync;
@@ -26,6 +27,7 @@ pub mod tag;
 pub mod to_device;
 pub mod typing;
 pub mod upgrade;
+pub mod user_directory;
 
 use std::sync::Arc;
 
@@ -58,6 +60,8 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = receipt::routes(router);
     let router = push::routes(router);
     let router = presence::routes(router);
+    let router = search::routes(router);
+    let router = user_directory::routes(router);
     let router = tag::routes(router);
     account_data::routes(router)
 }

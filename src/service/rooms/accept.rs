@@ -3,8 +3,9 @@
 //! authorisation against the event's own auth events and against the state before it
 //! (resolved with state resolution when it has several prev events), the soft-fail check
 //! against the current state, and then one write batch that stores the event, its state, the
-//! timeline entry, forward extremities and the room's new current state. The result is an
-//! [`Outcome`]; events from other servers that the auth rules refuse are stored as rejected.
+//! timeline entry, its search index rows, forward extremities and the room's new current state.
+//! The result is an [`Outcome`]; events from other servers that the auth rules refuse are
+//! stored as rejected.
 
 use std::{collections::HashSet, sync::Arc};
 
@@ -582,6 +583,7 @@ impl RoomCore {
             short_event,
         )?;
         batch.put(&EVENT_STREAM, &position, &(short_room, short_event))?;
+        super::search::index_event(&mut batch, short_room, position, short_event, &pdu)?;
         self.write_current_state(db, &mut batch, short_room, (short_event, &pdu), &previous, &changes, position)?;
         let push_queued = write_notifications(&mut batch, position, notifications)?;
         batch.put(

@@ -107,6 +107,64 @@ impl Rooms {
         after: usize,
         keep: &(dyn Fn(&Pdu) -> bool + Sync),
     ) -> Result<EventContext> {
+        let mut context = self.surrounding_events(user, room_id, event_id, before, after, keep).await?;
+        let last = context.after.last().map_or(&context.event.pdu.event_id, |e| &e.pdu.event_id);
+        context.state = self.state_at_event(last).await?;
+        Ok(context)
+    }
+
+    /// [`event_context`](Self::event_context) with, instead of the whole state, only the member
+    /// events of the events' senders in the state after the last event returned (for search
+    /// results' `profile_info`; none when `with_senders` is false), so the cost does not grow
+    /// with the room's membership.
+    pub async fn event_context_with_senders(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        event_id: &EventId,
+        (before, after): (usize, usize),
+        with_senders: bool,
+    ) -> Result<EventContext> {
+        let mut context = self.surrounding_events(user, room_id, event_id, before, after, &|_| true).await?;
+        if with_senders {
+            let last = context.after.last().unwrap_or(&context.event);
+            let (group, short_room) = (last.meta.state_after, last.meta.room);
+            let senders: std::collections::BTreeSet<String> = context
+                .before
+                .iter()
+                .chain(context.after.iter())
+                .chain([&context.event])
+                .map(|e| e.pdu.sender.to_string())
+                .collect();
+            context.state = self
+                .run(move |core, db| {
+                    let rules = core.rules_of_room(db, short_room)?;
+                    let state = core.state.load(db, group)?;
+                    let mut members = Vec::new();
+                    for sender in senders {
+                        let Some(key) = core.interner.short_state_key(db, "m.room.member", &sender)? else { continue };
+                        if let Some(short) = state.get(&key) {
+                            // As served: a redacted member event shows no name.
+                            members.push(core.event_for_client(db, *short, &rules)?);
+                        }
+                    }
+                    Ok(members)
+                })
+                .await?;
+        }
+        Ok(context)
+    }
+
+    /// The event and the events around it, without state.
+    async fn surrounding_events(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        event_id: &EventId,
+        before: usize,
+        after: usize,
+        keep: &(dyn Fn(&Pdu) -> bool + Sync),
+    ) -> Result<EventContext> {
         let event = self
             .event_for(user, event_id)
             .await?
@@ -117,9 +175,7 @@ impl Rooms {
             self.collect_events(user, room_id, position, ScanDirection::Reverse, before, keep).await?;
         let (events_after, end) =
             self.collect_events(user, room_id, position, ScanDirection::Forward, after, keep).await?;
-        let last = events_after.last().map_or(&event.pdu.event_id, |e| &e.pdu.event_id);
-        let state = self.state_at_event(last).await?;
-        Ok(EventContext { event, before: events_before, after: events_after, start, end, state })
+        Ok(EventContext { event, before: events_before, after: events_after, start, end, state: Vec::new() })
     }
 
     /// The event closest to `ts` (milliseconds) that `user` may see: the first at or after it

@@ -17,9 +17,11 @@ pub mod pdu;
 pub mod power;
 mod prepare;
 pub mod public;
+mod reach;
 mod read;
 mod redaction;
 mod reports;
+mod search;
 mod short;
 mod state;
 mod stream;
@@ -41,6 +43,7 @@ pub use build::NewEvent;
 pub use pdu::Pdu;
 pub use prepare::Prepared;
 pub use read::StoredEvent;
+pub use search::{SearchHit, SearchOrder, SearchPage, SearchQuery};
 pub use sync_read::{EventPredicate, MemberSummary, MembershipChange, StateSelection, TimelineWindow};
 
 /// The `membership` of a member event.

@@ -1,6 +1,7 @@
 //! Serving redacted events: a redaction is applied to what clients see when its sender sent
 //! the redacted event or has the power to redact others' events (checked against the state
-//! after the redaction, as the spec leaves to the server from room version 3).
+//! after the redaction, as the spec leaves to the server from room version 3). Recording a
+//! redaction by the event's own sender also removes the event from the search index.
 
 use ruma::{
     CanonicalJsonValue,
@@ -32,6 +33,18 @@ impl RoomCore {
             && let Some(short_target) = self.interner.short_event(db, target)?
         {
             batch.put(&REDACTIONS, &(short_target, short_redaction), &())?;
+            // A redaction by the event's own sender is always valid: the event leaves the
+            // search index in this batch. Others are judged when events are served, which
+            // search does too.
+            if let Some(meta) = EVENT_META.get(db, &short_target)?
+                && meta.is_served()
+            {
+                let rules = self.rules_of_room(db, meta.room)?;
+                let target = self.event_by_short(db, short_target, &rules)?;
+                if target.sender == redaction.sender && target.room_id == redaction.room_id {
+                    super::search::unindex_event(db, batch, short_target, &target)?;
+                }
+            }
         }
         Ok(())
     }
