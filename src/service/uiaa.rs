@@ -82,6 +82,13 @@ impl Uiaa {
             }
             None => self.start(flows)?,
         };
+        // Authenticating as someone else is not a failed stage to retry but a refusal (Synapse
+        // answers 403; Complement's `TestDeviceManagement`).
+        if let (AuthData::Password(stage), PasswordCheck::User(user_id, accounts)) = (auth, &password)
+            && claimed_user(stage, accounts).as_deref() != Some(*user_id)
+        {
+            return Err(Error::forbidden("The identifier does not match the authenticated user"));
+        }
         let stage_result = self.check_stage(auth, &password).await;
         let mut sessions = self.lock()?;
         let Some(session) = sessions.get_mut(&session_id) else {
@@ -148,11 +155,7 @@ impl Uiaa {
                 let PasswordCheck::User(user_id, accounts) = password else {
                     return Err(forbidden("Password authentication is not offered here"));
                 };
-                let claimed = match &stage.identifier {
-                    UserIdentifier::Matrix(id) => accounts.parse_login_user(&id.user).ok(),
-                    _ => None,
-                };
-                if claimed.as_deref() != Some(*user_id) {
+                if claimed_user(stage, accounts).as_deref() != Some(*user_id) {
                     return Err(forbidden("The identifier does not match the authenticated user"));
                 }
                 accounts
@@ -166,8 +169,18 @@ impl Uiaa {
     }
 }
 
+/// The user a password stage names.
+fn claimed_user(stage: &ruma::api::client::uiaa::Password, accounts: &crate::service::accounts::Accounts) -> Option<ruma::OwnedUserId> {
+    match &stage.identifier {
+        UserIdentifier::Matrix(id) => accounts.parse_login_user(&id.user).ok(),
+        _ => None,
+    }
+}
+
 fn info_for(session_id: &str, session: &Session, error: Option<StandardErrorBody>) -> UiaaInfo {
     let mut info = UiaaInfo::new(session.flows.clone());
+    // No stage here takes parameters, but clients and Complement expect the key.
+    info.params = serde_json::value::to_raw_value(&serde_json::json!({})).ok();
     info.completed = session.completed.clone();
     info.session = Some(session_id.to_owned());
     info.auth_error = error.map(Box::new);

@@ -133,3 +133,54 @@ async fn pushers_go_with_their_sessions() {
     let (_, body) = server.get("/_matrix/client/v3/pushers", alice.token()).await;
     assert_eq!(pushkeys(body), ["mine"]);
 }
+
+/// An initial sync carries the user's push rules even when they never changed them.
+#[tokio::test]
+async fn push_rules_come_down_in_an_initial_sync() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let push_rules = |body: &serde_json::Value| {
+        body["account_data"]["events"]
+            .as_array()
+            .and_then(|events| events.iter().find(|e| e["type"] == "m.push_rules"))
+            .map(|e| e["content"]["global"].clone())
+    };
+    let (status, body) = server.get("/_matrix/client/v3/sync", alice.token()).await;
+    assert_eq!(status, 200, "{body}");
+    let rules = push_rules(&body).expect("push rules in the initial sync");
+    assert!(rules["override"].as_array().is_some_and(|o| !o.is_empty()), "{rules}");
+    // An incremental sync with no change carries none.
+    let since = body["next_batch"].as_str().expect("next_batch");
+    let (_, body) = server.get(&format!("/_matrix/client/v3/sync?since={since}&timeout=0"), alice.token()).await;
+    assert!(push_rules(&body).is_none(), "{body}");
+}
+
+/// Deleting a device asks for the password with the spec's full challenge (`params` too); a
+/// wrong password is a failed stage (401, `M_FORBIDDEN`), another user's password a refusal.
+#[tokio::test]
+async fn deleting_a_device_needs_the_owners_password() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "superuser").await;
+    let bob = server.register("bob", "bobspassword").await;
+    let (_, other) = server.login("alice", "superuser").await;
+    let device = other["device_id"].as_str().expect("device_id").to_owned();
+    let path = format!("/_matrix/client/v3/devices/{}", enc(&device));
+    let (status, body) = server.call("DELETE", &path, alice.token(), Some(json!({}))).await;
+    assert_eq!(status, 401, "{body}");
+    for key in ["session", "flows", "params"] {
+        assert!(body.get(key).is_some(), "{key} in {body}");
+    }
+    let auth = |user: &str, password: &str| {
+        json!({"auth": {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user}, "password": password}})
+    };
+    let (status, body) = server.call("DELETE", &path, alice.token(), Some(auth(&alice.user_id, "wrong"))).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["errcode"], "M_FORBIDDEN", "{body}");
+    assert!(body.get("params").is_some() && body.get("session").is_some(), "{body}");
+    let result = server.call("DELETE", &path, alice.token(), Some(auth(&bob.user_id, "bobspassword"))).await;
+    assert_error(&result, 403, "M_FORBIDDEN");
+    assert_eq!(server.get(&path, alice.token()).await.0, 200, "the device is still there");
+    let (status, body) = server.call("DELETE", &path, alice.token(), Some(auth(&alice.user_id, "superuser"))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(server.get(&path, alice.token()).await.0, 404);
+}

@@ -145,14 +145,26 @@ async fn build(
     response.presence.events =
         presence::collect(services, user, &filter.presence, since.map(|s| s.presence), now.presence).await?;
     let mut room_account_data: HashMap<String, Vec<AccountDataEntry>> = HashMap::new();
+    let mut push_rules_sent = false;
     for entry in services.account_data.changes(user, since.map(|s| s.account_data), now.account_data).await? {
         if entry.room.is_empty() {
             if filter::account_data_allowed(&filter.account_data, &entry.event_type) {
+                push_rules_sent |= entry.event_type == crate::service::push::PUSH_RULES_TYPE;
                 response.account_data.events.push(raw_account_data(&entry)?);
             }
         } else {
             room_account_data.entry(entry.room.clone()).or_default().push(entry);
         }
+    }
+    // Clients expect their push rules in an initial sync (Synapse always sends them; Complement's
+    // `TestPushSync`): a user who never changed them has none stored, so the defaults are sent.
+    if since.is_none()
+        && !push_rules_sent
+        && filter::account_data_allowed(&filter.account_data, crate::service::push::PUSH_RULES_TYPE)
+    {
+        let ruleset = services.push.ruleset(user).await?;
+        let event = serde_json::json!({ "type": crate::service::push::PUSH_RULES_TYPE, "content": { "global": ruleset } });
+        response.account_data.events.push(raw_json(&event)?);
     }
     let joined: Vec<OwnedRoomId> = services
         .rooms
