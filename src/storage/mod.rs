@@ -12,6 +12,7 @@ pub mod key_tables;
 pub mod memory;
 mod overlay;
 pub mod push_tables;
+pub mod relation_tables;
 mod rocks;
 pub mod room_tables;
 mod schema;
@@ -169,6 +170,7 @@ impl Db {
             .chain(room_tables::ROOM_TABLES)
             .chain(key_tables::KEY_TABLES)
             .chain(push_tables::PUSH_TABLES)
+            .chain(relation_tables::RELATION_TABLES)
             .copied()
             .collect();
         let engine = rocks::RocksEngine::open(&config.database_path, &all_tables, &settings)?;

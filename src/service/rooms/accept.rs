@@ -21,6 +21,7 @@ use super::{
     notify::CurrentStateChange,
     pdu::Pdu,
     prepare::{Origin, Prepared, bad_event},
+    relations,
     state::ShortStateMap,
 };
 use crate::{
@@ -474,6 +475,8 @@ impl RoomCore {
             }
             None => (state_before, before_group),
         };
+        // What a redaction is judged by (see `relations.rs`).
+        let redaction_state = relations::is_redaction(&pdu.kind).then(|| state_after.clone());
 
         let mut direct_auth = Vec::with_capacity(pdu.auth_events.len());
         for id in &pdu.auth_events {
@@ -582,6 +585,10 @@ impl RoomCore {
             short_event,
         )?;
         batch.put(&EVENT_STREAM, &position, &(short_room, short_event))?;
+        self.index_relation(db, &mut batch, (short_event, &pdu), short_room, position)?;
+        if let Some(state) = &redaction_state {
+            self.unindex_redacted(db, &mut batch, &pdu, state, rules)?;
+        }
         self.write_current_state(db, &mut batch, short_room, (short_event, &pdu), &previous, &changes, position)?;
         let push_queued = write_notifications(&mut batch, position, notifications)?;
         batch.put(

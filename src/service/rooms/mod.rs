@@ -19,6 +19,8 @@ mod prepare;
 pub mod public;
 mod read;
 mod redaction;
+mod relations;
+pub mod relations_read;
 mod reports;
 mod short;
 mod state;
@@ -41,6 +43,7 @@ pub use build::NewEvent;
 pub use pdu::Pdu;
 pub use prepare::Prepared;
 pub use read::StoredEvent;
+pub use relations_read::{RECURSION_DEPTH, RelationsPage, RelationsQuery, attach as attach_relations};
 pub use sync_read::{EventPredicate, MemberSummary, MembershipChange, StateSelection, TimelineWindow};
 
 /// The `membership` of a member event.

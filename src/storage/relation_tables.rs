@@ -1,0 +1,50 @@
+//! Relation tables: the index of events that relate to other events (`m.relates_to`), written
+//! in the child event's own batch, and one summary per thread root with the rows that order a
+//! room's threads by their latest activity. Redacting a child removes its rows (and updates
+//! its thread's summary) in the redaction's batch.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Table, codec::JsonValue};
+
+/// (short parent event, child's stream position) -> the relation: every child of an event in
+/// timeline order, whatever its relation type.
+pub const RELATIONS: Table<(u64, u64), RelationRow> = Table::new("relations");
+/// (short parent event, relation type, child's stream position) -> short child event: the
+/// children of one relation type (edits, references, thread replies) without the others.
+pub const RELATIONS_BY_TYPE: Table<(u64, String, u64), u64> = Table::new("relations_by_type");
+/// Short thread root -> the thread's summary (latest reply, count, participants).
+pub const THREAD_SUMMARIES: Table<u64, ThreadSummary> = Table::new("thread_summaries");
+/// (short room, stream position of the thread's latest reply, short root) -> (): a room's
+/// threads ordered by latest activity; moved when a reply arrives or the latest is redacted.
+pub const ROOM_THREADS: Table<(u64, u64, u64), ()> = Table::new("room_threads");
+
+pub const RELATION_TABLES: &[&str] =
+    &[RELATIONS.name, RELATIONS_BY_TYPE.name, THREAD_SUMMARIES.name, ROOM_THREADS.name];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RelationRow {
+    /// Short id of the child event.
+    pub child: u64,
+    pub rel_type: String,
+    /// The child's event type.
+    pub event_type: String,
+    /// The child's sender.
+    pub sender: String,
+}
+impl JsonValue for RelationRow {}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ThreadSummary {
+    pub room: u64,
+    /// Short id and stream position of the newest reply.
+    pub latest: u64,
+    pub latest_position: u64,
+    /// Replies (`m.thread` children) not redacted.
+    pub count: u64,
+    /// Senders of the replies, with how many each sent (the root's sender is not counted).
+    pub participants: BTreeMap<String, u64>,
+}
+impl JsonValue for ThreadSummary {}
