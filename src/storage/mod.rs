@@ -13,6 +13,7 @@ pub mod memory;
 mod overlay;
 pub mod push_tables;
 pub mod relation_tables;
+mod relations_migration;
 mod rocks;
 pub mod room_tables;
 mod schema;
@@ -140,6 +141,11 @@ impl Batch {
     ) -> Result<(), StorageError> {
         self.ops.push(WriteOp { table: table.name, key: key.encode(), value: Some(value.encode_value()?) });
         Ok(())
+    }
+
+    /// How many writes the batch holds.
+    pub fn len(&self) -> usize {
+        self.ops.len()
     }
 
     pub fn delete<K: KeyCodec, V: ValueCodec>(&mut self, table: &Table<K, V>, key: &K) {

@@ -24,6 +24,15 @@ pub const ROOM_THREADS: Table<(u64, u64, u64), ()> = Table::new("room_threads");
 pub const RELATION_TABLES: &[&str] =
     &[RELATIONS.name, RELATIONS_BY_TYPE.name, THREAD_SUMMARIES.name, ROOM_THREADS.name];
 
+/// The relation an event's content declares, as the index keys it: (relation type, parent
+/// event ID), when `m.relates_to` has both.
+pub fn relation_of(content: &serde_json::Value) -> Option<(String, String)> {
+    let relates_to = content.get("m.relates_to")?;
+    let rel_type = relates_to.get("rel_type")?.as_str()?;
+    let parent = relates_to.get("event_id")?.as_str()?;
+    Some((rel_type.to_owned(), parent.to_owned()))
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RelationRow {
     /// Short id of the child event.

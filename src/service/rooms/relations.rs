@@ -13,7 +13,7 @@ use crate::{
     Result,
     storage::{
         Batch, Db, ScanDirection,
-        relation_tables::{RELATIONS, RELATIONS_BY_TYPE, ROOM_THREADS, RelationRow, THREAD_SUMMARIES},
+        relation_tables::{self, RELATIONS, RELATIONS_BY_TYPE, ROOM_THREADS, RelationRow, THREAD_SUMMARIES},
         room_tables::EVENT_META,
     },
 };
@@ -22,10 +22,8 @@ pub(super) const THREAD: &str = "m.thread";
 
 /// The relation an event's content declares: (relation type, parent event ID).
 pub(super) fn relation_of(content: &Value) -> Option<(String, ruma::OwnedEventId)> {
-    let relates_to = content.get("m.relates_to")?;
-    let rel_type = relates_to.get("rel_type")?.as_str()?;
-    let parent = EventId::parse(relates_to.get("event_id")?.as_str()?).ok()?;
-    Some((rel_type.to_owned(), parent))
+    let (rel_type, parent) = relation_tables::relation_of(content)?;
+    Some((rel_type, EventId::parse(parent).ok()?))
 }
 
 impl RoomCore {
