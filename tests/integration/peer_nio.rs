@@ -1,8 +1,7 @@
 //! A real third-party client: matrix-nio (PyPI) registers, logs in, uses the profile and
-//! devices, and logs out against Trellis; and two nio clients sync and read each other's
-//! messages. `.ci/run` installs matrix-nio; `TRELLIS_PYTHON`
+//! devices, and logs out against Trellis; two nio clients sync and read each other's messages;
+//! and nio reads threads, relations and edits. `.ci/run` installs matrix-nio; `TRELLIS_PYTHON`
 //! names the interpreter that has it (default `python3`).
-
 use std::process::Command;
 
 use crate::harness::TestServer;
@@ -30,4 +29,10 @@ async fn matrix_nio_registers_logs_in_and_out() {
 #[tokio::test]
 async fn matrix_nio_syncs_and_reads_a_message() {
     run_nio_script(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/nio_sync.py")).await;
+}
+
+/// nio pages through a thread's relations, lists the room's threads, and reads a bundled edit.
+#[tokio::test]
+async fn matrix_nio_reads_threads_and_edits() {
+    run_nio_script(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/nio_relations.py")).await;
 }
