@@ -1,7 +1,8 @@
 //! Relation tables: the index of events that relate to other events (`m.relates_to`), written
-//! in the child event's own batch, and one summary per thread root with the rows that order a
-//! room's threads by their latest activity. Redacting a child removes its rows (and updates
-//! its thread's summary) in the redaction's batch.
+//! in the child event's own batch; one summary per thread root, with the rows that order a
+//! room's threads by their latest activity; and each event's annotations by (sender, type,
+//! key). Redacting a child removes its rows (and updates its thread's summary) in the
+//! redaction's batch.
 
 use std::collections::BTreeMap;
 
@@ -21,8 +22,19 @@ pub const THREAD_SUMMARIES: Table<u64, ThreadSummary> = Table::new("thread_summa
 /// threads ordered by latest activity; moved when a reply arrives or the latest is redacted.
 pub const ROOM_THREADS: Table<(u64, u64, u64), ()> = Table::new("room_threads");
 
+/// (short parent event, sender, event type, annotation key) -> short child: the annotations
+/// (reactions) of an event, so a second identical one is refused.
+pub const ANNOTATIONS: Table<(u64, String, String, String), u64> = Table::new("annotations");
+
 pub const RELATION_TABLES: &[&str] =
-    &[RELATIONS.name, RELATIONS_BY_TYPE.name, THREAD_SUMMARIES.name, ROOM_THREADS.name];
+    &[RELATIONS.name, RELATIONS_BY_TYPE.name, THREAD_SUMMARIES.name, ROOM_THREADS.name, ANNOTATIONS.name];
+
+/// The `key` of an `m.annotation` relation.
+pub fn annotation_key(content: &serde_json::Value) -> Option<String> {
+    let relates_to = content.get("m.relates_to")?;
+    (relates_to.get("rel_type")?.as_str()? == "m.annotation").then_some(())?;
+    Some(relates_to.get("key")?.as_str()?.to_owned())
+}
 
 /// The relation an event's content declares, as the index keys it: (relation type, parent
 /// event ID), when `m.relates_to` has both.

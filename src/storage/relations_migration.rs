@@ -17,7 +17,8 @@ use super::{
     Batch, Db, ScanDirection, StorageError, Table, ValueCodec,
     codec::KeyCodec,
     relation_tables::{
-        RELATIONS, RELATIONS_BY_TYPE, ROOM_THREADS, RelationRow, THREAD_SUMMARIES, ThreadSummary, relation_of,
+        ANNOTATIONS, RELATIONS, RELATIONS_BY_TYPE, ROOM_THREADS, RelationRow, THREAD_SUMMARIES, ThreadSummary,
+        annotation_key, relation_of,
     },
     room_tables::{CURRENT_STATE, EVENT_META, EVENT_STREAM, PDUS, REDACTIONS, SHORT_EVENT_IDS, SHORT_STATE_KEYS},
 };
@@ -126,6 +127,7 @@ pub(super) fn index_relations(db: &Db) -> Result<(), StorageError> {
     clear(db, &RELATIONS_BY_TYPE)?;
     clear(db, &THREAD_SUMMARIES)?;
     clear(db, &ROOM_THREADS)?;
+    clear(db, &ANNOTATIONS)?;
     let mut summaries: BTreeMap<u64, ThreadSummary> = BTreeMap::new();
     let mut moderators = Moderators::default();
     let mut cursor = 0;
@@ -152,6 +154,9 @@ pub(super) fn index_relations(db: &Db) -> Result<(), StorageError> {
                 *summary.participants.entry(event.sender.clone()).or_default() += 1;
             }
             batch.put(&RELATIONS_BY_TYPE, &(short_parent, rel_type.clone(), *position), short)?;
+            if let Some(key) = annotation_key(&event.content) {
+                batch.put(&ANNOTATIONS, &(short_parent, event.sender.clone(), event.kind.clone(), key), short)?;
+            }
             let row = RelationRow { child: *short, rel_type, event_type: event.kind, sender: event.sender };
             batch.put(&RELATIONS, &(short_parent, *position), &row)?;
         }

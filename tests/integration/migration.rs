@@ -97,8 +97,11 @@ async fn a_schema_1_database_is_migrated_at_start_up() {
 
 /// Every row of the relation tables, as JSON, for comparing two databases.
 fn relation_rows(db: &Db) -> Vec<serde_json::Value> {
-    use trellis::storage::relation_tables::{RELATIONS, RELATIONS_BY_TYPE, ROOM_THREADS, THREAD_SUMMARIES};
+    use trellis::storage::relation_tables::{
+        ANNOTATIONS, RELATIONS, RELATIONS_BY_TYPE, ROOM_THREADS, THREAD_SUMMARIES,
+    };
     let mut rows = Vec::new();
+    rows.extend(ANNOTATIONS.all(db).unwrap().iter().map(|(k, v)| json!(["a", k, v])));
     rows.extend(RELATIONS.all(db).unwrap().iter().map(|(k, v)| json!(["r", k, serde_json::to_value(v).unwrap()])));
     rows.extend(RELATIONS_BY_TYPE.all(db).unwrap().iter().map(|(k, v)| json!(["t", k, v])));
     rows.extend(
@@ -126,7 +129,7 @@ async fn a_schema_2_database_gets_its_relations_indexed() {
     send("bob", thread("bob 1")).await;
     let removed = send("bob", thread("bob 2")).await;
     let own = send("alice", thread("alice")).await;
-    send(
+    let edit = send(
         "alice",
         json!({"msgtype": "m.text", "body": "* x", "m.new_content": {"msgtype": "m.text", "body": "x"},
                          "m.relates_to": {"rel_type": "m.replace", "event_id": root}}),
@@ -137,13 +140,19 @@ async fn a_schema_2_database_gets_its_relations_indexed() {
         json!({"msgtype": "m.text", "body": "ref", "m.relates_to": {"rel_type": "m.reference", "event_id": root}}),
     )
     .await;
+    let reaction = |key: &str| json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": root, "key": key}});
+    send_event(&server, &bob, &room, "m.reaction", reaction("👍")).await;
+    let withdrawn = send_event(&server, &bob, &room, "m.reaction", reaction("🎉")).await;
+    redact(&server, &bob, &room, &withdrawn).await;
     // The creator removes one of bob's replies and her own latest one; bob's attempt on
     // alice's edit does not apply.
     redact(&server, &alice, &room, &removed).await;
     redact(&server, &alice, &room, &own).await;
+    redact(&server, &bob, &room, &edit).await;
     let event_path = format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(&root));
     let before = server.get(&event_path, bob.token()).await.1;
     assert_eq!(before["unsigned"]["m.relations"]["m.thread"]["count"], 1, "{before}");
+    assert_eq!(before["unsigned"]["m.relations"]["m.replace"]["event_id"], edit, "{before}");
     assert_eq!(server.stop(), Some(0));
 
     // Back to schema 2: no relations index.
@@ -151,8 +160,11 @@ async fn a_schema_2_database_gets_its_relations_indexed() {
         let db = open(tempdir.path());
         let rows = relation_rows(&db);
         assert!(!rows.is_empty());
-        use trellis::storage::relation_tables::{RELATIONS, RELATIONS_BY_TYPE, ROOM_THREADS, THREAD_SUMMARIES};
+        use trellis::storage::relation_tables::{
+            ANNOTATIONS, RELATIONS, RELATIONS_BY_TYPE, ROOM_THREADS, THREAD_SUMMARIES,
+        };
         let mut batch = Batch::new();
+        ANNOTATIONS.all(&db).unwrap().iter().for_each(|(k, _)| batch.delete(&ANNOTATIONS, k));
         RELATIONS.all(&db).unwrap().iter().for_each(|(k, _)| batch.delete(&RELATIONS, k));
         RELATIONS_BY_TYPE.all(&db).unwrap().iter().for_each(|(k, _)| batch.delete(&RELATIONS_BY_TYPE, k));
         THREAD_SUMMARIES.all(&db).unwrap().iter().for_each(|(k, _)| batch.delete(&THREAD_SUMMARIES, k));

@@ -2,6 +2,7 @@
 //! devices, and logs out against Trellis; two nio clients sync and read each other's messages;
 //! and nio reads threads, relations and edits. `.ci/run` installs matrix-nio; `TRELLIS_PYTHON`
 //! names the interpreter that has it (default `python3`).
+
 use std::process::Command;
 
 use crate::harness::TestServer;

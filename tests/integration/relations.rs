@@ -309,3 +309,35 @@ async fn events_carry_bundled_aggregations_that_redactions_update() {
     let served = event(&server, &carol, &room, &root).await;
     assert!(served["unsigned"]["m.relations"].get("m.thread").is_none(), "{served}");
 }
+
+#[tokio::test]
+async fn threads_off_relations_and_duplicate_annotations_are_refused() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    join(&server, &bob, &room).await;
+    let root = send_text(&server, &alice, &room, "root").await;
+    let reply = send_event(&server, &alice, &room, "m.room.message", in_thread(&root, "reply")).await;
+
+    // A thread cannot start from an event that relates to another.
+    let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/nested", enc(&room));
+    let nested = server.put(&path, alice.token(), in_thread(&reply, "nested")).await;
+    assert_error(&nested, 400, "M_UNKNOWN");
+
+    // One annotation per (sender, type, key), until it is redacted.
+    let react = |key: &str| json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": root, "key": key}});
+    let first = send_event(&server, &bob, &room, "m.reaction", react("👍")).await;
+    let path = format!("/_matrix/client/v3/rooms/{}/send/m.reaction/again", enc(&room));
+    let again = server.put(&path, bob.token(), react("👍")).await;
+    assert_error(&again, 400, "M_DUPLICATE_ANNOTATION");
+    send_event(&server, &bob, &room, "m.reaction", react("🎉")).await;
+    send_event(&server, &alice, &room, "m.reaction", react("👍")).await;
+    redact(&server, &bob, &room, &first).await;
+    send_event(&server, &bob, &room, "m.reaction", react("👍")).await;
+    let annotations = relations(&server, &alice, &room, &root, "/m.annotation", "").await;
+    assert_eq!(ids(&annotations).len(), 3, "{annotations}");
+    // Annotations are not aggregated.
+    let served = event(&server, &alice, &room, &root).await;
+    assert!(served["unsigned"]["m.relations"].get("m.annotation").is_none(), "{served}");
+}

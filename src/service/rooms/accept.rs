@@ -186,6 +186,9 @@ impl RoomCore {
             return Err(Error::not_found("Unknown room"));
         }
 
+        if origin == Origin::Local {
+            self.check_new_relation(db, &pdu, &rules)?;
+        }
         // Authorisation against the event's own auth events.
         if let Some(outcome) = self.auth_events_outcome(db, &rules, &pdu, origin)? {
             return Ok(outcome);

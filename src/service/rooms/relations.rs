@@ -5,15 +5,18 @@
 //! redact others') removes the child's rows and takes it out of its thread's summary, in the
 //! redaction's batch, so aggregations never count redacted events.
 
-use ruma::{EventId, events::TimelineEventType, room_version_rules::RoomVersionRules};
+use http::StatusCode;
+use ruma::{EventId, api::error::ErrorKind, events::TimelineEventType, room_version_rules::RoomVersionRules};
 use serde_json::Value;
 
 use super::{Pdu, RoomCore, state::ShortStateMap};
 use crate::{
-    Result,
+    Error, Result,
     storage::{
         Batch, Db, ScanDirection,
-        relation_tables::{self, RELATIONS, RELATIONS_BY_TYPE, ROOM_THREADS, RelationRow, THREAD_SUMMARIES},
+        relation_tables::{
+            self, ANNOTATIONS, RELATIONS, RELATIONS_BY_TYPE, ROOM_THREADS, RelationRow, THREAD_SUMMARIES,
+        },
         room_tables::EVENT_META,
     },
 };
@@ -27,6 +30,36 @@ pub(super) fn relation_of(content: &Value) -> Option<(String, ruma::OwnedEventId
 }
 
 impl RoomCore {
+    /// The spec's checks of a relation a local client sends (under the room's lock): a thread
+    /// may not start from an event that itself relates to another (`400 M_UNKNOWN`), and a user
+    /// may not send a second identical annotation of an event (`400 M_DUPLICATE_ANNOTATION`)
+    /// unless the first was redacted.
+    pub(super) fn check_new_relation(&self, db: &Db, pdu: &Pdu, rules: &RoomVersionRules) -> Result<()> {
+        let content = pdu.content_value();
+        let Some((rel_type, parent)) = relation_of(&content) else { return Ok(()) };
+        let Some(short_parent) = self.interner.short_event(db, &parent)? else { return Ok(()) };
+        if rel_type == THREAD
+            && EVENT_META.get(db, &short_parent)?.is_some()
+            && relation_tables::relation_of(&self.event_by_short(db, short_parent, rules)?.content_value()).is_some()
+        {
+            return Err(Error::new(
+                StatusCode::BAD_REQUEST,
+                ErrorKind::Unknown,
+                "Cannot start a thread from an event with a relation",
+            ));
+        }
+        if let Some(key) = relation_tables::annotation_key(&content)
+            && ANNOTATIONS.contains(db, &(short_parent, pdu.sender.to_string(), pdu.kind.to_string(), key))?
+        {
+            return Err(Error::new(
+                StatusCode::BAD_REQUEST,
+                ErrorKind::DuplicateAnnotation,
+                "You already sent this annotation of that event",
+            ));
+        }
+        Ok(())
+    }
+
     /// Indexes a committed timeline event under the event it relates to, if that event is known
     /// and in the same room (inside the event's batch; the room's lock is held).
     pub(super) fn index_relation(
@@ -37,7 +70,8 @@ impl RoomCore {
         short_room: u64,
         position: u64,
     ) -> Result<()> {
-        let Some((rel_type, parent)) = relation_of(&pdu.content_value()) else { return Ok(()) };
+        let content = pdu.content_value();
+        let Some((rel_type, parent)) = relation_of(&content) else { return Ok(()) };
         let Some(short_parent) = self.interner.short_event(db, &parent)? else { return Ok(()) };
         if short_parent == short_event || EVENT_META.get(db, &short_parent)?.is_none_or(|meta| meta.room != short_room)
         {
@@ -51,6 +85,9 @@ impl RoomCore {
         };
         batch.put(&RELATIONS, &(short_parent, position), &row)?;
         batch.put(&RELATIONS_BY_TYPE, &(short_parent, rel_type.clone(), position), &short_event)?;
+        if let Some(key) = relation_tables::annotation_key(&content) {
+            batch.put(&ANNOTATIONS, &(short_parent, row.sender.clone(), row.event_type.clone(), key), &short_event)?;
+        }
         if rel_type == THREAD {
             let mut summary = THREAD_SUMMARIES.get(db, &short_parent)?.unwrap_or_default();
             if summary.count > 0 {
@@ -82,7 +119,8 @@ impl RoomCore {
         let Some(meta) = EVENT_META.get(db, &short_target)? else { return Ok(()) };
         let Some(position) = meta.position else { return Ok(()) };
         let child = self.event_by_short(db, short_target, rules)?;
-        let Some((rel_type, parent)) = relation_of(&child.content_value()) else { return Ok(()) };
+        let content = child.content_value();
+        let Some((rel_type, parent)) = relation_of(&content) else { return Ok(()) };
         let Some(short_parent) = self.interner.short_event(db, &parent)? else { return Ok(()) };
         if RELATIONS.get(db, &(short_parent, position))?.is_none_or(|row| row.child != short_target) {
             return Ok(());
@@ -94,6 +132,9 @@ impl RoomCore {
         }
         batch.delete(&RELATIONS, &(short_parent, position));
         batch.delete(&RELATIONS_BY_TYPE, &(short_parent, rel_type.clone(), position));
+        if let Some(key) = relation_tables::annotation_key(&content) {
+            batch.delete(&ANNOTATIONS, &(short_parent, child.sender.to_string(), child.kind.to_string(), key));
+        }
         if rel_type != THREAD {
             return Ok(());
         }
