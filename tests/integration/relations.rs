@@ -202,7 +202,7 @@ async fn relations_need_access_to_the_room_and_the_parent() {
     let unknown_event = server.get(&relations_path(&room, "$nope:localhost", "", ""), alice.token()).await;
     assert_error(&unknown_event, 404, "M_NOT_FOUND");
     let unknown_room = server.get(&relations_path("!nope:localhost", &root, "", ""), alice.token()).await;
-    assert_error(&unknown_room, 404, "M_NOT_FOUND");
+    assert_error(&unknown_room, 403, "M_FORBIDDEN");
     let threads = server.get(&format!("/_matrix/client/v1/rooms/{}/threads", enc(&room)), bob.token()).await;
     assert_error(&threads, 403, "M_FORBIDDEN");
 

@@ -243,13 +243,12 @@ pub fn attach(event: &mut Value, relations: Value) {
 }
 
 impl Rooms {
-    /// Unknown room: `M_NOT_FOUND`; not a member of a room that is not world-readable:
-    /// `M_FORBIDDEN` (as `/messages`).
+    /// A user who is not a member of a room that is not world-readable, or of a room this server
+    /// does not know, gets `M_FORBIDDEN` (as Synapse answers both).
     async fn check_room_access(&self, user: &UserId, room_id: &RoomId) -> Result<()> {
-        if self.version(room_id).await?.is_none() {
-            return Err(Error::not_found("Unknown room"));
-        }
-        if self.membership(user, room_id).await?.is_none() && !self.is_world_readable(room_id).await? {
+        if self.version(room_id).await?.is_none()
+            || (self.membership(user, room_id).await?.is_none() && !self.is_world_readable(room_id).await?)
+        {
             return Err(Error::forbidden("You are not a member of this room"));
         }
         Ok(())
