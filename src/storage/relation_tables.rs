@@ -69,3 +69,24 @@ pub struct ThreadSummary {
     pub participants: BTreeMap<String, u64>,
 }
 impl JsonValue for ThreadSummary {}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::{annotation_key, relation_of};
+
+    #[test]
+    fn relations_need_a_type_and_a_parent() {
+        let thread = json!({"m.relates_to": {"rel_type": "m.thread", "event_id": "$root"}});
+        assert_eq!(relation_of(&thread), Some(("m.thread".to_owned(), "$root".to_owned())));
+        // A rich reply alone is no relation; neither is a malformed one.
+        assert_eq!(relation_of(&json!({"m.relates_to": {"m.in_reply_to": {"event_id": "$e"}}})), None);
+        assert_eq!(relation_of(&json!({"m.relates_to": {"rel_type": 5, "event_id": "$e"}})), None);
+        assert_eq!(relation_of(&json!({"body": "plain"})), None);
+
+        let reaction = json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": "$e", "key": "👍"}});
+        assert_eq!(annotation_key(&reaction).as_deref(), Some("👍"));
+        assert_eq!(annotation_key(&thread), None);
+    }
+}
