@@ -45,7 +45,13 @@ fn sync_event_with_txn<T>(
         return raw_json(&pdu.json);
     }
     let mut event = pdu.to_client_event();
-    if let Some(relations) = relations {
+    if let Some(mut relations) = relations {
+        // Events bundled inside are in the sync format too.
+        for path in ["/m.thread/latest_event", "/m.thread/latest_event/unsigned/m.relations/m.replace", "/m.replace"] {
+            if let Some(bundled) = relations.pointer_mut(path).and_then(serde_json::Value::as_object_mut) {
+                bundled.remove("room_id");
+            }
+        }
         crate::service::rooms::attach_relations(&mut event, relations);
     }
     if let Some(object) = event.as_object_mut() {
