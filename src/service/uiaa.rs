@@ -170,7 +170,10 @@ impl Uiaa {
 }
 
 /// The user a password stage names.
-fn claimed_user(stage: &ruma::api::client::uiaa::Password, accounts: &crate::service::accounts::Accounts) -> Option<ruma::OwnedUserId> {
+fn claimed_user(
+    stage: &ruma::api::client::uiaa::Password,
+    accounts: &crate::service::accounts::Accounts,
+) -> Option<ruma::OwnedUserId> {
     match &stage.identifier {
         UserIdentifier::Matrix(id) => accounts.parse_login_user(&id.user).ok(),
         _ => None,

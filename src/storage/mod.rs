@@ -13,6 +13,8 @@ pub mod key_tables;
 pub mod memory;
 mod overlay;
 pub mod push_tables;
+pub mod relation_tables;
+mod relations_migration;
 mod rocks;
 pub mod room_tables;
 mod schema;
@@ -143,6 +145,11 @@ impl Batch {
         Ok(())
     }
 
+    /// How many writes the batch holds.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
     pub fn delete<K: KeyCodec, V: ValueCodec>(&mut self, table: &Table<K, V>, key: &K) {
         self.ops.push(WriteOp { table: table.name, key: key.encode(), value: None });
     }
@@ -173,6 +180,7 @@ impl Db {
             .chain(push_tables::PUSH_TABLES)
             .chain(federation_tables::FEDERATION_TABLES)
             .chain(search_tables::SEARCH_TABLES)
+            .chain(relation_tables::RELATION_TABLES)
             .copied()
             .collect();
         let engine = rocks::RocksEngine::open(&config.database_path, &all_tables, &settings)?;

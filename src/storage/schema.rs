@@ -16,12 +16,12 @@ use super::{
 };
 
 /// The schema this build writes. Raise it with a migration in [`MIGRATIONS`].
-pub const SCHEMA_VERSION: u64 = 3;
+pub const SCHEMA_VERSION: u64 = 4;
 
 /// Migration `i` upgrades a database from version `i + 1` to `i + 2`. A migration may be cut
 /// short by a crash and run again from the start, so each must be idempotent.
 type Migration = fn(&Db) -> Result<(), StorageError>;
-const MIGRATIONS: &[Migration] = &[to_schema_2, to_schema_3];
+const MIGRATIONS: &[Migration] = &[to_schema_2, to_schema_3, super::relations_migration::index_relations];
 
 /// 1 -> 2: the event writer's new layout (forward extremities in room records, auth chains as
 /// edges, the timestamp index).

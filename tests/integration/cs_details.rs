@@ -170,9 +170,7 @@ async fn deleting_a_device_needs_the_owners_password() {
     for key in ["session", "flows", "params"] {
         assert!(body.get(key).is_some(), "{key} in {body}");
     }
-    let auth = |user: &str, password: &str| {
-        json!({"auth": {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user}, "password": password}})
-    };
+    let auth = |user: &str, password: &str| json!({"auth": {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user}, "password": password}});
     let (status, body) = server.call("DELETE", &path, alice.token(), Some(auth(&alice.user_id, "wrong"))).await;
     assert_eq!(status, 401, "{body}");
     assert_eq!(body["errcode"], "M_FORBIDDEN", "{body}");

@@ -1,6 +1,6 @@
 //! Schema migrations on a real database: a schema 1 database (whole auth chains stored, no
 //! timestamp index) is upgraded at start-up and serves rooms as before; a schema 2 database (no
-//! search index, no user directory) gets both.
+//! search index, no user directory, no relations index) gets them.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -17,7 +17,7 @@ use trellis::{
 
 use crate::{
     harness::{TestServer, config_text, enc},
-    room_helpers::{create_room, join, send_text},
+    room_helpers::{create_room, join, redact, send_event, send_text},
 };
 
 fn open(dir: &std::path::Path) -> Db {
@@ -142,4 +142,93 @@ async fn a_schema_2_database_gets_its_search_index_and_user_directory() {
         server.post("/_matrix/client/v3/user_directory/search", alice.token(), json!({"search_term": "bob"})).await;
     assert_eq!(found["results"], json!([]), "bob is in no room: {found}");
     assert_eq!(server.stop(), Some(0));
+}
+
+/// Every row of the relation tables, as JSON, for comparing two databases.
+fn relation_rows(db: &Db) -> Vec<serde_json::Value> {
+    use trellis::storage::relation_tables::{
+        ANNOTATIONS, RELATIONS, RELATIONS_BY_TYPE, ROOM_THREADS, THREAD_SUMMARIES,
+    };
+    let mut rows = Vec::new();
+    rows.extend(ANNOTATIONS.all(db).unwrap().iter().map(|(k, v)| json!(["a", k, v])));
+    rows.extend(RELATIONS.all(db).unwrap().iter().map(|(k, v)| json!(["r", k, serde_json::to_value(v).unwrap()])));
+    rows.extend(RELATIONS_BY_TYPE.all(db).unwrap().iter().map(|(k, v)| json!(["t", k, v])));
+    rows.extend(
+        THREAD_SUMMARIES.all(db).unwrap().iter().map(|(k, v)| json!(["s", k, serde_json::to_value(v).unwrap()])),
+    );
+    rows.extend(ROOM_THREADS.all(db).unwrap().iter().map(|(k, ())| json!(["o", k])));
+    rows
+}
+
+#[tokio::test]
+async fn a_schema_2_database_gets_its_relations_indexed() {
+    let tempdir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(tempdir.path(), "localhost", "").unwrap();
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    join(&server, &bob, &room).await;
+    let root = send_text(&server, &alice, &room, "root").await;
+    let thread = |body: &str| json!({"msgtype": "m.text", "body": body, "m.relates_to": {"rel_type": "m.thread", "event_id": root}});
+    let send = |who: &'static str, content: serde_json::Value| {
+        let session = if who == "alice" { alice.clone() } else { bob.clone() };
+        let (server, room) = (&server, room.clone());
+        async move { send_event(server, &session, &room, "m.room.message", content).await }
+    };
+    send("bob", thread("bob 1")).await;
+    let removed = send("bob", thread("bob 2")).await;
+    let own = send("alice", thread("alice")).await;
+    let edit = send(
+        "alice",
+        json!({"msgtype": "m.text", "body": "* x", "m.new_content": {"msgtype": "m.text", "body": "x"},
+                         "m.relates_to": {"rel_type": "m.replace", "event_id": root}}),
+    )
+    .await;
+    send(
+        "bob",
+        json!({"msgtype": "m.text", "body": "ref", "m.relates_to": {"rel_type": "m.reference", "event_id": root}}),
+    )
+    .await;
+    let reaction = |key: &str| json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": root, "key": key}});
+    send_event(&server, &bob, &room, "m.reaction", reaction("👍")).await;
+    let withdrawn = send_event(&server, &bob, &room, "m.reaction", reaction("🎉")).await;
+    redact(&server, &bob, &room, &withdrawn).await;
+    // The creator removes one of bob's replies and her own latest one; bob's attempt on
+    // alice's edit does not apply.
+    redact(&server, &alice, &room, &removed).await;
+    redact(&server, &alice, &room, &own).await;
+    redact(&server, &bob, &room, &edit).await;
+    let event_path = format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(&root));
+    let before = server.get(&event_path, bob.token()).await.1;
+    assert_eq!(before["unsigned"]["m.relations"]["m.thread"]["count"], 1, "{before}");
+    assert_eq!(before["unsigned"]["m.relations"]["m.replace"]["event_id"], edit, "{before}");
+    assert_eq!(server.stop(), Some(0));
+
+    // Back to schema 2: no relations index.
+    let expected = {
+        let db = open(tempdir.path());
+        let rows = relation_rows(&db);
+        assert!(!rows.is_empty());
+        use trellis::storage::relation_tables::{
+            ANNOTATIONS, RELATIONS, RELATIONS_BY_TYPE, ROOM_THREADS, THREAD_SUMMARIES,
+        };
+        let mut batch = Batch::new();
+        ANNOTATIONS.all(&db).unwrap().iter().for_each(|(k, _)| batch.delete(&ANNOTATIONS, k));
+        RELATIONS.all(&db).unwrap().iter().for_each(|(k, _)| batch.delete(&RELATIONS, k));
+        RELATIONS_BY_TYPE.all(&db).unwrap().iter().for_each(|(k, _)| batch.delete(&RELATIONS_BY_TYPE, k));
+        THREAD_SUMMARIES.all(&db).unwrap().iter().for_each(|(k, _)| batch.delete(&THREAD_SUMMARIES, k));
+        ROOM_THREADS.all(&db).unwrap().iter().for_each(|(k, _)| batch.delete(&ROOM_THREADS, k));
+        batch.put(&META, &"schema_version".to_owned(), &json!(2)).unwrap();
+        db.write(batch).unwrap();
+        db.flush().unwrap();
+        rows
+    };
+
+    let server = TestServer::start_in(tempdir.path(), "localhost", "").unwrap();
+    let after = server.get(&event_path, bob.token()).await.1;
+    assert_eq!(after, before);
+    assert_eq!(server.stop(), Some(0));
+    let db = open(tempdir.path());
+    assert_eq!(META.get(&db, &"schema_version".to_owned()).unwrap(), Some(json!(SCHEMA_VERSION)));
+    assert_eq!(relation_rows(&db), expected);
 }

@@ -1,7 +1,8 @@
 //! A real third-party client: matrix-nio (PyPI) registers, logs in, uses the profile and
 //! devices, and logs out against Trellis; two nio clients sync and read each other's
-//! messages; and nio searches messages and the user directory. `.ci/run` installs
-//! matrix-nio; `TRELLIS_PYTHON` names the interpreter that has it (default `python3`).
+//! messages; nio searches messages and the user directory; and nio reads threads, relations
+//! and edits. `.ci/run` installs matrix-nio; `TRELLIS_PYTHON` names the interpreter that has it
+//! (default `python3`).
 
 use std::process::Command;
 
@@ -37,4 +38,10 @@ async fn matrix_nio_syncs_and_reads_a_message() {
 #[tokio::test]
 async fn matrix_nio_searches_messages() {
     run_nio_script(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/nio_search.py")).await;
+}
+
+/// nio pages through a thread's relations, lists the room's threads, and reads a bundled edit.
+#[tokio::test]
+async fn matrix_nio_reads_threads_and_edits() {
+    run_nio_script(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/nio_relations.py")).await;
 }

@@ -23,6 +23,24 @@ pub async fn send_text(server: &TestServer, session: &Session, room_id: &str, te
     response["event_id"].as_str().expect("event_id").to_owned()
 }
 
+/// Sends a message event of any type with any content; returns its event ID.
+pub async fn send_event(server: &TestServer, session: &Session, room_id: &str, kind: &str, content: Value) -> String {
+    let txn = format!("t{}", rand_suffix());
+    let path = format!("/_matrix/client/v3/rooms/{}/send/{kind}/{txn}", enc(room_id));
+    let (status, response) = server.put(&path, session.token(), content).await;
+    assert_eq!(status, 200, "send {kind}: {response}");
+    response["event_id"].as_str().expect("event_id").to_owned()
+}
+
+/// Redacts an event; returns the redaction's event ID.
+pub async fn redact(server: &TestServer, session: &Session, room_id: &str, event_id: &str) -> String {
+    let txn = format!("r{}", rand_suffix());
+    let path = format!("/_matrix/client/v3/rooms/{}/redact/{}/{txn}", enc(room_id), enc(event_id));
+    let (status, response) = server.put(&path, session.token(), json!({})).await;
+    assert_eq!(status, 200, "redact: {response}");
+    response["event_id"].as_str().expect("event_id").to_owned()
+}
+
 fn rand_suffix() -> u128 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);

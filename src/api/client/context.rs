@@ -72,9 +72,12 @@ async fn context(
     let mut response = get_context::v3::Response::new();
     response.start = Some(context.start.to_string());
     response.end = Some(context.end.to_string());
-    response.event = Some(raw_event(&context.event.pdu.to_client_event()));
-    response.events_before = context.before.iter().map(|e| raw_event(&e.pdu.to_client_event())).collect();
-    response.events_after = context.after.iter().map(|e| raw_event(&e.pdu.to_client_event())).collect();
+    let pdus: Vec<_> =
+        std::iter::once(&context.event).chain(&context.before).chain(&context.after).map(|e| &e.pdu).collect();
+    let mut events = super::message::client_events(&services, &sender.user_id, &pdus).await?.into_iter();
+    response.event = events.next().map(|e| raw_event(&e));
+    response.events_before = events.by_ref().take(context.before.len()).map(|e| raw_event(&e)).collect();
+    response.events_after = events.map(|e| raw_event(&e)).collect();
     response.state = state.iter().map(|pdu| raw_event(&pdu.to_client_event())).collect();
     Ok(response)
 }

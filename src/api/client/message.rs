@@ -20,7 +20,7 @@ use crate::{
     api::{RumaRouter, extract::Ruma},
     service::{
         Services,
-        rooms::{NewEvent, Transaction},
+        rooms::{NewEvent, Transaction, attach_relations},
     },
     storage::ScanDirection,
 };
@@ -34,6 +34,27 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
 
 pub fn raw_event<T>(value: &Value) -> Raw<T> {
     Raw::from_json(serde_json::value::to_raw_value(value).unwrap_or_default())
+}
+
+/// Timeline events for `user` in the client format, with their bundled aggregations
+/// (`unsigned.m.relations`).
+pub(super) async fn client_events(
+    services: &Services,
+    user: &ruma::UserId,
+    pdus: &[&crate::service::rooms::Pdu],
+) -> Result<Vec<Value>> {
+    let ids = pdus.iter().map(|pdu| pdu.event_id.clone()).collect();
+    let mut bundles = services.rooms.bundled_relations(user, ids).await?;
+    Ok(pdus
+        .iter()
+        .map(|pdu| {
+            let mut event = pdu.to_client_event();
+            if let Some(bundle) = bundles.remove(pdu.event_id.as_str()) {
+                attach_relations(&mut event, bundle);
+            }
+            event
+        })
+        .collect())
 }
 
 async fn send(
@@ -95,12 +116,12 @@ async fn redact(
 
 /// A pagination token: a stream position, or a sync token (`next_batch`), which the spec also
 /// allows and which stands for "everything up to its room-event position was delivered".
-enum Token {
+pub(super) enum Token {
     Position(u64),
     Sync(u64),
 }
 
-fn parse_token(token: &str) -> Result<Token> {
+pub(super) fn parse_token(token: &str) -> Result<Token> {
     if let Ok(position) = token.parse() {
         return Ok(Token::Position(position));
     }
@@ -190,7 +211,8 @@ async fn messages(
             }
         }
     }
-    response.chunk = events.iter().map(|e| raw_event(&e.pdu.to_client_event())).collect();
+    let pdus: Vec<_> = events.iter().map(|e| &e.pdu).collect();
+    response.chunk = client_events(&services, &sender.user_id, &pdus).await?.iter().map(raw_event).collect();
     Ok(response)
 }
 
@@ -214,7 +236,11 @@ async fn event(
         .await?
         .filter(|e| e.pdu.room_id == body.room_id)
         .ok_or_else(|| Error::not_found("Event not found"))?;
-    let mut client_event = event.pdu.to_client_event();
+    let mut client_event = client_events(&services, &sender.user_id, &[&event.pdu])
+        .await?
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| event.pdu.to_client_event());
     // The sending device sees its transaction ID, as in `/sync` (Complement's TestTxnInEvent).
     if event.pdu.sender == sender.user_id {
         let event_id = event.pdu.event_id.to_string();

@@ -17,6 +17,7 @@ pub mod profile;
 pub mod push;
 pub mod receipt;
 pub mod register;
+pub mod relations;
 pub mod report;
 pub mod room;
 pub mod search;
@@ -53,6 +54,7 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = media::routes(router);
     let router = directory::routes(router);
     let router = context::routes(router);
+    let router = relations::routes(router);
     let router = report::routes(router);
     let router = upgrade::routes(router);
     let router = sync::routes(router);

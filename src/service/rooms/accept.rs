@@ -22,6 +22,7 @@ use super::{
     notify::CurrentStateChange,
     pdu::Pdu,
     prepare::{Origin, Prepared, bad_event},
+    relations,
     state::ShortStateMap,
 };
 use crate::{
@@ -186,6 +187,9 @@ impl RoomCore {
             return Err(Error::not_found("Unknown room"));
         }
 
+        if origin == Origin::Local {
+            self.check_new_relation(db, &pdu, &rules)?;
+        }
         // Authorisation against the event's own auth events.
         if let Some(outcome) = self.auth_events_outcome(db, &rules, &pdu, origin)? {
             return Ok(outcome);
@@ -475,6 +479,8 @@ impl RoomCore {
             }
             None => (state_before, before_group),
         };
+        // What a redaction is judged by (see `relations.rs`).
+        let redaction_state = relations::is_redaction(&pdu.kind).then(|| state_after.clone());
 
         let mut direct_auth = Vec::with_capacity(pdu.auth_events.len());
         for id in &pdu.auth_events {
@@ -584,6 +590,10 @@ impl RoomCore {
         )?;
         batch.put(&EVENT_STREAM, &position, &(short_room, short_event))?;
         super::search::index_event(&mut batch, short_room, position, short_event, &pdu)?;
+        self.index_relation(db, &mut batch, (short_event, &pdu), short_room, position)?;
+        if let Some(state) = &redaction_state {
+            self.unindex_redacted(db, &mut batch, &pdu, state, rules)?;
+        }
         self.write_current_state(db, &mut batch, short_room, (short_event, &pdu), &previous, &changes, position)?;
         let push_queued = write_notifications(&mut batch, position, notifications)?;
         batch.put(

@@ -20,6 +20,8 @@ pub mod public;
 mod reach;
 mod read;
 mod redaction;
+mod relations;
+pub mod relations_read;
 mod reports;
 mod search;
 mod short;
@@ -43,6 +45,7 @@ pub use build::NewEvent;
 pub use pdu::Pdu;
 pub use prepare::Prepared;
 pub use read::StoredEvent;
+pub use relations_read::{RECURSION_DEPTH, RelationsPage, RelationsQuery, attach as attach_relations};
 pub use search::{SearchHit, SearchOrder, SearchPage, SearchQuery};
 pub use sync_read::{EventPredicate, MemberSummary, MembershipChange, StateSelection, TimelineWindow};
 

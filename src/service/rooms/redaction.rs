@@ -11,7 +11,7 @@ use ruma::{
     state_res::events::RoomCreateEvent,
 };
 
-use super::{Pdu, RoomCore};
+use super::{Pdu, RoomCore, state::ShortStateMap};
 use crate::{
     Result,
     storage::{
@@ -51,11 +51,25 @@ impl RoomCore {
 
     /// The power levels in force in a state group.
     pub(super) fn power_levels_at(&self, db: &Db, group: u64, rules: &RoomVersionRules) -> Result<RoomPowerLevels> {
-        let content = self
-            .state_in_group(db, group, "m.room.power_levels", "")?
+        let state = self.state.load(db, group)?;
+        self.power_levels_in(db, &state, rules)
+    }
+
+    /// The power levels in force in a state.
+    pub(super) fn power_levels_in(
+        &self,
+        db: &Db,
+        state: &ShortStateMap,
+        rules: &RoomVersionRules,
+    ) -> Result<RoomPowerLevels> {
+        let event = |kind: &str| -> Result<Option<Pdu>> {
+            let Some(key) = self.interner.short_state_key(db, kind, "")? else { return Ok(None) };
+            let Some(short) = state.get(&key) else { return Ok(None) };
+            Ok(Some(self.event_by_short(db, *short, rules)?))
+        };
+        let content = event("m.room.power_levels")?
             .and_then(|pdu| serde_json::from_str::<RoomPowerLevelsEventContent>(pdu.content.get()).ok());
-        let creators = self
-            .state_in_group(db, group, "m.room.create", "")?
+        let creators = event("m.room.create")?
             .and_then(|pdu| RoomCreateEvent::new(pdu).creators(&rules.authorization).ok())
             .unwrap_or_default();
         Ok(RoomPowerLevels::new(RoomPowerLevelsSource::from(content), &rules.authorization, creators))

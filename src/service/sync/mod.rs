@@ -163,7 +163,8 @@ async fn build(
         && filter::account_data_allowed(&filter.account_data, crate::service::push::PUSH_RULES_TYPE)
     {
         let ruleset = services.push.ruleset(user).await?;
-        let event = serde_json::json!({ "type": crate::service::push::PUSH_RULES_TYPE, "content": { "global": ruleset } });
+        let event =
+            serde_json::json!({ "type": crate::service::push::PUSH_RULES_TYPE, "content": { "global": ruleset } });
         response.account_data.events.push(raw_json(&event)?);
     }
     let joined: Vec<OwnedRoomId> = services

@@ -30,15 +30,30 @@ struct Section {
 /// `event_format: federation` the PDU as stored (hashes, signatures, `auth_events`,
 /// `prev_events`).
 fn sync_event<T>(pdu: &Pdu, format: &EventFormat) -> Result<Raw<T>> {
-    sync_event_with_txn(pdu, format, None)
+    sync_event_with_txn(pdu, format, None, None)
 }
 
-/// An event in the sync format, with the transaction ID its sender's device gave it.
-fn sync_event_with_txn<T>(pdu: &Pdu, format: &EventFormat, transaction_id: Option<&str>) -> Result<Raw<T>> {
+/// An event in the sync format, with the transaction ID its sender's device gave it and its
+/// bundled aggregations (`unsigned.m.relations`).
+fn sync_event_with_txn<T>(
+    pdu: &Pdu,
+    format: &EventFormat,
+    transaction_id: Option<&str>,
+    relations: Option<serde_json::Value>,
+) -> Result<Raw<T>> {
     if *format == EventFormat::Federation {
         return raw_json(&pdu.json);
     }
     let mut event = pdu.to_client_event();
+    if let Some(mut relations) = relations {
+        // Events bundled inside are in the sync format too.
+        for path in ["/m.thread/latest_event", "/m.thread/latest_event/unsigned/m.relations/m.replace", "/m.replace"] {
+            if let Some(bundled) = relations.pointer_mut(path).and_then(serde_json::Value::as_object_mut) {
+                bundled.remove("room_id");
+            }
+        }
+        crate::service::rooms::attach_relations(&mut event, relations);
+    }
     if let Some(object) = event.as_object_mut() {
         object.remove("room_id");
         if let Some(txn) = transaction_id {
@@ -310,6 +325,13 @@ async fn section(ctx: &Context<'_>, room_id: &OwnedRoomId, upto: u64, full: bool
         window.events.iter().filter(|e| e.pdu.sender == ctx.user).map(|e| e.pdu.event_id.to_string()).collect();
     let transactions =
         if own.is_empty() { Default::default() } else { ctx.services.rooms.transaction_ids(own).await? };
+    let mut bundles = match format {
+        EventFormat::Federation => Default::default(),
+        _ => {
+            let ids = window.events.iter().map(|e| e.pdu.event_id.clone()).collect();
+            ctx.services.rooms.bundled_relations(ctx.user, ids).await?
+        }
+    };
     timeline.events = window
         .events
         .iter()
@@ -318,7 +340,7 @@ async fn section(ctx: &Context<'_>, room_id: &OwnedRoomId, upto: u64, full: bool
                 .get(e.pdu.event_id.as_str())
                 .filter(|(device, _)| device == ctx.device.as_str())
                 .map(|(_, txn)| txn.as_str());
-            sync_event_with_txn(&e.pdu, format, txn)
+            sync_event_with_txn(&e.pdu, format, txn, bundles.remove(e.pdu.event_id.as_str()))
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(Section { timeline, state })
