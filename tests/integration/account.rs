@@ -74,12 +74,14 @@ async fn password_stage_must_name_the_authenticated_user() {
     server.register("mallory", "pw-m").await;
     let challenge = server.post(PASSWORD, alice.token(), json!({"new_password": "x"})).await;
     let session = challenge.1["session"].as_str().unwrap();
-    // Mallory's own correct password does not authorise a change to Carol's account.
+    // Mallory's own correct password does not authorise a change to Carol's account: refused
+    // outright (403, as Synapse answers), and Carol's password is unchanged.
     let result = server
         .post(PASSWORD, alice.token(), json!({"new_password": "x", "auth": password_auth("mallory", "pw-m", session)}))
         .await;
-    assert_eq!(result.0, 401, "{}", result.1);
+    assert_eq!(result.0, 403, "{}", result.1);
     assert_eq!(result.1["errcode"], "M_FORBIDDEN");
+    assert_eq!(server.login("carol", "pw-c").await.0, 200);
 }
 
 #[tokio::test]
