@@ -63,8 +63,9 @@ async fn counts_follow_mentions_room_pings_mutes_and_receipts() {
     assert_eq!(server.put(&path, bob.token(), json!({"displayname": "Bobby"})).await.0, 200);
     assert_eq!(counts(&sync(&server, &bob, "").await, &room), (0, 0));
 
-    // The spec's defaults no longer match display names (deprecated in v1.17); bob asks for it
-    // with the `contains_display_name` condition, so the room's display name must reach the rules.
+    // Bob's own rule with the `contains_display_name` condition (the legacy default rule
+    // Trellis keeps, as Synapse does, matches it too), so the room's display name must reach
+    // the rules.
     let by_name = json!({"conditions": [{"kind": "contains_display_name"}],
                          "actions": ["notify", {"set_tweak": "highlight"}]});
     assert_eq!(server.put(&rule_path("override", "my-name"), bob.token(), by_name).await.0, 200);

@@ -132,17 +132,14 @@ async fn threaded_receipts_clear_their_own_thread() {
     join(&server, &bob, &room).await;
 
     // A <- B <- C <- E in a thread on A; D in the main timeline; F references A; G annotates F.
-    // C and D mention bob (highlights). Complement mentions bob in the body only, which
-    // highlights through the legacy `.m.rule.contains_user_name` rule that Synapse keeps but
-    // the spec (v1.17, MSC4210) and ruma's server defaults dropped; `m.mentions` is the
-    // current way, and what is tested here is how receipts split the counts.
+    // C and D mention bob in the body only, as Complement does: they highlight through the
+    // legacy `.m.rule.contains_user_name` rule, which Synapse keeps and so does Trellis
+    // (`push/defaults.rs`).
     let a = send_text(&server, &alice, &room, "Hello world!").await;
     let b = send_event(&server, &alice, &room, "m.room.message", in_thread(&a, "Start thread!")).await;
-    let mut mention = in_thread(&a, &format!("Thread response {bob_id}!"));
-    mention["m.mentions"] = json!({"user_ids": [bob_id]});
+    let mention = in_thread(&a, &format!("Thread response {bob_id}!"));
     send_event(&server, &alice, &room, "m.room.message", mention).await;
-    let mention =
-        json!({"msgtype": "m.text", "body": format!("Hello {bob_id}!"), "m.mentions": {"user_ids": [bob_id]}});
+    let mention = json!({"msgtype": "m.text", "body": format!("Hello {bob_id}!")});
     let d = send_event(&server, &alice, &room, "m.room.message", mention).await;
     send_event(&server, &alice, &room, "m.room.message", in_thread(&a, "End thread")).await;
     let f = send_event(

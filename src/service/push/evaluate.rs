@@ -30,7 +30,10 @@ use ruma::{
 };
 use serde_json::value::RawValue;
 
-use super::recipients::{EventScreen, PushProfiles, Recipient, RoomRecipients};
+use super::{
+    defaults::{LEGACY_MENTION_RULES, default_ruleset, has_mentions},
+    recipients::{EventScreen, PushProfiles, Recipient, RoomRecipients},
+};
 use crate::{
     Error, Result,
     storage::{
@@ -66,9 +69,16 @@ pub fn stored_ruleset(db: &Db, user: &UserId) -> Result<Ruleset> {
 
 /// The ruleset stored `m.push_rules` content holds, or the spec's defaults.
 pub(super) fn ruleset_from(user: &UserId, stored: Option<&str>) -> Ruleset {
-    stored
-        .and_then(|json| serde_json::from_str::<PushRulesContent>(json).ok())
-        .map_or_else(|| Ruleset::server_default(user), |content| content.global)
+    stored.and_then(|json| serde_json::from_str::<PushRulesContent>(json).ok()).map_or_else(
+        || default_ruleset(user),
+        |content| {
+            // Stored rules keep up with the server's defaults (their own `enabled` and
+            // `actions` kept), so a new default rule reaches every user.
+            let mut ruleset = content.global;
+            ruleset.update_with_server_default(default_ruleset(user));
+            ruleset
+        },
+    )
 }
 
 /// Runs a future that never waits. Ruma's rule evaluation is `async` only for MSC4306 thread
@@ -89,11 +99,18 @@ pub(super) fn complete_now<F: Future>(future: F) -> Option<F::Output> {
 /// The actions of the first rule of `ruleset` that applies to the (flattened) event, as ruma's
 /// `Ruleset::get_actions` decides them (the same order and the same skip of the recipient's own
 /// events), on an event flattened once for all recipients.
-pub(super) async fn first_match(ruleset: &Ruleset, event: &FlattenedJson, ctx: &PushConditionRoomCtx) -> Vec<Action> {
+pub(super) async fn first_match(
+    ruleset: &Ruleset,
+    (event, has_mentions): (&FlattenedJson, bool),
+    ctx: &PushConditionRoomCtx,
+) -> Vec<Action> {
     if event.get_str("sender").is_some_and(|sender| sender == ctx.user_id) {
         return Vec::new();
     }
     for rule in ruleset {
+        if has_mentions && LEGACY_MENTION_RULES.contains(&rule.rule_id()) {
+            continue;
+        }
         if rule.applies(event, ctx).await {
             return rule.actions().to_vec();
         }
@@ -115,7 +132,7 @@ pub(super) const GENERIC_LOCALPART: &str = "trellis.generic.recipient";
 /// A user no event can name (see [`GENERIC_LOCALPART`]) and their server-default rules.
 static GENERIC: LazyLock<Option<(OwnedUserId, Ruleset)>> = LazyLock::new(|| {
     let user = OwnedUserId::try_from(format!("@{GENERIC_LOCALPART}:trellis.invalid")).ok()?;
-    let ruleset = Ruleset::server_default(&user);
+    let ruleset = default_ruleset(&user);
     Some((user, ruleset))
 });
 
@@ -205,6 +222,7 @@ pub fn evaluate_notifications(
     // Flattened once for every recipient: ruma's `Ruleset::get_actions` flattens the event again
     // on each call.
     let flattened = FlattenedJson::from_raw(&raw);
+    let mentions = has_mentions(event);
     let ctx_for = |user: &UserId, display_name: &str| {
         let mut ctx = PushConditionRoomCtx::new(
             room.room_id.clone(),
@@ -215,10 +233,9 @@ pub fn evaluate_notifications(
         ctx.power_levels = room.power_levels.clone();
         ctx
     };
-    let generic = GENERIC
-        .as_ref()
-        .filter(|_| !raw.json().get().to_lowercase().contains(GENERIC_LOCALPART))
-        .and_then(|(user, ruleset)| complete_now(first_match(ruleset, &flattened, &ctx_for(user, GENERIC_LOCALPART))));
+    let generic = GENERIC.as_ref().filter(|_| !raw.json().get().to_lowercase().contains(GENERIC_LOCALPART)).and_then(
+        |(user, ruleset)| complete_now(first_match(ruleset, (&flattened, mentions), &ctx_for(user, GENERIC_LOCALPART))),
+    );
     out.room_default = generic
         .as_ref()
         .filter(|actions| actions.iter().any(Action::should_notify))
@@ -244,7 +261,8 @@ pub fn evaluate_notifications(
             Some(actions) if shares_generic => (actions.iter().any(Action::should_notify), None),
             _ => {
                 let ctx = ctx_for(&recipient.user, &recipient.display_name);
-                let Some(actions) = complete_now(first_match(&profile.ruleset, &flattened, &ctx)) else { continue };
+                let matched = first_match(&profile.ruleset, (&flattened, mentions), &ctx);
+                let Some(actions) = complete_now(matched) else { continue };
                 let highlight = actions.iter().any(Action::is_highlight);
                 let own = OwnOutcome { user: recipient.user.clone(), actions, highlight };
                 (own.notifies(), Some(own))

@@ -4,6 +4,7 @@
 //! (`notifications.rs`), pushers (`pushers.rs`) and delivery to push gateways (`gateway.rs`).
 
 pub mod counts;
+pub mod defaults;
 pub mod evaluate;
 pub mod gateway;
 pub mod notifications;

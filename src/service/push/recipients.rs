@@ -102,7 +102,7 @@ fn read_profile(db: &Db, user: &UserId) -> Result<PushProfile> {
 /// Whether `ruleset` is exactly the server defaults of `user` (a client may have stored them
 /// unchanged, or changed a rule and changed it back).
 fn is_server_default(user: &UserId, ruleset: &Ruleset) -> bool {
-    match (serde_json::to_value(ruleset), serde_json::to_value(Ruleset::server_default(user))) {
+    match (serde_json::to_value(ruleset), serde_json::to_value(super::defaults::default_ruleset(user))) {
         (Ok(stored), Ok(default)) => stored == default,
         _ => false,
     }

@@ -7,7 +7,7 @@ use ruma::{
     OwnedUserId, UserId,
     events::room::power_levels::{RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource},
     owned_room_id,
-    push::{FlattenedJson, PushConditionRoomCtx, Ruleset},
+    push::{FlattenedJson, PushConditionRoomCtx},
     room_version_rules::RoomVersionRules,
     serde::Raw,
 };
@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use super::{EventScreen, PushProfiles, Recipient, RoomRecipients};
 use crate::{
+    service::push::defaults::{default_ruleset, has_mentions},
     service::push::evaluate::{
         Audience, GENERIC_LOCALPART, RoomFacts, complete_now, evaluate_notifications, first_match,
     },
@@ -30,7 +31,7 @@ fn user(id: &str) -> OwnedUserId {
 fn default_rules_differ_only_by_the_users_identity() {
     let alice = user("@zq7alice:example.org");
     let generic = user(&format!("@{GENERIC_LOCALPART}:trellis.invalid"));
-    let of = |user: &UserId| serde_json::to_string(&Ruleset::server_default(user)).unwrap();
+    let of = |user: &UserId| serde_json::to_string(&default_ruleset(user)).unwrap();
     let alice_rules =
         of(&alice).replace(alice.as_str(), generic.as_str()).replace(alice.localpart(), GENERIC_LOCALPART);
     assert_eq!(alice_rules, of(&generic));
@@ -96,6 +97,11 @@ fn events() -> Vec<Value> {
     .map(message)
     .collect();
     events.push(json!({"type": "m.room.message", "content": {"msgtype": "m.notice", "body": "alice notice"}}));
+    events.push(json!({"type": "m.room.message", "content": {"msgtype": "m.text", "body": "hi alice and Bob Smith",
+        "m.mentions": {"user_ids": ["@carol:hs"]}}}));
+    events.push(
+        json!({"type": "m.room.message", "content": {"msgtype": "m.text", "body": "@room alice", "m.mentions": {}}}),
+    );
     events.push(json!({"type": "m.room.message", "content": {"msgtype": "m.text", "body": "x",
         "m.mentions": {"user_ids": ["@carol:hs", "@nobody:hs"]}}}));
     events.push(json!({"type": "m.room.message", "content": {"msgtype": "m.text", "body": "x",
@@ -157,8 +163,8 @@ fn the_shared_outcome_is_what_each_users_default_rules_give() {
                     recipient.display_name.clone(),
                 );
                 ctx.power_levels = room.power_levels.clone();
-                let ruleset = Ruleset::server_default(&recipient.user);
-                let expected = complete_now(first_match(&ruleset, &flattened, &ctx)).unwrap();
+                let ruleset = default_ruleset(&recipient.user);
+                let expected = complete_now(first_match(&ruleset, (&flattened, has_mentions(&event)), &ctx)).unwrap();
                 let expected: Vec<_> = if expected.iter().any(|a| a.should_notify()) { expected } else { Vec::new() };
                 let stored = decided.outcome_of(&recipient.user).map(<[_]>::to_vec).unwrap_or_default();
                 assert_eq!(
@@ -226,4 +232,29 @@ fn screening_singles_out_named_users_only() {
     members.remove(&user("@bob:hs"));
     assert_eq!(members.named(&screen).count(), 0);
     assert_eq!(members.len(), 1);
+}
+
+/// The legacy mention rules Synapse keeps: a name in the body highlights, unless the event says
+/// whom it mentions with `m.mentions`.
+#[test]
+fn names_in_the_body_highlight_unless_the_event_has_mentions() {
+    let bob = user("@bob:hs");
+    let ruleset = default_ruleset(&bob);
+    let mut ctx = PushConditionRoomCtx::new(owned_room_id!("!r:hs"), 3u32.into(), bob.clone(), "Bobby".to_owned());
+    let rules = RoomVersionRules::V11;
+    let none: Option<RoomPowerLevelsEventContent> = None;
+    let power_levels = RoomPowerLevels::new(RoomPowerLevelsSource::from(none), &rules.authorization, vec![]);
+    ctx.power_levels = Some(power_levels.into());
+    let highlight = |content: Value| {
+        let event = json!({"type": "m.room.message", "sender": "@alice:hs", "content": content});
+        let raw: Raw<Value> = Raw::new(&event).unwrap();
+        let flattened = FlattenedJson::from_raw(&raw);
+        let actions = complete_now(first_match(&ruleset, (&flattened, has_mentions(&event)), &ctx)).unwrap();
+        actions.iter().any(|a| a.is_highlight())
+    };
+    assert!(highlight(json!({"msgtype": "m.text", "body": "hi Bobby"})), "display name");
+    assert!(highlight(json!({"msgtype": "m.text", "body": "hi bob!"})), "localpart");
+    assert!(!highlight(json!({"msgtype": "m.text", "body": "hi bobcat"})));
+    assert!(!highlight(json!({"msgtype": "m.text", "body": "hi Bobby", "m.mentions": {}})), "m.mentions says who");
+    assert!(highlight(json!({"msgtype": "m.text", "body": "x", "m.mentions": {"user_ids": ["@bob:hs"]}})));
 }
