@@ -182,3 +182,42 @@ async fn deleting_a_device_needs_the_owners_password() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(server.get(&path, alice.token()).await.0, 404);
 }
+
+/// Forgetting a room: only once left; its history can no longer be paged; initial syncs leave it
+/// out while an incremental sync from before the leave still shows the leave; a rejoin after a
+/// new invite brings the history back.
+#[tokio::test]
+async fn a_forgotten_room_stays_out_of_the_way() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = create_room(&server, &alice, json!({"preset": "private_chat"})).await;
+    let forget = format!("/_matrix/client/v3/rooms/{}/forget", enc(&room));
+    assert_error(&server.post(&forget, alice.token(), json!({})).await, 400, "M_UNKNOWN");
+
+    let invite = format!("/_matrix/client/v3/rooms/{}/invite", enc(&room));
+    assert_eq!(server.post(&invite, alice.token(), json!({"user_id": bob.user_id})).await.0, 200);
+    join(&server, &bob, &room).await;
+    let before = crate::room_helpers::send_text(&server, &alice, &room, "Before leave").await;
+    let (_, synced) = server.get("/_matrix/client/v3/sync", bob.token()).await;
+    let token = synced["next_batch"].as_str().expect("next_batch").to_owned();
+    let leave = format!("/_matrix/client/v3/rooms/{}/leave", enc(&room));
+    assert_eq!(server.post(&leave, bob.token(), json!({})).await.0, 200);
+    assert_eq!(server.post(&forget, bob.token(), json!({})).await.0, 200);
+
+    let messages = format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100", enc(&room));
+    assert_error(&server.get(&messages, bob.token()).await, 403, "M_FORBIDDEN");
+    let include_leave = enc(r#"{"room":{"include_leave":true}}"#);
+    let (_, initial) = server.get(&format!("/_matrix/client/v3/sync?filter={include_leave}"), bob.token()).await;
+    assert!(initial["rooms"]["leave"].get(&room).is_none(), "{initial}");
+    let path = format!("/_matrix/client/v3/sync?filter={include_leave}&since={token}&timeout=0");
+    let (_, incremental) = server.get(&path, bob.token()).await;
+    assert!(incremental["rooms"]["leave"].get(&room).is_some(), "{incremental}");
+
+    // Invited again and joined: the history is there again.
+    assert_eq!(server.post(&invite, alice.token(), json!({"user_id": bob.user_id})).await.0, 200);
+    join(&server, &bob, &room).await;
+    let (status, page) = server.get(&messages, bob.token()).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page["chunk"].as_array().expect("chunk").iter().any(|e| e["event_id"] == before.as_str()), "{page}");
+}

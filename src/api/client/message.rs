@@ -161,6 +161,11 @@ async fn messages(
     if membership.is_none() && !services.rooms.is_world_readable(&body.room_id).await? {
         return Err(Error::forbidden("You are not a member of this room"));
     }
+    // A forgotten room's history is no longer the user's to page through (Synapse; Complement's
+    // `TestRoomForget`); rejoining clears the mark.
+    if membership.as_ref().is_some_and(|m| m.forgotten) {
+        return Err(Error::forbidden("You have forgotten this room"));
+    }
     let filter = body.filter.clone();
     let keep = move |pdu: &crate::service::rooms::Pdu| {
         let kind = pdu.kind.to_string();

@@ -54,7 +54,8 @@ async fn register(services: Arc<Services>, request: Ruma<register::v3::Request>)
         // Like Synapse, the username is checked before user-interactive auth starts, so a client
         // learns of a bad or taken name at once.
         let user_id = match &body.username {
-            Some(localpart) => services.accounts.user_id_for_new_localpart(localpart)?,
+            // Capitals are folded, as Synapse does (Complement's `TestRegistration`).
+            Some(localpart) => services.accounts.user_id_for_new_localpart(&localpart.to_lowercase())?,
             None => services.accounts.user_id_for_new_localpart(&format!("u{}", random_string(11).to_lowercase()))?,
         };
         if services.accounts.exists(&user_id).await? {

@@ -372,7 +372,11 @@ impl Rooms {
             let mut membership =
                 USER_ROOMS.get(db, &key)?.ok_or_else(|| Error::not_found("You were never in this room"))?;
             if membership.membership == "join" || membership.membership == "invite" {
-                return Err(Error::bad_json("You must leave the room before forgetting it"));
+                return Err(Error::new(
+                    http::StatusCode::BAD_REQUEST,
+                    ruma::api::error::ErrorKind::Unknown,
+                    "You must leave the room before forgetting it",
+                ));
             }
             membership.forgotten = true;
             let mut batch = crate::storage::Batch::new();

@@ -81,7 +81,7 @@ pub(super) async fn collect(ctx: &Context<'_>) -> Result<Rooms> {
         _ => None,
     };
     for (room_id, record) in ctx.services.rooms.user_rooms(ctx.user).await? {
-        if record.forgotten || !filter::room_allowed(ctx.filter, &room_id) {
+        if !filter::room_allowed(ctx.filter, &room_id) {
             continue;
         }
         // A membership newer than this sync's snapshot: use the membership at the snapshot.
@@ -127,7 +127,9 @@ pub(super) async fn collect(ctx: &Context<'_>) -> Result<Rooms> {
             }
             "leave" | "ban" => {
                 let show = match since {
-                    None => ctx.filter.room.include_leave,
+                    // A forgotten room is left out of initial syncs; an incremental one still
+                    // shows a leave that happened after its token.
+                    None => ctx.filter.room.include_leave && !record.forgotten,
                     Some(s) => changed_since(ctx, &room_id, &membership, position, s).await?,
                 };
                 if show {
