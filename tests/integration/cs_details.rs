@@ -221,3 +221,41 @@ async fn a_forgotten_room_stays_out_of_the_way() {
     assert_eq!(status, 200, "{page}");
     assert!(page["chunk"].as_array().expect("chunk").iter().any(|e| e["event_id"] == before.as_str()), "{page}");
 }
+
+/// Every event a client gets carries the user's membership at it (`unsigned.membership`,
+/// MSC4115): "leave" before their join, "join" from their join on (Complement's
+/// `TestMembershipOnEvents`).
+#[tokio::test]
+async fn events_carry_the_users_membership_at_them() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    let prejoin = crate::room_helpers::send_text(&server, &alice, &room, "prejoin").await;
+    join(&server, &bob, &room).await;
+    let postjoin = crate::room_helpers::send_text(&server, &alice, &room, "postjoin").await;
+
+    let (_, synced) = server.get("/_matrix/client/v3/sync", bob.token()).await;
+    let events = synced["rooms"]["join"][&room]["timeline"]["events"].as_array().expect("timeline").clone();
+    let ids: Vec<&str> = events.iter().filter_map(|e| e["event_id"].as_str()).collect();
+    assert!(ids.contains(&prejoin.as_str()) && ids.contains(&postjoin.as_str()), "{synced}");
+    let mut joined = false;
+    for event in &events {
+        joined |= event["type"] == "m.room.member" && event["state_key"] == bob.user_id.as_str();
+        let expected = if joined { "join" } else { "leave" };
+        assert_eq!(event["unsigned"]["membership"], expected, "{event}");
+    }
+    let path = format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50", enc(&room));
+    let (_, page) = server.get(&path, bob.token()).await;
+    let membership_of = |id: &str| {
+        page["chunk"]
+            .as_array()
+            .and_then(|c| c.iter().find(|e| e["event_id"] == id))
+            .map(|e| e["unsigned"]["membership"].clone())
+    };
+    assert_eq!(membership_of(&prejoin), Some(json!("leave")), "{page}");
+    assert_eq!(membership_of(&postjoin), Some(json!("join")), "{page}");
+    let path = format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(&prejoin));
+    let (_, event) = server.get(&path, alice.token()).await;
+    assert_eq!(event["unsigned"]["membership"], "join", "alice was joined: {event}");
+}

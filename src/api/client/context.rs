@@ -72,9 +72,8 @@ async fn context(
     let mut response = get_context::v3::Response::new();
     response.start = Some(context.start.to_string());
     response.end = Some(context.end.to_string());
-    let pdus: Vec<_> =
-        std::iter::once(&context.event).chain(&context.before).chain(&context.after).map(|e| &e.pdu).collect();
-    let mut events = super::message::client_events(&services, &sender.user_id, &pdus).await?.into_iter();
+    let stored: Vec<_> = std::iter::once(&context.event).chain(&context.before).chain(&context.after).collect();
+    let mut events = super::message::client_events(&services, &sender.user_id, &stored).await?.into_iter();
     response.event = events.next().map(|e| raw_event(&e));
     response.events_before = events.by_ref().take(context.before.len()).map(|e| raw_event(&e)).collect();
     response.events_after = events.map(|e| raw_event(&e)).collect();

@@ -37,20 +37,30 @@ pub fn raw_event<T>(value: &Value) -> Raw<T> {
 }
 
 /// Timeline events for `user` in the client format, with their bundled aggregations
-/// (`unsigned.m.relations`).
+/// (`unsigned.m.relations`) and the user's membership at each (`unsigned.membership`, MSC4115,
+/// as Synapse sends it).
 pub(super) async fn client_events(
     services: &Services,
     user: &ruma::UserId,
-    pdus: &[&crate::service::rooms::Pdu],
+    events: &[&crate::service::rooms::StoredEvent],
 ) -> Result<Vec<Value>> {
-    let ids = pdus.iter().map(|pdu| pdu.event_id.clone()).collect();
+    let ids = events.iter().map(|e| e.pdu.event_id.clone()).collect();
     let mut bundles = services.rooms.bundled_relations(user, ids).await?;
-    Ok(pdus
+    let memberships =
+        services.rooms.memberships_after(user, events.iter().map(|e| e.meta.state_after).collect()).await?;
+    Ok(events
         .iter()
-        .map(|pdu| {
-            let mut event = pdu.to_client_event();
-            if let Some(bundle) = bundles.remove(pdu.event_id.as_str()) {
+        .zip(memberships)
+        .map(|(stored, membership)| {
+            let mut event = stored.pdu.to_client_event();
+            if let Some(bundle) = bundles.remove(stored.pdu.event_id.as_str()) {
                 attach_relations(&mut event, bundle);
+            }
+            if let Some(object) = event.as_object_mut() {
+                let unsigned = object.entry("unsigned").or_insert_with(|| serde_json::json!({}));
+                if let Some(unsigned) = unsigned.as_object_mut() {
+                    unsigned.insert("membership".to_owned(), membership.into());
+                }
             }
             event
         })
@@ -216,8 +226,8 @@ async fn messages(
             }
         }
     }
-    let pdus: Vec<_> = events.iter().map(|e| &e.pdu).collect();
-    response.chunk = client_events(&services, &sender.user_id, &pdus).await?.iter().map(raw_event).collect();
+    let stored: Vec<_> = events.iter().collect();
+    response.chunk = client_events(&services, &sender.user_id, &stored).await?.iter().map(raw_event).collect();
     Ok(response)
 }
 
@@ -241,7 +251,7 @@ async fn event(
         .await?
         .filter(|e| e.pdu.room_id == body.room_id)
         .ok_or_else(|| Error::not_found("Event not found"))?;
-    let mut client_event = client_events(&services, &sender.user_id, &[&event.pdu])
+    let mut client_event = client_events(&services, &sender.user_id, &[&event])
         .await?
         .into_iter()
         .next()

@@ -315,7 +315,6 @@ impl Rooms {
         .await
     }
 
-    /// `user`'s membership in the room at stream position `position`.
     /// The user's membership in the room's state at a stream position, with the stream position
     /// of that membership event.
     pub async fn membership_event_at(
@@ -338,6 +337,30 @@ impl Rooms {
         .await
     }
 
+    /// The user's membership in the state after each of these events (by their `state_after`
+    /// groups): `unsigned.membership` of MSC4115, "leave" where the user has none.
+    pub async fn memberships_after(&self, user: &UserId, groups: Vec<u64>) -> Result<Vec<String>> {
+        let user = user.to_owned();
+        self.run(move |core, db| {
+            let mut memo: HashMap<u64, String> = HashMap::new();
+            let mut out = Vec::with_capacity(groups.len());
+            for group in groups {
+                if let Some(known) = memo.get(&group) {
+                    out.push(known.clone());
+                    continue;
+                }
+                let membership = core
+                    .state_in_group(db, group, "m.room.member", user.as_str())?
+                    .map_or_else(|| "leave".to_owned(), |pdu| membership_in(&pdu.content));
+                memo.insert(group, membership.clone());
+                out.push(membership);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// `user`'s membership in the room at stream position `position`.
     pub async fn membership_at(&self, user: &UserId, room_id: &RoomId, position: u64) -> Result<Option<String>> {
         let (user, room_id) = (user.to_owned(), room_id.to_owned());
         self.run(move |core, db| {

@@ -30,7 +30,7 @@ struct Section {
 /// `event_format: federation` the PDU as stored (hashes, signatures, `auth_events`,
 /// `prev_events`).
 fn sync_event<T>(pdu: &Pdu, format: &EventFormat) -> Result<Raw<T>> {
-    sync_event_with_txn(pdu, format, None, None)
+    sync_event_with_txn(pdu, format, None, None, None)
 }
 
 /// An event in the sync format, with the transaction ID its sender's device gave it and its
@@ -40,6 +40,7 @@ fn sync_event_with_txn<T>(
     format: &EventFormat,
     transaction_id: Option<&str>,
     relations: Option<serde_json::Value>,
+    membership: Option<&str>,
 ) -> Result<Raw<T>> {
     if *format == EventFormat::Federation {
         return raw_json(&pdu.json);
@@ -56,10 +57,11 @@ fn sync_event_with_txn<T>(
     }
     if let Some(object) = event.as_object_mut() {
         object.remove("room_id");
-        if let Some(txn) = transaction_id {
+        let unsigned_fields = [("transaction_id", transaction_id), ("membership", membership)];
+        for (key, value) in unsigned_fields.into_iter().filter_map(|(k, v)| Some((k, v?))) {
             let unsigned = object.entry("unsigned").or_insert_with(|| serde_json::json!({}));
             if let Some(unsigned) = unsigned.as_object_mut() {
-                unsigned.insert("transaction_id".to_owned(), txn.into());
+                unsigned.insert(key.to_owned(), value.into());
             }
         }
     }
@@ -334,15 +336,20 @@ async fn section(ctx: &Context<'_>, room_id: &OwnedRoomId, upto: u64, full: bool
             ctx.services.rooms.bundled_relations(ctx.user, ids).await?
         }
     };
+    // The syncing user's membership at each event (MSC4115), as Synapse sends it.
+    let groups = window.events.iter().map(|e| e.meta.state_after).collect();
+    let memberships = ctx.services.rooms.memberships_after(ctx.user, groups).await?;
     timeline.events = window
         .events
         .iter()
-        .map(|e| {
+        .zip(&memberships)
+        .map(|(e, membership)| {
             let txn = transactions
                 .get(e.pdu.event_id.as_str())
                 .filter(|(device, _)| device == ctx.device.as_str())
                 .map(|(_, txn)| txn.as_str());
-            sync_event_with_txn(&e.pdu, format, txn, bundles.remove(e.pdu.event_id.as_str()))
+            let bundle = bundles.remove(e.pdu.event_id.as_str());
+            sync_event_with_txn(&e.pdu, format, txn, bundle, Some(membership))
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(Section { timeline, state })
