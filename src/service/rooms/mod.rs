@@ -78,6 +78,8 @@ pub struct RoomCore {
     push_wake: Arc<tokio::sync::Notify>,
     /// Push evaluation's facts per room (see `notify.rs`).
     push_facts: notify::PushFactsCache,
+    /// Room summaries per current state group (see `sync_read.rs`).
+    summaries: sync_read::SummaryCache,
     /// Push rules and pushers per user, for evaluation at write time (shared with the services
     /// that change them, which forget a user's entry).
     push_profiles: Arc<crate::service::push::recipients::PushProfiles>,
@@ -147,6 +149,7 @@ impl Rooms {
             keys,
             push_wake,
             push_facts: notify::PushFactsCache::default(),
+            summaries: Default::default(),
             push_profiles,
             last_create_ts: std::sync::atomic::AtomicU64::new(0),
         };

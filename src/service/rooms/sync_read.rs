@@ -19,7 +19,7 @@ use crate::{
     Error, Result,
     storage::{
         Db, ScanDirection,
-        room_tables::{CURRENT_STATE, EVENT_META, EVENT_STREAM, EVENT_TRANSACTIONS, TIMELINE},
+        room_tables::{CURRENT_STATE, EVENT_META, EVENT_STREAM, EVENT_TRANSACTIONS, ROOMS, TIMELINE},
     },
 };
 
@@ -371,34 +371,26 @@ impl Rooms {
         .await
     }
 
-    /// Joined and invited counts of the current state, and heroes other than `user`.
+    /// Joined and invited counts of the current state, and heroes other than `user`. Read once
+    /// per current state group (a message changes nothing here; a sync of a big room would
+    /// otherwise parse every member event) and kept in [`SummaryCache`].
     pub async fn member_summary(&self, room_id: &RoomId, user: &UserId) -> Result<MemberSummary> {
         let (room_id, user) = (room_id.to_owned(), user.to_owned());
         self.run(move |core, db| {
             let short_room = core.short_room_of(db, &room_id)?;
-            let rules = core.rules_of_room(db, short_room)?;
-            let mut summary = MemberSummary::default();
-            let mut heroes = BTreeSet::new();
-            for ((_, key), short) in CURRENT_STATE.scan_prefix(db, &(short_room,))? {
-                let names = core.interner.state_key(db, key)?;
-                if names.0 != ruma::events::StateEventType::RoomMember {
-                    continue;
+            let group = ROOMS.get(db, &short_room)?.map(|record| record.current_state_group);
+            let facts = match (group, core.summaries.get(short_room)) {
+                (Some(group), Some((cached, facts))) if cached == group => facts,
+                _ => {
+                    let facts = Arc::new(core.read_summary(db, short_room)?);
+                    if let Some(group) = group {
+                        core.summaries.put(short_room, group, facts.clone());
+                    }
+                    facts
                 }
-                let pdu = core.event_by_short(db, short, &rules)?;
-                let membership = membership_in(&pdu.content);
-                match membership.as_str() {
-                    "join" => summary.joined += 1,
-                    "invite" => summary.invited += 1,
-                    _ => continue,
-                }
-                if names.1 != user.as_str()
-                    && let Ok(member) = OwnedUserId::try_from(names.1.as_str())
-                {
-                    heroes.insert(member);
-                }
-            }
-            summary.heroes = heroes.into_iter().take(5).collect();
-            Ok(summary)
+            };
+            let heroes = facts.first_members.iter().filter(|member| **member != user).take(5).cloned().collect();
+            Ok(MemberSummary { joined: facts.joined, invited: facts.invited, heroes })
         })
         .await
     }
@@ -427,5 +419,59 @@ impl Rooms {
             Ok(out)
         })
         .await
+    }
+}
+
+/// What the room summary needs of one current state: the counts and the first six joined or
+/// invited members by user ID (five heroes whoever asks).
+pub(super) struct SummaryFacts {
+    joined: u64,
+    invited: u64,
+    first_members: Vec<OwnedUserId>,
+}
+
+/// Summary facts by short room ID, with the current state group they were read for.
+#[derive(Default)]
+pub(super) struct SummaryCache(std::sync::Mutex<HashMap<u64, (u64, Arc<SummaryFacts>)>>);
+
+/// The most rooms whose summaries are kept; past it the cache starts over.
+const CACHED_SUMMARIES: usize = 10_000;
+
+impl SummaryCache {
+    fn get(&self, short_room: u64) -> Option<(u64, Arc<SummaryFacts>)> {
+        self.0.lock().ok()?.get(&short_room).cloned()
+    }
+
+    fn put(&self, short_room: u64, group: u64, facts: Arc<SummaryFacts>) {
+        if let Ok(mut map) = self.0.lock() {
+            if map.len() >= CACHED_SUMMARIES {
+                map.clear();
+            }
+            map.insert(short_room, (group, facts));
+        }
+    }
+}
+
+impl RoomCore {
+    fn read_summary(&self, db: &Db, short_room: u64) -> Result<SummaryFacts> {
+        let rules = self.rules_of_room(db, short_room)?;
+        let (mut joined, mut invited) = (0, 0);
+        let mut members = BTreeSet::new();
+        for ((_, key), short) in CURRENT_STATE.scan_prefix(db, &(short_room,))? {
+            let names = self.interner.state_key(db, key)?;
+            if names.0 != ruma::events::StateEventType::RoomMember {
+                continue;
+            }
+            let pdu = self.event_by_short(db, short, &rules)?;
+            match membership_in(&pdu.content).as_str() {
+                "join" => joined += 1,
+                "invite" => invited += 1,
+                _ => continue,
+            }
+            if let Ok(member) = OwnedUserId::try_from(names.1.as_str()) {
+                members.insert(member);
+            }
+        }
+        Ok(SummaryFacts { joined, invited, first_members: members.into_iter().take(6).collect() })
     }
 }
