@@ -95,27 +95,40 @@ async fn relations(
     })
 }
 
+/// The query the three `/relations` request types share, as [`Params`].
+macro_rules! params_of {
+    ($body:expr) => {
+        Params {
+            room_id: &$body.room_id,
+            event_id: &$body.event_id,
+            from: $body.from.as_deref(),
+            to: $body.to.as_deref(),
+            dir: $body.dir,
+            limit: $body.limit,
+            recurse: $body.recurse,
+        }
+    };
+}
+
+/// The response of one of the three `/relations` request types, from a page.
+macro_rules! response_of {
+    ($response:ty, $page:expr) => {{
+        let page = $page;
+        let mut response = <$response>::new(page.chunk);
+        response.next_batch = page.next_batch;
+        response.prev_batch = page.prev_batch;
+        response.recursion_depth = page.recursion_depth;
+        response
+    }};
+}
+
 async fn relating_events(
     services: Arc<Services>,
     request: Ruma<get_relating_events::v1::Request>,
 ) -> Result<get_relating_events::v1::Response> {
     let sender = request.sender()?;
-    let body = &request.body;
-    let params = Params {
-        room_id: &body.room_id,
-        event_id: &body.event_id,
-        from: body.from.as_deref(),
-        to: body.to.as_deref(),
-        dir: body.dir,
-        limit: body.limit,
-        recurse: body.recurse,
-    };
-    let page = relations(&services, &sender.user_id, params, None, None).await?;
-    let mut response = get_relating_events::v1::Response::new(page.chunk);
-    response.next_batch = page.next_batch;
-    response.prev_batch = page.prev_batch;
-    response.recursion_depth = page.recursion_depth;
-    Ok(response)
+    let page = relations(&services, &sender.user_id, params_of!(request.body), None, None).await?;
+    Ok(response_of!(get_relating_events::v1::Response, page))
 }
 
 async fn relating_events_with_rel_type(
@@ -124,21 +137,8 @@ async fn relating_events_with_rel_type(
 ) -> Result<get_relating_events_with_rel_type::v1::Response> {
     let sender = request.sender()?;
     let body = &request.body;
-    let params = Params {
-        room_id: &body.room_id,
-        event_id: &body.event_id,
-        from: body.from.as_deref(),
-        to: body.to.as_deref(),
-        dir: body.dir,
-        limit: body.limit,
-        recurse: body.recurse,
-    };
-    let page = relations(&services, &sender.user_id, params, Some(body.rel_type.to_string()), None).await?;
-    let mut response = get_relating_events_with_rel_type::v1::Response::new(page.chunk);
-    response.next_batch = page.next_batch;
-    response.prev_batch = page.prev_batch;
-    response.recursion_depth = page.recursion_depth;
-    Ok(response)
+    let page = relations(&services, &sender.user_id, params_of!(body), Some(body.rel_type.to_string()), None).await?;
+    Ok(response_of!(get_relating_events_with_rel_type::v1::Response, page))
 }
 
 async fn relating_events_with_type_and_event_type(
@@ -147,22 +147,9 @@ async fn relating_events_with_type_and_event_type(
 ) -> Result<get_relating_events_with_rel_type_and_event_type::v1::Response> {
     let sender = request.sender()?;
     let body = &request.body;
-    let params = Params {
-        room_id: &body.room_id,
-        event_id: &body.event_id,
-        from: body.from.as_deref(),
-        to: body.to.as_deref(),
-        dir: body.dir,
-        limit: body.limit,
-        recurse: body.recurse,
-    };
     let (rel_type, event_type) = (Some(body.rel_type.to_string()), Some(body.event_type.to_string()));
-    let page = relations(&services, &sender.user_id, params, rel_type, event_type).await?;
-    let mut response = get_relating_events_with_rel_type_and_event_type::v1::Response::new(page.chunk);
-    response.next_batch = page.next_batch;
-    response.prev_batch = page.prev_batch;
-    response.recursion_depth = page.recursion_depth;
-    Ok(response)
+    let page = relations(&services, &sender.user_id, params_of!(body), rel_type, event_type).await?;
+    Ok(response_of!(get_relating_events_with_rel_type_and_event_type::v1::Response, page))
 }
 
 async fn threads(
