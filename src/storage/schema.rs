@@ -39,28 +39,14 @@ fn to_schema_3(db: &Db) -> Result<(), StorageError> {
         kind: String,
         content: Box<RawValue>,
     }
-    let mut cursor = (0, 0);
-    loop {
-        let page = TIMELINE.scan_from(db, &cursor, ScanDirection::Forward, MIGRATION_PAGE, |_| true)?;
-        let Some(&((room, position), _)) = page.last() else { break };
-        let mut batch = Batch::new();
-        for ((room, position), short) in &page {
-            let Some(json) = PDUS.get(db, short)? else { continue };
-            // An event whose JSON lacks a type or content has nothing to index.
-            let Ok(event) = serde_json::from_str::<Indexed>(json.get()) else { continue };
-            for (token, posting) in event_postings(&event.kind, &event.content, *short) {
-                batch.put(&SEARCH_POSTINGS, &(*room, token, *position), &posting)?;
-            }
+    for_each_timeline_event(db, |batch, (room, position), short, json| {
+        // An event whose JSON lacks a type or content has nothing to index.
+        let Ok(event) = serde_json::from_str::<Indexed>(json.get()) else { return Ok(()) };
+        for (token, posting) in event_postings(&event.kind, &event.content, short) {
+            batch.put(&SEARCH_POSTINGS, &(room, token, position), &posting)?;
         }
-        db.write(batch)?;
-        if page.len() < MIGRATION_PAGE {
-            break;
-        }
-        cursor = match position.checked_add(1) {
-            Some(next) => (room, next),
-            None => (room.saturating_add(1), 0),
-        };
-    }
+        Ok(())
+    })?;
     let mut batch = Batch::new();
     for (user, _) in USERS.all(db)? {
         let name = PROFILE_FIELDS.get(db, &(user.clone(), "displayname".to_owned()))?;
@@ -164,6 +150,33 @@ fn for_each_page<V: ValueCodec>(
     }
 }
 
+/// Calls `each` for every timeline event ((room, position), short id, stored PDU), in
+/// timeline order a page at a time, writing what it puts in the batch after each page. Timeline
+/// rows whose PDU is missing are skipped.
+fn for_each_timeline_event(
+    db: &Db,
+    mut each: impl FnMut(&mut Batch, (u64, u64), u64, &RawValue) -> Result<(), StorageError>,
+) -> Result<(), StorageError> {
+    let mut cursor = (0, 0);
+    loop {
+        let page = TIMELINE.scan_from(db, &cursor, ScanDirection::Forward, MIGRATION_PAGE, |_| true)?;
+        let Some(&((room, position), _)) = page.last() else { return Ok(()) };
+        let mut batch = Batch::new();
+        for (key, short) in &page {
+            let Some(json) = PDUS.get(db, short)? else { continue };
+            each(&mut batch, *key, *short, &json)?;
+        }
+        db.write(batch)?;
+        if page.len() < MIGRATION_PAGE {
+            return Ok(());
+        }
+        cursor = match position.checked_add(1) {
+            Some(next) => (room, next),
+            None => (room.saturating_add(1), 0),
+        };
+    }
+}
+
 /// The fields of a stored PDU the schema 2 migration reads.
 #[derive(Deserialize)]
 struct PduRefs {
@@ -201,25 +214,10 @@ fn auth_edges_and_timestamp_index(db: &Db) -> Result<(), StorageError> {
         edges.dedup();
         batch.put(&AUTH_EDGES, &short, &edges)
     })?;
-    let mut cursor = (0, 0);
-    loop {
-        let page = TIMELINE.scan_from(db, &cursor, ScanDirection::Forward, MIGRATION_PAGE, |_| true)?;
-        let Some(&((room, position), _)) = page.last() else { break };
-        let mut batch = Batch::new();
-        for ((room, position), short) in &page {
-            let Some(json) = PDUS.get(db, short)? else { continue };
-            let ts = pdu_refs(*short, &json)?.origin_server_ts;
-            batch.put(&TIMELINE_BY_TS, &(*room, ts, *position), short)?;
-        }
-        db.write(batch)?;
-        if page.len() < MIGRATION_PAGE {
-            break;
-        }
-        cursor = match position.checked_add(1) {
-            Some(next) => (room, next),
-            None => (room.saturating_add(1), 0),
-        };
-    }
+    for_each_timeline_event(db, |batch, (room, position), short, json| {
+        let ts = pdu_refs(short, json)?.origin_server_ts;
+        batch.put(&TIMELINE_BY_TS, &(room, ts, position), &short)
+    })?;
     for_each_page(db, &LEGACY_AUTH_CHAINS, |batch, short, _| {
         batch.delete(&LEGACY_AUTH_CHAINS, &short);
         Ok(())
