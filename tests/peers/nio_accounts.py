@@ -14,11 +14,7 @@ from nio import (
     WhoamiResponse,
 )
 
-
-def check(condition, message):
-    if not condition:
-        print(f"FAILED: {message}", file=sys.stderr)
-        sys.exit(1)
+from nio_common import check
 
 
 async def main(base_url: str) -> None:

@@ -15,13 +15,9 @@ from nio import (
     RoomGetEventResponse,
     RoomSendResponse,
 )
+
+from nio_common import check
 from nio.api import RelationshipType
-
-
-def check(condition, message):
-    if not condition:
-        print(f"FAILED: {message}", file=sys.stderr)
-        sys.exit(1)
 
 
 async def send(client: AsyncClient, room_id: str, content: dict) -> str:

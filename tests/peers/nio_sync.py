@@ -11,25 +11,13 @@ import sys
 from nio import (
     AsyncClient,
     JoinResponse,
-    RegisterResponse,
     RoomCreateResponse,
     RoomMessageText,
     RoomSendResponse,
     SyncResponse,
 )
 
-
-def check(condition, message):
-    if not condition:
-        print(f"FAILED: {message}", file=sys.stderr)
-        sys.exit(1)
-
-
-async def registered(base_url: str, name: str) -> AsyncClient:
-    client = AsyncClient(base_url, name)
-    response = await client.register(name, "nio-password", device_name=f"{name} device")
-    check(isinstance(response, RegisterResponse), f"register {name}: {response}")
-    return client
+from nio_common import check, registered
 
 
 async def main(base_url: str) -> None:
