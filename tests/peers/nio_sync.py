@@ -9,7 +9,6 @@ import asyncio
 import sys
 
 from nio import (
-    AsyncClient,
     JoinResponse,
     RoomCreateResponse,
     RoomMessageText,
