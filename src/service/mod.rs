@@ -82,7 +82,6 @@ impl Services {
         let federation = federation::Federation::new(&config, db.clone(), server_keys.clone())?;
         Ok(Arc::new(Self {
             media,
-            federation,
             rooms: rooms::Rooms::new(
                 db.clone(),
                 config.server_name.clone(),
@@ -90,6 +89,7 @@ impl Services {
                 notifier.clone(),
                 push_wake.clone(),
                 push_profiles.clone(),
+                federation.keys.clone(),
             )?,
             push: push::Push::new(
                 db.clone(),
@@ -120,6 +120,7 @@ impl Services {
             tags: tags::Tags,
             lazy_members: sync::LazyMemberCache::default(),
             admin_register: admin_register::AdminRegister::new(non_empty(&config.registration_shared_secret)),
+            federation,
             config,
             db,
             typing: typing::Typing::new(notifier.clone()),

@@ -19,6 +19,7 @@ use ruma::{
         authentication::XMatrix,
         discovery::{ServerSigningKeys, get_remote_server_keys, get_server_keys},
     },
+    room_version_rules::RoomVersionRules,
     serde::{Base64, Raw},
     signatures::{PublicKeyMap, PublicKeySet},
 };
@@ -96,6 +97,40 @@ impl RemoteKeys {
             map.insert(server.to_string(), PublicKeySet::from([(key_id.to_owned(), key)]));
         }
         Ok(map)
+    }
+
+    /// The public keys that verify the signatures an event needs: of each server that
+    /// [`required_server_signatures_to_verify_event`] names, every `ed25519` key it signed
+    /// with, fetched when unknown. From room version 5 a key must be valid at the event's
+    /// `origin_server_ts`. Keys that can't be found are left out, so the signature check that
+    /// follows refuses the event and names the server.
+    ///
+    /// [`required_server_signatures_to_verify_event`]: ruma::signatures::required_server_signatures_to_verify_event
+    pub async fn event_keys(&self, event: &CanonicalJsonObject, rules: &RoomVersionRules) -> PublicKeyMap {
+        let mut map = PublicKeyMap::new();
+        let Ok(servers) = ruma::signatures::required_server_signatures_to_verify_event(event, &rules.signatures) else {
+            return map;
+        };
+        let at_ts = match event.get("origin_server_ts") {
+            Some(CanonicalJsonValue::Integer(ts)) if rules.enforce_key_validity => {
+                Some(u64::try_from(i64::from(*ts)).unwrap_or(0))
+            }
+            _ => None,
+        };
+        let Some(CanonicalJsonValue::Object(signatures)) = event.get("signatures") else { return map };
+        for server in servers {
+            let Some(CanonicalJsonValue::Object(by_key)) = signatures.get(server.as_str()) else { continue };
+            let mut set = PublicKeySet::new();
+            for key_id in by_key.keys().filter(|id| id.starts_with("ed25519:")) {
+                if let Ok(Some(key)) = self.verify_key(&server, key_id, at_ts).await {
+                    set.insert(key_id.clone(), key);
+                }
+            }
+            if !set.is_empty() {
+                map.insert(server.to_string(), set);
+            }
+        }
+        map
     }
 
     /// Checks an `X-Matrix` authorization of an inbound request against the origin's key.

@@ -27,7 +27,7 @@ use crate::{
 
 pub struct Federation {
     pub client: Arc<client::FederationClient>,
-    pub keys: keys::RemoteKeys,
+    pub keys: Arc<keys::RemoteKeys>,
 }
 
 impl Federation {
@@ -60,13 +60,13 @@ impl Federation {
         );
         let client =
             Arc::new(client::FederationClient::new(config.server_name.clone(), own_keys.clone(), resolver, tls, guard));
-        let keys = keys::RemoteKeys::new(
+        let keys = Arc::new(keys::RemoteKeys::new(
             db,
             config.server_name.clone(),
             own_keys,
             client.clone(),
             config.trusted_servers.clone(),
-        );
+        ));
         Ok(Self { client, keys })
     }
 }

@@ -158,20 +158,26 @@ impl RoomCore {
         json: CanonicalJsonObject,
         transaction: Option<&Transaction>,
     ) -> Result<Accepted> {
-        let prepared = self.prepare(expected_room, version, json, Origin::Local)?;
-        self.commit(db, prepared, Origin::Local, transaction)?.into_local_result()
+        let prepared = self.prepare(expected_room, version, json, None)?;
+        self.commit(db, prepared, Origin::Local, transaction, None)?.into_local_result()
     }
 
     /// The second half of accepting an event, under the room's lock: authorisation against its
     /// auth events and against the state before it (resolved with the room version's state
     /// resolution when it has several prev events), the soft-fail check against the current
     /// state, and one write batch.
+    ///
+    /// `state_at_gap` is the state before the event as another server gave it (IDs of stored
+    /// events, from `send_join` or `/state_ids`), for an event whose prev events are not all
+    /// here: an event after a gap in the graph, or the join that brings this server into a room
+    /// it didn't know (then the room is created from it).
     pub(super) fn commit(
         &self,
         db: &Db,
         prepared: Prepared,
         origin: Origin,
         transaction: Option<&Transaction>,
+        state_at_gap: Option<Vec<OwnedEventId>>,
     ) -> Result<Outcome> {
         let Prepared { pdu, rules, version } = prepared;
         let event_id = pdu.event_id.clone();
@@ -183,7 +189,7 @@ impl RoomCore {
             Some(short) => ROOMS.get(db, &short)?,
             None => None,
         };
-        if !is_create && room_record.is_none() {
+        if !is_create && room_record.is_none() && state_at_gap.is_none() {
             return Err(Error::not_found("Unknown room"));
         }
 
@@ -205,14 +211,17 @@ impl RoomCore {
         let (before_group, state_before) = if is_create {
             (None, Arc::new(ShortStateMap::new()))
         } else {
-            let groups = match self.prev_state_groups(db, &pdu)? {
-                Ok(groups) => groups,
-                Err(missing) => return Ok(Outcome::MissingEvents { event_id, missing }),
-            };
-            match groups.as_slice() {
-                [] => return Err(bad_event("event has no prev_events")),
-                [group] => (Some(*group), self.state.load(db, *group)?),
-                many => (None, Arc::new(self.resolve(db, &rules, many, None)?)),
+            match (self.prev_state_groups(db, &pdu)?, state_at_gap) {
+                (Ok(groups), _) => match groups.as_slice() {
+                    [] => return Err(bad_event("event has no prev_events")),
+                    [group] => (Some(*group), self.state.load(db, *group)?),
+                    many => (None, Arc::new(self.resolve(db, &rules, many, None)?)),
+                },
+                (Err(_), Some(ids)) => match self.state_from_ids(db, &rules, ids)? {
+                    Ok(state) => (None, Arc::new(state)),
+                    Err(missing) => return Ok(Outcome::MissingEvents { event_id, missing }),
+                },
+                (Err(missing), None) => return Ok(Outcome::MissingEvents { event_id, missing }),
             }
         };
         if let Err(reason) = self.check_against(db, &rules, &pdu, &state_before) {
@@ -362,6 +371,35 @@ impl RoomCore {
         groups.sort_unstable();
         groups.dedup();
         Ok(Ok(groups))
+    }
+
+    /// A state map from the IDs of its events (as another server lists them), or the IDs of
+    /// those not stored here. Non-state events in the list are ignored.
+    pub(super) fn state_from_ids(
+        &self,
+        db: &Db,
+        rules: &RoomVersionRules,
+        ids: Vec<OwnedEventId>,
+    ) -> Result<Result<ShortStateMap, Vec<OwnedEventId>>> {
+        let mut state = ShortStateMap::new();
+        let mut unknown = Vec::new();
+        for id in ids {
+            let stored = match self.interner.short_event(db, &id)? {
+                Some(short) => EVENT_META.get(db, &short)?.map(|meta| (short, meta)),
+                None => None,
+            };
+            let Some((short, meta)) = stored else {
+                unknown.push(id);
+                continue;
+            };
+            if meta.rejected {
+                continue;
+            }
+            let event = self.event_by_short(db, short, rules)?;
+            let Some(state_key) = &event.state_key else { continue };
+            state.insert(self.interner.short_state_key_or_new(db, &event.kind.to_string(), state_key)?, short);
+        }
+        Ok(if unknown.is_empty() { Ok(state) } else { Err(unknown) })
     }
 
     /// Adds an event that takes no place in the live timeline to `batch`: its ids, auth edges,

@@ -13,7 +13,6 @@ use ruma::{OwnedEventId, RoomId};
 use super::{
     Accepted, Outcome, RoomCore, Rooms,
     prepare::{Origin, Prepared},
-    state::ShortStateMap,
 };
 use crate::{
     Error, Result,
@@ -57,28 +56,13 @@ impl RoomCore {
                 let state = Arc::new(self.resolve(db, &rules, many, None)?);
                 (self.state.store(db, &mut batch, None, state.clone())?, state)
             }
-            (_, Some(ids)) => {
-                let mut state = ShortStateMap::new();
-                let mut unknown = Vec::new();
-                for id in ids {
-                    let stored = match self.interner.short_event(db, &id)? {
-                        Some(short) if EVENT_META.contains(db, &short)? => Some(short),
-                        _ => None,
-                    };
-                    let Some(short) = stored else {
-                        unknown.push(id);
-                        continue;
-                    };
-                    let event = self.event_by_short(db, short, &rules)?;
-                    let Some(state_key) = &event.state_key else { continue };
-                    state.insert(self.interner.short_state_key_or_new(db, &event.kind.to_string(), state_key)?, short);
+            (_, Some(ids)) => match self.state_from_ids(db, &rules, ids)? {
+                Ok(state) => {
+                    let state = Arc::new(state);
+                    (self.state.store(db, &mut batch, None, state.clone())?, state)
                 }
-                if !unknown.is_empty() {
-                    return Ok(Outcome::MissingEvents { event_id, missing: unknown });
-                }
-                let state = Arc::new(state);
-                (self.state.store(db, &mut batch, None, state.clone())?, state)
-            }
+                Err(missing) => return Ok(Outcome::MissingEvents { event_id, missing }),
+            },
             (Err(missing), None) => return Ok(Outcome::MissingEvents { event_id, missing: missing.clone() }),
             (Ok(_), None) => return Err(super::prepare::bad_event("event has no prev_events")),
         };
@@ -112,7 +96,7 @@ impl Rooms {
         json: ruma::CanonicalJsonObject,
         state_before: Option<Vec<OwnedEventId>>,
     ) -> Result<Outcome> {
-        let prepared = self.prepare_remote(room_id, json).await?;
+        let prepared = self.prepare_remote(room_id, None, json).await?;
         let lock = self.lock_for(room_id)?;
         self.run_locked(&lock, move |core, db| core.commit_backfilled(db, prepared, state_before)).await
     }

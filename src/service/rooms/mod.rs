@@ -36,7 +36,7 @@ use std::{
 };
 
 use ruma::{
-    EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, RoomVersionId, UserId,
+    EventId, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, RoomVersionId, UserId, api::error::ErrorKind,
     room_version_rules::RoomVersionRules,
 };
 
@@ -54,7 +54,7 @@ pub fn membership_of(pdu: &Pdu) -> String {
     accept::membership_in(&pdu.content)
 }
 
-use super::server_keys::ServerKeys;
+use super::{federation::keys::RemoteKeys, server_keys::ServerKeys};
 use crate::{
     Error, Result,
     storage::{
@@ -94,6 +94,8 @@ pub struct Rooms {
     alias_lock: WriteLock,
     /// Upgrades in progress or just done, so one room is upgraded once per request burst.
     upgrades: upgrade::RecentUpgrades,
+    /// Other servers' signing keys, which events from them are verified with.
+    remote_keys: Arc<RemoteKeys>,
 }
 
 impl RoomCore {
@@ -138,6 +140,7 @@ impl Rooms {
         notifier: Arc<crate::service::notifier::Notifier>,
         push_wake: Arc<tokio::sync::Notify>,
         push_profiles: Arc<crate::service::push::recipients::PushProfiles>,
+        remote_keys: Arc<RemoteKeys>,
     ) -> Result<Self> {
         let core = RoomCore {
             interner: short::Interner::new(&db)?,
@@ -158,6 +161,7 @@ impl Rooms {
             locks: Mutex::new(HashMap::new()),
             alias_lock: WriteLock::new(),
             upgrades: upgrade::RecentUpgrades::default(),
+            remote_keys,
         })
     }
 
@@ -246,29 +250,93 @@ impl Rooms {
     }
 
     /// The checks of an event from another server that need no room state (`prepare.rs`),
-    /// outside the room's lock.
-    async fn prepare_remote(&self, room_id: &RoomId, json: ruma::CanonicalJsonObject) -> Result<Prepared> {
+    /// outside the room's lock, with the signing keys it needs fetched first. `version` is the
+    /// room's version when the room is not stored yet (a room being joined); otherwise the
+    /// stored room says it.
+    async fn prepare_remote(
+        &self,
+        room_id: &RoomId,
+        version: Option<RoomVersionId>,
+        json: ruma::CanonicalJsonObject,
+    ) -> Result<Prepared> {
         let room = room_id.to_owned();
-        self.run(move |core, db| {
-            let (_, version) = core.version_of(db, &room)?.ok_or_else(|| Error::not_found("Unknown room"))?;
-            core.prepare(Some(&room), &version, json, prepare::Origin::Remote)
-        })
-        .await
+        let version = match version {
+            Some(version) => version,
+            None => {
+                self.run(move |core, db| core.version_of(db, &room))
+                    .await?
+                    .ok_or_else(|| Error::not_found("Unknown room"))?
+                    .1
+            }
+        };
+        let rules = version.rules().ok_or_else(|| {
+            Error::new(http::StatusCode::BAD_REQUEST, ErrorKind::UnsupportedRoomVersion, "Unsupported room version")
+        })?;
+        let keys = self.remote_keys.event_keys(&json, &rules).await;
+        let room = room_id.to_owned();
+        self.run(move |core, _| core.prepare(Some(&room), &version, json, Some(&keys))).await
     }
 
     /// Accepts an event built elsewhere (signed PDU JSON): the federation entry point. The
     /// checks that need no room state run first, outside the room's lock; the rest commits
     /// under it.
     pub async fn accept_pdu(&self, room_id: &RoomId, json: ruma::CanonicalJsonObject) -> Result<Outcome> {
-        let prepared = self.prepare_remote(room_id, json).await?;
+        let prepared = self.prepare_remote(room_id, None, json).await?;
         let lock = self.lock_for(room_id)?;
-        self.run_locked(&lock, move |core, db| core.commit(db, prepared, prepare::Origin::Remote, None)).await
+        self.run_locked(&lock, move |core, db| core.commit(db, prepared, prepare::Origin::Remote, None, None)).await
+    }
+
+    /// Accepts an event from another server whose prev events are not all here, with the state
+    /// before it as that server gave it (IDs of stored events: `send_join`'s `state`, or
+    /// `/state_ids` at a gap). With `version` it may be the join that brings this server into a
+    /// room it doesn't know yet, which is then created from it.
+    pub async fn accept_pdu_with_state(
+        &self,
+        room_id: &RoomId,
+        version: Option<RoomVersionId>,
+        json: ruma::CanonicalJsonObject,
+        state_before: Vec<OwnedEventId>,
+    ) -> Result<Outcome> {
+        let prepared = self.prepare_remote(room_id, version, json).await?;
+        let lock = self.lock_for(room_id)?;
+        self.run_locked(&lock, move |core, db| {
+            core.commit(db, prepared, prepare::Origin::Remote, None, Some(state_before))
+        })
+        .await
+    }
+
+    /// Stores events from another server as outliers (see [`accept_outlier`](Self::accept_outlier)),
+    /// each after the auth events it has among them: the state and auth chain of a room being
+    /// joined, or the state at a gap. `version` as for
+    /// [`accept_pdu_with_state`](Self::accept_pdu_with_state). One outcome per event stored or
+    /// refused by the auth rules, in the order tried; events that fail the checks before that
+    /// (format, signatures) are left out and logged.
+    pub async fn accept_outliers(
+        &self,
+        room_id: &RoomId,
+        version: Option<RoomVersionId>,
+        events: Vec<ruma::CanonicalJsonObject>,
+    ) -> Result<Vec<Outcome>> {
+        let mut outcomes = Vec::new();
+        let mut prepared = Vec::new();
+        for json in events {
+            match self.prepare_remote(room_id, version.clone(), json).await {
+                Ok(event) => prepared.push(event),
+                Err(error) => tracing::debug!(%room_id, %error, "event from another server refused"),
+            }
+        }
+        let ordered = prepare::in_auth_order(prepared);
+        let lock = self.lock_for(room_id)?;
+        for event in ordered {
+            outcomes.push(self.run_locked(&lock, move |core, db| core.store_outlier(db, event)).await?);
+        }
+        Ok(outcomes)
     }
 
     /// Stores an event from another server as an outlier (see `accept.rs`): an auth or state
     /// event fetched on its own, usable to authorise others, outside the timeline.
     pub async fn accept_outlier(&self, room_id: &RoomId, json: ruma::CanonicalJsonObject) -> Result<Outcome> {
-        let prepared = self.prepare_remote(room_id, json).await?;
+        let prepared = self.prepare_remote(room_id, None, json).await?;
         let lock = self.lock_for(room_id)?;
         self.run_locked(&lock, move |core, db| core.store_outlier(db, prepared)).await
     }

@@ -5,8 +5,11 @@
 
 use http::StatusCode;
 use ruma::{
-    CanonicalJsonObject, OwnedEventId, RoomId, RoomVersionId, api::error::ErrorKind,
-    room_version_rules::RoomVersionRules, signatures::Verified, state_res,
+    CanonicalJsonObject, OwnedEventId, RoomId, RoomVersionId,
+    api::error::ErrorKind,
+    room_version_rules::RoomVersionRules,
+    signatures::{PublicKeyMap, Verified},
+    state_res,
 };
 
 use super::{RoomCore, pdu::Pdu};
@@ -28,8 +31,8 @@ impl Prepared {
     }
 }
 
-/// How much of the event to check: events this server just built and signed need no
-/// signature check.
+/// Where an event comes from: events this server just built and signed need no signature
+/// check, and are never stored as rejected.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Origin {
     Local,
@@ -47,7 +50,7 @@ impl RoomCore {
         expected_room: Option<&RoomId>,
         version: &RoomVersionId,
         json: CanonicalJsonObject,
-        origin: Origin,
+        remote_keys: Option<&PublicKeyMap>,
     ) -> Result<Prepared> {
         let rules = version.rules().ok_or_else(|| {
             Error::new(StatusCode::BAD_REQUEST, ErrorKind::UnsupportedRoomVersion, "Unsupported room version")
@@ -66,10 +69,10 @@ impl RoomCore {
         if expected_room.is_some_and(|room| room != pdu.room_id) {
             return Err(bad_event("The event belongs to another room"));
         }
-        if origin == Origin::Remote {
+        if let Some(keys) = remote_keys {
             // Hashes and signatures. A wrong content hash means the content was tampered with:
             // the spec keeps the event, redacted.
-            match ruma::signatures::verify_event(&self.keys.public_key_map(), &pdu.json, &rules) {
+            match ruma::signatures::verify_event(keys, &pdu.json, &rules) {
                 Ok(Verified::All) => {}
                 Ok(Verified::Signatures) => {
                     let redacted = ruma::canonical_json::redact(pdu.json.clone(), &rules.redaction, None)
@@ -83,4 +86,25 @@ impl RoomCore {
         }
         Ok(Prepared { pdu, rules, version: version.clone() })
     }
+}
+
+/// Events ordered so that each comes after those of its auth events that are among them (the
+/// order outliers must be stored in). Cycles, which valid events cannot have, keep their order.
+pub(super) fn in_auth_order(events: Vec<Prepared>) -> Vec<Prepared> {
+    let mut remaining: Vec<Prepared> = events;
+    let mut ordered = Vec::with_capacity(remaining.len());
+    while !remaining.is_empty() {
+        let pending: std::collections::HashSet<OwnedEventId> =
+            remaining.iter().map(|event| event.pdu.event_id.clone()).collect();
+        let (ready, blocked): (Vec<Prepared>, Vec<Prepared>) = remaining.into_iter().partition(|event| {
+            !event.pdu.auth_events.iter().any(|id| pending.contains(id) && *id != event.pdu.event_id)
+        });
+        if ready.is_empty() {
+            ordered.extend(blocked);
+            break;
+        }
+        ordered.extend(ready);
+        remaining = blocked;
+    }
+    ordered
 }
