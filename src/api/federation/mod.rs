@@ -5,6 +5,7 @@
 
 pub(crate) mod auth;
 pub mod discovery;
+pub mod join;
 pub mod keys;
 pub mod query;
 
@@ -15,5 +16,5 @@ use axum::Router;
 use crate::service::Services;
 
 pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
-    query::routes(keys::routes(discovery::routes(router)))
+    join::routes(query::routes(keys::routes(discovery::routes(router))))
 }
