@@ -713,9 +713,17 @@ impl RoomCore {
                 let pdu = self.event_by_short(db, *event, rules)?;
                 (pdu.event_id.clone(), membership_in(&pdu.content))
             };
+            // The position is where the membership began: a new member event that keeps it (a
+            // display name change) must not look like a fresh join to sync, nor drop the unread
+            // notifications counted since the join.
+            let key = (user_id, room_id.clone());
+            let position = match USER_ROOMS.get(db, &key)? {
+                Some(old) if old.membership == membership => old.position,
+                _ => position,
+            };
             batch.put(
                 &USER_ROOMS,
-                &(user_id, room_id.clone()),
+                &key,
                 &UserMembership { membership, event_id: event_id.to_string(), position, forgotten: false },
             )?;
         }
