@@ -259,3 +259,48 @@ async fn events_carry_the_users_membership_at_them() {
     let (_, event) = server.get(&path, alice.token()).await;
     assert_eq!(event["unsigned"]["membership"], "join", "alice was joined: {event}");
 }
+
+/// Third-party identifiers are not supported: the list is empty, adding, binding and token
+/// requests are refused with `M_THREEPID_DENIED`, removing removes nothing, and the
+/// capabilities say so.
+#[tokio::test]
+async fn third_party_identifiers_are_refused_clearly() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    assert_eq!(server.get("/_matrix/client/v3/account/3pid", alice.token()).await, (200, json!({"threepids": []})));
+    let token_request = json!({"client_secret": "secret", "email": "a@example.org", "send_attempt": 1});
+    for path in [
+        "/_matrix/client/v3/account/3pid/email/requestToken",
+        "/_matrix/client/v3/register/email/requestToken",
+        "/_matrix/client/v3/account/password/email/requestToken",
+    ] {
+        assert_error(&server.post(path, alice.token(), token_request.clone()).await, 400, "M_THREEPID_DENIED");
+    }
+    let phone = json!({"client_secret": "secret", "country": "GB", "phone_number": "0770", "send_attempt": 1});
+    assert_error(
+        &server.post("/_matrix/client/v3/account/3pid/msisdn/requestToken", alice.token(), phone).await,
+        400,
+        "M_THREEPID_DENIED",
+    );
+    let add = json!({"client_secret": "secret", "sid": "1"});
+    assert_error(
+        &server.post("/_matrix/client/v3/account/3pid/add", alice.token(), add).await,
+        400,
+        "M_THREEPID_DENIED",
+    );
+    let bind = json!({"client_secret": "secret", "sid": "1", "id_server": "id.example", "id_access_token": "t"});
+    assert_error(
+        &server.post("/_matrix/client/v3/account/3pid/bind", alice.token(), bind).await,
+        400,
+        "M_THREEPID_DENIED",
+    );
+    let removal = json!({"medium": "email", "address": "a@example.org"});
+    for path in ["/_matrix/client/v3/account/3pid/delete", "/_matrix/client/v3/account/3pid/unbind"] {
+        assert_eq!(
+            server.post(path, alice.token(), removal.clone()).await,
+            (200, json!({"id_server_unbind_result": "no-support"}))
+        );
+    }
+    let capabilities = server.get("/_matrix/client/v3/capabilities", alice.token()).await;
+    assert_eq!(capabilities.1["capabilities"]["m.3pid_changes"]["enabled"], false);
+}

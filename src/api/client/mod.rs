@@ -26,6 +26,7 @@ pub mod space;
 pub mod state;
 pub mod sync;
 pub mod tag;
+pub mod threepid;
 pub mod to_device;
 pub mod typing;
 pub mod upgrade;
@@ -67,5 +68,6 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = search::routes(router);
     let router = user_directory::routes(router);
     let router = tag::routes(router);
+    let router = threepid::routes(router);
     account_data::routes(router)
 }
