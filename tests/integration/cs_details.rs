@@ -2,11 +2,11 @@
 //! over: kicking users who are not in the room, bodies that are not UTF-8, `/messages` of a
 //! room that does not exist, the capabilities a client needs before it offers a feature.
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::{
     harness::{TestServer, assert_error, enc},
-    room_helpers::{create_room, join},
+    room_helpers::{create_room, join, send_text},
 };
 
 #[tokio::test]
@@ -303,4 +303,50 @@ async fn third_party_identifiers_are_refused_clearly() {
     }
     let capabilities = server.get("/_matrix/client/v3/capabilities", alice.token()).await;
     assert_eq!(capabilities.1["capabilities"]["m.3pid_changes"]["enabled"], false);
+}
+
+/// `m.ignored_user_list`: invites from ignored users stay out of `/sync` (Complement's
+/// `TestInviteFromIgnoredUsersDoesNotAppearInSync`), and their messages out of the sync
+/// timeline, `/messages` and `/context`.
+#[tokio::test]
+async fn ignored_users_invites_and_messages_are_hidden() {
+    let server = TestServer::start().await;
+    let (alice, bob, chris) = (
+        server.register("alice", "pw").await,
+        server.register("bob", "pw").await,
+        server.register("chris", "pw").await,
+    );
+    let shared = create_room(&server, &chris, json!({"preset": "public_chat"})).await;
+    for who in [&alice, &bob] {
+        join(&server, who, &shared).await;
+    }
+    let ignore = json!({"ignored_users": {bob.user_id.clone(): {}}});
+    let path = format!("/_matrix/client/v3/user/{}/account_data/m.ignored_user_list", enc(&alice.user_id));
+    assert_eq!(server.put(&path, alice.token(), ignore).await.0, 200);
+    let since = server.get("/_matrix/client/v3/sync", alice.token()).await.1["next_batch"].as_str().unwrap().to_owned();
+
+    let bob_room = create_room(&server, &bob, json!({"preset": "private_chat", "invite": [alice.user_id]})).await;
+    let chris_room = create_room(&server, &chris, json!({"preset": "private_chat", "invite": [alice.user_id]})).await;
+    send_text(&server, &chris, &shared, "from chris").await;
+    send_text(&server, &bob, &shared, "from bob").await;
+    let last = send_text(&server, &chris, &shared, "chris again").await;
+
+    let texts = |events: &Value| -> Vec<String> {
+        events.as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str().map(ToOwned::to_owned)).collect()
+    };
+    for query in [format!("since={since}&timeout=0"), String::new()] {
+        let sync = server.get(&format!("/_matrix/client/v3/sync?{query}"), alice.token()).await.1;
+        assert!(sync["rooms"]["invite"].get(&bob_room).is_none(), "{sync}");
+        assert!(sync["rooms"]["invite"].get(&chris_room).is_some(), "{sync}");
+        assert_eq!(texts(&sync["rooms"]["join"][&shared]["timeline"]["events"]), ["from chris", "chris again"]);
+    }
+    let messages =
+        server.get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=20", enc(&shared)), alice.token()).await;
+    assert_eq!(texts(&messages.1["chunk"]), ["chris again", "from chris"]);
+    let context =
+        server.get(&format!("/_matrix/client/v3/rooms/{}/context/{}", enc(&shared), enc(&last)), alice.token()).await;
+    assert_eq!(texts(&context.1["events_before"]), ["from chris"], "{}", context.1);
+    // Bob's own view is untouched.
+    let own = server.get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b", enc(&shared)), bob.token()).await;
+    assert_eq!(texts(&own.1["chunk"]), ["chris again", "from bob", "from chris"]);
 }
