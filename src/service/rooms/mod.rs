@@ -13,6 +13,7 @@ pub mod create;
 mod directory;
 pub mod membership;
 mod notify;
+pub mod out_of_band;
 pub mod pdu;
 pub mod power;
 mod prepare;
