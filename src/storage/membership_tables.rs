@@ -31,3 +31,10 @@ pub struct OutOfBand {
     pub event_id: String,
 }
 impl JsonValue for OutOfBand {}
+
+impl OutOfBand {
+    /// The user who sent the invite.
+    pub fn inviter(&self) -> Option<ruma::OwnedUserId> {
+        self.invite["sender"].as_str().and_then(|sender| ruma::OwnedUserId::try_from(sender).ok())
+    }
+}

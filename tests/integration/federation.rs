@@ -139,12 +139,12 @@ pub(crate) fn start_federating(
 /// `hs-bad`, a document whose self-signature does not verify). The tests sign with its key.
 pub(crate) struct FakeServer {
     pub(crate) key_pair: Arc<Ed25519KeyPair>,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl FakeServer {
     pub(crate) const NAME: &'static str = "hs-t";
-    const KEY_ID: &'static str = "ed25519:t1";
+    pub(crate) const KEY_ID: &'static str = "ed25519:t1";
 
     async fn start(pki: &Pki) -> Self {
         let key_pair = Arc::new(new_key_pair("t1"));
@@ -291,7 +291,7 @@ pub(crate) struct Pair {
     pub(crate) pki: Pki,
     /// Every name the servers know an address for; `hs-x` and `hs-y` are free for more servers.
     pub(crate) peers: Vec<(&'static str, u16)>,
-    _dirs: (tempfile::TempDir, tempfile::TempDir),
+    pub(crate) _dirs: (tempfile::TempDir, tempfile::TempDir),
 }
 
 impl Pair {

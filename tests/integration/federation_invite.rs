@@ -344,3 +344,53 @@ async fn send_leave_takes_only_the_senders_own_leave() {
     let uri = format!("/_matrix/federation/v1/make_leave/{}/{}", enc(&room_id), enc("@charlie:hs-t"));
     assert_error(&get(uri).await, 403, "M_FORBIDDEN");
 }
+
+#[tokio::test]
+async fn an_invitee_joins_through_the_inviting_server() {
+    let pair = start_pair().await;
+    let (a, b) = (&pair.a, &pair.b);
+    let alice = a.register("alice", "pw").await;
+    let bob = b.register("bob", "pw").await;
+    let bob2 = b.register("bob2", "pw").await;
+    // Version 12: the room ID names no server, so the join finds the room through the invite.
+    let room_id = create_room(
+        a,
+        &alice,
+        json!({"preset": "private_chat", "room_version": "12", "invite": [bob.user_id], "is_direct": true}),
+    )
+    .await;
+    sync_until(b, &bob, None, None, |s| s["rooms"]["invite"][&room_id].is_object()).await;
+    let joined = b.post(&format!("/_matrix/client/v3/join/{}", enc(&room_id)), bob.token(), json!({})).await;
+    assert_eq!(joined.0, 200, "{}", joined.1);
+    let (status, content) = member(a, &alice, &room_id, &bob.user_id).await;
+    assert_eq!((status, &content["membership"]), (200, &json!("join")), "{content}");
+    let sync = sync_until(b, &bob, None, None, |s| s["rooms"]["join"][&room_id].is_object()).await;
+    assert!(sync["rooms"]["invite"][&room_id].is_null(), "{sync}");
+    let events = sync["rooms"]["join"][&room_id]["timeline"]["events"].as_array().unwrap();
+    assert!(
+        events.iter().any(|e| e["type"] == "m.room.member" && e["state_key"] == bob.user_id.as_str()),
+        "bob's join in {events:?}"
+    );
+    // (Complement also wants the invite's content as the join's `unsigned.prev_content`, which
+    // Trellis gives no state event yet.)
+
+    // hs-b is in the room now: a second invite arrives as one of the room's events, and its
+    // rejection is an ordinary leave from hs-b.
+    let invited = a
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room_id)),
+            alice.token(),
+            json!({"user_id": bob2.user_id}),
+        )
+        .await;
+    assert_eq!(invited.0, 200, "{}", invited.1);
+    let sync = sync_until(b, &bob2, None, None, |s| s["rooms"]["invite"][&room_id].is_object()).await;
+    let state = invite_state(&sync, &room_id);
+    assert!(state.iter().any(|e| e["type"] == "m.room.member" && e["state_key"] == bob2.user_id.as_str()), "{state:?}");
+    let (status, content) = member(b, &bob, &room_id, &bob2.user_id).await;
+    assert_eq!((status, &content["membership"]), (200, &json!("invite")), "{content}");
+    let left = b.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&room_id)), bob2.token(), json!({})).await;
+    assert_eq!(left.0, 200, "{}", left.1);
+    let (status, content) = member(b, &bob, &room_id, &bob2.user_id).await;
+    assert_eq!((status, &content["membership"]), (200, &json!("leave")), "{content}");
+}

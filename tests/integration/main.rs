@@ -19,6 +19,7 @@ mod discovery;
 mod durability;
 mod federation;
 mod federation_invite;
+mod federation_join;
 mod guests;
 mod http_errors;
 mod key_errors;

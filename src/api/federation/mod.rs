@@ -5,6 +5,7 @@
 
 pub(crate) mod auth;
 pub mod discovery;
+pub mod join;
 pub mod keys;
 pub mod membership;
 pub mod query;
@@ -16,5 +17,5 @@ use axum::Router;
 use crate::service::Services;
 
 pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
-    membership::routes(query::routes(keys::routes(discovery::routes(router))))
+    membership::routes(join::routes(query::routes(keys::routes(discovery::routes(router)))))
 }

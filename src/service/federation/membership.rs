@@ -367,6 +367,9 @@ pub async fn make_leave(
         return Err(Error::forbidden("The user is not a user of the requesting server"));
     }
     let version = services.rooms.version(room_id).await?.ok_or_else(|| Error::not_found("Unknown room"))?;
+    if !services.rooms.is_resident(room_id).await? {
+        return Err(Error::not_found("This server is not in that room"));
+    }
     let event = NewEvent::state(TimelineEventType::RoomMember, user.as_str(), json!({"membership": "leave"}));
     let mut json = services.rooms.build_event(room_id, user, event, None).await?;
     services.rooms.authorise_built(room_id, json.clone()).await?;
@@ -377,7 +380,7 @@ pub async fn make_leave(
 
 /// A leave that `origin` sends for one of its users (`send_leave`): a member event of this
 /// room with the path's ID, whose sender leaves themself; anything else is `400`. Then the
-/// ordinary acceptance path.
+/// ordinary acceptance path (shared with `send_join`).
 pub async fn receive_leave(
     services: &Services,
     origin: &ServerName,
@@ -385,33 +388,18 @@ pub async fn receive_leave(
     event_id: &EventId,
     event: &RawValue,
 ) -> Result<()> {
-    let version = services.rooms.version(room_id).await?.ok_or_else(|| Error::not_found("Unknown room"))?;
-    let rules = rules_of(&version)?;
-    let json = parse_event(event)?;
-    let member = read_member(&json, &rules, room_id, Some(event_id))?;
-    if member.membership != "leave" {
-        return Err(bad("send_leave takes only leave events"));
-    }
-    if member.target != member.pdu.sender {
-        return Err(bad("A leave sent through send_leave must be the sender's own"));
-    }
-    if member.pdu.sender.server_name() != origin {
-        return Err(Error::forbidden("The leave was not sent by its sender's server"));
-    }
-    let user = member.target;
-    match services.rooms.accept_pdu(room_id, json).await? {
-        Outcome::Accepted(accepted) if !accepted.soft_failed => Ok(()),
-        Outcome::Accepted(_) => Err(Error::forbidden("The leave conflicts with the room's current state")),
-        // Sent again: fine if it took effect (a rejected one is known too, and still refused).
-        Outcome::AlreadyKnown { event_id } => {
-            let current = services.rooms.state_event(room_id, &StateEventType::RoomMember, user.as_str()).await?;
-            if current.is_some_and(|pdu| pdu.event_id == event_id) {
-                Ok(())
-            } else {
-                Err(Error::forbidden("The leave is known and not in effect"))
-            }
-        }
-        Outcome::Rejected { reason, .. } => Err(Error::forbidden(format!("The leave is not authorised: {reason}"))),
-        Outcome::MissingEvents { .. } => Err(bad("The leave refers to events this server doesn't have")),
+    let accepted = services.rooms.accept_membership_from(origin, room_id, event_id, event, "leave").await?;
+    // A leave refused earlier is known too, and sent again must be refused again: the leave
+    // has taken effect only if it is the sender's member event now.
+    let user = accepted.get("state_key").and_then(|key| match key {
+        CanonicalJsonValue::String(key) => UserId::parse(key.as_str()).ok(),
+        _ => None,
+    });
+    let user = user.ok_or_else(|| bad("The leave has no user as state key"))?;
+    let current = services.rooms.state_event(room_id, &StateEventType::RoomMember, user.as_str()).await?;
+    if current.is_some_and(|pdu| pdu.event_id == event_id) {
+        Ok(())
+    } else {
+        Err(Error::forbidden("The leave is not authorised by the room's state"))
     }
 }

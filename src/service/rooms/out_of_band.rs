@@ -151,18 +151,6 @@ impl Rooms {
         Ok((json, event_id))
     }
 
-    /// Adds this server's signature to an event another server built and signed, leaving its
-    /// content hash as it is.
-    pub fn countersign(&self, json: &mut CanonicalJsonObject, rules: &RoomVersionRules) -> Result<()> {
-        let mut redacted = ruma::canonical_json::redact(json.clone(), &rules.redaction, None)
-            .map_err(|e| Error::bad_json(format!("Cannot redact the event: {e}")))?;
-        ruma::signatures::sign_json(self.core.server_name.as_str(), self.core.keys.key_pair(), &mut redacted)
-            .map_err(|e| Error::internal(format!("cannot sign event: {e}")))?;
-        let signatures = redacted.remove("signatures").ok_or_else(|| Error::internal("signing left no signatures"))?;
-        json.insert("signatures".into(), signatures);
-        Ok(())
-    }
-
     /// Whether an event built here (by [`build_event`](Self::build_event), not accepted) passes
     /// the auth rules against its auth events and the room's current state: checked before it
     /// is handed to another server (an invite, a `make_leave` template). `M_FORBIDDEN` if not.
