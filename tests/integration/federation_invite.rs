@@ -342,7 +342,14 @@ async fn send_leave_takes_only_the_senders_own_leave() {
     assert_error(&get(uri).await, 404, "M_NOT_FOUND");
     // charlie is not in the room: no leave to make.
     let uri = format!("/_matrix/federation/v1/make_leave/{}/{}", enc(&room_id), enc("@charlie:hs-t"));
-    assert_error(&get(uri).await, 403, "M_FORBIDDEN");
+    assert_error(&get(uri.clone()).await, 403, "M_FORBIDDEN");
+    // A server the room's ACL denies is turned away before anything else.
+    let acl = json!({"allow": ["*"], "deny": ["hs-t"], "allow_ip_literals": false});
+    let path = format!("/_matrix/client/v3/rooms/{}/state/m.room.server_acl/", enc(&room_id));
+    assert_eq!(a.put(&path, alice.token(), acl).await.0, 200);
+    let denied = get(uri).await;
+    assert_error(&denied, 403, "M_FORBIDDEN");
+    assert!(denied.1["error"].as_str().unwrap().contains("ACL"), "{}", denied.1);
 }
 
 #[tokio::test]
@@ -392,5 +399,22 @@ async fn an_invitee_joins_through_the_inviting_server() {
     let left = b.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&room_id)), bob2.token(), json!({})).await;
     assert_eq!(left.0, 200, "{}", left.1);
     let (status, content) = member(b, &bob, &room_id, &bob2.user_id).await;
+    assert_eq!((status, &content["membership"]), (200, &json!("leave")), "{content}");
+}
+
+#[tokio::test]
+async fn deactivation_rejects_invites_from_other_servers() {
+    let pair = start_pair().await;
+    let (a, b) = (&pair.a, &pair.b);
+    let alice = a.register("alice", "pw").await;
+    let bob = b.register("bob", "pw").await;
+    let room_id = create_room(a, &alice, json!({"preset": "private_chat", "invite": [bob.user_id]})).await;
+    sync_until(b, &bob, None, None, |s| s["rooms"]["invite"][&room_id].is_object()).await;
+    let challenge = b.post("/_matrix/client/v3/account/deactivate", bob.token(), json!({})).await;
+    let session = challenge.1["session"].as_str().unwrap();
+    let auth = json!({"auth": {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "bob"},
+                               "password": "pw", "session": session}});
+    assert_eq!(b.post("/_matrix/client/v3/account/deactivate", bob.token(), auth).await.0, 200);
+    let (status, content) = member(a, &alice, &room_id, &bob.user_id).await;
     assert_eq!((status, &content["membership"]), (200, &json!("leave")), "{content}");
 }

@@ -12,7 +12,7 @@ use ruma::{
         error::ErrorKind,
         federation::membership::{RawStrippedState, create_invite, create_leave_event, prepare_leave_event},
     },
-    events::{StateEventType, TimelineEventType},
+    events::{StateEventType, TimelineEventType, room::server_acl::RoomServerAclEventContent},
     room_version_rules::{EventIdFormatVersion, RoomVersionRules},
     signatures::{PublicKeyMap, PublicKeySet, Verified},
 };
@@ -171,6 +171,18 @@ fn strip(entry: &RawStrippedState, room_id: &RoomId) -> Option<Value> {
     }))
 }
 
+/// `403` when the room's `m.room.server_acl` (if this server has the room) denies `origin`.
+async fn check_acl(services: &Services, room_id: &RoomId, origin: &ServerName) -> Result<()> {
+    let kind = StateEventType::RoomServerAcl;
+    let Some(acl) = services.rooms.state_event(room_id, &kind, "").await? else { return Ok(()) };
+    let Ok(content) = serde_json::from_str::<RoomServerAclEventContent>(acl.content.get()) else { return Ok(()) };
+    if content.is_allowed(origin) {
+        Ok(())
+    } else {
+        Err(Error::forbidden(format!("The room's server ACL denies {origin}")))
+    }
+}
+
 /// An invite of a local user that `origin` sends (`/invite`): checked (a member invite with
 /// that ID for an existing local user, sent by its sender's server and signed by it),
 /// countersigned, and recorded — through the room's events when this server is in the room,
@@ -200,6 +212,7 @@ pub async fn receive_invite(
     if member.pdu.sender.server_name() != origin {
         return Err(Error::forbidden("The invite was not sent by its sender's server"));
     }
+    check_acl(services, room_id, origin).await?;
     let keys = services.federation.keys.event_keys(&json, &rules).await;
     match ruma::signatures::verify_event(&keys, &json, &rules) {
         Ok(Verified::All) => {}
@@ -291,10 +304,7 @@ pub async fn reject_remote_invite(
         serde_json::from_value(record.invite.clone()).map_err(|e| Error::internal(format!("stored invite: {e}")))?;
     let own = &services.config.server_name;
     let mut servers: Vec<ruma::OwnedServerName> = Vec::new();
-    let inviter = invite.get("sender").and_then(|s| match s {
-        CanonicalJsonValue::String(s) => UserId::parse(s.as_str()).ok(),
-        _ => None,
-    });
+    let inviter = record.inviter();
     for server in inviter.iter().map(|u| u.server_name()).chain(room_id.server_name()) {
         if server != own && !servers.iter().any(|s| s == server) {
             servers.push(server.to_owned());
@@ -370,6 +380,7 @@ pub async fn make_leave(
     if !services.rooms.is_resident(room_id).await? {
         return Err(Error::not_found("This server is not in that room"));
     }
+    check_acl(services, room_id, origin).await?;
     let event = NewEvent::state(TimelineEventType::RoomMember, user.as_str(), json!({"membership": "leave"}));
     let mut json = services.rooms.build_event(room_id, user, event, None).await?;
     services.rooms.authorise_built(room_id, json.clone()).await?;
@@ -388,6 +399,7 @@ pub async fn receive_leave(
     event_id: &EventId,
     event: &RawValue,
 ) -> Result<()> {
+    check_acl(services, room_id, origin).await?;
     let accepted = services.rooms.accept_membership_from(origin, room_id, event_id, event, "leave").await?;
     // A leave refused earlier is known too, and sent again must be refused again: the leave
     // has taken effect only if it is the sender's member event now.
@@ -402,4 +414,56 @@ pub async fn receive_leave(
     } else {
         Err(Error::forbidden("The leave is not authorised by the room's state"))
     }
+}
+
+/// A leave of a local user with an out-of-band invite, arriving from another server outside
+/// any room this server is in (a transaction's PDU for such a room): when the invite's own
+/// sender kicks the invitee, the invite is rescinded and `/sync` shows the leave. Anyone else's
+/// kick is not for this server to judge (it has none of the room's state) and is ignored.
+/// Returns whether it was taken.
+pub async fn receive_rescission(services: &Services, origin: &ServerName, event: CanonicalJsonObject) -> Result<bool> {
+    let room_id = match event.get("room_id") {
+        Some(CanonicalJsonValue::String(id)) => {
+            ruma::OwnedRoomId::try_from(id.as_str()).map_err(|e| bad(e.to_string()))?
+        }
+        _ => return Err(bad("The event has no room ID")),
+    };
+    let Some(target) = event.get("state_key").and_then(|key| match key {
+        CanonicalJsonValue::String(key) => UserId::parse(key.as_str()).ok(),
+        _ => None,
+    }) else {
+        return Ok(false);
+    };
+    let Some(record) = services.rooms.out_of_band(&target, &room_id).await? else { return Ok(false) };
+    if record.leave.is_some() {
+        return Ok(false);
+    }
+    let rules = rules_of(&record.room_version)?;
+    let member = read_member(&event, &rules, &room_id, None)?;
+    if member.membership != "leave" || record.inviter().as_deref() != Some(member.pdu.sender.as_ref()) {
+        return Ok(false);
+    }
+    if member.pdu.sender.server_name() != origin {
+        return Err(Error::forbidden("The event was not sent by its sender's server"));
+    }
+    let keys = services.federation.keys.event_keys(&event, &rules).await;
+    if !matches!(ruma::signatures::verify_event(&keys, &event, &rules), Ok(Verified::All)) {
+        return Err(Error::forbidden("The event's signatures or hashes do not verify"));
+    }
+    services.rooms.record_out_of_band_leave(&target, &room_id, event, member.pdu.event_id).await?;
+    tracing::info!(%room_id, user = %target, "out-of-band invite rescinded by its sender");
+    Ok(true)
+}
+
+/// Rejects every out-of-band invite of a user (account deactivation); failures are logged.
+pub async fn reject_all_remote_invites(services: &Services, user: &UserId) -> Result<()> {
+    for (room_id, membership) in services.rooms.user_rooms(user).await? {
+        if membership.membership != "invite" || services.rooms.out_of_band(user, &room_id).await?.is_none() {
+            continue;
+        }
+        if let Err(error) = reject_remote_invite(services, &room_id, user, None).await {
+            tracing::warn!(%room_id, %user, %error, "could not reject an invite on deactivation");
+        }
+    }
+    Ok(())
 }

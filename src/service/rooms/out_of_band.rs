@@ -50,13 +50,14 @@ pub fn event_id_of(json: &CanonicalJsonObject, rules: &RoomVersionRules) -> Resu
 impl Rooms {
     /// Records an invite of a local user received over federation for a room this server is
     /// not in: `/sync` shows it under `rooms.invite` with its stripped state. Refused when the
-    /// user is joined to the room already.
+    /// user is joined to the room already. A ban recorded here is no reason to refuse: this
+    /// server left with the ban and has not seen the unban that the invite follows.
     pub async fn record_remote_invite(&self, user: &UserId, room_id: &RoomId, invite: RemoteInvite) -> Result<()> {
         let lock = self.lock_for(room_id)?;
         let key = (user.to_owned(), room_id.to_owned());
         self.run_locked(&lock, move |core, db| {
-            if USER_ROOMS.get(db, &key)?.is_some_and(|m| m.membership == "join" || m.membership == "ban") {
-                return Err(Error::forbidden("The user is already in the room, or banned from it"));
+            if USER_ROOMS.get(db, &key)?.is_some_and(|m| m.membership == "join") {
+                return Err(Error::forbidden("The user is already in the room"));
             }
             let event = serde_json::to_value(&invite.event).map_err(|e| Error::internal(e.to_string()))?;
             let record = OutOfBand {
@@ -81,8 +82,9 @@ impl Rooms {
         .await
     }
 
-    /// Records the leave that rejected an out-of-band invite: the event the room's server
-    /// accepted, or this server's own (see [`own_rejection`](Self::own_rejection)).
+    /// Records the leave that ended an out-of-band invite: the rejection the room's server
+    /// accepted, this server's own (see [`own_rejection`](Self::own_rejection)), or the
+    /// inviter's rescission.
     pub async fn record_out_of_band_leave(
         &self,
         user: &UserId,
