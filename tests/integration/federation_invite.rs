@@ -418,3 +418,37 @@ async fn deactivation_rejects_invites_from_other_servers() {
     let (status, content) = member(a, &alice, &room_id, &bob.user_id).await;
     assert_eq!((status, &content["membership"]), (200, &json!("leave")), "{content}");
 }
+
+#[tokio::test]
+async fn invites_of_room_version_1_come_through_invite_v1() {
+    let pair = start_pair().await;
+    let (b, fake) = (&pair.b, &pair.fake);
+    let client = pair.pki.client();
+    let bob = b.register("bob", "pw").await;
+    let room_id = "!old:hs-t";
+    let event_id = "$invite1:hs-t";
+    let reference = json!(["$prev1:hs-t", {"sha256": "aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g"}]);
+    let mut event: CanonicalJsonObject = serde_json::from_value(json!({
+        "event_id": event_id, "room_id": room_id, "type": "m.room.member", "state_key": "@bob:hs-b",
+        "sender": "@tess:hs-t", "origin": "hs-t", "origin_server_ts": 1_700_000_000_000u64, "depth": 3,
+        "content": {"membership": "invite"}, "prev_events": [reference], "auth_events": [reference],
+        "prev_state": [],
+    }))
+    .unwrap();
+    let rules = RoomVersionId::V1.rules().unwrap();
+    ruma::signatures::hash_and_sign_event(FakeServer::NAME, &*fake.key_pair, &mut event, &rules.redaction).unwrap();
+    let mut body = serde_json::to_value(&event).unwrap();
+    body["unsigned"] = json!({"invite_room_state": [
+        {"type": "m.room.name", "state_key": "", "sender": "@tess:hs-t", "content": {"name": "Old"}}
+    ]});
+    let uri = format!("/_matrix/federation/v1/invite/{}/{}", enc(room_id), enc(event_id));
+    let authorization = fake.sign("PUT", &uri, "hs-b", Some(&body));
+    let answer = federation_call(&client, b, "PUT", &uri, Some(&authorization), Some(&body)).await;
+    assert_eq!(answer.0, 200, "{}", answer.1);
+    assert_eq!(answer.1[0], 200, "{}", answer.1);
+    assert_eq!(answer.1[1]["event"]["event_id"], event_id, "{}", answer.1);
+    assert!(answer.1[1]["event"]["signatures"]["hs-b"].is_object(), "{}", answer.1);
+    let sync = sync_until(b, &bob, None, None, |s| s["rooms"]["invite"][room_id].is_object()).await;
+    let state = invite_state(&sync, room_id);
+    assert!(state.iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Old"), "{state:?}");
+}

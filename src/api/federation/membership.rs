@@ -67,7 +67,7 @@ async fn invite_v2(
     Ok(create_invite::v2::Response::new(raw(&signed)?))
 }
 
-/// v1 carries the event itself as the body (room versions 1 and 2, which it implies).
+/// v1 carries the event itself as the body (room versions 1 and 2; it implies version 1).
 async fn invite_v1(
     services: Arc<Services>,
     request: Ruma<create_invite::v1::Request>,
@@ -86,7 +86,11 @@ async fn invite_v1(
         &body.unsigned.invite_room_state,
     )
     .await?;
-    Ok(create_invite::v1::Response::new(raw(&signed)?))
+    // The spec's answer is `[200, {"event": ...}]`; ruma writes `[200, body]` with the body as
+    // given, so the object around the event is made here.
+    let body =
+        serde_json::value::to_raw_value(&json!({ "event": signed })).map_err(|e| Error::internal(e.to_string()))?;
+    Ok(create_invite::v1::Response::new(body))
 }
 
 async fn make_leave(
