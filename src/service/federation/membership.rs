@@ -187,7 +187,6 @@ async fn check_acl(services: &Services, room_id: &RoomId, origin: &ServerName) -
 /// that ID for an existing local user, sent by its sender's server and signed by it),
 /// countersigned, and recorded — through the room's events when this server is in the room,
 /// out of band otherwise. Returns the countersigned event.
-#[allow(clippy::too_many_arguments)]
 pub async fn receive_invite(
     services: &Services,
     origin: &ServerName,
@@ -231,7 +230,10 @@ pub async fn receive_invite(
             }
             // Events this server doesn't have (it left the room, or never was in it): out of band.
             Ok(other) => tracing::debug!(%room_id, ?other, "invite recorded out of band"),
-            Err(error) => tracing::debug!(%room_id, %error, "invite recorded out of band"),
+            Err(error) if error.kind().is_some() => {
+                tracing::debug!(%room_id, %error, "invite recorded out of band");
+            }
+            Err(error) => return Err(error),
         }
     }
     let stripped_state = invite_room_state.iter().filter_map(|entry| strip(entry, room_id)).collect();
