@@ -8,6 +8,7 @@ pub mod client;
 pub mod discovery;
 pub mod join;
 pub mod keys;
+pub mod membership;
 pub mod srv;
 
 use std::{collections::BTreeMap, sync::Arc};

@@ -257,7 +257,8 @@ impl RoomCore {
                 ),
             )?;
         }
-        for invitee in &spec.invite {
+        // Users of other servers are invited once the room exists (through their servers).
+        for invitee in spec.invite.iter().filter(|user| user.server_name() == self.server_name) {
             let mut content = json!({"membership": "invite"});
             if spec.is_direct {
                 content["is_direct"] = json!(true);

@@ -15,6 +15,7 @@ pub mod federation_join;
 pub mod hierarchy;
 pub mod membership;
 mod notify;
+pub mod out_of_band;
 pub mod pdu;
 pub mod power;
 mod prepare;
