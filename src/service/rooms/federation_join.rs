@@ -7,7 +7,7 @@ use http::StatusCode;
 use ruma::{
     CanonicalJsonObject, EventId, OwnedServerName, RoomId, RoomVersionId, ServerName, UserId,
     api::error::{ErrorKind, IncompatibleRoomVersionErrorData},
-    events::TimelineEventType,
+    events::{StateEventType, TimelineEventType},
     room_version_rules::RoomVersionRules,
 };
 use serde_json::{Value, json, value::RawValue};
@@ -188,7 +188,17 @@ impl Rooms {
             Outcome::Accepted(accepted) if accepted.soft_failed => {
                 Err(Error::forbidden("The event is not allowed by the room's current state"))
             }
-            Outcome::Accepted(_) | Outcome::AlreadyKnown { .. } => Ok(object),
+            Outcome::Accepted(_) => Ok(object),
+            // Sent again: it stands only if it is the sender's member event now (one refused
+            // earlier is known too, and must be refused again).
+            Outcome::AlreadyKnown { .. } => {
+                let current = self.state_event(room_id, &StateEventType::RoomMember, pdu.sender.as_str()).await?;
+                if current.is_some_and(|current| current.event_id == pdu.event_id) {
+                    Ok(object)
+                } else {
+                    Err(Error::forbidden(format!("The {membership} is not authorised by the room's state")))
+                }
+            }
             Outcome::Rejected { reason, .. } => Err(Error::forbidden(format!("Event not authorised: {reason}"))),
             Outcome::MissingEvents { missing, .. } => Err(bad_event(format!(
                 "The event refers to events this server does not have: {}",
