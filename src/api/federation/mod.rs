@@ -1,10 +1,11 @@
 //! The server-server API: server discovery, the version endpoint and the server's key
 //! (`discovery.rs`), the notary key queries (`keys.rs`), queries about local users
-//! (`query.rs`), and the `X-Matrix` authentication of signed requests (`auth.rs`). The signed
+//! (`query.rs`), the read side of the event exchange (`events.rs`), and the `X-Matrix` authentication of signed requests (`auth.rs`). The signed
 //! event exchange arrives with rooms.
 
 pub(crate) mod auth;
 pub mod discovery;
+pub mod events;
 pub mod keys;
 pub mod query;
 
@@ -15,5 +16,5 @@ use axum::Router;
 use crate::service::Services;
 
 pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
-    query::routes(keys::routes(discovery::routes(router)))
+    events::routes(query::routes(keys::routes(discovery::routes(router))))
 }

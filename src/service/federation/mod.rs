@@ -4,6 +4,7 @@
 //! served again as a notary (`keys.rs`). Inbound request signatures are checked by the API's
 //! extractor through [`keys::RemoteKeys::verify_request`].
 
+pub mod backfill;
 pub mod client;
 pub mod discovery;
 pub mod keys;

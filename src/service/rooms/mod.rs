@@ -11,6 +11,7 @@ mod build;
 mod context;
 pub mod create;
 mod directory;
+pub mod federation_read;
 pub mod membership;
 mod notify;
 pub mod pdu;
@@ -41,6 +42,7 @@ use ruma::{
 };
 
 pub use accept::{Accepted, Outcome, Transaction};
+pub use backfill::HistoryGap;
 pub use build::NewEvent;
 pub use pdu::Pdu;
 pub use prepare::Prepared;
