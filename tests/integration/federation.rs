@@ -137,16 +137,16 @@ pub(crate) fn start_federating(
 
 /// `hs-t`: a fake server in this process that serves its key document over TLS (and, as
 /// `hs-bad`, a document whose self-signature does not verify). The tests sign with its key.
-struct FakeServer {
+pub(crate) struct FakeServer {
     key_pair: Arc<Ed25519KeyPair>,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl FakeServer {
-    const NAME: &'static str = "hs-t";
+    pub(crate) const NAME: &'static str = "hs-t";
     const KEY_ID: &'static str = "ed25519:t1";
 
-    async fn start(pki: &Pki) -> Self {
+    pub(crate) async fn start(pki: &Pki) -> Self {
         let key_pair = Arc::new(new_key_pair("t1"));
         let impostor = Arc::new(new_key_pair("t1"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -192,7 +192,7 @@ impl FakeServer {
     }
 
     /// The `Authorization` header of a request signed by `hs-t`'s key.
-    fn sign(&self, method: &str, uri: &str, destination: &str, body: Option<&Value>) -> String {
+    pub(crate) fn sign(&self, method: &str, uri: &str, destination: &str, body: Option<&Value>) -> String {
         sign_with(&self.key_pair, FakeServer::NAME, method, uri, destination, body)
     }
 

@@ -24,14 +24,7 @@ use crate::{
 };
 
 pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
-    router
-        .ruma(event)
-        .ruma(state)
-        .ruma(state_ids)
-        .ruma(event_auth)
-        .ruma(missing_events)
-        .ruma(backfill)
-        .ruma(directory)
+    router.ruma(event).ruma(state).ruma(state_ids).ruma(event_auth).ruma(missing_events).ruma(backfill).ruma(directory)
 }
 
 async fn event(services: Arc<Services>, request: Ruma<get_event::v1::Request>) -> Result<get_event::v1::Response> {

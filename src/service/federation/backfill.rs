@@ -54,7 +54,8 @@ impl Federation {
         let servers: Vec<_> =
             rooms.joined_servers(room_id).await?.into_iter().filter(|server| server != own).take(MAX_SERVERS).collect();
         for server in servers {
-            match tokio::time::timeout(SERVER_TIMEOUT, self.backfill_from(rooms, &server, room_id, &gap, &rules)).await {
+            match tokio::time::timeout(SERVER_TIMEOUT, self.backfill_from(rooms, &server, room_id, &gap, &rules)).await
+            {
                 Ok(Ok(0)) => tracing::debug!(%room_id, %server, "backfill gave nothing new"),
                 Ok(Ok(added)) => return Ok(added),
                 Ok(Err(error)) => tracing::info!(%room_id, %server, %error, "backfill failed"),

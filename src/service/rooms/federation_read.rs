@@ -123,10 +123,10 @@ impl RoomCore {
                         visibility = v.to_owned();
                     }
                 }
-                StateEventType::RoomMember => {
-                    if ruma::UserId::parse(names.1.as_str()).is_ok_and(|user| user.server_name() == server) {
-                        memberships.push(membership_in(&self.event_by_short(db, *short, &rules)?.content));
-                    }
+                StateEventType::RoomMember
+                    if ruma::UserId::parse(names.1.as_str()).is_ok_and(|user| user.server_name() == server) =>
+                {
+                    memberships.push(membership_in(&self.event_by_short(db, *short, &rules)?.content));
                 }
                 _ => {}
             }
@@ -140,7 +140,14 @@ impl RoomCore {
 
     /// An event as served to `server`: its signed JSON without `unsigned`, redacted when the
     /// server may not see it.
-    fn served_json(&self, db: &Db, server: &ServerName, pdu: Pdu, meta: &EventMeta, rules: &RoomVersionRules) -> Result<CanonicalJsonObject> {
+    fn served_json(
+        &self,
+        db: &Db,
+        server: &ServerName,
+        pdu: Pdu,
+        meta: &EventMeta,
+        rules: &RoomVersionRules,
+    ) -> Result<CanonicalJsonObject> {
         let mut json = pdu.json;
         json.remove("unsigned");
         if self.server_can_see(db, server, meta)? {
@@ -169,7 +176,13 @@ impl RoomCore {
     }
 
     /// Stored events by short id as served JSON (those that may not be served are left out).
-    fn served_many(&self, db: &Db, server: &ServerName, shorts: &[u64], rules: &RoomVersionRules) -> Result<Vec<Box<RawValue>>> {
+    fn served_many(
+        &self,
+        db: &Db,
+        server: &ServerName,
+        shorts: &[u64],
+        rules: &RoomVersionRules,
+    ) -> Result<Vec<Box<RawValue>>> {
         let mut out = Vec::with_capacity(shorts.len());
         for short in shorts {
             let Some(meta) = EVENT_META.get(db, short)? else { continue };
@@ -199,7 +212,12 @@ impl RoomCore {
     ) -> Result<Vec<(u64, Pdu, EventMeta)>> {
         let mut seen: HashSet<OwnedEventId> = stop.clone();
         let mut queue: BinaryHeap<(u64, u64, bool)> = BinaryHeap::new();
-        let push = |core: &RoomCore, id: &EventId, seen: &mut HashSet<OwnedEventId>, queue: &mut BinaryHeap<(u64, u64, bool)>, take: bool| -> Result<()> {
+        let push = |core: &RoomCore,
+                    id: &EventId,
+                    seen: &mut HashSet<OwnedEventId>,
+                    queue: &mut BinaryHeap<(u64, u64, bool)>,
+                    take: bool|
+         -> Result<()> {
             if !seen.insert(id.to_owned()) {
                 return Ok(());
             }
@@ -288,7 +306,8 @@ impl Rooms {
         let (origin, room_id, event_id) = (origin.to_owned(), room_id.to_owned(), event_id.to_owned());
         self.run(move |core, db| {
             let (short_room, _) = core.admit(db, &room_id, &origin)?;
-            let (_, meta) = core.servable(db, short_room, &event_id)?.ok_or_else(|| Error::not_found("Unknown event"))?;
+            let (_, meta) =
+                core.servable(db, short_room, &event_id)?.ok_or_else(|| Error::not_found("Unknown event"))?;
             let state = core.state_before(db, &meta)?;
             let chain = core.chain_union(db, &state)?;
             let ids = |shorts: &[u64]| -> Result<Vec<OwnedEventId>> {
@@ -310,7 +329,8 @@ impl Rooms {
         let (origin, room_id, event_id) = (origin.to_owned(), room_id.to_owned(), event_id.to_owned());
         self.run(move |core, db| {
             let (short_room, rules) = core.admit(db, &room_id, &origin)?;
-            let (_, meta) = core.servable(db, short_room, &event_id)?.ok_or_else(|| Error::not_found("Unknown event"))?;
+            let (_, meta) =
+                core.servable(db, short_room, &event_id)?.ok_or_else(|| Error::not_found("Unknown event"))?;
             let state = core.state_before(db, &meta)?;
             let chain = core.chain_union(db, &state)?;
             Ok((core.served_many(db, &origin, &state, &rules)?, core.served_many(db, &origin, &chain, &rules)?))
@@ -328,7 +348,8 @@ impl Rooms {
         let (origin, room_id, event_id) = (origin.to_owned(), room_id.to_owned(), event_id.to_owned());
         self.run(move |core, db| {
             let (short_room, rules) = core.admit(db, &room_id, &origin)?;
-            let (short, _) = core.servable(db, short_room, &event_id)?.ok_or_else(|| Error::not_found("Unknown event"))?;
+            let (short, _) =
+                core.servable(db, short_room, &event_id)?.ok_or_else(|| Error::not_found("Unknown event"))?;
             let chain = core.chain_union(db, &[short])?;
             core.served_many(db, &origin, &chain, &rules)
         })
@@ -354,7 +375,10 @@ impl Rooms {
             let stop: HashSet<OwnedEventId> = earliest.into_iter().collect();
             let mut found = core.walk_prev_events(db, short_room, &rules, &latest, &stop, false, limit, min_depth)?;
             found.sort_by_key(|(short, _, meta)| (meta.depth, *short));
-            found.into_iter().map(|(_, pdu, meta)| to_raw(&core.served_json(db, &origin, pdu, &meta, &rules)?)).collect()
+            found
+                .into_iter()
+                .map(|(_, pdu, meta)| to_raw(&core.served_json(db, &origin, pdu, &meta, &rules)?))
+                .collect()
         })
         .await
     }
@@ -373,7 +397,10 @@ impl Rooms {
         self.run(move |core, db| {
             let (short_room, rules) = core.admit(db, &room_id, &origin)?;
             let found = core.walk_prev_events(db, short_room, &rules, &from, &HashSet::new(), true, limit, 0)?;
-            found.into_iter().map(|(_, pdu, meta)| to_raw(&core.served_json(db, &origin, pdu, &meta, &rules)?)).collect()
+            found
+                .into_iter()
+                .map(|(_, pdu, meta)| to_raw(&core.served_json(db, &origin, pdu, &meta, &rules)?))
+                .collect()
         })
         .await
     }

@@ -1,0 +1,269 @@
+//! The read side of the server-server API (`/event`, `/state`, `/state_ids`, `/event_auth`,
+//! `/get_missing_events`, `/backfill`, `/query/directory`) and server ACLs: over HTTP, signed by
+//! the fake server `hs-t`, for the refusals (a server outside the room, an ACL, unknown events,
+//! unknown endpoints and methods); in process, through the room service, for the exact answers
+//! a server in the room gets, in room versions 1, 6, 11 and 12.
+
+use std::{collections::BTreeSet, sync::Arc};
+
+use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomVersionId, ServerName, UserId, events::TimelineEventType};
+use serde_json::{Value, json};
+use trellis::{
+    config::Config,
+    service::{
+        Services,
+        rooms::{
+            NewEvent,
+            create::{Preset, RoomSpec},
+        },
+    },
+    storage::Db,
+};
+
+use crate::{
+    federation::{FakeServer, Pki, federation_call, free_port, start_federating},
+    harness::{assert_error, config_text, enc},
+    room_helpers::{create_room, put_state, send_text},
+};
+
+#[tokio::test]
+async fn federation_reads_are_refused_outside_the_room_and_by_the_acl() {
+    let pki = Pki::new(&["hs-a", "hs-t"]);
+    let fake = FakeServer::start(&pki).await;
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let a = start_federating(&pki, dir.path(), "hs-a", port, &[("hs-a", port), ("hs-t", fake.port)], "");
+    let client = pki.client();
+    let alice = a.register("alice", "pw").await;
+    let room = create_room(&a, &alice, json!({"preset": "public_chat", "room_alias_name": "lobby"})).await;
+    let message = send_text(&a, &alice, &room, "hello").await;
+    let call = |method: &'static str, uri: String, body: Option<Value>| {
+        let (client, fake, a) = (&client, &fake, &a);
+        async move {
+            let header = fake.sign(method, &uri, "hs-a", body.as_ref());
+            federation_call(client, a, method, &uri, Some(&header), body.as_ref()).await
+        }
+    };
+    let (r, e) = (enc(&room), enc(&message));
+    let room_scoped = || {
+        [
+            ("GET", format!("/_matrix/federation/v1/event/{e}"), None),
+            ("GET", format!("/_matrix/federation/v1/state/{r}?event_id={e}"), None),
+            ("GET", format!("/_matrix/federation/v1/state_ids/{r}?event_id={e}"), None),
+            ("GET", format!("/_matrix/federation/v1/event_auth/{r}/{e}"), None),
+            ("GET", format!("/_matrix/federation/v1/backfill/{r}?v={e}&limit=10"), None),
+            (
+                "POST",
+                format!("/_matrix/federation/v1/get_missing_events/{r}"),
+                Some(json!({"earliest_events": [], "latest_events": [message], "limit": 10})),
+            ),
+        ]
+    };
+
+    // hs-t has no user in the room: every read is forbidden.
+    for (method, uri, body) in room_scoped() {
+        let answer = call(method, uri.clone(), body).await;
+        assert_error(&answer, 403, "M_FORBIDDEN");
+        assert!(answer.1["error"].as_str().unwrap().contains("not in this room"), "{uri}: {}", answer.1);
+    }
+    // Unsigned: 401.
+    let unsigned = federation_call(&client, &a, "GET", &format!("/_matrix/federation/v1/event/{e}"), None, None).await;
+    assert_error(&unsigned, 401, "M_UNAUTHORIZED");
+    // Unknown events and rooms: 404.
+    let unknown_event = call("GET", format!("/_matrix/federation/v1/event/{}", enc("$nope")), None).await;
+    assert_error(&unknown_event, 404, "M_NOT_FOUND");
+    let unknown_room =
+        call("GET", format!("/_matrix/federation/v1/state_ids/{}?event_id={e}", enc("!nope:hs-a")), None).await;
+    assert_error(&unknown_room, 404, "M_NOT_FOUND");
+
+    // An ACL denying hs-t: forbidden by the ACL, whatever else.
+    put_state(&a, &alice, &room, "m.room.server_acl", json!({"allow": ["*"], "deny": ["hs-t"]})).await;
+    for (method, uri, body) in room_scoped() {
+        let answer = call(method, uri.clone(), body).await;
+        assert_error(&answer, 403, "M_FORBIDDEN");
+        assert!(answer.1["error"].as_str().unwrap().contains("server ACL"), "{uri}: {}", answer.1);
+    }
+
+    // The directory: a local alias gives its room and the servers in it.
+    let alias =
+        call("GET", format!("/_matrix/federation/v1/query/directory?room_alias={}", enc("#lobby:hs-a")), None).await;
+    assert_eq!(alias, (200, json!({"room_id": room, "servers": ["hs-a"]})));
+    let missing =
+        call("GET", format!("/_matrix/federation/v1/query/directory?room_alias={}", enc("#nope:hs-a")), None).await;
+    assert_error(&missing, 404, "M_NOT_FOUND");
+    let foreign =
+        call("GET", format!("/_matrix/federation/v1/query/directory?room_alias={}", enc("#x:hs-t")), None).await;
+    assert_error(&foreign, 404, "M_NOT_FOUND");
+}
+
+/// Complement's `TestUnknownEndpoints`, on both listeners: unknown paths are 404 and known
+/// paths with a wrong method 405, both `M_UNRECOGNIZED`.
+#[tokio::test]
+async fn unknown_federation_endpoints_and_methods_are_unrecognized() {
+    let pki = Pki::new(&["hs-a"]);
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let a = start_federating(&pki, dir.path(), "hs-a", port, &[("hs-a", port)], "");
+    let client = pki.client();
+    let cases = [
+        ("GET", "/_matrix/unknown", 404),
+        ("GET", "/_matrix/federation/unknown", 404),
+        ("GET", "/_matrix/federation/v1/unknown", 404),
+        ("PUT", "/_matrix/federation/v1/version", 405),
+        ("GET", "/_matrix/key/unknown", 404),
+        ("GET", "/_matrix/key/v2/unknown", 404),
+        ("PUT", "/_matrix/key/v2/query", 405),
+        ("PUT", "/_matrix/federation/v1/event/%24x", 405),
+        ("DELETE", "/_matrix/federation/v1/backfill/%21r%3Ahs-a", 405),
+    ];
+    for (method, path, status) in cases {
+        let over_federation = federation_call(&client, &a, method, path, None, None).await;
+        assert_error(&over_federation, status, "M_UNRECOGNIZED");
+        let main = a.call(method, path, None, None).await;
+        assert_error(&main, status, "M_UNRECOGNIZED");
+    }
+}
+
+struct Fixture {
+    services: Arc<Services>,
+    _dir: tempfile::TempDir,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::from_toml(&config_text(dir.path(), "localhost", ""), "test", Vec::new()).unwrap().config;
+    let db = Db::open(&config).unwrap();
+    Fixture { services: Services::build(config, db).unwrap(), _dir: dir }
+}
+
+fn message(body: &str) -> NewEvent {
+    NewEvent::message(TimelineEventType::RoomMessage, json!({"msgtype": "m.text", "body": body}))
+}
+
+/// The auth chain of `events` by the definition: their auth events, recursively.
+async fn brute_auth_chain(services: &Services, user: &UserId, events: &[OwnedEventId]) -> BTreeSet<OwnedEventId> {
+    let mut chain = BTreeSet::new();
+    let mut stack: Vec<OwnedEventId> = Vec::new();
+    for event in events {
+        stack.extend(services.rooms.event_for(user, event).await.unwrap().unwrap().pdu.auth_events);
+    }
+    while let Some(id) = stack.pop() {
+        if chain.insert(id.clone()) {
+            stack.extend(services.rooms.event_for(user, &id).await.unwrap().unwrap().pdu.auth_events);
+        }
+    }
+    chain
+}
+
+fn ids_of(pdus: &[Box<serde_json::value::RawValue>], version: &RoomVersionId) -> Vec<OwnedEventId> {
+    let rules = version.rules().unwrap();
+    pdus.iter()
+        .map(|raw| {
+            let json: ruma::CanonicalJsonObject = serde_json::from_str(raw.get()).unwrap();
+            assert!(!json.contains_key("unsigned"), "served with unsigned: {}", raw.get());
+            trellis::service::rooms::pdu::event_id_of(&json, &rules).unwrap()
+        })
+        .collect()
+}
+
+/// A server in the room (this one, as the service sees a request from it) gets the state
+/// before an event with its auth chain, an event's auth chain, missing events oldest first
+/// within `limit` and `min_depth`, and backfill newest first from the given events.
+#[tokio::test]
+async fn servers_in_the_room_read_state_auth_chains_missing_events_and_backfill() {
+    let Fixture { services, _dir } = fixture();
+    let alice: OwnedUserId = UserId::parse("@alice:localhost").unwrap();
+    let own = ServerName::parse("localhost").unwrap();
+    let outsider = ServerName::parse("elsewhere").unwrap();
+    for version in [RoomVersionId::V1, RoomVersionId::V6, RoomVersionId::V11, RoomVersionId::V12] {
+        let room: OwnedRoomId =
+            services.rooms.create_room(&alice, RoomSpec::new(version.clone(), Preset::PublicChat)).await.unwrap();
+        let m1 = services.rooms.send(&room, &alice, message("one")).await.unwrap().event_id;
+        let m2 = services.rooms.send(&room, &alice, message("two")).await.unwrap().event_id;
+        let topic = NewEvent::state(TimelineEventType::RoomTopic, "", json!({"topic": "t"}));
+        let t = services.rooms.send(&room, &alice, topic).await.unwrap().event_id;
+        let m3 = services.rooms.send(&room, &alice, message("three")).await.unwrap().event_id;
+        if version == RoomVersionId::V1 {
+            assert!(m3.as_str().ends_with(":localhost"), "v1 event IDs carry the server name: {m3}");
+        }
+
+        // /event: the signed JSON, without `unsigned`.
+        let event = services.rooms.event_for_server(&own, &m3).await.unwrap();
+        assert_eq!(ids_of(&[event], &version), vec![m3.clone()], "{version}");
+
+        // /state_ids and /state at m3: the state before it (the current state) and its chain.
+        let state: BTreeSet<OwnedEventId> =
+            services.rooms.current_state(&room).await.unwrap().into_iter().map(|pdu| pdu.event_id).collect();
+        assert!(state.contains(&t), "{version}");
+        let (pdu_ids, chain_ids) = services.rooms.state_ids_for_server(&own, &room, &m3).await.unwrap();
+        assert_eq!(pdu_ids.iter().cloned().collect::<BTreeSet<_>>(), state, "{version}");
+        let state_list: Vec<OwnedEventId> = state.iter().cloned().collect();
+        let expected_chain = brute_auth_chain(&services, &alice, &state_list).await;
+        assert_eq!(chain_ids.iter().cloned().collect::<BTreeSet<_>>(), expected_chain, "{version}");
+        let (pdus, chain) = services.rooms.state_for_server(&own, &room, &m3).await.unwrap();
+        assert_eq!(ids_of(&pdus, &version).into_iter().collect::<BTreeSet<_>>(), state, "{version}");
+        assert_eq!(ids_of(&chain, &version).into_iter().collect::<BTreeSet<_>>(), expected_chain, "{version}");
+        // The state before the topic change does not hold it.
+        let (before_topic, _) = services.rooms.state_ids_for_server(&own, &room, &t).await.unwrap();
+        assert!(!before_topic.contains(&t), "{version}");
+        assert_eq!(before_topic.len() + 1, state.len(), "{version}");
+
+        // /event_auth: the event's auth chain.
+        let auth = services.rooms.event_auth_for_server(&own, &room, &m3).await.unwrap();
+        let expected = brute_auth_chain(&services, &alice, std::slice::from_ref(&m3)).await;
+        assert_eq!(ids_of(&auth, &version).into_iter().collect::<BTreeSet<_>>(), expected, "{version}");
+
+        // /get_missing_events: between m1 (had) and m3 (latest), oldest first.
+        let missing = services
+            .rooms
+            .missing_events_for_server(&own, &room, vec![m1.clone()], vec![m3.clone()], 10, 0)
+            .await
+            .unwrap();
+        assert_eq!(ids_of(&missing, &version), [m2.clone(), t.clone()], "{version}");
+        // A limit keeps the newest.
+        let one = services
+            .rooms
+            .missing_events_for_server(&own, &room, vec![m1.clone()], vec![m3.clone()], 1, 0)
+            .await
+            .unwrap();
+        assert_eq!(ids_of(&one, &version), vec![t.clone()], "{version}");
+        // min_depth leaves out the shallower ones.
+        let depth_of_t = services.rooms.event_for(&alice, &t).await.unwrap().unwrap().pdu.depth;
+        let deep = services
+            .rooms
+            .missing_events_for_server(&own, &room, vec![], vec![m3.clone()], 10, depth_of_t)
+            .await
+            .unwrap();
+        assert_eq!(ids_of(&deep, &version), vec![t.clone()], "{version}");
+
+        // /backfill: from m3 (included), newest first, `limit` events.
+        let back = services.rooms.backfill_for_server(&own, &room, vec![m3.clone()], 4).await.unwrap();
+        assert_eq!(ids_of(&back, &version), [m3.clone(), t.clone(), m2.clone(), m1.clone()], "{version}");
+        // To the create event and no further.
+        let all = services.rooms.backfill_for_server(&own, &room, vec![m3.clone()], 1000).await.unwrap();
+        let timeline_len = services
+            .rooms
+            .timeline(&alice, &room, None, trellis::storage::ScanDirection::Reverse, 100)
+            .await
+            .unwrap()
+            .0
+            .len();
+        assert_eq!(all.len(), timeline_len, "{version}");
+        let all_ids = ids_of(&all, &version);
+        let create = services
+            .rooms
+            .state_event(&room, &ruma::events::StateEventType::RoomCreate, "")
+            .await
+            .unwrap()
+            .unwrap()
+            .event_id;
+        assert_eq!(all_ids.last(), Some(&create), "{version}");
+
+        // A server with no user in the room gets nothing; nor an unknown event.
+        let refused = services.rooms.state_ids_for_server(&outsider, &room, &m3).await.unwrap_err();
+        assert_eq!(refused.kind(), Some(&ruma::api::error::ErrorKind::Forbidden), "{version}");
+        let refused = services.rooms.event_for_server(&outsider, &m3).await.unwrap_err();
+        assert_eq!(refused.kind(), Some(&ruma::api::error::ErrorKind::Forbidden), "{version}");
+        assert!(services.rooms.server_allowed(&room, &outsider).await.unwrap(), "{version}: no ACL");
+    }
+}
