@@ -21,8 +21,9 @@ use trellis::{
 };
 
 use crate::{
-    federation::{FakeServer, Pki, federation_call, free_port, start_federating},
-    harness::{assert_error, config_text, enc},
+    federation::{FakeServer, Pki, federation_call, free_port, start_federating, start_pair},
+    federation_join::{fake_call, fake_membership, join_via, state_ids},
+    harness::{Session, TestServer, assert_error, config_text, enc},
     room_helpers::{create_room, put_state, send_text},
 };
 
@@ -200,7 +201,7 @@ async fn servers_in_the_room_read_state_auth_chains_missing_events_and_backfill(
         let state_list: Vec<OwnedEventId> = state.iter().cloned().collect();
         let expected_chain = brute_auth_chain(&services, &alice, &state_list).await;
         assert_eq!(chain_ids.iter().cloned().collect::<BTreeSet<_>>(), expected_chain, "{version}");
-        let (pdus, chain) = services.rooms.state_for_server(&own, &room, &m3).await.unwrap();
+        let (pdus, chain) = services.rooms.room_state_for_server(&own, &room, &m3).await.unwrap();
         assert_eq!(ids_of(&pdus, &version).into_iter().collect::<BTreeSet<_>>(), state, "{version}");
         assert_eq!(ids_of(&chain, &version).into_iter().collect::<BTreeSet<_>>(), expected_chain, "{version}");
         // The state before the topic change does not hold it.
@@ -266,4 +267,166 @@ async fn servers_in_the_room_read_state_auth_chains_missing_events_and_backfill(
         assert_eq!(refused.kind(), Some(&ruma::api::error::ErrorKind::Forbidden), "{version}");
         assert!(services.rooms.server_allowed(&room, &outsider).await.unwrap(), "{version}: no ACL");
     }
+}
+
+/// A room's timeline as `user` pages backwards through `/messages` on `server`: event IDs,
+/// newest first.
+async fn messages_backwards(server: &TestServer, user: &Session, room: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut from: Option<String> = None;
+    loop {
+        let token = from.as_deref().map(|t| format!("&from={t}")).unwrap_or_default();
+        let page = server
+            .get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100{token}", enc(room)), user.token())
+            .await;
+        assert_eq!(page.0, 200, "{}", page.1);
+        ids.extend(page.1["chunk"].as_array().unwrap().iter().map(|e| e["event_id"].as_str().unwrap().to_owned()));
+        match page.1["end"].as_str() {
+            Some(end) => from = Some(end.to_owned()),
+            None => return ids,
+        }
+    }
+}
+
+fn event_ids_of(pdus: &Value, version: &RoomVersionId) -> Vec<String> {
+    let rules = version.rules().unwrap();
+    pdus.as_array()
+        .unwrap()
+        .iter()
+        .map(|pdu| {
+            let json: ruma::CanonicalJsonObject = serde_json::from_value(pdu.clone()).unwrap();
+            assert!(!json.contains_key("unsigned"), "served with unsigned: {pdu}");
+            trellis::service::rooms::pdu::event_id_of(&json, &rules).unwrap().to_string()
+        })
+        .collect()
+}
+
+/// A server with a user in the room (`hs-t`, joined through `make_join`/`send_join`) reads its
+/// history from `hs-a`: exact answers of `/event`, `/state_ids`, `/state`, `/event_auth`,
+/// `/get_missing_events` and `/backfill`. Then a user of `hs-b` joins and pages back through
+/// `/messages` past the join: `hs-b` backfills from `hs-a` and shows the same timeline.
+#[tokio::test]
+async fn servers_in_the_room_read_its_history_and_backfill_it() {
+    let pair = start_pair().await;
+    let (a, b) = (&pair.a, &pair.b);
+    let alice = a.register("alice", "pw").await;
+    let bob = b.register("bob", "pw").await;
+    for version in [RoomVersionId::V1, RoomVersionId::V6, RoomVersionId::V11, RoomVersionId::V12] {
+        let v = version.as_str();
+        let room = create_room(a, &alice, json!({"preset": "public_chat", "room_version": v})).await;
+        let m1 = send_text(a, &alice, &room, "before one").await;
+        let m2 = send_text(a, &alice, &room, "before two").await;
+        put_state(a, &alice, &room, "m.room.topic", json!({"topic": "history"})).await;
+        let state_before_join = state_ids(a, &alice, &room).await;
+        let topic =
+            a.get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1", enc(&room)), alice.token()).await;
+        let topic = topic.1["chunk"][0]["event_id"].as_str().unwrap().to_owned();
+
+        // Before hs-t joins: forbidden.
+        let r = enc(&room);
+        let event_uri = format!("/_matrix/federation/v1/event/{}", enc(&m1));
+        assert_error(&fake_call(&pair, a, "GET", &event_uri, None).await, 403, "M_FORBIDDEN");
+
+        // hs-t's user joins.
+        let (join, event) = fake_membership(&pair, &room, "@t:hs-t", |_| {}).await;
+        let send_join = format!("/_matrix/federation/v2/send_join/{r}/{}", enc(&join));
+        let joined = fake_call(&pair, a, "PUT", &send_join, Some(&event)).await;
+        assert_eq!(joined.0, 200, "v{v}: {}", joined.1);
+
+        // /event: the PDU, in a transaction-shaped answer.
+        let answer = fake_call(&pair, a, "GET", &event_uri, None).await;
+        assert_eq!(answer.0, 200, "v{v}: {}", answer.1);
+        assert_eq!(answer.1["origin"], "hs-a");
+        assert_eq!(event_ids_of(&answer.1["pdus"], &version), [m1.clone()], "v{v}");
+        if version == RoomVersionId::V1 {
+            assert!(m1.ends_with(":hs-a"), "v1 event IDs carry the server name: {m1}");
+        }
+
+        // /state_ids and /state at the join: the state before it.
+        let uri = format!("/_matrix/federation/v1/state_ids/{r}?event_id={}", enc(&join));
+        let answer = fake_call(&pair, a, "GET", &uri, None).await;
+        assert_eq!(answer.0, 200, "v{v}: {}", answer.1);
+        let mut pdu_ids: Vec<String> =
+            answer.1["pdu_ids"].as_array().unwrap().iter().map(|id| id.as_str().unwrap().to_owned()).collect();
+        pdu_ids.sort();
+        assert_eq!(pdu_ids, state_before_join, "v{v}");
+        let mut chain_ids: Vec<String> =
+            answer.1["auth_chain_ids"].as_array().unwrap().iter().map(|id| id.as_str().unwrap().to_owned()).collect();
+        chain_ids.sort();
+        // The auth chain of the state, by the definition, read through /event.
+        let mut expected: BTreeSet<String> = BTreeSet::new();
+        let mut stack: Vec<String> = Vec::new();
+        for id in &state_before_join {
+            stack.extend(auth_events_of(&pair, &room, id, &version).await);
+        }
+        while let Some(id) = stack.pop() {
+            if expected.insert(id.clone()) {
+                stack.extend(auth_events_of(&pair, &room, &id, &version).await);
+            }
+        }
+        assert_eq!(chain_ids, expected.iter().cloned().collect::<Vec<_>>(), "v{v}");
+        let uri = format!("/_matrix/federation/v1/state/{r}?event_id={}", enc(&join));
+        let answer = fake_call(&pair, a, "GET", &uri, None).await;
+        assert_eq!(answer.0, 200, "v{v}: {}", answer.1);
+        let mut ids = event_ids_of(&answer.1["pdus"], &version);
+        ids.sort();
+        assert_eq!(ids, state_before_join, "v{v}");
+        let mut ids = event_ids_of(&answer.1["auth_chain"], &version);
+        ids.sort();
+        assert_eq!(ids, chain_ids, "v{v}");
+
+        // /event_auth: m2's auth chain.
+        let uri = format!("/_matrix/federation/v1/event_auth/{r}/{}", enc(&m2));
+        let answer = fake_call(&pair, a, "GET", &uri, None).await;
+        assert_eq!(answer.0, 200, "v{v}: {}", answer.1);
+        let mut ids = event_ids_of(&answer.1["auth_chain"], &version);
+        ids.sort();
+        let mut expected: BTreeSet<String> = BTreeSet::new();
+        let mut stack = auth_events_of(&pair, &room, &m2, &version).await;
+        while let Some(id) = stack.pop() {
+            if expected.insert(id.clone()) {
+                stack.extend(auth_events_of(&pair, &room, &id, &version).await);
+            }
+        }
+        assert_eq!(ids, expected.into_iter().collect::<Vec<_>>(), "v{v}");
+
+        // /get_missing_events between m1 and the join: oldest first.
+        let uri = format!("/_matrix/federation/v1/get_missing_events/{r}");
+        let body = json!({"earliest_events": [m1], "latest_events": [join], "limit": 10});
+        let answer = fake_call(&pair, a, "POST", &uri, Some(&body)).await;
+        assert_eq!(answer.0, 200, "v{v}: {}", answer.1);
+        assert_eq!(event_ids_of(&answer.1["events"], &version), [m2.clone(), topic.clone()], "v{v}");
+
+        // /backfill from the topic: it and what is before it, newest first.
+        let uri = format!("/_matrix/federation/v1/backfill/{r}?v={}&limit=3", enc(&topic));
+        let answer = fake_call(&pair, a, "GET", &uri, None).await;
+        assert_eq!(answer.0, 200, "v{v}: {}", answer.1);
+        assert_eq!(event_ids_of(&answer.1["pdus"], &version), [topic.clone(), m2.clone(), m1.clone()], "v{v}");
+
+        // Bob of hs-b joins; his server has no history before his join and backfills it.
+        assert_eq!(join_via(b, &bob, &room, &["hs-a"]).await.0, 200, "v{v}");
+        let on_a = messages_backwards(a, &alice, &room).await;
+        let on_b = messages_backwards(b, &bob, &room).await;
+        assert_eq!(on_b, on_a, "v{v}: hs-b's history after backfill");
+        assert!(on_b.contains(&m1), "v{v}");
+        // A second pass reads it locally, the same.
+        assert_eq!(messages_backwards(b, &bob, &room).await, on_a, "v{v}");
+    }
+}
+
+/// The auth events of an event, as `hs-a` serves it to `hs-t`.
+async fn auth_events_of(pair: &crate::federation::Pair, room: &str, id: &str, version: &RoomVersionId) -> Vec<String> {
+    let _ = room;
+    let answer = fake_call(pair, &pair.a, "GET", &format!("/_matrix/federation/v1/event/{}", enc(id)), None).await;
+    assert_eq!(answer.0, 200, "{id}: {}", answer.1);
+    let pdu = &answer.1["pdus"][0];
+    pdu["auth_events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| match version {
+            RoomVersionId::V1 => entry[0].as_str().unwrap().to_owned(),
+            _ => entry.as_str().unwrap().to_owned(),
+        })
+        .collect()
 }

@@ -39,7 +39,7 @@ async fn state(
 ) -> Result<get_room_state::v1::Response> {
     let origin = request.origin()?;
     let body = &request.body;
-    let (pdus, auth_chain) = services.rooms.state_for_server(origin, &body.room_id, &body.event_id).await?;
+    let (pdus, auth_chain) = services.rooms.room_state_for_server(origin, &body.room_id, &body.event_id).await?;
     Ok(get_room_state::v1::Response::new(auth_chain, pdus))
 }
 

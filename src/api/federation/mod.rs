@@ -6,6 +6,7 @@
 pub(crate) mod auth;
 pub mod discovery;
 pub mod events;
+pub mod join;
 pub mod keys;
 pub mod query;
 
@@ -16,5 +17,5 @@ use axum::Router;
 use crate::service::Services;
 
 pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
-    events::routes(query::routes(keys::routes(discovery::routes(router))))
+    events::routes(join::routes(query::routes(keys::routes(discovery::routes(router)))))
 }

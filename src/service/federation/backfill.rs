@@ -94,8 +94,17 @@ impl Federation {
         let mut state_before: HashMap<OwnedEventId, StateMap> = HashMap::new();
         for (_, pdu) in &events {
             let before = match pdu.prev_events.as_slice() {
+                // The create event: nothing before it.
+                [] => StateMap::new(),
                 [prev] if state_after.contains_key(prev) => state_after[prev].clone(),
-                _ => self.state_at(rooms, server, room_id, &pdu.event_id, rules).await?,
+                _ => match self.state_at(rooms, server, room_id, &pdu.event_id, rules).await {
+                    Ok(state) => state,
+                    Err(error) => {
+                        // Without it the event (and those after it) cannot be placed.
+                        tracing::info!(%room_id, %server, event = %pdu.event_id, %error, "no state for a backfilled event");
+                        continue;
+                    }
+                },
             };
             let mut after = before.clone();
             if let Some(state_key) = &pdu.state_key {

@@ -1,12 +1,13 @@
 //! Federation with other servers: discovery of where a server name is reached
 //! (`discovery.rs`, with SRV lookups in `srv.rs`), outbound requests signed with this server's
-//! key (`client.rs`), and the signing keys of other servers, fetched, verified, stored and
-//! served again as a notary (`keys.rs`). Inbound request signatures are checked by the API's
+//! key (`client.rs`), the signing keys of other servers, fetched, verified, stored and
+//! served again as a notary (`keys.rs`), and joining rooms through other servers (`join.rs`). Inbound request signatures are checked by the API's
 //! extractor through [`keys::RemoteKeys::verify_request`].
 
 pub mod backfill;
 pub mod client;
 pub mod discovery;
+pub mod join;
 pub mod keys;
 pub mod srv;
 
@@ -29,6 +30,8 @@ use crate::{
 pub struct Federation {
     pub client: Arc<client::FederationClient>,
     pub keys: Arc<keys::RemoteKeys>,
+    server_name: ruma::OwnedServerName,
+    own_keys: Arc<ServerKeys>,
 }
 
 impl Federation {
@@ -64,11 +67,11 @@ impl Federation {
         let keys = Arc::new(keys::RemoteKeys::new(
             db,
             config.server_name.clone(),
-            own_keys,
+            own_keys.clone(),
             client.clone(),
             config.trusted_servers.clone(),
         ));
-        Ok(Self { client, keys })
+        Ok(Self { client, keys, server_name: config.server_name.clone(), own_keys })
     }
 }
 

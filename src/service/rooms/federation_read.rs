@@ -320,7 +320,7 @@ impl Rooms {
 
     /// `GET /state/{roomId}?event_id=`: the state before the event and its auth chain, as PDUs
     /// (`(pdus, auth_chain)`).
-    pub async fn state_for_server(
+    pub async fn room_state_for_server(
         &self,
         origin: &ServerName,
         room_id: &RoomId,
