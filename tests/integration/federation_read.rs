@@ -429,3 +429,47 @@ async fn auth_events_of(pair: &crate::federation::Pair, id: &str, version: &Room
         })
         .collect()
 }
+
+/// Complement's `TestInboundCanReturnMissingEvents`: `/get_missing_events` between the create
+/// event and a new server's join gives the history in order, whole for `world_readable` and
+/// `shared` history, redacted for `invited` and `joined` history the server may not see.
+#[tokio::test]
+async fn missing_events_follow_history_visibility_for_servers() {
+    let pair = start_pair().await;
+    let a = &pair.a;
+    let alice = a.register("alice", "pw").await;
+    for (i, visibility) in ["world_readable", "shared", "invited", "joined"].into_iter().enumerate() {
+        let room = create_room(a, &alice, json!({"preset": "public_chat", "room_version": "11"})).await;
+        put_state(a, &alice, &room, "m.room.history_visibility", json!({"history_visibility": visibility})).await;
+        send_text(a, &alice, &room, "1").await;
+        let user = format!("@t{i}:hs-t");
+        let (join, event) = fake_membership(&pair, &room, &user, |_| {}).await;
+        let send_join = format!("/_matrix/federation/v2/send_join/{}/{}", enc(&room), enc(&join));
+        assert_eq!(fake_call(&pair, a, "PUT", &send_join, Some(&event)).await.0, 200, "{visibility}");
+        let create = a.get(&format!("/_matrix/client/v3/rooms/{}/state", enc(&room)), alice.token()).await;
+        let create = create.1.as_array().unwrap().iter().find(|e| e["type"] == "m.room.create").unwrap()["event_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+
+        let uri = format!("/_matrix/federation/v1/get_missing_events/{}", enc(&room));
+        let body = json!({"earliest_events": [create], "latest_events": [join], "limit": 10, "min_depth": 1});
+        let answer = fake_call(&pair, a, "POST", &uri, Some(&body)).await;
+        assert_eq!(answer.0, 200, "{visibility}: {}", answer.1);
+        let events = answer.1["events"].as_array().unwrap();
+        let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        let mut expected =
+            vec!["m.room.member", "m.room.power_levels", "m.room.join_rules", "m.room.history_visibility"];
+        if visibility != "shared" {
+            expected.push("m.room.history_visibility");
+        }
+        expected.push("m.room.message");
+        assert_eq!(types, expected, "{visibility}: {}", answer.1);
+        assert!(events.iter().all(|e| e["room_id"] == room), "{visibility}");
+        let message = events.last().unwrap();
+        match visibility {
+            "invited" | "joined" => assert_eq!(message["content"], json!({}), "{visibility}: redacted"),
+            _ => assert_eq!(message["content"]["body"], "1", "{visibility}"),
+        }
+    }
+}
