@@ -473,3 +473,40 @@ async fn missing_events_follow_history_visibility_for_servers() {
         }
     }
 }
+
+/// Complement's `TestMessagesOverFederation` (joining a new room): more history than one
+/// `/backfill` answer holds, paged with a limit above and below it, comes back whole and in
+/// order.
+#[tokio::test]
+async fn long_history_is_backfilled_page_by_page() {
+    let pair = start_pair().await;
+    let (a, b) = (&pair.a, &pair.b);
+    let alice = a.register("alice", "pw").await;
+    let bob = b.register("bob", "pw").await;
+    for (messages, limit) in [(20, 10), (250, 200)] {
+        let room = create_room(a, &alice, json!({"preset": "public_chat"})).await;
+        let mut sent = Vec::new();
+        for i in 0..messages {
+            sent.push(send_text(a, &alice, &room, &format!("filler {i}")).await);
+        }
+        assert_eq!(join_via(b, &bob, &room, &["hs-a"]).await.0, 200);
+        let mut seen: Vec<String> = Vec::new();
+        let mut from: Option<String> = None;
+        loop {
+            let token = from.as_deref().map(|t| format!("&from={t}")).unwrap_or_default();
+            let uri = format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit={limit}{token}", enc(&room));
+            let page = b.get(&uri, bob.token()).await;
+            assert_eq!(page.0, 200, "{}", page.1);
+            let chunk = page.1["chunk"].as_array().unwrap();
+            assert!(chunk.len() <= limit, "{messages}/{limit}");
+            seen.extend(chunk.iter().map(|e| e["event_id"].as_str().unwrap().to_owned()));
+            match page.1["end"].as_str() {
+                Some(end) => from = Some(end.to_owned()),
+                None => break,
+            }
+        }
+        seen.reverse();
+        let messages_seen: Vec<String> = seen.into_iter().filter(|id| sent.contains(id)).collect();
+        assert_eq!(messages_seen, sent, "{messages} messages, pages of {limit}");
+    }
+}

@@ -184,18 +184,10 @@ async fn messages(
             && filter.senders.as_ref().is_none_or(|s| s.contains(&pdu.sender))
             && !filter.not_senders.contains(&pdu.sender)
     };
-    let (mut events, mut next) =
-        services.rooms.timeline_filtered(&sender.user_id, &body.room_id, from, direction, limit, keep.clone()).await?;
-    // Paging backwards past the start of the local history: other servers of the room may
-    // have more (backfill), after which the page is read again.
-    if matches!(direction, ScanDirection::Reverse)
-        && next.is_none()
-        && events.len() < limit
-        && services.backfill(&body.room_id).await > 0
-    {
-        (events, next) =
-            services.rooms.timeline_filtered(&sender.user_id, &body.room_id, from, direction, limit, keep).await?;
-    }
+    // Going backwards past the start of the local history, other servers of the room are asked
+    // for more (backfill).
+    let (events, next) =
+        services.timeline_with_backfill(&sender.user_id, &body.room_id, from, direction, limit, keep).await?;
     let returned = events.len();
     let events: Vec<_> = events
         .into_iter()

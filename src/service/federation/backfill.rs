@@ -21,11 +21,12 @@ use ruma::{
 use super::{Federation, client::FederationError};
 use crate::{
     Error, Result,
-    service::rooms::{HistoryGap, Outcome, Pdu, Rooms, pdu::event_id_of},
+    service::rooms::{HistoryGap, Outcome, Pdu, Rooms, StoredEvent, pdu::event_id_of},
+    storage::ScanDirection,
 };
 
 /// Events asked for per `/backfill` request.
-const BATCH: u32 = 50;
+const BATCH: u32 = 100;
 /// How long one server gets to answer (all its requests together) before the next is tried.
 const SERVER_TIMEOUT: Duration = Duration::from_secs(20);
 /// Servers tried per backfill.
@@ -171,12 +172,38 @@ impl Federation {
 }
 
 impl crate::service::Services {
-    /// [`Federation::backfill`] for `/messages`: how many events were added; a failure is
-    /// logged and counts as none, since the page can still be served from local history.
+    /// [`Federation::backfill`], with failures logged and counted as nothing added: a page can
+    /// still be served from local history.
     pub async fn backfill(&self, room_id: &RoomId) -> usize {
         self.federation.backfill(&self.rooms, &self.config.server_name, room_id).await.unwrap_or_else(|error| {
             tracing::info!(%room_id, %error, "backfill failed");
             0
         })
+    }
+
+    /// A `/messages` page ([`Rooms::timeline_filtered`]) that, going backwards, backfills from
+    /// other servers while the page is short because local history ran out, then reads again;
+    /// a bounded number of rounds, enough to fill `limit` when the other servers answer.
+    pub async fn timeline_with_backfill(
+        &self,
+        user: &ruma::UserId,
+        room_id: &RoomId,
+        from: Option<u64>,
+        direction: ScanDirection,
+        limit: usize,
+        keep: impl Fn(&Pdu) -> bool + Clone + Send + 'static,
+    ) -> Result<(Vec<StoredEvent>, Option<u64>)> {
+        let mut page = self.rooms.timeline_filtered(user, room_id, from, direction, limit, keep.clone()).await?;
+        if direction != ScanDirection::Reverse {
+            return Ok(page);
+        }
+        let rounds = limit / BATCH as usize + 2;
+        for _ in 0..rounds {
+            if page.1.is_some() || page.0.len() >= limit || self.backfill(room_id).await == 0 {
+                break;
+            }
+            page = self.rooms.timeline_filtered(user, room_id, from, direction, limit, keep.clone()).await?;
+        }
+        Ok(page)
     }
 }
