@@ -26,7 +26,7 @@ use crate::{
     Error, Result,
     storage::{
         Db,
-        room_tables::{CURRENT_STATE, EVENT_META, EventMeta},
+        room_tables::{EVENT_META, EventMeta, ROOM_SERVERS},
     },
 };
 
@@ -56,25 +56,13 @@ impl RoomCore {
             .map_or(true, |content| content.is_allowed(server)))
     }
 
-    /// The servers with a user joined to the room now.
-    fn joined_servers(&self, db: &Db, short_room: u64) -> Result<BTreeSet<OwnedServerName>> {
-        let rules = self.rules_of_room(db, short_room)?;
-        let mut servers = BTreeSet::new();
-        for ((_, key), short) in CURRENT_STATE.scan_prefix(db, &(short_room,))? {
-            let names = self.interner.state_key(db, key)?;
-            if names.0 != StateEventType::RoomMember {
-                continue;
-            }
-            let Ok(user) = ruma::UserId::parse(names.1.as_str()) else { continue };
-            if servers.contains(user.server_name()) {
-                continue;
-            }
-            let member = self.event_by_short(db, short, &rules)?;
-            if membership_in(&member.content) == "join" {
-                servers.insert(user.server_name().to_owned());
-            }
-        }
-        Ok(servers)
+    /// The servers with a user joined to the room now (kept in `ROOM_SERVERS`).
+    fn joined_servers(&self, db: &Db, short_room: u64) -> Result<Vec<OwnedServerName>> {
+        Ok(ROOM_SERVERS
+            .scan_prefix(db, &(short_room,))?
+            .into_iter()
+            .filter_map(|((_, server), _)| OwnedServerName::try_from(server).ok())
+            .collect())
     }
 
     /// The room's short id and rules, once `origin` passes its ACL and is in it.
@@ -84,7 +72,7 @@ impl RoomCore {
         if !self.acl_allows(db, short_room, origin)? {
             return Err(denied_by_acl(origin));
         }
-        if !self.joined_servers(db, short_room)?.contains(origin) {
+        if !ROOM_SERVERS.contains(db, &(short_room, origin.to_string()))? {
             return Err(not_in_room(origin));
         }
         Ok((short_room, rules))
@@ -270,7 +258,7 @@ impl Rooms {
     pub async fn joined_servers(&self, room_id: &RoomId) -> Result<Vec<OwnedServerName>> {
         let room_id = room_id.to_owned();
         self.run(move |core, db| match core.interner.short_room(db, &room_id)? {
-            Some(short_room) => Ok(core.joined_servers(db, short_room)?.into_iter().collect()),
+            Some(short_room) => core.joined_servers(db, short_room),
             None => Ok(Vec::new()),
         })
         .await
