@@ -411,6 +411,12 @@ async fn servers_in_the_room_read_its_history_and_backfill_it() {
         assert!(on_b.contains(&m1), "v{v}");
         // A second pass reads it locally, the same.
         assert_eq!(messages_backwards(b, &bob, &room).await, on_a, "v{v}");
+
+        // An ACL denying hs-t shuts it out, though its user is still joined.
+        put_state(a, &alice, &room, "m.room.server_acl", json!({"allow": ["*"], "deny": ["hs-t"]})).await;
+        let denied = fake_call(&pair, a, "GET", &event_uri, None).await;
+        assert_error(&denied, 403, "M_FORBIDDEN");
+        assert!(denied.1["error"].as_str().unwrap().contains("server ACL"), "v{v}: {}", denied.1);
     }
 }
 
@@ -509,4 +515,24 @@ async fn long_history_is_backfilled_page_by_page() {
         let messages_seen: Vec<String> = seen.into_iter().filter(|id| sent.contains(id)).collect();
         assert_eq!(messages_seen, sent, "{messages} messages, pages of {limit}");
     }
+}
+
+/// When the other servers cannot be reached, `/messages` still serves the local history, ends
+/// the room there, and does not wait for them again on the next page.
+#[tokio::test]
+async fn an_unreachable_server_leaves_the_local_history() {
+    let crate::federation::Pair { a, b, fake: _fake, pki: _pki, peers: _, _dirs } = start_pair().await;
+    let alice = a.register("alice", "pw").await;
+    let bob = b.register("bob", "pw").await;
+    let room = create_room(&a, &alice, json!({"preset": "public_chat"})).await;
+    send_text(&a, &alice, &room, "before").await;
+    assert_eq!(join_via(&b, &bob, &room, &["hs-a"]).await.0, 200);
+    a.stop();
+    let started = std::time::Instant::now();
+    let first = messages_backwards(&b, &bob, &room).await;
+    assert!(!first.is_empty(), "the join at least");
+    let again = std::time::Instant::now();
+    assert_eq!(messages_backwards(&b, &bob, &room).await, first);
+    assert!(again.elapsed() < std::time::Duration::from_secs(2), "no second wait: {:?}", again.elapsed());
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "{:?}", started.elapsed());
 }

@@ -28,9 +28,40 @@ use crate::{
 /// Events asked for per `/backfill` request.
 const BATCH: u32 = 100;
 /// How long one server gets to answer (all its requests together) before the next is tried.
-const SERVER_TIMEOUT: Duration = Duration::from_secs(20);
+const SERVER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one backfill (all servers together) may take: a `/messages` page waits for it.
+const TOTAL_TIMEOUT: Duration = Duration::from_secs(25);
 /// Servers tried per backfill.
 const MAX_SERVERS: usize = 5;
+/// After a backfill of a room found nothing, it is not tried again for this long (so each page
+/// of `/messages` at the start of a room whose servers are down does not wait again).
+const COOLDOWN: Duration = Duration::from_secs(60);
+/// Rooms remembered in the cooldown at most.
+const COOLDOWN_ROOMS: usize = 10_000;
+
+/// Rooms whose last backfill found nothing, and when.
+#[derive(Default)]
+pub struct Cooldown(std::sync::Mutex<HashMap<ruma::OwnedRoomId, std::time::Instant>>);
+
+impl Cooldown {
+    fn cooling(&self, room_id: &RoomId) -> bool {
+        self.0.lock().is_ok_and(|rooms| rooms.get(room_id).is_some_and(|since| since.elapsed() < COOLDOWN))
+    }
+
+    fn record(&self, room_id: &RoomId, added: usize) {
+        let Ok(mut rooms) = self.0.lock() else { return };
+        if added > 0 {
+            rooms.remove(room_id);
+            return;
+        }
+        if rooms.len() >= COOLDOWN_ROOMS {
+            rooms.retain(|_, since| since.elapsed() < COOLDOWN);
+        }
+        if rooms.len() < COOLDOWN_ROOMS {
+            rooms.insert(room_id.to_owned(), std::time::Instant::now());
+        }
+    }
+}
 
 /// State as (type, state key) -> event ID.
 type StateMap = BTreeMap<(String, String), OwnedEventId>;
@@ -50,17 +81,29 @@ impl Federation {
     /// module comment). Returns how many events were added; 0 when there is no gap or no
     /// server gave anything.
     pub async fn backfill(&self, rooms: &Rooms, own: &ServerName, room_id: &RoomId) -> Result<usize> {
+        if self.backfill_cooldown.cooling(room_id) {
+            return Ok(0);
+        }
         let Some(gap) = rooms.history_gap(room_id).await? else { return Ok(0) };
+        let added = tokio::time::timeout(TOTAL_TIMEOUT, self.backfill_gap(rooms, own, room_id, &gap)).await;
+        let added = added.unwrap_or_else(|_| {
+            tracing::info!(%room_id, "backfill timed out");
+            Ok(0)
+        })?;
+        self.backfill_cooldown.record(room_id, added);
+        Ok(added)
+    }
+
+    async fn backfill_gap(&self, rooms: &Rooms, own: &ServerName, room_id: &RoomId, gap: &HistoryGap) -> Result<usize> {
         let rules = gap.version.rules().ok_or_else(|| Error::internal("unsupported room version stored"))?;
         let servers: Vec<_> =
             rooms.joined_servers(room_id).await?.into_iter().filter(|server| server != own).take(MAX_SERVERS).collect();
         for server in servers {
-            match tokio::time::timeout(SERVER_TIMEOUT, self.backfill_from(rooms, &server, room_id, &gap, &rules)).await
-            {
+            match tokio::time::timeout(SERVER_TIMEOUT, self.backfill_from(rooms, &server, room_id, gap, &rules)).await {
                 Ok(Ok(0)) => tracing::debug!(%room_id, %server, "backfill gave nothing new"),
                 Ok(Ok(added)) => return Ok(added),
                 Ok(Err(error)) => tracing::info!(%room_id, %server, %error, "backfill failed"),
-                Err(_) => tracing::info!(%room_id, %server, "backfill timed out"),
+                Err(_) => tracing::info!(%room_id, %server, "backfill from this server timed out"),
             }
         }
         Ok(0)

@@ -32,6 +32,8 @@ pub struct Federation {
     pub keys: Arc<keys::RemoteKeys>,
     server_name: ruma::OwnedServerName,
     own_keys: Arc<ServerKeys>,
+    /// Rooms whose backfill recently found nothing, not asked again for a while.
+    backfill_cooldown: backfill::Cooldown,
 }
 
 impl Federation {
@@ -71,7 +73,13 @@ impl Federation {
             client.clone(),
             config.trusted_servers.clone(),
         ));
-        Ok(Self { client, keys, server_name: config.server_name.clone(), own_keys })
+        Ok(Self {
+            client,
+            keys,
+            server_name: config.server_name.clone(),
+            own_keys,
+            backfill_cooldown: Default::default(),
+        })
     }
 }
 
