@@ -536,3 +536,65 @@ async fn an_unreachable_server_leaves_the_local_history() {
     assert!(again.elapsed() < std::time::Duration::from_secs(2), "no second wait: {:?}", again.elapsed());
     assert!(started.elapsed() < std::time::Duration::from_secs(30), "{:?}", started.elapsed());
 }
+
+/// Event IDs of a room as `/messages` pages them backwards on Synapse.
+async fn synapse_messages_backwards(synapse: &crate::peer_synapse::Synapse, token: &str, room: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut from: Option<String> = None;
+    loop {
+        let query = from.as_deref().map(|t| format!("&from={}", enc(t))).unwrap_or_default();
+        let path = format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100{query}", enc(room));
+        let page = synapse.client_get(&path, token).await;
+        assert_eq!(page.0, 200, "{}", page.1);
+        let chunk = page.1["chunk"].as_array().unwrap();
+        ids.extend(chunk.iter().map(|e| e["event_id"].as_str().unwrap().to_owned()));
+        match page.1["end"].as_str() {
+            Some(end) if !chunk.is_empty() => from = Some(end.to_owned()),
+            _ => return ids,
+        }
+    }
+}
+
+/// With a real Synapse (when `TRELLIS_SYNAPSE_PYTHON` is set): a Trellis user reads Synapse
+/// history from before the join (Trellis backfills from Synapse). The other way round (Synapse
+/// backfilling from Trellis) waits for inbound `/send`: until Trellis takes Synapse's
+/// transactions, Synapse backs off from Trellis and does not ask it for history.
+#[tokio::test]
+async fn history_before_a_join_is_backfilled_between_trellis_and_synapse() {
+    let Ok(python) = std::env::var("TRELLIS_SYNAPSE_PYTHON") else {
+        eprintln!("skipped: TRELLIS_SYNAPSE_PYTHON is not set (a Python with matrix-synapse)");
+        return;
+    };
+    let pki = Pki::new(&["localhost"]);
+    let (trellis_dir, synapse_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let synapse = crate::peer_synapse::Synapse::start(&python, &pki, synapse_dir.path()).await;
+    let trellis_port = free_port();
+    let trellis_name = format!("127.0.0.1:{trellis_port}");
+    let trellis = start_federating(&pki, trellis_dir.path(), &trellis_name, trellis_port, &[], "");
+    let alice = trellis.register("alice", "pw").await;
+    let sam = synapse.register("sam").await;
+
+    for version in ["10", "12"] {
+        // Synapse's room, with history, joined from Trellis.
+        let body = json!({"preset": "public_chat", "room_version": version});
+        let created = synapse.client_post("/_matrix/client/v3/createRoom", &sam, body).await;
+        assert_eq!(created.0, 200, "{}", created.1);
+        let room = created.1["room_id"].as_str().unwrap().to_owned();
+        for i in 0..15 {
+            let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/s{version}-{i}", enc(&room));
+            let response = reqwest::Client::new()
+                .put(format!("{}{path}", synapse.client_url))
+                .bearer_auth(&sam)
+                .json(&json!({"msgtype": "m.text", "body": format!("synapse {i}")}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status().as_u16(), 200);
+        }
+        let joined = join_via(&trellis, &alice, &room, &[&synapse.server_name]).await;
+        assert_eq!(joined.0, 200, "v{version}: {}", joined.1);
+        let on_trellis = messages_backwards(&trellis, &alice, &room).await;
+        let on_synapse = synapse_messages_backwards(&synapse, &sam, &room).await;
+        assert_eq!(on_trellis, on_synapse, "v{version}: Trellis backfilled Synapse's history");
+    }
+}
