@@ -77,6 +77,19 @@ async fn federation_reads_are_refused_outside_the_room_and_by_the_acl() {
         call("GET", format!("/_matrix/federation/v1/state_ids/{}?event_id={e}", enc("!nope:hs-a")), None).await;
     assert_error(&unknown_room, 404, "M_NOT_FOUND");
 
+    // Malformed requests: 400, never a 500.
+    let no_event = call("GET", format!("/_matrix/federation/v1/state_ids/{r}"), None).await;
+    assert_eq!(no_event.0, 400, "{}", no_event.1);
+    let bad_body = call(
+        "POST",
+        format!("/_matrix/federation/v1/get_missing_events/{r}"),
+        Some(json!({"earliest_events": "nope", "latest_events": [1, 2]})),
+    )
+    .await;
+    assert_eq!(bad_body.0, 400, "{}", bad_body.1);
+    let bad_limit = call("GET", format!("/_matrix/federation/v1/backfill/{r}?v={e}&limit=-3"), None).await;
+    assert_eq!(bad_limit.0, 400, "{}", bad_limit.1);
+
     // An ACL denying hs-t: forbidden by the ACL, whatever else.
     put_state(&a, &alice, &room, "m.room.server_acl", json!({"allow": ["*"], "deny": ["hs-t"]})).await;
     for (method, uri, body) in room_scoped() {

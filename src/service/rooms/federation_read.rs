@@ -34,6 +34,8 @@ use crate::{
 pub const MAX_BACKFILL: usize = 100;
 /// Most events one `/get_missing_events` answer holds.
 pub const MAX_MISSING_EVENTS: usize = 100;
+/// Most events a walk starts from (`latest_events`, `v`); the rest of a longer list is ignored.
+const MAX_START_EVENTS: usize = 100;
 
 fn not_in_room(server: &ServerName) -> Error {
     Error::forbidden(format!("{server} is not in this room"))
@@ -216,7 +218,7 @@ impl RoomCore {
             }
             Ok(())
         };
-        for id in start {
+        for id in start.iter().take(MAX_START_EVENTS) {
             push(self, id, &mut seen, &mut queue, include_start)?;
         }
         let mut found = Vec::new();
