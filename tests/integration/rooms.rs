@@ -340,6 +340,16 @@ async fn room_errors_are_matrix_errors() {
         )
         .await;
     assert_error(&bad_alias, 400, "M_BAD_ALIAS");
+    for content in [json!({"alias": "%not_an_alias:localhost"}), json!({"alt_aliases": ["%nor_this:localhost"]})] {
+        let invalid = server
+            .put(
+                &format!("/_matrix/client/v3/rooms/{}/state/m.room.canonical_alias/", enc(&room)),
+                alice.token(),
+                content,
+            )
+            .await;
+        assert_error(&invalid, 400, "M_INVALID_PARAM");
+    }
 
     let huge = send_text(&server, &alice, &room, "big", &"x".repeat(70_000)).await;
     assert_error(&huge, 413, "M_TOO_LARGE");

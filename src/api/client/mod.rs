@@ -22,6 +22,7 @@ pub mod report;
 pub mod room;
 pub mod search;
 pub mod session;
+pub mod space;
 pub mod state;
 pub mod sync;
 pub mod tag;
@@ -57,6 +58,7 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = relations::routes(router);
     let router = report::routes(router);
     let router = upgrade::routes(router);
+    let router = space::routes(router);
     let router = sync::routes(router);
     let router = typing::routes(router);
     let router = receipt::routes(router);

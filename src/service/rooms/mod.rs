@@ -13,6 +13,7 @@ pub mod create;
 mod directory;
 pub mod federation_join;
 pub mod federation_read;
+pub mod hierarchy;
 pub mod membership;
 mod notify;
 pub mod pdu;
