@@ -20,6 +20,7 @@ mod durability;
 mod federation;
 mod federation_invite;
 mod federation_join;
+mod federation_read;
 mod guests;
 mod http_errors;
 mod key_errors;

@@ -186,8 +186,10 @@ async fn messages(
             && filter.senders.as_ref().is_none_or(|s| s.contains(&pdu.sender))
             && !filter.not_senders.contains(&pdu.sender)
     };
+    // Going backwards past the start of the local history, other servers of the room are asked
+    // for more (backfill).
     let (events, next) =
-        services.rooms.timeline_filtered(&sender.user_id, &body.room_id, from, direction, limit, keep).await?;
+        services.timeline_with_backfill(&sender.user_id, &body.room_id, from, direction, limit, keep).await?;
     let returned = events.len();
     let events: Vec<_> = events
         .into_iter()

@@ -12,7 +12,7 @@ use ruma::{
         error::ErrorKind,
         federation::membership::{RawStrippedState, create_invite, create_leave_event, prepare_leave_event},
     },
-    events::{StateEventType, TimelineEventType, room::server_acl::RoomServerAclEventContent},
+    events::TimelineEventType,
     room_version_rules::{EventIdFormatVersion, RoomVersionRules},
     signatures::{PublicKeyMap, PublicKeySet, Verified},
 };
@@ -172,17 +172,6 @@ fn strip(entry: &RawStrippedState, room_id: &RoomId) -> Option<Value> {
 }
 
 /// `403` when the room's `m.room.server_acl` (if this server has the room) denies `origin`.
-async fn check_acl(services: &Services, room_id: &RoomId, origin: &ServerName) -> Result<()> {
-    let kind = StateEventType::RoomServerAcl;
-    let Some(acl) = services.rooms.state_event(room_id, &kind, "").await? else { return Ok(()) };
-    let Ok(content) = serde_json::from_str::<RoomServerAclEventContent>(acl.content.get()) else { return Ok(()) };
-    if content.is_allowed(origin) {
-        Ok(())
-    } else {
-        Err(Error::forbidden(format!("The room's server ACL denies {origin}")))
-    }
-}
-
 /// An invite of a local user that `origin` sends (`/invite`): checked (a member invite with
 /// that ID for an existing local user, sent by its sender's server and signed by it),
 /// countersigned, and recorded — through the room's events when this server is in the room,
@@ -211,7 +200,7 @@ pub async fn receive_invite(
     if member.pdu.sender.server_name() != origin {
         return Err(Error::forbidden("The invite was not sent by its sender's server"));
     }
-    check_acl(services, room_id, origin).await?;
+    services.rooms.check_server_allowed(room_id, origin).await?;
     let keys = services.federation.keys.event_keys(&json, &rules).await;
     match ruma::signatures::verify_event(&keys, &json, &rules) {
         Ok(Verified::All) => {}
@@ -382,7 +371,7 @@ pub async fn make_leave(
     if !services.rooms.is_resident(room_id).await? {
         return Err(Error::not_found("This server is not in that room"));
     }
-    check_acl(services, room_id, origin).await?;
+    services.rooms.check_server_allowed(room_id, origin).await?;
     let event = NewEvent::state(TimelineEventType::RoomMember, user.as_str(), json!({"membership": "leave"}));
     let mut json = services.rooms.build_event(room_id, user, event, None).await?;
     services.rooms.authorise_built(room_id, json.clone()).await?;
@@ -401,7 +390,7 @@ pub async fn receive_leave(
     event_id: &EventId,
     event: &RawValue,
 ) -> Result<()> {
-    check_acl(services, room_id, origin).await?;
+    services.rooms.check_server_allowed(room_id, origin).await?;
     // A leave refused earlier and sent again is refused again there.
     services.rooms.accept_membership_from(origin, room_id, event_id, event, "leave").await?;
     Ok(())

@@ -36,12 +36,6 @@ pub fn federation_json(json: &CanonicalJsonObject) -> Result<Box<RawValue>> {
 }
 
 impl RoomCore {
-    /// The servers with a user joined to the room, with how many.
-    fn room_servers(&self, db: &Db, room_id: &RoomId) -> Result<Vec<(String, u64)>> {
-        let Some(short_room) = self.interner.short_room(db, room_id)? else { return Ok(Vec::new()) };
-        Ok(ROOM_SERVERS.scan_prefix(db, &(short_room,))?.into_iter().map(|((_, server), n)| (server, n)).collect())
-    }
-
     /// The auth rules for an event against the room's current state.
     fn allowed_now(&self, db: &Db, room_id: &RoomId, json: &CanonicalJsonObject) -> Result<Result<(), String>> {
         let (short_room, version) = self.version_of(db, room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
@@ -79,21 +73,19 @@ impl RoomCore {
 impl Rooms {
     /// The other servers with a user joined to the room (current state), sorted.
     pub async fn servers_in_room(&self, room_id: &RoomId) -> Result<Vec<OwnedServerName>> {
-        let room_id = room_id.to_owned();
-        let servers = self.run(move |core, db| core.room_servers(db, &room_id)).await?;
-        Ok(servers
-            .into_iter()
-            .filter(|(server, _)| server != self.core.server_name.as_str())
-            .filter_map(|(server, _)| OwnedServerName::try_from(server).ok())
-            .collect())
+        let servers = self.joined_servers(room_id).await?;
+        Ok(servers.into_iter().filter(|server| *server != self.core.server_name).collect())
     }
 
     /// Whether a user of this server is joined to the room (only then does this server answer
     /// for it).
     pub async fn is_resident(&self, room_id: &RoomId) -> Result<bool> {
         let room_id = room_id.to_owned();
-        let servers = self.run(move |core, db| core.room_servers(db, &room_id)).await?;
-        Ok(servers.iter().any(|(server, _)| server == self.core.server_name.as_str()))
+        self.run(move |core, db| {
+            let Some(short_room) = core.interner.short_room(db, &room_id)? else { return Ok(false) };
+            Ok(ROOM_SERVERS.contains(db, &(short_room, core.server_name.to_string()))?)
+        })
+        .await
     }
 
     /// The template of a join for a user of another server (`make_join`): the room's version

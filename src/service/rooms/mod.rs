@@ -12,6 +12,7 @@ mod context;
 pub mod create;
 mod directory;
 pub mod federation_join;
+pub mod federation_read;
 pub mod hierarchy;
 pub mod membership;
 mod notify;
@@ -44,6 +45,7 @@ use ruma::{
 };
 
 pub use accept::{Accepted, Outcome, Transaction};
+pub use backfill::HistoryGap;
 pub use build::NewEvent;
 pub use pdu::Pdu;
 pub use prepare::Prepared;
