@@ -7,6 +7,7 @@ pub(crate) mod auth;
 pub mod discovery;
 pub mod keys;
 pub mod query;
+pub mod transactions;
 
 use std::sync::Arc;
 
@@ -15,5 +16,6 @@ use axum::Router;
 use crate::service::Services;
 
 pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
-    query::routes(keys::routes(discovery::routes(router)))
+    let router = query::routes(keys::routes(discovery::routes(router)));
+    transactions::routes(router)
 }

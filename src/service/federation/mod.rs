@@ -1,12 +1,15 @@
 //! Federation with other servers: discovery of where a server name is reached
 //! (`discovery.rs`, with SRV lookups in `srv.rs`), outbound requests signed with this server's
 //! key (`client.rs`), and the signing keys of other servers, fetched, verified, stored and
-//! served again as a notary (`keys.rs`). Inbound request signatures are checked by the API's
+//! served again as a notary (`keys.rs`), transactions: the outbound queue and its sender
+//! (`sender.rs`) and the transactions other servers send (`inbound.rs`). Inbound request signatures are checked by the API's
 //! extractor through [`keys::RemoteKeys::verify_request`].
 
 pub mod client;
 pub mod discovery;
+pub mod inbound;
 pub mod keys;
+pub mod sender;
 pub mod srv;
 
 use std::{collections::BTreeMap, sync::Arc};
@@ -28,6 +31,10 @@ use crate::{
 pub struct Federation {
     pub client: Arc<client::FederationClient>,
     pub keys: Arc<keys::RemoteKeys>,
+    /// The outbound queue of PDUs and EDUs per destination (its tasks start with the server).
+    pub sender: Arc<sender::Sender>,
+    /// Transactions other servers send (`inbound.rs`).
+    pub inbound: inbound::Inbound,
 }
 
 impl Federation {
@@ -60,6 +67,8 @@ impl Federation {
         );
         let client =
             Arc::new(client::FederationClient::new(config.server_name.clone(), own_keys.clone(), resolver, tls, guard));
+        let sender = Arc::new(sender::Sender::new(db.clone(), config.server_name.clone())?);
+        let inbound = inbound::Inbound::new(db.clone());
         let keys = Arc::new(keys::RemoteKeys::new(
             db,
             config.server_name.clone(),
@@ -67,7 +76,7 @@ impl Federation {
             client.clone(),
             config.trusted_servers.clone(),
         ));
-        Ok(Self { client, keys })
+        Ok(Self { client, keys, sender, inbound })
     }
 }
 

@@ -1,0 +1,417 @@
+//! Transactions other servers send (`PUT /_matrix/federation/v1/send/{txnId}`): checked (the
+//! body's `origin` is the signed one, at most 50 PDUs and 100 EDUs), deduplicated per origin
+//! and transaction ID (a repeat gets the first answer without being processed again), and
+//! processed one transaction per origin at a time, PDUs in order.
+//!
+//! Each PDU goes through the rooms' acceptance path. When it refers to events this server
+//! doesn't have: its auth chain is fetched with `/event_auth`; missing prev events are fetched
+//! with `/get_missing_events` (bounded) and accepted oldest first; prev events still missing
+//! get the state before them from `/state_ids` (the events not stored here fetched with
+//! `/event`, stored as outliers) and are accepted on it. The answer has one result per PDU
+//! whose room and event ID could be worked out; PDUs that cannot (not JSON objects, unknown
+//! rooms, no room ID) are left out, as Synapse does.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::{Arc, Mutex},
+};
+
+use http::StatusCode;
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedRoomId, OwnedServerName, RoomId, RoomVersionId,
+    ServerName, UInt,
+    api::{
+        error::ErrorKind,
+        federation::{
+            authorization::get_event_authorization,
+            event::{get_event, get_missing_events, get_room_state_ids},
+            transactions::send_transaction_message,
+        },
+    },
+    events::{StateEventType, room::server_acl::RoomServerAclEventContent},
+    room_version_rules::RoomVersionRules,
+};
+use serde_json::value::RawValue;
+
+use super::sender::{MAX_EDUS, MAX_PDUS};
+use crate::{
+    Error, Result,
+    service::{
+        Services,
+        rooms::{Outcome, pdu},
+    },
+    storage::{
+        Batch, Db,
+        federation_send_tables::{INBOUND_TRANSACTIONS, InboundAnswer},
+    },
+};
+
+/// How many missing prev events `/get_missing_events` asks for.
+const MISSING_EVENTS_LIMIT: u32 = 20;
+/// How many prev events of one event get their state fetched with `/state_ids`.
+const MAX_GAPS: usize = 5;
+/// How many events one `/state_ids` answer may make this server fetch.
+const MAX_STATE_FETCH: usize = 2_000;
+/// How many `/event` requests run at once.
+const FETCH_PARALLEL: usize = 10;
+
+type PduResults = BTreeMap<OwnedEventId, Result<(), String>>;
+
+/// The receiving side's state: one lock per origin.
+pub struct Inbound {
+    db: Db,
+    origins: Mutex<HashMap<OwnedServerName, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+fn too_large(message: String) -> Error {
+    Error::new(StatusCode::BAD_REQUEST, ErrorKind::TooLarge, message)
+}
+
+/// Whether a room's `m.room.server_acl` allows `server` (no ACL: every server).
+pub async fn server_allowed(services: &Services, room_id: &RoomId, server: &ServerName) -> Result<bool> {
+    let Some(acl) = services.rooms.state_event(room_id, &StateEventType::RoomServerAcl, "").await? else {
+        return Ok(true);
+    };
+    // Missing fields take the spec's defaults (ruma's); content that cannot be read at all
+    // counts as no ACL.
+    Ok(match serde_json::from_str::<RoomServerAclEventContent>(acl.content.get()) {
+        Ok(content) => content.is_allowed(server),
+        Err(_) => true,
+    })
+}
+
+impl Inbound {
+    pub fn new(db: Db) -> Self {
+        Self { db, origins: Mutex::new(HashMap::new()) }
+    }
+
+    fn origin_lock(&self, origin: &ServerName) -> Arc<tokio::sync::Mutex<()>> {
+        let mut origins = self.origins.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if origins.len() > 10_000 {
+            origins.retain(|_, lock| Arc::strong_count(lock) > 1);
+        }
+        origins.entry(origin.to_owned()).or_default().clone()
+    }
+
+    /// Handles a transaction from `origin` (the verified signer of the request).
+    pub async fn receive(
+        &self,
+        services: &Services,
+        origin: &ServerName,
+        request: send_transaction_message::v1::Request,
+    ) -> Result<send_transaction_message::v1::Response> {
+        if request.origin != origin {
+            return Err(Error::forbidden(format!(
+                "The transaction's origin {} is not the server that signed the request ({origin})",
+                request.origin
+            )));
+        }
+        if request.pdus.len() > MAX_PDUS || request.edus.len() > MAX_EDUS {
+            return Err(too_large(format!(
+                "A transaction holds at most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs; this one has {} and {}",
+                request.pdus.len(),
+                request.edus.len()
+            )));
+        }
+        let lock = self.origin_lock(origin);
+        let _guard = lock.lock().await;
+        let key = (origin.to_string(), request.transaction_id.to_string());
+        let stored_key = key.clone();
+        if let Some(answer) = self.db.run(move |db| Ok(INBOUND_TRANSACTIONS.get(db, &stored_key)?)).await? {
+            tracing::debug!(%origin, txn = %request.transaction_id, "repeated transaction answered from its record");
+            let pdus: PduResults = serde_json::from_value(answer.response.get("pdus").cloned().unwrap_or_default())
+                .map(|map: BTreeMap<OwnedEventId, serde_json::Value>| {
+                    map.into_iter()
+                        .map(|(id, result)| match result.get("error").and_then(|e| e.as_str()) {
+                            Some(error) => (id, Err(error.to_owned())),
+                            None => (id, Ok(())),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            return Ok(send_transaction_message::v1::Response::new(pdus));
+        }
+
+        let mut results = PduResults::new();
+        for raw in &request.pdus {
+            if let Some((event_id, result)) = self.pdu(services, origin, raw).await {
+                if let Err(error) = &result {
+                    tracing::debug!(%origin, %event_id, %error, "refused a PDU of a transaction");
+                }
+                results.insert(event_id, result);
+            }
+        }
+        for edu in &request.edus {
+            let kind = edu.get_field::<String>("edu_type").ok().flatten().unwrap_or_default();
+            tracing::debug!(%origin, edu_type = %kind, "EDU received and not handled yet");
+        }
+
+        let response: serde_json::Map<String, serde_json::Value> = results
+            .iter()
+            .map(|(id, result)| {
+                let value = match result {
+                    Ok(()) => serde_json::json!({}),
+                    Err(error) => serde_json::json!({ "error": error }),
+                };
+                (id.to_string(), value)
+            })
+            .collect();
+        let answer =
+            InboundAnswer { response: serde_json::json!({ "pdus": response }), at_ms: crate::service::now_ms() };
+        self.db
+            .run(move |db| {
+                let mut batch = Batch::new();
+                batch.put(&INBOUND_TRANSACTIONS, &key, &answer)?;
+                Ok(db.write(batch)?)
+            })
+            .await?;
+        Ok(send_transaction_message::v1::Response::new(results))
+    }
+
+    /// One PDU of a transaction: its event ID and result, or `None` when its room or ID cannot
+    /// be worked out.
+    async fn pdu(
+        &self,
+        services: &Services,
+        origin: &ServerName,
+        raw: &RawValue,
+    ) -> Option<(OwnedEventId, Result<(), String>)> {
+        let Ok(json) = serde_json::from_str::<CanonicalJsonObject>(raw.get()) else {
+            tracing::debug!(%origin, "a PDU of a transaction is not a canonical JSON object");
+            return None;
+        };
+        let room_id = match json.get("room_id") {
+            Some(CanonicalJsonValue::String(room)) => OwnedRoomId::try_from(room.as_str()).ok()?,
+            _ => return None,
+        };
+        let version = match services.rooms.version(&room_id).await {
+            Ok(Some(version)) => version,
+            Ok(None) => {
+                tracing::debug!(%origin, %room_id, "a PDU for a room this server is not in");
+                return None;
+            }
+            Err(error) => {
+                tracing::warn!(%origin, %room_id, %error, "cannot read a room's version");
+                return None;
+            }
+        };
+        let rules = version.rules()?;
+        let event_id = pdu::event_id_of(&json, &rules).ok()?;
+        Some((event_id.clone(), self.accept(services, origin, &room_id, &version, &rules, &event_id, json).await))
+    }
+
+    /// Accepts a PDU into its known room, fetching what it refers to and this server lacks.
+    #[allow(clippy::too_many_arguments)]
+    async fn accept(
+        &self,
+        services: &Services,
+        origin: &ServerName,
+        room_id: &RoomId,
+        version: &RoomVersionId,
+        rules: &RoomVersionRules,
+        event_id: &OwnedEventId,
+        json: CanonicalJsonObject,
+    ) -> Result<(), String> {
+        for server in [Some(origin), sender_server(&json).as_deref()].into_iter().flatten() {
+            if !server_allowed(services, room_id, server).await.map_err(|e| e.to_string())? {
+                return Err(format!("The room's server ACL denies {server}"));
+            }
+        }
+        let prev_events = pdu::Pdu::from_json(json.clone(), rules).map(|p| p.prev_events).unwrap_or_default();
+        let outcome = services.rooms.accept_pdu(room_id, json.clone()).await.map_err(|e| e.to_string())?;
+        let Some(missing) = settled(outcome)? else { return Ok(()) };
+        tracing::debug!(%origin, %event_id, ?missing, "PDU refers to events this server lacks");
+
+        // Prev events: ask the origin for the events between our extremities and this one.
+        if missing.iter().any(|id| prev_events.contains(id)) {
+            self.fill_gap(services, origin, room_id, rules, event_id).await;
+        }
+        // Auth events: the origin's auth chain of the event.
+        if missing.iter().any(|id| !prev_events.contains(id)) {
+            self.fetch_auth_chain(services, origin, room_id, event_id).await;
+        }
+        let outcome = services.rooms.accept_pdu(room_id, json.clone()).await.map_err(|e| e.to_string())?;
+        let Some(missing) = settled(outcome)? else { return Ok(()) };
+
+        // Prev events still missing (or without state): the state before each from the origin.
+        let gaps: Vec<OwnedEventId> =
+            prev_events.iter().filter(|id| missing.contains(id)).take(MAX_GAPS).cloned().collect();
+        for prev in gaps {
+            if let Err(error) = self.accept_at_gap(services, origin, room_id, version, &prev).await {
+                tracing::debug!(%origin, %prev, %error, "cannot fetch the state at a prev event");
+            }
+        }
+        let outcome = services.rooms.accept_pdu(room_id, json).await.map_err(|e| e.to_string())?;
+        match settled(outcome)? {
+            None => Ok(()),
+            Some(missing) => Err(format!(
+                "Refers to events that could not be fetched: {}",
+                missing.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            )),
+        }
+    }
+
+    /// `/get_missing_events` from our forward extremities to `latest`, and the events it gives
+    /// accepted oldest first (those it cannot place are left for the state path).
+    async fn fill_gap(
+        &self,
+        services: &Services,
+        origin: &ServerName,
+        room_id: &RoomId,
+        rules: &RoomVersionRules,
+        latest: &OwnedEventId,
+    ) {
+        let Ok(Some((earliest, min_depth))) = services.rooms.extremities(room_id).await else { return };
+        let mut request = get_missing_events::v1::Request::new(room_id.to_owned(), earliest, vec![latest.clone()]);
+        request.limit = UInt::from(MISSING_EVENTS_LIMIT);
+        request.min_depth = UInt::try_from(min_depth).unwrap_or_default();
+        let events = match services.federation.client.send(origin, request).await {
+            Ok(response) => response.events,
+            Err(error) => {
+                tracing::debug!(%origin, %room_id, %error, "/get_missing_events failed");
+                return;
+            }
+        };
+        let mut pulled: Vec<(u64, CanonicalJsonObject)> = events
+            .iter()
+            .take(MISSING_EVENTS_LIMIT as usize)
+            .filter_map(|raw| serde_json::from_str::<CanonicalJsonObject>(raw.get()).ok())
+            .filter_map(|json| {
+                let pdu = pdu::Pdu::from_json(json.clone(), rules).ok()?;
+                (pdu.room_id == room_id).then_some((pdu.depth, json))
+            })
+            .collect();
+        pulled.sort_by_key(|(depth, _)| *depth);
+        for (_, json) in pulled {
+            match services.rooms.accept_pdu(room_id, json).await {
+                Ok(outcome) => tracing::debug!(%origin, ?outcome, "missing event pulled"),
+                Err(error) => tracing::debug!(%origin, %error, "a pulled missing event was refused"),
+            }
+        }
+    }
+
+    /// `/event_auth` of an event, stored as outliers.
+    async fn fetch_auth_chain(
+        &self,
+        services: &Services,
+        origin: &ServerName,
+        room_id: &RoomId,
+        event_id: &OwnedEventId,
+    ) {
+        let request = get_event_authorization::v1::Request::new(room_id.to_owned(), event_id.clone());
+        let chain = match services.federation.client.send(origin, request).await {
+            Ok(response) => response.auth_chain,
+            Err(error) => {
+                tracing::debug!(%origin, %event_id, %error, "/event_auth failed");
+                return;
+            }
+        };
+        let events: Vec<CanonicalJsonObject> = chain
+            .iter()
+            .take(MAX_STATE_FETCH)
+            .filter_map(|raw| serde_json::from_str::<CanonicalJsonObject>(raw.get()).ok())
+            .collect();
+        if let Err(error) = services.rooms.accept_outliers(room_id, None, events).await {
+            tracing::debug!(%origin, %event_id, %error, "the auth chain could not be stored");
+        }
+    }
+
+    /// A prev event this server lacks (or has without state), accepted on the state before it
+    /// as the origin's `/state_ids` gives it, after the events of that state and their auth
+    /// chain not stored here are fetched and stored as outliers.
+    async fn accept_at_gap(
+        &self,
+        services: &Services,
+        origin: &ServerName,
+        room_id: &RoomId,
+        version: &RoomVersionId,
+        prev: &OwnedEventId,
+    ) -> Result<()> {
+        let failed = |what: &str, e: String| Error::internal(format!("{what}: {e}"));
+        let state = services
+            .federation
+            .client
+            .send(origin, get_room_state_ids::v1::Request::new(prev.clone(), room_id.to_owned()))
+            .await
+            .map_err(|e| failed("/state_ids", e.to_string()))?;
+        let mut wanted: Vec<OwnedEventId> = Vec::new();
+        let mut seen = HashSet::new();
+        for id in state.auth_chain_ids.iter().chain(&state.pdu_ids).chain(std::iter::once(prev)) {
+            if seen.insert(id.clone()) {
+                wanted.push(id.clone());
+            }
+        }
+        if wanted.len() > MAX_STATE_FETCH {
+            return Err(failed("/state_ids", format!("{} events is too many", wanted.len())));
+        }
+        let unknown = services.rooms.unknown_events(wanted).await?;
+        let mut fetched = fetch_events(services, origin, version, &unknown).await;
+        let prev_json = match fetched.iter().position(|(id, _)| id == prev) {
+            Some(index) => Some(fetched.swap_remove(index).1),
+            None => services.rooms.pdu_json(prev).await?,
+        };
+        let prev_json = prev_json.ok_or_else(|| failed("/event", format!("{prev} could not be fetched")))?;
+        services.rooms.accept_outliers(room_id, None, fetched.into_iter().map(|(_, json)| json).collect()).await?;
+        let outcome = services.rooms.accept_pdu_with_state(room_id, None, prev_json, state.pdu_ids).await?;
+        tracing::debug!(%origin, %prev, ?outcome, "prev event accepted on the state the origin gave");
+        Ok(())
+    }
+}
+
+/// `None` when the event is settled (accepted or known), the missing events when some are, an
+/// error when it was refused.
+fn settled(outcome: Outcome) -> Result<Option<Vec<OwnedEventId>>, String> {
+    match outcome {
+        Outcome::Accepted(_) | Outcome::AlreadyKnown { .. } => Ok(None),
+        Outcome::Rejected { reason, .. } => Err(reason),
+        Outcome::MissingEvents { missing, .. } => Ok(Some(missing)),
+    }
+}
+
+/// The server of a PDU's `sender`.
+fn sender_server(json: &CanonicalJsonObject) -> Option<OwnedServerName> {
+    match json.get("sender") {
+        Some(CanonicalJsonValue::String(sender)) => {
+            ruma::OwnedUserId::try_from(sender.as_str()).ok().map(|user| user.server_name().to_owned())
+        }
+        _ => None,
+    }
+}
+
+/// Fetches events with `/event/{id}` from `origin`, a few at a time; those that fail, are not
+/// canonical JSON or whose ID is not the one asked for are left out.
+async fn fetch_events(
+    services: &Services,
+    origin: &ServerName,
+    version: &RoomVersionId,
+    ids: &[OwnedEventId],
+) -> Vec<(OwnedEventId, CanonicalJsonObject)> {
+    let Some(rules) = version.rules() else { return Vec::new() };
+    let mut fetched = Vec::new();
+    for chunk in ids.chunks(FETCH_PARALLEL) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for id in chunk {
+            let (client, origin, id) = (services.federation.client.clone(), origin.to_owned(), id.clone());
+            tasks.spawn(async move {
+                let response = client.send(&origin, get_event::v1::Request::new(id.clone())).await;
+                (id, response)
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            let Ok((id, response)) = joined else { continue };
+            let json = match response {
+                Ok(response) => serde_json::from_str::<CanonicalJsonObject>(response.pdu.get()).ok(),
+                Err(error) => {
+                    tracing::debug!(%origin, %id, %error, "/event failed");
+                    None
+                }
+            };
+            if let Some(json) = json
+                && pdu::event_id_of(&json, &rules).is_ok_and(|computed| computed == id)
+            {
+                fetched.push((id, json));
+            }
+        }
+    }
+    fetched
+}
