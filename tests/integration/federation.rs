@@ -137,14 +137,14 @@ pub(crate) fn start_federating(
 
 /// `hs-t`: a fake server in this process that serves its key document over TLS (and, as
 /// `hs-bad`, a document whose self-signature does not verify). The tests sign with its key.
-struct FakeServer {
-    key_pair: Arc<Ed25519KeyPair>,
-    port: u16,
+pub(crate) struct FakeServer {
+    pub(crate) key_pair: Arc<Ed25519KeyPair>,
+    pub(crate) port: u16,
 }
 
 impl FakeServer {
-    const NAME: &'static str = "hs-t";
-    const KEY_ID: &'static str = "ed25519:t1";
+    pub(crate) const NAME: &'static str = "hs-t";
+    pub(crate) const KEY_ID: &'static str = "ed25519:t1";
 
     async fn start(pki: &Pki) -> Self {
         let key_pair = Arc::new(new_key_pair("t1"));
@@ -192,7 +192,7 @@ impl FakeServer {
     }
 
     /// The `Authorization` header of a request signed by `hs-t`'s key.
-    fn sign(&self, method: &str, uri: &str, destination: &str, body: Option<&Value>) -> String {
+    pub(crate) fn sign(&self, method: &str, uri: &str, destination: &str, body: Option<&Value>) -> String {
         sign_with(&self.key_pair, FakeServer::NAME, method, uri, destination, body)
     }
 
@@ -284,14 +284,14 @@ pub(crate) fn assert_signed_with(own: &Value, name: &str, document: &Value) {
     ruma::signatures::verify_json(&map, &only).unwrap_or_else(|e| panic!("{name}'s signature on {document}: {e}"));
 }
 
-struct Pair {
-    a: TestServer,
-    b: TestServer,
-    fake: FakeServer,
-    pki: Pki,
+pub(crate) struct Pair {
+    pub(crate) a: TestServer,
+    pub(crate) b: TestServer,
+    pub(crate) fake: FakeServer,
+    pub(crate) pki: Pki,
     /// Every name the servers know an address for; `hs-x` and `hs-y` are free for more servers.
-    peers: Vec<(&'static str, u16)>,
-    _dirs: (tempfile::TempDir, tempfile::TempDir),
+    pub(crate) peers: Vec<(&'static str, u16)>,
+    pub(crate) _dirs: (tempfile::TempDir, tempfile::TempDir),
 }
 
 impl Pair {
@@ -300,7 +300,7 @@ impl Pair {
     }
 }
 
-async fn start_pair() -> Pair {
+pub(crate) async fn start_pair() -> Pair {
     let pki = Pki::new(&["hs-a", "hs-b", "hs-c", "hs-t", "hs-bad", "hs-old", "hs-x", "hs-y"]);
     let fake = FakeServer::start(&pki).await;
     let (port_a, port_b) = (free_port(), free_port());

@@ -18,6 +18,7 @@ mod directory;
 mod discovery;
 mod durability;
 mod federation;
+mod federation_join;
 mod federation_send;
 mod guests;
 mod http_errors;

@@ -14,7 +14,9 @@ use serde_json::{Value, json};
 
 use crate::{
     federation::{Pki, assert_signed_with, federation_call, free_port, start_federating},
+    federation_join::{join_via, state_ids},
     harness::{assert_error, enc},
+    room_helpers::create_room,
 };
 
 /// A Synapse process, killed when dropped.
@@ -147,6 +149,27 @@ rc_message: {{per_second: 1000, burst_count: 1000}}
         response["access_token"].as_str().unwrap_or_else(|| panic!("Synapse registration: {response}")).to_owned()
     }
 
+    async fn client_post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+        let response = reqwest::Client::new()
+            .post(format!("{}{path}", self.client_url))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The IDs of a room's current state events as a Synapse user sees them, sorted.
+    async fn state_ids(&self, room: &str, token: &str) -> Vec<String> {
+        let state = self.client_get(&format!("/_matrix/client/v3/rooms/{}/state", enc(room)), token).await;
+        assert_eq!(state.0, 200, "{}", state.1);
+        let mut ids: Vec<String> =
+            state.1.as_array().unwrap().iter().map(|e| e["event_id"].as_str().unwrap().to_owned()).collect();
+        ids.sort();
+        ids
+    }
+
     async fn client_get(&self, path: &str, token: &str) -> (u16, Value) {
         let response =
             reqwest::Client::new().get(format!("{}{path}", self.client_url)).bearer_auth(token).send().await.unwrap();
@@ -244,4 +267,56 @@ async fn synapse_and_trellis_query_each_others_profiles() {
         .await
         .unwrap();
     assert_eq!(from_synapse["server_keys"][0]["verify_keys"], trellis_keys["verify_keys"], "{from_synapse}");
+}
+
+/// A Trellis user joins rooms on Synapse and a Synapse user joins rooms on Trellis (room
+/// versions 10 and 12); afterwards both servers hold the same room state.
+#[tokio::test]
+async fn synapse_and_trellis_users_join_each_others_rooms() {
+    let Ok(python) = std::env::var("TRELLIS_SYNAPSE_PYTHON") else {
+        eprintln!("skipped: TRELLIS_SYNAPSE_PYTHON is not set (a Python with matrix-synapse)");
+        return;
+    };
+    let pki = Pki::new(&["localhost"]);
+    let (trellis_dir, synapse_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let synapse = Synapse::start(&python, &pki, synapse_dir.path()).await;
+    let trellis_port = free_port();
+    let trellis_name = format!("127.0.0.1:{trellis_port}");
+    let trellis = start_federating(&pki, trellis_dir.path(), &trellis_name, trellis_port, &[], "");
+    let alice = trellis.register("alice", "pw").await;
+    let sam = synapse.register("sam").await;
+
+    for version in ["10", "12"] {
+        // Into Synapse's room.
+        let created = synapse
+            .client_post(
+                "/_matrix/client/v3/createRoom",
+                &sam,
+                json!({"preset": "public_chat", "room_version": version}),
+            )
+            .await;
+        assert_eq!(created.0, 200, "{}", created.1);
+        let room = created.1["room_id"].as_str().unwrap().to_owned();
+        let joined = join_via(&trellis, &alice, &room, &[&synapse.server_name]).await;
+        assert_eq!(joined, (200, json!({"room_id": room})), "v{version}");
+        assert_eq!(state_ids(&trellis, &alice, &room).await, synapse.state_ids(&room, &sam).await, "v{version}");
+
+        // Into Trellis's room.
+        let room = create_room(&trellis, &alice, json!({"preset": "public_chat", "room_version": version})).await;
+        let joined = synapse
+            .client_post(
+                &format!("/_matrix/client/v3/join/{}?server_name={}&via={}", enc(&room), trellis_name, trellis_name),
+                &sam,
+                json!({}),
+            )
+            .await;
+        assert_eq!(joined.0, 200, "v{version}: {}", joined.1);
+        let member = format!(
+            "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+            enc(&room),
+            enc(&format!("@sam:{}", synapse.server_name))
+        );
+        assert_eq!(trellis.get(&member, alice.token()).await.1["membership"], "join", "v{version}");
+        assert_eq!(state_ids(&trellis, &alice, &room).await, synapse.state_ids(&room, &sam).await, "v{version}");
+    }
 }

@@ -4,16 +4,13 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use axum::{Json, Router, extract::State};
-use ruma::{
-    RoomVersionId,
-    api::client::discovery::{
-        discover_homeserver::{self, HomeserverInfo},
-        get_capabilities::{
-            self,
-            v3::{Capabilities, RoomVersionStability, RoomVersionsCapability},
-        },
-        get_supported_versions,
+use ruma::api::client::discovery::{
+    discover_homeserver::{self, HomeserverInfo},
+    get_capabilities::{
+        self,
+        v3::{Capabilities, RoomVersionStability, RoomVersionsCapability},
     },
+    get_supported_versions,
 };
 
 use crate::{
@@ -29,21 +26,7 @@ const SUPPORTED_VERSIONS: &[&str] = &[
     "v1.11",
 ];
 
-/// Room versions the server can create and join: 1 to 12, all stable.
-pub const ROOM_VERSIONS: &[RoomVersionId] = &[
-    RoomVersionId::V1,
-    RoomVersionId::V2,
-    RoomVersionId::V3,
-    RoomVersionId::V4,
-    RoomVersionId::V5,
-    RoomVersionId::V6,
-    RoomVersionId::V7,
-    RoomVersionId::V8,
-    RoomVersionId::V9,
-    RoomVersionId::V10,
-    RoomVersionId::V11,
-    RoomVersionId::V12,
-];
+pub use crate::service::rooms::ROOM_VERSIONS;
 
 pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     capabilities_routes(router.ruma(versions).ruma(well_known_client))

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use axum::Router;
 use ruma::{
-    OwnedRoomId, OwnedUserId, RoomId, RoomOrAliasId, UserId,
+    OwnedRoomId, OwnedServerName, OwnedUserId, RoomId, RoomOrAliasId, UserId,
     api::client::{
         knock::knock_room,
         membership::{
@@ -82,15 +82,48 @@ fn extra_content(raw_body: &[u8]) -> Map<String, Value> {
     extra
 }
 
-async fn resolve_room(services: &Services, room: &RoomOrAliasId) -> Result<OwnedRoomId> {
+/// The room an ID or alias names, and servers to join it through (an alias's own server names
+/// some).
+async fn resolve_room(services: &Services, room: &RoomOrAliasId) -> Result<(OwnedRoomId, Vec<OwnedServerName>)> {
     match <&RoomId>::try_from(room) {
-        Ok(room_id) => Ok(room_id.to_owned()),
+        Ok(room_id) => Ok((room_id.to_owned(), Vec::new())),
+        Err(alias) if alias.server_name() != services.config.server_name => {
+            services.federation.resolve_remote_alias(alias).await
+        }
         Err(alias) => {
             let record =
                 services.rooms.resolve_alias(alias).await?.ok_or_else(|| Error::not_found("Unknown room alias"))?;
-            Ok(record.room_id)
+            Ok((record.room_id, Vec::new()))
         }
     }
+}
+
+/// Joins a room: here when this server is in it (or it is a room only this server knows),
+/// else through other servers: those the client named, those the alias named, those known to
+/// be in the room, and the server in the room ID.
+async fn join(
+    services: &Services,
+    room_id: &RoomId,
+    user: &UserId,
+    (reason, extra): (Option<String>, Map<String, Value>),
+    mut servers: Vec<OwnedServerName>,
+) -> Result<()> {
+    let known_servers = services.rooms.servers_in_room(room_id).await?;
+    let known = services.rooms.version(room_id).await?.is_some();
+    if services.rooms.is_resident(room_id).await? || (known && known_servers.is_empty()) {
+        return change_with(services, room_id, (user, user), "join", reason, extra).await;
+    }
+    servers.extend(known_servers);
+    servers.extend(room_id.server_name().map(ToOwned::to_owned));
+    let mut content = extra;
+    for (key, value) in member_profile(services, user).await? {
+        content.entry(key).or_insert(value);
+    }
+    if let Some(reason) = reason {
+        content.insert("reason".into(), Value::String(reason));
+    }
+    services.federation.join_remote_room(&services.rooms, user, room_id, &servers, content).await?;
+    Ok(())
 }
 
 async fn join_by_id(
@@ -99,8 +132,8 @@ async fn join_by_id(
 ) -> Result<join_room_by_id::v3::Response> {
     let sender = request.sender()?;
     let body = &request.body;
-    let (user, extra) = (&sender.user_id, extra_content(&request.raw_body));
-    change_with(&services, &body.room_id, (user, user), "join", body.reason.clone(), extra).await?;
+    let extra = extra_content(&request.raw_body);
+    join(&services, &body.room_id, &sender.user_id, (body.reason.clone(), extra), Vec::new()).await?;
     Ok(join_room_by_id::v3::Response::new(body.room_id.clone()))
 }
 
@@ -110,9 +143,10 @@ async fn join_by_id_or_alias(
 ) -> Result<join_room_by_id_or_alias::v3::Response> {
     let sender = request.sender()?;
     let body = &request.body;
-    let room_id = resolve_room(&services, &body.room_id_or_alias).await?;
-    let (user, extra) = (&sender.user_id, extra_content(&request.raw_body));
-    change_with(&services, &room_id, (user, user), "join", body.reason.clone(), extra).await?;
+    let (room_id, mut servers) = resolve_room(&services, &body.room_id_or_alias).await?;
+    servers.splice(0..0, body.via.iter().cloned());
+    let extra = extra_content(&request.raw_body);
+    join(&services, &room_id, &sender.user_id, (body.reason.clone(), extra), servers).await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
 }
 
@@ -179,7 +213,7 @@ async fn unban(services: Arc<Services>, request: Ruma<unban_user::v3::Request>) 
 async fn knock(services: Arc<Services>, request: Ruma<knock_room::v3::Request>) -> Result<knock_room::v3::Response> {
     let sender = request.sender()?;
     let body = &request.body;
-    let room_id = resolve_room(&services, &body.room_id_or_alias).await?;
+    let (room_id, _) = resolve_room(&services, &body.room_id_or_alias).await?;
     let (user, extra) = (&sender.user_id, extra_content(&request.raw_body));
     change_with(&services, &room_id, (user, user), "knock", body.reason.clone(), extra).await?;
     Ok(knock_room::v3::Response::new(room_id))

@@ -5,6 +5,7 @@
 
 pub(crate) mod auth;
 pub mod discovery;
+pub mod join;
 pub mod keys;
 pub mod query;
 pub mod transactions;
@@ -16,6 +17,6 @@ use axum::Router;
 use crate::service::Services;
 
 pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
-    let router = query::routes(keys::routes(discovery::routes(router)));
+    let router = join::routes(query::routes(keys::routes(discovery::routes(router))));
     transactions::routes(router)
 }

@@ -42,9 +42,9 @@ pub enum FederationError {
     /// The address guard refuses the destination's addresses.
     #[error("{0}")]
     Forbidden(String),
-    /// The destination answered with an error status.
+    /// The destination answered with an error status (`errcode` from its Matrix error body).
     #[error("{server} answered {status}: {message}")]
-    Remote { server: OwnedServerName, status: u16, message: String },
+    Remote { server: OwnedServerName, status: u16, errcode: Option<String>, message: String },
     /// The answer could not be understood (or a request could not be built).
     #[error("{0}")]
     Invalid(String),
@@ -162,6 +162,10 @@ impl FederationClient {
         let status = response.status();
         let headers = response.headers().clone();
         let body = read_limited(response, MAX_RESPONSE_BYTES).await?;
+        let errcode = (!status.is_success())
+            .then(|| serde_json::from_slice::<serde_json::Value>(&body).ok())
+            .flatten()
+            .and_then(|body| body.get("errcode")?.as_str().map(ToOwned::to_owned));
         let mut http_response = http::Response::new(body.as_slice());
         *http_response.status_mut() = status;
         *http_response.headers_mut() = headers;
@@ -169,6 +173,7 @@ impl FederationClient {
             FromHttpResponseError::Server(error) => FederationError::Remote {
                 server: destination.to_owned(),
                 status: status.as_u16(),
+                errcode,
                 message: format!("{error}"),
             },
             other => FederationError::Invalid(format!("{destination} sent an invalid answer: {other}")),

@@ -1,13 +1,15 @@
 //! Federation with other servers: discovery of where a server name is reached
 //! (`discovery.rs`, with SRV lookups in `srv.rs`), outbound requests signed with this server's
-//! key (`client.rs`), and the signing keys of other servers, fetched, verified, stored and
-//! served again as a notary (`keys.rs`), transactions: the outbound queue and its sender
-//! (`sender.rs`) and the transactions other servers send (`inbound.rs`). Inbound request signatures are checked by the API's
+//! key (`client.rs`), the signing keys of other servers, fetched, verified, stored and
+//! served again as a notary (`keys.rs`), joining rooms through other servers (`join.rs`), and
+//! transactions: the outbound queue and its sender (`sender.rs`) and the transactions other
+//! servers send (`inbound.rs`). Inbound request signatures are checked by the API's
 //! extractor through [`keys::RemoteKeys::verify_request`].
 
 pub mod client;
 pub mod discovery;
 pub mod inbound;
+pub mod join;
 pub mod keys;
 pub mod sender;
 pub mod srv;
@@ -31,6 +33,8 @@ use crate::{
 pub struct Federation {
     pub client: Arc<client::FederationClient>,
     pub keys: Arc<keys::RemoteKeys>,
+    server_name: ruma::OwnedServerName,
+    own_keys: Arc<ServerKeys>,
     /// The outbound queue of PDUs and EDUs per destination (its tasks start with the server).
     pub sender: Arc<sender::Sender>,
     /// Transactions other servers send (`inbound.rs`).
@@ -72,11 +76,11 @@ impl Federation {
         let keys = Arc::new(keys::RemoteKeys::new(
             db,
             config.server_name.clone(),
-            own_keys,
+            own_keys.clone(),
             client.clone(),
             config.trusted_servers.clone(),
         ));
-        Ok(Self { client, keys, sender, inbound })
+        Ok(Self { client, keys, server_name: config.server_name.clone(), own_keys, sender, inbound })
     }
 }
 

@@ -2,7 +2,12 @@
 //! knock. Each is a member event through the acceptance path, so the auth rules decide; this
 //! adds what the rules leave to the resident server (restricted joins, what a leave may undo).
 
-use ruma::{RoomId, UserId, events::TimelineEventType};
+use http::StatusCode;
+use ruma::{
+    OwnedRoomId, OwnedUserId, RoomId, UserId,
+    api::error::ErrorKind,
+    events::{StateEventType, TimelineEventType},
+};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -82,27 +87,49 @@ impl Rooms {
         user: &UserId,
         content: &mut Map<String, Value>,
     ) -> Result<()> {
-        let Some(rules) = self.state_event(room_id, &"m.room.join_rules".into(), "").await? else { return Ok(()) };
-        let Ok(rules) = serde_json::from_str::<JoinRules>(rules.content.get()) else { return Ok(()) };
+        if let Some(authoriser) = self.restricted_join_authoriser(room_id, user).await? {
+            content.insert("join_authorised_via_users_server".into(), json!(authoriser));
+        }
+        Ok(())
+    }
+
+    /// The local user who authorises `user`'s join under restricted join rules (v8+), local or
+    /// remote user alike: `None` when the rules are not restricted or the user is invited or
+    /// joined already. Refused with `M_FORBIDDEN` when the user is in no room the rules allow,
+    /// `M_UNABLE_TO_AUTHORISE_JOIN` when this server is in none of those rooms (it cannot tell),
+    /// and `M_UNABLE_TO_GRANT_JOIN` when no local user may invite.
+    pub async fn restricted_join_authoriser(&self, room_id: &RoomId, user: &UserId) -> Result<Option<OwnedUserId>> {
+        let Some(rules) = self.state_event(room_id, &"m.room.join_rules".into(), "").await? else { return Ok(None) };
+        let Ok(rules) = serde_json::from_str::<JoinRules>(rules.content.get()) else { return Ok(None) };
         if rules.join_rule != "restricted" && rules.join_rule != "knock_restricted" {
-            return Ok(());
+            return Ok(None);
         }
-        if let Some(current) = self.membership(user, room_id).await?
-            && (current.membership == "join" || current.membership == "invite")
-        {
-            return Ok(());
+        let member = |room: OwnedRoomId| async move {
+            let event = self.state_event(&room, &StateEventType::RoomMember, user.as_str()).await?;
+            Ok::<_, Error>(event.map(|pdu| super::accept::membership_in(&pdu.content)))
+        };
+        if member(room_id.to_owned()).await?.is_some_and(|m| m == "join" || m == "invite") {
+            return Ok(None);
         }
-        let mut allowed = false;
+        let (mut allowed, mut known) = (false, false);
         for rule in rules.allow.iter().filter(|r| r.kind == "m.room_membership") {
-            if let Some(allowed_room) = &rule.room_id
-                && self.membership(user, allowed_room).await?.is_some_and(|m| m.membership == "join")
-            {
+            let Some(allowed_room) = &rule.room_id else { continue };
+            known |= self.version(allowed_room).await?.is_some();
+            if member(allowed_room.clone()).await?.is_some_and(|m| m == "join") {
                 allowed = true;
                 break;
             }
         }
         if !allowed {
-            return Err(Error::forbidden("You are not in any room that this room's join rules allow"));
+            return Err(if known || user.server_name() == self.core.server_name {
+                Error::forbidden("You are not in any room that this room's join rules allow")
+            } else {
+                Error::new(
+                    StatusCode::BAD_REQUEST,
+                    ErrorKind::UnableToAuthorizeJoin,
+                    "This server is in none of the rooms the join rules allow, so it cannot authorise the join",
+                )
+            });
         }
         let power_levels = self.power_levels(room_id).await?;
         let members = self.current_state(room_id).await?;
@@ -112,9 +139,13 @@ impl Rooms {
                 pdu.kind == TimelineEventType::RoomMember && super::accept::membership_in(&pdu.content) == "join";
             (joined && user.server_name() == self.core.server_name && power_levels.can_invite(&user)).then_some(user)
         });
-        let authoriser = authoriser.ok_or_else(|| Error::forbidden("No local user can authorise your join"))?;
-        content.insert("join_authorised_via_users_server".into(), json!(authoriser));
-        Ok(())
+        authoriser.map(Some).ok_or_else(|| {
+            Error::new(
+                StatusCode::BAD_REQUEST,
+                ErrorKind::UnableToGrantJoin,
+                "No user of this server can authorise your join",
+            )
+        })
     }
 }
 

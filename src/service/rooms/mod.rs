@@ -11,6 +11,7 @@ mod build;
 mod context;
 pub mod create;
 mod directory;
+pub mod federation_join;
 pub mod membership;
 mod notify;
 pub mod pdu;
@@ -50,6 +51,22 @@ pub use relations_read::{RECURSION_DEPTH, RelationsPage, RelationsQuery, attach 
 pub use search::{SearchHit, SearchOrder, SearchPage, SearchQuery};
 pub use servers::LocalEvent;
 pub use sync_read::{EventPredicate, MemberSummary, MembershipChange, StateSelection, TimelineWindow};
+
+/// Room versions the server can create and join: 1 to 12, all stable.
+pub const ROOM_VERSIONS: &[RoomVersionId] = &[
+    RoomVersionId::V1,
+    RoomVersionId::V2,
+    RoomVersionId::V3,
+    RoomVersionId::V4,
+    RoomVersionId::V5,
+    RoomVersionId::V6,
+    RoomVersionId::V7,
+    RoomVersionId::V8,
+    RoomVersionId::V9,
+    RoomVersionId::V10,
+    RoomVersionId::V11,
+    RoomVersionId::V12,
+];
 
 /// The `membership` of a member event.
 pub fn membership_of(pdu: &Pdu) -> String {

@@ -103,7 +103,11 @@ pub(super) fn in_auth_order(events: Vec<Prepared>) -> Vec<Prepared> {
             ordered.extend(blocked);
             break;
         }
-        ordered.extend(ready);
+        // From v12 no event lists the create event among its auth events, yet all need it.
+        let (create, rest): (Vec<Prepared>, Vec<Prepared>) =
+            ready.into_iter().partition(|event| event.pdu.kind == ruma::events::TimelineEventType::RoomCreate);
+        ordered.extend(create);
+        ordered.extend(rest);
         remaining = blocked;
     }
     ordered

@@ -100,7 +100,14 @@ impl RoomCore {
     fn state_group_at(&self, db: &Db, short_room: u64, position: u64) -> Result<Option<u64>> {
         let last =
             TIMELINE.scan_from(db, &(short_room, position), ScanDirection::Reverse, 1, |(r, _)| *r == short_room)?;
-        let Some((_, short)) = last.first() else { return Ok(None) };
+        let Some((_, short)) = last.first() else {
+            // Before the room's first live event: the state before it. A room joined through
+            // another server starts with the join, on the state that server gave.
+            let first = TIMELINE
+                .scan_from(db, &(short_room, position), ScanDirection::Forward, 1, |(r, _)| *r == short_room)?;
+            let Some((_, short)) = first.first() else { return Ok(None) };
+            return Ok(EVENT_META.get(db, short)?.and_then(|meta| meta.state_before));
+        };
         Ok(EVENT_META.get(db, short)?.map(|meta| meta.state_after))
     }
 
