@@ -41,7 +41,7 @@ struct Recorded {
     /// Bodies of `/get_missing_events` requests, and the events it answers with.
     missing_requests: Vec<Value>,
     missing_answer: Vec<Value>,
-    /// Events served by `/event/{id}`, and `/state_ids` answers by event ID.
+    /// Events served by `/event/{id}`, and `/state_ids` answers by event ID (`*`: any).
     events: HashMap<String, Value>,
     state_ids: HashMap<String, Value>,
     state_ids_requests: Vec<String>,
@@ -119,7 +119,7 @@ impl FakeRemote {
                     let id = query.get("event_id").cloned().unwrap_or_default();
                     let mut seen = state.seen.lock().unwrap();
                     seen.state_ids_requests.push(id.clone());
-                    match seen.state_ids.get(&id) {
+                    match seen.state_ids.get(&id).or_else(|| seen.state_ids.get("*")) {
                         Some(answer) => (StatusCode::OK, Json(answer.clone())),
                         None => (StatusCode::NOT_FOUND, Json(json!({"errcode": "M_NOT_FOUND"}))),
                     }
@@ -662,4 +662,36 @@ async fn events_sent_while_a_server_is_stopped_arrive_once_it_is_back() {
     let bodies: Vec<&str> =
         page["chunk"].as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str()).collect();
     assert!(bodies.contains(&"while b was away 1") && bodies.contains(&"while b was away 2"), "{bodies:?}");
+}
+
+#[tokio::test]
+async fn a_gap_longer_than_get_missing_events_gives_is_bridged_with_the_state_there() {
+    // Complement's TestSyncTimelineGap: 30 missing events, of which /get_missing_events gives
+    // the newest 10; the state before the oldest of those comes from /state_ids.
+    let Setup { pki, remote, a, alice, mut room, .. } = setup().await;
+    let room_id = room.room_id.clone();
+    let (_, state) = a.get(&format!("/_matrix/client/v3/rooms/{}/state", enc(&room_id)), alice.token()).await;
+    let state_now: Vec<String> =
+        state.as_array().unwrap().iter().map(|e| e["event_id"].as_str().unwrap().to_owned()).collect();
+    let mut missing = Vec::new();
+    for i in 0..30 {
+        let body = json!({"msgtype": "m.text", "body": format!("remote {i}")});
+        missing.push(room.event(&remote, "m.room.message", None, body, None, None));
+    }
+    let (last_id, last) = room.event(&remote, "m.room.message", None, json!({"body": "End"}), None, None);
+    {
+        let mut seen = remote.seen();
+        seen.missing_answer = missing[20..].iter().map(|(_, event)| event.clone()).collect();
+        seen.events = missing.iter().cloned().collect();
+        seen.state_ids.insert("*".into(), json!({"pdu_ids": state_now, "auth_chain_ids": []}));
+    }
+    let (status, body) = remote.send_pdus(&pki, &a, "long-gap", vec![last]).await;
+    assert_eq!((status, &body["pdus"][&last_id]), (200, &json!({})), "{body}");
+    assert_eq!(remote.seen().state_ids_requests, vec![missing[19].0.clone()], "one /state_ids, at the gap");
+
+    let ids = timeline_ids(&a, &alice, &room_id).await;
+    let mut expected: Vec<String> = missing[20..].iter().map(|(id, _)| id.clone()).collect();
+    expected.push(last_id);
+    assert_eq!(ids[ids.len() - expected.len()..], expected[..], "the pulled events in order, then the new one");
+    assert!(!ids.contains(&missing[19].0), "events before the gap are not in the timeline");
 }

@@ -48,8 +48,6 @@ use crate::{
 
 /// How many missing prev events `/get_missing_events` asks for.
 const MISSING_EVENTS_LIMIT: u32 = 20;
-/// How many prev events of one event get their state fetched with `/state_ids`.
-const MAX_GAPS: usize = 5;
 /// How many events one `/state_ids` answer may make this server fetch.
 const MAX_STATE_FETCH: usize = 2_000;
 /// How many `/event` requests run at once.
@@ -217,32 +215,8 @@ impl Inbound {
                 return Err(format!("The room's server ACL denies {server}"));
             }
         }
-        let prev_events = pdu::Pdu::from_json(json.clone(), rules).map(|p| p.prev_events).unwrap_or_default();
-        let outcome = services.rooms.accept_pdu(room_id, json.clone()).await.map_err(|e| e.to_string())?;
-        let Some(missing) = settled(outcome)? else { return Ok(()) };
-        tracing::debug!(%origin, %event_id, ?missing, "PDU refers to events this server lacks");
-
-        // Prev events: ask the origin for the events between our extremities and this one.
-        if missing.iter().any(|id| prev_events.contains(id)) {
-            self.fill_gap(services, origin, room_id, rules, event_id).await;
-        }
-        // Auth events: the origin's auth chain of the event.
-        if missing.iter().any(|id| !prev_events.contains(id)) {
-            self.fetch_auth_chain(services, origin, room_id, event_id).await;
-        }
-        let outcome = services.rooms.accept_pdu(room_id, json.clone()).await.map_err(|e| e.to_string())?;
-        let Some(missing) = settled(outcome)? else { return Ok(()) };
-
-        // Prev events still missing (or without state): the state before each from the origin.
-        let gaps: Vec<OwnedEventId> =
-            prev_events.iter().filter(|id| missing.contains(id)).take(MAX_GAPS).cloned().collect();
-        for prev in gaps {
-            if let Err(error) = self.accept_at_gap(services, origin, room_id, version, &prev).await {
-                tracing::debug!(%origin, %prev, %error, "cannot fetch the state at a prev event");
-            }
-        }
-        let outcome = services.rooms.accept_pdu(room_id, json).await.map_err(|e| e.to_string())?;
-        match settled(outcome)? {
+        let gap = Gap { services, origin, room_id, version, rules };
+        match gap.place(event_id, json, true).await? {
             None => Ok(()),
             Some(missing) => Err(format!(
                 "Refers to events that could not be fetched: {}",
@@ -250,17 +224,62 @@ impl Inbound {
             )),
         }
     }
+}
 
-    /// `/get_missing_events` from our forward extremities to `latest`, and the events it gives
-    /// accepted oldest first (those it cannot place are left for the state path).
-    async fn fill_gap(
+/// What placing one PDU (and the events pulled for it) needs.
+struct Gap<'a> {
+    services: &'a Services,
+    origin: &'a ServerName,
+    room_id: &'a RoomId,
+    version: &'a RoomVersionId,
+    rules: &'a RoomVersionRules,
+}
+
+impl Gap<'_> {
+    /// Accepts an event, fetching what it lacks: its auth chain (`/event_auth`), the events
+    /// between this server's extremities and it (`/get_missing_events`, when `pull`), and at
+    /// last the state after a prev event still missing (`/state_ids`). `None` once settled;
+    /// the events still missing otherwise; an error when refused.
+    async fn place(
         &self,
-        services: &Services,
-        origin: &ServerName,
-        room_id: &RoomId,
-        rules: &RoomVersionRules,
-        latest: &OwnedEventId,
-    ) {
+        event_id: &OwnedEventId,
+        json: CanonicalJsonObject,
+        pull: bool,
+    ) -> Result<Option<Vec<OwnedEventId>>, String> {
+        let rooms = &self.services.rooms;
+        let prev_events = pdu::Pdu::from_json(json.clone(), self.rules).map(|p| p.prev_events).unwrap_or_default();
+        let outcome = rooms.accept_pdu(self.room_id, json.clone()).await.map_err(|e| e.to_string())?;
+        let Some(mut missing) = settled(outcome)? else { return Ok(None) };
+        tracing::debug!(origin = %self.origin, %event_id, ?missing, "PDU refers to events this server lacks");
+
+        let lacks_auth = |missing: &[OwnedEventId]| missing.iter().any(|id| !prev_events.contains(id));
+        let lacks_prev = |missing: &[OwnedEventId]| missing.iter().any(|id| prev_events.contains(id));
+        if pull && lacks_prev(&missing) {
+            Box::pin(self.pull_missing(event_id)).await;
+            let outcome = rooms.accept_pdu(self.room_id, json.clone()).await.map_err(|e| e.to_string())?;
+            let Some(still) = settled(outcome)? else { return Ok(None) };
+            missing = still;
+        }
+        if lacks_auth(&missing) {
+            self.fetch_auth_chain(event_id).await;
+            let outcome = rooms.accept_pdu(self.room_id, json.clone()).await.map_err(|e| e.to_string())?;
+            let Some(still) = settled(outcome)? else { return Ok(None) };
+            missing = still;
+        }
+        let Some(prev) = prev_events.iter().find(|id| missing.contains(id)) else { return Ok(Some(missing)) };
+        match self.accept_on_state_after(json, prev).await {
+            Ok(outcome) => settled(outcome),
+            Err(error) => {
+                tracing::debug!(origin = %self.origin, %prev, %error, "cannot fetch the state at a prev event");
+                Ok(Some(missing))
+            }
+        }
+    }
+
+    /// `/get_missing_events` from this server's forward extremities to `latest`, and the
+    /// events it gives placed oldest first.
+    async fn pull_missing(&self, latest: &OwnedEventId) {
+        let (services, origin, room_id) = (self.services, self.origin, self.room_id);
         let Ok(Some((earliest, min_depth))) = services.rooms.extremities(room_id).await else { return };
         let mut request = get_missing_events::v1::Request::new(room_id.to_owned(), earliest, vec![latest.clone()]);
         request.limit = UInt::from(MISSING_EVENTS_LIMIT);
@@ -272,32 +291,28 @@ impl Inbound {
                 return;
             }
         };
-        let mut pulled: Vec<(u64, CanonicalJsonObject)> = events
+        let mut pulled: Vec<(u64, OwnedEventId, CanonicalJsonObject)> = events
             .iter()
             .take(MISSING_EVENTS_LIMIT as usize)
             .filter_map(|raw| serde_json::from_str::<CanonicalJsonObject>(raw.get()).ok())
             .filter_map(|json| {
-                let pdu = pdu::Pdu::from_json(json.clone(), rules).ok()?;
-                (pdu.room_id == room_id).then_some((pdu.depth, json))
+                let pdu = pdu::Pdu::from_json(json.clone(), self.rules).ok()?;
+                (pdu.room_id == room_id).then_some((pdu.depth, pdu.event_id, json))
             })
             .collect();
-        pulled.sort_by_key(|(depth, _)| *depth);
-        for (_, json) in pulled {
-            match services.rooms.accept_pdu(room_id, json).await {
-                Ok(outcome) => tracing::debug!(%origin, ?outcome, "missing event pulled"),
-                Err(error) => tracing::debug!(%origin, %error, "a pulled missing event was refused"),
+        pulled.sort_by_key(|(depth, _, _)| *depth);
+        for (_, event_id, json) in pulled {
+            match self.place(&event_id, json, false).await {
+                Ok(None) => tracing::debug!(%origin, %event_id, "missing event pulled"),
+                Ok(Some(missing)) => tracing::debug!(%origin, %event_id, ?missing, "a pulled event lacks events"),
+                Err(error) => tracing::debug!(%origin, %event_id, %error, "a pulled missing event was refused"),
             }
         }
     }
 
     /// `/event_auth` of an event, stored as outliers.
-    async fn fetch_auth_chain(
-        &self,
-        services: &Services,
-        origin: &ServerName,
-        room_id: &RoomId,
-        event_id: &OwnedEventId,
-    ) {
+    async fn fetch_auth_chain(&self, event_id: &OwnedEventId) {
+        let (services, origin, room_id) = (self.services, self.origin, self.room_id);
         let request = get_event_authorization::v1::Request::new(room_id.to_owned(), event_id.clone());
         let chain = match services.federation.client.send(origin, request).await {
             Ok(response) => response.auth_chain,
@@ -316,17 +331,13 @@ impl Inbound {
         }
     }
 
-    /// A prev event this server lacks (or has without state), accepted on the state before it
-    /// as the origin's `/state_ids` gives it, after the events of that state and their auth
-    /// chain not stored here are fetched and stored as outliers.
-    async fn accept_at_gap(
-        &self,
-        services: &Services,
-        origin: &ServerName,
-        room_id: &RoomId,
-        version: &RoomVersionId,
-        prev: &OwnedEventId,
-    ) -> Result<()> {
+    /// Accepts an event whose prev event `prev` this server lacks (or has without state) on
+    /// the state after `prev`: the state before it as the origin's `/state_ids` gives it, plus
+    /// `prev` itself when it is a state event (Synapse answers with the state before the event).
+    /// The events of that state and their auth chain not stored here are fetched with `/event`
+    /// and stored as outliers first. With several prev events, only this one's state is used.
+    async fn accept_on_state_after(&self, json: CanonicalJsonObject, prev: &OwnedEventId) -> Result<Outcome> {
+        let (services, origin, room_id) = (self.services, self.origin, self.room_id);
         let failed = |what: &str, e: String| Error::internal(format!("{what}: {e}"));
         let state = services
             .federation
@@ -345,16 +356,22 @@ impl Inbound {
             return Err(failed("/state_ids", format!("{} events is too many", wanted.len())));
         }
         let unknown = services.rooms.unknown_events(wanted).await?;
-        let mut fetched = fetch_events(services, origin, version, &unknown).await;
+        let mut fetched = fetch_events(services, origin, self.version, &unknown).await;
         let prev_json = match fetched.iter().position(|(id, _)| id == prev) {
             Some(index) => Some(fetched.swap_remove(index).1),
             None => services.rooms.pdu_json(prev).await?,
         };
         let prev_json = prev_json.ok_or_else(|| failed("/event", format!("{prev} could not be fetched")))?;
+        let mut state_ids = state.pdu_ids;
+        // The state after a state event includes it: stored as an outlier like the rest.
+        if prev_json.contains_key("state_key") {
+            fetched.push((prev.clone(), prev_json));
+            state_ids.push(prev.clone());
+        }
         services.rooms.accept_outliers(room_id, None, fetched.into_iter().map(|(_, json)| json).collect()).await?;
-        let outcome = services.rooms.accept_pdu_with_state(room_id, None, prev_json, state.pdu_ids).await?;
-        tracing::debug!(%origin, %prev, ?outcome, "prev event accepted on the state the origin gave");
-        Ok(())
+        let outcome = services.rooms.accept_pdu_with_state(room_id, None, json, state_ids).await?;
+        tracing::debug!(%origin, %prev, ?outcome, "event accepted on the state the origin gave at a gap");
+        Ok(outcome)
     }
 }
 
