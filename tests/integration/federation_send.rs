@@ -549,33 +549,37 @@ async fn state_at_a_gap_comes_from_state_ids_and_bad_missing_events_are_ignored(
     let state_before: Vec<String> =
         state.as_array().unwrap().iter().map(|e| e["event_id"].as_str().unwrap().to_owned()).collect();
 
-    // A state change hs-a never hears of (bob's display name), then a message after it.
+    // A state change hs-a never hears of (bob's display name), a message after it that
+    // /get_missing_events gives, and the message pushed after that.
     let content = json!({"membership": "join", "displayname": "Bob R"});
-    let (topic_id, topic) = room.event(&remote, "m.room.member", Some(BOB), content, None, None);
-    let (message_id, message) =
-        room.event(&remote, "m.room.message", None, json!({"body": "after the gap"}), None, None);
+    let (change_id, change) = room.event(&remote, "m.room.member", Some(BOB), content, None, None);
+    let (pulled_id, pulled) = room.event(&remote, "m.room.message", None, json!({"body": "pulled"}), None, None);
+    let (pushed_id, pushed) = room.event(&remote, "m.room.message", None, json!({"body": "pushed"}), None, None);
 
-    // A missing event with bad JSON for the room version (a float) is ignored: nothing pulled,
-    // and without /state_ids the event cannot be placed.
-    let mut bad = topic.clone();
+    // A missing event with bad JSON for the room version (a float) is ignored, and a pushed
+    // event whose prev events stay missing is refused, without asking for the state there.
+    let mut bad = pulled.clone();
     bad["content"]["bad_val"] = json!(1.1);
     remote.seen().missing_answer = vec![bad];
-    let (status, body) = remote.send_pdus(&pki, &a, "gap1", vec![message.clone()]).await;
+    let (status, body) = remote.send_pdus(&pki, &a, "gap1", vec![pushed.clone()]).await;
     assert_eq!(status, 200);
-    assert!(body["pdus"][&message_id]["error"].is_string(), "{body}");
-    assert!(!timeline_ids(&a, &alice, &room_id).await.contains(&message_id));
+    assert!(body["pdus"][&pushed_id]["error"].is_string(), "{body}");
+    assert!(remote.seen().state_ids_requests.is_empty());
+    assert!(!timeline_ids(&a, &alice, &room_id).await.contains(&pushed_id));
 
-    // With /state_ids and /event, the gap's state is fetched and the message placed on it.
+    // The pulled event's missing prev gets its state from /state_ids and /event; then both
+    // events are placed, on a state with bob's new display name.
     {
         let mut seen = remote.seen();
-        seen.missing_answer.clear();
-        seen.events.insert(topic_id.clone(), topic);
-        seen.state_ids.insert(topic_id.clone(), json!({"pdu_ids": state_before, "auth_chain_ids": []}));
+        seen.missing_answer = vec![pulled];
+        seen.events.insert(change_id.clone(), change);
+        seen.state_ids.insert(change_id.clone(), json!({"pdu_ids": state_before, "auth_chain_ids": []}));
     }
-    let (status, body) = remote.send_pdus(&pki, &a, "gap2", vec![message]).await;
-    assert_eq!((status, &body["pdus"][&message_id]), (200, &json!({})), "{body}");
-    assert_eq!(remote.seen().state_ids_requests.last(), Some(&topic_id));
-    assert!(timeline_ids(&a, &alice, &room_id).await.contains(&message_id));
+    let (status, body) = remote.send_pdus(&pki, &a, "gap2", vec![pushed]).await;
+    assert_eq!((status, &body["pdus"][&pushed_id]), (200, &json!({})), "{body}");
+    assert_eq!(remote.seen().state_ids_requests, vec![change_id.clone()]);
+    let ids = timeline_ids(&a, &alice, &room_id).await;
+    assert_eq!(ids[ids.len() - 2..], [pulled_id, pushed_id]);
     let (status, member) =
         a.get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.member/{BOB}", enc(&room_id)), alice.token()).await;
     assert_eq!((status, &member["displayname"]), (200, &json!("Bob R")), "{member}");
@@ -694,4 +698,42 @@ async fn a_gap_longer_than_get_missing_events_gives_is_bridged_with_the_state_th
     expected.push(last_id);
     assert_eq!(ids[ids.len() - expected.len()..], expected[..], "the pulled events in order, then the new one");
     assert!(!ids.contains(&missing[19].0), "events before the gap are not in the timeline");
+}
+
+#[tokio::test]
+async fn an_event_from_before_a_partition_comes_in_sync_order_and_messages_miss_nothing() {
+    // Complement's TestNetworkPartitionOrdering: hs-r's 1' (after the shared event 0) arrives
+    // after hs-a's 1-4; then 5-7. /sync's last 4 are [1', 5, 6, 7], and /messages back from
+    // its prev_batch gives 4, 3, 2, 1.
+    let Setup { pki, remote, a, alice, mut room, .. } = setup().await;
+    let room_id = room.room_id.clone();
+    let (late_id, late) =
+        room.event(&remote, "m.room.message", None, json!({"msgtype": "m.text", "body": "1'"}), None, None);
+    let mut local = Vec::new();
+    for i in 1..=4 {
+        local.push(send_text(&a, &alice, &room_id, &i.to_string()).await);
+    }
+    let (status, body) = remote.send_pdus(&pki, &a, "partition", vec![late]).await;
+    assert_eq!((status, &body["pdus"][&late_id]), (200, &json!({})), "{body}");
+    let mut after = Vec::new();
+    for i in 5..=7 {
+        after.push(send_text(&a, &alice, &room_id, &i.to_string()).await);
+    }
+    let filter = enc(r#"{"room":{"timeline":{"limit":4}}}"#);
+    let (status, sync) = a.get(&format!("/_matrix/client/v3/sync?filter={filter}"), alice.token()).await;
+    assert_eq!(status, 200);
+    let timeline = &sync["rooms"]["join"][&room_id]["timeline"];
+    let ids: Vec<&str> =
+        timeline["events"].as_array().unwrap().iter().map(|e| e["event_id"].as_str().unwrap()).collect();
+    let mut expected = vec![late_id.as_str()];
+    expected.extend(after.iter().map(String::as_str));
+    assert_eq!(ids, expected);
+    let from = enc(timeline["prev_batch"].as_str().unwrap());
+    let (status, page) = a
+        .get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=4&from={from}", enc(&room_id)), alice.token())
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let ids: Vec<&str> = page["chunk"].as_array().unwrap().iter().map(|e| e["event_id"].as_str().unwrap()).collect();
+    let expected: Vec<&str> = local.iter().rev().map(String::as_str).collect();
+    assert_eq!(ids, expected, "/messages gives 4, 3, 2, 1");
 }

@@ -5,9 +5,10 @@
 //!
 //! Each PDU goes through the rooms' acceptance path. When it refers to events this server
 //! doesn't have: its auth chain is fetched with `/event_auth`; missing prev events are fetched
-//! with `/get_missing_events` (bounded) and accepted oldest first; prev events still missing
-//! get the state before them from `/state_ids` (the events not stored here fetched with
-//! `/event`, stored as outliers) and are accepted on it. The answer has one result per PDU
+//! with `/get_missing_events` (bounded) and placed oldest first, a pulled event whose own prev
+//! events are missing on the state after them from `/state_ids` (the events not stored here
+//! fetched with `/event`, stored as outliers). A pushed event whose prev events are still
+//! missing after that is refused (Synapse's rule). The answer has one result per PDU
 //! whose room and event ID could be worked out; PDUs that cannot (not JSON objects, unknown
 //! rooms, no room ID) are left out, as Synapse does.
 
@@ -236,10 +237,11 @@ struct Gap<'a> {
 }
 
 impl Gap<'_> {
-    /// Accepts an event, fetching what it lacks: its auth chain (`/event_auth`), the events
-    /// between this server's extremities and it (`/get_missing_events`, when `pull`), and at
-    /// last the state after a prev event still missing (`/state_ids`). `None` once settled;
-    /// the events still missing otherwise; an error when refused.
+    /// Accepts an event, fetching what it lacks: its auth chain (`/event_auth`), and for an
+    /// event pushed in a transaction (`pull`) the events between this server's extremities and
+    /// it (`/get_missing_events`); for an event pulled that way, the state after a prev event
+    /// still missing (`/state_ids`). `None` once settled; the events still missing otherwise;
+    /// an error when refused.
     async fn place(
         &self,
         event_id: &OwnedEventId,
@@ -265,6 +267,12 @@ impl Gap<'_> {
             let outcome = rooms.accept_pdu(self.room_id, json.clone()).await.map_err(|e| e.to_string())?;
             let Some(still) = settled(outcome)? else { return Ok(None) };
             missing = still;
+        }
+        // A pushed event whose prev events are still missing is refused, as Synapse does: it
+        // could otherwise become the room's only extremity with state only its sender vouches
+        // for. Pulled events (between ours and it) are placed on the state the origin gives.
+        if pull {
+            return Ok(Some(missing));
         }
         let Some(prev) = prev_events.iter().find(|id| missing.contains(id)) else { return Ok(Some(missing)) };
         match self.accept_on_state_after(json, prev).await {
