@@ -737,3 +737,67 @@ async fn an_event_from_before_a_partition_comes_in_sync_order_and_messages_miss_
     let expected: Vec<&str> = local.iter().rev().map(String::as_str).collect();
     assert_eq!(ids, expected, "/messages gives 4, 3, 2, 1");
 }
+
+#[tokio::test]
+async fn state_whose_auth_chain_cannot_be_fetched_is_not_used() {
+    // Complement's TestCorruptedAuthChain: bob's member events A <- B <- C <- D <- E, each
+    // authorised by the one before; /state_ids names them all but /event cannot give B. C, D
+    // and E must not be stored, and bob's member event stays his first join.
+    let Setup { pki, remote, a, alice, mut room, .. } = setup().await;
+    let room_id = room.room_id.clone();
+    let (_, state) = a.get(&format!("/_matrix/client/v3/rooms/{}/state", enc(&room_id)), alice.token()).await;
+    let original_join = room.bob_member.clone().unwrap();
+    let mut chain: Vec<(String, Value)> = Vec::new();
+    for name in ["A", "B", "C", "D", "E"] {
+        let content = json!({"membership": "join", "displayname": name});
+        let event = room.event(&remote, "m.room.member", Some(BOB), content, None, None);
+        room.bob_member = Some(event.0.clone());
+        chain.push(event);
+    }
+    let (state_ids_event_id, state_ids_event) =
+        room.event(&remote, "m.room.message", None, json!({"body": "for /state_ids"}), None, None);
+    let (_, gme_event) = room.event(&remote, "m.room.message", None, json!({"body": "for gme"}), None, None);
+    let (pushed_id, pushed) = room.event(&remote, "m.room.message", None, json!({"body": "for /send"}), None, None);
+    {
+        let mut seen = remote.seen();
+        seen.missing_answer = vec![gme_event];
+        for (index, (id, event)) in chain.iter().enumerate() {
+            if index != 1 {
+                seen.events.insert(id.clone(), event.clone());
+            }
+        }
+        seen.events.insert(state_ids_event_id.clone(), state_ids_event);
+        let mut pdu_ids: Vec<String> = state
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["state_key"] != BOB)
+            .map(|e| e["event_id"].as_str().unwrap().to_owned())
+            .collect();
+        pdu_ids.push(chain[4].0.clone());
+        let auth_chain_ids: Vec<String> = chain[..4].iter().map(|(id, _)| id.clone()).collect();
+        seen.state_ids
+            .insert(state_ids_event_id.clone(), json!({"pdu_ids": pdu_ids, "auth_chain_ids": auth_chain_ids}));
+    }
+    let (status, body) = remote.send_pdus(&pki, &a, "corrupt", vec![pushed]).await;
+    assert_eq!(status, 200);
+    assert!(body["pdus"][&pushed_id]["error"].is_string(), "{body}");
+    assert_eq!(remote.seen().state_ids_requests, vec![state_ids_event_id]);
+
+    // A sentinel after bob's first join is accepted; bob's state is still that join.
+    let auth = vec![room.create.clone(), room.power_levels.clone(), original_join.clone()];
+    let (sentinel_id, sentinel) = room.event(
+        &remote,
+        "m.room.message",
+        None,
+        json!({"body": "finished"}),
+        Some(vec![original_join.clone()]),
+        Some(auth),
+    );
+    let (status, body) = remote.send_pdus(&pki, &a, "sentinel", vec![sentinel]).await;
+    assert_eq!((status, &body["pdus"][&sentinel_id]), (200, &json!({})), "{body}");
+    let (status, member) =
+        a.get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.member/{BOB}", enc(&room_id)), alice.token()).await;
+    assert_eq!(status, 200);
+    assert!(member.get("displayname").is_none_or(|name| name.is_null()), "C, D and E were not used: {member}");
+}

@@ -255,8 +255,10 @@ impl Gap<'_> {
         tracing::debug!(origin = %self.origin, %event_id, ?missing, "PDU refers to events this server lacks");
 
         let lacks_auth = |missing: &[OwnedEventId]| missing.iter().any(|id| !prev_events.contains(id));
-        let lacks_prev = |missing: &[OwnedEventId]| missing.iter().any(|id| prev_events.contains(id));
-        if pull && lacks_prev(&missing) {
+        // Auth events are checked first, so prev events not stored here may not be reported.
+        let lacks_prev = missing.iter().any(|id| prev_events.contains(id))
+            || !rooms.unknown_events(prev_events.clone()).await.map_err(|e| e.to_string())?.is_empty();
+        if pull && lacks_prev {
             Box::pin(self.pull_missing(event_id)).await;
             let outcome = rooms.accept_pdu(self.room_id, json.clone()).await.map_err(|e| e.to_string())?;
             let Some(still) = settled(outcome)? else { return Ok(None) };
@@ -274,8 +276,19 @@ impl Gap<'_> {
         if pull {
             return Ok(Some(missing));
         }
-        let Some(prev) = prev_events.iter().find(|id| missing.contains(id)) else { return Ok(Some(missing)) };
-        match self.accept_on_state_after(json, prev).await {
+        // The prev event to take the state after: one reported missing, or (when only auth
+        // events were reported, which are checked first) one not stored here.
+        let prev = match prev_events.iter().find(|id| missing.contains(id)) {
+            Some(prev) => prev.clone(),
+            None => {
+                let unknown = rooms.unknown_events(prev_events.clone()).await.map_err(|e| e.to_string())?;
+                match unknown.into_iter().next() {
+                    Some(prev) => prev,
+                    None => return Ok(Some(missing)),
+                }
+            }
+        };
+        match self.accept_on_state_after(json, &prev).await {
             Ok(outcome) => settled(outcome),
             Err(error) => {
                 tracing::debug!(origin = %self.origin, %prev, %error, "cannot fetch the state at a prev event");
