@@ -53,6 +53,11 @@ const MISSING_EVENTS_LIMIT: u32 = 20;
 const MAX_STATE_FETCH: usize = 2_000;
 /// How many `/event` requests run at once.
 const FETCH_PARALLEL: usize = 10;
+/// How long the answer to a transaction is kept for repeats of it (a sender retries within
+/// its backoff, at most an hour in Trellis; a day covers other servers' longer waits).
+const ANSWER_KEPT_MS: u64 = 24 * 3600 * 1000;
+/// Answers older than [`ANSWER_KEPT_MS`] are dropped after every this many transactions.
+const PRUNE_EVERY: u64 = 1000;
 
 type PduResults = BTreeMap<OwnedEventId, Result<(), String>>;
 
@@ -60,6 +65,8 @@ type PduResults = BTreeMap<OwnedEventId, Result<(), String>>;
 pub struct Inbound {
     db: Db,
     origins: Mutex<HashMap<OwnedServerName, Arc<tokio::sync::Mutex<()>>>>,
+    /// Transactions answered since start-up (to prune old answers now and then).
+    answered: std::sync::atomic::AtomicU64,
 }
 
 fn too_large(message: String) -> Error {
@@ -81,7 +88,7 @@ pub async fn server_allowed(services: &Services, room_id: &RoomId, server: &Serv
 
 impl Inbound {
     pub fn new(db: Db) -> Self {
-        Self { db, origins: Mutex::new(HashMap::new()) }
+        Self { db, origins: Mutex::new(HashMap::new()), answered: Default::default() }
     }
 
     fn origin_lock(&self, origin: &ServerName) -> Arc<tokio::sync::Mutex<()>> {
@@ -155,12 +162,20 @@ impl Inbound {
                 (id.to_string(), value)
             })
             .collect();
-        let answer =
-            InboundAnswer { response: serde_json::json!({ "pdus": response }), at_ms: crate::service::now_ms() };
+        let now = crate::service::now_ms();
+        let answer = InboundAnswer { response: serde_json::json!({ "pdus": response }), at_ms: now };
+        let prune = self.answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1;
         self.db
             .run(move |db| {
                 let mut batch = Batch::new();
                 batch.put(&INBOUND_TRANSACTIONS, &key, &answer)?;
+                if prune {
+                    for (old, answer) in INBOUND_TRANSACTIONS.all(db)? {
+                        if answer.at_ms.saturating_add(ANSWER_KEPT_MS) < now {
+                            batch.delete(&INBOUND_TRANSACTIONS, &old);
+                        }
+                    }
+                }
                 Ok(db.write(batch)?)
             })
             .await?;

@@ -449,3 +449,15 @@ async fn deliver(sender: &Arc<Sender>, destination: &ServerName, outgoing: &Outg
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_a_second_up_to_an_hour() {
+        let waits: Vec<u64> = (1..=14).map(|failures| backoff(failures).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 3600, 3600]);
+        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
+    }
+}

@@ -40,7 +40,7 @@ pub struct LocalEvent {
 }
 
 impl RoomCore {
-    /// The servers with a member whose membership is `join` in a state group.
+    /// The other servers with a member whose membership is `join` in a state group.
     fn joined_servers_in(&self, db: &Db, group: u64) -> Result<Arc<BTreeSet<OwnedServerName>>> {
         if let Some(servers) = self.servers.0.lock().ok().and_then(|cache| cache.get(&group).cloned()) {
             return Ok(servers);
@@ -54,7 +54,9 @@ impl RoomCore {
                 continue;
             }
             let Ok(user) = OwnedUserId::try_from(names.1.as_str()) else { continue };
-            if servers.contains(user.server_name()) {
+            // This server is never a destination, so its members' events are not read: a room
+            // of local users costs only the (cached) names of its state keys.
+            if user.server_name() == self.server_name || servers.contains(user.server_name()) {
                 continue;
             }
             let rules = match &rules {
@@ -120,7 +122,8 @@ impl Rooms {
         .await
     }
 
-    /// The servers with a joined member in a room's current state (empty for an unknown room).
+    /// The other servers with a joined member in a room's current state (empty for an unknown
+    /// room); this server is left out.
     pub async fn joined_servers(&self, room_id: &RoomId) -> Result<BTreeSet<OwnedServerName>> {
         let room_id = room_id.to_owned();
         self.run(move |core, db| {
