@@ -60,6 +60,10 @@ pub const ROOMS: Table<u64, RoomRecord> = Table::new("rooms");
 /// so reading one state event or the whole state never walks diffs.
 pub const CURRENT_STATE: Table<(u64, u64), u64> = Table::new("current_state");
 
+/// (short room id, server name) -> how many of that server's users are joined to the room in
+/// its current state; rows with no joined user are deleted. Which servers an event goes to,
+/// and whether this server is in a room, are read here (kept with [`CURRENT_STATE`]).
+pub const ROOM_SERVERS: Table<(u64, String), u64> = Table::new("room_servers");
 /// (user, room) -> the user's current membership in the room (local users).
 pub const USER_ROOMS: Table<(OwnedUserId, OwnedRoomId), UserMembership> = Table::new("user_rooms");
 /// (user, device, transaction ID) -> event ID, for idempotent sends.
@@ -101,6 +105,7 @@ pub const ROOM_TABLES: &[&str] = &[
     STATE_GROUPS.name,
     ROOMS.name,
     CURRENT_STATE.name,
+    ROOM_SERVERS.name,
     USER_ROOMS.name,
     TRANSACTIONS.name,
     EVENT_TRANSACTIONS.name,

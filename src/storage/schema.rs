@@ -8,20 +8,21 @@ use serde_json::value::RawValue;
 use super::{
     Batch, Db, ScanDirection, StorageError, Table, ValueCodec,
     room_tables::{
-        AUTH_EDGES, LEGACY_AUTH_CHAINS, LEGACY_FORWARD_EXTREMITIES, PDUS, ROOMS, SHORT_EVENT_IDS, TIMELINE,
-        TIMELINE_BY_TS,
+        AUTH_EDGES, CURRENT_STATE, LEGACY_AUTH_CHAINS, LEGACY_FORWARD_EXTREMITIES, PDUS, ROOM_SERVERS, ROOMS,
+        SHORT_EVENT_IDS, STATE_KEYS, TIMELINE, TIMELINE_BY_TS,
     },
     search_tables::{SEARCH_POSTINGS, USER_DIRECTORY, USER_DIRECTORY_WORDS, event_postings, user_words},
     tables::{META, PROFILE_FIELDS, USERS},
 };
 
 /// The schema this build writes. Raise it with a migration in [`MIGRATIONS`].
-pub const SCHEMA_VERSION: u64 = 4;
+pub const SCHEMA_VERSION: u64 = 5;
 
 /// Migration `i` upgrades a database from version `i + 1` to `i + 2`. A migration may be cut
 /// short by a crash and run again from the start, so each must be idempotent.
 type Migration = fn(&Db) -> Result<(), StorageError>;
-const MIGRATIONS: &[Migration] = &[to_schema_2, to_schema_3, super::relations_migration::index_relations];
+const MIGRATIONS: &[Migration] =
+    &[to_schema_2, to_schema_3, super::relations_migration::index_relations, count_room_servers];
 
 /// 1 -> 2: the event writer's new layout (forward extremities in room records, auth chains as
 /// edges, the timestamp index).
@@ -57,6 +58,42 @@ fn to_schema_3(db: &Db) -> Result<(), StorageError> {
         batch.put(&USER_DIRECTORY, &user, &crate::storage::search_tables::DirectoryEntry { words })?;
     }
     db.write(batch)
+}
+
+/// 4 -> 5: how many users of each server are joined to each room (`room_servers`), counted
+/// from the rooms' current state. Each room's rows are replaced whole, so a rerun is harmless.
+fn count_room_servers(db: &Db) -> Result<(), StorageError> {
+    #[derive(Deserialize)]
+    struct Member {
+        membership: String,
+    }
+    #[derive(Deserialize)]
+    struct Fields {
+        content: Member,
+    }
+    for (short_room, _) in ROOMS.all(db)? {
+        let mut batch = Batch::new();
+        for (key, _) in ROOM_SERVERS.scan_prefix(db, &(short_room,))? {
+            batch.delete(&ROOM_SERVERS, &key);
+        }
+        let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+        for ((_, key), event) in CURRENT_STATE.scan_prefix(db, &(short_room,))? {
+            let Some((kind, state_key)) = STATE_KEYS.get(db, &key)? else { continue };
+            let Ok(user) = ruma::UserId::parse(state_key.as_str()) else { continue };
+            let joined = kind == "m.room.member"
+                && PDUS.get(db, &event)?.is_some_and(|json| {
+                    serde_json::from_str::<Fields>(json.get()).is_ok_and(|f| f.content.membership == "join")
+                });
+            if joined {
+                *counts.entry(user.server_name().to_string()).or_default() += 1;
+            }
+        }
+        for (server, count) in counts {
+            batch.put(&ROOM_SERVERS, &(short_room, server), &count)?;
+        }
+        db.write(batch)?;
+    }
+    Ok(())
 }
 
 /// Forward extremities move from rows of their own into each room's record.

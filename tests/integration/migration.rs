@@ -9,7 +9,7 @@ use trellis::{
     config::Config,
     storage::{
         Batch, Db, SCHEMA_VERSION,
-        room_tables::{AUTH_EDGES, LEGACY_AUTH_CHAINS, PDUS, TIMELINE, TIMELINE_BY_TS},
+        room_tables::{AUTH_EDGES, LEGACY_AUTH_CHAINS, PDUS, ROOM_SERVERS, TIMELINE, TIMELINE_BY_TS},
         search_tables::{SEARCH_POSTINGS, USER_DIRECTORY, USER_DIRECTORY_WORDS},
         tables::META,
     },
@@ -231,4 +231,48 @@ async fn a_schema_2_database_gets_its_relations_indexed() {
     let db = open(tempdir.path());
     assert_eq!(META.get(&db, &"schema_version".to_owned()).unwrap(), Some(json!(SCHEMA_VERSION)));
     assert_eq!(relation_rows(&db), expected);
+}
+
+/// A schema 4 database learns how many users of each server are joined to each room: the
+/// counts match what the writer keeps, including a user who left.
+#[tokio::test]
+async fn a_schema_4_database_counts_the_servers_in_its_rooms() {
+    let tempdir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(tempdir.path(), "localhost", "").unwrap();
+    let (alice, bob, carol) = (
+        server.register("alice", "pw").await,
+        server.register("bob", "pw").await,
+        server.register("carol", "pw").await,
+    );
+    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    join(&server, &bob, &room).await;
+    join(&server, &carol, &room).await;
+    let leave = format!("/_matrix/client/v3/rooms/{}/leave", enc(&room));
+    assert_eq!(server.post(&leave, carol.token(), json!({})).await.0, 200);
+    let other = create_room(&server, &bob, json!({})).await;
+    assert_eq!(
+        server.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&other)), bob.token(), json!({})).await.0,
+        200
+    );
+    assert_eq!(server.stop(), Some(0));
+
+    let written = {
+        let db = open(tempdir.path());
+        let written = ROOM_SERVERS.all(&db).unwrap();
+        // The room has 2 joined users of this server; the one everyone left has no row.
+        assert_eq!(written.iter().map(|(_, count)| *count).collect::<Vec<_>>(), vec![2], "{written:?}");
+        let mut batch = Batch::new();
+        for (key, _) in &written {
+            batch.delete(&ROOM_SERVERS, key);
+        }
+        batch.put(&META, &"schema_version".to_owned(), &json!(4)).unwrap();
+        db.write(batch).unwrap();
+        db.flush().unwrap();
+        written
+    };
+    let server = TestServer::start_in(tempdir.path(), "localhost", "").unwrap();
+    assert_eq!(server.stop(), Some(0));
+    let db = open(tempdir.path());
+    assert_eq!(ROOM_SERVERS.all(&db).unwrap(), written);
+    assert_eq!(META.get(&db, &"schema_version".to_owned()).unwrap(), Some(json!(SCHEMA_VERSION)));
 }

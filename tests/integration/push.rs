@@ -568,3 +568,31 @@ async fn delivery_checks_the_gateway_address_again() {
     let nothing = tokio::time::timeout(Duration::from_secs(3), gateway.received.recv()).await;
     assert!(nothing.is_err(), "a gateway on loopback was sent {nothing:?}");
 }
+
+/// A new member event that keeps the membership (a display name change) is not a fresh join:
+/// the unread counts since the join stay, and an incremental sync does not send the room's
+/// whole state again.
+#[tokio::test]
+async fn a_profile_change_keeps_unread_counts_and_is_no_new_join() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat", "name": "Counts"})).await;
+    join(&server, &bob, &room).await;
+    send_text(&server, &alice, &room, "one").await;
+    send_text(&server, &alice, &room, "two").await;
+    let before = sync(&server, &bob, "").await;
+    assert_eq!(counts(&before, &room), (2, 0));
+
+    let path = format!("/_matrix/client/v3/profile/{}/displayname", enc(&bob.user_id));
+    assert_eq!(server.put(&path, bob.token(), json!({"displayname": "Bobby"})).await.0, 200);
+    let since = before["next_batch"].as_str().unwrap();
+    let after = sync(&server, &bob, &format!("since={since}")).await;
+    assert_eq!(counts(&after, &room), (2, 0), "{after}");
+    let state = &after["rooms"]["join"][&room]["state"]["events"];
+    assert!(
+        state.as_array().is_none_or(|events| events.iter().all(|e| e["type"] != "m.room.name")),
+        "the room's state is not sent again: {after}"
+    );
+    assert_eq!(counts(&sync(&server, &bob, "").await, &room), (2, 0));
+}

@@ -166,7 +166,18 @@ impl Federation {
             events.push(object(raw, "auth event").map_err(Attempt::Next)?);
         }
         events.extend(state);
-        rooms.accept_outliers(room_id, Some(version.clone()), events).await.map_err(Attempt::Next)?;
+        // Events that fail their checks (a bad signature, a key that can't be had, auth events
+        // that did) are left out of the state: the join can still stand on the rest.
+        let outcomes = rooms.accept_outliers(room_id, Some(version.clone()), events).await.map_err(Attempt::Next)?;
+        let stored: std::collections::HashSet<&OwnedEventId> = outcomes
+            .iter()
+            .filter_map(|outcome| match outcome {
+                Outcome::Accepted(accepted) => Some(&accepted.event_id),
+                Outcome::AlreadyKnown { event_id } => Some(event_id),
+                Outcome::Rejected { .. } | Outcome::MissingEvents { .. } => None,
+            })
+            .collect();
+        state_ids.retain(|id| stored.contains(id));
         match rooms.accept_pdu_with_state(room_id, Some(version), event, state_ids).await {
             Ok(Outcome::Accepted(_) | Outcome::AlreadyKnown { .. }) => Ok(event_id),
             Ok(Outcome::Rejected { reason, .. }) => {

@@ -7,7 +7,10 @@
 //! The result is an [`Outcome`]; events from other servers that the auth rules refuse are
 //! stored as rejected.
 
-use std::{collections::HashSet, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use ruma::{
     CanonicalJsonObject, EventId, OwnedEventId, RoomVersionId,
@@ -31,8 +34,8 @@ use crate::{
     storage::{
         Batch, Db,
         room_tables::{
-            CURRENT_STATE, EVENT_META, EVENT_STREAM, EVENT_TRANSACTIONS, EventMeta, PDUS, ROOMS, RoomRecord, TIMELINE,
-            TRANSACTIONS, USER_ROOMS, UserMembership,
+            CURRENT_STATE, EVENT_META, EVENT_STREAM, EVENT_TRANSACTIONS, EventMeta, PDUS, ROOM_SERVERS, ROOMS,
+            RoomRecord, TIMELINE, TRANSACTIONS, USER_ROOMS, UserMembership,
         },
     },
 };
@@ -632,7 +635,15 @@ impl RoomCore {
         if let Some(state) = &redaction_state {
             self.unindex_redacted(db, &mut batch, &pdu, state, rules)?;
         }
-        self.write_current_state(db, &mut batch, short_room, (short_event, &pdu), &previous, &changes, position)?;
+        self.write_current_state(
+            db,
+            &mut batch,
+            (short_room, rules),
+            (short_event, &pdu),
+            &previous,
+            &changes,
+            position,
+        )?;
         let push_queued = write_notifications(&mut batch, position, notifications)?;
         batch.put(
             &ROOMS,
@@ -659,13 +670,14 @@ impl RoomCore {
         &self,
         db: &Db,
         batch: &mut Batch,
-        short_room: u64,
+        (short_room, rules): (u64, &RoomVersionRules),
         new_event: (u64, &Pdu),
         previous: &ShortStateMap,
         changes: &[(u64, Option<u64>)],
         position: u64,
     ) -> Result<()> {
         let room_id = &new_event.1.room_id;
+        self.count_room_servers(db, batch, (short_room, rules), new_event, previous, changes)?;
         for (key, event) in changes {
             let Some(event) = event else {
                 batch.delete(&CURRENT_STATE, &(short_room, *key));
@@ -698,14 +710,69 @@ impl RoomCore {
             let (event_id, membership) = if *event == new_event.0 {
                 (new_event.1.event_id.clone(), membership_in(&new_event.1.content))
             } else {
-                let pdu = self.event_by_short(db, *event, &self.rules_of_room(db, short_room)?)?;
+                let pdu = self.event_by_short(db, *event, rules)?;
                 (pdu.event_id.clone(), membership_in(&pdu.content))
+            };
+            // The position is where the membership began: a new member event that keeps it (a
+            // display name change) must not look like a fresh join to sync, nor drop the unread
+            // notifications counted since the join.
+            let key = (user_id, room_id.clone());
+            let position = match USER_ROOMS.get(db, &key)? {
+                Some(old) if old.membership == membership => old.position,
+                _ => position,
             };
             batch.put(
                 &USER_ROOMS,
-                &(user_id, room_id.clone()),
+                &key,
                 &UserMembership { membership, event_id: event_id.to_string(), position, forgotten: false },
             )?;
+        }
+        Ok(())
+    }
+
+    /// Keeps [`ROOM_SERVERS`] in step with a change of the room's current state: each member
+    /// event that starts or ends a join counts its user's server up or down.
+    fn count_room_servers(
+        &self,
+        db: &Db,
+        batch: &mut Batch,
+        (short_room, rules): (u64, &RoomVersionRules),
+        new_event: (u64, &Pdu),
+        previous: &ShortStateMap,
+        changes: &[(u64, Option<u64>)],
+    ) -> Result<()> {
+        let mut deltas: HashMap<String, i64> = HashMap::new();
+        for (key, event) in changes {
+            let state_key = if Some(new_event.0) == *event && new_event.1.kind == TimelineEventType::RoomMember {
+                new_event.1.state_key.clone().unwrap_or_default()
+            } else {
+                let names = self.interner.state_key(db, *key)?;
+                if names.0 != StateEventType::RoomMember {
+                    continue;
+                }
+                names.1.clone()
+            };
+            let Ok(user) = ruma::UserId::parse(state_key.as_str()) else { continue };
+            let joined = |short: Option<u64>| -> Result<bool> {
+                Ok(match short {
+                    None => false,
+                    Some(short) if short == new_event.0 => membership_in(&new_event.1.content) == "join",
+                    Some(short) => membership_in(&self.event_by_short(db, short, rules)?.content) == "join",
+                })
+            };
+            let (before, after) = (joined(previous.get(key).copied())?, joined(*event)?);
+            if before != after {
+                *deltas.entry(user.server_name().to_string()).or_default() += if after { 1 } else { -1 };
+            }
+        }
+        for (server, delta) in deltas {
+            let key = (short_room, server);
+            let count = ROOM_SERVERS.get(db, &key)?.unwrap_or(0).saturating_add_signed(delta);
+            if count == 0 {
+                batch.delete(&ROOM_SERVERS, &key);
+            } else {
+                batch.put(&ROOM_SERVERS, &key, &count)?;
+            }
         }
         Ok(())
     }

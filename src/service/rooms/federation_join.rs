@@ -17,7 +17,7 @@ use crate::{
     Error, Result,
     storage::{
         Db,
-        room_tables::{EVENT_META, PDUS, ROOMS},
+        room_tables::{EVENT_META, PDUS, ROOM_SERVERS, ROOMS},
     },
 };
 
@@ -36,22 +36,10 @@ pub fn federation_json(json: &CanonicalJsonObject) -> Result<Box<RawValue>> {
 }
 
 impl RoomCore {
-    /// Whether a user of this server is joined to the room (only then does this server answer
-    /// for it).
-    fn has_local_member(&self, db: &Db, room_id: &RoomId) -> Result<bool> {
-        let Some(short_room) = self.interner.short_room(db, room_id)? else { return Ok(false) };
-        for (_, short) in crate::storage::room_tables::CURRENT_STATE.scan_prefix(db, &(short_room,))? {
-            let rules = self.rules_of_room(db, short_room)?;
-            let pdu = self.event_by_short(db, short, &rules)?;
-            if pdu.kind == TimelineEventType::RoomMember
-                && pdu.state_key.as_deref().and_then(|key| UserId::parse(key).ok()).is_some_and(|user| {
-                    user.server_name() == self.server_name && super::accept::membership_in(&pdu.content) == "join"
-                })
-            {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+    /// The servers with a user joined to the room, with how many.
+    fn room_servers(&self, db: &Db, room_id: &RoomId) -> Result<Vec<(String, u64)>> {
+        let Some(short_room) = self.interner.short_room(db, room_id)? else { return Ok(Vec::new()) };
+        Ok(ROOM_SERVERS.scan_prefix(db, &(short_room,))?.into_iter().map(|((_, server), n)| (server, n)).collect())
     }
 
     /// The auth rules for an event against the room's current state.
@@ -89,28 +77,23 @@ impl RoomCore {
 }
 
 impl Rooms {
-    /// The other servers with a user joined to the room (current state), in a stable order.
+    /// The other servers with a user joined to the room (current state), sorted.
     pub async fn servers_in_room(&self, room_id: &RoomId) -> Result<Vec<OwnedServerName>> {
-        let mut servers: Vec<OwnedServerName> = Vec::new();
-        for pdu in self.current_state(room_id).await? {
-            if pdu.kind != TimelineEventType::RoomMember || super::accept::membership_in(&pdu.content) != "join" {
-                continue;
-            }
-            if let Some(user) = pdu.state_key.as_deref().and_then(|key| UserId::parse(key).ok())
-                && user.server_name() != self.core.server_name
-                && !servers.iter().any(|server| server == user.server_name())
-            {
-                servers.push(user.server_name().to_owned());
-            }
-        }
-        servers.sort();
-        Ok(servers)
+        let room_id = room_id.to_owned();
+        let servers = self.run(move |core, db| core.room_servers(db, &room_id)).await?;
+        Ok(servers
+            .into_iter()
+            .filter(|(server, _)| server != self.core.server_name.as_str())
+            .filter_map(|(server, _)| OwnedServerName::try_from(server).ok())
+            .collect())
     }
 
-    /// Whether a user of this server is joined to the room.
+    /// Whether a user of this server is joined to the room (only then does this server answer
+    /// for it).
     pub async fn is_resident(&self, room_id: &RoomId) -> Result<bool> {
         let room_id = room_id.to_owned();
-        self.run(move |core, db| core.has_local_member(db, &room_id)).await
+        let servers = self.run(move |core, db| core.room_servers(db, &room_id)).await?;
+        Ok(servers.iter().any(|(server, _)| server == self.core.server_name.as_str()))
     }
 
     /// The template of a join for a user of another server (`make_join`): the room's version
