@@ -19,7 +19,7 @@ use crate::{
     Error, Result,
     storage::{
         Db,
-        room_tables::{EVENT_META, EVENT_STREAM, PDUS, ROOMS},
+        room_tables::{EVENT_META, EVENT_STREAM, PDUS, ROOM_SERVERS, ROOMS},
     },
 };
 
@@ -81,6 +81,20 @@ impl RoomCore {
     }
 }
 
+impl RoomCore {
+    /// The other servers with a joined member in a room's current state, from the counts kept
+    /// with it ([`ROOM_SERVERS`]).
+    fn servers_now(&self, db: &Db, short_room: u64) -> Result<BTreeSet<OwnedServerName>> {
+        Ok(ROOM_SERVERS
+            .scan_prefix(db, &(short_room,))?
+            .into_iter()
+            .filter(|(_, count)| *count > 0)
+            .filter_map(|((_, server), _)| OwnedServerName::try_from(server).ok())
+            .filter(|server| *server != self.server_name)
+            .collect())
+    }
+}
+
 impl Rooms {
     /// The events this server created with stream positions in `(after, upto]` (at most
     /// `limit` positions looked at), each with the other servers that must receive it: those
@@ -103,7 +117,10 @@ impl Rooms {
                 if pdu.sender.server_name() != core.server_name {
                     continue;
                 }
+                let current = ROOMS.get(db, &short_room)?.map(|record| record.current_state_group);
                 let mut destinations: BTreeSet<OwnedServerName> = match meta.state_after_known() {
+                    // The usual case, the event still the room's newest state: the counts.
+                    Some(group) if current == Some(group) => core.servers_now(db, short_room)?,
                     Some(group) => (*core.joined_servers_in(db, group)?).clone(),
                     None => BTreeSet::new(),
                 };
@@ -128,8 +145,7 @@ impl Rooms {
         let room_id = room_id.to_owned();
         self.run(move |core, db| {
             let Some(short_room) = core.interner.short_room(db, &room_id)? else { return Ok(BTreeSet::new()) };
-            let Some(record) = ROOMS.get(db, &short_room)? else { return Ok(BTreeSet::new()) };
-            Ok((*core.joined_servers_in(db, record.current_state_group)?).clone())
+            core.servers_now(db, short_room)
         })
         .await
     }
