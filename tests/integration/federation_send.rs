@@ -45,6 +45,8 @@ struct Recorded {
     events: HashMap<String, Value>,
     state_ids: HashMap<String, Value>,
     state_ids_requests: Vec<String>,
+    /// `/event_auth` answers by event ID.
+    event_auth: HashMap<String, Vec<Value>>,
 }
 
 struct FakeRemote {
@@ -121,6 +123,15 @@ impl FakeRemote {
                     seen.state_ids_requests.push(id.clone());
                     match seen.state_ids.get(&id).or_else(|| seen.state_ids.get("*")) {
                         Some(answer) => (StatusCode::OK, Json(answer.clone())),
+                        None => (StatusCode::NOT_FOUND, Json(json!({"errcode": "M_NOT_FOUND"}))),
+                    }
+                }),
+            )
+            .route(
+                "/_matrix/federation/v1/event_auth/{room}/{id}",
+                get(|State(state): State<FakeState>, UrlPath((_, id)): UrlPath<(String, String)>| async move {
+                    match state.seen.lock().unwrap().event_auth.get(&id) {
+                        Some(chain) => (StatusCode::OK, Json(json!({"auth_chain": chain}))),
                         None => (StatusCode::NOT_FOUND, Json(json!({"errcode": "M_NOT_FOUND"}))),
                     }
                 }),
@@ -800,4 +811,41 @@ async fn state_whose_auth_chain_cannot_be_fetched_is_not_used() {
         a.get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.member/{BOB}", enc(&room_id)), alice.token()).await;
     assert_eq!(status, 200);
     assert!(member.get("displayname").is_none_or(|name| name.is_null()), "C, D and E were not used: {member}");
+}
+
+#[tokio::test]
+async fn events_authorised_by_a_rejected_event_are_rejected() {
+    // Complement's TestInboundFederationRejectsEventsWithRejectedAuthEvents: R (a power levels
+    // change bob may not make) is rejected; O (bob's member event citing R) arrives only in the
+    // auth chain of X, and is rejected; X, and Y (whose /event_auth fails), cite O and are
+    // rejected; the sentinel S after them is accepted. None of R, O, X, Y is served.
+    let Setup { pki, remote, a, alice, mut room, .. } = setup().await;
+    let room_id = room.room_id.clone();
+    let join = room.bob_member.clone().unwrap();
+    let (r_id, r) = room.event(&remote, "m.room.power_levels", Some(""), json!({"users": {}}), None, None);
+    room.latest = join.clone();
+    let (status, body) = remote.send_pdus(&pki, &a, "rejected", vec![r.clone()]).await;
+    assert_eq!(status, 200);
+    assert!(body["pdus"][&r_id]["error"].is_string(), "{body}");
+
+    let o_auth = vec![room.create.clone(), room.join_rules.clone(), r_id.clone(), join.clone()];
+    let (o_id, o) =
+        room.event(&remote, "m.room.member", Some(BOB), json!({"membership": "join", "test": 1}), None, Some(o_auth));
+    room.latest = join.clone();
+    let x_auth = vec![room.create.clone(), room.power_levels.clone(), join.clone(), o_id.clone()];
+    let (x_id, x) = room.event(&remote, "m.room.message", None, json!({"body": "X"}), None, Some(x_auth.clone()));
+    let (y_id, y) = room.event(&remote, "m.room.message", None, json!({"body": "Y"}), None, Some(x_auth));
+    let (s_id, sentinel) = room.event(&remote, "m.room.message", None, json!({"body": "S"}), None, None);
+    remote.seen().event_auth.insert(x_id.clone(), vec![r, o]);
+    let (status, body) = remote.send_pdus(&pki, &a, "cites", vec![x, y, sentinel]).await;
+    assert_eq!(status, 200);
+    assert!(body["pdus"][&x_id]["error"].is_string(), "{body}");
+    assert!(body["pdus"][&y_id]["error"].is_string(), "{body}");
+    assert_eq!(body["pdus"][&s_id], json!({}), "{body}");
+    assert!(timeline_ids(&a, &alice, &room_id).await.contains(&s_id));
+    for id in [&r_id, &o_id, &x_id, &y_id] {
+        let (status, _) =
+            a.get(&format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room_id), enc(id)), alice.token()).await;
+        assert_eq!(status, 404, "{id} is not served");
+    }
 }
