@@ -382,7 +382,11 @@ async fn worker(
                 _ = stopped.wait_for(|stop| *stop) => return services_gone(),
             }
         };
-        match deliver(&sender, &destination, &outgoing).await {
+        let delivered = tokio::select! {
+            delivered = deliver(&sender, &destination, &outgoing) => delivered,
+            _ = stopped.wait_for(|stop| *stop) => return services_gone(),
+        };
+        match delivered {
             Ok(()) => {
                 failures = 0;
                 if let Err(error) = sender.complete(&destination, &outgoing).await {
