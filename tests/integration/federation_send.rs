@@ -288,11 +288,17 @@ async fn eventually(secs: u64, mut check: impl FnMut() -> bool) -> bool {
 
 /// The IDs of the PDUs in the transactions the fake server accepted.
 fn delivered_pdus(remote: &FakeRemote) -> Vec<String> {
+    delivered_from(remote, "hs-a")
+}
+
+/// The IDs of the PDUs in the transactions the fake server accepted from `origin`.
+fn delivered_from(remote: &FakeRemote, origin: &str) -> Vec<String> {
     let rules = RoomVersionId::V10.rules().unwrap();
     remote
         .seen()
         .accepted
         .iter()
+        .filter(|(_, body)| body["origin"] == origin)
         .flat_map(|(_, body)| body["pdus"].as_array().cloned().unwrap_or_default())
         .map(|pdu| {
             let json: CanonicalJsonObject = serde_json::from_value(pdu).unwrap();
@@ -325,14 +331,20 @@ async fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let a = start_a(&pki, dir.path(), port_a, &peers);
     let alice = a.register("alice", "pw").await;
-    let room_id = create_room(&a, &alice, json!({"preset": "public_chat", "room_version": "10"})).await;
-    let mut room = RemoteRoom::read(&a, &alice, &room_id).await;
-    let (join_id, join) = room.event(&remote, "m.room.member", Some(BOB), json!({"membership": "join"}), None, None);
-    let (status, body) = remote.send_pdus(&pki, &a, "join", vec![join]).await;
+    let room = room_with_bob(&pki, &remote, &a, &alice).await;
+    Setup { pki, remote, a, port_a, peers, dir, alice, room }
+}
+
+/// A public room of alice's on `a` that `@bob:hs-r` joined over `/send`.
+async fn room_with_bob(pki: &Pki, remote: &FakeRemote, a: &TestServer, alice: &Session) -> RemoteRoom {
+    let room_id = create_room(a, alice, json!({"preset": "public_chat", "room_version": "10"})).await;
+    let mut room = RemoteRoom::read(a, alice, &room_id).await;
+    let (join_id, join) = room.event(remote, "m.room.member", Some(BOB), json!({"membership": "join"}), None, None);
+    let (status, body) = remote.send_pdus(pki, a, "join", vec![join]).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["pdus"][&join_id], json!({}), "{body}");
     room.bob_member = Some(join_id);
-    Setup { pki, remote, a, port_a, peers, dir, alice, room }
+    room
 }
 
 #[tokio::test]
@@ -848,4 +860,30 @@ async fn events_authorised_by_a_rejected_event_are_rejected() {
             a.get(&format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room_id), enc(id)), alice.token()).await;
         assert_eq!(status, 404, "{id} is not served");
     }
+}
+
+#[tokio::test]
+async fn a_join_through_this_server_is_passed_on_to_the_other_servers_in_the_room() {
+    // hs-a hosts a room with bob of hs-r; carol of hs-b joins through hs-a (send_join), and
+    // hs-a passes her join on to hs-r.
+    let pki = Pki::new(&["hs-a", "hs-b", REMOTE]);
+    let remote = FakeRemote::start(&pki, None).await;
+    let (port_a, port_b) = (free_port(), free_port());
+    let peers = vec![("hs-a", port_a), ("hs-b", port_b), (REMOTE, remote.port)];
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = start_a(&pki, dir_a.path(), port_a, &peers);
+    let b = start_federating(&pki, dir_b.path(), "hs-b", port_b, &peers, "");
+    let alice = a.register("alice", "pw").await;
+    let carol = b.register("carol", "pw").await;
+    let room = room_with_bob(&pki, &remote, &a, &alice).await;
+    let joined = crate::federation_join::join_via(&b, &carol, &room.room_id, &["hs-a"]).await;
+    assert_eq!(joined.0, 200, "{}", joined.1);
+    let member =
+        format!("/_matrix/client/v3/rooms/{}/state/m.room.member/@carol:hs-b?format=event", enc(&room.room_id));
+    let (status, event) = a.get(&member, alice.token()).await;
+    assert_eq!(status, 200, "{event}");
+    let join_id = event["event_id"].as_str().unwrap().to_owned();
+    // hs-b sends carol's join to hs-r itself too; the one from hs-a is the relay.
+    assert!(eventually(10, || delivered_from(&remote, "hs-a").contains(&join_id)).await, "hs-a relayed the join");
+    assert!(eventually(10, || delivered_from(&remote, "hs-b").contains(&join_id)).await, "hs-b sent it too");
 }

@@ -8,7 +8,8 @@
 //!   `rooms::servers`), advancing the cursor in the same write batch. Rooms know nothing of
 //!   federation: the follower is woken by the notifier every committed event already pokes,
 //!   and a crash between an event and its queueing loses nothing (the cursor was not moved).
-//!   Other services queue EDUs with [`Sender::queue_edu`].
+//!   Other services queue EDUs with [`Sender::queue_edu`], and events other servers gave this
+//!   one to pass on (`send_join`, `send_leave`) with [`Sender::relay`].
 //! - **Delivery.** One worker task per destination. A transaction's ID and entries are stored
 //!   before it is first sent, so every retry (after a restart too) repeats the same ID and the
 //!   receiver deduplicates it; its entries are removed only once the destination answered 200.
@@ -141,6 +142,31 @@ impl Sender {
             })
             .await?;
         self.wake(destination);
+        Ok(())
+    }
+
+    /// Queues an event another server gave this one to pass on (a join through `send_join`, a
+    /// leave through `send_leave`: the spec makes the resident server send them to the room) for
+    /// the servers joined to the room now, except `origin` and this one.
+    pub async fn relay(
+        self: &Arc<Self>,
+        rooms: &crate::service::rooms::Rooms,
+        room_id: &ruma::RoomId,
+        event_id: &ruma::EventId,
+        origin: &ServerName,
+    ) -> Result<()> {
+        let destinations: Vec<OwnedServerName> =
+            rooms.joined_servers(room_id).await?.into_iter().filter(|server| server != origin).collect();
+        if destinations.is_empty() {
+            return Ok(());
+        }
+        let mut batch = Batch::new();
+        for destination in &destinations {
+            let sequence = self.sequence.fetch_add(1, Ordering::SeqCst);
+            batch.put(&OUTBOUND_QUEUE, &(destination.to_string(), sequence), &Queued::Pdu(event_id.to_string()))?;
+        }
+        self.db.run(move |db| Ok(db.write(batch)?)).await?;
+        destinations.iter().for_each(|destination| self.wake(destination));
         Ok(())
     }
 
