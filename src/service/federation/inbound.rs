@@ -14,7 +14,10 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use http::StatusCode;
@@ -139,8 +142,11 @@ impl Inbound {
         }
 
         let mut results = PduResults::new();
+        // Set when this server failed (storage): the answer is then not kept, so the sender's
+        // retry of the transaction is processed again.
+        let transient = AtomicBool::new(false);
         for raw in &request.pdus {
-            if let Some((event_id, result)) = self.pdu(services, origin, raw).await {
+            if let Some((event_id, result)) = self.pdu(services, origin, raw, &transient).await {
                 if let Err(error) = &result {
                     tracing::debug!(%origin, %event_id, %error, "refused a PDU of a transaction");
                 }
@@ -162,9 +168,12 @@ impl Inbound {
                 (id.to_string(), value)
             })
             .collect();
+        if transient.load(Ordering::SeqCst) {
+            return Ok(send_transaction_message::v1::Response::new(results));
+        }
         let now = crate::service::now_ms();
         let answer = InboundAnswer { response: serde_json::json!({ "pdus": response }), at_ms: now };
-        let prune = self.answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1;
+        let prune = self.answered.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1;
         self.db
             .run(move |db| {
                 let mut batch = Batch::new();
@@ -189,6 +198,7 @@ impl Inbound {
         services: &Services,
         origin: &ServerName,
         raw: &RawValue,
+        transient: &AtomicBool,
     ) -> Option<(OwnedEventId, Result<(), String>)> {
         let Ok(json) = serde_json::from_str::<CanonicalJsonObject>(raw.get()) else {
             tracing::debug!(%origin, "a PDU of a transaction is not a canonical JSON object");
@@ -206,38 +216,44 @@ impl Inbound {
             }
             Err(error) => {
                 tracing::warn!(%origin, %room_id, %error, "cannot read a room's version");
+                transient.store(true, Ordering::SeqCst);
                 return None;
             }
         };
         let rules = version.rules()?;
         let event_id = pdu::event_id_of(&json, &rules).ok()?;
-        Some((event_id.clone(), self.accept(services, origin, &room_id, &version, &rules, &event_id, json).await))
+        let gap = Gap { services, origin, room_id: &room_id, version: &version, rules: &rules, transient };
+        Some((event_id.clone(), gap.accept(&event_id, json).await))
     }
+}
 
+impl Gap<'_> {
     /// Accepts a PDU into its known room, fetching what it refers to and this server lacks.
-    #[allow(clippy::too_many_arguments)]
-    async fn accept(
-        &self,
-        services: &Services,
-        origin: &ServerName,
-        room_id: &RoomId,
-        version: &RoomVersionId,
-        rules: &RoomVersionRules,
-        event_id: &OwnedEventId,
-        json: CanonicalJsonObject,
-    ) -> Result<(), String> {
-        for server in [Some(origin), sender_server(&json).as_deref()].into_iter().flatten() {
-            if !server_allowed(services, room_id, server).await.map_err(|e| e.to_string())? {
+    async fn accept(&self, event_id: &OwnedEventId, json: CanonicalJsonObject) -> Result<(), String> {
+        for server in [Some(self.origin), sender_server(&json).as_deref()].into_iter().flatten() {
+            if !server_allowed(self.services, self.room_id, server).await.map_err(|e| self.failed(e))? {
                 return Err(format!("The room's server ACL denies {server}"));
             }
         }
-        let gap = Gap { services, origin, room_id, version, rules };
-        match gap.place(event_id, json, true).await? {
+        match self.place(event_id, json, true).await? {
             None => Ok(()),
             Some(missing) => Err(format!(
                 "Refers to events that could not be fetched: {}",
                 missing.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
             )),
+        }
+    }
+
+    /// The per-PDU error for a failure: the refusal as it is, or for a failure of this server
+    /// (storage, a bug) a generic message, and the transaction is marked to be processed again.
+    fn failed(&self, error: Error) -> String {
+        match error {
+            Error::Storage(_) | Error::Internal(_) => {
+                tracing::warn!(origin = %self.origin, %error, "processing an event of a transaction failed");
+                self.transient.store(true, Ordering::SeqCst);
+                "This server failed to process the event; send it again".to_owned()
+            }
+            refusal => refusal.to_string(),
         }
     }
 }
@@ -249,6 +265,8 @@ struct Gap<'a> {
     room_id: &'a RoomId,
     version: &'a RoomVersionId,
     rules: &'a RoomVersionRules,
+    /// Set when this server failed rather than the event (see `Inbound::receive`).
+    transient: &'a AtomicBool,
 }
 
 impl Gap<'_> {
@@ -265,23 +283,23 @@ impl Gap<'_> {
     ) -> Result<Option<Vec<OwnedEventId>>, String> {
         let rooms = &self.services.rooms;
         let prev_events = pdu::Pdu::from_json(json.clone(), self.rules).map(|p| p.prev_events).unwrap_or_default();
-        let outcome = rooms.accept_pdu(self.room_id, json.clone()).await.map_err(|e| e.to_string())?;
+        let outcome = rooms.accept_pdu(self.room_id, json.clone()).await.map_err(|e| self.failed(e))?;
         let Some(mut missing) = settled(outcome)? else { return Ok(None) };
         tracing::debug!(origin = %self.origin, %event_id, ?missing, "PDU refers to events this server lacks");
 
         let lacks_auth = |missing: &[OwnedEventId]| missing.iter().any(|id| !prev_events.contains(id));
         // Auth events are checked first, so prev events not stored here may not be reported.
         let lacks_prev = missing.iter().any(|id| prev_events.contains(id))
-            || !rooms.unknown_events(prev_events.clone()).await.map_err(|e| e.to_string())?.is_empty();
+            || !rooms.unknown_events(prev_events.clone()).await.map_err(|e| self.failed(e))?.is_empty();
         if pull && lacks_prev {
             Box::pin(self.pull_missing(event_id)).await;
-            let outcome = rooms.accept_pdu(self.room_id, json.clone()).await.map_err(|e| e.to_string())?;
+            let outcome = rooms.accept_pdu(self.room_id, json.clone()).await.map_err(|e| self.failed(e))?;
             let Some(still) = settled(outcome)? else { return Ok(None) };
             missing = still;
         }
         if lacks_auth(&missing) {
             self.fetch_auth_chain(event_id).await;
-            let outcome = rooms.accept_pdu(self.room_id, json.clone()).await.map_err(|e| e.to_string())?;
+            let outcome = rooms.accept_pdu(self.room_id, json.clone()).await.map_err(|e| self.failed(e))?;
             let Some(still) = settled(outcome)? else { return Ok(None) };
             missing = still;
         }
@@ -296,7 +314,7 @@ impl Gap<'_> {
         let prev = match prev_events.iter().find(|id| missing.contains(id)) {
             Some(prev) => prev.clone(),
             None => {
-                let unknown = rooms.unknown_events(prev_events.clone()).await.map_err(|e| e.to_string())?;
+                let unknown = rooms.unknown_events(prev_events.clone()).await.map_err(|e| self.failed(e))?;
                 match unknown.into_iter().next() {
                     Some(prev) => prev,
                     None => return Ok(Some(missing)),
