@@ -40,6 +40,7 @@ mod relations;
 mod room_helpers;
 mod rooms;
 mod search;
+mod spaces;
 mod state_keys;
 mod sync;
 mod sync_filters;

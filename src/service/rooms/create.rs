@@ -249,7 +249,12 @@ impl RoomCore {
                 &room_id,
                 &version,
                 creator,
-                NewEvent::state(TimelineEventType::RoomTopic, "", json!({"topic": topic})),
+                // The plain topic also as a rich topic (`m.topic`, spec v1.15), as Synapse writes it.
+                NewEvent::state(
+                    TimelineEventType::RoomTopic,
+                    "",
+                    json!({"topic": topic, "m.topic": {"m.text": [{"body": topic, "mimetype": "text/plain"}]}}),
+                ),
             )?;
         }
         for invitee in &spec.invite {

@@ -12,6 +12,7 @@ mod context;
 pub mod create;
 mod directory;
 pub mod federation_join;
+pub mod hierarchy;
 pub mod membership;
 mod notify;
 pub mod pdu;

@@ -112,8 +112,8 @@ pub(super) async fn collect(ctx: &Context<'_>) -> Result<Rooms> {
                     None => true,
                     Some(s) => changed_since(ctx, &room_id, &membership, position, s).await?,
                 };
-                if new {
-                    rooms.invite.insert(room_id.clone(), invited_room(ctx, &room_id).await?);
+                if new && let Some(invited) = invited_room(ctx, &room_id).await? {
+                    rooms.invite.insert(room_id.clone(), invited);
                 }
             }
             "knock" => {
@@ -243,8 +243,15 @@ async fn left_room(ctx: &Context<'_>, room_id: &OwnedRoomId, left_at: u64) -> Re
     Ok(room)
 }
 
-async fn invited_room(ctx: &Context<'_>, room_id: &OwnedRoomId) -> Result<InvitedRoom> {
-    Ok(InvitedRoom::from(InviteState::from(stripped_state(ctx, room_id).await?)))
+/// An invite, unless it comes from a user this one ignores.
+async fn invited_room(ctx: &Context<'_>, room_id: &OwnedRoomId) -> Result<Option<InvitedRoom>> {
+    let state = ctx.services.rooms.invite_state(room_id, ctx.user).await?;
+    let invite = state.iter().find(|pdu| pdu.state_key.as_deref() == Some(ctx.user.as_str()));
+    if invite.is_some_and(|pdu| ctx.ignored.contains(&pdu.sender)) {
+        return Ok(None);
+    }
+    let events: Vec<Raw<_>> = state.iter().map(|pdu| raw_json(&pdu.to_stripped_state())).collect::<Result<_>>()?;
+    Ok(Some(InvitedRoom::from(InviteState::from(events))))
 }
 
 /// The stripped state of an invite or a knock: the room's basic state and the user's own member
@@ -265,8 +272,12 @@ async fn section(ctx: &Context<'_>, room_id: &OwnedRoomId, upto: u64, full: bool
     let since = ctx.since.map(|s| s.events);
     let room_filter = &ctx.filter.room;
     let timeline_filter = room_filter.timeline.clone();
+    let ignored = ctx.ignored.clone();
     let wanted: EventPredicate = if filter::room_event_room_allowed(&timeline_filter, room_id) {
-        Arc::new(move |pdu: &Pdu| filter::room_event_allowed(&timeline_filter, &pdu.kind.to_string(), &pdu.sender))
+        Arc::new(move |pdu: &Pdu| {
+            !ignored.contains(&pdu.sender)
+                && filter::room_event_allowed(&timeline_filter, &pdu.kind.to_string(), &pdu.sender)
+        })
     } else {
         Arc::new(|_: &Pdu| false)
     };
