@@ -509,8 +509,9 @@ async fn events_wait_for_a_destination_that_is_down_across_a_restart_and_go_when
     assert_eq!(remote.seen().attempts.last().unwrap().0, first_txn, "the same transaction after the restart");
 
     // hs-r comes back and talks to hs-a: the backoff ends at once, and everything arrives.
-    // Let the backoff grow beyond what the test waits below.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Let the backoff grow beyond what the test waits below: tries at about 0, 1, 3 and 7 s
+    // after the restart, the next at 15 s; the ping comes at 8 s.
+    tokio::time::sleep(Duration::from_secs(8)).await;
     remote.down.store(false, Ordering::SeqCst);
     let body = json!({"origin": REMOTE, "origin_server_ts": now_ms(), "pdus": []});
     let (status, _) = remote.send(&pki, &a, "ping", &body).await;
