@@ -7,6 +7,7 @@
 
 pub mod codec;
 pub mod engine;
+pub mod federation_send_tables;
 pub mod federation_tables;
 pub mod key_tables;
 pub mod membership_tables;
@@ -180,6 +181,7 @@ impl Db {
             .chain(key_tables::KEY_TABLES)
             .chain(push_tables::PUSH_TABLES)
             .chain(federation_tables::FEDERATION_TABLES)
+            .chain(federation_send_tables::FEDERATION_SEND_TABLES)
             .chain(search_tables::SEARCH_TABLES)
             .chain(relation_tables::RELATION_TABLES)
             .chain(membership_tables::MEMBERSHIP_TABLES)

@@ -21,6 +21,7 @@ mod federation;
 mod federation_invite;
 mod federation_join;
 mod federation_read;
+mod federation_send;
 mod guests;
 mod http_errors;
 mod key_errors;
