@@ -569,21 +569,15 @@ async fn synapse_messages_backwards(synapse: &crate::peer_synapse::Synapse, toke
 }
 
 /// With a real Synapse (when `TRELLIS_SYNAPSE_PYTHON` is set): a Trellis user reads Synapse
-/// history from before the join (Trellis backfills from Synapse). The other way round (Synapse
-/// backfilling from Trellis) waits for inbound `/send`: until Trellis takes Synapse's
-/// transactions, Synapse backs off from Trellis and does not ask it for history.
+/// history from before the join (Trellis backfills from Synapse), and a Synapse user reads
+/// Trellis history from before theirs (Synapse backfills from Trellis).
 #[tokio::test]
 async fn history_before_a_join_is_backfilled_between_trellis_and_synapse() {
-    let Ok(python) = std::env::var("TRELLIS_SYNAPSE_PYTHON") else {
-        eprintln!("skipped: TRELLIS_SYNAPSE_PYTHON is not set (a Python with matrix-synapse)");
+    let Some(crate::peer_synapse::Peers { synapse, trellis, trellis_name, .. }) =
+        crate::peer_synapse::synapse_and_trellis().await
+    else {
         return;
     };
-    let pki = Pki::new(&["localhost"]);
-    let (trellis_dir, synapse_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let synapse = crate::peer_synapse::Synapse::start(&python, &pki, synapse_dir.path()).await;
-    let trellis_port = free_port();
-    let trellis_name = format!("127.0.0.1:{trellis_port}");
-    let trellis = start_federating(&pki, trellis_dir.path(), &trellis_name, trellis_port, &[], "");
     let alice = trellis.register("alice", "pw").await;
     let sam = synapse.register("sam").await;
 
@@ -609,5 +603,22 @@ async fn history_before_a_join_is_backfilled_between_trellis_and_synapse() {
         let on_trellis = messages_backwards(&trellis, &alice, &room).await;
         let on_synapse = synapse_messages_backwards(&synapse, &sam, &room).await;
         assert_eq!(on_trellis, on_synapse, "v{version}: Trellis backfilled Synapse's history");
+
+        // Trellis's room, with history, joined from Synapse.
+        let room = crate::room_helpers::create_room(
+            &trellis,
+            &alice,
+            json!({"preset": "public_chat", "room_version": version}),
+        )
+        .await;
+        for i in 0..15 {
+            crate::room_helpers::send_text(&trellis, &alice, &room, &format!("trellis {i}")).await;
+        }
+        let path = format!("/_matrix/client/v3/join/{}?via={trellis_name}", enc(&room));
+        let joined = synapse.client_post(&path, &sam, json!({})).await;
+        assert_eq!(joined.0, 200, "v{version}: {}", joined.1);
+        let on_synapse = synapse_messages_backwards(&synapse, &sam, &room).await;
+        let on_trellis = messages_backwards(&trellis, &alice, &room).await;
+        assert_eq!(on_synapse, on_trellis, "v{version}: Synapse backfilled Trellis's history");
     }
 }

@@ -188,19 +188,33 @@ rc_message: {{per_second: 1000, burst_count: 1000}}
     }
 }
 
-#[tokio::test]
-async fn synapse_and_trellis_query_each_others_profiles() {
+/// A Synapse and a Trellis federating on loopback TLS (both named by IP literal and port, so no
+/// override, well-known or SRV is needed), or `None` when `TRELLIS_SYNAPSE_PYTHON` is unset.
+pub(crate) struct Peers {
+    pub(crate) synapse: Synapse,
+    pub(crate) trellis: TestServer,
+    pub(crate) trellis_name: String,
+    _pki: Pki,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+pub(crate) async fn synapse_and_trellis() -> Option<Peers> {
     let Ok(python) = std::env::var("TRELLIS_SYNAPSE_PYTHON") else {
         eprintln!("skipped: TRELLIS_SYNAPSE_PYTHON is not set (a Python with matrix-synapse)");
-        return;
+        return None;
     };
     let pki = Pki::new(&["localhost"]);
     let (trellis_dir, synapse_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let synapse = Synapse::start(&python, &pki, synapse_dir.path()).await;
     let trellis_port = free_port();
     let trellis_name = format!("127.0.0.1:{trellis_port}");
-    // Both server names are IP literals with ports: no override, well-known or SRV is needed.
     let trellis = start_federating(&pki, trellis_dir.path(), &trellis_name, trellis_port, &[], "");
+    Some(Peers { synapse, trellis, trellis_name, _pki: pki, _dirs: (trellis_dir, synapse_dir) })
+}
+
+#[tokio::test]
+async fn synapse_and_trellis_query_each_others_profiles() {
+    let Some(Peers { synapse, trellis, trellis_name, _pki: pki, .. }) = synapse_and_trellis().await else { return };
 
     let alice = trellis.register("alice", "pw").await;
     let alice_id = format!("@alice:{trellis_name}");
@@ -284,16 +298,7 @@ async fn synapse_and_trellis_query_each_others_profiles() {
 /// versions 10 and 12); messages go both ways, and both servers hold the same room state.
 #[tokio::test]
 async fn synapse_and_trellis_users_join_each_others_rooms_and_talk() {
-    let Ok(python) = std::env::var("TRELLIS_SYNAPSE_PYTHON") else {
-        eprintln!("skipped: TRELLIS_SYNAPSE_PYTHON is not set (a Python with matrix-synapse)");
-        return;
-    };
-    let pki = Pki::new(&["localhost"]);
-    let (trellis_dir, synapse_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let synapse = Synapse::start(&python, &pki, synapse_dir.path()).await;
-    let trellis_port = free_port();
-    let trellis_name = format!("127.0.0.1:{trellis_port}");
-    let trellis = start_federating(&pki, trellis_dir.path(), &trellis_name, trellis_port, &[], "");
+    let Some(Peers { synapse, trellis, trellis_name, .. }) = synapse_and_trellis().await else { return };
     let alice = trellis.register("alice", "pw").await;
     let sam = synapse.register("sam").await;
 
