@@ -350,3 +350,29 @@ async fn ignored_users_invites_and_messages_are_hidden() {
     let own = server.get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b", enc(&shared)), bob.token()).await;
     assert_eq!(texts(&own.1["chunk"]), ["chris again", "from bob", "from chris"]);
 }
+
+/// An event this server does not have may be redacted (it may be on another server of the
+/// room): the redaction is sent and names it (Complement's
+/// `TestFederationRedactSendsWithoutEvent`). An event of another room is not found.
+#[tokio::test]
+async fn an_event_this_server_lacks_can_be_redacted() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    let elsewhere = "$not-here:elsewhere.example";
+    let path = |room: &str, event: &str, txn: &str| {
+        format!("/_matrix/client/v3/rooms/{}/redact/{}/{txn}", enc(room), enc(event))
+    };
+    let redacted = server.put(&path(&room, elsewhere, "t1"), alice.token(), json!({"reason": "spam"})).await;
+    assert_eq!(redacted.0, 200, "{}", redacted.1);
+    let redaction = redacted.1["event_id"].as_str().unwrap();
+    let event =
+        server.get(&format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(redaction)), alice.token()).await;
+    assert_eq!(event.1["type"], "m.room.redaction", "{}", event.1);
+    let target = event.1.get("redacts").or_else(|| event.1["content"].get("redacts"));
+    assert_eq!(target, Some(&json!(elsewhere)), "{}", event.1);
+
+    let other = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    let in_other = send_text(&server, &alice, &other, "hi").await;
+    assert_error(&server.put(&path(&room, &in_other, "t2"), alice.token(), json!({})).await, 404, "M_NOT_FOUND");
+}

@@ -103,12 +103,12 @@ async fn redact(
     if let Some(event_id) = services.rooms.transaction(&sender.user_id, device, &txn).await? {
         return Ok(redact_event::v3::Response::new(event_id));
     }
-    let target = services
-        .rooms
-        .event_for(&sender.user_id, &body.event_id)
-        .await?
-        .filter(|e| e.pdu.room_id == body.room_id)
-        .ok_or_else(|| Error::not_found("Unknown event"))?;
+    // An event this server does not have may still be redacted: it may be on another server of
+    // the room (Synapse allows it; Complement's `TestFederationRedactSendsWithoutEvent`). One it
+    // has must be of this room.
+    if services.rooms.event_for(&sender.user_id, &body.event_id).await?.is_some_and(|e| e.pdu.room_id != body.room_id) {
+        return Err(Error::not_found("Unknown event"));
+    }
     let mut content = serde_json::json!({});
     if let Some(reason) = &body.reason {
         content["reason"] = Value::String(reason.clone());
@@ -117,7 +117,7 @@ async fn redact(
         kind: TimelineEventType::RoomRedaction,
         content,
         state_key: None,
-        redacts: Some(target.pdu.event_id.clone()),
+        redacts: Some(body.event_id.clone()),
     };
     let transaction = Transaction { device: device.to_owned(), key: txn, client_txn: body.txn_id.to_string() };
     let accepted = services.rooms.send_with_transaction(&body.room_id, &sender.user_id, event, transaction).await?;
