@@ -376,3 +376,39 @@ async fn an_event_this_server_lacks_can_be_redacted() {
     let in_other = send_text(&server, &alice, &other, "hi").await;
     assert_error(&server.put(&path(&room, &in_other, "t2"), alice.token(), json!({})).await, 404, "M_NOT_FOUND");
 }
+
+/// A state event carries what it replaced in `unsigned` (`prev_content`, `prev_sender`,
+/// `replaces_state`), in `/sync`, `/messages` and `/event`; the first of its kind carries none.
+#[tokio::test]
+async fn state_events_tell_what_they_replaced() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat", "topic": "first"})).await;
+    join(&server, &bob, &room).await;
+    let topic_path = format!("/_matrix/client/v3/rooms/{}/state/m.room.topic/", enc(&room));
+    let first = server.get(&format!("/_matrix/client/v3/rooms/{}/state", enc(&room)), alice.token()).await.1;
+    let first_topic = first.as_array().unwrap().iter().find(|e| e["type"] == "m.room.topic").unwrap().clone();
+    assert!(first_topic["unsigned"].get("prev_content").is_none(), "{first_topic}");
+    let second = server.put(&topic_path, alice.token(), json!({"topic": "second"})).await.1;
+    let second_id = second["event_id"].as_str().unwrap();
+    let event =
+        server.get(&format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(second_id)), bob.token()).await.1;
+    assert_eq!(event["unsigned"]["prev_content"], first_topic["content"], "{event}");
+    assert_eq!(event["unsigned"]["prev_sender"], alice.user_id.as_str());
+    assert_eq!(event["unsigned"]["replaces_state"], first_topic["event_id"]);
+
+    // A display name change: the member event says what it was before.
+    let name = format!("/_matrix/client/v3/profile/{}/displayname", enc(&bob.user_id));
+    assert_eq!(server.put(&name, bob.token(), json!({"displayname": "Bobby"})).await.0, 200);
+    let page =
+        server.get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1", enc(&room)), alice.token()).await.1;
+    let change = &page["chunk"][0];
+    assert_eq!(change["content"]["displayname"], "Bobby", "{page}");
+    assert_eq!(change["unsigned"]["prev_content"]["membership"], "join", "{page}");
+    assert!(change["unsigned"]["prev_content"].get("displayname").is_none_or(|n| n != "Bobby"), "{page}");
+    let sync = server.get("/_matrix/client/v3/sync", alice.token()).await.1;
+    let timeline = sync["rooms"]["join"][&room]["timeline"]["events"].as_array().unwrap();
+    let in_sync = timeline.iter().find(|e| e["event_id"] == change["event_id"]).unwrap();
+    assert_eq!(in_sync["unsigned"]["replaces_state"], change["unsigned"]["replaces_state"]);
+}

@@ -13,7 +13,7 @@ use std::{
 };
 
 use ruma::{
-    CanonicalJsonObject, EventId, OwnedEventId, RoomVersionId,
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, RoomVersionId,
     events::{StateEventType, TimelineEventType},
     room_version_rules::{RoomVersionRules, StateResolutionVersion},
     state_res::{self, StateMap, utils::event_id_set::EventIdSet},
@@ -65,6 +65,20 @@ fn state_diff(previous: &ShortStateMap, current: &ShortStateMap) -> Vec<(u64, Op
     let removed = previous.keys().filter(|k| !current.contains_key(k)).map(|k| (*k, None));
     let set = current.iter().filter(|(k, v)| previous.get(k) != Some(v)).map(|(k, v)| (*k, Some(*v)));
     removed.chain(set).collect()
+}
+
+/// Records in a state event's `unsigned` the event it replaces: `prev_content`, `prev_sender`
+/// and `replaces_state`.
+fn note_replaced_state(json: &mut CanonicalJsonObject, replaced: &Pdu) -> Result<()> {
+    let content = serde_json::from_str::<ruma::CanonicalJsonValue>(replaced.content.get())
+        .map_err(|e| Error::internal(format!("stored content is not canonical JSON: {e}")))?;
+    let unsigned = json.entry("unsigned".to_owned()).or_insert_with(|| CanonicalJsonValue::Object(Default::default()));
+    if let CanonicalJsonValue::Object(unsigned) = unsigned {
+        unsigned.insert("prev_content".into(), content);
+        unsigned.insert("prev_sender".into(), CanonicalJsonValue::String(replaced.sender.to_string()));
+        unsigned.insert("replaces_state".into(), CanonicalJsonValue::String(replaced.event_id.to_string()));
+    }
+    Ok(())
 }
 
 /// The `membership` of a member event's content (`leave` if unreadable).
@@ -495,7 +509,7 @@ impl RoomCore {
         db: &Db,
         rules: &RoomVersionRules,
         version: &RoomVersionId,
-        pdu: Pdu,
+        mut pdu: Pdu,
         before_group: Option<u64>,
         state_before: Arc<ShortStateMap>,
         room_record: Option<RoomRecord>,
@@ -517,6 +531,16 @@ impl RoomCore {
             Some(group) => group,
             None => self.state.store(db, &mut batch, None, state_before.clone())?,
         };
+        // What a state event replaces, for clients (`unsigned.prev_content`, `prev_sender` and
+        // `replaces_state`, as Synapse gives them; Element shows membership and name changes by
+        // them). Kept in the stored event's `unsigned`, which is never sent to other servers.
+        if let Some(state_key) = &pdu.state_key
+            && let Some(key) = self.interner.short_state_key(db, &pdu.kind.to_string(), state_key)?
+            && let Some(replaced) = state_before.get(&key).copied()
+        {
+            let replaced = self.event_by_short(db, replaced, rules)?;
+            note_replaced_state(&mut pdu.json, &replaced)?;
+        }
         let mut pending_key = None;
         let (state_after, after_group) = match &pdu.state_key {
             Some(state_key) => {
