@@ -5,6 +5,7 @@
 //! [`Batch`] and commits it atomically. Engine calls block, so async code runs them through
 //! [`Db::run`], which moves the work onto the blocking thread pool.
 
+pub mod appservice_tables;
 pub mod codec;
 pub mod engine;
 pub mod federation_tables;
@@ -181,6 +182,7 @@ impl Db {
             .chain(federation_tables::FEDERATION_TABLES)
             .chain(search_tables::SEARCH_TABLES)
             .chain(relation_tables::RELATION_TABLES)
+            .chain(appservice_tables::APPSERVICE_TABLES)
             .copied()
             .collect();
         let engine = rocks::RocksEngine::open(&config.database_path, &all_tables, &settings)?;

@@ -61,12 +61,14 @@ async fn put_alias(
     let sender = request.sender()?;
     refuse_guests(sender)?;
     let body = &request.body;
+    crate::api::appservice_auth::check_alias_allowed(&services, sender, &body.room_alias)?;
     let actor = Actor { user: &sender.user_id, admin: sender.admin };
     services.rooms.create_alias(&body.room_alias, &body.room_id, actor).await?;
     Ok(create_alias::v3::Response::new())
 }
 
 async fn get_alias(services: Arc<Services>, request: Ruma<get_alias::v3::Request>) -> Result<get_alias::v3::Response> {
+    services.resolve_alias_with_appservices(&request.body.room_alias).await?;
     let room_id = services.rooms.alias_target(&request.body.room_alias).await?;
     Ok(get_alias::v3::Response::new(room_id, vec![services.config.server_name.clone()]))
 }

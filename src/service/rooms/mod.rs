@@ -28,6 +28,7 @@ mod search;
 mod short;
 mod state;
 mod stream;
+pub mod stream_read;
 mod sync_read;
 mod upgrade;
 
