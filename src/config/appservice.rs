@@ -61,11 +61,9 @@ fn problem(file: &Path, message: String) -> ConfigError {
 pub fn parse(text: &str, file: &Path, server_name: &ServerName) -> Result<AppServiceRegistration, ConfigError> {
     let registration: Registration =
         serde_yaml_ng::from_str(text).map_err(|e| problem(file, format!("invalid registration: {e}")))?;
-    for (key, value) in [
-        ("id", &registration.id),
-        ("as_token", &registration.as_token),
-        ("hs_token", &registration.hs_token),
-    ] {
+    for (key, value) in
+        [("id", &registration.id), ("as_token", &registration.as_token), ("hs_token", &registration.hs_token)]
+    {
         if value.trim().is_empty() {
             return Err(problem(file, format!("`{key}` must not be empty")));
         }
@@ -75,7 +73,12 @@ pub fn parse(text: &str, file: &Path, server_name: &ServerName) -> Result<AppSer
     }
     let sender = UserId::parse_with_server_name(registration.sender_localpart.as_str(), server_name)
         .ok()
-        .filter(|user| user.localpart() == registration.sender_localpart && !registration.sender_localpart.is_empty())
+        .filter(|user| {
+            let localpart = user.localpart();
+            localpart == registration.sender_localpart
+                && !localpart.is_empty()
+                && localpart.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b':')
+        })
         .ok_or_else(|| {
             problem(file, format!("`sender_localpart` \"{}\" is not a valid localpart", registration.sender_localpart))
         })?;
@@ -91,7 +94,9 @@ pub fn parse(text: &str, file: &Path, server_name: &ServerName) -> Result<AppSer
                 // Synapse matches from the start of the ID; the end is left to the regex.
                 Regex::new(&format!("^(?:{})", namespace.regex))
                     .map(|regex| CompiledNamespace { regex, exclusive: namespace.exclusive })
-                    .map_err(|e| problem(file, format!("namespaces.{kind}: invalid regex \"{}\": {e}", namespace.regex)))
+                    .map_err(|e| {
+                        problem(file, format!("namespaces.{kind}: invalid regex \"{}\": {e}", namespace.regex))
+                    })
             })
             .collect::<Result<Vec<_>, _>>()
     };

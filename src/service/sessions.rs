@@ -201,7 +201,13 @@ impl Sessions {
             return Err(Error::unknown_token(false, "The account has been deactivated"));
         }
         self.note_last_seen(&record.user_id, &record.device_id, ip).await?;
-        Ok(Authenticated { user_id: record.user_id, device_id: record.device_id, guest: user.guest, admin: user.admin, appservice: None })
+        Ok(Authenticated {
+            user_id: record.user_id,
+            device_id: record.device_id,
+            guest: user.guest,
+            admin: user.admin,
+            appservice: None,
+        })
     }
 
     /// Writes a device's last-seen time and address (at most once per resolution period). Only

@@ -61,7 +61,11 @@ async fn login(services: Arc<Services>, request: Ruma<login::v3::Request>) -> Re
         _ => {
             // `m.login.application_service`: the service's token, for a user it may act as.
             let service = request.sender.as_ref().and_then(|s| s.appservice.clone()).ok_or_else(|| {
-                Error::new(StatusCode::UNAUTHORIZED, ErrorKind::MissingToken, "An application service token is required")
+                Error::new(
+                    StatusCode::UNAUTHORIZED,
+                    ErrorKind::MissingToken,
+                    "An application service token is required",
+                )
             })?;
             if !services.appservices.may_act_as(&service, &user_id) || !services.accounts.exists(&user_id).await? {
                 return Err(Error::forbidden("The application service may not log in as that user"));

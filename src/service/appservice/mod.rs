@@ -124,17 +124,23 @@ pub fn user_in_namespace(service: &AppServiceRegistration, user: &UserId) -> boo
     matches(&service.users, user.as_str(), false)
 }
 
-/// Whether the service wants `event` (with its room's aliases): its sender or a member event's
-/// state key in the user namespaces (or the service's own user), its room in the room
-/// namespaces, or one of its room's aliases in the alias namespaces.
+/// Whether the service wants `event` (with its room's aliases) by the event alone: its sender
+/// or a member event's state key in the user namespaces (or the service's own user), its room
+/// in the room namespaces, or one of its room's aliases in the alias namespaces.
 pub fn interested(service: &AppServiceRegistration, event: &crate::service::rooms::stream_read::StreamEvent) -> bool {
-    let user_matches = |user: &str| user == service.sender.as_str() || matches(&service.users, user, false);
     let pdu = &event.pdu;
-    user_matches(pdu.sender.as_str())
+    wants_user(service, pdu.sender.as_str())
         || (pdu.kind == ruma::events::TimelineEventType::RoomMember
-            && pdu.state_key.as_deref().is_some_and(user_matches))
+            && pdu.state_key.as_deref().is_some_and(|user| wants_user(service, user)))
         || matches(&service.rooms, pdu.room_id.as_str(), false)
         || event.room_aliases.iter().any(|alias| matches(&service.aliases, alias, false))
+}
+
+/// Whether `user` is the service's sender or in its user namespaces: the service also wants
+/// the events of rooms such a user is joined to (as Synapse does, so a bridge's puppets see
+/// their rooms).
+pub fn wants_user(service: &AppServiceRegistration, user: &str) -> bool {
+    user == service.sender.as_str() || matches(&service.users, user, false)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -18,7 +18,7 @@ use ruma::{
     },
 };
 
-use super::{AppServices, AppServiceRegistration};
+use super::{AppServiceRegistration, AppServices};
 use crate::{Error, Result};
 
 /// What became of one request to a service.
@@ -94,7 +94,11 @@ impl AppServices {
     /// reached `M_CONNECTION_FAILED` (502), too slow `M_CONNECTION_TIMEOUT` (504).
     pub async fn ping(&self, service: &AppServiceRegistration, txn: Option<OwnedTransactionId>) -> Result<Duration> {
         if service.registration.url.is_none() {
-            return Err(Error::new(StatusCode::BAD_REQUEST, ErrorKind::UrlNotSet, "The application service has no URL"));
+            return Err(Error::new(
+                StatusCode::BAD_REQUEST,
+                ErrorKind::UrlNotSet,
+                "The application service has no URL",
+            ));
         }
         let mut request = send_ping::v1::Request::new();
         request.transaction_id = txn;

@@ -7,16 +7,12 @@
 //! `appservice_max_backoff_secs`. Each service has its own task, so a slow or unreachable
 //! service delays only itself; a new service starts at the stream's current position.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use ruma::{
-    OwnedTransactionId,
-    api::appservice::event::push_events,
-    serde::Raw,
-};
+use ruma::{OwnedRoomId, OwnedTransactionId, api::appservice::event::push_events, serde::Raw};
 use tokio::{sync::watch, task::JoinHandle};
 
-use super::{AppService, interested, query::Answer};
+use super::{AppService, interested, query::Answer, wants_user};
 use crate::{
     Error, Result,
     service::{Services, accounts::AccountKind},
@@ -161,9 +157,23 @@ async fn step(services: &Services, service: &AppService) -> Result<Step> {
     let (events, last) = services.rooms.stream_events(record.cursor, upto, SCAN).await?;
     let mut batch = Vec::new();
     let mut cursor = last;
+    // Whether a room has a joined member the service wants, asked once per room and step.
+    let mut member_rooms: HashMap<OwnedRoomId, bool> = HashMap::new();
     for event in events {
         if !interested(service, &event) {
-            continue;
+            let room = &event.pdu.room_id;
+            let wanted = match member_rooms.get(room) {
+                Some(wanted) => *wanted,
+                None => {
+                    let members = services.rooms.joined_members(room).await?;
+                    let wanted = members.iter().any(|member| wants_user(service, member.as_str()));
+                    member_rooms.insert(room.clone(), wanted);
+                    wanted
+                }
+            };
+            if !wanted {
+                continue;
+            }
         }
         batch.push(event.pdu.to_client_event());
         if batch.len() == BATCH {
