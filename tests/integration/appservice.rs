@@ -429,3 +429,31 @@ async fn transactions_survive_an_outage_and_a_restart_in_order_and_once() {
     assert_eq!(event["room_id"], room.as_str());
     assert_eq!(event["sender"], alice.user_id.as_str());
 }
+
+#[tokio::test]
+async fn complement_launch_passes_the_registration_folder() {
+    let tempdir = tempfile::tempdir().expect("tempdir");
+    crate::launcher::make_ca(tempdir.path());
+    let service = FakeService::start().await;
+    let as_dir = tempdir.path().join("appservice");
+    std::fs::create_dir_all(&as_dir).expect("mkdir");
+    std::fs::write(as_dir.join("bridge.yaml"), service.registration()).expect("write");
+    std::fs::write(as_dir.join("README"), "not a registration").expect("write");
+    let (cs_port, fed_port) = (crate::launcher::free_port(), crate::launcher::free_port());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("complement-tests/launch");
+    let mut command = std::process::Command::new("bash");
+    command
+        .arg(script)
+        .env("SERVER_NAME", "hs1")
+        .env("CS_PORT", cs_port.to_string())
+        .env("FED_PORT", fed_port.to_string())
+        .env("DATA_DIR", tempdir.path().join("data"))
+        .env("COMPLEMENT_CA_CRT", tempdir.path().join("ca.crt"))
+        .env("COMPLEMENT_CA_KEY", tempdir.path().join("ca.key"))
+        .env("COMPLEMENT_APPSERVICE_DIR", &as_dir)
+        .env("TRELLIS_BIN", env!("CARGO_BIN_EXE_trellis"));
+    let server = TestServer::spawn(command, true).expect("launch starts trellis");
+    let (status, body) = server.get("/_matrix/client/v3/account/whoami", Some(AS_TOKEN)).await;
+    assert_eq!((status, body["user_id"].as_str()), (200, Some("@bridgebot:hs1")), "{body}");
+    assert_eq!(server.stop(), Some(0));
+}
