@@ -1,7 +1,7 @@
 //! Requests authenticated with an application service's `as_token`: the service acts as its
 //! sender user, or as the user named by the `user_id` query parameter when that user is in its
 //! user namespaces and exists; `org.matrix.msc3202.device_id` (MSC3202) picks one of that
-//! user's devices.
+//! user's devices. On `/register` the named user need not exist yet.
 
 use http::StatusCode;
 use ruma::{OwnedDeviceId, RoomAliasId, UserId, api::error::ErrorKind};
@@ -32,6 +32,17 @@ pub async fn identity(services: &Services, service: AppService, parts: &http::re
     };
     if !services.appservices.may_act_as(&service, &user_id) {
         return Err(Error::forbidden("The application service may not act as that user"));
+    }
+    // Registration acts for the service itself: bridges (mautrix) name the user they register
+    // in `user_id`, which does not exist yet.
+    if parts.uri.path().ends_with("/register") {
+        return Ok(Authenticated {
+            user_id,
+            device_id: APPSERVICE_DEVICE.into(),
+            guest: false,
+            admin: false,
+            appservice: Some(service),
+        });
     }
     let record = services
         .accounts

@@ -457,3 +457,40 @@ async fn complement_launch_passes_the_registration_folder() {
     assert_eq!((status, body["user_id"].as_str()), (200, Some("@bridgebot:hs1")), "{body}");
     assert_eq!(server.stop(), Some(0));
 }
+
+/// A real application service: a bridge on mautrix-python (PyPI `mautrix`, installed by
+/// `.ci/run` next to matrix-nio; `TRELLIS_PYTHON` names the interpreter) pings itself, creates
+/// its puppet through the user query, joins the room it was invited to and relays a message.
+#[tokio::test]
+async fn a_mautrix_python_bridge_relays_a_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = crate::launcher::free_port();
+    let registration = format!(
+        r##"id: mbridge
+url: "http://127.0.0.1:{port}"
+as_token: mautrix-as-token
+hs_token: mautrix-hs-token
+sender_localpart: mbridgebot
+rate_limited: false
+namespaces:
+  users:
+    - exclusive: true
+      regex: "@mbridge_.*:localhost"
+"##
+    );
+    let file = dir.path().join("mbridge.yaml");
+    std::fs::write(&file, registration).expect("write registration");
+    let server = TestServer::start_in(dir.path(), "localhost", &as_config(&[&file])).expect("server starts");
+    let python = std::env::var("TRELLIS_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/mautrix_bridge.py");
+    let base_url = server.base_url.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python).arg(script).arg(base_url).arg(port.to_string()).output()
+    })
+    .await
+    .expect("join")
+    .expect("python runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success() && stdout.contains("OK"), "mautrix bridge failed:\n{stdout}\n{stderr}");
+}
