@@ -29,4 +29,7 @@ pub struct PendingTxn {
     pub txn_id: String,
     /// The events as clients see them, in stream order.
     pub events: Vec<serde_json::Value>,
+    /// Ephemeral events (typing, receipts) for services with `receive_ephemeral`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ephemeral: Vec<serde_json::Value>,
 }

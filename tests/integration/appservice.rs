@@ -36,6 +36,8 @@ struct Recorded {
     attempts: Vec<String>,
     /// Transactions taken: (ID, events).
     taken: Vec<(String, Vec<Value>)>,
+    /// Ephemeral events of the transactions taken.
+    ephemeral: Vec<Value>,
     user_queries: Vec<String>,
     pings: Vec<Value>,
 }
@@ -74,6 +76,7 @@ async fn transaction(
     let events = body["events"].as_array().cloned().unwrap_or_default();
     // A service takes a transaction ID once: a repeat is acknowledged without processing.
     if !recorded.taken.iter().any(|(id, _)| *id == txn) {
+        recorded.ephemeral.extend(body["ephemeral"].as_array().cloned().unwrap_or_default());
         recorded.taken.push((txn, events));
     }
     (StatusCode::OK, Json(json!({})))
@@ -136,6 +139,7 @@ as_token: {AS_TOKEN}
 hs_token: {HS_TOKEN}
 sender_localpart: bridgebot
 rate_limited: false
+receive_ephemeral: true
 namespaces:
   users:
     - exclusive: true
@@ -472,6 +476,7 @@ as_token: mautrix-as-token
 hs_token: mautrix-hs-token
 sender_localpart: mbridgebot
 rate_limited: false
+receive_ephemeral: true
 namespaces:
   users:
     - exclusive: true
@@ -493,4 +498,39 @@ namespaces:
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success() && stdout.contains("OK"), "mautrix bridge failed:\n{stdout}\n{stderr}");
+}
+
+#[tokio::test]
+async fn typing_and_receipts_reach_a_service_that_asks_for_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = FakeService::start().await;
+    let server = start_with_service(dir.path(), &service);
+    let alice = server.register("alice", "pw").await;
+    assert_eq!(register_as_service(&server, "bridge_bob").await.0, 200);
+    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    let join = format!("/_matrix/client/v3/join/{}?user_id={}", enc(&room), enc("@bridge_bob:localhost"));
+    assert_eq!(server.post(&join, Some(AS_TOKEN), json!({})).await.0, 200);
+    let typing = format!("/_matrix/client/v3/rooms/{}/typing/{}", enc(&room), enc(&alice.user_id));
+    let (status, body) = server.put(&typing, alice.token(), json!({"typing": true, "timeout": 30000})).await;
+    assert_eq!(status, 200, "{body}");
+    service
+        .wait_for("alice typing", |r| {
+            r.ephemeral.iter().any(|e| {
+                e["type"] == "m.typing"
+                    && e["room_id"] == room.as_str()
+                    && e["content"]["user_ids"] == json!([alice.user_id])
+            })
+        })
+        .await;
+    let event = send_text(&server, &alice, &room, "read me").await;
+    let receipt = format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(&room), enc(&event));
+    assert_eq!(server.post(&receipt, alice.token(), json!({})).await.0, 200);
+    service
+        .wait_for("alice's receipt", |r| {
+            r.ephemeral.iter().any(|e| {
+                e["type"] == "m.receipt"
+                    && e["content"][event.as_str()]["m.read"][alice.user_id.as_str()]["ts"].is_u64()
+            })
+        })
+        .await;
 }

@@ -6,7 +6,8 @@ tokens below, users `@mbridge_.*`) is the one the Rust test wrote into Trellis's
 The bridge pings itself through Trellis, creates its puppet when Trellis asks about it (the
 user query, on alice's invite), lets the puppet join the room it is invited to, and relays
 every message of a local user back into the room as the puppet ("relayed: ..."), the way a
-bridge relays between networks. A local user (plain HTTP) sees the relayed message. Prints OK.
+bridge relays between networks. A local user (plain HTTP) sees the relayed message, and her
+typing reaches the bridge as an ephemeral event. Prints OK.
 """
 
 import asyncio
@@ -35,6 +36,7 @@ class StateStore(ASStateStore, MemoryStateStore):
 
 async def main(hs_url: str, port: int) -> None:
     relayed = asyncio.get_running_loop().create_future()
+    saw_typing = asyncio.get_running_loop().create_future()
     queried = []
 
     async def query_user(user_id):
@@ -53,6 +55,7 @@ async def main(hs_url: str, port: int) -> None:
         id="mbridge",
         log=logging.getLogger("bridge"),
         query_user=query_user,
+        ephemeral_events=True,
         state_store=StateStore(),
     )
 
@@ -61,6 +64,9 @@ async def main(hs_url: str, port: int) -> None:
         if evt.type == EventType.ROOM_MEMBER and evt.state_key == PUPPET:
             if evt.content.membership == Membership.INVITE:
                 await appservice.intent.user(PUPPET).join_room(evt.room_id)
+        elif evt.type == EventType.TYPING and "@alice:localhost" in evt.content.user_ids:
+            if not saw_typing.done():
+                saw_typing.set_result(evt.room_id)
         elif evt.type == EventType.ROOM_MESSAGE and evt.sender != PUPPET:
             await appservice.intent.user(PUPPET).send_text(evt.room_id, f"relayed: {evt.content.body}")
             if not relayed.done():
@@ -106,6 +112,14 @@ async def main(hs_url: str, port: int) -> None:
                 {"msgtype": "m.text", "body": "hello from matrix"},
             )
             assert await asyncio.wait_for(relayed, 30) == "hello from matrix"
+            # Typing reaches the bridge as an ephemeral event (receive_ephemeral).
+            await call(
+                "PUT",
+                f"/_matrix/client/v3/rooms/{room}/typing/@alice:localhost",
+                token,
+                {"typing": True, "timeout": 30000},
+            )
+            assert await asyncio.wait_for(saw_typing, 30) == room
             # Alice reads the relayed message.
             for _ in range(300):
                 messages = await call("GET", f"/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=10", token)

@@ -3,6 +3,7 @@
 //! take, the queries sent to a service for users and aliases it may create (`query.rs`), and
 //! the per-service transaction senders that follow the event stream (`sender.rs`).
 
+pub mod ephemeral;
 pub mod lookup;
 pub mod query;
 pub mod sender;
@@ -27,7 +28,7 @@ pub struct AppServices {
     server_name: ruma::OwnedServerName,
 }
 
-fn matches(namespaces: &[CompiledNamespace], value: &str, exclusive_only: bool) -> bool {
+pub(crate) fn matches(namespaces: &[CompiledNamespace], value: &str, exclusive_only: bool) -> bool {
     namespaces.iter().any(|ns| (ns.exclusive || !exclusive_only) && ns.regex.is_match(value))
 }
 

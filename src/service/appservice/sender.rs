@@ -5,14 +5,20 @@
 //! `PUT`s `/_matrix/app/v1/transactions/{txnId}` until the service takes it (2xx): failures are
 //! retried with the same ID and events, with exponential backoff from half a second up to
 //! `appservice_max_backoff_secs`. Each service has its own task, so a slow or unreachable
-//! service delays only itself; a new service starts at the stream's current position.
+//! service delays only itself; a new service starts at the stream's current position. Services
+//! with `receive_ephemeral` also get typing and receipts in their transactions (`ephemeral.rs`).
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use ruma::{OwnedRoomId, OwnedTransactionId, api::appservice::event::push_events, serde::Raw};
 use tokio::{sync::watch, task::JoinHandle};
 
-use super::{AppService, interested, query::Answer, wants_user};
+use super::{
+    AppService,
+    ephemeral::{self, EphemeralCursor},
+    interested,
+    query::Answer,
+};
 use crate::{
     Error, Result,
     service::{Services, accounts::AccountKind},
@@ -65,13 +71,22 @@ impl AppServiceSenders {
 
 async fn run(services: Arc<Services>, service: AppService, mut stopped: watch::Receiver<bool>) {
     let mut stream = services.notifier.subscribe();
+    let mut ephemeral = loop {
+        match EphemeralCursor::now(&services).await {
+            Ok(cursor) => break cursor,
+            Err(error) => {
+                tracing::warn!(appservice = service.id(), %error, "cannot read the ephemeral streams");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    };
     let mut failures: u32 = 0;
     let max_backoff = Duration::from_secs(services.config.appservice_max_backoff_secs.max(1));
     loop {
         if *stopped.borrow() {
             return;
         }
-        let wait = match step(&services, &service).await {
+        let wait = match step(&services, &service, &mut ephemeral).await {
             Ok(Step::Again) => {
                 failures = 0;
                 continue;
@@ -133,7 +148,7 @@ async fn store(services: &Services, id: &str, record: SenderRecord) -> Result<()
 }
 
 /// Sends the pending transaction, or builds the next one from the stream.
-async fn step(services: &Services, service: &AppService) -> Result<Step> {
+async fn step(services: &Services, service: &AppService, ephemeral: &mut EphemeralCursor) -> Result<Step> {
     let upto = services.rooms.current_position();
     let Some(mut record) = load(services, service.id()).await? else {
         // A new service: events from now on.
@@ -151,29 +166,28 @@ async fn step(services: &Services, service: &AppService) -> Result<Step> {
             Answer::Failed(why) => Ok(Step::Failed(why)),
         };
     }
-    if record.cursor >= upto {
-        return Ok(Step::Idle);
-    }
-    let (events, last) = services.rooms.stream_events(record.cursor, upto, SCAN).await?;
-    let mut batch = Vec::new();
-    let mut cursor = last;
     // Whether a room has a joined member the service wants, asked once per room and step.
     let mut member_rooms: HashMap<OwnedRoomId, bool> = HashMap::new();
+    let edus = if service.registration.receive_ephemeral {
+        ephemeral::collect(services, service, ephemeral, &mut member_rooms).await?
+    } else {
+        Vec::new()
+    };
+    if record.cursor >= upto && edus.is_empty() {
+        return Ok(Step::Idle);
+    }
+    let (events, last) = if record.cursor < upto {
+        services.rooms.stream_events(record.cursor, upto, SCAN).await?
+    } else {
+        (Vec::new(), record.cursor)
+    };
+    let mut batch = Vec::new();
+    let mut cursor = last;
     for event in events {
-        if !interested(service, &event) {
-            let room = &event.pdu.room_id;
-            let wanted = match member_rooms.get(room) {
-                Some(wanted) => *wanted,
-                None => {
-                    let members = services.rooms.joined_members(room).await?;
-                    let wanted = members.iter().any(|member| wants_user(service, member.as_str()));
-                    member_rooms.insert(room.clone(), wanted);
-                    wanted
-                }
-            };
-            if !wanted {
-                continue;
-            }
+        if !interested(service, &event)
+            && !ephemeral::room_wanted(services, service, &event.pdu.room_id, &mut member_rooms).await?
+        {
+            continue;
         }
         batch.push(event.pdu.to_client_event());
         if batch.len() == BATCH {
@@ -182,8 +196,8 @@ async fn step(services: &Services, service: &AppService) -> Result<Step> {
         }
     }
     record.cursor = cursor.max(record.cursor);
-    if !batch.is_empty() {
-        record.pending = Some(PendingTxn { txn_id: record.next_txn.to_string(), events: batch });
+    if !batch.is_empty() || !edus.is_empty() {
+        record.pending = Some(PendingTxn { txn_id: record.next_txn.to_string(), events: batch, ephemeral: edus });
         record.next_txn += 1;
     }
     store(services, service.id(), record).await?;
@@ -200,6 +214,16 @@ async fn send(services: &Services, service: &AppService, pending: &PendingTxn) -
         Ok(events) => events,
         Err(error) => return Answer::Failed(Error::internal(format!("cannot serialise events: {error}")).to_string()),
     };
-    let request = push_events::v1::Request::new(OwnedTransactionId::from(pending.txn_id.as_str()), events);
+    let ephemeral = match pending
+        .ephemeral
+        .iter()
+        .map(|event| serde_json::value::to_raw_value(event).map(Raw::from_json))
+        .collect::<std::result::Result<Vec<_>, _>>()
+    {
+        Ok(ephemeral) => ephemeral,
+        Err(error) => return Answer::Failed(format!("cannot serialise ephemeral events: {error}")),
+    };
+    let mut request = push_events::v1::Request::new(OwnedTransactionId::from(pending.txn_id.as_str()), events);
+    request.ephemeral = ephemeral;
     services.appservices.call(service, request).await
 }
