@@ -109,6 +109,22 @@ async fn user_query(
     }
 }
 
+async fn protocol(headers: HeaderMap, UrlPath(name): UrlPath<String>) -> (StatusCode, Json<Value>) {
+    if !authorised(&headers) || name != "fakechat" {
+        return (StatusCode::NOT_FOUND, Json(json!({})));
+    }
+    let instance = json!({"desc": "Fake network", "fields": {"network": "net1"}, "network_id": "net1"});
+    let protocol = json!({
+        "user_fields": ["nick"], "location_fields": ["channel"], "icon": "mxc://localhost/icon",
+        "field_types": {
+            "nick": {"regexp": ".*", "placeholder": "nick"},
+            "channel": {"regexp": "#.*", "placeholder": "#channel"},
+        },
+        "instances": [instance],
+    });
+    (StatusCode::OK, Json(protocol))
+}
+
 async fn ping(State(state): State<Arc<FakeState>>, headers: HeaderMap, Json(body): Json<Value>) -> StatusCode {
     if !authorised(&headers) {
         return StatusCode::FORBIDDEN;
@@ -124,6 +140,7 @@ impl FakeService {
             .route("/_matrix/app/v1/transactions/{txn}", put(transaction))
             .route("/_matrix/app/v1/users/{user}", get(user_query))
             .route("/_matrix/app/v1/ping", post(ping))
+            .route("/_matrix/app/v1/thirdparty/protocol/{name}", get(protocol))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind fake service");
         let addr = listener.local_addr().expect("addr");
@@ -140,6 +157,7 @@ hs_token: {HS_TOKEN}
 sender_localpart: bridgebot
 rate_limited: false
 receive_ephemeral: true
+protocols: ["fakechat"]
 namespaces:
   users:
     - exclusive: true
@@ -533,4 +551,21 @@ async fn typing_and_receipts_reach_a_service_that_asks_for_them() {
             })
         })
         .await;
+}
+
+#[tokio::test]
+async fn third_party_protocols_come_from_the_services() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = FakeService::start().await;
+    let server = start_with_service(dir.path(), &service);
+    let alice = server.register("alice", "pw").await;
+    let (status, body) = server.get("/_matrix/client/v3/thirdparty/protocols", alice.token()).await;
+    assert_eq!(status, 200, "{body}");
+    let protocol = &body["fakechat"];
+    assert_eq!(protocol["user_fields"], json!(["nick"]), "{body}");
+    assert_eq!(protocol["instances"][0]["network_id"], "net1", "{body}");
+    assert_eq!(protocol["instances"][0]["instance_id"], "testbridge|net1", "{body}");
+    let (status, body) = server.get("/_matrix/client/v3/thirdparty/protocol/fakechat", alice.token()).await;
+    assert_eq!((status, &body["location_fields"]), (200, &json!(["channel"])), "{body}");
+    assert_error(&server.get("/_matrix/client/v3/thirdparty/protocol/other", alice.token()).await, 404, "M_NOT_FOUND");
 }

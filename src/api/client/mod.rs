@@ -26,6 +26,7 @@ pub mod session;
 pub mod state;
 pub mod sync;
 pub mod tag;
+pub mod thirdparty;
 pub mod to_device;
 pub mod typing;
 pub mod upgrade;
@@ -41,6 +42,7 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = discovery::routes(router);
     let router = register::routes(router);
     let router = appservice::routes(router);
+    let router = thirdparty::routes(router);
     let router = session::routes(router);
     let router = account::routes(router);
     let router = device::routes(router);

@@ -7,6 +7,7 @@ pub mod ephemeral;
 pub mod lookup;
 pub mod query;
 pub mod sender;
+pub mod thirdparty;
 
 use std::{sync::Arc, time::Duration};
 

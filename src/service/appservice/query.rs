@@ -9,7 +9,7 @@ use http::StatusCode;
 use ruma::{
     OwnedTransactionId, RoomAliasId, UserId,
     api::{
-        OutgoingRequest, OutgoingRequestExt,
+        IncomingResponseExt, OutgoingRequest, OutgoingRequestExt,
         appservice::{
             ping::send_ping,
             query::{query_room_alias, query_user_id},
@@ -57,6 +57,39 @@ impl AppServices {
             Ok(response) => Answer::Status(response.status()),
             Err(error) => Answer::Failed(error.to_string()),
         }
+    }
+
+    /// Sends a ruma request to `service` and parses its 2xx answer (at most 1 MiB is read).
+    pub(crate) async fn fetch<R>(
+        &self,
+        service: &AppServiceRegistration,
+        request: R,
+    ) -> std::result::Result<R::IncomingResponse, String>
+    where
+        R: OutgoingRequest<Authentication = ruma::api::appservice::HomeserverToken>,
+        for<'a> R::PathBuilder: ruma::api::path_builder::PathBuilder<Input<'a> = ()>,
+    {
+        const MAX_ANSWER: usize = 1024 * 1024;
+        let url = service.registration.url.as_deref().ok_or("no url")?;
+        let http_request = request
+            .try_into_http_request::<Vec<u8>>(url.trim_end_matches('/'), &service.registration.hs_token, ())
+            .map_err(|e| format!("cannot build the request: {e}"))?;
+        let request = reqwest::Request::try_from(http_request).map_err(|e| format!("cannot build the request: {e}"))?;
+        let mut response = self.client().execute(request).await.map_err(|e| e.to_string())?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("the service answered {status}"));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+            if body.len() + chunk.len() > MAX_ANSWER {
+                return Err("the answer is too large".into());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let http_response =
+            http::Response::builder().status(status).body(body.as_slice()).map_err(|e| e.to_string())?;
+        R::IncomingResponse::try_from_http_response(http_response).map_err(|e| format!("invalid answer: {e}"))
     }
 
     /// Asks the services whose namespaces hold `user` whether it exists; true when one said yes
