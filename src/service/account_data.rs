@@ -1,8 +1,11 @@
 //! Account data (global and per room) with a change log for sync, and stored filters.
 
-use std::{collections::BTreeSet, sync::Arc};
+use std::{
+    collections::{BTreeSet, HashSet},
+    sync::Arc,
+};
 
-use ruma::{RoomId, UserId};
+use ruma::{OwnedUserId, RoomId, UserId};
 use serde_json::value::RawValue;
 
 use super::{
@@ -99,6 +102,20 @@ impl AccountData {
     ) -> Result<Option<Box<RawValue>>> {
         let key = (user_id.to_owned(), room_key(room_id), event_type.to_owned());
         self.db.run(move |db| Ok(ACCOUNT_DATA.get(db, &key)?)).await
+    }
+
+    /// The users `user_id` ignores (`m.ignored_user_list`): their events and invites are hidden
+    /// from `user_id`'s syncs, `/messages` and `/context`. An unreadable list ignores no one.
+    pub async fn ignored_users(&self, user_id: &UserId) -> Result<HashSet<OwnedUserId>> {
+        #[derive(serde::Deserialize)]
+        struct IgnoredUserList {
+            #[serde(default)]
+            ignored_users: std::collections::BTreeMap<OwnedUserId, serde::de::IgnoredAny>,
+        }
+        let Some(raw) = self.get(user_id, None, "m.ignored_user_list").await? else { return Ok(HashSet::new()) };
+        Ok(serde_json::from_str::<IgnoredUserList>(raw.get())
+            .map(|list| list.ignored_users.into_keys().collect())
+            .unwrap_or_default())
     }
 
     /// Stores content and records the change at a new stream position, in one batch.

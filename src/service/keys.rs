@@ -17,7 +17,8 @@ use crate::{
     storage::{
         Batch, Db, IdAllocator, ScanDirection, WriteLock,
         key_tables::{
-            CROSS_SIGNING_KEYS, DEVICE_KEYS, FALLBACK_KEYS, FallbackKey, KEY_CHANGES, KEY_SIGNATURES, ONE_TIME_KEYS,
+            CROSS_SIGNING_KEYS, DEVICE_KEYS, FALLBACK_KEYS, FallbackKey, KEY_CHANGES, KEY_SIGNATURES,
+            ONE_TIME_KEY_ORDER, ONE_TIME_KEYS,
         },
         tables::DEVICES,
     },
@@ -181,6 +182,9 @@ impl Keys {
                 for (key_id, key) in one_time_keys.iter().chain(&fallback_keys) {
                     check_one_time_key(key_id, key)?;
                 }
+                // The next place in each algorithm's upload order (uploads are serialised by
+                // this service's lock, so reading the last place here is safe).
+                let mut next_place: BTreeMap<String, u64> = BTreeMap::new();
                 for (key_id, key) in one_time_keys {
                     let row = (user.clone(), device.clone(), key_id.clone());
                     match ONE_TIME_KEYS.get(db, &row)? {
@@ -190,7 +194,20 @@ impl Keys {
                             )));
                         }
                         Some(_) => {}
-                        None => batch.put(&ONE_TIME_KEYS, &row, &key)?,
+                        None => {
+                            batch.put(&ONE_TIME_KEYS, &row, &key)?;
+                            let algorithm = key_id.split(':').next().unwrap_or_default().to_owned();
+                            let place = match next_place.get(&algorithm) {
+                                Some(place) => *place,
+                                None => last_place(db, &user, &device, &algorithm)?.map_or(0, |last| last + 1),
+                            };
+                            next_place.insert(algorithm.clone(), place + 1);
+                            batch.put(
+                                &ONE_TIME_KEY_ORDER,
+                                &(user.clone(), device.clone(), algorithm, place),
+                                &key_id,
+                            )?;
+                        }
                     }
                 }
                 for (key_id, key) in fallback_keys {
@@ -238,12 +255,24 @@ impl Keys {
         let (user, device, algorithm) = (user.to_owned(), device.to_owned(), algorithm.to_owned());
         self.lock
             .run(&self.db, move |db| {
+                let mut batch = Batch::new();
+                // The oldest upload first (MSC4225); places whose key is gone are dropped.
+                let order_prefix = (user.clone(), device.clone(), algorithm.clone());
+                for (place, key_id) in ONE_TIME_KEY_ORDER.scan_prefix(db, &order_prefix)? {
+                    batch.delete(&ONE_TIME_KEY_ORDER, &place);
+                    let row = (user.clone(), device.clone(), key_id);
+                    if let Some(key) = ONE_TIME_KEYS.get(db, &row)? {
+                        batch.delete(&ONE_TIME_KEYS, &row);
+                        db.write(batch)?;
+                        return Ok(Some((row.2, key)));
+                    }
+                }
+                // Keys uploaded before the order was kept.
                 let prefix = (user.clone(), device.clone());
                 let start = (user.clone(), device.clone(), format!("{algorithm}:"));
                 let candidates = ONE_TIME_KEYS.scan_from(db, &start, ScanDirection::Forward, 1, |(u, d, id)| {
                     *u == prefix.0 && *d == prefix.1 && id.starts_with(&format!("{algorithm}:"))
                 })?;
-                let mut batch = Batch::new();
                 if let Some((row, key)) = candidates.into_iter().next() {
                     batch.delete(&ONE_TIME_KEYS, &row);
                     db.write(batch)?;
@@ -490,6 +519,15 @@ impl Keys {
             })
             .await
     }
+}
+
+/// The last place taken in a device's upload order of one-time keys of `algorithm`.
+fn last_place(db: &Db, user: &UserId, device: &DeviceId, algorithm: &str) -> Result<Option<u64>> {
+    let (user, device) = (user.to_owned(), device.to_owned());
+    let end = (user.clone(), device.clone(), algorithm.to_owned(), u64::MAX);
+    let last = ONE_TIME_KEY_ORDER
+        .scan_from(db, &end, ScanDirection::Reverse, 1, |(u, d, a, _)| *u == user && *d == device && a == algorithm)?;
+    Ok(last.first().map(|((_, _, _, place), _)| *place))
 }
 
 fn one_time_key_counts(db: &Db, user: &UserId, device: &DeviceId) -> Result<BTreeMap<String, u64>> {

@@ -26,7 +26,7 @@ use crate::{
     Error, Result,
     storage::{
         Batch, Db, WriteLock,
-        key_tables::{DEVICE_KEYS, FALLBACK_KEYS, ONE_TIME_KEYS},
+        key_tables::{DEVICE_KEYS, FALLBACK_KEYS, ONE_TIME_KEY_ORDER, ONE_TIME_KEYS},
         tables::{ACCESS_TOKENS, AccessTokenRecord, DEVICES, DeviceRecord, REFRESH_TOKENS, RefreshTokenRecord, USERS},
     },
 };
@@ -341,6 +341,9 @@ impl Sessions {
                         revoke_device_tokens(&mut batch, &record);
                         batch.delete(&DEVICES, &key);
                         batch.delete(&DEVICE_KEYS, &key);
+                        for (row, _) in ONE_TIME_KEY_ORDER.scan_prefix(db, &key)? {
+                            batch.delete(&ONE_TIME_KEY_ORDER, &row);
+                        }
                         for (row, _) in ONE_TIME_KEYS.scan_prefix(db, &key)? {
                             batch.delete(&ONE_TIME_KEYS, &row);
                         }

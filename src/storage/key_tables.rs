@@ -11,6 +11,11 @@ use super::{Table, codec::JsonValue};
 pub const DEVICE_KEYS: Table<(OwnedUserId, OwnedDeviceId), Box<RawValue>> = Table::new("device_keys");
 /// (user, device, "algorithm:key id") -> an unclaimed one-time key.
 pub const ONE_TIME_KEYS: Table<(OwnedUserId, OwnedDeviceId, String), Box<RawValue>> = Table::new("one_time_keys");
+/// (user, device, algorithm, n) -> "algorithm:key id": the device's one-time keys in the order
+/// they were uploaded (`n` counts up per device and algorithm), which claims follow (MSC4225).
+/// Keys uploaded before this index existed have no row; they are claimed after the others.
+pub const ONE_TIME_KEY_ORDER: Table<(OwnedUserId, OwnedDeviceId, String, u64), String> =
+    Table::new("one_time_key_order");
 /// (user, device, algorithm) -> the device's fallback key for that algorithm.
 pub const FALLBACK_KEYS: Table<(OwnedUserId, OwnedDeviceId, String), FallbackKey> = Table::new("fallback_keys");
 /// (user, "master" | "self_signing" | "user_signing") -> the cross-signing key.
@@ -47,6 +52,7 @@ pub const KEY_TABLES: &[&str] = &[
     TO_DEVICE_OUTBOUND.name,
     DEVICE_KEYS.name,
     ONE_TIME_KEYS.name,
+    ONE_TIME_KEY_ORDER.name,
     FALLBACK_KEYS.name,
     CROSS_SIGNING_KEYS.name,
     KEY_SIGNATURES.name,

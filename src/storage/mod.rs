@@ -10,6 +10,7 @@ pub mod codec;
 pub mod engine;
 pub mod federation_tables;
 pub mod key_tables;
+pub mod membership_tables;
 #[cfg(test)]
 pub mod memory;
 mod overlay;
@@ -183,6 +184,7 @@ impl Db {
             .chain(search_tables::SEARCH_TABLES)
             .chain(relation_tables::RELATION_TABLES)
             .chain(appservice_tables::APPSERVICE_TABLES)
+            .chain(membership_tables::MEMBERSHIP_TABLES)
             .copied()
             .collect();
         let engine = rocks::RocksEngine::open(&config.database_path, &all_tables, &settings)?;

@@ -2,11 +2,11 @@
 //! over: kicking users who are not in the room, bodies that are not UTF-8, `/messages` of a
 //! room that does not exist, the capabilities a client needs before it offers a feature.
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::{
     harness::{TestServer, assert_error, enc},
-    room_helpers::{create_room, join},
+    room_helpers::{create_room, join, send_text},
 };
 
 #[tokio::test]
@@ -258,4 +258,95 @@ async fn events_carry_the_users_membership_at_them() {
     let path = format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(&prejoin));
     let (_, event) = server.get(&path, alice.token()).await;
     assert_eq!(event["unsigned"]["membership"], "join", "alice was joined: {event}");
+}
+
+/// Third-party identifiers are not supported: the list is empty, adding, binding and token
+/// requests are refused with `M_THREEPID_DENIED`, removing removes nothing, and the
+/// capabilities say so.
+#[tokio::test]
+async fn third_party_identifiers_are_refused_clearly() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    assert_eq!(server.get("/_matrix/client/v3/account/3pid", alice.token()).await, (200, json!({"threepids": []})));
+    let token_request = json!({"client_secret": "secret", "email": "a@example.org", "send_attempt": 1});
+    for path in [
+        "/_matrix/client/v3/account/3pid/email/requestToken",
+        "/_matrix/client/v3/register/email/requestToken",
+        "/_matrix/client/v3/account/password/email/requestToken",
+    ] {
+        assert_error(&server.post(path, alice.token(), token_request.clone()).await, 400, "M_THREEPID_DENIED");
+    }
+    let phone = json!({"client_secret": "secret", "country": "GB", "phone_number": "0770", "send_attempt": 1});
+    assert_error(
+        &server.post("/_matrix/client/v3/account/3pid/msisdn/requestToken", alice.token(), phone).await,
+        400,
+        "M_THREEPID_DENIED",
+    );
+    let add = json!({"client_secret": "secret", "sid": "1"});
+    assert_error(
+        &server.post("/_matrix/client/v3/account/3pid/add", alice.token(), add).await,
+        400,
+        "M_THREEPID_DENIED",
+    );
+    let bind = json!({"client_secret": "secret", "sid": "1", "id_server": "id.example", "id_access_token": "t"});
+    assert_error(
+        &server.post("/_matrix/client/v3/account/3pid/bind", alice.token(), bind).await,
+        400,
+        "M_THREEPID_DENIED",
+    );
+    let removal = json!({"medium": "email", "address": "a@example.org"});
+    for path in ["/_matrix/client/v3/account/3pid/delete", "/_matrix/client/v3/account/3pid/unbind"] {
+        assert_eq!(
+            server.post(path, alice.token(), removal.clone()).await,
+            (200, json!({"id_server_unbind_result": "no-support"}))
+        );
+    }
+    let capabilities = server.get("/_matrix/client/v3/capabilities", alice.token()).await;
+    assert_eq!(capabilities.1["capabilities"]["m.3pid_changes"]["enabled"], false);
+}
+
+/// `m.ignored_user_list`: invites from ignored users stay out of `/sync` (Complement's
+/// `TestInviteFromIgnoredUsersDoesNotAppearInSync`), and their messages out of the sync
+/// timeline, `/messages` and `/context`.
+#[tokio::test]
+async fn ignored_users_invites_and_messages_are_hidden() {
+    let server = TestServer::start().await;
+    let (alice, bob, chris) = (
+        server.register("alice", "pw").await,
+        server.register("bob", "pw").await,
+        server.register("chris", "pw").await,
+    );
+    let shared = create_room(&server, &chris, json!({"preset": "public_chat"})).await;
+    for who in [&alice, &bob] {
+        join(&server, who, &shared).await;
+    }
+    let ignore = json!({"ignored_users": {bob.user_id.clone(): {}}});
+    let path = format!("/_matrix/client/v3/user/{}/account_data/m.ignored_user_list", enc(&alice.user_id));
+    assert_eq!(server.put(&path, alice.token(), ignore).await.0, 200);
+    let since = server.get("/_matrix/client/v3/sync", alice.token()).await.1["next_batch"].as_str().unwrap().to_owned();
+
+    let bob_room = create_room(&server, &bob, json!({"preset": "private_chat", "invite": [alice.user_id]})).await;
+    let chris_room = create_room(&server, &chris, json!({"preset": "private_chat", "invite": [alice.user_id]})).await;
+    send_text(&server, &chris, &shared, "from chris").await;
+    send_text(&server, &bob, &shared, "from bob").await;
+    let last = send_text(&server, &chris, &shared, "chris again").await;
+
+    let texts = |events: &Value| -> Vec<String> {
+        events.as_array().unwrap().iter().filter_map(|e| e["content"]["body"].as_str().map(ToOwned::to_owned)).collect()
+    };
+    for query in [format!("since={since}&timeout=0"), String::new()] {
+        let sync = server.get(&format!("/_matrix/client/v3/sync?{query}"), alice.token()).await.1;
+        assert!(sync["rooms"]["invite"].get(&bob_room).is_none(), "{sync}");
+        assert!(sync["rooms"]["invite"].get(&chris_room).is_some(), "{sync}");
+        assert_eq!(texts(&sync["rooms"]["join"][&shared]["timeline"]["events"]), ["from chris", "chris again"]);
+    }
+    let messages =
+        server.get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=20", enc(&shared)), alice.token()).await;
+    assert_eq!(texts(&messages.1["chunk"]), ["chris again", "from chris"]);
+    let context =
+        server.get(&format!("/_matrix/client/v3/rooms/{}/context/{}", enc(&shared), enc(&last)), alice.token()).await;
+    assert_eq!(texts(&context.1["events_before"]), ["from chris"], "{}", context.1);
+    // Bob's own view is untouched.
+    let own = server.get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b", enc(&shared)), bob.token()).await;
+    assert_eq!(texts(&own.1["chunk"]), ["chris again", "from bob", "from chris"]);
 }

@@ -146,7 +146,7 @@ impl FakeServer {
     pub(crate) const NAME: &'static str = "hs-t";
     pub(crate) const KEY_ID: &'static str = "ed25519:t1";
 
-    async fn start(pki: &Pki) -> Self {
+    pub(crate) async fn start(pki: &Pki) -> Self {
         let key_pair = Arc::new(new_key_pair("t1"));
         let impostor = Arc::new(new_key_pair("t1"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -29,7 +29,13 @@ pub(crate) async fn join_via(server: &TestServer, user: &Session, room: &str, vi
 }
 
 /// A signed request from the fake server `hs-t` to `server`.
-async fn fake_call(pair: &Pair, server: &TestServer, method: &str, uri: &str, body: Option<&Value>) -> (u16, Value) {
+pub(crate) async fn fake_call(
+    pair: &Pair,
+    server: &TestServer,
+    method: &str,
+    uri: &str,
+    body: Option<&Value>,
+) -> (u16, Value) {
     let destination = if std::ptr::eq(server, &pair.a) { "hs-a" } else { "hs-b" };
     let authorization = pair.fake.sign(method, uri, destination, body);
     federation_call(&pair.pki.client(), server, method, uri, Some(&authorization), body).await
@@ -37,7 +43,7 @@ async fn fake_call(pair: &Pair, server: &TestServer, method: &str, uri: &str, bo
 
 /// A join template from `server` for `user` of `hs-t`, completed by `edit`, signed with
 /// `hs-t`'s key: returns its event ID and JSON.
-async fn fake_membership(
+pub(crate) async fn fake_membership(
     pair: &Pair,
     room: &str,
     template_user: &str,

@@ -330,3 +330,28 @@ async fn dehydrated_devices_hold_keys_and_collect_to_device_messages() {
     assert_eq!(server.call("DELETE", base, alice.token(), None).await, (200, json!({"device_id": "DEHYDRATED2"})));
     assert_error(&server.get(base, alice.token()).await, 404, "M_NOT_FOUND");
 }
+
+/// One-time keys are claimed in the order they were uploaded, whatever their IDs (MSC4225,
+/// Complement's `TestKeyClaimOrdering`).
+#[tokio::test]
+async fn one_time_keys_are_claimed_oldest_upload_first() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let upload =
+        |key_id: &str, key: &str| json!({"one_time_keys": {format!("signed_curve25519:{key_id}"): {"key": key}}});
+    for (key_id, key) in [("ZZZ", "first"), ("AAA", "second"), ("MMM", "third")] {
+        assert_eq!(server.post("/_matrix/client/v3/keys/upload", alice.token(), upload(key_id, key)).await.0, 200);
+    }
+    let claim_body = json!({"one_time_keys": {alice.user_id.clone(): {alice.device_id.clone(): "signed_curve25519"}}});
+    let mut claimed = Vec::new();
+    for _ in 0..3 {
+        let claim = server.post("/_matrix/client/v3/keys/claim", bob.token(), claim_body.clone()).await;
+        assert_eq!(claim.0, 200, "{}", claim.1);
+        let by_id = claim.1["one_time_keys"][&alice.user_id][&alice.device_id].as_object().unwrap().clone();
+        claimed.push(by_id.values().next().unwrap()["key"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(claimed, ["first", "second", "third"]);
+    let none = server.post("/_matrix/client/v3/keys/claim", bob.token(), claim_body).await;
+    assert!(none.1["one_time_keys"].get(&alice.user_id).is_none(), "{}", none.1);
+}

@@ -20,11 +20,11 @@ use crate::{
 };
 
 /// A Synapse process, killed when dropped.
-struct Synapse {
+pub(crate) struct Synapse {
     child: Child,
-    client_url: String,
+    pub(crate) client_url: String,
     federation_url: String,
-    server_name: String,
+    pub(crate) server_name: String,
 }
 
 impl Drop for Synapse {
@@ -35,7 +35,7 @@ impl Drop for Synapse {
 }
 
 impl Synapse {
-    async fn start(python: &str, pki: &Pki, dir: &Path) -> Synapse {
+    pub(crate) async fn start(python: &str, pki: &Pki, dir: &Path) -> Synapse {
         let (client_port, federation_port) = (free_port(), free_port());
         let server_name = format!("127.0.0.1:{federation_port}");
         let d = dir.display();
@@ -131,7 +131,7 @@ rc_message: {{per_second: 1000, burst_count: 1000}}
     }
 
     /// Registers `localpart` through the dummy flow; returns the access token.
-    async fn register(&self, localpart: &str) -> String {
+    pub(crate) async fn register(&self, localpart: &str) -> String {
         let http = reqwest::Client::new();
         let url = format!("{}/_matrix/client/v3/register", self.client_url);
         let first: Value = http
@@ -149,7 +149,7 @@ rc_message: {{per_second: 1000, burst_count: 1000}}
         response["access_token"].as_str().unwrap_or_else(|| panic!("Synapse registration: {response}")).to_owned()
     }
 
-    async fn client_post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+    pub(crate) async fn client_post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
         let response = reqwest::Client::new()
             .post(format!("{}{path}", self.client_url))
             .bearer_auth(token)
@@ -161,7 +161,7 @@ rc_message: {{per_second: 1000, burst_count: 1000}}
     }
 
     /// The IDs of a room's current state events as a Synapse user sees them, sorted.
-    async fn state_ids(&self, room: &str, token: &str) -> Vec<String> {
+    pub(crate) async fn state_ids(&self, room: &str, token: &str) -> Vec<String> {
         let state = self.client_get(&format!("/_matrix/client/v3/rooms/{}/state", enc(room)), token).await;
         assert_eq!(state.0, 200, "{}", state.1);
         let mut ids: Vec<String> =
@@ -170,7 +170,7 @@ rc_message: {{per_second: 1000, burst_count: 1000}}
         ids
     }
 
-    async fn client_get(&self, path: &str, token: &str) -> (u16, Value) {
+    pub(crate) async fn client_get(&self, path: &str, token: &str) -> (u16, Value) {
         let response =
             reqwest::Client::new().get(format!("{}{path}", self.client_url)).bearer_auth(token).send().await.unwrap();
         (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))

@@ -68,6 +68,11 @@ async fn rooms_work_in_every_tested_version() {
         let name =
             server.get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.name/", enc(&room)), bob.token()).await;
         assert_eq!(name, (200, json!({"name": format!("Room {version}")})));
+        // `topic` is written as a rich topic too.
+        let topic =
+            server.get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.topic/", enc(&room)), bob.token()).await;
+        let rich = json!({"m.text": [{"body": "Testing", "mimetype": "text/plain"}]});
+        assert_eq!(topic, (200, json!({"topic": "Testing", "m.topic": rich})));
         let state = server.get(&format!("/_matrix/client/v3/rooms/{}/state", enc(&room)), bob.token()).await;
         let types: Vec<&str> = state.1.as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
         for expected in ["m.room.create", "m.room.power_levels", "m.room.join_rules", "m.room.topic", "m.room.member"] {
@@ -340,6 +345,16 @@ async fn room_errors_are_matrix_errors() {
         )
         .await;
     assert_error(&bad_alias, 400, "M_BAD_ALIAS");
+    for content in [json!({"alias": "%not_an_alias:localhost"}), json!({"alt_aliases": ["%nor_this:localhost"]})] {
+        let invalid = server
+            .put(
+                &format!("/_matrix/client/v3/rooms/{}/state/m.room.canonical_alias/", enc(&room)),
+                alice.token(),
+                content,
+            )
+            .await;
+        assert_error(&invalid, 400, "M_INVALID_PARAM");
+    }
 
     let huge = send_text(&server, &alice, &room, "big", &"x".repeat(70_000)).await;
     assert_error(&huge, 413, "M_TOO_LARGE");

@@ -61,6 +61,7 @@ async fn deactivate(
         services.profile.erase(&sender.user_id).await?;
     }
     services.rooms.leave_all_rooms(&sender.user_id).await?;
+    crate::service::federation::membership::reject_all_remote_invites(&services, &sender.user_id).await?;
     tracing::info!(user_id = %sender.user_id, erase = body.erase, "deactivated account");
     Ok(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::NoSupport))
 }

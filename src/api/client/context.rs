@@ -52,7 +52,8 @@ async fn context(
     let before = limit / 2;
     let after = limit - before;
     let filter = &body.filter;
-    let keep = |pdu: &Pdu| filter_accepts(filter, pdu);
+    let ignored = services.account_data.ignored_users(&sender.user_id).await?;
+    let keep = |pdu: &Pdu| !ignored.contains(&pdu.sender) && filter_accepts(filter, pdu);
     let context =
         services.rooms.event_context(&sender.user_id, &body.room_id, &body.event_id, before, after, &keep).await?;
 

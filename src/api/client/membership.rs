@@ -22,7 +22,7 @@ use serde_json::{Map, Value};
 use crate::{
     Error, Result,
     api::{RumaRouter, client::room::member_profile, extract::Ruma},
-    service::{Services, rooms::membership::MembershipChange},
+    service::{Services, federation, rooms::membership::MembershipChange},
 };
 
 pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
@@ -122,6 +122,10 @@ async fn join(
         }
     }
     servers.extend(known_servers);
+    // An invite received over federation: its sender's server is in the room.
+    if let Some(inviter) = services.rooms.out_of_band(user, room_id).await?.and_then(|record| record.inviter()) {
+        servers.push(inviter.server_name().to_owned());
+    }
     servers.extend(room_id.server_name().map(ToOwned::to_owned));
     let mut content = extra;
     for (key, value) in member_profile(services, user).await? {
@@ -165,7 +169,9 @@ async fn invite(services: Arc<Services>, request: Ruma<invite_user::v3::Request>
         return Err(Error::bad_json("Third-party invites are not supported"));
     };
     if recipient.user_id.server_name() != services.config.server_name {
-        return Err(Error::forbidden("Inviting users of other servers needs federation"));
+        let (room, target, reason) = (&body.room_id, &recipient.user_id, recipient.reason.clone());
+        federation::membership::invite_remote(&services, room, &sender.user_id, target, reason, false).await?;
+        return Ok(invite_user::v3::Response::new());
     }
     services.lookup_appservice_user(&recipient.user_id).await?;
     change(&services, &body.room_id, &sender.user_id, &recipient.user_id, "invite", recipient.reason.clone()).await?;
@@ -175,6 +181,12 @@ async fn invite(services: Arc<Services>, request: Ruma<invite_user::v3::Request>
 async fn leave(services: Arc<Services>, request: Ruma<leave_room::v3::Request>) -> Result<leave_room::v3::Response> {
     let sender = request.sender()?;
     let body = &request.body;
+    // An invite to a room this server is not in is rejected through the room's servers.
+    if services.rooms.out_of_band(&sender.user_id, &body.room_id).await?.is_some_and(|record| record.leave.is_none()) {
+        federation::membership::reject_remote_invite(&services, &body.room_id, &sender.user_id, body.reason.clone())
+            .await?;
+        return Ok(leave_room::v3::Response::new());
+    }
     change(&services, &body.room_id, &sender.user_id, &sender.user_id, "leave", body.reason.clone()).await?;
     Ok(leave_room::v3::Response::new())
 }

@@ -177,15 +177,19 @@ async fn messages(
         return Err(Error::forbidden("You have forgotten this room"));
     }
     let filter = body.filter.clone();
+    let ignored = services.account_data.ignored_users(&sender.user_id).await?;
     let keep = move |pdu: &crate::service::rooms::Pdu| {
         let kind = pdu.kind.to_string();
-        filter.types.as_ref().is_none_or(|types| types.iter().any(|t| type_matches(t, &kind)))
+        !ignored.contains(&pdu.sender)
+            && filter.types.as_ref().is_none_or(|types| types.iter().any(|t| type_matches(t, &kind)))
             && !filter.not_types.iter().any(|t| type_matches(t, &kind))
             && filter.senders.as_ref().is_none_or(|s| s.contains(&pdu.sender))
             && !filter.not_senders.contains(&pdu.sender)
     };
+    // Going backwards past the start of the local history, other servers of the room are asked
+    // for more (backfill).
     let (events, next) =
-        services.rooms.timeline_filtered(&sender.user_id, &body.room_id, from, direction, limit, keep).await?;
+        services.timeline_with_backfill(&sender.user_id, &body.room_id, from, direction, limit, keep).await?;
     let returned = events.len();
     let events: Vec<_> = events
         .into_iter()

@@ -23,10 +23,12 @@ pub mod report;
 pub mod room;
 pub mod search;
 pub mod session;
+pub mod space;
 pub mod state;
 pub mod sync;
 pub mod tag;
 pub mod thirdparty;
+pub mod threepid;
 pub mod to_device;
 pub mod typing;
 pub mod upgrade;
@@ -61,6 +63,7 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = relations::routes(router);
     let router = report::routes(router);
     let router = upgrade::routes(router);
+    let router = space::routes(router);
     let router = sync::routes(router);
     let router = typing::routes(router);
     let router = receipt::routes(router);
@@ -69,5 +72,6 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = search::routes(router);
     let router = user_directory::routes(router);
     let router = tag::routes(router);
+    let router = threepid::routes(router);
     account_data::routes(router)
 }

@@ -20,7 +20,7 @@ use crate::{
     Error, Result,
     api::{RumaRouter, client::discovery::ROOM_VERSIONS, extract::Ruma},
     service::{
-        Services,
+        Services, federation,
         rooms::create::{Preset, RoomSpec},
     },
 };
@@ -121,11 +121,6 @@ async fn create_room(
         }
         None => None,
     };
-    for invitee in &body.invite {
-        if invitee.server_name() != services.config.server_name {
-            return Err(Error::forbidden("Inviting users of other servers needs federation"));
-        }
-    }
     let spec = RoomSpec {
         version,
         preset,
@@ -142,5 +137,15 @@ async fn create_room(
     };
     let room_id = services.rooms.create_room(&sender.user_id, spec).await?;
     tracing::info!(%room_id, creator = %sender.user_id, "created room");
+    // Users of other servers are invited once the room exists, each through their server. One
+    // that cannot be invited is logged and skipped: the room is made, and the invite can be
+    // sent again.
+    for invitee in body.invite.iter().filter(|user| user.server_name() != services.config.server_name) {
+        let invite =
+            federation::membership::invite_remote(&services, &room_id, &sender.user_id, invitee, None, body.is_direct);
+        if let Err(error) = invite.await {
+            tracing::warn!(%room_id, %invitee, %error, "could not invite a user of another server");
+        }
+    }
     Ok(create_room::v3::Response::new(room_id))
 }

@@ -57,7 +57,10 @@ async fn validate(services: &Services, room_id: &ruma::RoomId, kind: &StateEvent
             return Err(Error::forbidden("Encryption is disabled on this server"));
         }
         StateEventType::RoomCanonicalAlias => {
-            let content = parse::<RoomCanonicalAliasEventContent>(content, kind)?;
+            // An alias that is no alias is a bad parameter, as Synapse answers (Complement's
+            // `TestRoomCanonicalAlias`), not bad JSON.
+            let content = serde_json::from_value::<RoomCanonicalAliasEventContent>(content.clone())
+                .map_err(|e| Error::invalid_param(format!("Invalid {kind} content: {e}")))?;
             // Every alias named must exist and point at this room.
             for alias in content.alias.iter().chain(content.alt_aliases.iter()) {
                 let points_here = match services.rooms.resolve_alias(alias).await? {

@@ -28,6 +28,7 @@ async fn make_join(
     if body.user_id.server_name() != origin {
         return Err(Error::forbidden("The user to join is not a user of the requesting server"));
     }
+    services.rooms.check_server_allowed(&body.room_id, origin).await?;
     // Without `ver` the joining server speaks only version 1.
     let supported = if body.ver.is_empty() { vec![ruma::RoomVersionId::V1] } else { body.ver.clone() };
     let (version, template) = services.rooms.join_template(&body.room_id, &body.user_id, &supported).await?;
@@ -45,6 +46,7 @@ async fn send_join(
     event_id: &ruma::EventId,
     pdu: &serde_json::value::RawValue,
 ) -> Result<create_join_event::v2::RoomState> {
+    services.rooms.check_server_allowed(room_id, origin).await?;
     let event = services.rooms.accept_membership_from(origin, room_id, event_id, pdu, "join").await?;
     let found = services.rooms.state_for_server(event_id).await?;
     let mut room_state = create_join_event::v2::RoomState::new();

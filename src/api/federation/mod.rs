@@ -1,12 +1,15 @@
 //! The server-server API: server discovery, the version endpoint and the server's key
 //! (`discovery.rs`), the notary key queries (`keys.rs`), queries about local users
-//! (`query.rs`), and the `X-Matrix` authentication of signed requests (`auth.rs`). The signed
-//! event exchange arrives with rooms.
+//! (`query.rs`), joins (`join.rs`), invites and leaves across servers (`membership.rs`), the
+//! read side of the event exchange (`events.rs`), and the `X-Matrix` authentication of signed
+//! requests (`auth.rs`).
 
 pub(crate) mod auth;
 pub mod discovery;
+pub mod events;
 pub mod join;
 pub mod keys;
+pub mod membership;
 pub mod query;
 
 use std::sync::Arc;
@@ -16,5 +19,6 @@ use axum::Router;
 use crate::service::Services;
 
 pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
-    join::routes(query::routes(keys::routes(discovery::routes(router))))
+    let router = join::routes(query::routes(keys::routes(discovery::routes(router))));
+    events::routes(membership::routes(router))
 }

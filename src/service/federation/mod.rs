@@ -4,10 +4,12 @@
 //! served again as a notary (`keys.rs`), and joining rooms through other servers (`join.rs`). Inbound request signatures are checked by the API's
 //! extractor through [`keys::RemoteKeys::verify_request`].
 
+pub mod backfill;
 pub mod client;
 pub mod discovery;
 pub mod join;
 pub mod keys;
+pub mod membership;
 pub mod srv;
 
 use std::{collections::BTreeMap, sync::Arc};
@@ -31,6 +33,8 @@ pub struct Federation {
     pub keys: Arc<keys::RemoteKeys>,
     server_name: ruma::OwnedServerName,
     own_keys: Arc<ServerKeys>,
+    /// Rooms whose backfill recently found nothing, not asked again for a while.
+    backfill_cooldown: backfill::Cooldown,
 }
 
 impl Federation {
@@ -70,7 +74,13 @@ impl Federation {
             client.clone(),
             config.trusted_servers.clone(),
         ));
-        Ok(Self { client, keys, server_name: config.server_name.clone(), own_keys })
+        Ok(Self {
+            client,
+            keys,
+            server_name: config.server_name.clone(),
+            own_keys,
+            backfill_cooldown: Default::default(),
+        })
     }
 }
 

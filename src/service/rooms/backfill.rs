@@ -17,8 +17,8 @@ use super::{
 use crate::{
     Error, Result,
     storage::{
-        Batch, Db,
-        room_tables::{BACKFILL, EVENT_META, ROOMS},
+        Batch, Db, ScanDirection,
+        room_tables::{BACKFILL, EVENT_META, ROOMS, TIMELINE},
     },
 };
 
@@ -99,5 +99,74 @@ impl Rooms {
         let prepared = self.prepare_remote(room_id, None, json).await?;
         let lock = self.lock_for(room_id)?;
         self.run_locked(&lock, move |core, db| core.commit_backfilled(db, prepared, state_before)).await
+    }
+}
+
+/// Where a room's history runs out: its oldest event, whose prev events are not in the
+/// timeline (typical after joining over federation), with the room's version.
+#[derive(Debug, Clone)]
+pub struct HistoryGap {
+    pub oldest: OwnedEventId,
+    pub version: ruma::RoomVersionId,
+}
+
+impl Rooms {
+    /// The gap at the start of a room's history, if its oldest event has prev events this
+    /// server does not have in its timeline (unknown, or outliers); `None` when the history
+    /// reaches the create event or the room is unknown.
+    pub async fn history_gap(&self, room_id: &RoomId) -> Result<Option<HistoryGap>> {
+        let room_id = room_id.to_owned();
+        self.run(move |core, db| {
+            let Some((short_room, version)) = core.version_of(db, &room_id)? else { return Ok(None) };
+            let Some(record) = ROOMS.get(db, &short_room)? else { return Ok(None) };
+            let oldest = match record.backfilled {
+                0 => TIMELINE
+                    .scan_from(db, &(short_room, 0), ScanDirection::Forward, 1, |(room, _)| *room == short_room)?
+                    .first()
+                    .map(|(_, short)| *short),
+                n => BACKFILL.get(db, &(short_room, n))?,
+            };
+            let Some(oldest) = oldest else { return Ok(None) };
+            let rules = core.rules_of_room(db, short_room)?;
+            let pdu = core.event_by_short(db, oldest, &rules)?;
+            for prev in &pdu.prev_events {
+                let placed = match core.interner.short_event(db, prev)? {
+                    Some(short) => EVENT_META.get(db, &short)?.is_some_and(|meta| !meta.is_outlier()),
+                    None => false,
+                };
+                if !placed {
+                    return Ok(Some(HistoryGap { oldest: pdu.event_id, version }));
+                }
+            }
+            Ok(None)
+        })
+        .await
+    }
+
+    /// Which of `ids` this server has stored (in the timeline or not), in order.
+    pub async fn known_events(&self, ids: Vec<OwnedEventId>) -> Result<Vec<bool>> {
+        self.run(move |core, db| {
+            ids.iter()
+                .map(|id| {
+                    Ok(match core.interner.short_event(db, id)? {
+                        Some(short) => EVENT_META.contains(db, &short)?,
+                        None => false,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// Whether an event is in the room's timeline (live or backfilled), so backfill skips it.
+    pub async fn is_placed(&self, event_id: &ruma::EventId) -> Result<bool> {
+        let event_id = event_id.to_owned();
+        self.run(move |core, db| {
+            Ok(match core.interner.short_event(db, &event_id)? {
+                Some(short) => EVENT_META.get(db, &short)?.is_some_and(|meta| !meta.is_outlier()),
+                None => false,
+            })
+        })
+        .await
     }
 }

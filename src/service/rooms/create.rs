@@ -209,16 +209,20 @@ impl RoomCore {
                 NewEvent::state(TimelineEventType::RoomCanonicalAlias, "", json!({"alias": alias})),
             )?;
         }
+        // A public chat gets no `m.room.guest_access` (no event means guests may not join), as
+        // Synapse does: other servers (Complement's `TestInboundCanReturnMissingEvents`) expect
+        // a public room's history to be exactly create, member, power levels, join rules and
+        // history visibility.
         let (join_rule, guest_access) = match spec.preset {
-            Preset::PrivateChat | Preset::TrustedPrivateChat => ("invite", "can_join"),
-            Preset::PublicChat => ("public", "forbidden"),
+            Preset::PrivateChat | Preset::TrustedPrivateChat => ("invite", Some("can_join")),
+            Preset::PublicChat => ("public", None),
         };
         let preset_events = [
-            ("m.room.join_rules", json!({"join_rule": join_rule})),
-            ("m.room.history_visibility", json!({"history_visibility": "shared"})),
-            ("m.room.guest_access", json!({"guest_access": guest_access})),
+            Some(("m.room.join_rules", json!({"join_rule": join_rule}))),
+            Some(("m.room.history_visibility", json!({"history_visibility": "shared"}))),
+            guest_access.map(|access| ("m.room.guest_access", json!({"guest_access": access}))),
         ];
-        for (kind, content) in preset_events {
+        for (kind, content) in preset_events.into_iter().flatten() {
             // `initial_state` wins over the preset for the same state.
             if spec.initial_state.iter().any(|(k, s, _)| k == kind && s.is_empty()) {
                 continue;
@@ -249,10 +253,16 @@ impl RoomCore {
                 &room_id,
                 &version,
                 creator,
-                NewEvent::state(TimelineEventType::RoomTopic, "", json!({"topic": topic})),
+                // The plain topic also as a rich topic (`m.topic`, spec v1.15), as Synapse writes it.
+                NewEvent::state(
+                    TimelineEventType::RoomTopic,
+                    "",
+                    json!({"topic": topic, "m.topic": {"m.text": [{"body": topic, "mimetype": "text/plain"}]}}),
+                ),
             )?;
         }
-        for invitee in &spec.invite {
+        // Users of other servers are invited once the room exists (through their servers).
+        for invitee in spec.invite.iter().filter(|user| user.server_name() == self.server_name) {
             let mut content = json!({"membership": "invite"});
             if spec.is_direct {
                 content["is_direct"] = json!(true);

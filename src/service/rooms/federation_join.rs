@@ -7,7 +7,7 @@ use http::StatusCode;
 use ruma::{
     CanonicalJsonObject, EventId, OwnedServerName, RoomId, RoomVersionId, ServerName, UserId,
     api::error::{ErrorKind, IncompatibleRoomVersionErrorData},
-    events::TimelineEventType,
+    events::{StateEventType, TimelineEventType},
     room_version_rules::RoomVersionRules,
 };
 use serde_json::{Value, json, value::RawValue};
@@ -36,12 +36,6 @@ pub fn federation_json(json: &CanonicalJsonObject) -> Result<Box<RawValue>> {
 }
 
 impl RoomCore {
-    /// The servers with a user joined to the room, with how many.
-    fn room_servers(&self, db: &Db, room_id: &RoomId) -> Result<Vec<(String, u64)>> {
-        let Some(short_room) = self.interner.short_room(db, room_id)? else { return Ok(Vec::new()) };
-        Ok(ROOM_SERVERS.scan_prefix(db, &(short_room,))?.into_iter().map(|((_, server), n)| (server, n)).collect())
-    }
-
     /// The auth rules for an event against the room's current state.
     fn allowed_now(&self, db: &Db, room_id: &RoomId, json: &CanonicalJsonObject) -> Result<Result<(), String>> {
         let (short_room, version) = self.version_of(db, room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
@@ -79,21 +73,19 @@ impl RoomCore {
 impl Rooms {
     /// The other servers with a user joined to the room (current state), sorted.
     pub async fn servers_in_room(&self, room_id: &RoomId) -> Result<Vec<OwnedServerName>> {
-        let room_id = room_id.to_owned();
-        let servers = self.run(move |core, db| core.room_servers(db, &room_id)).await?;
-        Ok(servers
-            .into_iter()
-            .filter(|(server, _)| server != self.core.server_name.as_str())
-            .filter_map(|(server, _)| OwnedServerName::try_from(server).ok())
-            .collect())
+        let servers = self.joined_servers(room_id).await?;
+        Ok(servers.into_iter().filter(|server| *server != self.core.server_name).collect())
     }
 
     /// Whether a user of this server is joined to the room (only then does this server answer
     /// for it).
     pub async fn is_resident(&self, room_id: &RoomId) -> Result<bool> {
         let room_id = room_id.to_owned();
-        let servers = self.run(move |core, db| core.room_servers(db, &room_id)).await?;
-        Ok(servers.iter().any(|(server, _)| server == self.core.server_name.as_str()))
+        self.run(move |core, db| {
+            let Some(short_room) = core.interner.short_room(db, &room_id)? else { return Ok(false) };
+            Ok(ROOM_SERVERS.contains(db, &(short_room, core.server_name.to_string()))?)
+        })
+        .await
     }
 
     /// The template of a join for a user of another server (`make_join`): the room's version
@@ -188,7 +180,17 @@ impl Rooms {
             Outcome::Accepted(accepted) if accepted.soft_failed => {
                 Err(Error::forbidden("The event is not allowed by the room's current state"))
             }
-            Outcome::Accepted(_) | Outcome::AlreadyKnown { .. } => Ok(object),
+            Outcome::Accepted(_) => Ok(object),
+            // Sent again: it stands only if it is the sender's member event now (one refused
+            // earlier is known too, and must be refused again).
+            Outcome::AlreadyKnown { .. } => {
+                let current = self.state_event(room_id, &StateEventType::RoomMember, pdu.sender.as_str()).await?;
+                if current.is_some_and(|current| current.event_id == pdu.event_id) {
+                    Ok(object)
+                } else {
+                    Err(Error::forbidden(format!("The {membership} is not authorised by the room's state")))
+                }
+            }
             Outcome::Rejected { reason, .. } => Err(Error::forbidden(format!("Event not authorised: {reason}"))),
             Outcome::MissingEvents { missing, .. } => Err(bad_event(format!(
                 "The event refers to events this server does not have: {}",

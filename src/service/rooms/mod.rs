@@ -12,8 +12,11 @@ mod context;
 pub mod create;
 mod directory;
 pub mod federation_join;
+pub mod federation_read;
+pub mod hierarchy;
 pub mod membership;
 mod notify;
+pub mod out_of_band;
 pub mod pdu;
 pub mod power;
 mod prepare;
@@ -43,6 +46,7 @@ use ruma::{
 };
 
 pub use accept::{Accepted, Outcome, Transaction};
+pub use backfill::HistoryGap;
 pub use build::NewEvent;
 pub use pdu::Pdu;
 pub use prepare::Prepared;

@@ -5,7 +5,7 @@
 use ruma::{OwnedRoomId, RoomId};
 use serde_json::Value;
 
-use super::{Rooms, membership_of};
+use super::{Pdu, Rooms, membership_of};
 use crate::{Error, Result};
 
 /// Largest page served.
@@ -51,6 +51,47 @@ fn string_field(content: &Value, field: &str) -> Option<String> {
 }
 
 impl PublicRoom {
+    /// The entry a room's current state describes.
+    pub fn from_state(room_id: &RoomId, state: &[Pdu]) -> Self {
+        let mut room = PublicRoom {
+            room_id: room_id.to_owned(),
+            name: None,
+            topic: None,
+            canonical_alias: None,
+            avatar_url: None,
+            num_joined_members: 0,
+            world_readable: false,
+            guest_can_join: false,
+            join_rule: "invite".to_owned(),
+            room_type: None,
+        };
+        for pdu in state {
+            let content = pdu.content_value();
+            match (pdu.kind.to_string().as_str(), pdu.state_key.as_deref()) {
+                ("m.room.member", _) if membership_of(pdu) == "join" => room.num_joined_members += 1,
+                ("m.room.name", Some("")) => room.name = string_field(&content, "name").filter(|n| !n.is_empty()),
+                ("m.room.topic", Some("")) => room.topic = string_field(&content, "topic").filter(|t| !t.is_empty()),
+                ("m.room.canonical_alias", Some("")) => room.canonical_alias = string_field(&content, "alias"),
+                ("m.room.avatar", Some("")) => {
+                    room.avatar_url = string_field(&content, "url").filter(|u| !u.is_empty())
+                }
+                ("m.room.history_visibility", Some("")) => {
+                    room.world_readable =
+                        string_field(&content, "history_visibility").as_deref() == Some("world_readable");
+                }
+                ("m.room.guest_access", Some("")) => {
+                    room.guest_can_join = string_field(&content, "guest_access").as_deref() == Some("can_join");
+                }
+                ("m.room.join_rules", Some("")) => {
+                    room.join_rule = string_field(&content, "join_rule").unwrap_or_else(|| "invite".to_owned());
+                }
+                ("m.room.create", Some("")) => room.room_type = string_field(&content, "type"),
+                _ => {}
+            }
+        }
+        room
+    }
+
     fn matches(&self, query: &PublicRoomsQuery) -> bool {
         if !query.room_types.is_empty() && !query.room_types.contains(&self.room_type) {
             return false;
@@ -78,46 +119,7 @@ impl Rooms {
     /// A room's directory entry, from its current state.
     pub async fn public_room_summary(&self, room_id: &RoomId) -> Result<Option<PublicRoom>> {
         let state = self.current_state(room_id).await?;
-        if state.is_empty() {
-            return Ok(None);
-        }
-        let mut room = PublicRoom {
-            room_id: room_id.to_owned(),
-            name: None,
-            topic: None,
-            canonical_alias: None,
-            avatar_url: None,
-            num_joined_members: 0,
-            world_readable: false,
-            guest_can_join: false,
-            join_rule: "invite".to_owned(),
-            room_type: None,
-        };
-        for pdu in &state {
-            let content = pdu.content_value();
-            match (pdu.kind.to_string().as_str(), pdu.state_key.as_deref()) {
-                ("m.room.member", _) if membership_of(pdu) == "join" => room.num_joined_members += 1,
-                ("m.room.name", Some("")) => room.name = string_field(&content, "name").filter(|n| !n.is_empty()),
-                ("m.room.topic", Some("")) => room.topic = string_field(&content, "topic").filter(|t| !t.is_empty()),
-                ("m.room.canonical_alias", Some("")) => room.canonical_alias = string_field(&content, "alias"),
-                ("m.room.avatar", Some("")) => {
-                    room.avatar_url = string_field(&content, "url").filter(|u| !u.is_empty())
-                }
-                ("m.room.history_visibility", Some("")) => {
-                    room.world_readable =
-                        string_field(&content, "history_visibility").as_deref() == Some("world_readable");
-                }
-                ("m.room.guest_access", Some("")) => {
-                    room.guest_can_join = string_field(&content, "guest_access").as_deref() == Some("can_join");
-                }
-                ("m.room.join_rules", Some("")) => {
-                    room.join_rule = string_field(&content, "join_rule").unwrap_or_else(|| "invite".to_owned());
-                }
-                ("m.room.create", Some("")) => room.room_type = string_field(&content, "type"),
-                _ => {}
-            }
-        }
-        Ok(Some(room))
+        Ok((!state.is_empty()).then(|| PublicRoom::from_state(room_id, &state)))
     }
 
     /// A page of the public room directory.

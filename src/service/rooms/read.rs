@@ -12,7 +12,7 @@ use crate::{
     Error, Result,
     storage::{
         Db, ScanDirection,
-        room_tables::{BACKFILL, CURRENT_STATE, EVENT_META, EventMeta, TIMELINE, USER_ROOMS, UserMembership},
+        room_tables::{BACKFILL, CURRENT_STATE, EVENT_META, EventMeta, ROOMS, TIMELINE, USER_ROOMS, UserMembership},
     },
 };
 
@@ -327,7 +327,11 @@ impl Rooms {
     pub async fn current_state(&self, room_id: &RoomId) -> Result<Vec<Pdu>> {
         let room_id = room_id.to_owned();
         self.run(move |core, db| {
+            // A room known only by its ID (an out-of-band invite, outliers) has no state here.
             let Some(short_room) = core.interner.short_room(db, &room_id)? else { return Ok(Vec::new()) };
+            if !ROOMS.contains(db, &short_room)? {
+                return Ok(Vec::new());
+            }
             let rules = core.rules_of_room(db, short_room)?;
             CURRENT_STATE
                 .scan_prefix(db, &(short_room,))?

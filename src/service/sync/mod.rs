@@ -63,6 +63,8 @@ struct Context<'a> {
     room_account_data: HashMap<String, Vec<AccountDataEntry>>,
     /// `m.receipt` content of the joined rooms whose receipts changed.
     receipts: HashMap<OwnedRoomId, serde_json::Value>,
+    /// Users whose events and invites this user ignores.
+    ignored: std::collections::HashSet<ruma::OwnedUserId>,
 }
 
 /// Serialises a JSON value into a ruma `Raw`.
@@ -179,7 +181,9 @@ async fn build(
     if since.is_none() || full_state {
         services.lazy_members.reset(user, device);
     }
-    let context = Context { services, user, device, filter, since, now, full_state, room_account_data, receipts };
+    let ignored = services.account_data.ignored_users(user).await?;
+    let context =
+        Context { services, user, device, filter, since, now, full_state, room_account_data, receipts, ignored };
     response.rooms = rooms::collect(&context).await?;
     event_fields::apply(&mut response, filter.event_fields.as_deref());
     Ok(response)

@@ -18,6 +18,7 @@ use super::{Context, filter, raw_account_data, raw_json, unread};
 use crate::{
     Result,
     service::rooms::{EventPredicate, Pdu, StateSelection},
+    storage::membership_tables::OutOfBand,
 };
 
 /// A room's timeline and state for one sync.
@@ -112,8 +113,8 @@ pub(super) async fn collect(ctx: &Context<'_>) -> Result<Rooms> {
                     None => true,
                     Some(s) => changed_since(ctx, &room_id, &membership, position, s).await?,
                 };
-                if new {
-                    rooms.invite.insert(room_id.clone(), invited_room(ctx, &room_id).await?);
+                if new && let Some(invited) = invited_room(ctx, &room_id).await? {
+                    rooms.invite.insert(room_id.clone(), invited);
                 }
             }
             "knock" => {
@@ -135,7 +136,10 @@ pub(super) async fn collect(ctx: &Context<'_>) -> Result<Rooms> {
                     Some(s) => changed_since(ctx, &room_id, &membership, position, s).await?,
                 };
                 if show {
-                    let left = left_room(ctx, &room_id, position.unwrap_or(upto)).await?;
+                    let left = match ctx.services.rooms.out_of_band(ctx.user, &room_id).await? {
+                        Some(record) => out_of_band_left_room(ctx, &record)?,
+                        None => left_room(ctx, &room_id, position.unwrap_or(upto)).await?,
+                    };
                     rooms.leave.insert(room_id, left);
                 }
             }
@@ -243,8 +247,57 @@ async fn left_room(ctx: &Context<'_>, room_id: &OwnedRoomId, left_at: u64) -> Re
     Ok(room)
 }
 
-async fn invited_room(ctx: &Context<'_>, room_id: &OwnedRoomId) -> Result<InvitedRoom> {
-    Ok(InvitedRoom::from(InviteState::from(stripped_state(ctx, room_id).await?)))
+/// An invite, unless it comes from a user this one ignores.
+async fn invited_room(ctx: &Context<'_>, room_id: &OwnedRoomId) -> Result<Option<InvitedRoom>> {
+    if let Some(record) = ctx.services.rooms.out_of_band(ctx.user, room_id).await? {
+        let inviter = record.invite["sender"].as_str().and_then(|sender| ruma::UserId::parse(sender).ok());
+        if inviter.is_some_and(|inviter| ctx.ignored.contains(&inviter)) {
+            return Ok(None);
+        }
+        return Ok(Some(InvitedRoom::from(InviteState::from(out_of_band_stripped_state(ctx, &record)?))));
+    }
+    let state = ctx.services.rooms.invite_state(room_id, ctx.user).await?;
+    let invite = state.iter().find(|pdu| pdu.state_key.as_deref() == Some(ctx.user.as_str()));
+    if invite.is_some_and(|pdu| ctx.ignored.contains(&pdu.sender)) {
+        return Ok(None);
+    }
+    let events: Vec<Raw<_>> = state.iter().map(|pdu| raw_json(&pdu.to_stripped_state())).collect::<Result<_>>()?;
+    Ok(Some(InvitedRoom::from(InviteState::from(events))))
+}
+
+/// The stripped state of an invite received over federation for a room this server is not in:
+/// what the inviting server sent, and the invite itself (whose content may say `is_direct`).
+fn out_of_band_stripped_state<T>(ctx: &Context<'_>, record: &OutOfBand) -> Result<Vec<Raw<T>>> {
+    let own = |event: &serde_json::Value| {
+        event["type"] == "m.room.member" && event["state_key"].as_str() == Some(ctx.user.as_str())
+    };
+    let invite = serde_json::json!({
+        "type": record.invite["type"],
+        "state_key": record.invite["state_key"],
+        "sender": record.invite["sender"],
+        "content": record.invite["content"],
+    });
+    record.stripped_state.iter().filter(|event| !own(event)).chain([&invite]).map(raw_json).collect()
+}
+
+/// A rejected out-of-band invite: the leave in the timeline, the room's events being elsewhere.
+fn out_of_band_left_room(ctx: &Context<'_>, record: &OutOfBand) -> Result<LeftRoom> {
+    let mut room = LeftRoom::new();
+    if let Some(leave) = &record.leave {
+        let mut event = serde_json::json!({
+            "type": leave["type"],
+            "state_key": leave["state_key"],
+            "sender": leave["sender"],
+            "content": leave["content"],
+            "origin_server_ts": leave["origin_server_ts"],
+            "event_id": record.event_id,
+        });
+        if ctx.filter.event_format == EventFormat::Federation {
+            event = leave.clone();
+        }
+        room.timeline.events.push(raw_json(&event)?);
+    }
+    Ok(room)
 }
 
 /// The stripped state of an invite or a knock: the room's basic state and the user's own member
@@ -265,8 +318,12 @@ async fn section(ctx: &Context<'_>, room_id: &OwnedRoomId, upto: u64, full: bool
     let since = ctx.since.map(|s| s.events);
     let room_filter = &ctx.filter.room;
     let timeline_filter = room_filter.timeline.clone();
+    let ignored = ctx.ignored.clone();
     let wanted: EventPredicate = if filter::room_event_room_allowed(&timeline_filter, room_id) {
-        Arc::new(move |pdu: &Pdu| filter::room_event_allowed(&timeline_filter, &pdu.kind.to_string(), &pdu.sender))
+        Arc::new(move |pdu: &Pdu| {
+            !ignored.contains(&pdu.sender)
+                && filter::room_event_allowed(&timeline_filter, &pdu.kind.to_string(), &pdu.sender)
+        })
     } else {
         Arc::new(|_: &Pdu| false)
     };
