@@ -1,7 +1,8 @@
 //! Application service registrations: the YAML files named by `app_service_config_files`, in
 //! Synapse's format, read and checked at start-up. A file that cannot be read or parsed, an
 //! empty or duplicate `id`/`as_token`, an invalid regex or `sender_localpart`, or a bad `url`
-//! stops the start with a message naming the file and the problem.
+//! stops the start with a message naming the file and the problem. `receive_ephemeral` may also
+//! be spelt `push_ephemeral` or `de.sorunome.msc2409.push_ephemeral` (MSC2409's names).
 
 use std::path::{Path, PathBuf};
 
@@ -59,8 +60,16 @@ fn problem(file: &Path, message: String) -> ConfigError {
 
 /// Parses and checks one registration (`file` names it in messages).
 pub fn parse(text: &str, file: &Path, server_name: &ServerName) -> Result<AppServiceRegistration, ConfigError> {
-    let registration: Registration =
+    let mut registration: Registration =
         serde_yaml_ng::from_str(text).map_err(|e| problem(file, format!("invalid registration: {e}")))?;
+    // MSC2409's older names for `receive_ephemeral`, which Complement (and older bridges) write.
+    if !registration.receive_ephemeral
+        && let Ok(serde_yaml_ng::Value::Mapping(raw)) = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text)
+    {
+        registration.receive_ephemeral = ["de.sorunome.msc2409.push_ephemeral", "push_ephemeral"]
+            .iter()
+            .any(|key| raw.get(*key).and_then(serde_yaml_ng::Value::as_bool) == Some(true));
+    }
     for (key, value) in
         [("id", &registration.id), ("as_token", &registration.as_token), ("hs_token", &registration.hs_token)]
     {
