@@ -569,3 +569,33 @@ async fn third_party_protocols_come_from_the_services() {
     assert_eq!((status, &body["location_fields"]), (200, &json!(["channel"])), "{body}");
     assert_error(&server.get("/_matrix/client/v3/thirdparty/protocol/other", alice.token()).await, 404, "M_NOT_FOUND");
 }
+
+#[tokio::test]
+async fn only_services_set_the_timestamp_of_what_they_send() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = FakeService::start().await;
+    let server = start_with_service(dir.path(), &service);
+    let alice = server.register("alice", "pw").await;
+    assert_eq!(register_as_service(&server, "bridge_bob").await.0, 200);
+    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    let bob = enc("@bridge_bob:localhost");
+    let join = format!("/_matrix/client/v3/join/{}?user_id={bob}", enc(&room));
+    assert_eq!(server.post(&join, Some(AS_TOKEN), json!({})).await.0, 200);
+    let message = json!({"msgtype": "m.text", "body": "from the past"});
+    let send = |txn: &str, user: &str| {
+        format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}?ts=1234567{user}", enc(&room))
+    };
+    let (status, body) = server.put(&send("t1", &format!("&user_id={bob}")), Some(AS_TOKEN), message.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    let event = |id: &str| format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(id));
+    let (_, stored) = server.get(&event(body["event_id"].as_str().expect("event_id")), alice.token()).await;
+    assert_eq!(
+        (stored["origin_server_ts"].as_u64(), stored["sender"].as_str()),
+        (Some(1234567), Some("@bridge_bob:localhost")),
+        "{stored}"
+    );
+    let (status, body) = server.put(&send("t2", ""), alice.token(), message).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, stored) = server.get(&event(body["event_id"].as_str().expect("event_id")), alice.token()).await;
+    assert!(stored["origin_server_ts"].as_u64().is_some_and(|ts| ts > 1234567), "{stored}");
+}
