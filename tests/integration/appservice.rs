@@ -599,3 +599,27 @@ async fn only_services_set_the_timestamp_of_what_they_send() {
     let (_, stored) = server.get(&event(body["event_id"].as_str().expect("event_id")), alice.token()).await;
     assert!(stored["origin_server_ts"].as_u64().is_some_and(|ts| ts > 1234567), "{stored}");
 }
+
+#[tokio::test]
+async fn network_lists_of_the_room_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = FakeService::start().await;
+    let server = start_with_service(dir.path(), &service);
+    let alice = server.register("alice", "pw").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat", "name": "Bridged"})).await;
+    let list = format!("/_matrix/client/v3/directory/list/appservice/net1/{}", enc(&room));
+    assert_error(&server.put(&list, alice.token(), json!({"visibility": "public"})).await, 403, "M_FORBIDDEN");
+    let (status, body) = server.put(&list, Some(AS_TOKEN), json!({"visibility": "public"})).await;
+    assert_eq!(status, 200, "{body}");
+    let listed = |filter: Value| async {
+        let (status, body) = server.post("/_matrix/client/v3/publicRooms", alice.token(), filter).await;
+        assert_eq!(status, 200, "{body}");
+        body["chunk"].as_array().expect("chunk").iter().any(|r| r["room_id"] == room.as_str())
+    };
+    assert!(listed(json!({"third_party_instance_id": "testbridge|net1"})).await);
+    assert!(!listed(json!({"third_party_instance_id": "testbridge|net2"})).await);
+    assert!(listed(json!({"include_all_networks": true})).await);
+    assert!(!listed(json!({})).await, "the main list has only published rooms");
+    assert_eq!(server.put(&list, Some(AS_TOKEN), json!({"visibility": "private"})).await.0, 200);
+    assert!(!listed(json!({"third_party_instance_id": "testbridge|net1"})).await);
+}

@@ -3,6 +3,7 @@
 //! take, the queries sent to a service for users and aliases it may create (`query.rs`), and
 //! the per-service transaction senders that follow the event stream (`sender.rs`).
 
+pub mod directory;
 pub mod ephemeral;
 pub mod lookup;
 pub mod query;
