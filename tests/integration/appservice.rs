@@ -39,6 +39,7 @@ struct Recorded {
     /// Ephemeral events of the transactions taken.
     ephemeral: Vec<Value>,
     user_queries: Vec<String>,
+    alias_queries: Vec<String>,
     pings: Vec<Value>,
 }
 
@@ -109,6 +110,34 @@ async fn user_query(
     }
 }
 
+/// Creates the room of an alias `#bridge_lazy...` when asked about it.
+async fn alias_query(
+    State(state): State<Arc<FakeState>>,
+    headers: HeaderMap,
+    UrlPath(alias): UrlPath<String>,
+) -> (StatusCode, Json<Value>) {
+    if !authorised(&headers) {
+        return (StatusCode::FORBIDDEN, Json(json!({})));
+    }
+    state.recorded.lock().expect("lock").alias_queries.push(alias.clone());
+    let homeserver = state.homeserver.lock().expect("lock").clone();
+    let name = alias.trim_start_matches('#').split(':').next().unwrap_or_default().to_owned();
+    match homeserver {
+        Some(homeserver) if name.starts_with("bridge_lazy") => {
+            let response = reqwest::Client::new()
+                .post(format!("{homeserver}/_matrix/client/v3/createRoom"))
+                .bearer_auth(AS_TOKEN)
+                .json(&json!({"room_alias_name": name, "preset": "public_chat"}))
+                .send()
+                .await
+                .expect("createRoom");
+            assert_eq!(response.status(), 200, "lazy room");
+            (StatusCode::OK, Json(json!({})))
+        }
+        _ => (StatusCode::NOT_FOUND, Json(json!({"errcode": "M_NOT_FOUND"}))),
+    }
+}
+
 async fn protocol(headers: HeaderMap, UrlPath(name): UrlPath<String>) -> (StatusCode, Json<Value>) {
     if !authorised(&headers) || name != "fakechat" {
         return (StatusCode::NOT_FOUND, Json(json!({})));
@@ -139,6 +168,7 @@ impl FakeService {
         let app = Router::new()
             .route("/_matrix/app/v1/transactions/{txn}", put(transaction))
             .route("/_matrix/app/v1/users/{user}", get(user_query))
+            .route("/_matrix/app/v1/rooms/{alias}", get(alias_query))
             .route("/_matrix/app/v1/ping", post(ping))
             .route("/_matrix/app/v1/thirdparty/protocol/{name}", get(protocol))
             .with_state(state.clone());
@@ -622,4 +652,25 @@ async fn network_lists_of_the_room_directory() {
     assert!(!listed(json!({})).await, "the main list has only published rooms");
     assert_eq!(server.put(&list, Some(AS_TOKEN), json!({"visibility": "private"})).await.0, 200);
     assert!(!listed(json!({"third_party_instance_id": "testbridge|net1"})).await);
+}
+
+#[tokio::test]
+async fn rooms_are_created_lazily_through_the_alias_query() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = FakeService::start().await;
+    let server = start_with_service(dir.path(), &service);
+    let alice = server.register("alice", "pw").await;
+    let alias = |name: &str| format!("/_matrix/client/v3/directory/room/{}", enc(&format!("#{name}:localhost")));
+    let (status, body) = server.get(&alias("bridge_lazyroom"), alice.token()).await;
+    assert_eq!(status, 200, "the service created the room: {body}");
+    let room = body["room_id"].as_str().expect("room_id").to_owned();
+    assert_error(&server.get(&alias("bridge_nothing"), alice.token()).await, 404, "M_NOT_FOUND");
+    assert_error(&server.get(&alias("elsewhere"), alice.token()).await, 404, "M_NOT_FOUND");
+    let queries = service.recorded(|r| r.alias_queries.clone());
+    assert_eq!(queries, vec!["#bridge_lazyroom:localhost", "#bridge_nothing:localhost"]);
+    // Joining by an alias the service has yet to create works too.
+    let join = format!("/_matrix/client/v3/join/{}", enc("#bridge_lazyjoin:localhost"));
+    let (status, body) = server.post(&join, alice.token(), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_ne!(body["room_id"].as_str(), Some(room.as_str()));
 }
