@@ -39,6 +39,7 @@ pub async fn run(config: Config) -> Result<(), String> {
     let appservice_senders = crate::service::appservice::sender::AppServiceSenders::spawn(services.clone())
         .await
         .map_err(|e| format!("cannot start the application service senders: {e}"))?;
+    let federation_sender = crate::service::federation::sender::SenderTask::spawn(services.clone());
     let app = routers.main;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
@@ -110,6 +111,7 @@ pub async fn run(config: Config) -> Result<(), String> {
     }
     push_sender.stop().await;
     appservice_senders.stop().await;
+    federation_sender.stop().await;
     drop(services);
     tokio::task::spawn_blocking(move || db.flush())
         .await

@@ -151,7 +151,12 @@ where
         // buffer `max_request_size` bytes (an upload) on endpoints that need a token.
         let bytes = read_body(body, services.config.max_request_size as usize, &parts.headers).await?;
         let origin = match <T::Authentication as AuthPolicy>::MODE {
-            AuthMode::ServerSignatures => Some(super::federation::auth::verify(services, &parts, &bytes).await?),
+            AuthMode::ServerSignatures => {
+                let origin = super::federation::auth::verify(services, &parts, &bytes).await?;
+                // A server that talks to us is up: a transaction waiting for it goes now.
+                services.federation.sender.destination_is_up(&origin);
+                Some(origin)
+            }
             _ => None,
         };
 

@@ -8,6 +8,7 @@
 pub mod appservice_tables;
 pub mod codec;
 pub mod engine;
+pub mod federation_send_tables;
 pub mod federation_tables;
 pub mod key_tables;
 pub mod membership_tables;
@@ -181,6 +182,7 @@ impl Db {
             .chain(key_tables::KEY_TABLES)
             .chain(push_tables::PUSH_TABLES)
             .chain(federation_tables::FEDERATION_TABLES)
+            .chain(federation_send_tables::FEDERATION_SEND_TABLES)
             .chain(search_tables::SEARCH_TABLES)
             .chain(relation_tables::RELATION_TABLES)
             .chain(appservice_tables::APPSERVICE_TABLES)

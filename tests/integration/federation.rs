@@ -202,13 +202,13 @@ impl FakeServer {
     }
 }
 
-fn new_key_pair(version: &str) -> Ed25519KeyPair {
+pub(crate) fn new_key_pair(version: &str) -> Ed25519KeyPair {
     Ed25519KeyPair::from_der(&Ed25519KeyPair::generate(), version.to_owned()).unwrap()
 }
 
 /// `server`'s key document listing `key_pair`, valid for `valid_for_ms` from now (negative:
 /// expired), self-signed.
-fn key_document(server: &str, key_pair: &Ed25519KeyPair, valid_for_ms: i64) -> CanonicalJsonObject {
+pub(crate) fn key_document(server: &str, key_pair: &Ed25519KeyPair, valid_for_ms: i64) -> CanonicalJsonObject {
     let now = i64::try_from(u64::from(ruma::MilliSecondsSinceUnixEpoch::now().get())).unwrap();
     let valid_until = now + valid_for_ms;
     let mut document: CanonicalJsonObject = serde_json::from_value(json!({
@@ -224,7 +224,7 @@ fn key_document(server: &str, key_pair: &Ed25519KeyPair, valid_for_ms: i64) -> C
     document
 }
 
-fn sign_with(
+pub(crate) fn sign_with(
     key_pair: &Ed25519KeyPair,
     origin: &str,
     method: &str,

@@ -452,3 +452,30 @@ async fn invites_of_room_version_1_come_through_invite_v1() {
     let state = invite_state(&sync, room_id);
     assert!(state.iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Old"), "{state:?}");
 }
+
+/// The inviter rescinds an invite (kicks the invitee before they answered): the kick reaches
+/// the invitee's server, which is not in the room, through a transaction, and the invite
+/// leaves the invitee's `/sync`. A kick by anyone else would not be taken there.
+#[tokio::test]
+async fn an_inviter_rescinds_an_invite_across_servers() {
+    let pair = start_pair().await;
+    let (a, b) = (&pair.a, &pair.b);
+    let alice = a.register("alice", "pw").await;
+    let bob = b.register("bob", "pw").await;
+    let room_id = create_room(a, &alice, json!({"preset": "private_chat", "invite": [bob.user_id]})).await;
+    let sync = sync_until(b, &bob, None, None, |s| s["rooms"]["invite"][&room_id].is_object()).await;
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+
+    let kick = a
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/kick", enc(&room_id)),
+            alice.token(),
+            json!({"user_id": bob.user_id, "reason": "wrong person"}),
+        )
+        .await;
+    assert_eq!(kick.0, 200, "{}", kick.1);
+    let sync = sync_until(b, &bob, Some(&since), None, |s| s["rooms"]["leave"][&room_id].is_object()).await;
+    assert!(sync["rooms"]["invite"][&room_id].is_null(), "{sync}");
+    let initial = sync_until(b, &bob, None, None, |_| true).await;
+    assert!(initial["rooms"]["invite"][&room_id].is_null(), "{initial}");
+}

@@ -280,3 +280,40 @@ async fn send_join_takes_only_a_join_of_the_senders_own_user() {
     let joined = members.1["joined"].as_object().unwrap();
     assert!(joined.contains_key("@frank:hs-t") && joined.contains_key("@grace:hs-t"), "{}", members.1);
 }
+
+/// A user joins a restricted room through their own server, which is in the room but has no
+/// user who may invite: the join goes through the other server, whose user may
+/// (Complement's `TestRestrictedRoomsRemoteJoinLocalUser`).
+#[tokio::test]
+async fn a_restricted_join_no_local_user_may_authorise_goes_through_another_server() {
+    let pair = start_pair().await;
+    let (a, b) = (&pair.a, &pair.b);
+    let charlie = b.register("charlie", "pw").await;
+    let (alice, bob) = (a.register("alice", "pw").await, a.register("bob", "pw").await);
+    let space = create_room(b, &charlie, json!({"preset": "public_chat", "room_version": "10"})).await;
+    let room = create_room(
+        b,
+        &charlie,
+        json!({
+            "preset": "public_chat",
+            "room_version": "10",
+            "initial_state": [{
+                "type": "m.room.join_rules", "state_key": "",
+                "content": {"join_rule": "restricted", "allow": [{"type": "m.room_membership", "room_id": space}]}
+            }]
+        }),
+    )
+    .await;
+    for user in [&alice, &bob] {
+        assert_eq!(join_via(a, user, &space, &["hs-b"]).await.0, 200);
+    }
+    assert_eq!(join_via(a, &alice, &room, &["hs-b"]).await.0, 200);
+    // hs-a is in the room now, but Alice may not invite: Bob's join goes to hs-b.
+    let joined = join_via(a, &bob, &room, &["hs-a"]).await;
+    assert_eq!(joined.0, 200, "{}", joined.1);
+    let member = format!("/_matrix/client/v3/rooms/{}/state/m.room.member/{}", enc(&room), enc("@bob:hs-a"));
+    let on_b = b.get(&member, charlie.token()).await;
+    assert_eq!(on_b.1["membership"], "join", "{}", on_b.1);
+    assert_eq!(on_b.1["join_authorised_via_users_server"], "@charlie:hs-b", "{}", on_b.1);
+    assert_eq!(a.get(&member, bob.token()).await.1["membership"], "join");
+}

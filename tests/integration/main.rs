@@ -22,6 +22,8 @@ mod federation;
 mod federation_invite;
 mod federation_join;
 mod federation_read;
+mod federation_send;
+mod federation_split;
 mod guests;
 mod http_errors;
 mod key_errors;

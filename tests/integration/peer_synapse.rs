@@ -1,7 +1,7 @@
 //! Federation with a real Synapse (PyPI `matrix-synapse`) on loopback TLS: Synapse asks Trellis
 //! for a user's profile (signing the request with its key, which Trellis fetches from Synapse to
 //! check it), Trellis asks Synapse (Synapse fetches Trellis's key), and Trellis vouches for
-//! Synapse's keys as a notary. Runs when `TRELLIS_SYNAPSE_PYTHON` names a Python interpreter with
+//! Synapse's keys as a notary; users of each join the other's rooms and talk. Runs when `TRELLIS_SYNAPSE_PYTHON` names a Python interpreter with
 //! `matrix-synapse` installed (`.ci/run` installs it); skipped otherwise.
 
 use std::{
@@ -15,8 +15,8 @@ use serde_json::{Value, json};
 use crate::{
     federation::{Pki, assert_signed_with, federation_call, free_port, start_federating},
     federation_join::{join_via, state_ids},
-    harness::{assert_error, enc},
-    room_helpers::create_room,
+    harness::{Session, TestServer, assert_error, enc},
+    room_helpers::{create_room, send_text},
 };
 
 /// A Synapse process, killed when dropped.
@@ -149,6 +149,17 @@ rc_message: {{per_second: 1000, burst_count: 1000}}
         response["access_token"].as_str().unwrap_or_else(|| panic!("Synapse registration: {response}")).to_owned()
     }
 
+    pub(crate) async fn client_put(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+        let response = reqwest::Client::new()
+            .put(format!("{}{path}", self.client_url))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+    }
+
     pub(crate) async fn client_post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
         let response = reqwest::Client::new()
             .post(format!("{}{path}", self.client_url))
@@ -270,9 +281,9 @@ async fn synapse_and_trellis_query_each_others_profiles() {
 }
 
 /// A Trellis user joins rooms on Synapse and a Synapse user joins rooms on Trellis (room
-/// versions 10 and 12); afterwards both servers hold the same room state.
+/// versions 10 and 12); messages go both ways, and both servers hold the same room state.
 #[tokio::test]
-async fn synapse_and_trellis_users_join_each_others_rooms() {
+async fn synapse_and_trellis_users_join_each_others_rooms_and_talk() {
     let Ok(python) = std::env::var("TRELLIS_SYNAPSE_PYTHON") else {
         eprintln!("skipped: TRELLIS_SYNAPSE_PYTHON is not set (a Python with matrix-synapse)");
         return;
@@ -300,6 +311,7 @@ async fn synapse_and_trellis_users_join_each_others_rooms() {
         let joined = join_via(&trellis, &alice, &room, &[&synapse.server_name]).await;
         assert_eq!(joined, (200, json!({"room_id": room})), "v{version}");
         assert_eq!(state_ids(&trellis, &alice, &room).await, synapse.state_ids(&room, &sam).await, "v{version}");
+        talk_both_ways(&trellis, &alice, &synapse, &sam, &room, &format!("v{version} on Synapse")).await;
 
         // Into Trellis's room.
         let room = create_room(&trellis, &alice, json!({"preset": "public_chat", "room_version": version})).await;
@@ -318,5 +330,45 @@ async fn synapse_and_trellis_users_join_each_others_rooms() {
         );
         assert_eq!(trellis.get(&member, alice.token()).await.1["membership"], "join", "v{version}");
         assert_eq!(state_ids(&trellis, &alice, &room).await, synapse.state_ids(&room, &sam).await, "v{version}");
+        talk_both_ways(&trellis, &alice, &synapse, &sam, &room, &format!("v{version} on Trellis")).await;
     }
+}
+
+/// The message bodies of a room's newest events, newest first.
+fn bodies(page: &Value) -> Vec<String> {
+    page["chunk"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["content"]["body"].as_str().map(Into::into))
+        .collect()
+}
+
+/// A Trellis user and a Synapse user in one room each send a message; each reaches the other
+/// server, and afterwards both servers hold the same state.
+async fn talk_both_ways(trellis: &TestServer, alice: &Session, synapse: &Synapse, sam: &str, room: &str, label: &str) {
+    let messages = format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=20", enc(room));
+    let from_trellis = format!("hello from Trellis, {label}");
+    send_text(trellis, alice, room, &from_trellis).await;
+    let from_synapse = format!("hello from Synapse, {label}");
+    let sent = synapse
+        .client_put(
+            &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{}", enc(room), enc(label)),
+            sam,
+            json!({"msgtype": "m.text", "body": from_synapse}),
+        )
+        .await;
+    assert_eq!(sent.0, 200, "{label}: {}", sent.1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let on_synapse = bodies(&synapse.client_get(&messages, sam).await.1);
+        let on_trellis = bodies(&trellis.get(&messages, alice.token()).await.1);
+        let everywhere = |bodies: &Vec<String>| bodies.contains(&from_trellis) && bodies.contains(&from_synapse);
+        if everywhere(&on_synapse) && everywhere(&on_trellis) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{label}: Synapse has {on_synapse:?}, Trellis has {on_trellis:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(state_ids(trellis, alice, room).await, synapse.state_ids(room, sam).await, "{label}");
 }

@@ -48,6 +48,7 @@ async fn send_join(
 ) -> Result<create_join_event::v2::RoomState> {
     services.rooms.check_server_allowed(room_id, origin).await?;
     let event = services.rooms.accept_membership_from(origin, room_id, event_id, pdu, "join").await?;
+    services.federation.sender.relay(&services.rooms, room_id, event_id, origin).await?;
     let found = services.rooms.state_for_server(event_id).await?;
     let mut room_state = create_join_event::v2::RoomState::new();
     room_state.state = found.state;

@@ -11,6 +11,7 @@ pub mod join;
 pub mod keys;
 pub mod membership;
 pub mod query;
+pub mod transactions;
 
 use std::sync::Arc;
 
@@ -20,5 +21,5 @@ use crate::service::Services;
 
 pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = join::routes(query::routes(keys::routes(discovery::routes(router))));
-    events::routes(membership::routes(router))
+    transactions::routes(events::routes(membership::routes(router)))
 }

@@ -393,7 +393,8 @@ pub async fn receive_leave(
     services.rooms.check_server_allowed(room_id, origin).await?;
     // A leave refused earlier and sent again is refused again there.
     services.rooms.accept_membership_from(origin, room_id, event_id, event, "leave").await?;
-    Ok(())
+    // The room's other servers hear of it from this one, as of a join through `send_join`.
+    services.federation.sender.relay(&services.rooms, room_id, event_id, origin).await
 }
 
 /// A leave of a local user with an out-of-band invite, arriving from another server outside

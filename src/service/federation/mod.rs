@@ -1,15 +1,19 @@
 //! Federation with other servers: discovery of where a server name is reached
 //! (`discovery.rs`, with SRV lookups in `srv.rs`), outbound requests signed with this server's
 //! key (`client.rs`), the signing keys of other servers, fetched, verified, stored and
-//! served again as a notary (`keys.rs`), and joining rooms through other servers (`join.rs`). Inbound request signatures are checked by the API's
+//! served again as a notary (`keys.rs`), joining rooms through other servers (`join.rs`), and
+//! transactions: the outbound queue and its sender (`sender.rs`) and the transactions other
+//! servers send (`inbound.rs`). Inbound request signatures are checked by the API's
 //! extractor through [`keys::RemoteKeys::verify_request`].
 
 pub mod backfill;
 pub mod client;
 pub mod discovery;
+pub mod inbound;
 pub mod join;
 pub mod keys;
 pub mod membership;
+pub mod sender;
 pub mod srv;
 
 use std::{collections::BTreeMap, sync::Arc};
@@ -35,6 +39,10 @@ pub struct Federation {
     own_keys: Arc<ServerKeys>,
     /// Rooms whose backfill recently found nothing, not asked again for a while.
     backfill_cooldown: backfill::Cooldown,
+    /// The outbound queue of PDUs and EDUs per destination (its tasks start with the server).
+    pub sender: Arc<sender::Sender>,
+    /// Transactions other servers send (`inbound.rs`).
+    pub inbound: inbound::Inbound,
 }
 
 impl Federation {
@@ -67,6 +75,8 @@ impl Federation {
         );
         let client =
             Arc::new(client::FederationClient::new(config.server_name.clone(), own_keys.clone(), resolver, tls, guard));
+        let sender = Arc::new(sender::Sender::new(db.clone(), config.server_name.clone())?);
+        let inbound = inbound::Inbound::new(db.clone());
         let keys = Arc::new(keys::RemoteKeys::new(
             db,
             config.server_name.clone(),
@@ -80,6 +90,8 @@ impl Federation {
             server_name: config.server_name.clone(),
             own_keys,
             backfill_cooldown: Default::default(),
+            sender,
+            inbound,
         })
     }
 }

@@ -269,7 +269,15 @@ impl RoomCore {
             Err(AuthProblem::Missing(missing)) => Some(Outcome::MissingEvents { event_id, missing }),
             Err(AuthProblem::Refused(reason)) => {
                 if origin == Origin::Remote {
-                    self.store_rejected(db, pdu, None)?;
+                    // The state at a rejected event is the state before it, when it is known
+                    // without resolving (one prev event with state): later events may name it
+                    // as a prev event (Complement's TestInboundFederationRejectsEvents-
+                    // WithRejectedAuthEvents sends one).
+                    let before = match self.prev_state_groups(db, pdu)? {
+                        Ok(groups) if groups.len() == 1 => groups.first().copied(),
+                        _ => None,
+                    };
+                    self.store_rejected(db, pdu, before)?;
                 }
                 Some(Outcome::Rejected { event_id, reason })
             }

@@ -59,7 +59,7 @@ impl RoomCore {
     }
 
     /// The servers with a user joined to the room now (kept in `ROOM_SERVERS`).
-    fn joined_servers(&self, db: &Db, short_room: u64) -> Result<Vec<OwnedServerName>> {
+    pub(super) fn joined_servers(&self, db: &Db, short_room: u64) -> Result<Vec<OwnedServerName>> {
         Ok(ROOM_SERVERS
             .scan_prefix(db, &(short_room,))?
             .into_iter()

@@ -28,6 +28,7 @@ mod relations;
 pub mod relations_read;
 mod reports;
 mod search;
+mod servers;
 mod short;
 mod state;
 mod stream;
@@ -53,6 +54,7 @@ pub use prepare::Prepared;
 pub use read::StoredEvent;
 pub use relations_read::{RECURSION_DEPTH, RelationsPage, RelationsQuery, attach as attach_relations};
 pub use search::{SearchHit, SearchOrder, SearchPage, SearchQuery};
+pub use servers::LocalEvent;
 pub use sync_read::{EventPredicate, MemberSummary, MembershipChange, StateSelection, TimelineWindow};
 
 /// Room versions the server can create and join: 1 to 12, all stable.
@@ -107,6 +109,8 @@ pub struct RoomCore {
     push_profiles: Arc<crate::service::push::recipients::PushProfiles>,
     /// The newest `origin_server_ts` given to a create event (see `build.rs`).
     last_create_ts: std::sync::atomic::AtomicU64,
+    /// Servers joined per state group, for the federation sender (see `servers.rs`).
+    servers: servers::ServerCache,
 }
 
 pub struct Rooms {
@@ -177,6 +181,7 @@ impl Rooms {
             summaries: Default::default(),
             push_profiles,
             last_create_ts: std::sync::atomic::AtomicU64::new(0),
+            servers: Default::default(),
         };
         Ok(Self {
             core: Arc::new(core),
