@@ -36,6 +36,9 @@ pub async fn run(config: Config) -> Result<(), String> {
     let services = Services::build(config.clone(), db.clone()).map_err(|e| e.to_string())?;
     let routers = api::routers(services.clone());
     let push_sender = crate::service::push::gateway::GatewaySender::spawn(services.clone());
+    let appservice_senders = crate::service::appservice::sender::AppServiceSenders::spawn(services.clone())
+        .await
+        .map_err(|e| format!("cannot start the application service senders: {e}"))?;
     let federation_sender = crate::service::federation::sender::SenderTask::spawn(services.clone());
     let app = routers.main;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -107,6 +110,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         tracing::warn!("some requests did not finish within the grace period");
     }
     push_sender.stop().await;
+    appservice_senders.stop().await;
     federation_sender.stop().await;
     drop(services);
     tokio::task::spawn_blocking(move || db.flush())

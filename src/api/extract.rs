@@ -60,8 +60,8 @@ impl AuthPolicy for AccessToken {
 impl AuthPolicy for AccessTokenOptional {
     const MODE: AuthMode = AuthMode::Optional;
 }
-// Application services are not supported yet; their tokens are checked as user tokens, so they
-// fail with M_UNKNOWN_TOKEN rather than being let through.
+// Any token-taking endpoint accepts an application service's token (see `appservice_auth`);
+// these are the endpoints only services call, or that treat them specially.
 impl AuthPolicy for AppserviceToken {
     const MODE: AuthMode = AuthMode::Required;
 }
@@ -127,7 +127,10 @@ where
             AuthMode::Required | AuthMode::Optional => {
                 let token = access_token(&parts)?;
                 match token {
-                    Some(token) => Some(services.sessions.authenticate(&token, client_ip.clone()).await?),
+                    Some(token) => match services.appservices.by_token(&token) {
+                        Some(service) => Some(super::appservice_auth::identity(services, service, &parts).await?),
+                        None => Some(services.sessions.authenticate(&token, client_ip.clone()).await?),
+                    },
                     None if <T::Authentication as AuthPolicy>::MODE == AuthMode::Required => {
                         return Err(Error::new(
                             StatusCode::UNAUTHORIZED,

@@ -2,6 +2,7 @@
 //! [`extract::Ruma`]), call services and return a ruma response; they never touch storage.
 
 pub mod admin;
+pub mod appservice_auth;
 pub mod client;
 pub mod extract;
 pub mod federation;

@@ -7,6 +7,8 @@
 //! deserialized into [`Config`]. Unknown keys produce warnings; a missing required key, a wrong
 //! type or an unreadable file is an error that names the key (and its line in the file).
 
+pub mod appservice;
+
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr},
@@ -73,6 +75,15 @@ pub struct Config {
     pub registration_token: Option<String>,
     /// Secret for Synapse's admin registration API (`/_synapse/admin/v1/register`).
     pub registration_shared_secret: Option<String>,
+    /// Application service registration files (Synapse's YAML format), read at start-up.
+    #[serde(default)]
+    pub app_service_config_files: Vec<PathBuf>,
+    /// Application service transactions: the longest wait between retries, in seconds.
+    #[serde(default = "default_appservice_max_backoff_secs")]
+    pub appservice_max_backoff_secs: u64,
+    /// The registrations read from `app_service_config_files`, checked.
+    #[serde(skip)]
+    pub appservices: Vec<appservice::AppServiceRegistration>,
     #[serde(default)]
     pub allow_guest_registration: bool,
     #[serde(default = "default_true")]
@@ -363,6 +374,9 @@ fn default_push_max_backoff_secs() -> u64 {
 fn default_push_give_up_secs() -> u64 {
     86_400
 }
+fn default_appservice_max_backoff_secs() -> u64 {
+    300
+}
 fn default_database_backend() -> String {
     "rocksdb".to_owned()
 }
@@ -498,8 +512,9 @@ impl Config {
                 warnings.push(format!("unknown config key `{key}` ({})", locate(&key, text, source, &from_env)));
             }
         }
-        let config = file.global;
+        let mut config = file.global;
         config.validate()?;
+        config.appservices = appservice::load_all(&config.app_service_config_files, &config.server_name)?;
         Ok(Loaded { config, warnings })
     }
 

@@ -219,3 +219,35 @@ fn user_directory_table_is_read() {
     let env = load(MINIMAL, &[("TRELLIS_USER_DIRECTORY_SEARCH_ALL_USERS", "true")]).unwrap();
     assert!(env.config.user_directory.search_all_users);
 }
+
+mod appservice_registrations {
+    use std::path::Path;
+
+    use ruma::server_name;
+
+    use crate::config::appservice::parse;
+
+    /// A registration as Complement writes it (a `.*` namespace, MSC2409's ephemeral key, keys
+    /// ruma does not know) is accepted.
+    #[test]
+    fn complements_registration_is_accepted() {
+        let text = "id: my_as_id\nhs_token: hs\nas_token: as\nurl: 'http://localhost:9000'\n\
+                    sender_localpart: the-bridge-user\nrate_limited: false\n\
+                    de.sorunome.msc2409.push_ephemeral: true\npush_ephemeral: true\norg.matrix.msc3202: false\n\
+                    namespaces:\n  users:\n    - exclusive: false\n      regex: .*\n  rooms: []\n  aliases: []\n";
+        let service = parse(text, Path::new("as.yaml"), server_name!("hs1")).expect("valid");
+        assert_eq!(service.sender.as_str(), "@the-bridge-user:hs1");
+        assert!(service.registration.receive_ephemeral);
+        assert!(service.users[0].regex.is_match("@anyone:hs1"));
+    }
+
+    #[test]
+    fn equal_tokens_and_bad_urls_are_refused() {
+        let base = "id: a\nhs_token: hs\nas_token: as\nurl: null\nsender_localpart: bot\nnamespaces: {}\n";
+        assert!(parse(base, Path::new("a.yaml"), server_name!("hs1")).is_ok());
+        let same = base.replace("hs_token: hs", "hs_token: as");
+        assert!(parse(&same, Path::new("a.yaml"), server_name!("hs1")).unwrap_err().0.contains("must differ"));
+        let ftp = base.replace("url: null", "url: ftp://x");
+        assert!(parse(&ftp, Path::new("a.yaml"), server_name!("hs1")).unwrap_err().0.contains("http or https"));
+    }
+}

@@ -5,6 +5,7 @@ pub mod account_data;
 pub mod accounts;
 pub mod address_guard;
 pub mod admin_register;
+pub mod appservice;
 pub mod backup;
 pub mod dehydrated;
 pub mod federation;
@@ -62,6 +63,8 @@ pub struct Services {
     pub federation: federation::Federation,
     /// Member events each device was sent while lazy-loading (in memory).
     pub lazy_members: sync::LazyMemberCache,
+    /// Registered application services.
+    pub appservices: appservice::AppServices,
 }
 
 impl Services {
@@ -119,6 +122,7 @@ impl Services {
             presence: presence::Presence::new(&config, db.clone(), notifier.clone())?,
             tags: tags::Tags,
             lazy_members: sync::LazyMemberCache::default(),
+            appservices: appservice::AppServices::new(&config)?,
             admin_register: admin_register::AdminRegister::new(non_empty(&config.registration_shared_secret)),
             federation,
             config,

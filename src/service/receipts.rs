@@ -112,6 +112,17 @@ impl Receipts {
             .await
     }
 
+    /// The rooms with receipts written in positions `(since, upto]`.
+    pub async fn rooms_changed(&self, since: u64, upto: u64) -> Result<Vec<OwnedRoomId>> {
+        self.db
+            .run(move |db| {
+                let rooms: BTreeSet<OwnedRoomId> =
+                    RECEIPT_CHANGES.between(db, since, upto, usize::MAX)?.into_iter().map(|(_, c)| c.room).collect();
+                Ok(rooms.into_iter().collect())
+            })
+            .await
+    }
+
     /// The `m.receipt` content per room for `user`: every receipt of `rooms` without `since`,
     /// else those written in positions `(since, upto]`. Others' private receipts are left out.
     pub async fn for_sync(

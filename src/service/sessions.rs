@@ -57,6 +57,8 @@ pub struct Authenticated {
     pub device_id: OwnedDeviceId,
     pub guest: bool,
     pub admin: bool,
+    /// The application service acting, when the request carried its `as_token`.
+    pub appservice: Option<super::appservice::AppService>,
 }
 
 /// Tokens handed to a client at login, registration or refresh.
@@ -199,7 +201,13 @@ impl Sessions {
             return Err(Error::unknown_token(false, "The account has been deactivated"));
         }
         self.note_last_seen(&record.user_id, &record.device_id, ip).await?;
-        Ok(Authenticated { user_id: record.user_id, device_id: record.device_id, guest: user.guest, admin: user.admin })
+        Ok(Authenticated {
+            user_id: record.user_id,
+            device_id: record.device_id,
+            guest: user.guest,
+            admin: user.admin,
+            appservice: None,
+        })
     }
 
     /// Writes a device's last-seen time and address (at most once per resolution period). Only

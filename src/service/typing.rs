@@ -102,6 +102,24 @@ impl Typing {
         });
     }
 
+    /// The rooms whose typing changed after serial `since`, with who is typing in each now (for
+    /// application services that follow every room).
+    pub fn changed_since(&self, since: u64) -> Vec<(OwnedRoomId, Vec<OwnedUserId>)> {
+        let state = lock(&self.state);
+        let now = Instant::now();
+        state
+            .rooms
+            .iter()
+            .filter(|(_, typing)| typing.changed > since)
+            .map(|(room, typing)| {
+                let mut users: Vec<OwnedUserId> =
+                    typing.users.iter().filter(|(_, until)| **until > now).map(|(user, _)| user.clone()).collect();
+                users.sort();
+                (room.clone(), users)
+            })
+            .collect()
+    }
+
     /// Who is typing in `room`, if that changed after serial `since` (always, without `since`,
     /// when someone is typing).
     pub fn typing_since(&self, room: &RoomId, since: Option<u64>) -> Option<Vec<OwnedUserId>> {

@@ -5,6 +5,7 @@
 //! [`Batch`] and commits it atomically. Engine calls block, so async code runs them through
 //! [`Db::run`], which moves the work onto the blocking thread pool.
 
+pub mod appservice_tables;
 pub mod codec;
 pub mod engine;
 pub mod federation_send_tables;
@@ -184,6 +185,7 @@ impl Db {
             .chain(federation_send_tables::FEDERATION_SEND_TABLES)
             .chain(search_tables::SEARCH_TABLES)
             .chain(relation_tables::RELATION_TABLES)
+            .chain(appservice_tables::APPSERVICE_TABLES)
             .chain(membership_tables::MEMBERSHIP_TABLES)
             .copied()
             .collect();

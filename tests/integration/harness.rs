@@ -173,6 +173,14 @@ impl TestServer {
     pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
         self.call("POST", path, token, Some(body)).await
     }
+    /// `get` with an owned path, for closures that build the path.
+    pub async fn get_owned(&self, path: String, token: Option<&str>) -> (u16, Value) {
+        self.call("GET", &path, token, None).await
+    }
+    /// `post` with an owned path, for closures that build the path.
+    pub async fn post_owned(&self, path: String, token: Option<&str>, body: Value) -> (u16, Value) {
+        self.call("POST", &path, token, Some(body)).await
+    }
     pub async fn put(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
         self.call("PUT", path, token, Some(body)).await
     }

@@ -7,11 +7,11 @@ use trellis::config::Config;
 
 use crate::harness::TestServer;
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn make_ca(dir: &Path) {
+pub(crate) fn make_ca(dir: &Path) {
     let status = Command::new("openssl")
         .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=Trellis Test CA"])
         .arg("-keyout")

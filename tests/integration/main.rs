@@ -5,6 +5,7 @@ mod harness;
 
 mod account;
 mod admin;
+mod appservice;
 mod backup;
 mod bench;
 mod concurrency;

@@ -61,12 +61,14 @@ async fn put_alias(
     let sender = request.sender()?;
     refuse_guests(sender)?;
     let body = &request.body;
+    crate::api::appservice_auth::check_alias_allowed(&services, sender, &body.room_alias)?;
     let actor = Actor { user: &sender.user_id, admin: sender.admin };
     services.rooms.create_alias(&body.room_alias, &body.room_id, actor).await?;
     Ok(create_alias::v3::Response::new())
 }
 
 async fn get_alias(services: Arc<Services>, request: Ruma<get_alias::v3::Request>) -> Result<get_alias::v3::Response> {
+    services.resolve_alias_with_appservices(&request.body.room_alias).await?;
     let room_id = services.rooms.alias_target(&request.body.room_alias).await?;
     Ok(get_alias::v3::Response::new(room_id, vec![services.config.server_name.clone()]))
 }
@@ -169,6 +171,7 @@ fn query_of(filter: &Filter, limit: Option<UInt>, since: Option<String>) -> Publ
         since,
         search_term: filter.generic_search_term.clone(),
         room_types: filter.room_types.iter().map(|t| t.as_str().map(str::to_owned)).collect(),
+        ..Default::default()
     }
 }
 
@@ -180,12 +183,16 @@ async fn public_rooms_filtered(
     let body = &request.body;
     check_server(&services, body.server.as_ref())?;
     let mut response = get_public_rooms_filtered::v3::Response::new();
-    // There are no third-party networks (no application services) to list rooms of.
-    if let RoomNetwork::ThirdParty(_) = body.room_network {
-        response.total_room_count_estimate = Some(UInt::MIN);
-        return Ok(response);
+    let mut query = query_of(&body.filter, body.limit, body.since.clone());
+    // Application services' network lists: one (`third_party_instance_id`) or all of them.
+    match &body.room_network {
+        RoomNetwork::ThirdParty(instance) => {
+            query.extra_rooms = services.network_rooms(Some(instance)).await?;
+            query.only_extra = true;
+        }
+        RoomNetwork::All => query.extra_rooms = services.network_rooms(None).await?,
+        _ => {}
     }
-    let query = query_of(&body.filter, body.limit, body.since.clone());
     let (chunk, next_batch, prev_batch, total) = page_parts(services.rooms.public_rooms(&query).await?);
     response.chunk = chunk;
     response.next_batch = next_batch;

@@ -92,8 +92,10 @@ async fn resolve_room(services: &Services, room: &RoomOrAliasId) -> Result<(Owne
             services.federation.resolve_remote_alias(alias).await
         }
         Err(alias) => {
-            let record =
-                services.rooms.resolve_alias(alias).await?.ok_or_else(|| Error::not_found("Unknown room alias"))?;
+            let record = services
+                .resolve_alias_with_appservices(alias)
+                .await?
+                .ok_or_else(|| Error::not_found("Unknown room alias"))?;
             Ok((record.room_id, Vec::new()))
         }
     }
@@ -171,6 +173,7 @@ async fn invite(services: Arc<Services>, request: Ruma<invite_user::v3::Request>
         federation::membership::invite_remote(&services, room, &sender.user_id, target, reason, false).await?;
         return Ok(invite_user::v3::Response::new());
     }
+    services.lookup_appservice_user(&recipient.user_id).await?;
     change(&services, &body.room_id, &sender.user_id, &recipient.user_id, "invite", recipient.reason.clone()).await?;
     Ok(invite_user::v3::Response::new())
 }

@@ -85,7 +85,11 @@ async fn send(
     }
     let kind = TimelineEventType::from(body.event_type.to_string());
     let transaction = Transaction { device: device.to_owned(), key: txn_key, client_txn: body.txn_id.to_string() };
-    let event = NewEvent::message(kind, content);
+    let mut event = NewEvent::message(kind, content);
+    // Timestamp massaging (`?ts=`) is for application services only; others' is ignored.
+    if sender.appservice.is_some() {
+        event.timestamp = body.timestamp.map(|ts| ts.get().into());
+    }
     let accepted = services.rooms.send_with_transaction(&body.room_id, &sender.user_id, event, transaction).await?;
     // Sending a message is activity for presence, as in Synapse.
     services.presence.active(&sender.user_id).await?;
@@ -118,6 +122,7 @@ async fn redact(
         content,
         state_key: None,
         redacts: Some(body.event_id.clone()),
+        timestamp: None,
     };
     let transaction = Transaction { device: device.to_owned(), key: txn, client_txn: body.txn_id.to_string() };
     let accepted = services.rooms.send_with_transaction(&body.room_id, &sender.user_id, event, transaction).await?;

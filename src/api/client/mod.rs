@@ -2,6 +2,7 @@
 
 pub mod account;
 pub mod account_data;
+pub mod appservice;
 pub mod backup;
 pub mod context;
 pub mod dehydrated_device;
@@ -26,6 +27,7 @@ pub mod space;
 pub mod state;
 pub mod sync;
 pub mod tag;
+pub mod thirdparty;
 pub mod threepid;
 pub mod to_device;
 pub mod typing;
@@ -41,6 +43,8 @@ use crate::service::Services;
 pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = discovery::routes(router);
     let router = register::routes(router);
+    let router = appservice::routes(router);
+    let router = thirdparty::routes(router);
     let router = session::routes(router);
     let router = account::routes(router);
     let router = device::routes(router);

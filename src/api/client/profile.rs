@@ -31,6 +31,7 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
 
 /// Users of this server that do not exist have no profile.
 async fn ensure_known_local_user(services: &Services, user_id: &UserId) -> Result<()> {
+    services.lookup_appservice_user(user_id).await?;
     if user_id.server_name() != services.config.server_name || !services.accounts.exists(user_id).await? {
         return Err(Error::not_found("Profile not found"));
     }

@@ -36,10 +36,17 @@ pub fn check_password_length(password: &str) -> Result<()> {
 async fn register(services: Arc<Services>, request: Ruma<register::v3::Request>) -> Result<register::v3::Response> {
     let body = request.body;
     let config = &services.config;
-    if body.login_type.is_some() {
-        return Err(Error::forbidden("Application service registration is not supported"));
-    }
-    let (user_id, kind) = if body.kind == RegistrationKind::Guest {
+    let (user_id, kind) = if body.login_type.is_some() {
+        // `m.login.application_service`: a user in the service's namespaces, no auth flow.
+        let service = request.sender.as_ref().and_then(|s| s.appservice.clone()).ok_or_else(|| {
+            Error::new(StatusCode::UNAUTHORIZED, ErrorKind::MissingToken, "An application service token is required")
+        })?;
+        let localpart = body.username.as_deref().ok_or_else(|| Error::bad_json("Missing username"))?;
+        let user_id = services.appservices.user_id_for_registration(&service, localpart)?;
+        (user_id, AccountKind::User)
+    } else if request.sender.as_ref().is_some_and(|s| s.appservice.is_some()) {
+        return Err(Error::forbidden("Application services register with type m.login.application_service"));
+    } else if body.kind == RegistrationKind::Guest {
         if !config.allow_guest_registration {
             return Err(Error::forbidden("Guest registration is disabled"));
         }
@@ -61,6 +68,7 @@ async fn register(services: Arc<Services>, request: Ruma<register::v3::Request>)
         if services.accounts.exists(&user_id).await? {
             return Err(Error::new(StatusCode::BAD_REQUEST, ErrorKind::UserInUse, "That user ID is already taken"));
         }
+        check_not_exclusive(&services, &user_id)?;
         services.uiaa.authenticate(body.auth.as_ref(), services.uiaa.registration_flows(), PasswordCheck::None).await?;
         (user_id, AccountKind::User)
     };
@@ -83,6 +91,18 @@ async fn register(services: Arc<Services>, request: Ruma<register::v3::Request>)
     Ok(response)
 }
 
+/// Users in an application service's exclusive namespace are that service's to create.
+fn check_not_exclusive(services: &Services, user_id: &ruma::UserId) -> Result<()> {
+    if services.appservices.is_exclusive_user(user_id) {
+        return Err(Error::new(
+            StatusCode::BAD_REQUEST,
+            ErrorKind::Exclusive,
+            "That user ID is reserved by an application service",
+        ));
+    }
+    Ok(())
+}
+
 async fn username_available(
     services: Arc<Services>,
     request: Ruma<get_username_availability::v3::Request>,
@@ -91,6 +111,7 @@ async fn username_available(
     if services.accounts.exists(&user_id).await? {
         return Err(Error::new(StatusCode::BAD_REQUEST, ErrorKind::UserInUse, "That user ID is already taken"));
     }
+    check_not_exclusive(&services, &user_id)?;
     Ok(get_username_availability::v3::Response::new(true))
 }
 

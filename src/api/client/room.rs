@@ -116,6 +116,7 @@ async fn create_room(
                     "That room alias is already taken",
                 ));
             }
+            crate::api::appservice_auth::check_alias_allowed(&services, sender, &alias)?;
             Some(alias)
         }
         None => None,

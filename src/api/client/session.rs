@@ -10,7 +10,7 @@ use ruma::api::{
         session::{
             get_login_types::{
                 self,
-                v3::{LoginType, PasswordLoginType},
+                v3::{ApplicationServiceLoginType, LoginType, PasswordLoginType},
             },
             login::{
                 self,
@@ -34,24 +34,44 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
 }
 
 async fn login_types(_: Arc<Services>, _: Ruma<get_login_types::v3::Request>) -> Result<get_login_types::v3::Response> {
-    Ok(get_login_types::v3::Response::new(vec![LoginType::Password(PasswordLoginType::new())]))
+    Ok(get_login_types::v3::Response::new(vec![
+        LoginType::Password(PasswordLoginType::new()),
+        LoginType::ApplicationService(ApplicationServiceLoginType::new()),
+    ]))
 }
 
 async fn login(services: Arc<Services>, request: Ruma<login::v3::Request>) -> Result<login::v3::Response> {
     let body = request.body;
-    let LoginInfo::Password(password) = &body.login_info else {
-        return Err(Error::new(StatusCode::BAD_REQUEST, ErrorKind::Unknown, "Unsupported login type"));
-    };
     // `identifier` is the current form; `user` is the legacy field many tools still send.
     #[allow(deprecated)]
-    let user = match (&password.identifier, &password.user) {
+    let (identifier, legacy_user) = match &body.login_info {
+        LoginInfo::Password(password) => (&password.identifier, &password.user),
+        LoginInfo::ApplicationService(service) => (&service.identifier, &service.user),
+        _ => return Err(Error::new(StatusCode::BAD_REQUEST, ErrorKind::Unknown, "Unsupported login type")),
+    };
+    let user = match (identifier, legacy_user) {
         (Some(UserIdentifier::Matrix(id)), _) => id.user.clone(),
         (Some(_), _) => return Err(Error::forbidden("Only user ID identifiers are supported")),
         (None, Some(user)) => user.clone(),
         (None, None) => return Err(Error::bad_json("Missing identifier")),
     };
     let user_id = services.accounts.parse_login_user(&user)?;
-    services.accounts.check_password(&user_id, &password.password).await?;
+    match &body.login_info {
+        LoginInfo::Password(password) => services.accounts.check_password(&user_id, &password.password).await?,
+        _ => {
+            // `m.login.application_service`: the service's token, for a user it may act as.
+            let service = request.sender.as_ref().and_then(|s| s.appservice.clone()).ok_or_else(|| {
+                Error::new(
+                    StatusCode::UNAUTHORIZED,
+                    ErrorKind::MissingToken,
+                    "An application service token is required",
+                )
+            })?;
+            if !services.appservices.may_act_as(&service, &user_id) || !services.accounts.exists(&user_id).await? {
+                return Err(Error::forbidden("The application service may not log in as that user"));
+            }
+        }
+    }
     let tokens = services
         .sessions
         .login(&user_id, body.device_id, body.initial_device_display_name, body.refresh_token, request.client_ip)

@@ -104,10 +104,12 @@ async fn put_state(
     {
         return Ok(send_state_event::v3::Response::new(current.event_id));
     }
-    let accepted = services
-        .rooms
-        .send(&body.room_id, &sender.user_id, NewEvent::state(kind, body.state_key.clone(), content))
-        .await?;
+    let mut event = NewEvent::state(kind, body.state_key.clone(), content);
+    // Timestamp massaging (`?ts=`) is for application services only; others' is ignored.
+    if sender.appservice.is_some() {
+        event.timestamp = body.timestamp.map(|ts| ts.get().into());
+    }
+    let accepted = services.rooms.send(&body.room_id, &sender.user_id, event).await?;
     Ok(send_state_event::v3::Response::new(accepted.event_id))
 }
 

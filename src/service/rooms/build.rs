@@ -32,14 +32,17 @@ pub struct NewEvent {
     pub state_key: Option<String>,
     /// For redactions: the event redacted (a top-level field before v11, in content from v11).
     pub redacts: Option<OwnedEventId>,
+    /// The `origin_server_ts` to give it instead of now: an application service's timestamp
+    /// massaging (`?ts=`).
+    pub timestamp: Option<u64>,
 }
 
 impl NewEvent {
     pub fn state(kind: TimelineEventType, state_key: impl Into<String>, content: Value) -> Self {
-        Self { kind, content, state_key: Some(state_key.into()), redacts: None }
+        Self { kind, content, state_key: Some(state_key.into()), redacts: None, timestamp: None }
     }
     pub fn message(kind: TimelineEventType, content: Value) -> Self {
-        Self { kind, content, state_key: None, redacts: None }
+        Self { kind, content, state_key: None, redacts: None, timestamp: None }
     }
 }
 
@@ -143,7 +146,11 @@ impl RoomCore {
         json.insert("type".into(), CanonicalJsonValue::String(event.kind.to_string()));
         json.insert("content".into(), to_canonical(content)?);
         json.insert("sender".into(), CanonicalJsonValue::String(sender.to_string()));
-        let ts = if event.kind == TimelineEventType::RoomCreate { self.unique_create_ts() } else { now_ms() };
+        let ts = match event.timestamp {
+            Some(ts) => ts,
+            None if event.kind == TimelineEventType::RoomCreate => self.unique_create_ts(),
+            None => now_ms(),
+        };
         json.insert("origin_server_ts".into(), CanonicalJsonValue::Integer(ts.try_into().unwrap_or_default()));
         json.insert(
             "depth".into(),

@@ -32,6 +32,7 @@ mod servers;
 mod short;
 mod state;
 mod stream;
+pub mod stream_read;
 mod sync_read;
 mod upgrade;
 

@@ -35,6 +35,10 @@ pub struct PublicRoomsQuery {
     pub search_term: Option<String>,
     /// Room types to keep (`None` stands for rooms without a type); empty keeps all.
     pub room_types: Vec<Option<String>>,
+    /// Rooms listed besides the published ones (application services' network lists).
+    pub extra_rooms: Vec<OwnedRoomId>,
+    /// List only `extra_rooms` (one network's list), not the published rooms.
+    pub only_extra: bool,
 }
 
 /// A page of the directory.
@@ -128,7 +132,11 @@ impl Rooms {
         let limit = query.limit.unwrap_or(MAX_PUBLIC_ROOMS_LIMIT).clamp(1, MAX_PUBLIC_ROOMS_LIMIT);
         let mut rooms = Vec::new();
         let mut total = 0;
-        for room_id in self.published_rooms().await? {
+        let mut listed = if query.only_extra { Vec::new() } else { self.published_rooms().await? };
+        listed.extend(query.extra_rooms.iter().cloned());
+        listed.sort();
+        listed.dedup();
+        for room_id in listed {
             let Some(room) = self.public_room_summary(&room_id).await? else { continue };
             if !room.listable() {
                 continue;
