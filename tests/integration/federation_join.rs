@@ -317,3 +317,31 @@ async fn a_restricted_join_no_local_user_may_authorise_goes_through_another_serv
     assert_eq!(on_b.1["join_authorised_via_users_server"], "@charlie:hs-b", "{}", on_b.1);
     assert_eq!(a.get(&member, bob.token()).await.1["membership"], "join");
 }
+
+/// Aliases of another server: looked up there (`/directory/room` and `/join` by alias), with the
+/// servers in the room to join through; an alias it doesn't have is not found.
+#[tokio::test]
+async fn rooms_are_found_and_joined_by_an_alias_of_another_server() {
+    let pair = start_pair().await;
+    let (a, b) = (&pair.a, &pair.b);
+    let alice = a.register("alice", "pw").await;
+    let bob = b.register("bob", "pw").await;
+    let room = create_room(a, &alice, json!({"preset": "public_chat", "room_alias_name": "lobby"})).await;
+    let lookup = b.get(&format!("/_matrix/client/v3/directory/room/{}", enc("#lobby:hs-a")), bob.token()).await;
+    assert_eq!(lookup, (200, json!({"room_id": room, "servers": ["hs-a"]})));
+    let joined = b.post(&format!("/_matrix/client/v3/join/{}", enc("#lobby:hs-a")), bob.token(), json!({})).await;
+    assert_eq!(joined, (200, json!({"room_id": room})));
+    // Now both servers are in the room, and hs-a says so.
+    let lookup = b.get(&format!("/_matrix/client/v3/directory/room/{}", enc("#lobby:hs-a")), bob.token()).await;
+    assert_eq!(lookup.1["servers"], json!(["hs-a", "hs-b"]), "{}", lookup.1);
+    assert_error(
+        &b.get(&format!("/_matrix/client/v3/directory/room/{}", enc("#nowhere:hs-a")), bob.token()).await,
+        404,
+        "M_NOT_FOUND",
+    );
+    assert_error(
+        &b.post(&format!("/_matrix/client/v3/join/{}", enc("#nowhere:hs-a")), bob.token(), json!({})).await,
+        404,
+        "M_NOT_FOUND",
+    );
+}

@@ -68,9 +68,17 @@ async fn put_alias(
 }
 
 async fn get_alias(services: Arc<Services>, request: Ruma<get_alias::v3::Request>) -> Result<get_alias::v3::Response> {
-    services.resolve_alias_with_appservices(&request.body.room_alias).await?;
-    let room_id = services.rooms.alias_target(&request.body.room_alias).await?;
-    Ok(get_alias::v3::Response::new(room_id, vec![services.config.server_name.clone()]))
+    let alias = &request.body.room_alias;
+    // An alias of another server is asked of that server.
+    if alias.server_name() != services.config.server_name {
+        let (room_id, servers) = services.federation.resolve_remote_alias(alias).await?;
+        return Ok(get_alias::v3::Response::new(room_id, servers));
+    }
+    services.resolve_alias_with_appservices(alias).await?;
+    let room_id = services.rooms.alias_target(alias).await?;
+    let mut servers = vec![services.config.server_name.clone()];
+    servers.extend(services.rooms.servers_in_room(&room_id).await?);
+    Ok(get_alias::v3::Response::new(room_id, servers))
 }
 
 async fn delete_alias(
