@@ -27,6 +27,7 @@ mod redaction;
 mod relations;
 pub mod relations_read;
 mod reports;
+mod resolve;
 mod search;
 mod servers;
 mod short;
