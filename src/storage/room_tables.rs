@@ -42,6 +42,10 @@ pub const TIMELINE: Table<(u64, u64), u64> = Table::new("timeline");
 /// (short room id, origin_server_ts, stream position) -> short event id: each room's timeline
 /// ordered by the events' timestamps, for `/timestamp_to_event`. Written next to [`TIMELINE`].
 pub const TIMELINE_BY_TS: Table<(u64, u64, u64), u64> = Table::new("timeline_by_ts");
+/// (short room id, stream position) -> (): an event placed after a gap in the room's history
+/// (its earlier events are not here; its state came from another server). A sync window that
+/// reaches it starts there and is `limited`, so clients page back for what is missing.
+pub const TIMELINE_GAPS: Table<(u64, u64), ()> = Table::new("timeline_gaps");
 /// (short room id, n) -> short event id: history prepended to a room by backfill, `n` counting
 /// backwards from the room's oldest event (1 is the newest of them).
 pub const BACKFILL: Table<(u64, u64), u64> = Table::new("backfill");
@@ -98,6 +102,7 @@ pub const ROOM_TABLES: &[&str] = &[
     AUTH_EDGES.name,
     LEGACY_AUTH_CHAINS.name,
     TIMELINE.name,
+    TIMELINE_GAPS.name,
     BACKFILL.name,
     TIMELINE_BY_TS.name,
     EVENT_STREAM.name,

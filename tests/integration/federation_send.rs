@@ -707,6 +707,11 @@ async fn a_gap_longer_than_get_missing_events_gives_is_bridged_with_the_state_th
         missing.push(room.event(&remote, "m.room.message", None, body, None, None));
     }
     let (last_id, last) = room.event(&remote, "m.room.message", None, json!({"body": "End"}), None, None);
+    // Alice's sync before the gap, and a message of hers before it.
+    let filter = enc(r#"{"room":{"timeline":{"limit":50}}}"#);
+    let (_, before) = a.get(&format!("/_matrix/client/v3/sync?filter={filter}"), alice.token()).await;
+    let since = before["next_batch"].as_str().unwrap().to_owned();
+    send_text(&a, &alice, &room_id, "Hi from Alice").await;
     {
         let mut seen = remote.seen();
         seen.missing_answer = missing[20..].iter().map(|(_, event)| event.clone()).collect();
@@ -722,6 +727,16 @@ async fn a_gap_longer_than_get_missing_events_gives_is_bridged_with_the_state_th
     expected.push(last_id);
     assert_eq!(ids[ids.len() - expected.len()..], expected[..], "the pulled events in order, then the new one");
     assert!(!ids.contains(&missing[19].0), "events before the gap are not in the timeline");
+
+    // Alice's next sync starts at the gap and says it is limited: her own message, from before
+    // the gap, is not shown joined to the remote ones (Complement's `TestSyncTimelineGap`).
+    let (_, after) =
+        a.get(&format!("/_matrix/client/v3/sync?filter={filter}&since={}", enc(&since)), alice.token()).await;
+    let timeline = &after["rooms"]["join"][&room_id]["timeline"];
+    assert_eq!(timeline["limited"], true, "{timeline}");
+    let synced: Vec<&str> =
+        timeline["events"].as_array().unwrap().iter().map(|e| e["event_id"].as_str().unwrap()).collect();
+    assert_eq!(synced, expected.iter().map(String::as_str).collect::<Vec<_>>(), "{timeline}");
 }
 
 #[tokio::test]

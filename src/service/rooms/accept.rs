@@ -32,7 +32,7 @@ use crate::{
         Batch, Db,
         room_tables::{
             CURRENT_STATE, EVENT_META, EVENT_STREAM, EVENT_TRANSACTIONS, EventMeta, PDUS, ROOM_SERVERS, ROOMS,
-            RoomRecord, TIMELINE, TRANSACTIONS, USER_ROOMS, UserMembership,
+            RoomRecord, TIMELINE, TIMELINE_GAPS, TRANSACTIONS, USER_ROOMS, UserMembership,
         },
     },
 };
@@ -222,6 +222,7 @@ impl RoomCore {
         };
 
         // The state before the event: after its single prev event, or resolved across several.
+        let mut after_gap = false;
         let (before_group, state_before) = if is_create {
             (None, Arc::new(ShortStateMap::new()))
         } else {
@@ -232,7 +233,10 @@ impl RoomCore {
                     many => (None, Arc::new(self.resolve(db, &rules, many, None)?)),
                 },
                 (Err(_), Some(ids)) => match self.state_from_ids(db, &rules, ids)? {
-                    Ok(state) => (None, Arc::new(state)),
+                    Ok(state) => {
+                        after_gap = true;
+                        (None, Arc::new(state))
+                    }
                     Err(missing) => return Ok(Outcome::MissingEvents { event_id, missing }),
                 },
                 (Err(missing), None) => return Ok(Outcome::MissingEvents { event_id, missing }),
@@ -250,8 +254,16 @@ impl RoomCore {
             }
             _ => false,
         };
-        let accepted =
-            self.persist(db, &rules, &version, pdu, before_group, state_before, room_record, soft_failed, transaction)?;
+        let accepted = self.persist(
+            db,
+            &rules,
+            &version,
+            pdu,
+            (before_group, state_before, after_gap),
+            room_record,
+            soft_failed,
+            transaction,
+        )?;
         Ok(Outcome::Accepted(accepted))
     }
 
@@ -507,8 +519,7 @@ impl RoomCore {
         rules: &RoomVersionRules,
         version: &RoomVersionId,
         mut pdu: Pdu,
-        before_group: Option<u64>,
-        state_before: Arc<ShortStateMap>,
+        (before_group, state_before, after_gap): (Option<u64>, Arc<ShortStateMap>, bool),
         room_record: Option<RoomRecord>,
         soft_failed: bool,
         transaction: Option<&Transaction>,
@@ -651,6 +662,9 @@ impl RoomCore {
         meta.position = Some(position);
         batch.put(&EVENT_META, &short_event, &meta)?;
         batch.put(&TIMELINE, &(short_room, position), &short_event)?;
+        if after_gap {
+            batch.put(&TIMELINE_GAPS, &(short_room, position), &())?;
+        }
         super::context::index_timestamp(
             &mut batch,
             short_room,

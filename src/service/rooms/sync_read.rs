@@ -19,7 +19,7 @@ use crate::{
     Error, Result,
     storage::{
         Db, ScanDirection,
-        room_tables::{CURRENT_STATE, EVENT_META, EVENT_STREAM, EVENT_TRANSACTIONS, ROOMS, TIMELINE},
+        room_tables::{CURRENT_STATE, EVENT_META, EVENT_STREAM, EVENT_TRANSACTIONS, ROOMS, TIMELINE, TIMELINE_GAPS},
     },
 };
 
@@ -132,9 +132,18 @@ impl Rooms {
         self.run(move |core, db| {
             let short_room = core.short_room_of(db, &room_id)?;
             let rules = core.rules_of_room(db, short_room)?;
+            // A gap in the room's history inside the window (events placed after missing
+            // ones): the window starts at it and is limited, as Synapse shows it, so the client
+            // pages back with `/messages` instead of seeing the two sides joined.
             let floor = after.unwrap_or(0);
+            let gap = TIMELINE_GAPS.scan_from(db, &(short_room, upto), ScanDirection::Reverse, 1, |(r, p)| {
+                *r == short_room && *p > floor
+            })?;
+            let (floor, mut limited) = match gap.first() {
+                Some(((_, position), ())) => (position.saturating_sub(1), true),
+                None => (floor, false),
+            };
             let mut newest_first = Vec::new();
-            let mut limited = false;
             let mut scanned = 0;
             let mut cursor = upto;
             let mut memo = VisibilityMemo::default();
