@@ -17,7 +17,7 @@ use crate::{
     Error, Result,
     storage::{
         Db,
-        room_tables::{EVENT_META, PDUS, ROOM_SERVERS, ROOMS},
+        room_tables::{EVENT_META, ROOM_SERVERS, ROOMS},
     },
 };
 
@@ -46,25 +46,18 @@ impl RoomCore {
         Ok(self.check_against(db, &rules, &pdu, &current))
     }
 
-    /// The state before an event and its auth chain, as stored PDUs.
+    /// The state before an event and the auth chain of that state and of the event, as stored
+    /// PDUs: unlike the `/state` answer (`federation_read.rs`), whole, whatever history
+    /// visibility says, since the server asking is joining the room.
     fn state_for_server(&self, db: &Db, event_id: &EventId) -> Result<StateForServer> {
         let short = self.interner.short_event(db, event_id)?.ok_or_else(|| Error::not_found("Unknown event"))?;
         let meta = EVENT_META.get(db, &short)?.ok_or_else(|| Error::not_found("Unknown event"))?;
-        let before = meta.state_before.ok_or_else(|| Error::not_found("The state at that event is not known"))?;
-        let state = self.state.load(db, before)?;
-        let mut chain = std::collections::BTreeSet::new();
-        for event in state.values() {
-            chain.extend(self.auth_chains.chain(db, *event)?.iter().copied());
-        }
-        chain.extend(self.auth_chains.chain(db, short)?.iter().copied());
-        let raw = |short: &u64| -> Result<Box<RawValue>> {
-            let json = PDUS.get(db, short)?.ok_or_else(|| Error::internal(format!("event {short} missing")))?;
-            let object: CanonicalJsonObject =
-                serde_json::from_str(json.get()).map_err(|e| Error::internal(e.to_string()))?;
-            federation_json(&object)
-        };
+        let rules = self.rules_of_room(db, meta.room)?;
+        let state = self.state_before(db, &meta)?;
+        let chain = self.chain_union(db, &[state.as_slice(), &[short]].concat())?;
+        let raw = |short: &u64| federation_json(&self.event_by_short(db, *short, &rules)?.json);
         Ok(StateForServer {
-            state: state.values().map(raw).collect::<Result<_>>()?,
+            state: state.iter().map(raw).collect::<Result<_>>()?,
             auth_chain: chain.iter().map(raw).collect::<Result<_>>()?,
         })
     }

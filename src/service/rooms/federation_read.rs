@@ -148,7 +148,7 @@ impl RoomCore {
     }
 
     /// The state before an event (short ids of the state events), `404` when it is not known.
-    fn state_before(&self, db: &Db, meta: &EventMeta) -> Result<Vec<u64>> {
+    pub(super) fn state_before(&self, db: &Db, meta: &EventMeta) -> Result<Vec<u64>> {
         let group = meta
             .state_before
             .filter(|_| !meta.is_outlier())
@@ -157,7 +157,7 @@ impl RoomCore {
     }
 
     /// The union of the auth chains of `events` (sorted short ids).
-    fn chain_union(&self, db: &Db, events: &[u64]) -> Result<Vec<u64>> {
+    pub(super) fn chain_union(&self, db: &Db, events: &[u64]) -> Result<Vec<u64>> {
         let mut chain = BTreeSet::new();
         for short in events {
             chain.extend(self.auth_chains.chain(db, *short)?.iter().copied());
