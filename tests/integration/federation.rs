@@ -135,6 +135,24 @@ pub(crate) fn start_federating(
     TestServer::start_in(dir, name, &config).expect("federating server starts")
 }
 
+/// Serves `app` over TLS on `listener` (with the test certificate of `acceptor`) until the
+/// test ends: the fake servers' listener.
+pub(crate) fn serve_tls(listener: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAcceptor, app: Router) {
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { break };
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else { return };
+                let service = hyper_util::service::TowerToHyperService::new(app);
+                let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+}
+
 /// `hs-t`: a fake server in this process that serves its key document over TLS (and, as
 /// `hs-bad`, a document whose self-signature does not verify). The tests sign with its key.
 pub(crate) struct FakeServer {
@@ -175,19 +193,7 @@ impl FakeServer {
                 }
             }),
         );
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { break };
-                let (acceptor, app) = (acceptor.clone(), app.clone());
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(stream).await else { return };
-                    let service = hyper_util::service::TowerToHyperService::new(app);
-                    let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                        .await;
-                });
-            }
-        });
+        serve_tls(listener, acceptor, app);
         Self { key_pair, port }
     }
 

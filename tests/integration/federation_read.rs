@@ -589,14 +589,9 @@ async fn history_before_a_join_is_backfilled_between_trellis_and_synapse() {
         let room = created.1["room_id"].as_str().unwrap().to_owned();
         for i in 0..15 {
             let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/s{version}-{i}", enc(&room));
-            let response = reqwest::Client::new()
-                .put(format!("{}{path}", synapse.client_url))
-                .bearer_auth(&sam)
-                .json(&json!({"msgtype": "m.text", "body": format!("synapse {i}")}))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(response.status().as_u16(), 200);
+            let sent =
+                synapse.client_put(&path, &sam, json!({"msgtype": "m.text", "body": format!("synapse {i}")})).await;
+            assert_eq!(sent.0, 200, "{}", sent.1);
         }
         let joined = join_via(&trellis, &alice, &room, &[&synapse.server_name]).await;
         assert_eq!(joined.0, 200, "v{version}: {}", joined.1);

@@ -23,7 +23,7 @@ use ruma::{CanonicalJsonObject, RoomVersionId, signatures::Ed25519KeyPair};
 use serde_json::{Value, json};
 
 use crate::{
-    federation::{Pki, federation_call, free_port, key_document, new_key_pair, sign_with, start_federating},
+    federation::{Pki, federation_call, free_port, key_document, new_key_pair, serve_tls, sign_with, start_federating},
     harness::{Session, TestServer, assert_error, enc},
     room_helpers::{create_room, send_text},
 };
@@ -137,19 +137,7 @@ impl FakeRemote {
                 }),
             )
             .with_state(state.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { break };
-                let (acceptor, app) = (acceptor.clone(), app.clone());
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(stream).await else { return };
-                    let service = hyper_util::service::TowerToHyperService::new(app);
-                    let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                        .await;
-                });
-            }
-        });
+        serve_tls(listener, acceptor, app);
         Self { key_pair: state.key_pair, port, down: state.down, seen: state.seen }
     }
 

@@ -150,24 +150,16 @@ rc_message: {{per_second: 1000, burst_count: 1000}}
     }
 
     pub(crate) async fn client_put(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
-        let response = reqwest::Client::new()
-            .put(format!("{}{path}", self.client_url))
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+        self.client_send(reqwest::Method::PUT, path, token, body).await
     }
 
     pub(crate) async fn client_post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
-        let response = reqwest::Client::new()
-            .post(format!("{}{path}", self.client_url))
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        self.client_send(reqwest::Method::POST, path, token, body).await
+    }
+
+    async fn client_send(&self, method: reqwest::Method, path: &str, token: &str, body: Value) -> (u16, Value) {
+        let url = format!("{}{path}", self.client_url);
+        let response = reqwest::Client::new().request(method, url).bearer_auth(token).json(&body).send().await.unwrap();
         (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
     }
 
