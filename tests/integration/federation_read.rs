@@ -530,6 +530,62 @@ async fn long_history_is_backfilled_page_by_page() {
     }
 }
 
+/// Complement's `TestMessagesOverFederation` (re-joining): a server that left a room and comes
+/// back pulls the history since it left before placing the join, so paging back through
+/// `/messages` shows it whole and in order, with no hole between the leave and the rejoin;
+/// more than one `/get_missing_events` answer's worth (100) is pulled in rounds.
+#[tokio::test]
+async fn a_rejoining_server_fills_the_history_since_it_left() {
+    let pair = start_pair().await;
+    let (a, b) = (&pair.a, &pair.b);
+    let alice = a.register("alice", "pw").await;
+    let bob = b.register("bob", "pw").await;
+    for (version, messages) in [("12", 20), ("10", 130)] {
+        let room = create_room(a, &alice, json!({"preset": "public_chat", "room_version": version})).await;
+        send_text(a, &alice, &room, "before bob").await;
+        assert_eq!(join_via(b, &bob, &room, &["hs-a"]).await.0, 200);
+        let left = b.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)), bob.token(), json!({})).await;
+        assert_eq!(left.0, 200, "{}", left.1);
+        // As Complement does, alice sees the leave before she writes.
+        let member = format!("/_matrix/client/v3/rooms/{}/state/m.room.member/{}", enc(&room), enc(&bob.user_id));
+        for _ in 0..100 {
+            if a.get(&member, alice.token()).await.1["membership"] == "leave" {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(a.get(&member, alice.token()).await.1["membership"], "leave");
+        let mut sent = Vec::new();
+        for i in 0..messages {
+            sent.push(send_text(a, &alice, &room, &format!("while bob was away {i}")).await);
+            if i == messages / 2 {
+                put_state(a, &alice, &room, "m.room.topic", json!({"topic": "changed while away"})).await;
+            }
+        }
+        assert_eq!(join_via(b, &bob, &room, &["hs-a"]).await.0, 200);
+        let mut seen: Vec<String> = Vec::new();
+        let mut from: Option<String> = None;
+        loop {
+            let token = from.as_deref().map(|t| format!("&from={t}")).unwrap_or_default();
+            let uri = format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=10{token}", enc(&room));
+            let page = b.get(&uri, bob.token()).await;
+            assert_eq!(page.0, 200, "{}", page.1);
+            seen.extend(page.1["chunk"].as_array().unwrap().iter().map(|e| e["event_id"].as_str().unwrap().to_owned()));
+            match page.1["end"].as_str() {
+                Some(end) => from = Some(end.to_owned()),
+                None => break,
+            }
+        }
+        assert_eq!(seen, messages_backwards(a, &alice, &room).await, "v{version}: hs-b's timeline after the rejoin");
+        seen.reverse();
+        let messages_seen: Vec<String> = seen.into_iter().filter(|id| sent.contains(id)).collect();
+        assert_eq!(messages_seen, sent, "v{version}: {messages} messages sent while bob was away");
+        // The state resolved on hs-b has the topic set while it was away.
+        let topic = b.get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.topic", enc(&room)), bob.token()).await;
+        assert_eq!(topic.1["topic"], "changed while away", "v{version}");
+    }
+}
+
 /// When the other servers cannot be reached, `/messages` still serves the local history, ends
 /// the room there, and does not wait for them again on the next page.
 #[tokio::test]
@@ -598,6 +654,29 @@ async fn history_before_a_join_is_backfilled_between_trellis_and_synapse() {
         let on_trellis = messages_backwards(&trellis, &alice, &room).await;
         let on_synapse = synapse_messages_backwards(&synapse, &sam, &room).await;
         assert_eq!(on_trellis, on_synapse, "v{version}: Trellis backfilled Synapse's history");
+
+        // Alice leaves; while she is away Synapse's room goes on; her rejoin pulls that history.
+        let left =
+            trellis.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)), alice.token(), json!({})).await;
+        assert_eq!(left.0, 200, "{}", left.1);
+        let member = format!("/_matrix/client/v3/rooms/{}/state/m.room.member/{}", enc(&room), enc(&alice.user_id));
+        for _ in 0..200 {
+            if synapse.client_get(&member, &sam).await.1["membership"] == "leave" {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(synapse.client_get(&member, &sam).await.1["membership"], "leave", "v{version}");
+        for i in 0..30 {
+            let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/away{version}-{i}", enc(&room));
+            let body = json!({"msgtype": "m.text", "body": format!("while alice was away {i}")});
+            assert_eq!(synapse.client_put(&path, &sam, body).await.0, 200);
+        }
+        let joined = join_via(&trellis, &alice, &room, &[&synapse.server_name]).await;
+        assert_eq!(joined.0, 200, "v{version}: {}", joined.1);
+        let on_trellis = messages_backwards(&trellis, &alice, &room).await;
+        let on_synapse = synapse_messages_backwards(&synapse, &sam, &room).await;
+        assert_eq!(on_trellis, on_synapse, "v{version}: Trellis pulled the history since it left");
 
         // Trellis's room, with history, joined from Synapse.
         let room = crate::room_helpers::create_room(

@@ -20,7 +20,7 @@ use ruma::{
 };
 use serde_json::{Map, Value};
 
-use super::{Federation, client::FederationError};
+use super::{Federation, client::FederationError, gap::Gap};
 use crate::{
     Error, Result,
     service::{
@@ -178,6 +178,19 @@ impl Federation {
             })
             .collect();
         state_ids.retain(|id| stored.contains(id));
+        // A rejoin: the history since this server left is pulled first, so the join does not
+        // land after a hole in the timeline.
+        let transient = std::sync::atomic::AtomicBool::new(false);
+        let gap = Gap {
+            rooms,
+            client: &self.client,
+            origin: server,
+            room_id,
+            version: &version,
+            rules: &rules,
+            transient: &transient,
+        };
+        gap.fill_before_join(&event_id).await;
         match rooms.accept_pdu_with_state(room_id, Some(version), event, state_ids).await {
             Ok(Outcome::Accepted(_) | Outcome::AlreadyKnown { .. }) => Ok(event_id),
             Ok(Outcome::Rejected { reason, .. }) => {

@@ -9,6 +9,7 @@
 pub mod backfill;
 pub mod client;
 pub mod discovery;
+mod gap;
 pub mod inbound;
 pub mod join;
 pub mod keys;
