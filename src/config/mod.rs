@@ -81,6 +81,11 @@ pub struct Config {
     /// Application service transactions: the longest wait between retries, in seconds.
     #[serde(default = "default_appservice_max_backoff_secs")]
     pub appservice_max_backoff_secs: u64,
+    /// Application service transactions: how far (in room events of the whole server) a
+    /// service that does not take its transactions may fall behind; older events are dropped
+    /// for it, with a warning in the log.
+    #[serde(default = "default_appservice_max_backlog_events")]
+    pub appservice_max_backlog_events: u64,
     /// The registrations read from `app_service_config_files`, checked.
     #[serde(skip)]
     pub appservices: Vec<appservice::AppServiceRegistration>,
@@ -374,6 +379,10 @@ fn default_push_max_backoff_secs() -> u64 {
 fn default_push_give_up_secs() -> u64 {
     86_400
 }
+fn default_appservice_max_backlog_events() -> u64 {
+    100_000
+}
+
 fn default_appservice_max_backoff_secs() -> u64 {
     300
 }

@@ -105,7 +105,12 @@ impl Services {
                 push_profiles.clone(),
             ),
             keys: keys::Keys::new(db.clone(), key_changes.clone(), notifier.clone()),
-            to_device: to_device::ToDevice::new(db.clone(), notifier.clone(), config.server_name.clone()),
+            to_device: to_device::ToDevice::new(
+                db.clone(),
+                notifier.clone(),
+                config.server_name.clone(),
+                appservice::to_device_users(&config),
+            ),
             backup: backup::Backup::new(db.clone()),
             accounts: accounts::Accounts::new(db.clone(), config.server_name.clone()),
             sessions: sessions::Sessions::new(

@@ -2,7 +2,9 @@
 //! syncing past them), so they survive restarts; `sendToDevice` is idempotent per (sender,
 //! device, transaction ID), checked and recorded in the same locked commit as the messages.
 //! Messages for users of other servers go to a durable outbound queue per destination server
-//! (`to_device_outbound`), where they wait for the federation sender.
+//! (`to_device_outbound`), where they wait for the federation sender. Messages for users an
+//! application service receives to-device messages for (MSC4203) are also listed in
+//! `to_device_appservice`, in order, for the services' senders.
 
 use std::sync::Arc;
 
@@ -15,7 +17,10 @@ use crate::{
     Result,
     storage::{
         Batch, Db, ScanDirection, WriteLock,
-        key_tables::{OutboundToDevice, TO_DEVICE, TO_DEVICE_OUTBOUND, TO_DEVICE_TRANSACTIONS, ToDeviceMessage},
+        key_tables::{
+            OutboundToDevice, Recipient, TO_DEVICE, TO_DEVICE_APPSERVICE, TO_DEVICE_OUTBOUND, TO_DEVICE_TRANSACTIONS,
+            ToDeviceMessage,
+        },
         tables::{COUNTERS, DEVICES},
     },
 };
@@ -30,17 +35,26 @@ pub enum Target {
     AllDevices,
 }
 
+/// Whether an application service receives a local user's to-device messages.
+pub type AppServiceUsers = Arc<dyn Fn(&UserId) -> bool + Send + Sync>;
+
 pub struct ToDevice {
     db: Db,
     notifier: Arc<Notifier>,
     server_name: OwnedServerName,
     /// Serialises the transaction check, the counters and the commit.
     lock: WriteLock,
+    appservice_users: AppServiceUsers,
 }
 
 impl ToDevice {
-    pub fn new(db: Db, notifier: Arc<Notifier>, server_name: OwnedServerName) -> Self {
-        Self { db, notifier, server_name, lock: WriteLock::new() }
+    pub fn new(
+        db: Db,
+        notifier: Arc<Notifier>,
+        server_name: OwnedServerName,
+        appservice_users: AppServiceUsers,
+    ) -> Self {
+        Self { db, notifier, server_name, lock: WriteLock::new(), appservice_users }
     }
 
     /// Queues messages for local devices and, for users of other servers, in the outbound
@@ -57,6 +71,7 @@ impl ToDevice {
         let txn = (sender.to_owned(), sender_device.to_owned(), txn_id.to_owned());
         let (sender, event_type) = (sender.to_owned(), event_type.to_owned());
         let (notifier, server_name) = (self.notifier.clone(), self.server_name.clone());
+        let appservice_users = self.appservice_users.clone();
         let message_id = super::random_string(16);
         self.lock
             .run(&self.db, move |db| {
@@ -90,6 +105,7 @@ impl ToDevice {
                             DEVICES.scan_prefix(db, &(user.clone(),))?.into_iter().map(|((_, d), _)| d).collect()
                         }
                     };
+                    let for_appservice = appservice_users(&user);
                     for device in devices {
                         position += 1;
                         let message = ToDeviceMessage {
@@ -97,6 +113,13 @@ impl ToDevice {
                             event_type: event_type.clone(),
                             content: content.clone(),
                         };
+                        if for_appservice {
+                            batch.put(
+                                &TO_DEVICE_APPSERVICE,
+                                &position,
+                                &Recipient { user: user.clone(), device: device.clone() },
+                            )?;
+                        }
                         batch.put(&TO_DEVICE, &(user.clone(), device, position), &message)?;
                     }
                 }
@@ -132,6 +155,54 @@ impl ToDevice {
     /// The newest position handed out (for sync tokens).
     pub async fn current_position(&self) -> Result<u64> {
         self.db.run(|db| Ok(COUNTERS.get(db, &COUNTER.to_owned())?.unwrap_or(0))).await
+    }
+
+    /// Up to `limit` messages for application service users after position `after`, oldest
+    /// first, with their user and device; `None` for a message its device already took.
+    /// Also returns the last position read.
+    #[allow(clippy::type_complexity)]
+    pub async fn for_appservices(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<(OwnedUserId, OwnedDeviceId, ToDeviceMessage)>, u64)> {
+        self.db
+            .run(move |db| {
+                let rows = TO_DEVICE_APPSERVICE.scan_from(
+                    db,
+                    &after.saturating_add(1),
+                    ScanDirection::Forward,
+                    limit,
+                    |_| true,
+                )?;
+                let last = rows.last().map_or(after, |(position, _)| *position);
+                let mut out = Vec::new();
+                for (position, Recipient { user, device }) in rows {
+                    if let Some(message) = TO_DEVICE.get(db, &(user.clone(), device.clone(), position))? {
+                        out.push((user, device, message));
+                    }
+                }
+                Ok((out, last))
+            })
+            .await
+    }
+
+    /// Forgets the application service list up to and including `upto` (every service has
+    /// taken those messages).
+    pub async fn forget_for_appservices(&self, upto: u64) -> Result<()> {
+        self.db
+            .run(move |db| {
+                let rows = TO_DEVICE_APPSERVICE.scan_from(db, &0, ScanDirection::Forward, 10_000, |p| *p <= upto)?;
+                if rows.is_empty() {
+                    return Ok(());
+                }
+                let mut batch = Batch::new();
+                for (position, _) in rows {
+                    batch.delete(&TO_DEVICE_APPSERVICE, &position);
+                }
+                Ok(db.write(batch)?)
+            })
+            .await
     }
 
     /// Up to `limit` messages for a device after position `after`, oldest first.

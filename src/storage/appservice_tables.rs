@@ -27,6 +27,9 @@ pub struct SenderRecord {
     /// The transaction being delivered, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<PendingTxn>,
+    /// The last position of the to-device list for services (`to_device_appservice`) looked at.
+    #[serde(default)]
+    pub to_device_cursor: u64,
 }
 impl JsonValue for SenderRecord {}
 
@@ -38,4 +41,8 @@ pub struct PendingTxn {
     /// Ephemeral events (typing, receipts) for services with `receive_ephemeral`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ephemeral: Vec<serde_json::Value>,
+    /// To-device messages for the service's users (MSC4203), with `to_user_id` and
+    /// `to_device_id`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to_device: Vec<serde_json::Value>,
 }

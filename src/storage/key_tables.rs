@@ -34,6 +34,18 @@ pub const TO_DEVICE_TRANSACTIONS: Table<(OwnedUserId, OwnedDeviceId, String), ()
 /// (destination server, position) -> a to-device message for a user of another server, kept
 /// for the federation sender (which does not exist yet) to deliver as `m.direct_to_device`.
 pub const TO_DEVICE_OUTBOUND: Table<(String, u64), OutboundToDevice> = Table::new("to_device_outbound");
+/// Position -> (user, device): the to-device messages (in [`TO_DEVICE`]) for users an
+/// application service receives to-device messages for (MSC4203), in the order they came;
+/// removed once every such service has taken them.
+pub const TO_DEVICE_APPSERVICE: Table<u64, Recipient> = Table::new("to_device_appservice");
+
+/// The device a to-device message is for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Recipient {
+    pub user: OwnedUserId,
+    pub device: OwnedDeviceId,
+}
+impl JsonValue for Recipient {}
 
 /// (user, backup version) -> the backup version's algorithm and etag.
 pub const BACKUP_VERSIONS: Table<(OwnedUserId, u64), BackupVersion> = Table::new("backup_versions");
@@ -50,6 +62,7 @@ pub const KEY_TABLES: &[&str] = &[
     TO_DEVICE.name,
     TO_DEVICE_TRANSACTIONS.name,
     TO_DEVICE_OUTBOUND.name,
+    TO_DEVICE_APPSERVICE.name,
     DEVICE_KEYS.name,
     ONE_TIME_KEYS.name,
     ONE_TIME_KEY_ORDER.name,

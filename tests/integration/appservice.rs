@@ -38,6 +38,7 @@ struct Recorded {
     taken: Vec<(String, Vec<Value>)>,
     /// Ephemeral events of the transactions taken.
     ephemeral: Vec<Value>,
+    to_device: Vec<Value>,
     user_queries: Vec<String>,
     alias_queries: Vec<String>,
     pings: Vec<Value>,
@@ -78,6 +79,7 @@ async fn transaction(
     // A service takes a transaction ID once: a repeat is acknowledged without processing.
     if !recorded.taken.iter().any(|(id, _)| *id == txn) {
         recorded.ephemeral.extend(body["ephemeral"].as_array().cloned().unwrap_or_default());
+        recorded.to_device.extend(body["de.sorunome.msc2409.to_device"].as_array().cloned().unwrap_or_default());
         recorded.taken.push((txn, events));
     }
     (StatusCode::OK, Json(json!({})))
@@ -482,6 +484,50 @@ async fn transactions_survive_an_outage_and_a_restart_in_order_and_once() {
     assert_eq!(event["sender"], alice.user_id.as_str());
 }
 
+/// A service that stays down while more than `appservice_max_backlog_events` events pass
+/// loses the oldest of them: when it is back it gets the transaction it missed and then only
+/// the newest events, in order.
+#[tokio::test]
+async fn a_service_far_behind_loses_its_oldest_events() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = FakeService::start().await;
+    let file = dir.path().join("bridge.yaml");
+    std::fs::write(&file, service.registration()).expect("write registration");
+    let config = format!("{}appservice_max_backlog_events = 10\n", as_config(&[&file]));
+    let server = TestServer::start_in(dir.path(), "localhost", &config).expect("server starts");
+    let alice = server.register("alice", "pw").await;
+    assert_eq!(register_as_service(&server, "bridge_bob").await.0, 200);
+    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    let join = format!("/_matrix/client/v3/join/{}?user_id={}", enc(&room), enc("@bridge_bob:localhost"));
+    assert_eq!(server.post(&join, Some(AS_TOKEN), json!({})).await.0, 200);
+    service
+        .wait_for("the puppet's join", |r| {
+            r.taken.iter().flat_map(|(_, e)| e).any(|e| e["state_key"] == "@bridge_bob:localhost")
+        })
+        .await;
+    service.state.down.store(true, Ordering::SeqCst);
+    let mut sent = Vec::new();
+    for i in 0..30 {
+        sent.push(send_text(&server, &alice, &room, &format!("m{i}")).await);
+    }
+    service.state.down.store(false, Ordering::SeqCst);
+    let last = sent.last().cloned().expect("sent");
+    service
+        .wait_for("the newest message", |r| r.taken.iter().flat_map(|(_, e)| e).any(|e| e["event_id"] == last.as_str()))
+        .await;
+    let got: Vec<String> = service
+        .events()
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .map(|e| e["event_id"].as_str().expect("event_id").to_owned())
+        .collect();
+    assert!(got.len() < sent.len(), "some of the oldest were dropped: {} of {}", got.len(), sent.len());
+    assert!(got.ends_with(&sent[sent.len() - 10..]), "the newest ten, in order");
+    let mut in_order = got.clone();
+    in_order.sort_by_key(|id| sent.iter().position(|s| s == id));
+    assert_eq!(got, in_order);
+}
+
 #[tokio::test]
 async fn complement_launch_passes_the_registration_folder() {
     let tempdir = tempfile::tempdir().expect("tempdir");
@@ -581,6 +627,60 @@ async fn typing_and_receipts_reach_a_service_that_asks_for_them() {
             })
         })
         .await;
+}
+
+/// Presence of users joined with the service's users, and to-device messages for the
+/// service's users' devices (MSC4203, with `to_user_id` and `to_device_id`), reach the service;
+/// others' to-device messages do not.
+#[tokio::test]
+async fn presence_and_to_device_messages_reach_a_service_that_asks_for_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = FakeService::start().await;
+    let server = start_with_service(dir.path(), &service);
+    let alice = server.register("alice", "pw").await;
+    let login =
+        json!({"type": "m.login.application_service", "identifier": {"type": "m.id.user", "user": "bridge_carl"}});
+    assert_eq!(register_as_service(&server, "bridge_carl").await.0, 200);
+    let (status, carl) = server.call("POST", "/_matrix/client/v3/login", Some(AS_TOKEN), Some(login)).await;
+    assert_eq!(status, 200, "{carl}");
+    let carl_device = carl["device_id"].as_str().expect("device").to_owned();
+    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    let join = format!("/_matrix/client/v3/join/{}?user_id={}", enc(&room), enc("@bridge_carl:localhost"));
+    assert_eq!(server.post(&join, Some(AS_TOKEN), json!({})).await.0, 200);
+
+    let presence = format!("/_matrix/client/v3/presence/{}/status", enc(&alice.user_id));
+    let set = server.put(&presence, alice.token(), json!({"presence": "online", "status_msg": "bridging"})).await;
+    assert_eq!(set.0, 200, "{}", set.1);
+    service
+        .wait_for("alice's presence", |r| {
+            r.ephemeral.iter().any(|e| {
+                e["type"] == "m.presence"
+                    && e["sender"] == alice.user_id.as_str()
+                    && e["content"]["status_msg"] == "bridging"
+            })
+        })
+        .await;
+
+    let to_own = json!({"messages": {alice.user_id.clone(): {alice.device_id.clone(): {"secret": "for alice"}}}});
+    let to_carl = json!({"messages": {"@bridge_carl:localhost": {carl_device.clone(): {"hello": "carl"}}}});
+    for (txn, body) in [("own", to_own), ("carl", to_carl)] {
+        let path = format!("/_matrix/client/v3/sendToDevice/m.test.message/{txn}");
+        assert_eq!(server.put(&path, alice.token(), body).await.0, 200);
+    }
+    service.wait_for("the to-device message for carl", |r| !r.to_device.is_empty()).await;
+    // The message for alice's own device went before and never comes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let to_device = service.recorded(|r| r.to_device.clone());
+    assert_eq!(
+        to_device,
+        vec![json!({
+            "type": "m.test.message",
+            "sender": alice.user_id,
+            "content": {"hello": "carl"},
+            "to_user_id": "@bridge_carl:localhost",
+            "to_device_id": carl_device,
+        })]
+    );
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! Ephemeral events for services that ask for them (`receive_ephemeral: true`, MSC2409): typing
-//! (`m.typing`) and read receipts (`m.receipt`, public ones) of the rooms the service wants,
-//! added to its next transaction. Where the sender is in these streams is kept in memory only:
+//! (`m.typing`) and read receipts (`m.receipt`, public ones) of the rooms the service wants, and
+//! presence (`m.presence`) of the users it wants and of users joined to a room it wants, added
+//! to its next transaction. Where the sender is in these streams is kept in memory only:
 //! after a restart a service gets the changes from then on (they are ephemeral).
 
 use std::collections::HashMap;
@@ -15,12 +16,17 @@ use crate::{Result, service::Services};
 pub struct EphemeralCursor {
     typing: u64,
     receipts: u64,
+    presence: u64,
 }
 
 impl EphemeralCursor {
     /// Starts at the streams' current positions.
     pub async fn now(services: &Services) -> Result<Self> {
-        Ok(Self { typing: services.typing.serial(), receipts: services.receipts.position().await? })
+        Ok(Self {
+            typing: services.typing.serial(),
+            receipts: services.receipts.position().await?,
+            presence: services.presence.position().await?,
+        })
     }
 }
 
@@ -76,5 +82,33 @@ pub async fn collect(
         }
         cursor.receipts = receipts_upto;
     }
+    let presence_upto = services.presence.position().await?;
+    if presence_upto > cursor.presence {
+        for (user, presence) in services.presence.changes(cursor.presence, presence_upto).await? {
+            if user_wanted(services, service, &user, cache).await? {
+                out.push(presence.event(&user));
+            }
+        }
+        cursor.presence = presence_upto;
+    }
     Ok(out)
+}
+
+/// Whether the service wants a user's presence: the user is one it wants, or is joined to a
+/// room it wants.
+async fn user_wanted(
+    services: &Services,
+    service: &AppService,
+    user: &ruma::UserId,
+    cache: &mut HashMap<OwnedRoomId, bool>,
+) -> Result<bool> {
+    if wants_user(service, user.as_str()) {
+        return Ok(true);
+    }
+    for (room, membership) in services.rooms.user_rooms(user).await? {
+        if membership.membership == "join" && room_wanted(services, service, &room, cache).await? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }

@@ -122,6 +122,14 @@ impl AppServices {
     }
 }
 
+/// Whose to-device messages go to a service (MSC4203): those of the users a service with
+/// `receive_ephemeral` wants.
+pub fn to_device_users(config: &Config) -> crate::service::to_device::AppServiceUsers {
+    let services: Vec<AppService> =
+        config.appservices.iter().filter(|s| s.registration.receive_ephemeral).cloned().map(Arc::new).collect();
+    Arc::new(move |user: &UserId| services.iter().any(|service| wants_user(service, user.as_str())))
+}
+
 /// Whether `user` is in one of the service's user namespaces (exclusive or not).
 pub fn user_in_namespace(service: &AppServiceRegistration, user: &UserId) -> bool {
     matches(&service.users, user.as_str(), false)

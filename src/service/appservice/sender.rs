@@ -5,8 +5,11 @@
 //! `PUT`s `/_matrix/app/v1/transactions/{txnId}` until the service takes it (2xx): failures are
 //! retried with the same ID and events, with exponential backoff from half a second up to
 //! `appservice_max_backoff_secs`. Each service has its own task, so a slow or unreachable
-//! service delays only itself; a new service starts at the stream's current position. Services
-//! with `receive_ephemeral` also get typing and receipts in their transactions (`ephemeral.rs`).
+//! service delays only itself; a new service starts at the stream's current position. Nothing
+//! is queued on disk for a service besides its cursor and one pending transaction: its backlog
+//! is the event stream itself, bounded by `appservice_max_backlog_events` (a service further
+//! behind loses its oldest events, with a warning). Services with `receive_ephemeral` also get
+//! typing, receipts and presence in their transactions (`ephemeral.rs`).
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -152,14 +155,19 @@ async fn step(services: &Services, service: &AppService, ephemeral: &mut Ephemer
     let upto = services.rooms.current_position();
     let Some(mut record) = load(services, service.id()).await? else {
         // A new service: events from now on.
-        store(services, service.id(), SenderRecord { cursor: upto, ..Default::default() }).await?;
+        let to_device_cursor = services.to_device.current_position().await?;
+        store(services, service.id(), SenderRecord { cursor: upto, to_device_cursor, ..Default::default() }).await?;
         return Ok(Step::Again);
     };
     if let Some(pending) = &record.pending {
         return match send(services, service, pending).await {
             Answer::Ok => {
+                let took_to_device = !pending.to_device.is_empty();
                 record.pending = None;
                 store(services, service.id(), record).await?;
+                if took_to_device {
+                    forget_taken_to_device(services).await?;
+                }
                 Ok(Step::Again)
             }
             Answer::Status(status) => Ok(Step::Failed(format!("the service answered {status}"))),
@@ -173,8 +181,27 @@ async fn step(services: &Services, service: &AppService, ephemeral: &mut Ephemer
     } else {
         Vec::new()
     };
-    if record.cursor >= upto && edus.is_empty() {
+    let (to_device, to_device_last) = if service.registration.receive_ephemeral {
+        to_device_messages(services, service, record.to_device_cursor).await?
+    } else {
+        (Vec::new(), record.to_device_cursor)
+    };
+    if record.cursor >= upto && edus.is_empty() && to_device_last == record.to_device_cursor {
         return Ok(Step::Idle);
+    }
+    record.to_device_cursor = to_device_last;
+    // A service far behind (down for long) loses its oldest events rather than holding the
+    // whole server's history for itself.
+    let max_backlog = services.config.appservice_max_backlog_events.max(1);
+    if upto.saturating_sub(record.cursor) > max_backlog {
+        let skipped_to = upto - max_backlog;
+        tracing::warn!(
+            appservice = service.id(),
+            behind = upto - record.cursor,
+            max_backlog,
+            "application service is too far behind; the oldest events are dropped for it"
+        );
+        record.cursor = skipped_to;
     }
     let (events, last) = if record.cursor < upto {
         services.rooms.stream_events(record.cursor, upto, SCAN).await?
@@ -196,34 +223,68 @@ async fn step(services: &Services, service: &AppService, ephemeral: &mut Ephemer
         }
     }
     record.cursor = cursor.max(record.cursor);
-    if !batch.is_empty() || !edus.is_empty() {
-        record.pending = Some(PendingTxn { txn_id: record.next_txn.to_string(), events: batch, ephemeral: edus });
+    if !batch.is_empty() || !edus.is_empty() || !to_device.is_empty() {
+        let txn_id = record.next_txn.to_string();
+        record.pending = Some(PendingTxn { txn_id, events: batch, ephemeral: edus, to_device });
         record.next_txn += 1;
     }
     store(services, service.id(), record).await?;
     Ok(Step::Again)
 }
 
+/// The to-device messages after `cursor` for the service's users (MSC4203), as the
+/// transaction carries them, and the last position read.
+async fn to_device_messages(
+    services: &Services,
+    service: &AppService,
+    cursor: u64,
+) -> Result<(Vec<serde_json::Value>, u64)> {
+    let (messages, last) = services.to_device.for_appservices(cursor, BATCH).await?;
+    let events = messages
+        .into_iter()
+        .filter(|(user, _, _)| super::wants_user(service, user.as_str()))
+        .map(|(user, device, message)| {
+            serde_json::json!({
+                "type": message.event_type,
+                "sender": message.sender,
+                "content": message.content,
+                "to_user_id": user,
+                "to_device_id": device,
+            })
+        })
+        .collect();
+    Ok((events, last))
+}
+
+/// Forgets the to-device list for services up to where every service that reads it is.
+async fn forget_taken_to_device(services: &Services) -> Result<()> {
+    let mut upto = u64::MAX;
+    for other in services.appservices.all().iter().filter(|s| s.registration.receive_ephemeral) {
+        // A transaction in flight holds a copy of what it carries; a service not started yet
+        // has read nothing (and starts at the newest position).
+        match load(services, other.id()).await? {
+            Some(record) => upto = upto.min(record.to_device_cursor),
+            None => return Ok(()),
+        }
+    }
+    services.to_device.forget_for_appservices(upto).await
+}
+
+/// Values as the raw JSON a request carries.
+fn raws<T>(values: &[serde_json::Value]) -> serde_json::Result<Vec<Raw<T>>> {
+    values.iter().map(|value| serde_json::value::to_raw_value(value).map(Raw::from_json)).collect()
+}
+
 async fn send(services: &Services, service: &AppService, pending: &PendingTxn) -> Answer {
-    let events = match pending
-        .events
-        .iter()
-        .map(|event| serde_json::value::to_raw_value(event).map(Raw::from_json))
-        .collect::<std::result::Result<Vec<_>, _>>()
-    {
-        Ok(events) => events,
-        Err(error) => return Answer::Failed(Error::internal(format!("cannot serialise events: {error}")).to_string()),
-    };
-    let ephemeral = match pending
-        .ephemeral
-        .iter()
-        .map(|event| serde_json::value::to_raw_value(event).map(Raw::from_json))
-        .collect::<std::result::Result<Vec<_>, _>>()
-    {
-        Ok(ephemeral) => ephemeral,
-        Err(error) => return Answer::Failed(format!("cannot serialise ephemeral events: {error}")),
-    };
+    let (events, ephemeral, to_device) =
+        match (raws(&pending.events), raws(&pending.ephemeral), raws(&pending.to_device)) {
+            (Ok(events), Ok(ephemeral), Ok(to_device)) => (events, ephemeral, to_device),
+            (Err(error), _, _) | (_, Err(error), _) | (_, _, Err(error)) => {
+                return Answer::Failed(Error::internal(format!("cannot serialise a transaction: {error}")).to_string());
+            }
+        };
     let mut request = push_events::v1::Request::new(OwnedTransactionId::from(pending.txn_id.as_str()), events);
     request.ephemeral = ephemeral;
+    request.to_device = to_device;
     services.appservices.call(service, request).await
 }
