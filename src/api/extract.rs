@@ -208,7 +208,7 @@ pub(crate) async fn read_body(body: Body, limit: usize, headers: &http::HeaderMa
 
 /// The access token from `Authorization: Bearer` or the `access_token` query parameter, parsed
 /// by ruma's own extraction.
-fn access_token(parts: &http::request::Parts) -> Result<Option<String>, Error> {
+pub(crate) fn access_token(parts: &http::request::Parts) -> Result<Option<String>, Error> {
     let mut probe = http::Request::new(());
     *probe.uri_mut() = parts.uri.clone();
     *probe.headers_mut() = parts.headers.clone();

@@ -37,6 +37,11 @@ impl Accounts {
         Self { db, server_name, lock: WriteLock::new() }
     }
 
+    /// Whether `user` belongs to this server.
+    pub fn is_local(&self, user: &UserId) -> bool {
+        user.server_name() == self.server_name
+    }
+
     pub fn server_name(&self) -> &ruma::ServerName {
         &self.server_name
     }
@@ -178,6 +183,11 @@ impl Accounts {
             record.password_hash = None;
         })
         .await
+    }
+
+    /// Lets a deactivated account log in again (an admin's doing; the password is set apart).
+    pub async fn reactivate(&self, user_id: &UserId) -> Result<()> {
+        self.update(user_id, |record| record.deactivated = false).await
     }
 
     async fn update(&self, user_id: &UserId, change: impl FnOnce(&mut UserRecord) + Send + 'static) -> Result<()> {

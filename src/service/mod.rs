@@ -4,6 +4,7 @@
 pub mod account_data;
 pub mod accounts;
 pub mod address_guard;
+pub mod admin;
 pub mod admin_register;
 pub mod appservice;
 pub mod backup;
@@ -16,6 +17,7 @@ pub mod presence;
 pub mod profile;
 pub mod push;
 pub mod receipts;
+pub mod registration_tokens;
 pub mod rooms;
 pub mod server_keys;
 pub mod sessions;
@@ -41,6 +43,9 @@ pub struct Services {
     pub profile: profile::Profiles,
     pub user_directory: user_directory::UserDirectory,
     pub uiaa: uiaa::Uiaa,
+    pub registration_tokens: Arc<registration_tokens::RegistrationTokens>,
+    /// Room deletions the admin API runs in the background.
+    pub room_deletions: admin::rooms::Deletions,
     pub account_data: account_data::AccountData,
     pub admin_register: admin_register::AdminRegister,
     pub rooms: rooms::Rooms,
@@ -82,6 +87,8 @@ impl Services {
         let notifier = Arc::new(notifier::Notifier::new());
         let push_wake = Arc::new(tokio::sync::Notify::new());
         let push_profiles = Arc::new(push::recipients::PushProfiles::default());
+        let registration_tokens =
+            Arc::new(registration_tokens::RegistrationTokens::new(db.clone(), non_empty(&config.registration_token)));
         let federation = federation::Federation::new(&config, db.clone(), server_keys.clone())?;
         Ok(Arc::new(Self {
             media,
@@ -121,7 +128,9 @@ impl Services {
             ),
             profile: profile::Profiles::new(db.clone()),
             user_directory: user_directory::UserDirectory::new(db.clone(), config.user_directory.search_all_users),
-            uiaa: uiaa::Uiaa::new(non_empty(&config.registration_token)),
+            uiaa: uiaa::Uiaa::new(registration_tokens.clone()),
+            registration_tokens,
+            room_deletions: admin::rooms::Deletions::default(),
             account_data: account_data::AccountData::new(db.clone(), notifier.clone(), push_profiles),
             receipts: receipts::Receipts::new(db.clone(), notifier.clone()),
             presence: presence::Presence::new(&config, db.clone(), notifier.clone())?,

@@ -3,7 +3,7 @@
 
 use std::{
     collections::HashMap,
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -16,7 +16,7 @@ use ruma::{
     },
 };
 
-use super::{accounts::Accounts, random_string};
+use super::{accounts::Accounts, random_string, registration_tokens::RegistrationTokens};
 use crate::{Error, Result};
 
 const SESSION_LIFETIME: Duration = Duration::from_secs(30 * 60);
@@ -29,7 +29,7 @@ struct Session {
 }
 
 pub struct Uiaa {
-    registration_token: Option<String>,
+    registration_tokens: Arc<RegistrationTokens>,
     sessions: Mutex<HashMap<String, Session>>,
 }
 
@@ -41,22 +41,17 @@ pub enum PasswordCheck<'a> {
 }
 
 impl Uiaa {
-    pub fn new(registration_token: Option<String>) -> Self {
-        Self { registration_token, sessions: Mutex::new(HashMap::new()) }
+    pub fn new(registration_tokens: Arc<RegistrationTokens>) -> Self {
+        Self { registration_tokens, sessions: Mutex::new(HashMap::new()) }
     }
 
     /// The flows offered for registration.
-    pub fn registration_flows(&self) -> Vec<AuthFlow> {
-        if self.registration_token.is_some() {
+    pub async fn registration_flows(&self) -> Result<Vec<AuthFlow>> {
+        Ok(if self.registration_tokens.required().await? {
             vec![AuthFlow::new(vec![AuthType::RegistrationToken])]
         } else {
             vec![AuthFlow::new(vec![AuthType::Dummy])]
-        }
-    }
-
-    /// Checks a registration token (for `/register/m.login.registration_token/validity` too).
-    pub fn registration_token_valid(&self, token: &str) -> bool {
-        self.registration_token.as_deref().is_some_and(|expected| constant_time_eq(expected, token))
+        })
     }
 
     /// Runs one step of UIA. `Ok(())` once a flow is complete; otherwise `Err(Error::Uiaa)` with
@@ -145,7 +140,8 @@ impl Uiaa {
         match auth {
             AuthData::Dummy(_) => Ok(AuthType::Dummy),
             AuthData::RegistrationToken(stage) => {
-                if self.registration_token_valid(&stage.token) {
+                // The stage takes one use of the token.
+                if self.registration_tokens.consume(&stage.token).await.unwrap_or(false) {
                     Ok(AuthType::RegistrationToken)
                 } else {
                     Err(forbidden("Invalid registration token"))

@@ -5,6 +5,7 @@
 //! [`Batch`] and commits it atomically. Engine calls block, so async code runs them through
 //! [`Db::run`], which moves the work onto the blocking thread pool.
 
+pub mod admin_tables;
 pub mod appservice_tables;
 pub mod codec;
 pub mod engine;
@@ -187,6 +188,7 @@ impl Db {
             .chain(relation_tables::RELATION_TABLES)
             .chain(appservice_tables::APPSERVICE_TABLES)
             .chain(membership_tables::MEMBERSHIP_TABLES)
+            .chain(admin_tables::ADMIN_TABLES)
             .copied()
             .collect();
         let engine = rocks::RocksEngine::open(&config.database_path, &all_tables, &settings)?;

@@ -5,6 +5,7 @@ mod harness;
 
 mod account;
 mod admin;
+mod admin_api;
 mod appservice;
 mod backup;
 mod bench;

@@ -1,14 +1,33 @@
-//! Admin APIs. So far: Synapse's shared-secret registration, which admin tools and the
-//! Complement suite use to create users.
+//! Admin APIs, in Synapse's shape so admins keep their tools (synadm, synapse-admin):
+//! shared-secret registration (`synapse_register.rs`, which Complement also uses), the server
+//! version, users (`users.rs`), rooms (`rooms.rs`), registration tokens
+//! (`registration_tokens.rs`) and content reports (`reports.rs`). Every endpoint but the
+//! version and shared-secret registration needs a server admin's access token (`auth.rs`).
 
+pub mod auth;
+pub mod registration_tokens;
+pub mod reports;
+pub mod rooms;
 pub mod synapse_register;
+pub mod users;
 
 use std::sync::Arc;
 
-use axum::Router;
+use axum::{Json, Router, routing::get};
+use serde_json::{Value, json};
 
 use crate::service::Services;
 
 pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
-    synapse_register::routes(router)
+    let router = router.route("/_synapse/admin/v1/server_version", get(server_version));
+    let router = synapse_register::routes(router);
+    let router = users::routes(router);
+    let router = rooms::routes(router);
+    let router = registration_tokens::routes(router);
+    reports::routes(router)
+}
+
+/// `GET /_synapse/admin/v1/server_version`, open to anyone, as in Synapse.
+async fn server_version() -> Json<Value> {
+    Json(json!({"server_version": format!("Trellis {}", env!("CARGO_PKG_VERSION"))}))
 }

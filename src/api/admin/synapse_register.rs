@@ -9,12 +9,10 @@ use axum::{
     extract::{Request, State},
     routing::get,
 };
-use http::StatusCode;
-use ruma::api::error::ErrorKind;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Error, Result,
+    Result,
     api::{
         client::register::check_password_length,
         extract::{client_ip, read_body},
@@ -63,13 +61,7 @@ async fn register(State(services): State<Arc<Services>>, request: Request) -> Re
     let (parts, body) = request.into_parts();
     let ip = client_ip(&parts.extensions);
     let body = read_body(body, services.config.max_request_size as usize, &parts.headers).await?;
-    let request: RegisterRequest = match serde_json::from_slice(&body) {
-        Ok(request) => request,
-        Err(_) if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() => {
-            return Err(Error::new(StatusCode::BAD_REQUEST, ErrorKind::NotJson, "Request body is not valid JSON"));
-        }
-        Err(e) => return Err(Error::bad_json(format!("Invalid request body: {e}"))),
-    };
+    let request: RegisterRequest = super::auth::parse_json(&body)?;
     check_password_length(&request.password)?;
     services.admin_register.verify(
         &request.nonce,

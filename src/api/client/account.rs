@@ -54,14 +54,6 @@ async fn deactivate(
     let sender = request.sender()?;
     let body = &request.body;
     confirm_password(&services, &sender.user_id, body.auth.as_ref()).await?;
-    services.accounts.deactivate(&sender.user_id).await?;
-    services.sessions.delete_all_devices_except(&sender.user_id, None).await?;
-    services.push.remove_device_pushers(&sender.user_id, |_| true).await?;
-    if body.erase {
-        services.profile.erase(&sender.user_id).await?;
-    }
-    services.rooms.leave_all_rooms(&sender.user_id).await?;
-    crate::service::federation::membership::reject_all_remote_invites(&services, &sender.user_id).await?;
-    tracing::info!(user_id = %sender.user_id, erase = body.erase, "deactivated account");
+    crate::service::admin::users::deactivate(&services, &sender.user_id, body.erase).await?;
     Ok(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::NoSupport))
 }

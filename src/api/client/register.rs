@@ -69,7 +69,8 @@ async fn register(services: Arc<Services>, request: Ruma<register::v3::Request>)
             return Err(Error::new(StatusCode::BAD_REQUEST, ErrorKind::UserInUse, "That user ID is already taken"));
         }
         check_not_exclusive(&services, &user_id)?;
-        services.uiaa.authenticate(body.auth.as_ref(), services.uiaa.registration_flows(), PasswordCheck::None).await?;
+        let flows = services.uiaa.registration_flows().await?;
+        services.uiaa.authenticate(body.auth.as_ref(), flows, PasswordCheck::None).await?;
         (user_id, AccountKind::User)
     };
     let password = if kind == AccountKind::Guest { None } else { body.password.as_deref() };
@@ -120,6 +121,6 @@ async fn registration_token_validity(
     request: Ruma<check_registration_token_validity::v1::Request>,
 ) -> Result<check_registration_token_validity::v1::Response> {
     Ok(check_registration_token_validity::v1::Response::new(
-        services.uiaa.registration_token_valid(&request.body.token),
+        services.registration_tokens.valid(&request.body.token).await?,
     ))
 }

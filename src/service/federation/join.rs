@@ -87,6 +87,7 @@ impl Federation {
         servers: &[OwnedServerName],
         content: Map<String, Value>,
     ) -> Result<OwnedEventId> {
+        rooms.check_not_blocked(room_id).await?;
         let mut last_error = None;
         let mut tried = Vec::new();
         for server in servers {

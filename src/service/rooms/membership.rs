@@ -12,7 +12,10 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::{Accepted, NewEvent, Rooms};
-use crate::{Error, Result, storage::tables::USERS};
+use crate::{
+    Error, Result,
+    storage::{admin_tables::BLOCKED_ROOMS, tables::USERS},
+};
 
 #[derive(Deserialize)]
 struct JoinRules {
@@ -54,6 +57,11 @@ impl Rooms {
         if self.version(room_id).await?.is_none() {
             return Err(Error::not_found("Unknown room; joining rooms on other servers needs federation"));
         }
+        if matches!(change.membership, "join" | "invite" | "knock")
+            && change.target.server_name() == self.core.server_name
+        {
+            self.check_not_blocked(room_id).await?;
+        }
         let mut content = self.member_content(&change).await;
         if change.membership == "join" {
             self.check_guest_join(room_id, change.target).await?;
@@ -61,6 +69,17 @@ impl Rooms {
         }
         let event = NewEvent::state(TimelineEventType::RoomMember, change.target.as_str(), Value::Object(content));
         self.send(room_id, change.sender, event).await
+    }
+
+    /// `M_FORBIDDEN` when the server's admins blocked the room (admin API): this server's
+    /// users may not join, knock or be invited.
+    pub async fn check_not_blocked(&self, room_id: &RoomId) -> Result<()> {
+        let room = room_id.to_owned();
+        let blocked = self.run(move |_, db| Ok(BLOCKED_ROOMS.get(db, &room)?.is_some())).await?;
+        if blocked {
+            return Err(Error::forbidden("This room has been blocked on this server"));
+        }
+        Ok(())
     }
 
     /// A guest may join only a room whose `m.room.guest_access` is `can_join` (a spec MUST);

@@ -26,7 +26,7 @@ mod read;
 mod redaction;
 mod relations;
 pub mod relations_read;
-mod reports;
+pub mod reports;
 mod resolve;
 mod search;
 mod servers;

@@ -61,6 +61,33 @@ impl Rooms {
     }
 }
 
+impl EventReport {
+    /// A stable number for the report (Synapse's admin API names reports by integers): the
+    /// first 48 bits of a SHA-256 of its room, event and reporter, so no counter is shared.
+    pub fn id(&self) -> u64 {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(format!("{}|{}|{}", self.room_id, self.event_id, self.reporter));
+        digest[..6].iter().fold(0u64, |id, byte| (id << 8) | u64::from(*byte))
+    }
+}
+
+impl Rooms {
+    /// Deletes the report with this [`EventReport::id`]; false when there is none.
+    pub async fn delete_event_report(&self, id: u64) -> Result<bool> {
+        let Some(report) = self.event_reports().await?.into_iter().find(|report| report.id() == id) else {
+            return Ok(false);
+        };
+        let key = (report.room_id, report.event_id, report.reporter);
+        self.run(move |_, db| {
+            let mut batch = Batch::new();
+            batch.delete(&EVENT_REPORTS, &key);
+            Ok(db.write(batch)?)
+        })
+        .await?;
+        Ok(true)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use ruma::{RoomVersionId, events::TimelineEventType, user_id};

@@ -1,0 +1,7 @@
+//! What the admin API (Synapse's `/_synapse/admin/...`, `src/api/admin/`) does besides what
+//! other services already offer: listing and describing users (`users.rs`) and rooms
+//! (`rooms.rs`) for admins, deactivating accounts (shared with the client API), and deleting
+//! and blocking rooms.
+
+pub mod rooms;
+pub mod users;
