@@ -15,6 +15,7 @@ pub mod notifier;
 pub mod presence;
 pub mod profile;
 pub mod push;
+pub mod rate_limit;
 pub mod receipts;
 pub mod rooms;
 pub mod server_keys;
@@ -65,6 +66,8 @@ pub struct Services {
     pub lazy_members: sync::LazyMemberCache,
     /// Registered application services.
     pub appservices: appservice::AppServices,
+    /// Rate limits (Synapse's `rc_*`), in memory.
+    pub rate_limits: rate_limit::RateLimits,
 }
 
 impl Services {
@@ -123,6 +126,7 @@ impl Services {
             tags: tags::Tags,
             lazy_members: sync::LazyMemberCache::default(),
             appservices: appservice::AppServices::new(&config)?,
+            rate_limits: rate_limit::RateLimits::new(&config),
             admin_register: admin_register::AdminRegister::new(non_empty(&config.registration_shared_secret)),
             federation,
             config,

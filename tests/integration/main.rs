@@ -39,6 +39,7 @@ mod peer_synapse;
 mod presence;
 mod push;
 mod push_shared;
+mod rate_limits;
 mod register;
 mod relations;
 mod room_helpers;
