@@ -11,6 +11,8 @@ pub mod dehydrated;
 pub mod federation;
 pub mod keys;
 pub mod media;
+pub mod metrics;
+mod metrics_proc;
 pub mod notifier;
 pub mod presence;
 pub mod profile;

@@ -18,6 +18,8 @@ pub struct TestServer {
     child: Option<Child>,
     pub base_url: String,
     pub federation_url: Option<String>,
+    /// The metrics endpoint, when `[global.metrics]` enables it.
+    pub metrics_url: Option<String>,
     _tempdir: Option<tempfile::TempDir>,
     pub http: reqwest::Client,
 }
@@ -138,6 +140,7 @@ impl TestServer {
         });
         let mut base_url = None;
         let mut federation_url = None;
+        let mut metrics_url = None;
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while base_url.is_none() || (expect_federation && federation_url.is_none()) {
             let remaining = deadline.saturating_duration_since(std::time::Instant::now());
@@ -145,6 +148,9 @@ impl TestServer {
                 Ok(line) => {
                     if let Some(url) = line.split("listening for clients on ").nth(1) {
                         base_url = Some(url.trim().to_owned());
+                    }
+                    if let Some(url) = line.split("serving metrics on ").nth(1) {
+                        metrics_url = Some(url.trim().to_owned());
                     }
                     if let Some(url) = line.split("listening for federation on ").nth(1) {
                         federation_url = Some(url.trim().to_owned());
@@ -162,6 +168,7 @@ impl TestServer {
             child: Some(child),
             base_url: base_url.unwrap_or_default(),
             federation_url,
+            metrics_url,
             _tempdir: None,
             http: reqwest::Client::new(),
         })

@@ -32,6 +32,7 @@ mod launcher;
 mod lifecycle;
 mod login;
 mod media;
+mod metrics;
 mod migration;
 mod pagination;
 mod peer_nio;
