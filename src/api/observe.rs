@@ -66,7 +66,7 @@ impl Drop for Answered {
             endpoint = %self.endpoint,
             status,
             duration_ms = duration_ms(took),
-            user = self.user.0.get().map_or("-", String::as_str),
+            user = %self.user.0.get().map_or("-", String::as_str),
             "request"
         );
     }

@@ -31,6 +31,7 @@ mod keys;
 mod launcher;
 mod lifecycle;
 mod login;
+mod logs;
 mod media;
 mod metrics;
 mod migration;
