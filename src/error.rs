@@ -7,7 +7,7 @@ use http::StatusCode;
 use ruma::api::{
     OutgoingResponseExt,
     client::uiaa::{UiaaInfo, UiaaResponse},
-    error::{ErrorBody, ErrorKind, StandardErrorBody, UnknownTokenErrorData},
+    error::{ErrorBody, ErrorKind, LimitExceededErrorData, RetryAfter, StandardErrorBody, UnknownTokenErrorData},
 };
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -88,8 +88,22 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let result = match self {
             Error::Matrix { status, kind, message } => {
+                let retry_after = match &kind {
+                    ErrorKind::LimitExceeded(LimitExceededErrorData {
+                        retry_after: Some(RetryAfter::Delay(d)),
+                        ..
+                    }) => Some(*d),
+                    _ => None,
+                };
                 let body = ErrorBody::Standard(StandardErrorBody::new(kind, message));
-                ruma::api::error::Error::new(status, body).try_into_http_response::<Vec<u8>>()
+                ruma::api::error::Error::new(status, body).try_into_http_response::<Vec<u8>>().map(|mut response| {
+                    // ruma's `Retry-After` rounds down, to 0 for a wait under a second: round up.
+                    if let Some(wait) = retry_after {
+                        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                        response.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+                    }
+                    response
+                })
             }
             Error::Uiaa(info) => UiaaResponse::AuthResponse(*info).try_into_http_response::<Vec<u8>>(),
             Error::Storage(detail) | Error::Internal(detail) => {

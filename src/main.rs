@@ -4,7 +4,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use trellis::cli::{Cli, Command};
+use trellis::{
+    cli::{Cli, Command},
+    config::limits::LogFormat,
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -22,7 +25,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    init_logging(filter, loaded.config.log_format);
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
     }
@@ -52,5 +55,20 @@ fn main() -> ExitCode {
             eprintln!("trellis: {error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Logs go to stderr in the configured format; colours only when stderr is a terminal (a file
+/// or a pipe gets plain text) and `NO_COLOR` is not set.
+fn init_logging(filter: EnvFilter, format: LogFormat) {
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    match format {
+        LogFormat::Full => builder.init(),
+        LogFormat::Compact => builder.compact().init(),
+        // One object per line, the event's fields at the top level beside `timestamp`, `level`,
+        // `target` and `message`, and the request span (method and endpoint) as `span`.
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init(),
     }
 }

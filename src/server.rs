@@ -65,7 +65,25 @@ pub async fn run(config: Config) -> Result<(), String> {
         None => None,
     };
 
+    // The metrics listener (plain HTTP, meant for loopback or a private network).
+    let metrics = match &config.metrics {
+        metrics if metrics.enabled => {
+            let addr = SocketAddr::new(metrics.address, metrics.port);
+            let tcp = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr} for metrics: {e}"))?;
+            let addr = tcp.local_addr().map_err(|e| e.to_string())?;
+            if !addr.ip().is_loopback() {
+                tracing::warn!(%addr, "the metrics listener is reachable from other hosts; it has no authentication");
+            }
+            Some((tcp, addr))
+        }
+        _ => None,
+    };
+
     // These lines are the start-up contract: people and test harnesses read the address here.
+    // The metrics line comes first: harnesses stop reading at the client line.
+    if let Some((_, addr)) = &metrics {
+        println!("Trellis serving metrics on http://{addr}/metrics");
+    }
     let scheme = if client_tls.is_some() { "https" } else { "http" };
     println!(
         "Trellis {} for {} listening for clients on {scheme}://{client_addr}",
@@ -99,6 +117,20 @@ pub async fn run(config: Config) -> Result<(), String> {
     }
     if let Some((tcp, acceptor)) = federation {
         tasks.spawn(serve_tls(tcp, acceptor, routers.federation, shutdown_rx.clone()));
+    }
+    if let Some((tcp, _)) = metrics {
+        let mut rx = shutdown_rx.clone();
+        let app = api::observe::metrics_router(services.clone());
+        tasks.spawn(async move {
+            let result = axum::serve(tcp, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|stop| *stop).await;
+                })
+                .await;
+            if let Err(error) = result {
+                tracing::error!(%error, "metrics listener failed");
+            }
+        });
     }
 
     signals.wait().await;

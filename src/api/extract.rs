@@ -121,6 +121,7 @@ where
             path_args.push(String::new());
         }
         let client_ip = client_ip(&parts.extensions);
+        let requester = parts.extensions.get::<super::observe::RequestUser>().cloned();
 
         let sender = match <T::Authentication as AuthPolicy>::MODE {
             AuthMode::None => None,
@@ -145,6 +146,9 @@ where
             AuthMode::ServerSignatures => None,
         };
         if let Some(sender) = &sender {
+            if let Some(requester) = &requester {
+                requester.set(sender.user_id.as_str());
+            }
             super::guest::check(sender, &parts.method, parts.uri.path())?;
         }
         // Read only once the caller is known, so an anonymous client cannot make the server
@@ -155,6 +159,9 @@ where
                 let origin = super::federation::auth::verify(services, &parts, &bytes).await?;
                 // A server that talks to us is up: a transaction waiting for it goes now.
                 services.federation.sender.destination_is_up(&origin);
+                if let Some(requester) = &requester {
+                    requester.set(origin.as_str());
+                }
                 Some(origin)
             }
             _ => None,

@@ -7,6 +7,7 @@ pub mod client;
 pub mod extract;
 pub mod federation;
 mod guest;
+pub mod observe;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -17,10 +18,7 @@ use axum::{
 };
 use http::{HeaderName, Method, StatusCode, header};
 use ruma::api::{IncomingRequest, path_builder::PathBuilder};
-use tower_http::{
-    cors::{AllowOrigin, CorsLayer},
-    trace::TraceLayer,
-};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::{Error, Result, service::Services};
 use extract::{AuthPolicy, Ruma, RumaResponse};
@@ -43,8 +41,8 @@ pub fn routers(services: Arc<Services>) -> Routers {
     Routers { main: finish(main, services.clone()), federation: finish(federation, services) }
 }
 
-/// Adds what every listener shares: Matrix errors for unknown paths and methods, CORS and
-/// request logging.
+/// Adds what every listener shares: Matrix errors for unknown paths and methods, CORS, request
+/// logging and metrics.
 fn finish(router: Router<Arc<Services>>, services: Arc<Services>) -> Router {
     router
         .fallback(|| async { Error::unrecognized(StatusCode::NOT_FOUND, "Unrecognized request") })
@@ -53,17 +51,8 @@ fn finish(router: Router<Arc<Services>>, services: Arc<Services>) -> Router {
         })
         .layer(DefaultBodyLimit::disable())
         .layer(cors())
-        .layer(
-            // Log method, path (never the query: it may hold an access token), status and time.
-            TraceLayer::new_for_http()
-                .make_span_with(|request: &http::Request<_>| {
-                    tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
-                })
-                .on_request(())
-                .on_response(|response: &http::Response<_>, latency: Duration, _span: &tracing::Span| {
-                    tracing::info!(status = response.status().as_u16(), latency_ms = latency.as_millis() as u64, "response");
-                }),
-        )
+        // A span, a debug line and metrics per request (route template, status, time, user).
+        .layer(axum::middleware::from_fn(observe::observe))
         .with_state(services)
 }
 

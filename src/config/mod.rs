@@ -8,6 +8,7 @@
 //! type or an unreadable file is an error that names the key (and its line in the file).
 
 pub mod appservice;
+pub mod limits;
 
 use std::{
     collections::BTreeMap,
@@ -175,6 +176,30 @@ pub struct Config {
     /// The user directory (`/user_directory/search`; Synapse's `user_directory` section).
     #[serde(default)]
     pub user_directory: UserDirectoryConfig,
+    /// How log lines are written: `"full"` (the default), `"compact"` or `"json"`.
+    #[serde(default)]
+    pub log_format: limits::LogFormat,
+    /// The Prometheus metrics listener (`[global.metrics]`).
+    #[serde(default)]
+    pub metrics: limits::MetricsConfig,
+    /// Rate limits, named as Synapse's `rc_*` settings (see `limits`). Events a user sends.
+    #[serde(default = "limits::default_message")]
+    pub rc_message: limits::RateLimit,
+    /// Registrations per client address.
+    #[serde(default = "limits::default_registration")]
+    pub rc_registration: limits::RateLimit,
+    #[serde(default)]
+    pub rc_login: limits::LoginLimits,
+    #[serde(default)]
+    pub rc_joins: limits::JoinLimits,
+    #[serde(default)]
+    pub rc_invites: limits::InviteLimits,
+    /// Rooms a user creates.
+    #[serde(default = "limits::default_room_creation")]
+    pub rc_room_creation: limits::RateLimit,
+    /// Media a user uploads or reserves (`/upload`, `/create`).
+    #[serde(default = "limits::default_media_create")]
+    pub rc_media_create: limits::RateLimit,
 }
 
 /// Who the user directory lists.
@@ -528,6 +553,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        limits::validate(self)?;
         if self.database_backend != "rocksdb" {
             return Err(ConfigError(format!(
                 "config key `database_backend`: \"{}\" is not supported; use \"rocksdb\"",
@@ -584,6 +610,11 @@ fn env_key_path(key: &str) -> Vec<String> {
         "media",
         "url_preview",
         "user_directory",
+        "metrics",
+        "rc_message",
+        "rc_registration",
+        "rc_room_creation",
+        "rc_media_create",
     ] {
         if let Some(field) = key.strip_prefix(table).and_then(|rest| rest.strip_prefix('_'))
             && !field.is_empty()

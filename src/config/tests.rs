@@ -251,3 +251,32 @@ mod appservice_registrations {
         assert!(parse(&ftp, Path::new("a.yaml"), server_name!("hs1")).unwrap_err().0.contains("http or https"));
     }
 }
+
+#[test]
+fn the_example_rate_limits_parse_and_bad_ones_name_the_key() {
+    // Every commented `rc_*` line of the example, uncommented, is valid and means the defaults.
+    let example = include_str!("../../conduit.toml.example");
+    let start = example.find("#[global.rc_message]").expect("rate limits in the example");
+    let tables: String = example[start..]
+        .lines()
+        .map(|line| line.strip_prefix('#').unwrap_or(line))
+        .map(|line| line.split("  #").next().unwrap_or(line))
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let loaded = load(&format!("{MINIMAL}{tables}"), &[]).unwrap();
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let defaults = load(MINIMAL, &[]).unwrap().config;
+    let config = loaded.config;
+    assert_eq!(config.rc_message, defaults.rc_message);
+    assert_eq!(config.rc_login.failed_attempts, defaults.rc_login.failed_attempts);
+    assert_eq!(config.rc_invites.per_user, defaults.rc_invites.per_user);
+    assert_eq!(config.rc_media_create, limits::RateLimit::new(10.0, 50.0));
+
+    let Err(error) =
+        load(&format!("{MINIMAL}[global.rc_login]\naddress = {{ per_second = 0, burst_count = 3 }}\n"), &[])
+    else {
+        panic!("a per_second of 0 is refused");
+    };
+    assert!(error.0.contains("rc_login.address.per_second"), "{}", error.0);
+}

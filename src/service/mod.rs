@@ -12,10 +12,13 @@ pub mod dehydrated;
 pub mod federation;
 pub mod keys;
 pub mod media;
+pub mod metrics;
+mod metrics_proc;
 pub mod notifier;
 pub mod presence;
 pub mod profile;
 pub mod push;
+pub mod rate_limit;
 pub mod receipts;
 pub mod registration_tokens;
 pub mod rooms;
@@ -70,6 +73,8 @@ pub struct Services {
     pub lazy_members: sync::LazyMemberCache,
     /// Registered application services.
     pub appservices: appservice::AppServices,
+    /// Rate limits (Synapse's `rc_*`), in memory.
+    pub rate_limits: rate_limit::RateLimits,
 }
 
 impl Services {
@@ -137,6 +142,7 @@ impl Services {
             tags: tags::Tags,
             lazy_members: sync::LazyMemberCache::default(),
             appservices: appservice::AppServices::new(&config)?,
+            rate_limits: rate_limit::RateLimits::new(&config),
             admin_register: admin_register::AdminRegister::new(non_empty(&config.registration_shared_secret)),
             federation,
             config,

@@ -35,6 +35,26 @@ pub struct WriteStats {
     pub syncs: u64,
 }
 
+/// Size and key statistics of one table, as the engine estimates them (for metrics).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableStats {
+    pub table: String,
+    /// Estimated number of keys.
+    pub estimated_keys: u64,
+    /// Bytes in the table's files on disk.
+    pub disk_bytes: u64,
+    /// Bytes of recent writes held in memory.
+    pub memory_bytes: u64,
+}
+
+/// Size statistics of the whole store (for metrics).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub tables: Vec<TableStats>,
+    /// Bytes of the shared read cache in use.
+    pub cache_bytes: u64,
+}
+
 pub type KeyValue = (Vec<u8>, Vec<u8>);
 pub type ScanIter<'a> = Box<dyn Iterator<Item = Result<KeyValue, StorageError>> + Send + 'a>;
 
@@ -67,6 +87,11 @@ pub trait Engine: Send + Sync + 'static {
 
     /// The write path's counters, if the engine keeps them.
     fn write_stats(&self) -> Option<WriteStats> {
+        None
+    }
+
+    /// Size and key statistics, if the engine keeps them.
+    fn store_stats(&self) -> Option<StoreStats> {
         None
     }
 }

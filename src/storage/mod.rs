@@ -35,7 +35,7 @@ use std::{
 };
 
 pub use codec::{KeyCodec, ValueCodec};
-pub use engine::{Engine, ScanDirection, WriteOp, WriteStats};
+pub use engine::{Engine, ScanDirection, StoreStats, TableStats, WriteOp, WriteStats};
 pub use overlay::Staged;
 pub use schema::SCHEMA_VERSION;
 
@@ -82,6 +82,16 @@ impl<K: KeyCodec, V: ValueCodec> Table<K, V> {
             out.push((K::decode(&key)?, V::decode_value(&value)?));
         }
         Ok(out)
+    }
+
+    /// How many entries the table holds, counting at most `cap` (for queue sizes in metrics).
+    pub fn count_up_to(&self, db: &Db, cap: usize) -> Result<usize, StorageError> {
+        let mut count = 0;
+        for item in db.engine.scan(self.name, &[], ScanDirection::Forward)?.take(cap) {
+            item?;
+            count += 1;
+        }
+        Ok(count)
     }
 
     /// Every entry of the table, in key order (for small tables).
@@ -246,6 +256,11 @@ impl Db {
     /// The engine's write counters since it was opened, if it keeps them.
     pub fn write_stats(&self) -> Option<WriteStats> {
         self.engine.write_stats()
+    }
+
+    /// The engine's size and key statistics, if it keeps them.
+    pub fn store_stats(&self) -> Option<StoreStats> {
+        self.engine.store_stats()
     }
 
     pub fn database_exists(path: &Path) -> bool {

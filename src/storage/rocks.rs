@@ -20,13 +20,14 @@ use rocksdb::{
 
 use super::{
     StorageError,
-    engine::{Engine, ScanDirection, ScanIter, WriteOp, WriteStats},
+    engine::{Engine, ScanDirection, ScanIter, StoreStats, TableStats, WriteOp, WriteStats},
 };
 
 type Db = DBWithThreadMode<MultiThreaded>;
 
 pub struct RocksEngine {
     db: Db,
+    cache: Cache,
     tables: Vec<String>,
     /// The options the database was opened with; they hold its statistics (write counters).
     options: Options,
@@ -80,7 +81,7 @@ impl RocksEngine {
             .map_err(|e| StorageError(format!("cannot open RocksDB at {}: {e}", path.display())))?;
         let mut write_options = WriteOptions::default();
         write_options.set_sync(settings.durable_writes);
-        Ok(Self { db, tables, options: db_options, write_options, durable_writes: settings.durable_writes })
+        Ok(Self { db, cache, tables, options: db_options, write_options, durable_writes: settings.durable_writes })
     }
 
     fn cf(&self, table: &'static str) -> Result<std::sync::Arc<BoundColumnFamily<'_>>, StorageError> {
@@ -133,6 +134,26 @@ impl Engine for RocksEngine {
             groups,
             syncs: self.options.get_ticker_count(Ticker::WalFileSynced),
         })
+    }
+
+    fn store_stats(&self) -> Option<StoreStats> {
+        let property = |cf: &std::sync::Arc<BoundColumnFamily>, name: &str| {
+            self.db.property_int_value_cf(cf, name).ok().flatten().unwrap_or(0)
+        };
+        let tables = self
+            .tables
+            .iter()
+            .filter_map(|name| {
+                let cf = self.db.cf_handle(name)?;
+                Some(TableStats {
+                    table: name.clone(),
+                    estimated_keys: property(&cf, "rocksdb.estimate-num-keys"),
+                    disk_bytes: property(&cf, "rocksdb.total-sst-files-size"),
+                    memory_bytes: property(&cf, "rocksdb.cur-size-all-mem-tables"),
+                })
+            })
+            .collect();
+        Some(StoreStats { tables, cache_bytes: self.cache.get_usage() as u64 })
     }
 
     fn flush(&self) -> Result<(), StorageError> {

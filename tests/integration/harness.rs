@@ -18,9 +18,22 @@ pub struct TestServer {
     child: Option<Child>,
     pub base_url: String,
     pub federation_url: Option<String>,
+    /// The metrics endpoint, when `[global.metrics]` enables it.
+    pub metrics_url: Option<String>,
     _tempdir: Option<tempfile::TempDir>,
     pub http: reqwest::Client,
 }
+
+/// Rate limits high enough that no test meets them (tests register, log in and send from one
+/// address at machine speed); `TestServer::start_with_default_limits` leaves them out.
+pub const TEST_RATE_LIMITS: &str = r#"rc_message = { per_second = 10000, burst_count = 10000 }
+rc_registration = { per_second = 10000, burst_count = 10000 }
+rc_room_creation = { per_second = 10000, burst_count = 10000 }
+rc_media_create = { per_second = 10000, burst_count = 10000 }
+rc_login = { address = { per_second = 10000, burst_count = 10000 }, account = { per_second = 10000, burst_count = 10000 }, failed_attempts = { per_second = 10000, burst_count = 10000 } }
+rc_joins = { local = { per_second = 10000, burst_count = 10000 }, remote = { per_second = 10000, burst_count = 10000 } }
+rc_invites = { per_room = { per_second = 10000, burst_count = 10000 }, per_user = { per_second = 10000, burst_count = 10000 }, per_issuer = { per_second = 10000, burst_count = 10000 } }
+"#;
 
 /// The config every test server starts from; `extra` lines are appended to `[global]`.
 pub fn config_text(dir: &Path, server_name: &str, extra: &str) -> String {
@@ -42,7 +55,7 @@ allow_guest_registration = true
 registration_shared_secret = "{SHARED_SECRET}"
 db_cache_capacity_mb = 16
 log = "info"
-"#,
+{TEST_RATE_LIMITS}"#,
         db = dir.join("db").display()
     );
     base.lines()
@@ -67,10 +80,29 @@ impl TestServer {
         server
     }
 
+    /// A server with the default rate limits, which every other test server lifts.
+    pub async fn start_with_default_limits(extra: &str) -> Self {
+        let tempdir = tempfile::tempdir().expect("tempdir");
+        let dir = tempdir.path().to_owned();
+        let text: String = config_text(&dir, "localhost", extra)
+            .lines()
+            .filter(|line| !TEST_RATE_LIMITS.lines().any(|limit| limit == *line))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let mut server = Self::start_text(&dir, &text).expect("server starts");
+        server._tempdir = Some(tempdir);
+        server
+    }
+
     /// Starts a server on the database in `dir`; `Err` carries its stderr if it exits instead.
     pub fn start_in(dir: &Path, server_name: &str, extra: &str) -> Result<Self, String> {
+        Self::start_text(dir, &config_text(dir, server_name, extra))
+    }
+
+    /// Starts a server with the config `text`, written into `dir`.
+    pub fn start_text(dir: &Path, text: &str) -> Result<Self, String> {
         let config_path = dir.join("trellis.toml");
-        std::fs::write(&config_path, config_text(dir, server_name, extra)).expect("write config");
+        std::fs::write(&config_path, text).expect("write config");
         let mut command = Command::new(env!("CARGO_BIN_EXE_trellis"));
         command.arg("--config").arg(&config_path);
         // Config overrides from the developer's environment must not leak into test servers.
@@ -79,7 +111,7 @@ impl TestServer {
                 command.env_remove(name);
             }
         }
-        Self::spawn(command, extra.contains("[global.federation_listener]"))
+        Self::spawn(command, text.contains("[global.federation_listener]"))
     }
 
     /// Spawns a prepared command that runs Trellis and waits for its "listening" lines.
@@ -108,6 +140,7 @@ impl TestServer {
         });
         let mut base_url = None;
         let mut federation_url = None;
+        let mut metrics_url = None;
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while base_url.is_none() || (expect_federation && federation_url.is_none()) {
             let remaining = deadline.saturating_duration_since(std::time::Instant::now());
@@ -115,6 +148,9 @@ impl TestServer {
                 Ok(line) => {
                     if let Some(url) = line.split("listening for clients on ").nth(1) {
                         base_url = Some(url.trim().to_owned());
+                    }
+                    if let Some(url) = line.split("serving metrics on ").nth(1) {
+                        metrics_url = Some(url.trim().to_owned());
                     }
                     if let Some(url) = line.split("listening for federation on ").nth(1) {
                         federation_url = Some(url.trim().to_owned());
@@ -132,6 +168,7 @@ impl TestServer {
             child: Some(child),
             base_url: base_url.unwrap_or_default(),
             federation_url,
+            metrics_url,
             _tempdir: None,
             http: reqwest::Client::new(),
         })

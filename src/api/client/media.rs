@@ -26,6 +26,7 @@ use ruma::{
     media::Method as RumaMethod,
 };
 
+use crate::service::rate_limit::UserAction;
 use crate::{
     Error, Result,
     api::{RumaRouter, extract::Ruma},
@@ -72,6 +73,7 @@ async fn upload(
     services: Arc<Services>,
     request: Ruma<create_content::v3::Request>,
 ) -> Result<create_content::v3::Response> {
+    services.rate_limits.user(request.sender()?, UserAction::MediaCreate)?;
     let sender = request.sender()?.user_id.clone();
     let body = request.body;
     let uri = services.media.create(Some(&sender), body.file, body.content_type, body.filename).await?;
@@ -82,6 +84,7 @@ async fn create_uri(
     services: Arc<Services>,
     request: Ruma<create_mxc_uri::v1::Request>,
 ) -> Result<create_mxc_uri::v1::Response> {
+    services.rate_limits.user(request.sender()?, UserAction::MediaCreate)?;
     let (uri, expires) = services.media.reserve(&request.sender()?.user_id).await?;
     let mut response = create_mxc_uri::v1::Response::new(uri);
     response.unused_expires_at = Some(expires);

@@ -19,6 +19,7 @@ use ruma::{
 };
 use serde_json::{Map, Value};
 
+use crate::service::{rate_limit::UserAction, sessions::Authenticated};
 use crate::{
     Error, Result,
     api::{RumaRouter, client::room::member_profile, extract::Ruma},
@@ -107,13 +108,15 @@ async fn resolve_room(services: &Services, room: &RoomOrAliasId) -> Result<(Owne
 async fn join(
     services: &Services,
     room_id: &RoomId,
-    user: &UserId,
+    sender: &Authenticated,
     (reason, extra): (Option<String>, Map<String, Value>),
     mut servers: Vec<OwnedServerName>,
 ) -> Result<()> {
+    let user = &sender.user_id;
     let known_servers = services.rooms.servers_in_room(room_id).await?;
     let known = services.rooms.version(room_id).await?.is_some();
     if services.rooms.is_resident(room_id).await? || (known && known_servers.is_empty()) {
+        services.rate_limits.user(sender, UserAction::JoinLocal)?;
         match change_with(services, room_id, (user, user), "join", reason.clone(), extra.clone()).await {
             // A restricted join no user of this server may authorise: a resident server with
             // such a user may (Complement's `TestRestrictedRoomsRemoteJoinLocalUser`).
@@ -121,6 +124,7 @@ async fn join(
             done => return done,
         }
     }
+    services.rate_limits.user(sender, UserAction::JoinRemote)?;
     servers.extend(known_servers);
     // An invite received over federation: its sender's server is in the room.
     if let Some(inviter) = services.rooms.out_of_band(user, room_id).await?.and_then(|record| record.inviter()) {
@@ -145,7 +149,7 @@ async fn join_by_id(
     let sender = request.sender()?;
     let body = &request.body;
     let extra = extra_content(&request.raw_body);
-    join(&services, &body.room_id, &sender.user_id, (body.reason.clone(), extra), Vec::new()).await?;
+    join(&services, &body.room_id, sender, (body.reason.clone(), extra), Vec::new()).await?;
     Ok(join_room_by_id::v3::Response::new(body.room_id.clone()))
 }
 
@@ -158,7 +162,7 @@ async fn join_by_id_or_alias(
     let (room_id, mut servers) = resolve_room(&services, &body.room_id_or_alias).await?;
     servers.splice(0..0, body.via.iter().cloned());
     let extra = extra_content(&request.raw_body);
-    join(&services, &room_id, &sender.user_id, (body.reason.clone(), extra), servers).await?;
+    join(&services, &room_id, sender, (body.reason.clone(), extra), servers).await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
 }
 
@@ -168,6 +172,7 @@ async fn invite(services: Arc<Services>, request: Ruma<invite_user::v3::Request>
     let invite_user::v3::InvitationRecipient::UserId(recipient) = &body.recipient else {
         return Err(Error::bad_json("Third-party invites are not supported"));
     };
+    services.rate_limits.invite(sender, body.room_id.as_str(), recipient.user_id.as_str())?;
     if recipient.user_id.server_name() != services.config.server_name {
         let (room, target, reason) = (&body.room_id, &recipient.user_id, recipient.reason.clone());
         federation::membership::invite_remote(&services, room, &sender.user_id, target, reason, false).await?;

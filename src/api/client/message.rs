@@ -15,6 +15,7 @@ use ruma::{
 };
 use serde_json::Value;
 
+use crate::service::rate_limit::UserAction;
 use crate::{
     Error, Result,
     api::{RumaRouter, extract::Ruma},
@@ -79,6 +80,7 @@ async fn send(
     if let Some(event_id) = services.rooms.transaction(&sender.user_id, device, &txn_key).await? {
         return Ok(send_message_event::v3::Response::new(event_id));
     }
+    services.rate_limits.user(sender, UserAction::Message)?;
     let content: Value = serde_json::from_str(body.body.json().get()).map_err(|e| Error::bad_json(e.to_string()))?;
     if !content.is_object() {
         return Err(Error::bad_json("Event content must be a JSON object"));
@@ -107,6 +109,7 @@ async fn redact(
     if let Some(event_id) = services.rooms.transaction(&sender.user_id, device, &txn).await? {
         return Ok(redact_event::v3::Response::new(event_id));
     }
+    services.rate_limits.user(sender, UserAction::Message)?;
     // An event this server does not have may still be redacted: it may be on another server of
     // the room (Synapse allows it; Complement's `TestFederationRedactSendsWithoutEvent`). One it
     // has must be of this room.

@@ -36,6 +36,7 @@ pub fn check_password_length(password: &str) -> Result<()> {
 async fn register(services: Arc<Services>, request: Ruma<register::v3::Request>) -> Result<register::v3::Response> {
     let body = request.body;
     let config = &services.config;
+    services.rate_limits.check_registration(request.client_ip.as_deref(), request.sender.as_ref())?;
     let (user_id, kind) = if body.login_type.is_some() {
         // `m.login.application_service`: a user in the service's namespaces, no auth flow.
         let service = request.sender.as_ref().and_then(|s| s.appservice.clone()).ok_or_else(|| {
@@ -75,6 +76,7 @@ async fn register(services: Arc<Services>, request: Ruma<register::v3::Request>)
     };
     let password = if kind == AccountKind::Guest { None } else { body.password.as_deref() };
     services.accounts.create(&user_id, password, kind).await?;
+    services.rate_limits.record_registration(request.client_ip.as_deref(), request.sender.as_ref());
     tracing::info!(%user_id, guest = kind == AccountKind::Guest, "registered account");
 
     let mut response = register::v3::Response::new(user_id.clone());

@@ -16,6 +16,7 @@ use ruma::{
 };
 use serde_json::{Map, Value};
 
+use crate::service::rate_limit::UserAction;
 use crate::{
     Error, Result,
     api::{RumaRouter, client::discovery::ROOM_VERSIONS, extract::Ruma},
@@ -70,6 +71,7 @@ async fn create_room(
     if !services.config.allow_room_creation {
         return Err(Error::forbidden("Room creation is disabled on this server"));
     }
+    services.rate_limits.user(sender, UserAction::CreateRoom)?;
     let version = supported_version(&services, body.room_version.as_ref())?;
     let preset = match (&body.preset, &body.visibility) {
         (Some(RoomPreset::PrivateChat), _) => Preset::PrivateChat,

@@ -26,7 +26,7 @@ use ruma::api::{
 use crate::{
     Error, Result,
     api::{RumaRouter, extract::Ruma},
-    service::Services,
+    service::{Services, rate_limit},
 };
 
 pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
@@ -56,8 +56,17 @@ async fn login(services: Arc<Services>, request: Ruma<login::v3::Request>) -> Re
         (None, None) => return Err(Error::bad_json("Missing identifier")),
     };
     let user_id = services.accounts.parse_login_user(&user)?;
+    if !request.sender.as_ref().is_some_and(rate_limit::is_exempt) {
+        services.rate_limits.login_attempt(request.client_ip.as_deref(), user_id.as_str())?;
+    }
     match &body.login_info {
-        LoginInfo::Password(password) => services.accounts.check_password(&user_id, &password.password).await?,
+        LoginInfo::Password(password) => {
+            let checked = services.accounts.check_password(&user_id, &password.password).await;
+            if checked.is_err() {
+                services.rate_limits.login_failed(user_id.as_str());
+            }
+            checked?
+        }
         _ => {
             // `m.login.application_service`: the service's token, for a user it may act as.
             let service = request.sender.as_ref().and_then(|s| s.appservice.clone()).ok_or_else(|| {

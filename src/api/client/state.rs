@@ -13,6 +13,7 @@ use ruma::{
 };
 use serde_json::Value;
 
+use crate::service::rate_limit::UserAction;
 use crate::{
     Error, Result,
     api::{
@@ -92,6 +93,7 @@ async fn put_state(
         return Err(Error::bad_json("State content must be a JSON object"));
     }
     validate(&services, &body.room_id, &body.event_type, &content).await?;
+    services.rate_limits.user(sender, UserAction::Message)?;
     if sender.guest && body.event_type == StateEventType::RoomMember && content["membership"] == "join" {
         services.rooms.check_guest_join(&body.room_id, &sender.user_id).await?;
     }

@@ -9,7 +9,7 @@ use crate::{
     Result,
     api::{RumaRouter, extract::Ruma},
     service::{
-        Services,
+        Services, metrics,
         sync::{self, SyncRequest},
     },
 };
@@ -23,6 +23,7 @@ async fn sync_events(
     request: Ruma<sync_events::v3::Request>,
 ) -> Result<sync_events::v3::Response> {
     let sender = request.sender()?;
+    let _open = metrics::global().sync_started();
     let (user, device) = (sender.user_id.clone(), sender.device_id.clone());
     let body = request.body;
     let sync_request = SyncRequest {

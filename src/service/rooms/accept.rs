@@ -264,6 +264,7 @@ impl RoomCore {
             soft_failed,
             transaction,
         )?;
+        crate::service::metrics::global().event_persisted(if origin == Origin::Local { "local" } else { "remote" });
         Ok(Outcome::Accepted(accepted))
     }
 

@@ -71,6 +71,13 @@ port = 0
 allow_registration = true
 db_cache_capacity_mb = 16
 log = "info"
+rc_message = {{ per_second = 10000, burst_count = 10000 }}
+rc_registration = {{ per_second = 10000, burst_count = 10000 }}
+rc_room_creation = {{ per_second = 10000, burst_count = 10000 }}
+rc_media_create = {{ per_second = 10000, burst_count = 10000 }}
+rc_login = {{ address = {{ per_second = 10000, burst_count = 10000 }}, account = {{ per_second = 10000, burst_count = 10000 }}, failed_attempts = {{ per_second = 10000, burst_count = 10000 }} }}
+rc_joins = {{ local = {{ per_second = 10000, burst_count = 10000 }}, remote = {{ per_second = 10000, burst_count = 10000 }} }}
+rc_invites = {{ per_room = {{ per_second = 10000, burst_count = 10000 }}, per_user = {{ per_second = 10000, burst_count = 10000 }}, per_issuer = {{ per_second = 10000, burst_count = 10000 }} }}
 "#,
                 tempdir.path().join("db").display()
             ),
