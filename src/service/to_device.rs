@@ -2,7 +2,8 @@
 //! syncing past them), so they survive restarts; `sendToDevice` is idempotent per (sender,
 //! device, transaction ID), checked and recorded in the same locked commit as the messages.
 //! Messages for users of other servers go to a durable outbound queue per destination server
-//! (`to_device_outbound`), where they wait for the federation sender.
+//! (`to_device_outbound`), which the federation sender empties into its queue as
+//! `m.direct_to_device` EDUs; those of other servers are delivered once per message ID.
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use crate::{
     Result,
     storage::{
         Batch, Db, ScanDirection, WriteLock,
+        device_list_tables::TO_DEVICE_RECEIVED,
         key_tables::{OutboundToDevice, TO_DEVICE, TO_DEVICE_OUTBOUND, TO_DEVICE_TRANSACTIONS, ToDeviceMessage},
         tables::{COUNTERS, DEVICES},
     },
@@ -107,6 +109,105 @@ impl ToDevice {
                 // New messages: wake waiting syncs (here, so a dropped request cannot skip it).
                 notifier.poke();
                 Ok(true)
+            })
+            .await
+    }
+
+    /// Delivers the messages of an `m.direct_to_device` EDU from `origin` to local devices, once
+    /// per (origin, message ID): the check and the record are in the same locked commit as the
+    /// messages. Returns false when the message ID was already delivered. `messages` must name
+    /// local users only.
+    pub async fn receive(
+        &self,
+        origin: &ruma::ServerName,
+        message_id: &str,
+        sender: &UserId,
+        event_type: &str,
+        messages: Vec<(OwnedUserId, Target, Box<RawValue>)>,
+    ) -> Result<bool> {
+        let key = (origin.to_string(), message_id.to_owned());
+        let (sender, event_type, notifier) = (sender.to_owned(), event_type.to_owned(), self.notifier.clone());
+        self.lock
+            .run(&self.db, move |db| {
+                if TO_DEVICE_RECEIVED.contains(db, &key)? {
+                    return Ok(false);
+                }
+                let mut batch = Batch::new();
+                let mut position = COUNTERS.get(db, &COUNTER.to_owned())?.unwrap_or(0);
+                for (user, target, content) in messages {
+                    let devices: Vec<OwnedDeviceId> = match target {
+                        Target::Device(device) => vec![device],
+                        Target::AllDevices => {
+                            DEVICES.scan_prefix(db, &(user.clone(),))?.into_iter().map(|((_, d), _)| d).collect()
+                        }
+                    };
+                    for device in devices {
+                        position += 1;
+                        let message = ToDeviceMessage {
+                            sender: sender.clone(),
+                            event_type: event_type.clone(),
+                            content: content.clone(),
+                        };
+                        batch.put(&TO_DEVICE, &(user.clone(), device, position), &message)?;
+                    }
+                }
+                batch.put(&COUNTERS, &COUNTER.to_owned(), &position)?;
+                batch.put(&TO_DEVICE_RECEIVED, &key, &super::now_ms())?;
+                db.write(batch)?;
+                notifier.poke();
+                Ok(true)
+            })
+            .await
+    }
+
+    /// Moves up to `limit` messages waiting for other servers into the federation queue:
+    /// `queue` gets them (destination and the `m.direct_to_device` EDUs, one per sender, type
+    /// and message ID) with a batch deleting them here, and writes the batch with the queue
+    /// entries. Returns how many messages were moved.
+    pub async fn outbound_edus(&self, limit: usize) -> Result<(Vec<(String, serde_json::Value)>, Batch, usize)> {
+        self.db
+            .run(move |db| {
+                let rows =
+                    TO_DEVICE_OUTBOUND.scan_from(db, &(String::new(), 0), ScanDirection::Forward, limit, |_| true)?;
+                let mut batch = Batch::new();
+                // (destination, sender, type, message ID) -> user -> device -> content, in
+                // queue order per destination.
+                let mut edus: Vec<((String, OwnedUserId, String, String), serde_json::Value)> = Vec::new();
+                for ((destination, position), message) in &rows {
+                    batch.delete(&TO_DEVICE_OUTBOUND, &(destination.clone(), *position));
+                    let id = (
+                        destination.clone(),
+                        message.sender.clone(),
+                        message.event_type.clone(),
+                        message.message_id.clone(),
+                    );
+                    let content: serde_json::Value =
+                        serde_json::from_str(message.content.get()).unwrap_or(serde_json::Value::Null);
+                    let index = match edus.iter().position(|(existing, _)| *existing == id) {
+                        Some(index) => index,
+                        None => {
+                            edus.push((id, serde_json::json!({})));
+                            edus.len() - 1
+                        }
+                    };
+                    edus[index].1[message.target.as_str()][message.device.as_str()] = content;
+                }
+                let out = edus
+                    .into_iter()
+                    .map(|((destination, sender, event_type, message_id), messages)| {
+                        let edu = serde_json::json!({
+                            "edu_type": "m.direct_to_device",
+                            "content": {
+                                "sender": sender,
+                                "type": event_type,
+                                "message_id": message_id,
+                                "messages": messages,
+                            }
+                        });
+                        (destination, edu)
+                    })
+                    .collect();
+                Ok((out, batch, rows.len()))
             })
             .await
     }
