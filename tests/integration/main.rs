@@ -37,6 +37,7 @@ mod migration;
 mod pagination;
 mod peer_nio;
 mod peer_synapse;
+mod peer_synapse_edus;
 mod presence;
 mod push;
 mod push_shared;
