@@ -240,7 +240,7 @@ async fn edus_from_a_server_the_room_acl_denies_are_dropped() {
     set_typing(b, &bob, &room, true).await;
     set_typing(b, &bob, &sentinel, true).await;
     let sync = sync_until(a, &alice, Some(&alice_since), |s| typing(s, &sentinel).is_some()).await;
-    assert_eq!(typing(&sync, &sentinel).unwrap(), [bob.user_id.clone()]);
+    assert_eq!(typing(&sync, &sentinel).unwrap(), std::slice::from_ref(&bob.user_id));
     assert!(typing(&sync, &room).is_none_or(|users| users.is_empty()), "{sync}");
 }
 
