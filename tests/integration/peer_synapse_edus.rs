@@ -1,6 +1,6 @@
-//! EDUs and keys between Trellis and a real Synapse: typing from Synapse to Trellis, Synapse's
-//! device list update naming its user in Trellis's `device_lists.changed`, and key queries and
-//! claims both ways. Skipped without
+//! EDUs and keys between Trellis and a real Synapse: typing both ways, a to-device message from
+//! Trellis to a Synapse device, and key uploads, queries and claims across the two, with each
+//! side's `device_lists.changed` naming the other's user. Skipped without
 //! `TRELLIS_SYNAPSE_PYTHON` (see `peer_synapse.rs`).
 
 use serde_json::{Value, json};
@@ -32,16 +32,18 @@ async fn trellis_sync_until(
     panic!("Trellis sync never showed what was expected");
 }
 
-/// Syncs on Synapse until `done` holds.
+/// Syncs on Synapse, each sync from the last one's `next_batch` (Synapse may answer a repeated
+/// request from its cache), until `done` holds for a response; returns it.
 async fn synapse_sync_until(
     synapse: &Synapse,
     token: &str,
     since: Option<&str>,
     done: impl Fn(&Value) -> bool,
 ) -> Value {
+    let mut since = since.map(str::to_owned);
     for _ in 0..60 {
         let mut path = "/_matrix/client/v3/sync?timeout=500".to_owned();
-        if let Some(since) = since {
+        if let Some(since) = &since {
             path.push_str(&format!("&since={}", enc(since)));
         }
         let (status, body) = synapse.client_get(&path, token).await;
@@ -49,6 +51,7 @@ async fn synapse_sync_until(
         if done(&body) {
             return body;
         }
+        since = body["next_batch"].as_str().map(str::to_owned);
     }
     panic!("Synapse sync never showed what was expected");
 }
@@ -84,7 +87,7 @@ fn device_keys(user: &str, device: &str, otk: &str) -> Value {
 }
 
 #[tokio::test]
-async fn synapse_typing_and_device_lists_reach_trellis_and_keys_cross_both_ways() {
+async fn synapse_and_trellis_exchange_typing_to_device_messages_and_keys() {
     let Some(Peers { synapse, trellis, trellis_name, .. }) = synapse_and_trellis().await else { return };
     let alice = trellis.register("alice", "pw").await;
     let sam = synapse.register("sam").await;
@@ -102,12 +105,36 @@ async fn synapse_typing_and_device_lists_reach_trellis_and_keys_cross_both_ways(
     // Sam's join puts him in alice's `changed`.
     let sync = trellis_sync_until(&trellis, &alice, Some(&alice_since), |s| changed(s).contains(&sam_id)).await;
     let alice_since = sync["next_batch"].as_str().unwrap().to_owned();
-    synapse_sync_until(&synapse, &sam, None, |s| s["rooms"]["join"][&room].is_object()).await;
+    let sam_since =
+        synapse_sync_until(&synapse, &sam, None, |s| s["rooms"]["join"][&room].is_object()).await["next_batch"]
+            .as_str()
+            .unwrap()
+            .to_owned();
 
-    // Typing: Synapse to Trellis.
+    // Typing: Synapse to Trellis, and Trellis to Synapse.
     let path = format!("/_matrix/client/v3/rooms/{}/typing/{}", enc(&room), enc(&sam_id));
     assert_eq!(synapse.client_put(&path, &sam, json!({"typing": true, "timeout": 20000})).await.0, 200);
     trellis_sync_until(&trellis, &alice, Some(&alice_since), |s| typing_users(s, &room).contains(&sam_id)).await;
+    let path = format!("/_matrix/client/v3/rooms/{}/typing/{}", enc(&room), enc(&alice.user_id));
+    assert_eq!(trellis.put(&path, alice.token(), json!({"typing": true, "timeout": 20000})).await.0, 200);
+    let sync =
+        synapse_sync_until(&synapse, &sam, Some(&sam_since), |s| typing_users(s, &room).contains(&alice.user_id)).await;
+    let sam_since = sync["next_batch"].as_str().unwrap().to_owned();
+
+    // A to-device message from Trellis to Sam's device, delivered once.
+    let body = json!({"messages": {sam_id.as_str(): {sam_device.as_str(): {"hello": "sam"}}}});
+    let (status, response) =
+        trellis.put("/_matrix/client/v3/sendToDevice/org.example.test/txn1", alice.token(), body).await;
+    assert_eq!(status, 200, "{response}");
+    let sync = synapse_sync_until(&synapse, &sam, Some(&sam_since), |s| {
+        s["to_device"]["events"].as_array().is_some_and(|events| !events.is_empty())
+    })
+    .await;
+    let events = sync["to_device"]["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!((&events[0]["sender"], &events[0]["content"]["hello"]), (&json!(alice.user_id), &json!("sam")));
+    let sam_since = sync["next_batch"].as_str().unwrap().to_owned();
+
     // Sam uploads keys: alice's sync names him, and her query and claim reach Synapse.
     let (status, response) =
         synapse.client_post("/_matrix/client/v3/keys/upload", &sam, device_keys(&sam_id, &sam_device, "SAM1")).await;
@@ -129,13 +156,13 @@ async fn synapse_typing_and_device_lists_reach_trellis_and_keys_cross_both_ways(
         "{claimed}"
     );
 
-    // Alice uploads keys: Sam's query and claim reach Trellis. (That Synapse's sync names her
-    // after Trellis's EDU is not checked: EDUs from Trellis to Synapse are not seen to arrive,
-    // see docs/federation.md.)
+    // Alice uploads keys: Sam's sync names her (Synapse took the device list update), and his
+    // query and claim reach Trellis.
     let (status, response) = trellis
         .post("/_matrix/client/v3/keys/upload", alice.token(), device_keys(&alice.user_id, &alice.device_id, "ALI1"))
         .await;
     assert_eq!(status, 200, "{response}");
+    synapse_sync_until(&synapse, &sam, Some(&sam_since), |s| changed(s).contains(&alice.user_id)).await;
     let query = json!({"device_keys": {alice.user_id.as_str(): []}});
     let (status, keys) = synapse.client_post("/_matrix/client/v3/keys/query", &sam, query).await;
     assert_eq!(status, 200, "{keys}");

@@ -497,7 +497,9 @@ async fn deliver(sender: &Arc<Sender>, destination: &ServerName, outgoing: &Outg
     if request.pdus.is_empty() && request.edus.is_empty() {
         return Ok(());
     }
+    let (pdus, edus) = (request.pdus.len(), request.edus.len());
     let response = services.federation.client.send(destination, request).await.map_err(|e| e.to_string())?;
+    tracing::debug!(%destination, txn = %outgoing.txn_id, pdus, edus, "transaction delivered");
     for (event_id, result) in response.pdus {
         if let Err(error) = result {
             tracing::debug!(%destination, %event_id, %error, "the destination refused an event");
