@@ -339,8 +339,8 @@ impl Inner {
         self.write(user, Some(touch), true, change).await
     }
 
-    /// [`update`](Self::update); `live` keeps the user in memory (local users), and a remote
-    /// user's change is stored even when only `last_active_ms` moved.
+    /// [`update`](Self::update); `live` keeps the user in memory (local users: the timer times
+    /// them out), which a remote user's change does not.
     async fn write(
         self: &Arc<Self>,
         user: &UserId,
