@@ -50,6 +50,12 @@ fn trellis_binary() -> PathBuf {
 
 impl TestServer {
     pub fn start() -> Self {
+        Self::start_with("localhost", "")
+    }
+
+    /// A server named `server_name`, with `extra` appended to its config (more keys of
+    /// `[global]`, then tables).
+    pub fn start_with(server_name: &str, extra: &str) -> Self {
         let binary = trellis_binary();
         assert!(
             binary.is_file(),
@@ -63,7 +69,7 @@ impl TestServer {
             &config,
             format!(
                 r#"[global]
-server_name = "localhost"
+server_name = "{server_name}"
 database_backend = "rocksdb"
 database_path = "{}"
 address = "127.0.0.1"
@@ -71,6 +77,7 @@ port = 0
 allow_registration = true
 db_cache_capacity_mb = 16
 log = "info"
+{extra}
 "#,
                 tempdir.path().join("db").display()
             ),
