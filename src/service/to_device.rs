@@ -25,6 +25,11 @@ use crate::{
 const COUNTER: &str = "to_device_position";
 /// Orders the outbound queue.
 const OUTBOUND_COUNTER: &str = "to_device_outbound_position";
+/// How long the message IDs of other servers' to-device messages are kept to spot repeats (a
+/// sender retries a transaction within hours; a week is generous).
+const RECEIVED_KEPT_MS: u64 = 7 * 24 * 3600 * 1000;
+/// Older message IDs are dropped after every this many received messages.
+const PRUNE_EVERY: u64 = 1000;
 
 /// Where a message goes: one device, or every device of the user (`*`).
 pub enum Target {
@@ -38,11 +43,13 @@ pub struct ToDevice {
     server_name: OwnedServerName,
     /// Serialises the transaction check, the counters and the commit.
     lock: WriteLock,
+    /// Messages received from other servers since start-up (to prune old message IDs now and then).
+    received: std::sync::atomic::AtomicU64,
 }
 
 impl ToDevice {
     pub fn new(db: Db, notifier: Arc<Notifier>, server_name: OwnedServerName) -> Self {
-        Self { db, notifier, server_name, lock: WriteLock::new() }
+        Self { db, notifier, server_name, lock: WriteLock::new(), received: Default::default() }
     }
 
     /// Queues messages for local devices and, for users of other servers, in the outbound
@@ -127,6 +134,7 @@ impl ToDevice {
     ) -> Result<bool> {
         let key = (origin.to_string(), message_id.to_owned());
         let (sender, event_type, notifier) = (sender.to_owned(), event_type.to_owned(), self.notifier.clone());
+        let prune = self.received.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1;
         self.lock
             .run(&self.db, move |db| {
                 if TO_DEVICE_RECEIVED.contains(db, &key)? {
@@ -152,7 +160,15 @@ impl ToDevice {
                     }
                 }
                 batch.put(&COUNTERS, &COUNTER.to_owned(), &position)?;
-                batch.put(&TO_DEVICE_RECEIVED, &key, &super::now_ms())?;
+                let now = super::now_ms();
+                batch.put(&TO_DEVICE_RECEIVED, &key, &now)?;
+                if prune {
+                    for (old, at) in TO_DEVICE_RECEIVED.all(db)? {
+                        if at.saturating_add(RECEIVED_KEPT_MS) < now {
+                            batch.delete(&TO_DEVICE_RECEIVED, &old);
+                        }
+                    }
+                }
                 db.write(batch)?;
                 notifier.poke();
                 Ok(true)
