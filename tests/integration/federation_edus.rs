@@ -276,10 +276,13 @@ async fn device_lists_and_keys_cross_servers() {
     let room = create_room(a, &alice, json!({"preset": "public_chat"})).await;
     let alice_since = next_batch(&sync_until(a, &alice, None, |_| true).await);
 
-    // bob of hs-b joins: alice sees him in `changed`, and he sees alice.
+    // bob of hs-b, who uploaded keys before, joins: alice sees him in `changed` and gets his
+    // keys from hs-b (TestUserAppearsInChangedDeviceListOnJoinOverFederation).
+    upload_keys(b, &bob, "DDDD").await;
     assert_eq!(join_via(b, &bob, &room, &["hs-a"]).await.0, 200);
-    let sync = sync_until(a, &alice, Some(&alice_since), |s| changed(s).contains(&bob.user_id)).await;
-    let alice_since = next_batch(&sync);
+    sync_until(a, &alice, Some(&alice_since), |s| changed(s).contains(&bob.user_id)).await;
+    let keys = query_keys(a, &alice, &bob.user_id).await;
+    assert!(keys["device_keys"][&bob.user_id][&bob.device_id].is_object(), "{keys}");
     let sync = sync_until(b, &bob, None, |s| s["rooms"]["join"][&room].is_object()).await;
     let bob_since = next_batch(&sync);
 
@@ -300,12 +303,6 @@ async fn device_lists_and_keys_cross_servers() {
     );
     let (_, again) = b.post("/_matrix/client/v3/keys/claim", bob.token(), claim).await;
     assert!(again["one_time_keys"][&alice.user_id].is_null(), "{again}");
-
-    // The other way: bob's keys reach alice.
-    upload_keys(b, &bob, "DDDD").await;
-    sync_until(a, &alice, Some(&alice_since), |s| changed(s).contains(&bob.user_id)).await;
-    let keys = query_keys(a, &alice, &bob.user_id).await;
-    assert!(keys["device_keys"][&bob.user_id][&bob.device_id].is_object(), "{keys}");
 
     // A new device of alice: bob sees the change, and his (cached) query has both devices.
     let (status, login) = a
