@@ -3,6 +3,8 @@
 //! signature checks, signatures uploaded separately, and the stream of users whose keys changed
 //! (for `/keys/changes` and sync's `device_lists`).
 
+mod remote;
+
 use std::{collections::BTreeMap, sync::Arc};
 
 use ruma::{
@@ -23,6 +25,8 @@ use crate::{
         tables::DEVICES,
     },
 };
+
+pub use remote::{FederatedDevice, RemoteUpdate};
 
 pub struct Keys {
     db: Db,

@@ -249,6 +249,31 @@ impl Presence {
             .await
     }
 
+    /// The presence of a user of another server, as their server sent it (`m.presence`). Not
+    /// kept in memory: the timer does not time remote users out, their server tells when they
+    /// go offline. Ignored when presence is off.
+    pub async fn set_remote(
+        &self,
+        user: &UserId,
+        state: &PresenceState,
+        status_msg: Option<String>,
+        last_active_ago_ms: u64,
+        currently_active: bool,
+    ) -> Result<()> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let state = state_name(state);
+        self.inner
+            .write(user, None, false, move |record, now| {
+                record.state = state.to_owned();
+                record.status_msg = status_msg;
+                record.last_active_ms = now.saturating_sub(last_active_ago_ms);
+                record.currently_active = currently_active && state == ONLINE;
+            })
+            .await
+    }
+
     /// The users whose presence changed in positions `(since, upto]`, with their presence.
     pub async fn changes(&self, since: u64, upto: u64) -> Result<Vec<(OwnedUserId, PresenceView)>> {
         if !self.enabled || since >= upto {
@@ -311,6 +336,19 @@ impl Inner {
         touch: bool,
         change: impl FnOnce(&mut PresenceRecord, u64) + Send + 'static,
     ) -> Result<()> {
+        self.write(user, Some(touch), true, change).await
+    }
+
+    /// [`update`](Self::update); `live` keeps the user in memory (local users: the timer times
+    /// them out), which a remote user's change does not.
+    async fn write(
+        self: &Arc<Self>,
+        user: &UserId,
+        touch: Option<bool>,
+        live: bool,
+        change: impl FnOnce(&mut PresenceRecord, u64) + Send + 'static,
+    ) -> Result<()> {
+        let touch = touch.unwrap_or(false);
         let (inner, user) = (self.clone(), user.to_owned());
         self.write_lock
             .run(&self.db, move |db| {
@@ -319,7 +357,9 @@ impl Inner {
                 let mut new = old.clone();
                 change(&mut new, now);
                 if new == old {
-                    inner.remember(&user, &new, touch.then_some(now));
+                    if live {
+                        inner.remember(&user, &new, touch.then_some(now));
+                    }
                     return Ok(());
                 }
                 let position = COUNTERS.get(db, &COUNTER.to_owned())?.unwrap_or(0) + 1;
@@ -332,7 +372,9 @@ impl Inner {
                 batch.put(&PRESENCE_CHANGES, &position, &user)?;
                 batch.put(&PRESENCE, &user, &record)?;
                 db.write(batch)?;
-                inner.remember(&user, &record, touch.then_some(now));
+                if live {
+                    inner.remember(&user, &record, touch.then_some(now));
+                }
                 inner.notifier.poke();
                 Ok(())
             })

@@ -50,13 +50,23 @@ impl Receipts {
         event_id: &EventId,
         thread: Option<&str>,
     ) -> Result<()> {
+        self.set_at(room, user, receipt_type, event_id, thread, super::now_ms()).await
+    }
+
+    /// [`set`](Self::set) with the receipt's time (`ts`) given: a receipt of another server
+    /// keeps the time its server gave it.
+    pub async fn set_at(
+        &self,
+        room: &RoomId,
+        user: &UserId,
+        receipt_type: &str,
+        event_id: &EventId,
+        thread: Option<&str>,
+        ts: u64,
+    ) -> Result<()> {
         let key = (room.to_owned(), receipt_type.to_owned(), user.to_owned(), thread.unwrap_or_default().to_owned());
-        let record = ReceiptRecord {
-            event_id: event_id.to_string(),
-            ts: super::now_ms(),
-            thread_id: thread.map(str::to_owned),
-            position: 0,
-        };
+        let record =
+            ReceiptRecord { event_id: event_id.to_string(), ts, thread_id: thread.map(str::to_owned), position: 0 };
         let notifier = self.notifier.clone();
         self.lock
             .run(&self.db, move |db| {
@@ -108,6 +118,37 @@ impl Receipts {
                     }
                 }
                 Ok(out)
+            })
+            .await
+    }
+
+    /// The public (`m.read`) receipts written in positions `(since, upto]`, at most `limit`
+    /// positions: (position, room, user, record), for the federation sender. The newest
+    /// position read is returned too, so a caller can move on past positions with nothing.
+    pub async fn public_changes(
+        &self,
+        since: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<(Vec<(OwnedRoomId, ruma::OwnedUserId, ReceiptRecord)>, u64)> {
+        self.db
+            .run(move |db| {
+                let changes = RECEIPT_CHANGES.between(db, since, upto, limit)?;
+                let last = if changes.len() < limit { upto } else { changes.last().map_or(upto, |(p, _)| *p) };
+                let mut out = Vec::new();
+                for (position, change) in changes {
+                    if change.receipt_type != "m.read" {
+                        continue;
+                    }
+                    let key = (change.room.clone(), change.receipt_type, change.user.clone(), change.thread);
+                    // Only the write at this position: a later one is sent at its own position.
+                    if let Some(record) = RECEIPTS.get(db, &key)?
+                        && record.position == position
+                    {
+                        out.push((change.room, change.user, record));
+                    }
+                }
+                Ok((out, last))
             })
             .await
     }

@@ -292,13 +292,22 @@ impl Sessions {
         display_name: Option<String>,
     ) -> Result<()> {
         let key = (user_id.to_owned(), device_id.to_owned());
+        let (key_changes, notifier) = (self.key_changes.clone(), self.notifier.clone());
         self.lock_for(user_id)
             .run(&self.db, move |db| {
                 let mut record = DEVICES.get(db, &key)?.ok_or_else(|| Error::not_found("Unknown device"))?;
+                if record.display_name == display_name {
+                    return Ok(());
+                }
                 record.display_name = display_name;
                 let mut batch = Batch::new();
                 batch.put(&DEVICES, &key, &record)?;
-                Ok(db.write(batch)?)
+                // The display name is part of the device list other users (and servers) see.
+                let reserved = super::keys::record_key_change(&key_changes, &mut batch, &key.0)?;
+                db.write(batch)?;
+                drop(reserved);
+                notifier.poke();
+                Ok(())
             })
             .await
     }

@@ -2,9 +2,10 @@
 //! syncing past them), so they survive restarts; `sendToDevice` is idempotent per (sender,
 //! device, transaction ID), checked and recorded in the same locked commit as the messages.
 //! Messages for users of other servers go to a durable outbound queue per destination server
-//! (`to_device_outbound`), where they wait for the federation sender. Messages for users an
-//! application service receives to-device messages for (MSC4203) are also listed in
-//! `to_device_appservice`, in order, for the services' senders.
+//! (`to_device_outbound`), which the federation sender empties into its queue as
+//! `m.direct_to_device` EDUs; those of other servers are delivered once per message ID.
+//! Messages for users an application service receives to-device messages for (MSC4203) are
+//! also listed in `to_device_appservice`, in order, for the services' senders.
 
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ use crate::{
     Result,
     storage::{
         Batch, Db, ScanDirection, WriteLock,
+        device_list_tables::TO_DEVICE_RECEIVED,
         key_tables::{
             OutboundToDevice, Recipient, TO_DEVICE, TO_DEVICE_APPSERVICE, TO_DEVICE_OUTBOUND, TO_DEVICE_TRANSACTIONS,
             ToDeviceMessage,
@@ -28,6 +30,11 @@ use crate::{
 const COUNTER: &str = "to_device_position";
 /// Orders the outbound queue.
 const OUTBOUND_COUNTER: &str = "to_device_outbound_position";
+/// How long the message IDs of other servers' to-device messages are kept to spot repeats (a
+/// sender retries a transaction within hours; a week is generous).
+const RECEIVED_KEPT_MS: u64 = 7 * 24 * 3600 * 1000;
+/// Older message IDs are dropped after every this many received messages.
+const PRUNE_EVERY: u64 = 1000;
 
 /// Where a message goes: one device, or every device of the user (`*`).
 pub enum Target {
@@ -45,6 +52,8 @@ pub struct ToDevice {
     /// Serialises the transaction check, the counters and the commit.
     lock: WriteLock,
     appservice_users: AppServiceUsers,
+    /// Messages received from other servers since start-up (to prune old message IDs now and then).
+    received: std::sync::atomic::AtomicU64,
 }
 
 impl ToDevice {
@@ -54,7 +63,7 @@ impl ToDevice {
         server_name: OwnedServerName,
         appservice_users: AppServiceUsers,
     ) -> Self {
-        Self { db, notifier, server_name, lock: WriteLock::new(), appservice_users }
+        Self { db, notifier, server_name, lock: WriteLock::new(), appservice_users, received: Default::default() }
     }
 
     /// Queues messages for local devices and, for users of other servers, in the outbound
@@ -99,29 +108,9 @@ impl ToDevice {
                         batch.put(&TO_DEVICE_OUTBOUND, &(user.server_name().to_string(), outbound), &message)?;
                         continue;
                     }
-                    let devices: Vec<OwnedDeviceId> = match target {
-                        Target::Device(device) => vec![device],
-                        Target::AllDevices => {
-                            DEVICES.scan_prefix(db, &(user.clone(),))?.into_iter().map(|((_, d), _)| d).collect()
-                        }
-                    };
+                    let message = ToDeviceMessage { sender: sender.clone(), event_type: event_type.clone(), content };
                     let for_appservice = appservice_users(&user);
-                    for device in devices {
-                        position += 1;
-                        let message = ToDeviceMessage {
-                            sender: sender.clone(),
-                            event_type: event_type.clone(),
-                            content: content.clone(),
-                        };
-                        if for_appservice {
-                            batch.put(
-                                &TO_DEVICE_APPSERVICE,
-                                &position,
-                                &Recipient { user: user.clone(), device: device.clone() },
-                            )?;
-                        }
-                        batch.put(&TO_DEVICE, &(user.clone(), device, position), &message)?;
-                    }
+                    queue_local(db, &mut batch, &mut position, &user, target, &message, for_appservice)?;
                 }
                 batch.put(&COUNTERS, &COUNTER.to_owned(), &position)?;
                 batch.put(&COUNTERS, &OUTBOUND_COUNTER.to_owned(), &outbound)?;
@@ -130,6 +119,103 @@ impl ToDevice {
                 // New messages: wake waiting syncs (here, so a dropped request cannot skip it).
                 notifier.poke();
                 Ok(true)
+            })
+            .await
+    }
+
+    /// Delivers the messages of an `m.direct_to_device` EDU from `origin` to local devices, once
+    /// per (origin, message ID): the check and the record are in the same locked commit as the
+    /// messages. Returns false when the message ID was already delivered. `messages` must name
+    /// local users only.
+    pub async fn receive(
+        &self,
+        origin: &ruma::ServerName,
+        message_id: &str,
+        sender: &UserId,
+        event_type: &str,
+        messages: Vec<(OwnedUserId, Target, Box<RawValue>)>,
+    ) -> Result<bool> {
+        let key = (origin.to_string(), message_id.to_owned());
+        let (sender, event_type, notifier) = (sender.to_owned(), event_type.to_owned(), self.notifier.clone());
+        let appservice_users = self.appservice_users.clone();
+        let prune = self.received.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1;
+        self.lock
+            .run(&self.db, move |db| {
+                if TO_DEVICE_RECEIVED.contains(db, &key)? {
+                    return Ok(false);
+                }
+                let mut batch = Batch::new();
+                let mut position = COUNTERS.get(db, &COUNTER.to_owned())?.unwrap_or(0);
+                for (user, target, content) in messages {
+                    let message = ToDeviceMessage { sender: sender.clone(), event_type: event_type.clone(), content };
+                    let for_appservice = appservice_users(&user);
+                    queue_local(db, &mut batch, &mut position, &user, target, &message, for_appservice)?;
+                }
+                batch.put(&COUNTERS, &COUNTER.to_owned(), &position)?;
+                let now = super::now_ms();
+                batch.put(&TO_DEVICE_RECEIVED, &key, &now)?;
+                if prune {
+                    for (old, at) in TO_DEVICE_RECEIVED.all(db)? {
+                        if at.saturating_add(RECEIVED_KEPT_MS) < now {
+                            batch.delete(&TO_DEVICE_RECEIVED, &old);
+                        }
+                    }
+                }
+                db.write(batch)?;
+                notifier.poke();
+                Ok(true)
+            })
+            .await
+    }
+
+    /// Moves up to `limit` messages waiting for other servers into the federation queue:
+    /// `queue` gets them (destination and the `m.direct_to_device` EDUs, one per sender, type
+    /// and message ID) with a batch deleting them here, and writes the batch with the queue
+    /// entries. Returns how many messages were moved.
+    pub async fn outbound_edus(&self, limit: usize) -> Result<(Vec<(String, serde_json::Value)>, Batch, usize)> {
+        self.db
+            .run(move |db| {
+                let rows =
+                    TO_DEVICE_OUTBOUND.scan_from(db, &(String::new(), 0), ScanDirection::Forward, limit, |_| true)?;
+                let mut batch = Batch::new();
+                // (destination, sender, type, message ID) -> user -> device -> content, in
+                // queue order per destination.
+                let mut edus: Vec<((String, OwnedUserId, String, String), serde_json::Value)> = Vec::new();
+                for ((destination, position), message) in &rows {
+                    batch.delete(&TO_DEVICE_OUTBOUND, &(destination.clone(), *position));
+                    let id = (
+                        destination.clone(),
+                        message.sender.clone(),
+                        message.event_type.clone(),
+                        message.message_id.clone(),
+                    );
+                    let content: serde_json::Value =
+                        serde_json::from_str(message.content.get()).unwrap_or(serde_json::Value::Null);
+                    let index = match edus.iter().position(|(existing, _)| *existing == id) {
+                        Some(index) => index,
+                        None => {
+                            edus.push((id, serde_json::json!({})));
+                            edus.len() - 1
+                        }
+                    };
+                    edus[index].1[message.target.as_str()][message.device.as_str()] = content;
+                }
+                let out = edus
+                    .into_iter()
+                    .map(|((destination, sender, event_type, message_id), messages)| {
+                        let edu = serde_json::json!({
+                            "edu_type": "m.direct_to_device",
+                            "content": {
+                                "sender": sender,
+                                "type": event_type,
+                                "message_id": message_id,
+                                "messages": messages,
+                            }
+                        });
+                        (destination, edu)
+                    })
+                    .collect();
+                Ok((out, batch, rows.len()))
             })
             .await
     }
@@ -289,4 +375,29 @@ mod tests {
         assert_eq!(two[0].1.message_id, one[0].1.message_id, "one message ID per request");
         assert!(services.to_device.outbound("localhost", 10).await.unwrap().is_empty());
     }
+}
+
+/// Puts a message in the inbox of the local devices `target` names, at the next positions (and
+/// in the list for application services when one receives the user's messages).
+fn queue_local(
+    db: &Db,
+    batch: &mut Batch,
+    position: &mut u64,
+    user: &OwnedUserId,
+    target: Target,
+    message: &ToDeviceMessage,
+    for_appservice: bool,
+) -> Result<()> {
+    let devices: Vec<OwnedDeviceId> = match target {
+        Target::Device(device) => vec![device],
+        Target::AllDevices => DEVICES.scan_prefix(db, &(user.clone(),))?.into_iter().map(|((_, d), _)| d).collect(),
+    };
+    for device in devices {
+        *position += 1;
+        if for_appservice {
+            batch.put(&TO_DEVICE_APPSERVICE, position, &Recipient { user: user.clone(), device: device.clone() })?;
+        }
+        batch.put(&TO_DEVICE, &(user.clone(), device, *position), message)?;
+    }
+    Ok(())
 }

@@ -8,6 +8,7 @@
 pub mod admin_tables;
 pub mod appservice_tables;
 pub mod codec;
+pub mod device_list_tables;
 pub mod engine;
 pub mod federation_send_tables;
 pub mod federation_tables;
@@ -199,6 +200,7 @@ impl Db {
             .chain(appservice_tables::APPSERVICE_TABLES)
             .chain(membership_tables::MEMBERSHIP_TABLES)
             .chain(admin_tables::ADMIN_TABLES)
+            .chain(device_list_tables::DEVICE_LIST_TABLES)
             .copied()
             .collect();
         let engine = rocks::RocksEngine::open(&config.database_path, &all_tables, &settings)?;

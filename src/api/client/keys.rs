@@ -1,5 +1,6 @@
 //! End-to-end encryption keys: upload, query, claim, changes, cross-signing keys and
-//! signatures. Users of other servers are reported in `failures` until federation arrives.
+//! signatures. Queries and claims for users of other servers go to their servers
+//! (`service::federation::device_lists`).
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -15,7 +16,7 @@ use crate::{
     Error, Result,
     api::{RumaRouter, client::account::confirm_password, extract::Ruma},
     service::{
-        Services,
+        Services, federation,
         sync::{DeviceListWindow, SyncToken, device_list_changes},
     },
 };
@@ -28,13 +29,15 @@ fn raw<T>(value: &Value) -> Result<Raw<T>> {
     serde_json::value::to_raw_value(value).map(Raw::from_json).map_err(|e| Error::internal(e.to_string()))
 }
 
-fn remote_failure(services: &Services, failures: &mut BTreeMap<String, Value>, user: &ruma::UserId) -> bool {
-    if user.server_name() == services.config.server_name {
-        return false;
-    }
-    failures
-        .insert(user.server_name().to_string(), json!({"status": 503, "message": "Federation is not available yet"}));
-    true
+/// How long a key query or claim waits for other servers when the client names no timeout.
+const DEFAULT_REMOTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn is_remote(services: &Services, user: &ruma::UserId) -> bool {
+    user.server_name() != services.config.server_name
+}
+
+fn remote_timeout(timeout: Option<std::time::Duration>) -> std::time::Duration {
+    timeout.unwrap_or(DEFAULT_REMOTE_TIMEOUT).min(std::time::Duration::from_secs(60))
 }
 
 async fn upload(services: Arc<Services>, request: Ruma<upload_keys::v3::Request>) -> Result<upload_keys::v3::Response> {
@@ -56,8 +59,33 @@ pub fn counts_for_response(counts: BTreeMap<String, u64>) -> BTreeMap<OneTimeKey
 async fn query(services: Arc<Services>, request: Ruma<get_keys::v3::Request>) -> Result<get_keys::v3::Response> {
     let sender = request.sender()?;
     let mut response = get_keys::v3::Response::new();
+    let remote: BTreeMap<_, _> = request
+        .body
+        .device_keys
+        .iter()
+        .filter(|(user, _)| is_remote(&services, user))
+        .map(|(u, d)| (u.clone(), d.clone()))
+        .collect();
+    if !remote.is_empty() {
+        let timeout = remote_timeout(request.body.timeout);
+        let answer = federation::device_lists::query(&services, &sender.user_id, remote, timeout).await?;
+        for (user, devices) in answer.device_keys {
+            let mut by_device = BTreeMap::new();
+            for (device, value) in devices {
+                by_device.insert(device, raw(&value)?);
+            }
+            response.device_keys.insert(user, by_device);
+        }
+        for (user, key) in answer.master_keys {
+            response.master_keys.insert(user, raw(&key)?);
+        }
+        for (user, key) in answer.self_signing_keys {
+            response.self_signing_keys.insert(user, raw(&key)?);
+        }
+        response.failures = answer.failures;
+    }
     for (user, devices) in &request.body.device_keys {
-        if remote_failure(&services, &mut response.failures, user) {
+        if is_remote(&services, user) {
             continue;
         }
         let keys = services.keys.device_keys(user, devices.clone()).await?;
@@ -84,10 +112,34 @@ async fn query(services: Arc<Services>, request: Ruma<get_keys::v3::Request>) ->
 
 async fn claim(services: Arc<Services>, request: Ruma<claim_keys::v3::Request>) -> Result<claim_keys::v3::Response> {
     request.sender()?;
-    let mut failures = BTreeMap::new();
     let mut claimed = BTreeMap::new();
+    let remote: BTreeMap<_, _> = request
+        .body
+        .one_time_keys
+        .iter()
+        .filter(|(user, _)| is_remote(&services, user))
+        .map(|(u, d)| (u.clone(), d.clone()))
+        .collect();
+    let mut failures = BTreeMap::new();
+    if !remote.is_empty() {
+        let timeout = remote_timeout(request.body.timeout);
+        let (remote_claimed, remote_failures) = federation::device_lists::claim(&services, remote, timeout).await;
+        failures = remote_failures;
+        for (user, devices) in remote_claimed {
+            let mut by_device = BTreeMap::new();
+            for (device, keys) in devices {
+                let mut by_id = BTreeMap::new();
+                for (key_id, key) in keys {
+                    let Ok(key_id) = OwnedOneTimeKeyId::try_from(key_id) else { continue };
+                    by_id.insert(key_id, raw(&key)?);
+                }
+                by_device.insert(device, by_id);
+            }
+            claimed.insert(user, by_device);
+        }
+    }
     for (user, devices) in &request.body.one_time_keys {
-        if remote_failure(&services, &mut failures, user) {
+        if is_remote(&services, user) {
             continue;
         }
         let mut by_device = BTreeMap::new();

@@ -8,7 +8,7 @@ use ruma::api::client::typing::create_typing_event::{self, v3::Typing};
 use crate::{
     Error, Result,
     api::{RumaRouter, extract::Ruma},
-    service::Services,
+    service::{Services, federation},
 };
 
 pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
@@ -31,6 +31,8 @@ async fn typing(
         Typing::Yes(info) => Some(info.timeout),
         Typing::No => None,
     };
+    let typing = timeout.is_some();
     services.typing.set(&body.room_id, &sender.user_id, timeout);
+    federation::outbound_edus::typing(&services, &body.room_id, &sender.user_id, typing).await?;
     Ok(create_typing_event::v3::Response::new())
 }

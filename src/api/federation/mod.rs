@@ -2,7 +2,7 @@
 //! (`discovery.rs`), the notary key queries (`keys.rs`), queries about local users
 //! (`query.rs`), joins (`join.rs`), invites and leaves across servers (`membership.rs`), the
 //! read side of the event exchange (`events.rs`), and the `X-Matrix` authentication of signed
-//! requests (`auth.rs`).
+//! requests (`auth.rs`), and the keys of local users for other servers (`user_keys.rs`).
 
 pub(crate) mod auth;
 pub mod discovery;
@@ -12,6 +12,7 @@ pub mod keys;
 pub mod membership;
 pub mod query;
 pub mod transactions;
+pub mod user_keys;
 
 use std::sync::Arc;
 
@@ -21,5 +22,6 @@ use crate::service::Services;
 
 pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = join::routes(query::routes(keys::routes(discovery::routes(router))));
-    transactions::routes(events::routes(membership::routes(router)))
+    let router = transactions::routes(events::routes(membership::routes(router)));
+    user_keys::routes(router)
 }

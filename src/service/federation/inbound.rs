@@ -125,8 +125,7 @@ impl Inbound {
             }
         }
         for edu in &request.edus {
-            let kind = edu.get_field::<String>("edu_type").ok().flatten().unwrap_or_default();
-            tracing::debug!(%origin, edu_type = %kind, "EDU received and not handled yet");
+            super::edus::receive(services, origin, edu.json()).await;
         }
 
         let response: serde_json::Map<String, serde_json::Value> = results

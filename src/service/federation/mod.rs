@@ -3,17 +3,21 @@
 //! key (`client.rs`), the signing keys of other servers, fetched, verified, stored and
 //! served again as a notary (`keys.rs`), joining rooms through other servers (`join.rs`), and
 //! transactions: the outbound queue and its sender (`sender.rs`) and the transactions other
-//! servers send (`inbound.rs`). Inbound request signatures are checked by the API's
+//! servers send (`inbound.rs`); their EDUs (`edus.rs`), the EDUs this server sends
+//! (`outbound_edus.rs`) and the keys of other servers' users (`device_lists.rs`). Inbound request signatures are checked by the API's
 //! extractor through [`keys::RemoteKeys::verify_request`].
 
 pub mod backfill;
 pub mod client;
+pub mod device_lists;
 pub mod discovery;
+pub mod edus;
 mod gap;
 pub mod inbound;
 pub mod join;
 pub mod keys;
 pub mod membership;
+pub mod outbound_edus;
 pub mod sender;
 pub mod srv;
 

@@ -8,7 +8,8 @@
 //!   `rooms::servers`), advancing the cursor in the same write batch. Rooms know nothing of
 //!   federation: the follower is woken by the notifier every committed event already pokes,
 //!   and a crash between an event and its queueing loses nothing (the cursor was not moved).
-//!   Other services queue EDUs with [`Sender::queue_edu`], and events other servers gave this
+//!   EDUs follow the receipt, presence, key-change and to-device streams the same way
+//!   (`outbound_edus.rs`; typing is queued as it happens), and events other servers gave this
 //!   one to pass on (`send_join`, `send_leave`) with [`Sender::relay`].
 //! - **Delivery.** One worker task per destination. A transaction's ID and entries are stored
 //!   before it is first sent, so every retry (after a restart too) repeats the same ID and the
@@ -142,6 +143,27 @@ impl Sender {
             })
             .await?;
         self.wake(destination);
+        Ok(())
+    }
+
+    /// Queues EDUs, each for its destination, writing them with `batch` (what the caller
+    /// records about them: a cursor, the removal from another queue) in one commit.
+    pub async fn queue_edus(
+        self: &Arc<Self>,
+        edus: Vec<(OwnedServerName, serde_json::Value)>,
+        mut batch: Batch,
+    ) -> Result<()> {
+        let mut touched = BTreeSet::new();
+        for (destination, edu) in edus {
+            if destination == self.server_name {
+                continue;
+            }
+            let sequence = self.sequence.fetch_add(1, Ordering::SeqCst);
+            batch.put(&OUTBOUND_QUEUE, &(destination.to_string(), sequence), &Queued::Edu(edu))?;
+            touched.insert(destination);
+        }
+        self.db.run(move |db| Ok(db.write(batch)?)).await?;
+        touched.iter().for_each(|destination| self.wake(destination));
         Ok(())
     }
 
@@ -344,7 +366,11 @@ async fn follow(services: Arc<Services>, mut stopped: watch::Receiver<bool>) {
         if *stopped.borrow() {
             return;
         }
-        if let Err(error) = queue_new_events(&services, &sender).await {
+        let queued = match queue_new_events(&services, &sender).await {
+            Ok(()) => super::outbound_edus::queue_changes(&services, &sender).await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = queued {
             tracing::warn!(%error, "queueing events for other servers failed");
             if !pause(STORAGE_RETRY, &mut stopped).await {
                 return;
@@ -471,7 +497,9 @@ async fn deliver(sender: &Arc<Sender>, destination: &ServerName, outgoing: &Outg
     if request.pdus.is_empty() && request.edus.is_empty() {
         return Ok(());
     }
+    let (pdus, edus) = (request.pdus.len(), request.edus.len());
     let response = services.federation.client.send(destination, request).await.map_err(|e| e.to_string())?;
+    tracing::debug!(%destination, txn = %outgoing.txn_id, pdus, edus, "transaction delivered");
     for (event_id, result) in response.pdus {
         if let Err(error) = result {
             tracing::debug!(%destination, %event_id, %error, "the destination refused an event");

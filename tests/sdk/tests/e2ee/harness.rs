@@ -50,6 +50,12 @@ fn trellis_binary() -> PathBuf {
 
 impl TestServer {
     pub fn start() -> Self {
+        Self::start_with("localhost", "")
+    }
+
+    /// A server named `server_name`, with `extra` appended to its config (more keys of
+    /// `[global]`, then tables).
+    pub fn start_with(server_name: &str, extra: &str) -> Self {
         let binary = trellis_binary();
         assert!(
             binary.is_file(),
@@ -63,7 +69,7 @@ impl TestServer {
             &config,
             format!(
                 r#"[global]
-server_name = "localhost"
+server_name = "{server_name}"
 database_backend = "rocksdb"
 database_path = "{}"
 address = "127.0.0.1"
@@ -78,6 +84,7 @@ rc_media_create = {{ per_second = 10000, burst_count = 10000 }}
 rc_login = {{ address = {{ per_second = 10000, burst_count = 10000 }}, account = {{ per_second = 10000, burst_count = 10000 }}, failed_attempts = {{ per_second = 10000, burst_count = 10000 }} }}
 rc_joins = {{ local = {{ per_second = 10000, burst_count = 10000 }}, remote = {{ per_second = 10000, burst_count = 10000 }} }}
 rc_invites = {{ per_room = {{ per_second = 10000, burst_count = 10000 }}, per_user = {{ per_second = 10000, burst_count = 10000 }}, per_issuer = {{ per_second = 10000, burst_count = 10000 }} }}
+{extra}
 "#,
                 tempdir.path().join("db").display()
             ),

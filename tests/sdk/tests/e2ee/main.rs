@@ -3,6 +3,7 @@
 
 mod backup;
 mod cross_signing;
+mod federation;
 mod harness;
 mod messages;
 mod nio;
