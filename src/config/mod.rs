@@ -176,6 +176,9 @@ pub struct Config {
     /// The user directory (`/user_directory/search`; Synapse's `user_directory` section).
     #[serde(default)]
     pub user_directory: UserDirectoryConfig,
+    /// Server notices (Synapse's `server_notices` section): off unless a localpart is set.
+    #[serde(default)]
+    pub server_notices: ServerNoticesConfig,
     /// How log lines are written: `"full"` (the default), `"compact"` or `"json"`.
     #[serde(default)]
     pub log_format: limits::LogFormat,
@@ -209,6 +212,35 @@ pub struct UserDirectoryConfig {
     /// users who share a room with the searcher or are joined to a public room.
     #[serde(default)]
     pub search_all_users: bool,
+}
+
+/// Server notices: messages from the server's admins to a user, in a room of its own.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerNoticesConfig {
+    /// The localpart of the user notices come from; notices are off without it.
+    #[serde(default)]
+    pub system_mxid_localpart: Option<String>,
+    #[serde(default = "default_notices_name")]
+    pub system_mxid_display_name: String,
+    #[serde(default)]
+    pub system_mxid_avatar_url: Option<String>,
+    #[serde(default = "default_notices_name")]
+    pub room_name: String,
+}
+
+impl Default for ServerNoticesConfig {
+    fn default() -> Self {
+        Self {
+            system_mxid_localpart: None,
+            system_mxid_display_name: default_notices_name(),
+            system_mxid_avatar_url: None,
+            room_name: default_notices_name(),
+        }
+    }
+}
+
+fn default_notices_name() -> String {
+    "Server Notices".to_owned()
 }
 
 /// The media repository: where files go and who may read them how.

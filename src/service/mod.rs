@@ -49,6 +49,7 @@ pub struct Services {
     pub registration_tokens: Arc<registration_tokens::RegistrationTokens>,
     /// Room deletions the admin API runs in the background.
     pub room_deletions: admin::rooms::Deletions,
+    pub server_notices: admin::notices::Notices,
     pub account_data: account_data::AccountData,
     pub admin_register: admin_register::AdminRegister,
     pub rooms: rooms::Rooms,
@@ -136,6 +137,7 @@ impl Services {
             uiaa: uiaa::Uiaa::new(registration_tokens.clone()),
             registration_tokens,
             room_deletions: admin::rooms::Deletions::default(),
+            server_notices: admin::notices::Notices::default(),
             account_data: account_data::AccountData::new(db.clone(), notifier.clone(), push_profiles),
             receipts: receipts::Receipts::new(db.clone(), notifier.clone()),
             presence: presence::Presence::new(&config, db.clone(), notifier.clone())?,

@@ -329,6 +329,31 @@ impl ToDevice {
     }
 }
 
+/// Puts a message in the inbox of the local devices `target` names, at the next positions (and
+/// in the list for application services when one receives the user's messages).
+fn queue_local(
+    db: &Db,
+    batch: &mut Batch,
+    position: &mut u64,
+    user: &OwnedUserId,
+    target: Target,
+    message: &ToDeviceMessage,
+    for_appservice: bool,
+) -> Result<()> {
+    let devices: Vec<OwnedDeviceId> = match target {
+        Target::Device(device) => vec![device],
+        Target::AllDevices => DEVICES.scan_prefix(db, &(user.clone(),))?.into_iter().map(|((_, d), _)| d).collect(),
+    };
+    for device in devices {
+        *position += 1;
+        if for_appservice {
+            batch.put(&TO_DEVICE_APPSERVICE, position, &Recipient { user: user.clone(), device: device.clone() })?;
+        }
+        batch.put(&TO_DEVICE, &(user.clone(), device, *position), message)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use ruma::{owned_device_id, owned_user_id, user_id};
@@ -375,29 +400,4 @@ mod tests {
         assert_eq!(two[0].1.message_id, one[0].1.message_id, "one message ID per request");
         assert!(services.to_device.outbound("localhost", 10).await.unwrap().is_empty());
     }
-}
-
-/// Puts a message in the inbox of the local devices `target` names, at the next positions (and
-/// in the list for application services when one receives the user's messages).
-fn queue_local(
-    db: &Db,
-    batch: &mut Batch,
-    position: &mut u64,
-    user: &OwnedUserId,
-    target: Target,
-    message: &ToDeviceMessage,
-    for_appservice: bool,
-) -> Result<()> {
-    let devices: Vec<OwnedDeviceId> = match target {
-        Target::Device(device) => vec![device],
-        Target::AllDevices => DEVICES.scan_prefix(db, &(user.clone(),))?.into_iter().map(|((_, d), _)| d).collect(),
-    };
-    for device in devices {
-        *position += 1;
-        if for_appservice {
-            batch.put(&TO_DEVICE_APPSERVICE, position, &Recipient { user: user.clone(), device: device.clone() })?;
-        }
-        batch.put(&TO_DEVICE, &(user.clone(), device, *position), message)?;
-    }
-    Ok(())
 }

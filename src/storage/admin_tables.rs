@@ -1,7 +1,8 @@
 //! Tables of the admin API: registration tokens admins manage (Synapse's
-//! `/_synapse/admin/v1/registration_tokens`) and rooms admins blocked.
+//! `/_synapse/admin/v1/registration_tokens`), rooms admins blocked, and each user's server notices
+//! room.
 
-use ruma::OwnedRoomId;
+use ruma::{OwnedRoomId, OwnedUserId};
 use serde::{Deserialize, Serialize};
 
 use super::{Table, codec::JsonValue};
@@ -12,7 +13,10 @@ pub const REGISTRATION_TOKENS: Table<String, RegistrationTokenRecord> = Table::n
 /// Room -> who blocked it: nobody of this server may join it or be invited to it.
 pub const BLOCKED_ROOMS: Table<OwnedRoomId, BlockedRoom> = Table::new("blocked_rooms");
 
-pub const ADMIN_TABLES: &[&str] = &[REGISTRATION_TOKENS.name, BLOCKED_ROOMS.name];
+/// User -> the room their server notices go to.
+pub const SERVER_NOTICE_ROOMS: Table<OwnedUserId, OwnedRoomId> = Table::new("server_notice_rooms");
+
+pub const ADMIN_TABLES: &[&str] = &[REGISTRATION_TOKENS.name, BLOCKED_ROOMS.name, SERVER_NOTICE_ROOMS.name];
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RegistrationTokenRecord {

@@ -239,3 +239,76 @@ async fn synadm_manages_users_rooms_tokens_and_reports() {
     let listed = server.get("/_synapse/admin/v2/users", admin.token()).await;
     assert_eq!(listed.1["total"], 3, "deactivated users are left out by default: {}", listed.1);
 }
+
+/// Server notices: off by default; with a system user configured, a notice lands in a room of
+/// the user's own, tagged `m.server_notice`, sent by the system user; later notices reuse it,
+/// and a user who left is invited back.
+#[tokio::test]
+async fn server_notices_reach_the_user_in_a_room_of_their_own() {
+    let off = TestServer::start().await;
+    let admin = register_admin(&off, "boss").await;
+    let alice = off.register("alice", "pw").await;
+    let notice = json!({"user_id": alice.user_id, "content": {"msgtype": "m.text", "body": "hello"}});
+    let refused = off.post("/_synapse/admin/v1/send_server_notice", admin.token(), notice).await;
+    assert_error(&refused, 400, "M_INVALID_PARAM");
+
+    let server = TestServer::start_with("server_notices = { system_mxid_localpart = \"notices\" }\n").await;
+    let admin = register_admin(&server, "boss").await;
+    let alice = server.register("alice", "pw").await;
+    let send = |body: &str| json!({"user_id": alice.user_id, "content": {"msgtype": "m.server_notice", "body": body}});
+    let first = server.post("/_synapse/admin/v1/send_server_notice", admin.token(), send("maintenance tonight")).await;
+    assert_eq!(first.0, 200, "{}", first.1);
+    let sync = server.get("/_matrix/client/v3/sync", alice.token()).await;
+    let invites = sync.1["rooms"]["invite"].as_object().expect("invites").clone();
+    assert_eq!(invites.len(), 1, "{}", sync.1);
+    let room = invites.keys().next().expect("room").clone();
+    let joined = server.post(&format!("/_matrix/client/v3/rooms/{}/join", enc(&room)), alice.token(), json!({})).await;
+    assert_eq!(joined.0, 200, "{}", joined.1);
+    let second = server.post("/_synapse/admin/v1/send_server_notice", admin.token(), send("done")).await;
+    assert_eq!(second.0, 200, "{}", second.1);
+
+    let sync = server.get("/_matrix/client/v3/sync", alice.token()).await;
+    let joined_room = &sync.1["rooms"]["join"][&room];
+    let tags = joined_room["account_data"]["events"]
+        .as_array()
+        .expect("account data")
+        .iter()
+        .find(|e| e["type"] == "m.tag")
+        .cloned();
+    assert!(tags.is_some_and(|t| t["content"]["tags"]["m.server_notice"].is_object()), "{joined_room}");
+    let notices: Vec<(&str, &str)> = joined_room["timeline"]["events"]
+        .as_array()
+        .expect("timeline")
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .map(|e| (e["sender"].as_str().unwrap_or_default(), e["content"]["body"].as_str().unwrap_or_default()))
+        .collect();
+    assert_eq!(notices, [("@notices:localhost", "maintenance tonight"), ("@notices:localhost", "done")]);
+    // Alice cannot write there, and the system user cannot log in.
+    let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/t1", enc(&room));
+    let write = server.put(&path, alice.token(), json!({"msgtype": "m.text", "body": "hi"})).await;
+    assert_error(&write, 403, "M_FORBIDDEN");
+
+    // After she leaves, the next notice invites her back to the same room.
+    assert_eq!(
+        server.post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)), alice.token(), json!({})).await.0,
+        200
+    );
+    let third = server.post("/_synapse/admin/v1/send_server_notice", admin.token(), send("again")).await;
+    assert_eq!(third.0, 200, "{}", third.1);
+    let sync = server.get("/_matrix/client/v3/sync", alice.token()).await;
+    assert!(sync.1["rooms"]["invite"][&room].is_object(), "{}", sync.1["rooms"]);
+    // A user of another server, and an unknown one, are refused.
+    let remote = json!({"user_id": "@bob:elsewhere", "content": {"body": "x"}});
+    assert_error(
+        &server.post("/_synapse/admin/v1/send_server_notice", admin.token(), remote).await,
+        400,
+        "M_INVALID_PARAM",
+    );
+    let unknown = json!({"user_id": "@nobody:localhost", "content": {"body": "x"}});
+    assert_error(
+        &server.post("/_synapse/admin/v1/send_server_notice", admin.token(), unknown).await,
+        404,
+        "M_NOT_FOUND",
+    );
+}

@@ -1,10 +1,11 @@
 //! Admin APIs, in Synapse's shape so admins keep their tools (synadm, synapse-admin):
 //! shared-secret registration (`synapse_register.rs`, which Complement also uses), the server
 //! version, users (`users.rs`), rooms (`rooms.rs`), registration tokens
-//! (`registration_tokens.rs`) and content reports (`reports.rs`). Every endpoint but the
+//! (`registration_tokens.rs`), content reports (`reports.rs`) and server notices (`notices.rs`). Every endpoint but the
 //! version and shared-secret registration needs a server admin's access token (`auth.rs`).
 
 pub mod auth;
+pub mod notices;
 pub mod registration_tokens;
 pub mod reports;
 pub mod rooms;
@@ -24,7 +25,8 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = users::routes(router);
     let router = rooms::routes(router);
     let router = registration_tokens::routes(router);
-    reports::routes(router)
+    let router = reports::routes(router);
+    notices::routes(router)
 }
 
 /// `GET /_synapse/admin/v1/server_version`, open to anyone, as in Synapse.
