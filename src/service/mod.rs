@@ -19,6 +19,7 @@ pub mod receipts;
 pub mod rooms;
 pub mod server_keys;
 pub mod sessions;
+pub mod sliding_sync;
 pub mod sync;
 pub mod tags;
 pub mod to_device;
@@ -65,6 +66,8 @@ pub struct Services {
     pub lazy_members: sync::LazyMemberCache,
     /// Registered application services.
     pub appservices: appservice::AppServices,
+    /// Sliding sync (MSC4186) connections, in memory.
+    pub sliding_sync: sliding_sync::SlidingSync,
 }
 
 impl Services {
@@ -123,6 +126,7 @@ impl Services {
             tags: tags::Tags,
             lazy_members: sync::LazyMemberCache::default(),
             appservices: appservice::AppServices::new(&config)?,
+            sliding_sync: sliding_sync::SlidingSync::new(),
             admin_register: admin_register::AdminRegister::new(non_empty(&config.registration_shared_secret)),
             federation,
             config,
