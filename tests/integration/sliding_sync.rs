@@ -490,4 +490,27 @@ async fn sliding_sync_extensions_deliver_device_data_account_data_receipts_and_t
     assert!(ext["to_device"]["events"].as_array().is_none_or(|events| events.is_empty()), "{ext}");
     assert!(ext["receipts"].as_object().is_none_or(|r| r.get("rooms").is_none()), "{ext}");
     assert!(ext["typing"].as_object().is_none_or(|t| t.get("rooms").is_none()), "{ext}");
+
+    // Key counts alone are no news: a long poll with only the device extensions (as the SDK's
+    // encryption connection) waits, and a to-device message wakes it.
+    let device_only =
+        json!({"conn_id": "encryption", "extensions": {"to_device": {"enabled": true}, "e2ee": {"enabled": true}}});
+    let start = ok(&server, &alice, None, 0, device_only.clone()).await;
+    let started = Instant::now();
+    let idle = ok(&server, &alice, Some(&pos(&start)), 1_000, device_only.clone()).await;
+    assert!(started.elapsed() >= Duration::from_millis(900), "waited for news: {idle}");
+    let started = Instant::now();
+    let idle_pos = pos(&idle);
+    let waiting = ok(&server, &alice, Some(&idle_pos), 10_000, device_only);
+    let sending = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let message = json!({"messages": {alice.user_id.clone(): {alice.device_id.clone(): {"wake": true}}}});
+        assert_eq!(
+            server.put("/_matrix/client/v3/sendToDevice/org.example.test/t2", bob.token(), message).await.0,
+            200
+        );
+    };
+    let (woken, ()) = tokio::join!(waiting, sending);
+    assert!(started.elapsed() < Duration::from_secs(8), "the to-device message woke the poll");
+    assert_eq!(woken["extensions"]["to_device"]["events"][0]["content"]["wake"], true, "{woken}");
 }

@@ -52,6 +52,9 @@ pub struct Answer {
     pub token: SyncToken,
     pub rooms: HashMap<OwnedRoomId, RoomSent>,
     pub lists: BTreeMap<String, ListSent>,
+    /// The one-time key counts and fallback key types sent (E2EE extension), to tell when they
+    /// changed.
+    pub key_counts: String,
 }
 
 struct Connection {

@@ -49,7 +49,11 @@ impl Scope<'_> {
                 for config in configs {
                     match config {
                         ExtensionRoomConfig::AllSubscribed => out.extend(self.subscribed.iter().cloned()),
-                        ExtensionRoomConfig::Room(room) if self.subscribed.contains(room) => {
+                        // A room named by ID: if this answer covers it at all.
+                        ExtensionRoomConfig::Room(room)
+                            if self.subscribed.contains(room)
+                                || self.list_rooms.values().any(|rooms| rooms.contains(room)) =>
+                        {
                             out.insert(room.clone());
                         }
                         _ => {}

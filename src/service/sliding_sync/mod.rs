@@ -156,7 +156,10 @@ pub async fn sync(
         let ctx = Context { services, user, device, since: since.as_ref(), now, ignored, direct, receipt_rooms };
         let (mut response, answer) = build(&ctx, &request, &extra).await?;
         let unchanged = since.as_ref().is_some_and(|previous| {
-            response.rooms.is_empty() && response.extensions.is_empty() && previous.lists == answer.lists
+            response.rooms.is_empty()
+                && !extensions_changed(&response.extensions)
+                && previous.lists == answer.lists
+                && previous.key_counts == answer.key_counts
         });
         if unchanged && !services.notifier.is_shutting_down() {
             // Nothing new: wait for a stream to move, then look again.
@@ -168,6 +171,16 @@ pub async fn sync(
         response.txn_id = request.txn_id.clone();
         return Ok(response);
     }
+}
+
+/// Whether the extensions carry news. Key counts are in every E2EE part (they count as news
+/// only when they changed) and a to-device part always has its `next_batch`.
+fn extensions_changed(extensions: &response::Extensions) -> bool {
+    extensions.to_device.as_ref().is_some_and(|part| !part.events.is_empty())
+        || !extensions.e2ee.device_lists.is_empty()
+        || !extensions.account_data.is_empty()
+        || !extensions.receipts.is_empty()
+        || !extensions.typing.is_empty()
 }
 
 /// A token from the future (a restored database) counts as "now".
@@ -189,6 +202,7 @@ async fn build(ctx: &Context<'_>, request: &v5::Request, extra: &Extra) -> Resul
         token: ctx.now,
         rooms: ctx.since.map(|since| since.rooms.clone()).unwrap_or_default(),
         lists: BTreeMap::new(),
+        key_counts: String::new(),
     };
     let candidates = lists::candidates(ctx).await?;
     let mut selected: BTreeMap<OwnedRoomId, RoomConfig> = BTreeMap::new();
@@ -240,6 +254,8 @@ async fn build(ctx: &Context<'_>, request: &v5::Request, extra: &Extra) -> Resul
         joined: &joined,
     };
     response.extensions = extensions::collect(ctx, &request.extensions, &scope).await?;
+    let e2ee = &response.extensions.e2ee;
+    answer.key_counts = format!("{:?} {:?}", e2ee.device_one_time_keys_count, e2ee.device_unused_fallback_key_types);
     Ok((response, answer))
 }
 
