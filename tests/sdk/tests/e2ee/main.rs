@@ -6,3 +6,4 @@ mod cross_signing;
 mod harness;
 mod messages;
 mod nio;
+mod room_list;
