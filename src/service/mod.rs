@@ -24,6 +24,7 @@ pub mod registration_tokens;
 pub mod rooms;
 pub mod server_keys;
 pub mod sessions;
+pub mod sliding_sync;
 pub mod sync;
 pub mod tags;
 pub mod to_device;
@@ -76,6 +77,8 @@ pub struct Services {
     pub appservices: appservice::AppServices,
     /// Rate limits (Synapse's `rc_*`), in memory.
     pub rate_limits: rate_limit::RateLimits,
+    /// Sliding sync (MSC4186) connections, in memory.
+    pub sliding_sync: sliding_sync::SlidingSync,
 }
 
 impl Services {
@@ -145,6 +148,7 @@ impl Services {
             lazy_members: sync::LazyMemberCache::default(),
             appservices: appservice::AppServices::new(&config)?,
             rate_limits: rate_limit::RateLimits::new(&config),
+            sliding_sync: sliding_sync::SlidingSync::new(),
             admin_register: admin_register::AdminRegister::new(non_empty(&config.registration_shared_secret)),
             federation,
             config,

@@ -50,6 +50,7 @@ mod relations;
 mod room_helpers;
 mod rooms;
 mod search;
+mod sliding_sync;
 mod spaces;
 mod state_keys;
 mod sync;

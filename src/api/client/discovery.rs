@@ -41,6 +41,8 @@ async fn versions(
     response.unstable_features = BTreeMap::from([
         // Refresh tokens before they were stable in v1.3.
         ("org.matrix.msc2918.refresh_token".to_owned(), true),
+        // Simplified sliding sync (MSC4186), which matrix-rust-sdk's room list looks for.
+        ("org.matrix.simplified_msc3575".to_owned(), true),
     ]);
     Ok(response)
 }

@@ -23,6 +23,7 @@ pub mod report;
 pub mod room;
 pub mod search;
 pub mod session;
+pub mod sliding_sync;
 pub mod space;
 pub mod state;
 pub mod sync;
@@ -65,6 +66,7 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = upgrade::routes(router);
     let router = space::routes(router);
     let router = sync::routes(router);
+    let router = sliding_sync::routes(router);
     let router = typing::routes(router);
     let router = receipt::routes(router);
     let router = push::routes(router);

@@ -31,6 +31,7 @@ mod resolve;
 mod search;
 mod servers;
 mod short;
+pub mod sliding_read;
 mod state;
 mod stream;
 pub mod stream_read;

@@ -16,7 +16,7 @@ use crate::{Result, service::Services};
 const TO_DEVICE_LIMIT: usize = 100;
 
 /// To-device events for the response, and the to-device position its token carries.
-pub(super) async fn to_device<T>(
+pub(crate) async fn to_device<T>(
     services: &Services,
     user: &UserId,
     device: &DeviceId,
@@ -44,7 +44,7 @@ pub(super) async fn to_device<T>(
 }
 
 /// A sync's `device_lists` for the window `(since, now]` (see [`device_list_changes`]).
-pub(super) async fn device_lists(
+pub(crate) async fn device_lists(
     services: &Services,
     user: &UserId,
     since: SyncToken,
@@ -153,7 +153,7 @@ async fn share_a_room(
 }
 
 /// The device's one-time key counts and unused fallback key algorithms.
-pub(super) async fn key_counts(
+pub(crate) async fn key_counts(
     services: &Services,
     user: &UserId,
     device: &DeviceId,

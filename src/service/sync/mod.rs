@@ -30,7 +30,10 @@ use ruma::{
 use serde::Serialize;
 
 pub use e2ee::{DeviceListWindow, device_list_changes};
+// Shared with sliding sync (`service::sliding_sync`).
+pub(crate) use e2ee::{device_lists, key_counts, to_device};
 pub use lazy_members::LazyMemberCache;
+pub(crate) use rooms::{sync_event, timeline_events};
 pub use token::SyncToken;
 
 use super::{Services, account_data::AccountDataEntry};
@@ -68,14 +71,27 @@ struct Context<'a> {
 }
 
 /// Serialises a JSON value into a ruma `Raw`.
-fn raw_json<T, V: Serialize>(value: &V) -> Result<Raw<T>> {
+pub(crate) fn raw_json<T, V: Serialize>(value: &V) -> Result<Raw<T>> {
     serde_json::value::to_raw_value(value)
         .map(Raw::from_json)
         .map_err(|e| Error::internal(format!("cannot serialise event: {e}")))
 }
 
-fn raw_account_data<T>(entry: &AccountDataEntry) -> Result<Raw<T>> {
+pub(crate) fn raw_account_data<T>(entry: &AccountDataEntry) -> Result<Raw<T>> {
     raw_json(&serde_json::json!({ "type": entry.event_type, "content": entry.content }))
+}
+
+/// Every sync stream's newest position.
+pub(crate) async fn current_token(services: &Services) -> Result<SyncToken> {
+    Ok(SyncToken {
+        events: services.rooms.current_position(),
+        account_data: services.account_data.position().await?,
+        to_device: services.to_device.current_position().await?,
+        key_changes: services.keys.current_position(),
+        typing: services.typing.serial(),
+        receipts: services.receipts.position().await?,
+        presence: services.presence.position().await?,
+    })
 }
 
 /// Runs one `/sync` for `user`'s `device`.
@@ -89,15 +105,7 @@ pub async fn sync(services: &Services, user: &UserId, device: &DeviceId, request
     loop {
         // Subscribe before reading the streams: a change after the read wakes the wait below.
         let mut changes = services.notifier.subscribe();
-        let now = SyncToken {
-            events: services.rooms.current_position(),
-            account_data: services.account_data.position().await?,
-            to_device: services.to_device.current_position().await?,
-            key_changes: services.keys.current_position(),
-            typing: services.typing.serial(),
-            receipts: services.receipts.position().await?,
-            presence: services.presence.position().await?,
-        };
+        let now = current_token(services).await?;
         // A token from the future (a restored database) counts as "now".
         let since = since.map(|s| SyncToken {
             events: s.events.min(now.events),

@@ -30,8 +30,43 @@ struct Section {
 /// An event in the sync format (a client event without `room_id`), or with the filter's
 /// `event_format: federation` the PDU as stored (hashes, signatures, `auth_events`,
 /// `prev_events`).
-fn sync_event<T>(pdu: &Pdu, format: &EventFormat) -> Result<Raw<T>> {
+pub(crate) fn sync_event<T>(pdu: &Pdu, format: &EventFormat) -> Result<Raw<T>> {
     sync_event_with_txn(pdu, format, None, None, None)
+}
+
+/// Timeline events in the sync format: the syncing device's own events carry the transaction ID
+/// it sent them with, every event its bundled aggregations and the user's membership at it
+/// (MSC4115, as Synapse sends it). Sliding sync formats its timelines with it too.
+pub(crate) async fn timeline_events<T>(
+    services: &crate::service::Services,
+    user: &ruma::UserId,
+    device: &ruma::DeviceId,
+    events: &[crate::service::rooms::StoredEvent],
+    format: &EventFormat,
+) -> Result<Vec<Raw<T>>> {
+    let own: Vec<String> = events.iter().filter(|e| e.pdu.sender == user).map(|e| e.pdu.event_id.to_string()).collect();
+    let transactions = if own.is_empty() { Default::default() } else { services.rooms.transaction_ids(own).await? };
+    let mut bundles = match format {
+        EventFormat::Federation => Default::default(),
+        _ => {
+            let ids = events.iter().map(|e| e.pdu.event_id.clone()).collect();
+            services.rooms.bundled_relations(user, ids).await?
+        }
+    };
+    let groups = events.iter().map(|e| e.meta.state_after).collect();
+    let memberships = services.rooms.memberships_after(user, groups).await?;
+    events
+        .iter()
+        .zip(&memberships)
+        .map(|(e, membership)| {
+            let txn = transactions
+                .get(e.pdu.event_id.as_str())
+                .filter(|(sender_device, _)| sender_device == device.as_str())
+                .map(|(_, txn)| txn.as_str());
+            let bundle = bundles.remove(e.pdu.event_id.as_str());
+            sync_event_with_txn(&e.pdu, format, txn, bundle, Some(membership))
+        })
+        .collect()
 }
 
 /// An event in the sync format, with the transaction ID its sender's device gave it and its
@@ -381,33 +416,6 @@ async fn section(ctx: &Context<'_>, room_id: &OwnedRoomId, upto: u64, full: bool
     timeline.limited = window.limited;
     // `/messages?dir=b&from=P` returns the events before position P.
     timeline.prev_batch = Some(first.unwrap_or(upto.saturating_add(1)).to_string());
-    // The syncing device's own events carry the transaction ID it sent them with.
-    let own: Vec<String> =
-        window.events.iter().filter(|e| e.pdu.sender == ctx.user).map(|e| e.pdu.event_id.to_string()).collect();
-    let transactions =
-        if own.is_empty() { Default::default() } else { ctx.services.rooms.transaction_ids(own).await? };
-    let mut bundles = match format {
-        EventFormat::Federation => Default::default(),
-        _ => {
-            let ids = window.events.iter().map(|e| e.pdu.event_id.clone()).collect();
-            ctx.services.rooms.bundled_relations(ctx.user, ids).await?
-        }
-    };
-    // The syncing user's membership at each event (MSC4115), as Synapse sends it.
-    let groups = window.events.iter().map(|e| e.meta.state_after).collect();
-    let memberships = ctx.services.rooms.memberships_after(ctx.user, groups).await?;
-    timeline.events = window
-        .events
-        .iter()
-        .zip(&memberships)
-        .map(|(e, membership)| {
-            let txn = transactions
-                .get(e.pdu.event_id.as_str())
-                .filter(|(device, _)| device == ctx.device.as_str())
-                .map(|(_, txn)| txn.as_str());
-            let bundle = bundles.remove(e.pdu.event_id.as_str());
-            sync_event_with_txn(&e.pdu, format, txn, bundle, Some(membership))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    timeline.events = timeline_events(ctx.services, ctx.user, ctx.device, &window.events, format).await?;
     Ok(Section { timeline, state })
 }

@@ -25,6 +25,7 @@ use matrix_sdk::{
         },
         events::{InitialStateEvent, room::encryption::RoomEncryptionEventContent},
     },
+    sliding_sync::VersionBuilder,
 };
 
 /// Every test user's password.
@@ -140,9 +141,25 @@ rc_invites = {{ per_room = {{ per_second = 10000, burst_count = 10000 }}, per_us
             .expect("client")
     }
 
+    /// A client without a session that finds simplified sliding sync (MSC4186) through
+    /// `/versions`, as Element X does.
+    pub async fn sliding_client(&self) -> Client {
+        Client::builder()
+            .homeserver_url(&self.base_url)
+            .request_config(RequestConfig::short_retry())
+            .sliding_sync_version_builder(VersionBuilder::DiscoverNative)
+            .build()
+            .await
+            .expect("client")
+    }
+
     /// Registers `name` through the API (dummy auth) and returns its logged-in client.
     pub async fn register(&self, name: &str) -> Client {
-        let client = self.client().await;
+        self.register_on(self.client().await, name).await
+    }
+
+    /// Registers `name` with `client` and returns it logged in.
+    pub async fn register_on(&self, client: Client, name: &str) -> Client {
         let mut request = register::v3::Request::new();
         request.username = Some(name.to_owned());
         request.password = Some(PASSWORD.to_owned());

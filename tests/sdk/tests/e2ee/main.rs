@@ -7,3 +7,4 @@ mod federation;
 mod harness;
 mod messages;
 mod nio;
+mod room_list;
