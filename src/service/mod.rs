@@ -71,18 +71,18 @@ impl Services {
     /// Builds every service: loads the signing key, opens the media directory.
     pub fn build(config: Config, db: Db) -> crate::Result<Arc<Self>> {
         let config = Arc::new(config);
-        let media = media::Media::new(config.clone(), db.clone()).map_err(|e| {
+        let server_keys = Arc::new(server_keys::ServerKeys::load_or_create(&db, config.server_name.clone())?);
+        let federation = federation::Federation::new(&config, db.clone(), server_keys.clone())?;
+        let media = media::Media::new(config.clone(), db.clone(), federation.client.clone()).map_err(|e| {
             crate::Error::internal(format!(
                 "cannot open the media directory {}: {e}",
                 config.media.directory(&config.database_path).display()
             ))
         })?;
-        let server_keys = Arc::new(server_keys::ServerKeys::load_or_create(&db, config.server_name.clone())?);
         let key_changes = Arc::new(keys::KeyChangeStream::new(&db)?);
         let notifier = Arc::new(notifier::Notifier::new());
         let push_wake = Arc::new(tokio::sync::Notify::new());
         let push_profiles = Arc::new(push::recipients::PushProfiles::default());
-        let federation = federation::Federation::new(&config, db.clone(), server_keys.clone())?;
         Ok(Arc::new(Self {
             media,
             rooms: rooms::Rooms::new(

@@ -18,6 +18,7 @@ mod overlay;
 pub mod push_tables;
 pub mod relation_tables;
 mod relations_migration;
+pub mod remote_tables;
 mod rocks;
 pub mod room_tables;
 mod schema;
@@ -187,6 +188,7 @@ impl Db {
             .chain(relation_tables::RELATION_TABLES)
             .chain(appservice_tables::APPSERVICE_TABLES)
             .chain(membership_tables::MEMBERSHIP_TABLES)
+            .chain(remote_tables::REMOTE_TABLES)
             .copied()
             .collect();
         let engine = rocks::RocksEngine::open(&config.database_path, &all_tables, &settings)?;

@@ -1,6 +1,6 @@
 //! The server-server API: server discovery, the version endpoint and the server's key
 //! (`discovery.rs`), the notary key queries (`keys.rs`), queries about local users
-//! (`query.rs`), joins (`join.rs`), invites and leaves across servers (`membership.rs`), the
+//! (`query.rs`), local media for other servers (`media.rs`), joins (`join.rs`), invites and leaves across servers (`membership.rs`), the
 //! read side of the event exchange (`events.rs`), and the `X-Matrix` authentication of signed
 //! requests (`auth.rs`).
 
@@ -9,6 +9,7 @@ pub mod discovery;
 pub mod events;
 pub mod join;
 pub mod keys;
+pub mod media;
 pub mod membership;
 pub mod query;
 pub mod transactions;
@@ -21,5 +22,6 @@ use crate::service::Services;
 
 pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = join::routes(query::routes(keys::routes(discovery::routes(router))));
-    transactions::routes(events::routes(membership::routes(router)))
+    let router = transactions::routes(events::routes(membership::routes(router)));
+    media::routes(router)
 }
