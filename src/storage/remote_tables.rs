@@ -1,6 +1,7 @@
 //! Caches of other servers' data: media fetched from them (originals and thumbnails), kept
-//! within `media.remote_cache_max_size`.
+//! within `media.remote_cache_max_size`, and the profiles of their users.
 
+use ruma::OwnedUserId;
 use serde::{Deserialize, Serialize};
 
 use super::{Table, codec::JsonValue};
@@ -9,7 +10,18 @@ use super::{Table, codec::JsonValue};
 /// `{server}/{media ID}/{method}/{width}x{height}/{animated}` for a thumbnail as requested.
 pub const REMOTE_MEDIA: Table<String, RemoteMediaRecord> = Table::new("remote_media");
 
-pub const REMOTE_TABLES: &[&str] = &[REMOTE_MEDIA.name];
+/// A user of another server -> that user's profile as their server last answered it.
+pub const REMOTE_PROFILES: Table<OwnedUserId, RemoteProfileRecord> = Table::new("remote_profiles");
+
+pub const REMOTE_TABLES: &[&str] = &[REMOTE_MEDIA.name, REMOTE_PROFILES.name];
+
+/// A cached profile of another server's user.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemoteProfileRecord {
+    pub fields: std::collections::BTreeMap<String, serde_json::Value>,
+    pub fetched_ms: u64,
+}
+impl JsonValue for RemoteProfileRecord {}
 
 /// One cached file of another server.
 #[derive(Debug, Clone, Serialize, Deserialize)]

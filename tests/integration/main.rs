@@ -22,6 +22,7 @@ mod federation;
 mod federation_invite;
 mod federation_join;
 mod federation_media;
+mod federation_profile;
 mod federation_read;
 mod federation_send;
 mod federation_split;
