@@ -21,6 +21,7 @@ mod durability;
 mod federation;
 mod federation_invite;
 mod federation_join;
+mod federation_knock;
 mod federation_media;
 mod federation_profile;
 mod federation_read;

@@ -12,6 +12,7 @@ pub mod discovery;
 pub mod inbound;
 pub mod join;
 pub mod keys;
+pub mod knock;
 pub mod membership;
 pub mod profile;
 pub mod sender;
