@@ -19,6 +19,7 @@ mod directory;
 mod discovery;
 mod durability;
 mod federation;
+mod federation_directory;
 mod federation_invite;
 mod federation_join;
 mod federation_knock;

@@ -1,10 +1,11 @@
 //! The server-server API: server discovery, the version endpoint and the server's key
 //! (`discovery.rs`), the notary key queries (`keys.rs`), queries about local users
-//! (`query.rs`), local media for other servers (`media.rs`), joins (`join.rs`), knocks (`knock.rs`), invites and leaves across servers (`membership.rs`), the
+//! (`query.rs`), local media for other servers (`media.rs`), the public room directory (`directory.rs`), joins (`join.rs`), knocks (`knock.rs`), invites and leaves across servers (`membership.rs`), the
 //! read side of the event exchange (`events.rs`), and the `X-Matrix` authentication of signed
 //! requests (`auth.rs`).
 
 pub(crate) mod auth;
+pub mod directory;
 pub mod discovery;
 pub mod events;
 pub mod join;
@@ -24,5 +25,6 @@ use crate::service::Services;
 pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = join::routes(query::routes(keys::routes(discovery::routes(router))));
     let router = transactions::routes(events::routes(membership::routes(router)));
-    knock::routes(media::routes(router))
+    let router = knock::routes(media::routes(router));
+    directory::routes(router)
 }

@@ -8,6 +8,7 @@
 
 pub mod backfill;
 pub mod client;
+pub mod directory;
 pub mod discovery;
 pub mod inbound;
 pub mod join;
