@@ -27,6 +27,7 @@ mod federation_media;
 mod federation_profile;
 mod federation_read;
 mod federation_send;
+mod federation_spaces;
 mod federation_split;
 mod guests;
 mod http_errors;

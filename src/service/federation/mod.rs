@@ -10,6 +10,7 @@ pub mod backfill;
 pub mod client;
 pub mod directory;
 pub mod discovery;
+pub mod hierarchy;
 pub mod inbound;
 pub mod join;
 pub mod keys;
