@@ -12,6 +12,7 @@ pub mod federation;
 pub mod keys;
 pub mod media;
 pub mod notifier;
+pub mod openid;
 pub mod presence;
 pub mod profile;
 pub mod push;
@@ -65,6 +66,8 @@ pub struct Services {
     pub lazy_members: sync::LazyMemberCache,
     /// Registered application services.
     pub appservices: appservice::AppServices,
+    /// OpenID tokens for third parties (in memory).
+    pub openid: openid::OpenId,
 }
 
 impl Services {
@@ -123,6 +126,7 @@ impl Services {
             tags: tags::Tags,
             lazy_members: sync::LazyMemberCache::default(),
             appservices: appservice::AppServices::new(&config)?,
+            openid: openid::OpenId::default(),
             admin_register: admin_register::AdminRegister::new(non_empty(&config.registration_shared_secret)),
             federation,
             config,

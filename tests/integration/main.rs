@@ -24,6 +24,7 @@ mod federation_invite;
 mod federation_join;
 mod federation_knock;
 mod federation_media;
+mod federation_misc;
 mod federation_profile;
 mod federation_read;
 mod federation_send;

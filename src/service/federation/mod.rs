@@ -19,6 +19,7 @@ pub mod membership;
 pub mod profile;
 pub mod sender;
 pub mod srv;
+pub mod timestamp;
 
 use std::{collections::BTreeMap, sync::Arc};
 
