@@ -11,7 +11,7 @@ use image::{ImageFormat, Rgba, RgbaImage};
 use serde_json::{Value, json};
 
 use crate::{
-    federation::{Pair, serve_tls, start_pair},
+    federation::{FakeServer, Pair, Pki, free_port, serve_tls, start_federating, start_pair},
     harness::{Session, TestServer, assert_error},
 };
 
@@ -229,4 +229,53 @@ async fn media_of_servers_without_federation_media_is_read_through_the_legacy_en
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
     assert_eq!((content_type.as_str(), bytes.as_slice()), ("text/plain", b"from an old server".as_slice()));
     assert!(disposition.contains("old.txt"), "{disposition}");
+}
+
+#[tokio::test]
+async fn the_remote_media_cache_keeps_to_its_size_and_drops_the_least_recently_used() {
+    let pki = Pki::new(&["hs-a", "hs-b", "hs-t"]);
+    let fake = FakeServer::start(&pki).await;
+    let (port_a, port_b) = (free_port(), free_port());
+    let peers = [("hs-a", port_a), ("hs-b", port_b), ("hs-t", fake.port)];
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a =
+        start_federating(&pki, dir_a.path(), "hs-a", port_a, &peers, "[global.media]\nremote_cache_max_size = 3000");
+    let b = start_federating(&pki, dir_b.path(), "hs-b", port_b, &peers, "");
+    let alice = b.register("alice", "pw").await;
+    let bob = a.register("bob", "pw").await;
+    let mut ids = Vec::new();
+    for n in 0..3u8 {
+        ids.push(upload(&b, &alice, vec![n; 1500], "application/octet-stream", "").await);
+    }
+    let download = |id: &String| format!("/_matrix/client/v1/media/download/hs-b/{id}");
+    for (n, id) in ids.iter().enumerate() {
+        let got = fetch(&a, &download(id), &bob).await;
+        assert_eq!((got.0, got.3), (200, vec![n as u8; 1500]));
+    }
+    // Two files fit; the first, least recently used, was dropped for the third.
+    b.stop();
+    for (n, id) in ids.iter().enumerate().skip(1) {
+        let got = fetch(&a, &download(id), &bob).await;
+        assert_eq!((got.0, got.3), (200, vec![n as u8; 1500]), "file {n}");
+    }
+    assert_eq!(fetch(&a, &download(&ids[0]), &bob).await.0, 502);
+    let remote_dir = dir_a.path().join("db").join("media").join("remote");
+    let files = walk(&remote_dir);
+    assert_eq!(files, 2, "files in {}", remote_dir.display());
+}
+
+/// Files under `dir` (its `tmp/` aside).
+fn walk(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|entry| {
+            let path = entry.path();
+            if path.is_dir() {
+                if path.file_name().is_some_and(|name| name == "tmp") { 0 } else { walk(&path) }
+            } else {
+                1
+            }
+        })
+        .sum()
 }
