@@ -267,6 +267,10 @@ pub struct MediaConfig {
     /// How long a reserved media ID may stay without content before it expires, in seconds.
     #[serde(default = "default_unused_upload_expiry_secs")]
     pub unused_upload_expiry_secs: u64,
+    /// Most bytes of other servers' media (originals and thumbnails) kept on disk; the least
+    /// recently used go first. `0` keeps nothing (every download is fetched again).
+    #[serde(default = "default_remote_cache_max_size")]
+    pub remote_cache_max_size: u64,
 }
 
 impl Default for MediaConfig {
@@ -278,8 +282,14 @@ impl Default for MediaConfig {
             freeze_legacy_media: true,
             max_pending_uploads: default_max_pending_uploads(),
             unused_upload_expiry_secs: default_unused_upload_expiry_secs(),
+            remote_cache_max_size: default_remote_cache_max_size(),
         }
     }
+}
+
+/// 1 GiB of other servers' media.
+fn default_remote_cache_max_size() -> u64 {
+    1024 * 1024 * 1024
 }
 
 impl MediaConfig {

@@ -15,6 +15,7 @@ pub mod media;
 pub mod metrics;
 mod metrics_proc;
 pub mod notifier;
+pub mod openid;
 pub mod presence;
 pub mod profile;
 pub mod push;
@@ -79,26 +80,28 @@ pub struct Services {
     pub rate_limits: rate_limit::RateLimits,
     /// Sliding sync (MSC4186) connections, in memory.
     pub sliding_sync: sliding_sync::SlidingSync,
+    /// OpenID tokens for third parties (in memory).
+    pub openid: openid::OpenId,
 }
 
 impl Services {
     /// Builds every service: loads the signing key, opens the media directory.
     pub fn build(config: Config, db: Db) -> crate::Result<Arc<Self>> {
         let config = Arc::new(config);
-        let media = media::Media::new(config.clone(), db.clone()).map_err(|e| {
+        let server_keys = Arc::new(server_keys::ServerKeys::load_or_create(&db, config.server_name.clone())?);
+        let federation = federation::Federation::new(&config, db.clone(), server_keys.clone())?;
+        let media = media::Media::new(config.clone(), db.clone(), federation.client.clone()).map_err(|e| {
             crate::Error::internal(format!(
                 "cannot open the media directory {}: {e}",
                 config.media.directory(&config.database_path).display()
             ))
         })?;
-        let server_keys = Arc::new(server_keys::ServerKeys::load_or_create(&db, config.server_name.clone())?);
         let key_changes = Arc::new(keys::KeyChangeStream::new(&db)?);
         let notifier = Arc::new(notifier::Notifier::new());
         let push_wake = Arc::new(tokio::sync::Notify::new());
         let push_profiles = Arc::new(push::recipients::PushProfiles::default());
         let registration_tokens =
             Arc::new(registration_tokens::RegistrationTokens::new(db.clone(), non_empty(&config.registration_token)));
-        let federation = federation::Federation::new(&config, db.clone(), server_keys.clone())?;
         Ok(Arc::new(Self {
             media,
             rooms: rooms::Rooms::new(
@@ -149,6 +152,7 @@ impl Services {
             appservices: appservice::AppServices::new(&config)?,
             rate_limits: rate_limit::RateLimits::new(&config),
             sliding_sync: sliding_sync::SlidingSync::new(),
+            openid: openid::OpenId::default(),
             admin_register: admin_register::AdminRegister::new(non_empty(&config.registration_shared_secret)),
             federation,
             config,

@@ -20,6 +20,7 @@ mod overlay;
 pub mod push_tables;
 pub mod relation_tables;
 mod relations_migration;
+pub mod remote_tables;
 mod rocks;
 pub mod room_tables;
 mod schema;
@@ -201,6 +202,7 @@ impl Db {
             .chain(membership_tables::MEMBERSHIP_TABLES)
             .chain(admin_tables::ADMIN_TABLES)
             .chain(device_list_tables::DEVICE_LIST_TABLES)
+            .chain(remote_tables::REMOTE_TABLES)
             .copied()
             .collect();
         let engine = rocks::RocksEngine::open(&config.database_path, &all_tables, &settings)?;

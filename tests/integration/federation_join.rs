@@ -49,8 +49,11 @@ pub(crate) async fn fake_membership(
     template_user: &str,
     edit: impl FnOnce(&mut CanonicalJsonObject),
 ) -> (String, Value) {
-    let uri =
-        format!("/_matrix/federation/v1/make_join/{}/{}?ver=1&ver=6&ver=11&ver=12", enc(room), enc(template_user));
+    let uri = format!(
+        "/_matrix/federation/v1/make_join/{}/{}?ver=1&ver=6&ver=7&ver=10&ver=11&ver=12",
+        enc(room),
+        enc(template_user)
+    );
     let template = fake_call(pair, &pair.a, "GET", &uri, None).await;
     assert_eq!(template.0, 200, "{}", template.1);
     let version: RoomVersionId = template.1["room_version"].as_str().unwrap().try_into().unwrap();

@@ -13,7 +13,7 @@ use ruma::{
 };
 
 use crate::{
-    Error, Result,
+    Result,
     api::{RumaRouter, client::message::raw_event, extract::Ruma},
     service::{Services, rooms::Pdu},
 };
@@ -90,11 +90,14 @@ async fn timestamp_to_event(
     let body = &request.body;
     let forward = matches!(body.dir, Direction::Forward);
     let ts = u64::from(body.ts.0);
-    let (event_id, event_ts) = services
-        .rooms
-        .event_at_timestamp(&sender.user_id, &body.room_id, ts, forward)
-        .await?
-        .ok_or_else(|| Error::not_found("No event found in that direction from the given timestamp"))?;
+    let (event_id, event_ts) = crate::service::federation::timestamp::event_at_timestamp(
+        &services,
+        &sender.user_id,
+        &body.room_id,
+        ts,
+        forward,
+    )
+    .await?;
     let origin_server_ts = MilliSecondsSinceUnixEpoch(UInt::new_saturating(event_ts));
     Ok(get_event_by_timestamp::v1::Response::new(event_id, origin_server_ts))
 }

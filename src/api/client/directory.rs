@@ -122,21 +122,16 @@ async fn set_visibility(
     Ok(set_room_visibility::v3::Response::new())
 }
 
-/// Other servers' directories would be fetched over federation, which does not exist yet.
-fn check_server(services: &Services, server: Option<&OwnedServerName>) -> Result<()> {
-    match server {
-        Some(server) if *server != services.config.server_name => Err(Error::not_found(format!(
-            "Cannot fetch the room directory of {server}: federation is not supported yet"
-        ))),
-        _ => Ok(()),
-    }
+/// The server whose directory is asked for, when it is another one.
+fn remote<'a>(services: &Services, server: Option<&'a OwnedServerName>) -> Option<&'a OwnedServerName> {
+    server.filter(|server| **server != services.config.server_name)
 }
 
-fn limit_of(limit: Option<UInt>) -> Option<usize> {
+pub(crate) fn limit_of(limit: Option<UInt>) -> Option<usize> {
     limit.map(|l| usize::try_from(u64::from(l)).unwrap_or(usize::MAX))
 }
 
-fn chunk(room: PublicRoom) -> PublicRoomsChunk {
+pub(crate) fn chunk(room: PublicRoom) -> PublicRoomsChunk {
     let mut chunk: PublicRoomsChunk = PublicRoomsChunkInit {
         num_joined_members: UInt::new_saturating(room.num_joined_members),
         room_id: room.room_id,
@@ -153,7 +148,9 @@ fn chunk(room: PublicRoom) -> PublicRoomsChunk {
     chunk
 }
 
-fn page_parts(page: PublicRoomsPage) -> (Vec<PublicRoomsChunk>, Option<String>, Option<String>, Option<UInt>) {
+pub(crate) fn page_parts(
+    page: PublicRoomsPage,
+) -> (Vec<PublicRoomsChunk>, Option<String>, Option<String>, Option<UInt>) {
     let total = Some(UInt::new_saturating(page.total_room_count_estimate));
     (page.chunk.into_iter().map(chunk).collect(), page.next_batch, page.prev_batch, total)
 }
@@ -163,7 +160,17 @@ async fn public_rooms(
     request: Ruma<get_public_rooms::v3::Request>,
 ) -> Result<get_public_rooms::v3::Response> {
     let body = &request.body;
-    check_server(&services, body.server.as_ref())?;
+    if let Some(server) = remote(&services, body.server.as_ref()) {
+        let page = services
+            .federation
+            .remote_public_rooms(server, body.limit, body.since.clone(), None, RoomNetwork::Matrix)
+            .await?;
+        let mut response = get_public_rooms::v3::Response::new(page.chunk);
+        response.next_batch = page.next_batch;
+        response.prev_batch = page.prev_batch;
+        response.total_room_count_estimate = page.total_room_count_estimate;
+        return Ok(response);
+    }
     let query = PublicRoomsQuery { limit: limit_of(body.limit), since: body.since.clone(), ..Default::default() };
     let (chunk, next_batch, prev_batch, total) = page_parts(services.rooms.public_rooms(&query).await?);
     let mut response = get_public_rooms::v3::Response::new(chunk);
@@ -173,7 +180,7 @@ async fn public_rooms(
     Ok(response)
 }
 
-fn query_of(filter: &Filter, limit: Option<UInt>, since: Option<String>) -> PublicRoomsQuery {
+pub(crate) fn query_of(filter: &Filter, limit: Option<UInt>, since: Option<String>) -> PublicRoomsQuery {
     PublicRoomsQuery {
         limit: limit_of(limit),
         since,
@@ -189,8 +196,24 @@ async fn public_rooms_filtered(
 ) -> Result<get_public_rooms_filtered::v3::Response> {
     request.sender()?;
     let body = &request.body;
-    check_server(&services, body.server.as_ref())?;
     let mut response = get_public_rooms_filtered::v3::Response::new();
+    if let Some(server) = remote(&services, body.server.as_ref()) {
+        let page = services
+            .federation
+            .remote_public_rooms(
+                server,
+                body.limit,
+                body.since.clone(),
+                Some(body.filter.clone()),
+                body.room_network.clone(),
+            )
+            .await?;
+        response.chunk = page.chunk;
+        response.next_batch = page.next_batch;
+        response.prev_batch = page.prev_batch;
+        response.total_room_count_estimate = page.total_room_count_estimate;
+        return Ok(response);
+    }
     let mut query = query_of(&body.filter, body.limit, body.since.clone());
     // Application services' network lists: one (`third_party_instance_id`) or all of them.
     match &body.room_network {

@@ -142,7 +142,7 @@ async fn serve(
     Ok(with_headers(content, filename))
 }
 
-fn with_headers(content: Content, filename: Option<String>) -> (Vec<u8>, String, ContentDisposition) {
+pub(crate) fn with_headers(content: Content, filename: Option<String>) -> (Vec<u8>, String, ContentDisposition) {
     let content_type = content.content_type.unwrap_or_else(|| "application/octet-stream".to_owned());
     let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
     let disposition = if is_safe_inline_content_type(&essence) {
@@ -196,7 +196,12 @@ async fn legacy_download_as(
 }
 
 /// The thumbnail request in the service's terms.
-fn thumbnail_spec(method: Option<&RumaMethod>, width: UInt, height: UInt, animated: Option<bool>) -> Result<Spec> {
+pub(crate) fn thumbnail_spec(
+    method: Option<&RumaMethod>,
+    width: UInt,
+    height: UInt,
+    animated: Option<bool>,
+) -> Result<Spec> {
     let method = match method {
         None | Some(RumaMethod::Scale) => Method::Scale,
         Some(RumaMethod::Crop) => Method::Crop,

@@ -239,9 +239,28 @@ async fn unban(services: Arc<Services>, request: Ruma<unban_user::v3::Request>) 
 async fn knock(services: Arc<Services>, request: Ruma<knock_room::v3::Request>) -> Result<knock_room::v3::Response> {
     let sender = request.sender()?;
     let body = &request.body;
-    let (room_id, _) = resolve_room(&services, &body.room_id_or_alias).await?;
+    let (room_id, alias_servers) = resolve_room(&services, &body.room_id_or_alias).await?;
     let (user, extra) = (&sender.user_id, extra_content(&request.raw_body));
-    change_with(&services, &room_id, (user, user), "knock", body.reason.clone(), extra).await?;
+    let known = services.rooms.version(&room_id).await?.is_some();
+    if services.rooms.is_resident(&room_id).await?
+        || (known && services.rooms.servers_in_room(&room_id).await?.is_empty())
+    {
+        change_with(&services, &room_id, (user, user), "knock", body.reason.clone(), extra).await?;
+        return Ok(knock_room::v3::Response::new(room_id));
+    }
+    // A room on other servers: through those the client named, the alias named, and the one
+    // in the room ID.
+    let mut servers = body.via.clone();
+    servers.extend(alias_servers);
+    servers.extend(room_id.server_name().map(ToOwned::to_owned));
+    let mut content = extra;
+    for (key, value) in member_profile(&services, user).await? {
+        content.entry(key).or_insert(value);
+    }
+    if let Some(reason) = body.reason.clone() {
+        content.insert("reason".into(), Value::String(reason));
+    }
+    crate::service::federation::knock::knock_remote(&services, user, &room_id, &servers, content).await?;
     Ok(knock_room::v3::Response::new(room_id))
 }
 

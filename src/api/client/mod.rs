@@ -13,6 +13,7 @@ pub mod keys;
 pub mod media;
 pub mod membership;
 pub mod message;
+pub mod openid;
 pub mod presence;
 pub mod profile;
 pub mod push;
@@ -75,5 +76,6 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = user_directory::routes(router);
     let router = tag::routes(router);
     let router = threepid::routes(router);
+    let router = openid::routes(router);
     account_data::routes(router)
 }

@@ -35,7 +35,8 @@ async fn hierarchy(
         limit: body.limit.map(|limit| usize::try_from(u64::from(limit)).unwrap_or(usize::MAX)),
         from: body.from.clone(),
     };
-    let page = services.rooms.hierarchy(&sender.user_id, &body.room_id, &query).await?;
+    let page =
+        crate::service::federation::hierarchy::hierarchy(&services, &sender.user_id, &body.room_id, &query).await?;
     let mut response = get_hierarchy::v1::Response::new();
     response.next_batch = page.next_batch;
     response.rooms = page

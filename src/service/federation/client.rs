@@ -144,6 +144,21 @@ impl FederationClient {
         T: OutgoingRequest<PathBuilder = SinglePath>,
         T::Authentication: OutboundAuth,
     {
+        self.send_limited(destination, request, MAX_RESPONSE_BYTES).await
+    }
+
+    /// [`Self::send`], refusing answers larger than `limit` bytes (media may be larger than
+    /// the usual limit of JSON answers).
+    pub async fn send_limited<T>(
+        &self,
+        destination: &ServerName,
+        request: T,
+        limit: usize,
+    ) -> Result<T::IncomingResponse, FederationError>
+    where
+        T: OutgoingRequest<PathBuilder = SinglePath>,
+        T::Authentication: OutboundAuth,
+    {
         let connection = self.connection(destination).await?;
         let key_pair = self.own_keys.key_pair();
         let input = <T::Authentication as OutboundAuth>::input(&self.server_name, destination, key_pair);
@@ -161,7 +176,7 @@ impl FederationClient {
         })?;
         let status = response.status();
         let headers = response.headers().clone();
-        let body = read_limited(response, MAX_RESPONSE_BYTES).await?;
+        let body = read_limited(response, limit).await?;
         let errcode = (!status.is_success())
             .then(|| serde_json::from_slice::<serde_json::Value>(&body).ok())
             .flatten()
@@ -178,6 +193,44 @@ impl FederationClient {
             },
             other => FederationError::Invalid(format!("{destination} sent an invalid answer: {other}")),
         })
+    }
+
+    /// An unsigned `GET` of `path_and_query` on `destination`'s server (endpoints ruma has no
+    /// outbound type for here, such as the legacy media downloads of old servers). Answers with
+    /// an error status are [`FederationError::Remote`].
+    pub async fn get_unsigned(
+        &self,
+        destination: &ServerName,
+        path_and_query: &str,
+        limit: usize,
+    ) -> Result<http::Response<Vec<u8>>, FederationError> {
+        let connection = self.connection(destination).await?;
+        let url = format!("{}{path_and_query}", connection.base_url);
+        let mut request = connection.client.get(url);
+        if let Ok(host) = http::HeaderValue::from_str(&connection.host_header) {
+            request = request.header(http::header::HOST, host);
+        }
+        let response = request.send().await.map_err(|e| {
+            self.forget(destination);
+            FederationError::Unreachable(format!("{destination}: {e}"))
+        })?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = read_limited(response, limit).await?;
+        if !status.is_success() {
+            let error = serde_json::from_slice::<serde_json::Value>(&body).ok();
+            let field = |name: &str| error.as_ref()?.get(name)?.as_str().map(ToOwned::to_owned);
+            return Err(FederationError::Remote {
+                server: destination.to_owned(),
+                status: status.as_u16(),
+                errcode: field("errcode"),
+                message: field("error").unwrap_or_else(|| status.to_string()),
+            });
+        }
+        let mut http_response = http::Response::new(body);
+        *http_response.status_mut() = status;
+        *http_response.headers_mut() = headers;
+        Ok(http_response)
     }
 
     /// A client connected to `destination`'s checked address, resolved again after a while.

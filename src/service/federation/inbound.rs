@@ -207,6 +207,14 @@ impl Inbound {
             rules: &rules,
             transient,
         };
-        Some((event_id.clone(), gap.accept(&event_id, json).await))
+        let member = super::profile::member_of(&json);
+        let result = gap.accept(&event_id, json).await;
+        // A member event may carry a new name or avatar: the cached profile is asked again.
+        if let Some(user) = member.filter(|user| result.is_ok() && user.server_name() != services.config.server_name)
+            && let Err(error) = services.federation.profiles.forget(&user).await
+        {
+            tracing::warn!(%user, %error, "cannot drop a cached profile");
+        }
+        Some((event_id, result))
     }
 }

@@ -33,7 +33,7 @@ use crate::{
 const FAIL_OVER_ERRCODES: &[&str] = &["M_UNABLE_TO_AUTHORISE_JOIN", "M_UNABLE_TO_GRANT_JOIN", "M_NOT_FOUND"];
 
 /// Why a join through one server failed: worth asking the next one, or not.
-enum Attempt {
+pub(super) enum Attempt {
     Next(Error),
     Stop(Error),
 }
@@ -44,7 +44,7 @@ fn bad_gateway(message: impl Into<String>) -> Error {
 
 /// The error a client sees for a resident server's refusal: the resident's own status and
 /// code when it gave a Matrix error, else `502`.
-fn from_remote(error: FederationError) -> Attempt {
+pub(super) fn from_remote(error: FederationError) -> Attempt {
     match error {
         FederationError::Remote { status, errcode, message, .. } if (400..500).contains(&status) => {
             let kind = errcode.as_deref().map_or(ErrorKind::Unknown, kind_of);
@@ -72,7 +72,7 @@ fn kind_of(errcode: &str) -> ErrorKind {
 }
 
 /// Parses a JSON object another server sent.
-fn object(raw: &serde_json::value::RawValue, what: &str) -> std::result::Result<CanonicalJsonObject, Error> {
+pub(super) fn object(raw: &serde_json::value::RawValue, what: &str) -> std::result::Result<CanonicalJsonObject, Error> {
     serde_json::from_str(raw.get()).map_err(|e| bad_gateway(format!("the resident server sent an invalid {what}: {e}")))
 }
 
@@ -127,11 +127,12 @@ impl Federation {
                 format!("The room is version {version}, which this server does not support"),
             )));
         }
-        let (event_id, event) = self.complete_join(
+        let (event_id, event) = self.complete_membership(
             &version,
             object(&template.event, "join template").map_err(Attempt::Next)?,
             user,
             content,
+            "join",
         )?;
         let raw = serde_json::value::to_raw_value(&event).map_err(|e| Attempt::Stop(Error::internal(e.to_string())))?;
         let answer = self
@@ -205,22 +206,25 @@ impl Federation {
         }
     }
 
-    /// Completes a join template: this server's fields, the content asked for, the event ID
-    /// where the version has one in the event, hashes and signature. Returns the event ID and
-    /// the signed event.
-    fn complete_join(
+    /// Completes a join (or knock, `membership`) template: this server's fields, the content
+    /// asked for, the event ID where the version has one in the event, hashes and signature.
+    /// Returns the event ID and the signed event.
+    pub(super) fn complete_membership(
         &self,
         version: &RoomVersionId,
         mut event: CanonicalJsonObject,
         user: &UserId,
         content: &Map<String, Value>,
+        membership: &str,
     ) -> std::result::Result<(OwnedEventId, CanonicalJsonObject), Attempt> {
         let rules = version.rules().ok_or_else(|| Attempt::Stop(Error::internal("unsupported version")))?;
         let is_our_join = event.get("type") == Some(&CanonicalJsonValue::String("m.room.member".into()))
             && event.get("state_key") == Some(&CanonicalJsonValue::String(user.to_string()))
             && event.get("sender") == Some(&CanonicalJsonValue::String(user.to_string()));
         if !is_our_join {
-            return Err(Attempt::Next(bad_gateway("the resident server's template is not a join of this user")));
+            return Err(Attempt::Next(bad_gateway(format!(
+                "the resident server's template is not a {membership} of this user"
+            ))));
         }
         let mut merged = match event.remove("content") {
             Some(CanonicalJsonValue::Object(template)) => template,
@@ -234,7 +238,7 @@ impl Federation {
                 merged.insert(key.clone(), value);
             }
         }
-        merged.insert("membership".into(), CanonicalJsonValue::String("join".into()));
+        merged.insert("membership".into(), CanonicalJsonValue::String(membership.into()));
         event.insert("content".into(), CanonicalJsonValue::Object(merged));
         event.insert("origin_server_ts".into(), CanonicalJsonValue::Integer(now_ms().try_into().unwrap_or_default()));
         if rules.redaction.keep_origin_membership_prev_state {
@@ -253,7 +257,7 @@ impl Federation {
             &mut event,
             &rules.redaction,
         )
-        .map_err(|e| Attempt::Next(bad_gateway(format!("cannot sign the join template: {e}"))))?;
+        .map_err(|e| Attempt::Next(bad_gateway(format!("cannot sign the {membership} template: {e}"))))?;
         let event_id = event_id_of(&event, &rules).map_err(|e| Attempt::Next(bad_gateway(e)))?;
         Ok((event_id, event))
     }

@@ -151,7 +151,7 @@ async fn check_signed_by(
 
 /// The stripped form (`type`, `state_key`, `sender`, `content`) of an entry of
 /// `invite_room_state`: a full PDU (spec 1.16+) of this room, or an already stripped event.
-fn strip(entry: &RawStrippedState, room_id: &RoomId) -> Option<Value> {
+pub(super) fn strip(entry: &RawStrippedState, room_id: &RoomId) -> Option<Value> {
     #[allow(deprecated)]
     let (raw, pdu) = match entry {
         RawStrippedState::Pdu(raw) => (raw.get(), true),

@@ -10,25 +10,25 @@
 pub mod backfill;
 pub mod client;
 pub mod device_lists;
+pub mod directory;
 pub mod discovery;
 pub mod edus;
 mod gap;
+pub mod hierarchy;
 pub mod inbound;
 pub mod join;
 pub mod keys;
+pub mod knock;
 pub mod membership;
 pub mod outbound_edus;
+pub mod profile;
 pub mod sender;
 pub mod srv;
+pub mod timestamp;
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use http::StatusCode;
-use ruma::{
-    UserId,
-    api::{error::ErrorKind, federation::query::get_profile_information},
-    profile::ProfileFieldName,
-};
+use ruma::{UserId, profile::ProfileFieldName};
 
 use crate::{
     Error, Result,
@@ -48,6 +48,8 @@ pub struct Federation {
     pub sender: Arc<sender::Sender>,
     /// Transactions other servers send (`inbound.rs`).
     pub inbound: inbound::Inbound,
+    /// Cached profiles of other servers' users (`profile.rs`).
+    pub profiles: profile::RemoteProfiles,
 }
 
 impl Federation {
@@ -82,6 +84,7 @@ impl Federation {
             Arc::new(client::FederationClient::new(config.server_name.clone(), own_keys.clone(), resolver, tls, guard));
         let sender = Arc::new(sender::Sender::new(db.clone(), config.server_name.clone())?);
         let inbound = inbound::Inbound::new(db.clone());
+        let profiles = profile::RemoteProfiles::new(db.clone());
         let keys = Arc::new(keys::RemoteKeys::new(
             db,
             config.server_name.clone(),
@@ -97,6 +100,7 @@ impl Federation {
             backfill_cooldown: Default::default(),
             sender,
             inbound,
+            profiles,
         })
     }
 }
@@ -110,16 +114,10 @@ impl Federation {
         user_id: &UserId,
         field: Option<ProfileFieldName>,
     ) -> Result<BTreeMap<String, serde_json::Value>> {
-        let mut request = get_profile_information::v1::Request::new(user_id.to_owned());
-        request.field = field;
-        match self.client.send(user_id.server_name(), request).await {
-            Ok(response) => Ok(response.iter().map(|(name, value)| (name.clone(), value.clone())).collect()),
-            Err(client::FederationError::Remote { status: 404, .. }) => Err(Error::not_found("Profile not found")),
-            Err(e) => Err(Error::new(
-                StatusCode::BAD_GATEWAY,
-                ErrorKind::Unknown,
-                format!("Could not ask {} for the profile: {e}", user_id.server_name()),
-            )),
+        let mut profile = self.profiles.get(&self.client, user_id).await?;
+        if let Some(field) = field {
+            profile.retain(|name, _| name == field.as_str());
         }
+        Ok(profile)
     }
 }

@@ -7,9 +7,10 @@
 //! blocking pool, at most two at a time, and cached by the original's hash and the request.
 //! URL previews ([`preview`]) are fetched under the configured network policy and cached.
 //!
-//! Media of other servers needs federation, which Trellis does not speak yet: it is not found.
+//! Media of other servers is fetched over federation and cached ([`remote`]).
 
 pub mod preview;
+pub mod remote;
 pub mod store;
 pub mod thumbnails;
 
@@ -26,7 +27,7 @@ use tokio::sync::{Notify, Semaphore};
 use crate::{
     Error, Result,
     config::Config,
-    service::{now_ms, random_string},
+    service::{federation::client::FederationClient, now_ms, random_string},
     storage::{
         Batch, Db, WriteLock,
         tables::{
@@ -74,14 +75,24 @@ pub struct Media {
     thumbnailing: Semaphore,
     /// Bounds concurrent URL preview fetches (each holds up to `url_preview.max_size` bytes).
     previews: Semaphore,
+    /// Files of other servers' media ([`remote`]), apart from local media so evicting them
+    /// never touches a local file.
+    remote_store: FileStore,
+    /// Serialises writes to the remote media cache (insertions and evictions).
+    remote_cache: WriteLock,
+    client: Arc<FederationClient>,
 }
 
 impl Media {
     /// Opens the media directory (creating it) and clears leftovers of interrupted uploads.
-    pub fn new(config: Arc<Config>, db: Db) -> std::io::Result<Self> {
+    pub fn new(config: Arc<Config>, db: Db, client: Arc<FederationClient>) -> std::io::Result<Self> {
         let directory = config.media.directory(&config.database_path);
+        let remote_store = FileStore::open(directory.join("remote"), config.media.directory_structure)?;
         let store = FileStore::open(directory, config.media.directory_structure)?;
         Ok(Self {
+            remote_store,
+            remote_cache: WriteLock::new(),
+            client,
             db,
             fetcher: Fetcher::new(config.url_preview.clone(), config.server_name.as_str()),
             config,
@@ -290,7 +301,7 @@ impl Media {
             .ok_or_else(|| Error::internal(format!("media file {sha256} is missing from the media directory")))
     }
 
-    /// Downloads local media.
+    /// Downloads media: local, or another server's (fetched over federation, then cached).
     pub async fn get(
         &self,
         server_name: &ServerName,
@@ -298,6 +309,9 @@ impl Media {
         access: Access,
         timeout: Duration,
     ) -> Result<Content> {
+        if server_name != self.config.server_name {
+            return self.remote_get(server_name, media_id, timeout).await;
+        }
         let record = self.record(server_name, media_id, access, timeout).await?;
         let bytes = self.file(&record.sha256).await?;
         Ok(Content { bytes, content_type: record.content_type, filename: record.filename })
@@ -314,6 +328,9 @@ impl Media {
     ) -> Result<Content> {
         if spec.width == 0 || spec.height == 0 {
             return Err(Error::invalid_param("Thumbnail width and height must be positive"));
+        }
+        if server_name != self.config.server_name {
+            return self.remote_thumbnail(server_name, media_id, timeout, &spec).await;
         }
         let record = self.record(server_name, media_id, access, timeout).await?;
         // Keyed by the standard size the request rounds up to: every request that rounds to the

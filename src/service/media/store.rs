@@ -88,6 +88,16 @@ impl FileStore {
         Ok(sha256)
     }
 
+    /// Removes the file with this hash (blocking); a missing file is not an error.
+    pub fn remove(&self, sha256: &str) -> Result<()> {
+        let path = self.path_of(sha256)?;
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::internal(format!("media store: remove {}: {e}", path.display()))),
+        }
+    }
+
     /// Reads the file with this hash; `None` if it is missing.
     pub async fn get(&self, sha256: &str) -> Result<Option<Vec<u8>>> {
         let path = self.path_of(sha256)?;

@@ -2,7 +2,7 @@
 //! there and pagination tokens for `/messages`) and `/timestamp_to_event` (the visible event
 //! closest to a point in time, in one direction, found through the room's timestamp index).
 
-use ruma::{EventId, OwnedEventId, RoomId, UserId};
+use ruma::{EventId, OwnedEventId, RoomId, ServerName, UserId};
 
 use super::{Pdu, Rooms, read::StoredEvent};
 use crate::{
@@ -198,34 +198,71 @@ impl Rooms {
         self.run(move |core, db| {
             let short_room = core.interner.short_room(db, &room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
             let mut memo = super::read::VisibilityMemo::default();
-            // The index is ordered by (timestamp, position): seek to `ts` and read away from it.
-            let (mut cursor, direction) = if forward {
-                ((short_room, ts, 0), ScanDirection::Forward)
-            } else {
-                ((short_room, ts, u64::MAX), ScanDirection::Reverse)
-            };
-            let mut passed = 0;
-            while passed < MAX_TIMESTAMP_CANDIDATES {
-                let page = TIMELINE_BY_TS
-                    .scan_from(db, &cursor, direction, TIMESTAMP_PAGE, |(room, _, _)| *room == short_room)?;
-                for ((_, event_ts, _), short) in &page {
-                    let Some(meta) = EVENT_META.get(db, short)? else { continue };
-                    if !meta.is_served() || !core.can_see_with(db, &user, short_room, &meta, &mut memo)? {
-                        continue;
-                    }
-                    return Ok(Some((core.interner.event_id(db, *short)?, *event_ts)));
-                }
-                passed += page.len();
-                match page.last() {
-                    Some((key, _)) if page.len() == TIMESTAMP_PAGE => match next_key(*key, direction) {
-                        Some(next) => cursor = next,
-                        None => break,
-                    },
-                    _ => break,
-                }
-            }
-            Ok(None)
+            nearest_event(core, db, short_room, ts, forward, |core, db, meta| {
+                core.can_see_with(db, &user, short_room, meta, &mut memo)
+            })
         })
         .await
     }
+
+    /// The event nearest to `ts` that `origin` may see, for another server's
+    /// `/timestamp_to_event`: `404` for a room this server does not know, `403` when the room's
+    /// server ACL denies `origin`.
+    pub async fn event_at_timestamp_for_server(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        ts: u64,
+        forward: bool,
+    ) -> Result<Option<(OwnedEventId, u64)>> {
+        if self.version(room_id).await?.is_none() {
+            return Err(Error::not_found("Unknown room"));
+        }
+        self.check_server_allowed(room_id, origin).await?;
+        let (origin, room_id) = (origin.to_owned(), room_id.to_owned());
+        self.run(move |core, db| {
+            let short_room = core.interner.short_room(db, &room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
+            nearest_event(core, db, short_room, ts, forward, |core, db, meta| core.server_can_see(db, &origin, meta))
+        })
+        .await
+    }
+}
+
+/// The first served event from `ts` in the direction asked for that `visible` lets through,
+/// looking at most at `MAX_TIMESTAMP_CANDIDATES` events.
+fn nearest_event(
+    core: &super::RoomCore,
+    db: &crate::storage::Db,
+    short_room: u64,
+    ts: u64,
+    forward: bool,
+    mut visible: impl FnMut(&super::RoomCore, &crate::storage::Db, &crate::storage::room_tables::EventMeta) -> Result<bool>,
+) -> Result<Option<(OwnedEventId, u64)>> {
+    // The index is ordered by (timestamp, position): seek to `ts` and read away from it.
+    let (mut cursor, direction) = if forward {
+        ((short_room, ts, 0), ScanDirection::Forward)
+    } else {
+        ((short_room, ts, u64::MAX), ScanDirection::Reverse)
+    };
+    let mut passed = 0;
+    while passed < MAX_TIMESTAMP_CANDIDATES {
+        let page =
+            TIMELINE_BY_TS.scan_from(db, &cursor, direction, TIMESTAMP_PAGE, |(room, _, _)| *room == short_room)?;
+        for ((_, event_ts, _), short) in &page {
+            let Some(meta) = EVENT_META.get(db, short)? else { continue };
+            if !meta.is_served() || !visible(core, db, &meta)? {
+                continue;
+            }
+            return Ok(Some((core.interner.event_id(db, *short)?, *event_ts)));
+        }
+        passed += page.len();
+        match page.last() {
+            Some((key, _)) if page.len() == TIMESTAMP_PAGE => match next_key(*key, direction) {
+                Some(next) => cursor = next,
+                None => break,
+            },
+            _ => break,
+        }
+    }
+    Ok(None)
 }

@@ -89,7 +89,7 @@ impl RoomCore {
 
     /// Whether `server` may see an event by the history visibility of the state before it.
     /// An outlier (no known state) is judged by the room's current state.
-    fn server_can_see(&self, db: &Db, server: &ServerName, meta: &EventMeta) -> Result<bool> {
+    pub(super) fn server_can_see(&self, db: &Db, server: &ServerName, meta: &EventMeta) -> Result<bool> {
         let state = self.state.load(
             db,
             match meta.state_before.or(meta.state_after_known()) {

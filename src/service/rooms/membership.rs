@@ -130,9 +130,12 @@ impl Rooms {
         if member(room_id.to_owned()).await?.is_some_and(|m| m == "join" || m == "invite") {
             return Ok(None);
         }
-        let (mut allowed, mut known) = (false, false);
+        // With no room allowed at all (a `knock_restricted` room without an allow list), no
+        // server could authorise the join: it is plainly forbidden.
+        let (mut allowed, mut known, mut any_room) = (false, false, false);
         for rule in rules.allow.iter().filter(|r| r.kind == "m.room_membership") {
             let Some(allowed_room) = &rule.room_id else { continue };
+            any_room = true;
             known |= self.version(allowed_room).await?.is_some();
             if member(allowed_room.clone()).await?.is_some_and(|m| m == "join") {
                 allowed = true;
@@ -140,7 +143,7 @@ impl Rooms {
             }
         }
         if !allowed {
-            return Err(if known || user.server_name() == self.core.server_name {
+            return Err(if known || !any_room || user.server_name() == self.core.server_name {
                 Error::forbidden("You are not in any room that this room's join rules allow")
             } else {
                 Error::new(

@@ -22,7 +22,8 @@ use crate::{
     },
 };
 
-/// An invite received over federation, checked and countersigned, to record.
+/// An invite received over federation, checked and countersigned, to record (or a knock
+/// the room's server accepted).
 pub struct RemoteInvite {
     pub room_version: RoomVersionId,
     pub event_id: OwnedEventId,
@@ -53,6 +54,23 @@ impl Rooms {
     /// user is joined to the room already. A ban recorded here is no reason to refuse: this
     /// server left with the ban and has not seen the unban that the invite follows.
     pub async fn record_remote_invite(&self, user: &UserId, room_id: &RoomId, invite: RemoteInvite) -> Result<()> {
+        self.record_remote_membership(user, room_id, invite, "invite").await
+    }
+
+    /// Records a knock of a local user on a room this server is not in, which the room's server
+    /// accepted (`send_knock`): `/sync` shows it under `rooms.knock` with the stripped state
+    /// that server answered with. The record's `invite` holds the knock.
+    pub async fn record_remote_knock(&self, user: &UserId, room_id: &RoomId, knock: RemoteInvite) -> Result<()> {
+        self.record_remote_membership(user, room_id, knock, "knock").await
+    }
+
+    async fn record_remote_membership(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        invite: RemoteInvite,
+        membership: &'static str,
+    ) -> Result<()> {
         let lock = self.lock_for(room_id)?;
         let key = (user.to_owned(), room_id.to_owned());
         self.run_locked(&lock, move |core, db| {
@@ -67,7 +85,7 @@ impl Rooms {
                 leave: None,
                 event_id: invite.event_id.to_string(),
             };
-            core.write_out_of_band(db, &key, record, "invite")
+            core.write_out_of_band(db, &key, record, membership)
         })
         .await
     }

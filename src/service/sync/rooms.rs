@@ -159,7 +159,11 @@ pub(super) async fn collect(ctx: &Context<'_>) -> Result<Rooms> {
                 };
                 if new {
                     let mut state = KnockState::new();
-                    state.events = stripped_state(ctx, &room_id).await?;
+                    // A knock on a room of other servers: the stripped state its server sent.
+                    state.events = match ctx.services.rooms.out_of_band(ctx.user, &room_id).await? {
+                        Some(record) => out_of_band_stripped_state(ctx, &record)?,
+                        None => stripped_state(ctx, &room_id).await?,
+                    };
                     rooms.knock.insert(room_id.clone(), KnockedRoom::from(state));
                 }
             }
@@ -301,7 +305,8 @@ async fn invited_room(ctx: &Context<'_>, room_id: &OwnedRoomId) -> Result<Option
 }
 
 /// The stripped state of an invite received over federation for a room this server is not in:
-/// what the inviting server sent, and the invite itself (whose content may say `is_direct`).
+/// what the inviting server sent, and the invite itself (whose content may say `is_direct`);
+/// likewise for a knock the room's server accepted, with the knock.
 fn out_of_band_stripped_state<T>(ctx: &Context<'_>, record: &OutOfBand) -> Result<Vec<Raw<T>>> {
     let own = |event: &serde_json::Value| {
         event["type"] == "m.room.member" && event["state_key"].as_str() == Some(ctx.user.as_str())
