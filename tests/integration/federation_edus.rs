@@ -19,13 +19,13 @@ use crate::{
 };
 
 /// Syncs (long-polling, from `since`) until `done` holds for the response; returns it.
-async fn sync_until(
+pub(crate) async fn sync_until(
     server: &TestServer,
     session: &Session,
     since: Option<&str>,
     done: impl Fn(&Value) -> bool,
 ) -> Value {
-    for _ in 0..40 {
+    for _ in 0..60 {
         let mut path = "/_matrix/client/v3/sync?timeout=500".to_owned();
         if let Some(since) = since {
             path.push_str(&format!("&since={}", enc(since)));

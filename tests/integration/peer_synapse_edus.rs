@@ -6,31 +6,11 @@
 use serde_json::{Value, json};
 
 use crate::{
+    federation_edus::sync_until,
     harness::{Session, TestServer, enc},
     peer_synapse::{Peers, Synapse, synapse_and_trellis},
     room_helpers::create_room,
 };
-
-/// Syncs on Trellis until `done` holds.
-async fn trellis_sync_until(
-    server: &TestServer,
-    session: &Session,
-    since: Option<&str>,
-    done: impl Fn(&Value) -> bool,
-) -> Value {
-    for _ in 0..60 {
-        let mut path = "/_matrix/client/v3/sync?timeout=500".to_owned();
-        if let Some(since) = since {
-            path.push_str(&format!("&since={}", enc(since)));
-        }
-        let (status, body) = server.get(&path, session.token()).await;
-        assert_eq!(status, 200, "sync: {body}");
-        if done(&body) {
-            return body;
-        }
-    }
-    panic!("Trellis sync never showed what was expected");
-}
 
 /// Syncs on Synapse, each sync from the last one's `next_batch` (Synapse may answer a repeated
 /// request from its cache), until `done` holds for a response; returns it.
@@ -96,14 +76,13 @@ async fn synapse_and_trellis_exchange_typing_to_device_messages_and_keys() {
     let sam_device = whoami["device_id"].as_str().expect("device_id").to_owned();
 
     let room = create_room(&trellis, &alice, json!({"preset": "public_chat"})).await;
-    let alice_since =
-        trellis_sync_until(&trellis, &alice, None, |_| true).await["next_batch"].as_str().unwrap().to_owned();
+    let alice_since = sync_until(&trellis, &alice, None, |_| true).await["next_batch"].as_str().unwrap().to_owned();
     let joined = synapse
         .client_post(&format!("/_matrix/client/v3/join/{}?server_name={trellis_name}", enc(&room)), &sam, json!({}))
         .await;
     assert_eq!(joined.0, 200, "{}", joined.1);
     // Sam's join puts him in alice's `changed`.
-    let sync = trellis_sync_until(&trellis, &alice, Some(&alice_since), |s| changed(s).contains(&sam_id)).await;
+    let sync = sync_until(&trellis, &alice, Some(&alice_since), |s| changed(s).contains(&sam_id)).await;
     let alice_since = sync["next_batch"].as_str().unwrap().to_owned();
     let sam_since =
         synapse_sync_until(&synapse, &sam, None, |s| s["rooms"]["join"][&room].is_object()).await["next_batch"]
@@ -114,7 +93,7 @@ async fn synapse_and_trellis_exchange_typing_to_device_messages_and_keys() {
     // Typing: Synapse to Trellis, and Trellis to Synapse.
     let path = format!("/_matrix/client/v3/rooms/{}/typing/{}", enc(&room), enc(&sam_id));
     assert_eq!(synapse.client_put(&path, &sam, json!({"typing": true, "timeout": 20000})).await.0, 200);
-    trellis_sync_until(&trellis, &alice, Some(&alice_since), |s| typing_users(s, &room).contains(&sam_id)).await;
+    sync_until(&trellis, &alice, Some(&alice_since), |s| typing_users(s, &room).contains(&sam_id)).await;
     let path = format!("/_matrix/client/v3/rooms/{}/typing/{}", enc(&room), enc(&alice.user_id));
     assert_eq!(trellis.put(&path, alice.token(), json!({"typing": true, "timeout": 20000})).await.0, 200);
     let sync =
@@ -139,7 +118,7 @@ async fn synapse_and_trellis_exchange_typing_to_device_messages_and_keys() {
     let (status, response) =
         synapse.client_post("/_matrix/client/v3/keys/upload", &sam, device_keys(&sam_id, &sam_device, "SAM1")).await;
     assert_eq!(status, 200, "{response}");
-    trellis_sync_until(&trellis, &alice, Some(&alice_since), |s| changed(s).contains(&sam_id)).await;
+    sync_until(&trellis, &alice, Some(&alice_since), |s| changed(s).contains(&sam_id)).await;
     let query = json!({"device_keys": {sam_id.as_str(): []}});
     let (status, keys) = trellis.post("/_matrix/client/v3/keys/query", alice.token(), query).await;
     assert_eq!(status, 200, "{keys}");

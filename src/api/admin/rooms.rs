@@ -39,6 +39,13 @@ fn room_id(raw: &str) -> Result<OwnedRoomId> {
     OwnedRoomId::try_from(raw).map_err(|e| Error::invalid_param(format!("Invalid room ID: {e}")))
 }
 
+/// A room named in a path that this server knows (`404 M_NOT_FOUND` otherwise).
+async fn known_room(services: &Services, raw: &str) -> Result<OwnedRoomId> {
+    let room = room_id(raw)?;
+    services.rooms.version(&room).await?.ok_or_else(|| Error::not_found("Room not found"))?;
+    Ok(room)
+}
+
 #[derive(Deserialize)]
 struct ListQuery {
     #[serde(default)]
@@ -93,15 +100,13 @@ async fn details(State(services): State<Arc<Services>>, _admin: Admin, Path(raw)
 }
 
 async fn members(State(services): State<Arc<Services>>, _admin: Admin, Path(raw): Path<String>) -> Result<Json<Value>> {
-    let room = room_id(&raw)?;
-    services.rooms.version(&room).await?.ok_or_else(|| Error::not_found("Room not found"))?;
+    let room = known_room(&services, &raw).await?;
     let members = services.rooms.joined_members(&room).await?;
     Ok(Json(json!({"total": members.len(), "members": members})))
 }
 
 async fn state(State(services): State<Arc<Services>>, _admin: Admin, Path(raw): Path<String>) -> Result<Json<Value>> {
-    let room = room_id(&raw)?;
-    services.rooms.version(&room).await?.ok_or_else(|| Error::not_found("Room not found"))?;
+    let room = known_room(&services, &raw).await?;
     let state: Vec<Value> =
         services.rooms.current_state(&room).await?.iter().map(|pdu| pdu.to_client_event()).collect();
     Ok(Json(json!({"state": state})))

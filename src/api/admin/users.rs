@@ -13,6 +13,7 @@ use axum::{
     routing::{get, post},
 };
 use http::StatusCode;
+use ruma::OwnedUserId;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -25,6 +26,7 @@ use crate::{
         accounts::AccountKind,
         admin::users::{self, UserFilter},
     },
+    storage::tables::UserRecord,
 };
 
 pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
@@ -62,6 +64,13 @@ struct ListQuery {
     admins: Option<bool>,
     #[serde(default)]
     dir: Option<String>,
+}
+
+/// A user of this server named in a path, who must exist (`404 M_NOT_FOUND` otherwise).
+async fn existing_user(services: &Services, user_id: &str) -> Result<(OwnedUserId, UserRecord)> {
+    let user = local_user(services, user_id)?;
+    let record = services.accounts.get(&user).await?.ok_or_else(|| Error::not_found("User not found"))?;
+    Ok((user, record))
 }
 
 /// A non-negative integer query parameter (`M_INVALID_PARAM` otherwise).
@@ -104,8 +113,7 @@ async fn query(
     _admin: Admin,
     Path(user_id): Path<String>,
 ) -> Result<Json<Value>> {
-    let user = local_user(&services, &user_id)?;
-    let record = services.accounts.get(&user).await?.ok_or_else(|| Error::not_found("User not found"))?;
+    let (user, record) = existing_user(&services, &user_id).await?;
     Ok(Json(users::user_json(&services, &user, &record).await?))
 }
 
@@ -222,8 +230,7 @@ async fn deactivate(
     Path(user_id): Path<String>,
     AdminJson(body): AdminJson<Deactivate>,
 ) -> Result<Json<Value>> {
-    let user = local_user(&services, &user_id)?;
-    services.accounts.get(&user).await?.ok_or_else(|| Error::not_found("User not found"))?;
+    let (user, _) = existing_user(&services, &user_id).await?;
     users::deactivate(&services, &user, body.erase).await?;
     Ok(Json(json!({"id_server_unbind_result": "success"})))
 }
@@ -234,8 +241,7 @@ async fn whois(
     _admin: Admin,
     Path(user_id): Path<String>,
 ) -> Result<Json<Value>> {
-    let user = local_user(&services, &user_id)?;
-    services.accounts.get(&user).await?.ok_or_else(|| Error::not_found("User not found"))?;
+    let (user, _) = existing_user(&services, &user_id).await?;
     let sessions: Vec<Value> = services
         .sessions
         .devices(&user)
@@ -257,8 +263,7 @@ async fn devices(
     _admin: Admin,
     Path(user_id): Path<String>,
 ) -> Result<Json<Value>> {
-    let user = local_user(&services, &user_id)?;
-    services.accounts.get(&user).await?.ok_or_else(|| Error::not_found("User not found"))?;
+    let (user, _) = existing_user(&services, &user_id).await?;
     let devices: Vec<Value> = services
         .sessions
         .devices(&user)
@@ -299,8 +304,7 @@ async fn get_admin(
     _admin: Admin,
     Path(user_id): Path<String>,
 ) -> Result<Json<Value>> {
-    let user = local_user(&services, &user_id)?;
-    let record = services.accounts.get(&user).await?.ok_or_else(|| Error::not_found("User not found"))?;
+    let (_, record) = existing_user(&services, &user_id).await?;
     Ok(Json(json!({"admin": record.admin})))
 }
 
