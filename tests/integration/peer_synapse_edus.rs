@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::{
     federation_edus::sync_until,
-    harness::{Session, TestServer, enc},
+    harness::enc,
     peer_synapse::{Peers, Synapse, synapse_and_trellis},
     room_helpers::create_room,
 };
