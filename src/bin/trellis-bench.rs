@@ -4,7 +4,9 @@
 //! concurrent senders; send-to-receive latency through `/sync` long-polling; initial `/sync`
 //! time for a user in R rooms of E events; incremental `/sync` cost; and the server's resident
 //! memory from `/proc/<pid>/status` when `--pid` is given. `--room-members N` fills every room
-//! with idle local members up to N before the sends, to compare send rates by room size. `--smoke` also checks that every
+//! with idle local members up to N before the sends, to compare send rates by room size.
+//! `--sliding-sync` adds the same first-answer and send-to-receive figures through simplified
+//! sliding sync (MSC4186). `--smoke` also checks that every
 //! message sent is received exactly once through `/sync`, and exits non-zero otherwise.
 
 use std::{
@@ -60,6 +62,11 @@ struct Options {
     /// Prefix of the user names this run creates (runs against one server must differ).
     #[arg(long, default_value = "bench")]
     prefix: String,
+    /// Also measure simplified sliding sync (MSC4186): the first answer for the reader's list
+    /// (range 0-19, timeline_limit 1) and send-to-receive latency through its long-polling,
+    /// next to the /sync figures.
+    #[arg(long)]
+    sliding_sync: bool,
     /// Also write the figures as JSON ({metric: {"value": number, "unit": text}}) to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -444,6 +451,10 @@ async fn run(options: Options) -> Result<Report, String> {
     report.add("initial sync", format!("{:.1} ms", started.elapsed().as_secs_f64() * 1000.0));
     report.figure("initial sync", started.elapsed().as_secs_f64() * 1000.0, "ms");
 
+    if options.sliding_sync {
+        sliding_sync(&client, &options, &reader, &users[0], &rooms, &mut report).await?;
+    }
+
     eprintln!("[6/6] {} incremental syncs with nothing new", options.incremental_syncs);
     let mut incremental = Vec::new();
     for _ in 0..options.incremental_syncs {
@@ -467,6 +478,90 @@ async fn run(options: Options) -> Result<Report, String> {
         return Err(format!("{failures} requests failed"));
     }
     Ok(report)
+}
+
+const SLIDING_SYNC: &str = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync";
+
+impl Client {
+    /// One sliding sync request on the connection `bench`, from `pos`.
+    async fn sliding(&self, user: &User, pos: Option<&str>, timeout_ms: u64, body: &Value) -> Option<Value> {
+        let mut path = format!("{SLIDING_SYNC}?timeout={timeout_ms}");
+        if let Some(pos) = pos {
+            path.push_str(&format!("&pos={}", urlencode(pos)));
+        }
+        self.call(reqwest::Method::POST, &path, Some(&user.token), Some(body)).await
+    }
+}
+
+/// Message bodies in a sliding sync answer's rooms.
+fn sliding_bodies(answer: &Value) -> Vec<String> {
+    let rooms = answer["rooms"].as_object().into_iter().flat_map(|rooms| rooms.values());
+    rooms
+        .flat_map(|room| room["timeline"].as_array().cloned().unwrap_or_default())
+        .filter(|event| event["type"] == "m.room.message")
+        .filter_map(|event| event["content"]["body"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The sliding sync figures (`--sliding-sync`): the first answer for the reader's list of
+/// rooms (range 0-19, timeline_limit 1), as Element X asks on start, and send-to-receive
+/// latency through sliding sync long-polling.
+async fn sliding_sync(
+    client: &Client,
+    options: &Options,
+    reader: &User,
+    sender: &User,
+    rooms: &[String],
+    report: &mut Report,
+) -> Result<(), String> {
+    eprintln!("[5/6] sliding sync: first answer for a user in {} rooms, then round trips", options.rooms);
+    let body = json!({
+        "conn_id": "bench",
+        "lists": {"all": {"ranges": [[0, 19]], "timeline_limit": 1, "required_state": [["m.room.name", ""]]}},
+    });
+    let started = Instant::now();
+    let first = client.sliding(reader, None, 0, &body).await.ok_or("sliding sync failed")?;
+    report.add("sliding sync first answer", format!("{:.1} ms", started.elapsed().as_secs_f64() * 1000.0));
+    report.figure("sliding sync first answer", started.elapsed().as_secs_f64() * 1000.0, "ms");
+    if options.smoke && first["lists"]["all"]["count"].as_u64() != Some(rooms.len() as u64) {
+        return Err(format!(
+            "the sliding sync list counts {} rooms, not {}",
+            first["lists"]["all"]["count"],
+            rooms.len()
+        ));
+    }
+    let mut pos = first["pos"].as_str().ok_or("no pos")?.to_owned();
+    let mut round_trips = Vec::new();
+    for n in 0..options.round_trips {
+        let (poll_client, poll_pos, poll_body) = (client.clone(), pos.clone(), body.clone());
+        let reader_token = reader.token.clone();
+        let waiting = tokio::spawn(async move {
+            let reader = User { token: reader_token };
+            let mut pos = poll_pos;
+            loop {
+                let answer = poll_client.sliding(&reader, Some(&pos), 30_000, &poll_body).await?;
+                pos = answer["pos"].as_str()?.to_owned();
+                if sliding_bodies(&answer).iter().any(|b| b.starts_with("sliding round trip")) {
+                    return Some((Instant::now(), pos));
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/srt{n}", urlencode(&rooms[0]));
+        let message = json!({"msgtype": "m.text", "body": format!("sliding round trip {n}")});
+        let sent = Instant::now();
+        client.call(reqwest::Method::PUT, &path, Some(&sender.token), Some(&message)).await;
+        match waiting.await.map_err(|e| e.to_string())? {
+            Some((received, next)) => {
+                round_trips.push(received.saturating_duration_since(sent));
+                pos = next;
+            }
+            None => return Err("the sliding sync long-poll failed".into()),
+        }
+    }
+    record_latencies(report, "sliding sync send-to-receive latency", &mut round_trips);
+    report.add("sliding sync send-to-receive latency", latencies(round_trips));
+    Ok(())
 }
 
 /// Registers `count` idle users and joins each to every room, eight requests at a time.
