@@ -20,8 +20,18 @@ use serde_json::{Value, json};
 
 use crate::harness::{TestServer, assert_error, enc};
 
+/// A loopback port free now and never handed out before in this test process: a server that
+/// stops and starts again on its port (a restart test) must not find it taken by another test
+/// that was given the same port meanwhile.
 pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if HANDED_OUT.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
 }
 
 fn openssl(args: &[&str], dir: &Path) {

@@ -12,9 +12,7 @@ use crate::{
     room_helpers::{create_room, send_text},
 };
 
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+pub(crate) use crate::federation::free_port;
 
 pub(crate) fn make_ca(dir: &Path) {
     let status = Command::new("openssl")
