@@ -48,14 +48,7 @@ pub async fn make_knock(
     user: &UserId,
     supported: &[RoomVersionId],
 ) -> Result<(RoomVersionId, CanonicalJsonObject)> {
-    if user.server_name() != origin {
-        return Err(Error::forbidden("The user is not a user of the requesting server"));
-    }
-    let version = services.rooms.version(room_id).await?.ok_or_else(|| Error::not_found("Unknown room"))?;
-    if !services.rooms.is_resident(room_id).await? {
-        return Err(Error::not_found("This server is not in that room"));
-    }
-    services.rooms.check_server_allowed(room_id, origin).await?;
+    let version = super::membership::check_template_request(services, origin, room_id, user).await?;
     if !supported.contains(&version) {
         return Err(Error::new(
             StatusCode::BAD_REQUEST,

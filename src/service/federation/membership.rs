@@ -356,14 +356,15 @@ async fn leave_via(
     Ok((template, event_id))
 }
 
-/// A `make_leave` template for a user of `origin`: the leave built on the room's current
-/// extremities, checked against the auth rules, without signatures or hashes.
-pub async fn make_leave(
+/// What every membership template (`make_leave`, `make_knock`) asks first: the user is of
+/// `origin`, the room is known and this server is in it, and the room's ACL lets `origin` in.
+/// Returns the room's version.
+pub(super) async fn check_template_request(
     services: &Services,
     origin: &ServerName,
     room_id: &RoomId,
     user: &UserId,
-) -> Result<(RoomVersionId, CanonicalJsonObject)> {
+) -> Result<RoomVersionId> {
     if user.server_name() != origin {
         return Err(Error::forbidden("The user is not a user of the requesting server"));
     }
@@ -372,6 +373,18 @@ pub async fn make_leave(
         return Err(Error::not_found("This server is not in that room"));
     }
     services.rooms.check_server_allowed(room_id, origin).await?;
+    Ok(version)
+}
+
+/// A `make_leave` template for a user of `origin`: the leave built on the room's current
+/// extremities, checked against the auth rules, without signatures or hashes.
+pub async fn make_leave(
+    services: &Services,
+    origin: &ServerName,
+    room_id: &RoomId,
+    user: &UserId,
+) -> Result<(RoomVersionId, CanonicalJsonObject)> {
+    let version = check_template_request(services, origin, room_id, user).await?;
     let event = NewEvent::state(TimelineEventType::RoomMember, user.as_str(), json!({"membership": "leave"}));
     let mut json = services.rooms.build_event(room_id, user, event, None).await?;
     services.rooms.authorise_built(room_id, json.clone()).await?;
