@@ -514,3 +514,44 @@ async fn sliding_sync_extensions_deliver_device_data_account_data_receipts_and_t
     assert!(started.elapsed() < Duration::from_secs(8), "the to-device message woke the poll");
     assert_eq!(woken["extensions"]["to_device"]["events"][0]["content"]["wake"], true, "{woken}");
 }
+
+#[tokio::test]
+async fn sliding_sync_lists_a_knock_with_its_stripped_state_until_it_is_accepted() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = create_room(
+        &server,
+        &alice,
+        json!({"name": "Knock here", "initial_state": [{"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}}]}),
+    )
+    .await;
+    let knock = server.post_owned(format!("/_matrix/client/v3/knock/{}", enc(&room)), bob.token(), json!({})).await;
+    assert_eq!(knock.0, 200, "{knock:?}");
+
+    let lists = json!({"all": list(json!([[0, 9]]), 1, json!([["m.room.name", ""]]), json!({}))});
+    let response = ok(&server, &bob, None, 0, json!({"lists": lists})).await;
+    assert_eq!(response["lists"]["all"]["count"], 1, "{response}");
+    let knocked = &response["rooms"][&room];
+    assert_eq!(knocked["initial"], true, "{knocked}");
+    assert_eq!(knocked["name"], "Knock here");
+    assert!(knocked.get("timeline").is_none(), "a knock has no timeline: {knocked}");
+    // The stripped state is under `knock_state` and, as Synapse sends it and matrix-rust-sdk
+    // reads it, under `invite_state`; the user's own member event says `knock`.
+    for field in ["knock_state", "invite_state"] {
+        let stripped = knocked[field].as_array().unwrap_or_else(|| panic!("no {field}: {knocked}"));
+        let own = stripped.iter().find(|e| e["type"] == "m.room.member" && e["state_key"] == bob.user_id.as_str());
+        assert_eq!(own.map(|e| e["content"]["membership"].clone()), Some(json!("knock")), "{field}: {knocked}");
+        assert!(stripped.iter().any(|e| e["type"] == "m.room.join_rules" && e["content"]["join_rule"] == "knock"));
+    }
+
+    // Accepted (invited by the admin, then joined): the room is sent whole, as a joined room.
+    let invite = format!("/_matrix/client/v3/rooms/{}/invite", enc(&room));
+    assert_eq!(server.post(&invite, alice.token(), json!({"user_id": bob.user_id})).await.0, 200);
+    join(&server, &bob, &room).await;
+    let joined = ok(&server, &bob, Some(&pos(&response)), 0, json!({"lists": lists})).await;
+    let entry = &joined["rooms"][&room];
+    assert_eq!(entry["initial"], true, "{joined}");
+    assert!(entry.get("knock_state").is_none() && entry.get("invite_state").is_none(), "{entry}");
+    assert_eq!(state_pairs(entry), vec![("m.room.name".to_owned(), String::new())]);
+}

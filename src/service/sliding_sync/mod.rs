@@ -23,6 +23,8 @@ use std::{
 use ruma::{
     DeviceId, OwnedRoomId, OwnedUserId, UserId,
     api::client::sync::sync_events::v5::{self, response},
+    events::AnyStrippedStateEvent,
+    serde::Raw,
 };
 use serde::Deserialize;
 
@@ -47,6 +49,14 @@ const MAX_ROOMS: usize = 1000;
 pub struct SlidingSync {
     pub connections: Connections,
     facts: Arc<FactsCache>,
+}
+
+/// What a request is answered with: ruma's response, and the stripped state of each knocked
+/// room sent, which ruma 0.17's `Room` has no `knock_state` field for (the handler adds it to
+/// the serialized response).
+pub struct Reply {
+    pub response: v5::Response,
+    pub knock_states: BTreeMap<OwnedRoomId, Vec<Raw<AnyStrippedStateEvent>>>,
 }
 
 /// The request fields ruma 0.17's types do not carry, read from the body: the `spaces`, `tags`
@@ -125,7 +135,7 @@ pub async fn sync(
     device: &DeviceId,
     request: v5::Request,
     raw_body: &[u8],
-) -> Result<v5::Response> {
+) -> Result<Reply> {
     let extra: Extra = serde_json::from_slice(raw_body).unwrap_or_default();
     let conn_id = request.conn_id.clone().unwrap_or_default();
     let since = services.sliding_sync.connections.resume(user, device, &conn_id, request.pos.as_deref())?;
@@ -154,7 +164,8 @@ pub async fn sync(
         };
         let receipt_rooms = receipt_rooms.into_iter().collect();
         let ctx = Context { services, user, device, since: since.as_ref(), now, ignored, direct, receipt_rooms };
-        let (mut response, answer) = build(&ctx, &request, &extra).await?;
+        let (mut reply, answer) = build(&ctx, &request, &extra).await?;
+        let response = &mut reply.response;
         let unchanged = since.as_ref().is_some_and(|previous| {
             response.rooms.is_empty()
                 && !extensions_changed(&response.extensions)
@@ -169,7 +180,7 @@ pub async fn sync(
         }
         response.pos = services.sliding_sync.connections.record(user, device, &conn_id, answer);
         response.txn_id = request.txn_id.clone();
-        return Ok(response);
+        return Ok(reply);
     }
 }
 
@@ -196,8 +207,9 @@ fn clamp(since: SyncToken, now: SyncToken) -> SyncToken {
     }
 }
 
-async fn build(ctx: &Context<'_>, request: &v5::Request, extra: &Extra) -> Result<(v5::Response, Answer)> {
+async fn build(ctx: &Context<'_>, request: &v5::Request, extra: &Extra) -> Result<(Reply, Answer)> {
     let mut response = v5::Response::new(String::new());
+    let mut knock_states = BTreeMap::new();
     let mut answer = Answer {
         token: ctx.now,
         rooms: ctx.since.map(|since| since.rooms.clone()).unwrap_or_default(),
@@ -237,12 +249,15 @@ async fn build(ctx: &Context<'_>, request: &v5::Request, extra: &Extra) -> Resul
     for (room_id, config) in &selected {
         let Some(candidate) = candidates.iter().find(|c| c.room_id == *room_id) else { continue };
         let sent = answer.rooms.get(room_id);
-        if let Some((room, sent, initial)) = room_data::room(ctx, candidate, config, sent).await? {
-            if initial {
+        if let Some(entry) = room_data::room(ctx, candidate, config, sent).await? {
+            if entry.initial {
                 initial_rooms.insert(room_id.clone());
             }
-            answer.rooms.insert(room_id.clone(), sent);
-            response.rooms.insert(room_id.clone(), room);
+            if let Some(state) = entry.knock_state {
+                knock_states.insert(room_id.clone(), state);
+            }
+            answer.rooms.insert(room_id.clone(), entry.sent);
+            response.rooms.insert(room_id.clone(), entry.room);
         }
     }
     let joined: HashSet<OwnedRoomId> =
@@ -256,7 +271,7 @@ async fn build(ctx: &Context<'_>, request: &v5::Request, extra: &Extra) -> Resul
     response.extensions = extensions::collect(ctx, &request.extensions, &scope).await?;
     let e2ee = &response.extensions.e2ee;
     answer.key_counts = format!("{:?} {:?}", e2ee.device_one_time_keys_count, e2ee.device_unused_fallback_key_types);
-    Ok((response, answer))
+    Ok((Reply { response, knock_states }, answer))
 }
 
 /// A list's entry (`response::List` is non-exhaustive: built from `Default`).

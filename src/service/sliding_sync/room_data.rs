@@ -19,7 +19,7 @@ use ruma::{
             v5::response::{Hero, Room},
         },
     },
-    events::StateEventType,
+    events::{AnyStrippedStateEvent, StateEventType},
     serde::Raw,
 };
 
@@ -114,14 +114,25 @@ impl RequiredState {
     }
 }
 
-/// The room's entry, what the connection now holds of it, and whether it was sent whole;
-/// `None` when nothing changed since it was last sent.
+/// One room's part of an answer.
+pub(super) struct RoomEntry {
+    pub room: Room,
+    /// What the connection now holds of the room.
+    pub sent: RoomSent,
+    /// Whether the room was sent whole.
+    pub initial: bool,
+    /// For a knock: the room's stripped state for `knock_state`, which ruma 0.17's `Room`
+    /// lacks (the handler adds it to the serialized answer).
+    pub knock_state: Option<Vec<Raw<AnyStrippedStateEvent>>>,
+}
+
+/// The room's entry; `None` when nothing changed since it was last sent.
 pub(super) async fn room(
     ctx: &Context<'_>,
     candidate: &Candidate,
     config: &RoomConfig,
     sent: Option<&RoomSent>,
-) -> Result<Option<(Room, RoomSent, bool)>> {
+) -> Result<Option<RoomEntry>> {
     let key = config.key();
     let initial = sent.is_none_or(|s| s.config != key || s.membership != candidate.membership);
     let mut record = RoomSent {
@@ -139,10 +150,13 @@ pub(super) async fn room(
         room.initial = Some(true);
         room.is_dm = Some(candidate.is_dm);
         room.name = candidate.facts.name.clone();
-        if candidate.membership == "invite" {
-            room.invite_state = Some(invite_state(ctx, candidate).await?);
-        }
-        return Ok(Some((room, record, true)));
+        let stripped = invite_state(ctx, candidate).await?;
+        // A knock's stripped state also goes in `invite_state`, as Synapse sends it: MSC4186
+        // leaves `knock_state` unspecified and matrix-rust-sdk reads a knock from the user's own
+        // member event in `invite_state`. `knock_state` carries the same list.
+        let knock_state = (candidate.membership == "knock").then(|| stripped.clone());
+        room.invite_state = Some(stripped);
+        return Ok(Some(RoomEntry { room, sent: record, initial: true, knock_state }));
     }
     let room_id = &candidate.room_id;
     let services = ctx.services;
@@ -221,7 +235,7 @@ pub(super) async fn room(
         unread.highlight_count = Some(uint(counts.main.highlights));
         room.unread_notifications = unread;
     }
-    Ok(Some((room, record, initial)))
+    Ok(Some(RoomEntry { room, sent: record, initial, knock_state: None }))
 }
 
 /// The heroes with their display names and avatars from their member events.
@@ -238,8 +252,8 @@ async fn heroes(ctx: &Context<'_>, room_id: &ruma::RoomId, users: Vec<OwnedUserI
     Ok(out)
 }
 
-/// The stripped state shown with an invite: the room's basic state and the invite (for a
-/// room over federation, what the inviting server sent).
+/// The stripped state shown with an invite or a knock: the room's basic state and the user's
+/// own membership (for a room over federation, what the other server sent).
 async fn invite_state<T>(ctx: &Context<'_>, candidate: &Candidate) -> Result<Vec<Raw<T>>> {
     let room_id = &candidate.room_id;
     if let Some(record) = ctx.services.rooms.out_of_band(ctx.user, room_id).await? {
