@@ -10,9 +10,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::post,
 };
-use ruma::api::{
-    Metadata, OutgoingResponseExt, client::sync::sync_events::v5, path_builder::PathBuilder,
-};
+use ruma::api::{Metadata, OutgoingResponseExt, client::sync::sync_events::v5, path_builder::PathBuilder};
 
 use crate::{
     Error, Result,

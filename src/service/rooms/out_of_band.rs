@@ -6,7 +6,7 @@
 //! checking a built event against the current state without storing it.
 
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, RoomId, RoomVersionId, UserId,
+    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UserId,
     room_version_rules::{EventIdFormatVersion, RoomVersionRules},
 };
 use serde_json::Value;
@@ -16,7 +16,7 @@ use crate::{
     Error, Result,
     service::now_ms,
     storage::{
-        Batch,
+        Batch, Db,
         membership_tables::{OUT_OF_BAND_MEMBERSHIPS, OutOfBand},
         room_tables::{EVENT_STREAM, ROOMS, USER_ROOMS, UserMembership},
     },
@@ -93,11 +93,7 @@ impl Rooms {
     /// The user's out-of-band membership in the room, when it is the current one.
     pub async fn out_of_band(&self, user: &UserId, room_id: &RoomId) -> Result<Option<OutOfBand>> {
         let key = (user.to_owned(), room_id.to_owned());
-        self.run(move |_, db| {
-            let Some(current) = USER_ROOMS.get(db, &key)? else { return Ok(None) };
-            Ok(OUT_OF_BAND_MEMBERSHIPS.get(db, &key)?.filter(|record| record.event_id == current.event_id))
-        })
-        .await
+        self.run(move |_, db| current_out_of_band(db, &key)).await
     }
 
     /// Records the leave that ended an out-of-band invite: the rejection the room's server
@@ -222,4 +218,10 @@ impl super::RoomCore {
         drop(reserved);
         Ok(())
     }
+}
+
+/// [`Rooms::out_of_band`] inside a blocking read: `key` is (user, room).
+pub(super) fn current_out_of_band(db: &Db, key: &(OwnedUserId, OwnedRoomId)) -> Result<Option<OutOfBand>> {
+    let Some(current) = USER_ROOMS.get(db, key)? else { return Ok(None) };
+    Ok(OUT_OF_BAND_MEMBERSHIPS.get(db, key)?.filter(|record| record.event_id == current.event_id))
 }

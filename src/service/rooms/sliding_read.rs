@@ -7,13 +7,14 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use ruma::{OwnedRoomId, RoomId};
+use ruma::{OwnedRoomId, RoomId, UserId};
 
-use super::{RoomCore, Rooms};
+use super::{RoomCore, Rooms, out_of_band::current_out_of_band};
 use crate::{
     Result,
     storage::{
         Db, ScanDirection,
+        membership_tables::OutOfBand,
         room_tables::{ROOMS, TIMELINE},
     },
 };
@@ -44,6 +45,9 @@ pub struct SlidingFacts {
     pub avatar: Option<String>,
     /// The stream position of the newest bump event at or before the position asked for.
     pub bump_stamp: Option<u64>,
+    /// The stream position of the room's newest timeline event at or before the position asked
+    /// for (0: none): a connection that was sent the room up to it has nothing new to send.
+    pub newest_event: u64,
 }
 
 fn content_string(content: &serde_json::value::RawValue, field: &str) -> Option<String> {
@@ -52,6 +56,30 @@ fn content_string(content: &serde_json::value::RawValue, field: &str) -> Option<
 }
 
 impl RoomCore {
+    fn sliding_facts_in(&self, db: &Db, room_id: &RoomId, upto: u64, cache: &FactsCache) -> Result<SlidingFacts> {
+        let Some(short_room) = self.interner.short_room(db, room_id)? else { return Ok(SlidingFacts::default()) };
+        let Some(record) = ROOMS.get(db, &short_room)? else { return Ok(SlidingFacts::default()) };
+        let newest = TIMELINE
+            .scan_from(db, &(short_room, upto), ScanDirection::Reverse, 1, |(r, _)| *r == short_room)?
+            .first()
+            .map_or(0, |((_, position), _)| *position);
+        if let Some(facts) = cache.get(short_room, newest, record.current_state_group) {
+            return Ok(facts);
+        }
+        let state = |kind: &str| self.current_state_event(db, short_room, kind, "");
+        let create = state("m.room.create")?;
+        let facts = SlidingFacts {
+            room_type: create.as_ref().and_then(|pdu| content_string(&pdu.content, "type")),
+            encrypted: state("m.room.encryption")?.is_some(),
+            name: state("m.room.name")?.and_then(|pdu| content_string(&pdu.content, "name")),
+            avatar: state("m.room.avatar")?.and_then(|pdu| content_string(&pdu.content, "url")),
+            bump_stamp: self.bump_stamp(db, short_room, upto)?,
+            newest_event: newest,
+        };
+        cache.put(short_room, newest, record.current_state_group, facts.clone());
+        Ok(facts)
+    }
+
     fn bump_stamp(&self, db: &Db, short_room: u64, upto: u64) -> Result<Option<u64>> {
         let rules = self.rules_of_room(db, short_room)?;
         let mut cursor = upto;
@@ -104,31 +132,29 @@ impl FactsCache {
 }
 
 impl Rooms {
-    /// The room's list facts, with the bump stamp read at or before stream position `upto`.
-    /// A room this server has no state for (an invite over federation) has none.
-    pub async fn sliding_facts(&self, room_id: &RoomId, upto: u64, cache: Arc<FactsCache>) -> Result<SlidingFacts> {
-        let room_id = room_id.to_owned();
+    /// For each of the user's rooms, with the stream position to read it at: the user's
+    /// out-of-band membership in it (see [`Rooms::out_of_band`]) and, for a room this server
+    /// has, its list facts (the bump stamp read at or before that position). One blocking read for all of them: a sliding sync answer needs
+    /// this for every room of the user.
+    pub async fn sliding_candidates(
+        &self,
+        user: &UserId,
+        rooms: Vec<(OwnedRoomId, u64)>,
+        cache: Arc<FactsCache>,
+    ) -> Result<Vec<(Option<OutOfBand>, SlidingFacts)>> {
+        let user = user.to_owned();
         self.run(move |core, db| {
-            let Some(short_room) = core.interner.short_room(db, &room_id)? else { return Ok(SlidingFacts::default()) };
-            let Some(record) = ROOMS.get(db, &short_room)? else { return Ok(SlidingFacts::default()) };
-            let newest = TIMELINE
-                .scan_from(db, &(short_room, upto), ScanDirection::Reverse, 1, |(r, _)| *r == short_room)?
-                .first()
-                .map_or(0, |((_, position), _)| *position);
-            if let Some(facts) = cache.get(short_room, newest, record.current_state_group) {
-                return Ok(facts);
+            let mut out = Vec::with_capacity(rooms.len());
+            for (room_id, upto) in rooms {
+                let key = (user.clone(), room_id);
+                let out_of_band = current_out_of_band(db, &key)?;
+                let facts = match out_of_band {
+                    Some(_) => SlidingFacts::default(),
+                    None => core.sliding_facts_in(db, &key.1, upto, &cache)?,
+                };
+                out.push((out_of_band, facts));
             }
-            let state = |kind: &str| core.current_state_event(db, short_room, kind, "");
-            let create = state("m.room.create")?;
-            let facts = SlidingFacts {
-                room_type: create.as_ref().and_then(|pdu| content_string(&pdu.content, "type")),
-                encrypted: state("m.room.encryption")?.is_some(),
-                name: state("m.room.name")?.and_then(|pdu| content_string(&pdu.content, "name")),
-                avatar: state("m.room.avatar")?.and_then(|pdu| content_string(&pdu.content, "url")),
-                bump_stamp: core.bump_stamp(db, short_room, upto)?,
-            };
-            cache.put(short_room, newest, record.current_state_group, facts.clone());
-            Ok(facts)
+            Ok(out)
         })
         .await
     }

@@ -46,7 +46,7 @@ fn invite_is_direct(content: &serde_json::Value) -> bool {
 /// The user's rooms a list may show, newest bump first.
 pub(crate) async fn candidates(ctx: &Context<'_>) -> Result<Vec<Candidate>> {
     let services = ctx.services;
-    let mut out = Vec::new();
+    let mut rooms = Vec::new();
     for (room_id, record) in services.rooms.user_rooms(ctx.user).await? {
         // A leave is shown once to a connection that knew the room, then the room goes.
         let sent = ctx.since.and_then(|since| since.rooms.get(&room_id));
@@ -59,7 +59,16 @@ pub(crate) async fn candidates(ctx: &Context<'_>) -> Result<Vec<Candidate>> {
             }
             _ => continue,
         }
-        let out_of_band = services.rooms.out_of_band(ctx.user, &room_id).await?;
+        let upto = match record.membership.as_str() {
+            "leave" | "ban" => record.position.min(ctx.now.events),
+            _ => ctx.now.events,
+        };
+        rooms.push((room_id, record, upto));
+    }
+    let reads = rooms.iter().map(|(room_id, _, upto)| (room_id.clone(), *upto)).collect();
+    let read = services.rooms.sliding_candidates(ctx.user, reads, services.sliding_sync.facts.clone()).await?;
+    let mut out = Vec::with_capacity(rooms.len());
+    for ((room_id, record, _), (out_of_band, facts)) in rooms.into_iter().zip(read) {
         let mut is_dm = ctx.direct.contains(&room_id);
         if record.membership == "invite" {
             let (inviter, content) = match &out_of_band {
@@ -76,15 +85,6 @@ pub(crate) async fn candidates(ctx: &Context<'_>) -> Result<Vec<Candidate>> {
             }
             is_dm |= invite_is_direct(&content);
         }
-        let upto = match record.membership.as_str() {
-            "leave" | "ban" => record.position.min(ctx.now.events),
-            _ => ctx.now.events,
-        };
-        let facts = if out_of_band.is_some() {
-            SlidingFacts::default()
-        } else {
-            services.rooms.sliding_facts(&room_id, upto, services.sliding_sync.facts.clone()).await?
-        };
         let bump_stamp = match record.membership.as_str() {
             "invite" | "knock" => record.position,
             _ => facts.bump_stamp.unwrap_or(record.position),

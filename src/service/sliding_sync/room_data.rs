@@ -167,7 +167,10 @@ pub(super) async fn room(
     record.upto = upto;
     let after = if initial { None } else { sent.map(|s| s.upto) };
     let receipts_moved = ctx.receipt_rooms.contains(room_id);
-    if after.is_some_and(|after| after >= upto) && !receipts_moved {
+    // Nothing new in the room since it was sent (another room's event moved the stream): no
+    // need to read its timeline and state again.
+    let unchanged = |after: u64| after >= upto || (!candidate.out_of_band && candidate.facts.newest_event <= after);
+    if after.is_some_and(unchanged) && !receipts_moved {
         return Ok(None);
     }
     let ignored = ctx.ignored.clone();
