@@ -90,12 +90,14 @@ impl Summary {
 pub struct ServerBackups {
     db: Db,
     config: Arc<Config>,
-    running: tokio::sync::Mutex<()>,
+    /// Held by the blocking work itself, so a backup whose request went away still keeps the
+    /// next one waiting until it has finished.
+    running: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl ServerBackups {
     pub fn new(db: Db, config: Arc<Config>) -> Self {
-        Self { db, config, running: tokio::sync::Mutex::new(()) }
+        Self { db, config, running: Arc::default() }
     }
 
     /// Takes a backup into `to` (absolute; absent or empty) on the blocking pool. A second
@@ -104,12 +106,15 @@ impl ServerBackups {
         if !to.is_absolute() {
             return Err(Error::invalid_param("The backup directory must be an absolute path"));
         }
-        let guard = self.running.lock().await;
+        let guard = self.running.clone().lock_owned().await;
         let (db, config) = (self.db.clone(), self.config.clone());
-        let summary = tokio::task::spawn_blocking(move || create(&db, &config, &to))
-            .await
-            .map_err(|e| Error::internal(format!("backup task failed: {e}")))??;
-        drop(guard);
+        let summary = tokio::task::spawn_blocking(move || {
+            let summary = create(&db, &config, &to);
+            drop(guard);
+            summary
+        })
+        .await
+        .map_err(|e| Error::internal(format!("backup task failed: {e}")))??;
         Ok(summary)
     }
 
@@ -341,21 +346,33 @@ fn newest_backup_beside(to: &Path, server_name: &str) -> Option<(PathBuf, Manife
         .max_by_key(|(_, manifest)| manifest.created_ms)
 }
 
-/// Deletes the oldest scheduled backups in `parent` beyond the newest `keep` complete ones.
+/// Deletes the oldest scheduled backups in `parent` beyond the newest `keep` complete ones, and
+/// interrupted scheduled backups (no manifest) older than the newest complete one.
 pub fn prune(parent: &Path, keep: usize) -> Result<Vec<PathBuf>, BackupError> {
-    let mut scheduled: Vec<PathBuf> = std::fs::read_dir(parent)
+    let mut scheduled: Vec<(PathBuf, bool)> = std::fs::read_dir(parent)
         .map_err(|e| io_failure(parent, e))?
         .filter_map(|entry| entry.ok())
         .map(|entry| entry.path())
-        .filter(|path| {
-            path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(SCHEDULED_PREFIX))
-                && path.join(MANIFEST).is_file()
+        .filter(|path| path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(SCHEDULED_PREFIX)))
+        .map(|path| {
+            let complete = path.join(MANIFEST).is_file();
+            (path, complete)
         })
         .collect();
     // The names end in the UTC time, so they sort oldest first.
     scheduled.sort();
-    let excess = scheduled.len().saturating_sub(keep);
-    let removed: Vec<PathBuf> = scheduled.into_iter().take(excess).collect();
+    let newest_complete = scheduled.iter().rposition(|(_, complete)| *complete);
+    let complete = scheduled.iter().filter(|(_, complete)| *complete).count();
+    let mut excess = complete.saturating_sub(keep);
+    let mut removed = Vec::new();
+    for (index, (path, complete)) in scheduled.into_iter().enumerate() {
+        if complete && excess > 0 {
+            excess -= 1;
+            removed.push(path);
+        } else if !complete && newest_complete.is_some_and(|newest| index < newest) {
+            removed.push(path);
+        }
+    }
     for path in &removed {
         std::fs::remove_dir_all(path).map_err(|e| io_failure(path, e))?;
         tracing::info!(directory = %path.display(), "deleted an old scheduled backup");
@@ -398,6 +415,30 @@ pub fn restore(config: &Config, from: &Path) -> Result<Summary, BackupError> {
             )));
         }
     }
+    let copied = copy_into(from, &manifest, &db_dir, &media_dir);
+    if copied.is_err() {
+        // Both were empty or absent: what is there now is this restore's partial copy.
+        clear_dir(&media_dir);
+        clear_dir(&db_dir);
+    }
+    copied?;
+    std::fs::create_dir_all(&db_dir).map_err(|e| io_failure(&db_dir, e))?;
+    Ok(Summary::of(from, &manifest))
+}
+
+/// Removes everything inside `dir` (best effort), keeping `dir` itself.
+fn clear_dir(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.filter_map(|e| e.ok()) {
+        let path = entry.path();
+        let _ = match entry.file_type().is_ok_and(|t| t.is_dir()) {
+            true => std::fs::remove_dir_all(&path),
+            false => std::fs::remove_file(&path),
+        };
+    }
+}
+
+fn copy_into(from: &Path, manifest: &Manifest, db_dir: &Path, media_dir: &Path) -> Result<(), BackupError> {
     for entry in &manifest.files {
         let source = manifest::resolve(from, &entry.path)?;
         let target = match (entry.path.strip_prefix("db/"), entry.path.strip_prefix("media/")) {
@@ -416,6 +457,36 @@ pub fn restore(config: &Config, from: &Path) -> Result<Summary, BackupError> {
             )));
         }
     }
-    std::fs::create_dir_all(&db_dir).map_err(|e| io_failure(&db_dir, e))?;
-    Ok(Summary::of(from, &manifest))
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prune_keeps_the_newest_complete_backups_and_nothing_else_of_theirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let make = |name: &str, complete: bool| {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(&path).unwrap();
+            if complete {
+                std::fs::write(path.join(MANIFEST), b"{}").unwrap();
+            }
+        };
+        make("trellis-backup-2026-01-01T000000Z", true);
+        make("trellis-backup-2026-01-02T000000Z", false);
+        make("trellis-backup-2026-01-03T000000Z", true);
+        make("trellis-backup-2026-01-04T000000Z", true);
+        make("trellis-backup-2026-01-05T000000Z", false);
+        make("manual", true);
+        let removed = prune(dir.path(), 2).unwrap();
+        let names: Vec<String> =
+            removed.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        assert_eq!(names, ["trellis-backup-2026-01-01T000000Z", "trellis-backup-2026-01-02T000000Z"]);
+        // The newest (perhaps still running) unfinished one and other directories stay.
+        for kept in ["trellis-backup-2026-01-03T000000Z", "trellis-backup-2026-01-05T000000Z", "manual"] {
+            assert!(dir.path().join(kept).is_dir(), "{kept}");
+        }
+    }
 }
