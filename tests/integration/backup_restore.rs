@@ -346,7 +346,8 @@ async fn scheduled_backups_keep_the_newest() {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
         names.sort();
-        assert!(names.len() <= 2, "{names:?}");
+        // (Three for a moment: a new backup is complete before retention removes the oldest.)
+        assert!(names.len() <= 3, "{names:?}");
         if names.len() == 2 {
             let oldest = manifest(&backups.join(&names[0]));
             if let Some(base) = oldest["incremental_base"].as_str() {
