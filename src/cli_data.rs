@@ -9,7 +9,7 @@
 //! config's client listener (`address`, `port`).
 
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     process::ExitCode,
     time::Duration,
@@ -71,7 +71,7 @@ pub async fn backup(config: Config, command: BackupCommand) -> Result<(), String
     match command {
         BackupCommand::Create { to, server } => {
             let to = absolute(&to)?;
-            let summary = match running_server(&config, &server)? {
+            let summary = match running_server(&config, &server).await? {
                 Some(url) => admin_call(&url, "/_trellis/admin/v1/backup", json!({"directory": to})).await?,
                 None => {
                     let db = open_stopped(&config).await?;
@@ -103,7 +103,7 @@ pub async fn backup(config: Config, command: BackupCommand) -> Result<(), String
 pub async fn export_user(config: Config, user_id: &str, to: &Path, server: &ServerArgs) -> Result<(), String> {
     let to = absolute(to)?;
     let user = ruma::OwnedUserId::try_from(user_id).map_err(|e| format!("invalid user ID {user_id:?}: {e}"))?;
-    let summary = match running_server(&config, server)? {
+    let summary = match running_server(&config, server).await? {
         Some(url) => {
             let path = format!("/_trellis/admin/v1/users/{}/export", urlencode(user.as_str()));
             admin_call(&url, &path, json!({"directory": to})).await?
@@ -166,7 +166,7 @@ async fn open_stopped(config: &Config) -> Result<Db, String> {
 }
 
 /// The URL of the running server to ask, or `None` when it is stopped.
-fn running_server(config: &Config, args: &ServerArgs) -> Result<Option<String>, String> {
+async fn running_server(config: &Config, args: &ServerArgs) -> Result<Option<String>, String> {
     if let Some(url) = args.url.as_ref().filter(|u| !u.is_empty()) {
         return Ok(Some(url.trim_end_matches('/').to_owned()));
     }
@@ -179,7 +179,8 @@ fn running_server(config: &Config, args: &ServerArgs) -> Result<Option<String>, 
         other => other,
     };
     let address = SocketAddr::new(host, config.port);
-    if TcpStream::connect_timeout(&address, Duration::from_secs(2)).is_err() {
+    let connected = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(address)).await;
+    if !matches!(connected, Ok(Ok(_))) {
         return Ok(None);
     }
     if config.tls.is_some() {

@@ -43,7 +43,9 @@ async fn export_user_matches_the_client_api() {
     let dir = work.path().join("server");
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("trellis.toml");
-    std::fs::write(&config, config_text(&dir, "localhost", "")).unwrap();
+    // A fixed port, so the command finds the running server from the config alone.
+    let port = crate::federation::free_port();
+    std::fs::write(&config, config_text(&dir, "localhost", &format!("port = {port}"))).unwrap();
     let server = TestServer::start_text(&dir, &std::fs::read_to_string(&config).unwrap()).unwrap();
     let admin = register_admin(&server, "admin").await;
     let alice = server.register("alice", "pw").await;
@@ -100,22 +102,13 @@ async fn export_user_matches_the_client_api() {
         .unwrap();
     let content_uri = response.json::<Value>().await.unwrap()["content_uri"].as_str().unwrap().to_owned();
 
-    // Through the running server.
+    // Through the running server, found at the config's address and port; it needs a token.
     let out = work.path().join("export");
-    let exported = cli(
-        args(&[
-            &"--config",
-            &config,
-            &"export-user",
-            &"@alice:localhost",
-            &"--to",
-            &out,
-            &"--server",
-            &server.base_url,
-        ]),
-        admin.token(),
-    )
-    .await;
+    let export_args = args(&[&"--config", &config, &"export-user", &"@alice:localhost", &"--to", &out]);
+    let refused = cli(export_args.clone(), None).await;
+    assert!(!refused.status.success() && text(&refused).contains("TRELLIS_ADMIN_TOKEN"), "{}", text(&refused));
+    assert!(!out.exists());
+    let exported = cli(export_args, admin.token()).await;
     assert!(exported.status.success(), "{}", text(&exported));
 
     let index = read(&out, "export.json");
