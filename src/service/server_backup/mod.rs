@@ -174,6 +174,9 @@ pub fn create(db: &Db, config: &Config, to: &Path) -> Result<Summary, BackupErro
             )));
         }
     }
+    if to.exists() && !to.is_dir() {
+        return Err(BackupError::Invalid(format!("the backup directory {} is not a directory", to.display())));
+    }
     if to.exists() && !is_empty_dir(&to)? {
         return Err(BackupError::Invalid(format!("the backup directory {} exists and is not empty", to.display())));
     }
