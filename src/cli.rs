@@ -1,4 +1,5 @@
-//! The `trellis` command line: serve (the default), check a config, create a user.
+//! The `trellis` command line: serve (the default), check a config, create a user, and the data
+//! protection commands (`backup`, `export-user`, in `cli_data.rs`).
 
 use std::path::PathBuf;
 
@@ -37,6 +38,47 @@ pub enum Command {
         /// Make the user a server admin.
         #[arg(long)]
         admin: bool,
+    },
+    /// Online backups of the database and media: create, verify, restore.
+    #[command(subcommand, after_help = crate::cli_data::RUNNING_SERVER_HELP)]
+    Backup(BackupCommand),
+    /// Export one user's data (profile, devices, account data, push rules, rooms, the events they
+    /// sent, their media) as JSON files into a new directory.
+    #[command(after_help = crate::cli_data::RUNNING_SERVER_HELP)]
+    ExportUser {
+        /// The user, e.g. @alice:example.com (a user of this server).
+        user_id: String,
+        /// The directory to write (must not exist or be empty).
+        #[arg(long)]
+        to: PathBuf,
+        #[command(flatten)]
+        server: crate::cli_data::ServerArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum BackupCommand {
+    /// Take a consistent backup into DIR (absent or empty) while the server runs (through its
+    /// admin API) or, when it is stopped, from the database directly. Incremental against the
+    /// newest backup in DIR's parent directory.
+    #[command(after_help = crate::cli_data::RUNNING_SERVER_HELP)]
+    Create {
+        /// The backup directory to create.
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        #[command(flatten)]
+        server: crate::cli_data::ServerArgs,
+    },
+    /// Check every file of the backup in DIR against its manifest (size and SHA-256).
+    Verify {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// Restore the backup in DIR into the config's database_path and media directory, which
+    /// must be empty or absent. The server must be stopped.
+    Restore {
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
     },
 }
 

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod cli_data;
 pub mod config;
 pub mod error;
 pub mod server;

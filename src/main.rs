@@ -5,12 +5,16 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use trellis::{
-    cli::{Cli, Command},
+    cli::{BackupCommand, Cli, Command},
     config::limits::LogFormat,
 };
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Verifying a backup needs no configuration (it may run on another machine).
+    if let Some(Command::Backup(BackupCommand::Verify { dir })) = &cli.command {
+        return trellis::cli_data::verify(dir);
+    }
     let loaded = match cli.load_config() {
         Ok(loaded) => loaded,
         Err(error) => {
@@ -46,6 +50,10 @@ fn main() -> ExitCode {
             }
             Command::CreateUser { username, password, admin } => {
                 trellis::cli::create_user(config, &username, password, admin).await
+            }
+            Command::Backup(command) => trellis::cli_data::backup(config, command).await,
+            Command::ExportUser { user_id, to, server } => {
+                trellis::cli_data::export_user(config, &user_id, &to, &server).await
             }
         }
     });

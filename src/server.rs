@@ -40,6 +40,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot start the application service senders: {e}"))?;
     let federation_sender = crate::service::federation::sender::SenderTask::spawn(services.clone());
+    let scheduled_backups = services.server_backups.spawn_schedule();
     let app = routers.main;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
@@ -140,6 +141,9 @@ pub async fn run(config: Config) -> Result<(), String> {
     services.notifier.shut_down();
     if tokio::time::timeout(SHUTDOWN_GRACE, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
         tracing::warn!("some requests did not finish within the grace period");
+    }
+    if let Some(task) = scheduled_backups {
+        task.abort();
     }
     push_sender.stop().await;
     appservice_senders.stop().await;

@@ -22,7 +22,9 @@ use serde::Deserialize;
 /// Environment variable prefixes that override config keys, in increasing priority.
 const ENV_PREFIXES: [&str; 2] = ["CONDUIT_", "TRELLIS_"];
 /// Environment variables with these prefixes that are not config keys.
-const ENV_NOT_KEYS: [&str; 2] = ["CONFIG", "BIN"];
+/// (`TRELLIS_ADMIN_TOKEN` and `TRELLIS_ADMIN_URL` are read by the `backup` and `export-user`
+/// commands.)
+const ENV_NOT_KEYS: [&str; 4] = ["CONFIG", "BIN", "ADMIN_TOKEN", "ADMIN_URL"];
 
 /// Keys Conduit accepts that Trellis reads but does not act on (yet); they warn once at start-up
 /// instead of as unknown keys.
@@ -203,6 +205,39 @@ pub struct Config {
     /// Media a user uploads or reserves (`/upload`, `/create`).
     #[serde(default = "limits::default_media_create")]
     pub rc_media_create: limits::RateLimit,
+    /// Scheduled online backups (`[global.backup]`); off unless `directory` is set.
+    #[serde(default)]
+    pub backup: BackupConfig,
+}
+
+/// Scheduled online backups of the database and media (see `service::server_backup`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct BackupConfig {
+    /// Where scheduled backups go, one subdirectory each (`trellis-backup-<UTC time>`); none
+    /// are taken without it.
+    #[serde(default)]
+    pub directory: Option<PathBuf>,
+    /// Seconds between scheduled backups (the first one is taken this long after start-up).
+    #[serde(default = "default_backup_interval_secs")]
+    pub interval_secs: u64,
+    /// How many scheduled backups to keep; older ones in `directory` are deleted after each
+    /// new one succeeds.
+    #[serde(default = "default_backup_keep")]
+    pub keep: usize,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        Self { directory: None, interval_secs: default_backup_interval_secs(), keep: default_backup_keep() }
+    }
+}
+
+fn default_backup_interval_secs() -> u64 {
+    24 * 60 * 60
+}
+
+fn default_backup_keep() -> usize {
+    7
 }
 
 /// Who the user directory lists.
@@ -605,6 +640,11 @@ impl Config {
         if self.max_request_size < 1024 {
             return Err(ConfigError("config key `max_request_size`: must be at least 1024".into()));
         }
+        if self.backup.directory.is_some() && (self.backup.interval_secs == 0 || self.backup.keep == 0) {
+            return Err(ConfigError(
+                "config key `backup`: `interval_secs` and `keep` must be at least 1 when `directory` is set".into(),
+            ));
+        }
         if self.media.backend != "filesystem" {
             return Err(ConfigError(format!(
                 "config key `media.backend`: \"{}\" is not supported; use \"filesystem\"",
@@ -657,6 +697,7 @@ fn env_key_path(key: &str) -> Vec<String> {
         "rc_registration",
         "rc_room_creation",
         "rc_media_create",
+        "backup",
     ] {
         if let Some(field) = key.strip_prefix(table).and_then(|rest| rest.strip_prefix('_'))
             && !field.is_empty()

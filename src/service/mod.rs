@@ -23,6 +23,7 @@ pub mod rate_limit;
 pub mod receipts;
 pub mod registration_tokens;
 pub mod rooms;
+pub mod server_backup;
 pub mod server_keys;
 pub mod sessions;
 pub mod sliding_sync;
@@ -32,6 +33,7 @@ pub mod to_device;
 pub mod typing;
 pub mod uiaa;
 pub mod user_directory;
+pub mod user_export;
 
 use std::{
     sync::Arc,
@@ -82,6 +84,7 @@ pub struct Services {
     pub sliding_sync: sliding_sync::SlidingSync,
     /// OpenID tokens for third parties (in memory).
     pub openid: openid::OpenId,
+    pub server_backups: Arc<server_backup::ServerBackups>,
 }
 
 impl Services {
@@ -153,6 +156,7 @@ impl Services {
             rate_limits: rate_limit::RateLimits::new(&config),
             sliding_sync: sliding_sync::SlidingSync::new(),
             openid: openid::OpenId::default(),
+            server_backups: Arc::new(server_backup::ServerBackups::new(db.clone(), config.clone())),
             admin_register: admin_register::AdminRegister::new(non_empty(&config.registration_shared_secret)),
             federation,
             config,

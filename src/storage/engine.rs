@@ -2,6 +2,8 @@
 //! batches over named tables. RocksDB implements it today; a networked engine can later, so no
 //! engine type appears above `storage`.
 
+use std::path::Path;
+
 use crate::storage::StorageError;
 
 /// One write in a batch: a value to store, or `None` to delete the key.
@@ -93,5 +95,22 @@ pub trait Engine: Send + Sync + 'static {
     /// Size and key statistics, if the engine keeps them.
     fn store_stats(&self) -> Option<StoreStats> {
         None
+    }
+
+    /// Writes a consistent copy of the whole store, as of one moment, into `dir` (which must not
+    /// exist yet) while writes go on, so that opening `dir` as a database gives that state. The
+    /// files in `dir` never change afterwards; files with the same name in two copies of the
+    /// same store hold the same bytes unless [`Engine::mutable_copy_file`] says otherwise (for
+    /// incremental backups).
+    fn checkpoint(&self, dir: &Path) -> Result<(), StorageError> {
+        let _ = dir;
+        Err(StorageError("this storage engine cannot take online copies".into()))
+    }
+
+    /// Whether a file of a copy made by [`Engine::checkpoint`] may differ from a file of the
+    /// same name in another copy (so an incremental backup must not reuse it by name).
+    fn mutable_copy_file(&self, name: &str) -> bool {
+        let _ = name;
+        true
     }
 }

@@ -267,6 +267,18 @@ impl Db {
         self.engine.store_stats()
     }
 
+    /// A consistent online copy of the whole store in `dir` (see [`Engine::checkpoint`]).
+    /// Blocking: call it from the blocking pool.
+    pub fn checkpoint(&self, dir: &Path) -> Result<(), StorageError> {
+        self.engine.checkpoint(dir)
+    }
+
+    /// Whether a copied file of this name may differ between two copies (see
+    /// [`Engine::mutable_copy_file`]).
+    pub fn mutable_copy_file(&self, name: &str) -> bool {
+        self.engine.mutable_copy_file(name)
+    }
+
     pub fn database_exists(path: &Path) -> bool {
         path.join("CURRENT").exists()
     }

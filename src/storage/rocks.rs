@@ -156,6 +156,21 @@ impl Engine for RocksEngine {
         Some(StoreStats { tables, cache_bytes: self.cache.get_usage() as u64 })
     }
 
+    /// A RocksDB checkpoint: the live files are hard-linked when `dir` is on the same file
+    /// system (copied otherwise), the memtables flushed first, so the copy is one point in time.
+    fn checkpoint(&self, dir: &Path) -> Result<(), StorageError> {
+        let checkpoint = rocksdb::checkpoint::Checkpoint::new(&self.db).map_err(rocks_error)?;
+        checkpoint
+            .create_checkpoint(dir)
+            .map_err(|e| StorageError(format!("cannot create a checkpoint in {}: {e}", dir.display())))
+    }
+
+    /// SST and blob files are immutable and their numbers never reused; the manifest, the
+    /// options, `CURRENT` and the write-ahead logs are rewritten or truncated per copy.
+    fn mutable_copy_file(&self, name: &str) -> bool {
+        !(name.ends_with(".sst") || name.ends_with(".blob"))
+    }
+
     fn flush(&self) -> Result<(), StorageError> {
         self.db.flush_wal(true).map_err(rocks_error)?;
         for name in &self.tables {

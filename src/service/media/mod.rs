@@ -104,6 +104,12 @@ impl Media {
         })
     }
 
+    /// The content of a local media file by its SHA-256 (for a user's data export); `None` if
+    /// the file is missing.
+    pub async fn local_file(&self, sha256: &str) -> Result<Option<Vec<u8>>> {
+        self.store.get(sha256).await
+    }
+
     /// The largest upload accepted, in bytes (`m.upload.size`).
     pub fn upload_limit(&self) -> UInt {
         UInt::from(self.config.max_request_size)
