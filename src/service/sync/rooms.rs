@@ -27,6 +27,11 @@ struct Section {
     state: Vec<Raw<AnySyncStateEvent>>,
 }
 
+/// The state part as the client asked for it: `state` or `state_after` (MSC4222).
+fn state_part(ctx: &Context<'_>, events: Vec<Raw<AnySyncStateEvent>>) -> State {
+    if ctx.use_state_after { State::After(events.into()) } else { State::Before(events.into()) }
+}
+
 /// An event in the sync format (a client event without `room_id`), or with the filter's
 /// `event_format: federation` the PDU as stored (hashes, signatures, `auth_events`,
 /// `prev_events`).
@@ -270,7 +275,7 @@ async fn joined_room(
     (room.unread_notifications, room.unread_thread_notifications) =
         unread::counts(ctx, room_id, membership_position).await?;
     room.timeline = section.timeline;
-    room.state = State::Before(section.state.into());
+    room.state = state_part(ctx, section.state);
     room.account_data = account_data;
     room.ephemeral = ephemeral;
     Ok(Some(room))
@@ -281,7 +286,7 @@ async fn left_room(ctx: &Context<'_>, room_id: &OwnedRoomId, left_at: u64) -> Re
     let section = section(ctx, room_id, left_at.min(ctx.now.events), full).await?;
     let mut room = LeftRoom::new();
     room.timeline = section.timeline;
-    room.state = State::Before(section.state.into());
+    room.state = state_part(ctx, section.state);
     room.account_data = room_account_data(ctx, room_id)?;
     Ok(room)
 }
@@ -385,8 +390,9 @@ async fn section(ctx: &Context<'_>, room_id: &OwnedRoomId, upto: u64, full: bool
         always_members: senders,
     };
     let from = if full || ctx.full_state { None } else { since };
-    // The state before the first timeline event, or at the end when the timeline is empty.
-    let state_at = first.map_or(upto, |p| p.saturating_sub(1));
+    // The state before the first timeline event, or at the end when the timeline is empty; with
+    // `use_state_after`, the state at the end of the timeline (changes inside it included).
+    let state_at = if ctx.use_state_after { upto } else { first.map_or(upto, |p| p.saturating_sub(1)) };
     let state = ctx.services.rooms.sync_state(room_id, from, state_at, selection).await?;
     // Lazy-loading without `include_redundant_members`: member events this device already has
     // are left out.
