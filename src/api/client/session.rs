@@ -116,6 +116,8 @@ async fn logout(services: Arc<Services>, request: Ruma<logout::v3::Request>) -> 
     // (clients set them again), never pushes to a device that is gone.
     let device = sender.device_id.to_string();
     services.push.remove_device_pushers(&sender.user_id, move |d| d == Some(device.as_str())).await?;
+    let device = sender.device_id.to_string();
+    services.account_data.remove_device_settings(&sender.user_id, move |d| d == device).await?;
     services.sessions.delete_devices(&sender.user_id, vec![sender.device_id.clone()]).await?;
     Ok(logout::v3::Response::new())
 }
@@ -126,6 +128,7 @@ async fn logout_all(
 ) -> Result<logout_all::v3::Response> {
     let sender = request.sender()?;
     services.push.remove_device_pushers(&sender.user_id, |_| true).await?;
+    services.account_data.remove_device_settings(&sender.user_id, |_| true).await?;
     services.sessions.delete_all_devices_except(&sender.user_id, None).await?;
     Ok(logout_all::v3::Response::new())
 }
