@@ -10,6 +10,7 @@ pub mod appservice;
 pub mod backup;
 pub mod dehydrated;
 pub mod federation;
+pub mod invite_filter;
 pub mod keys;
 pub mod media;
 pub mod metrics;

@@ -179,6 +179,7 @@ async fn invite(services: Arc<Services>, request: Ruma<invite_user::v3::Request>
         return Ok(invite_user::v3::Response::new());
     }
     services.lookup_appservice_user(&recipient.user_id).await?;
+    services.account_data.invite_decision(&recipient.user_id, &sender.user_id).await?.check()?;
     change(&services, &body.room_id, &sender.user_id, &recipient.user_id, "invite", recipient.reason.clone()).await?;
     Ok(invite_user::v3::Response::new())
 }

@@ -295,18 +295,30 @@ async fn left_room(ctx: &Context<'_>, room_id: &OwnedRoomId, left_at: u64) -> Re
 async fn invited_room(ctx: &Context<'_>, room_id: &OwnedRoomId) -> Result<Option<InvitedRoom>> {
     if let Some(record) = ctx.services.rooms.out_of_band(ctx.user, room_id).await? {
         let inviter = record.invite["sender"].as_str().and_then(|sender| ruma::UserId::parse(sender).ok());
-        if inviter.is_some_and(|inviter| ctx.ignored.contains(&inviter)) {
+        if let Some(inviter) = inviter
+            && invite_hidden(ctx, &inviter).await?
+        {
             return Ok(None);
         }
         return Ok(Some(InvitedRoom::from(InviteState::from(out_of_band_stripped_state(ctx, &record)?))));
     }
     let state = ctx.services.rooms.invite_state(room_id, ctx.user).await?;
     let invite = state.iter().find(|pdu| pdu.state_key.as_deref() == Some(ctx.user.as_str()));
-    if invite.is_some_and(|pdu| ctx.ignored.contains(&pdu.sender)) {
+    if let Some(invite) = invite
+        && invite_hidden(ctx, &invite.sender).await?
+    {
         return Ok(None);
     }
     let events: Vec<Raw<_>> = state.iter().map(|pdu| raw_json(&pdu.to_stripped_state())).collect::<Result<_>>()?;
     Ok(Some(InvitedRoom::from(InviteState::from(events))))
+}
+
+/// Whether an invite from `inviter` stays out of the user's syncs: they ignore the inviter, or
+/// their invite permission config ignores or blocks them (spec v1.18, MSC4155).
+async fn invite_hidden(ctx: &Context<'_>, inviter: &ruma::UserId) -> Result<bool> {
+    Ok(ctx.ignored.contains(inviter)
+        || ctx.services.account_data.invite_decision(ctx.user, inviter).await?
+            != crate::service::invite_filter::Decision::Allow)
 }
 
 /// The stripped state of an invite received over federation for a room this server is not in:
