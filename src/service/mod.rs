@@ -12,6 +12,7 @@ pub mod dehydrated;
 pub mod federation;
 pub mod invite_filter;
 pub mod keys;
+pub mod login_tokens;
 pub mod media;
 pub mod metrics;
 mod metrics_proc;
@@ -46,6 +47,8 @@ pub struct Services {
     pub db: Db,
     pub accounts: accounts::Accounts,
     pub sessions: sessions::Sessions,
+    /// Single-use tokens that log a new device in from an existing one.
+    pub login_tokens: login_tokens::LoginTokens,
     pub profile: profile::Profiles,
     pub user_directory: user_directory::UserDirectory,
     pub uiaa: uiaa::Uiaa,
@@ -154,6 +157,7 @@ impl Services {
             rate_limits: rate_limit::RateLimits::new(&config),
             sliding_sync: sliding_sync::SlidingSync::new(),
             openid: openid::OpenId::default(),
+            login_tokens: login_tokens::LoginTokens::default(),
             admin_register: admin_register::AdminRegister::new(non_empty(&config.registration_shared_secret)),
             federation,
             config,

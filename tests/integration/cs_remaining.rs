@@ -172,3 +172,43 @@ async fn versions_and_capabilities_advertise_what_is_implemented() {
     let summary = server.get(&format!("/_matrix/client/v1/room_summary/{}", enc(&room)), alice.token()).await;
     assert_eq!(summary.0, 200, "{}", summary.1);
 }
+
+/// Token login (v1.7, MSC3882; Element's QR code sign-in): a logged-in device gets a token after
+/// the password, and a new device logs in with it once; the flow and capability are advertised.
+#[tokio::test]
+async fn a_login_token_from_an_existing_session_logs_a_new_device_in_once() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "secret-pw").await;
+    let (_, flows) = server.get("/_matrix/client/v3/login", None).await;
+    let token_flow = flows["flows"].as_array().unwrap().iter().find(|f| f["type"] == "m.login.token").cloned();
+    assert_eq!(token_flow, Some(json!({"type": "m.login.token", "get_login_token": true})), "{flows}");
+    let (_, capabilities) = server.get("/_matrix/client/v3/capabilities", alice.token()).await;
+    assert_eq!(capabilities["capabilities"]["m.get_login_token"]["enabled"], true, "{capabilities}");
+
+    const GET_TOKEN: &str = "/_matrix/client/v1/login/get_token";
+    let challenge = server.post(GET_TOKEN, alice.token(), json!({})).await;
+    assert_eq!(challenge.0, 401, "the password is asked first: {}", challenge.1);
+    assert!(challenge.1["flows"].is_array(), "{}", challenge.1);
+    let auth = |password: &str| {
+        json!({"auth": {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": alice.user_id},
+                        "password": password, "session": challenge.1["session"]}})
+    };
+    assert_eq!(server.post(GET_TOKEN, alice.token(), auth("wrong")).await.0, 401);
+    let (status, issued) = server.post(GET_TOKEN, alice.token(), auth("secret-pw")).await;
+    assert_eq!(status, 200, "{issued}");
+    let token = issued["login_token"].as_str().unwrap().to_owned();
+    assert!(issued["expires_in_ms"].as_u64().unwrap() > 0, "{issued}");
+
+    let login = |token: &str| json!({"type": "m.login.token", "token": token, "initial_device_display_name": "new"});
+    let (status, new) = server.post("/_matrix/client/v3/login", None, login(&token)).await;
+    assert_eq!(status, 200, "{new}");
+    assert_eq!(new["user_id"], alice.user_id);
+    assert_ne!(new["device_id"], alice.device_id.as_str());
+    let new = Session::from_response(&new);
+    let (_, whoami) = server.get("/_matrix/client/v3/account/whoami", new.token()).await;
+    assert_eq!((&whoami["user_id"], &whoami["device_id"]), (&json!(alice.user_id), &json!(new.device_id)));
+
+    assert_error(&server.post("/_matrix/client/v3/login", None, login(&token)).await, 403, "M_FORBIDDEN");
+    assert_error(&server.post("/_matrix/client/v3/login", None, login("made-up")).await, 403, "M_FORBIDDEN");
+    assert_error(&server.post(GET_TOKEN, None, json!({})).await, 401, "M_MISSING_TOKEN");
+}

@@ -107,6 +107,8 @@ async fn capabilities(
         map.insert("m.change_password".to_owned(), enabled(true));
         map.insert("m.set_displayname".to_owned(), enabled(true));
         map.insert("m.set_avatar_url".to_owned(), enabled(true));
+        // Login tokens for new devices (`/login/get_token`, v1.7).
+        map.insert("m.get_login_token".to_owned(), enabled(services.config.login_via_existing_session));
         // Custom profile fields (v1.16, MSC4133).
         map.insert("m.profile_fields".to_owned(), enabled(true));
         // Third-party identifiers (email, phone) are not supported.
