@@ -30,6 +30,7 @@ pub mod sessions;
 pub mod sliding_sync;
 pub mod sync;
 pub mod tags;
+pub mod thread_subscriptions;
 pub mod to_device;
 pub mod typing;
 pub mod uiaa;
@@ -49,6 +50,8 @@ pub struct Services {
     pub sessions: sessions::Sessions,
     /// Single-use tokens that log a new device in from an existing one.
     pub login_tokens: login_tokens::LoginTokens,
+    /// Thread subscriptions (MSC4306).
+    pub thread_subscriptions: thread_subscriptions::ThreadSubscriptions,
     pub profile: profile::Profiles,
     pub user_directory: user_directory::UserDirectory,
     pub uiaa: uiaa::Uiaa,
@@ -157,6 +160,7 @@ impl Services {
             rate_limits: rate_limit::RateLimits::new(&config),
             sliding_sync: sliding_sync::SlidingSync::new(),
             openid: openid::OpenId::default(),
+            thread_subscriptions: thread_subscriptions::ThreadSubscriptions::new(db.clone()),
             login_tokens: login_tokens::LoginTokens::default(),
             admin_register: admin_register::AdminRegister::new(non_empty(&config.registration_shared_secret)),
             federation,

@@ -27,6 +27,7 @@ pub mod room_tables;
 mod schema;
 pub mod search_tables;
 pub mod tables;
+pub mod thread_subscription_tables;
 
 use std::{
     marker::PhantomData,
@@ -205,6 +206,7 @@ impl Db {
             .chain(device_list_tables::DEVICE_LIST_TABLES)
             .chain(remote_tables::REMOTE_TABLES)
             .chain(report_tables::REPORT_TABLES)
+            .chain(thread_subscription_tables::THREAD_SUBSCRIPTION_TABLES)
             .copied()
             .collect();
         let engine = rocks::RocksEngine::open(&config.database_path, &all_tables, &settings)?;

@@ -2,7 +2,8 @@
 //! `TestMSC3967`, `TestRemovingAccountData` (MSC3391),
 //! `TestDeletingDeviceRemovesDeviceLocalNotificationSettings` (MSC3890),
 //! `TestPollsLocalPushRules` (MSC3930), `TestFilterMessagesByRelType` (MSC3874) and
-//! `TestInviteFiltering` (MSC4155, on one server).
+//! `TestInviteFiltering` (MSC4155, on one server) and `TestThreadSubscriptions` (MSC4306, the
+//! endpoints).
 
 use serde_json::{Value, json};
 
@@ -317,4 +318,70 @@ async fn invite_permission_config_filters_invites() {
     let members = server.get(&format!("/_matrix/client/v3/rooms/{}/members", enc(&room)), bob.token()).await;
     assert_eq!(members.1["chunk"].as_array().unwrap().len(), 1, "only bob: {}", members.1);
     assert!(invited_rooms(&alice).await.is_empty());
+}
+
+/// Complement's `TestThreadSubscriptions` (MSC4306): subscribing manually and automatically,
+/// unsubscribing, the cause event checks, unknown threads, and an automatic subscription caused
+/// by an event from before an unsubscription refused with 409.
+#[tokio::test]
+async fn threads_can_be_subscribed_to() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let room = create_room(&server, &alice, json!({})).await;
+    let path = |root: &str| {
+        format!("/_matrix/client/unstable/io.element.msc4306/rooms/{}/thread/{}/subscription", enc(&room), enc(root))
+    };
+    let reply = async |root: &str, body: &str| {
+        let content =
+            json!({"msgtype": "m.text", "body": body, "m.relates_to": {"rel_type": "m.thread", "event_id": root}});
+        send_event(&server, &alice, &room, "m.room.message", content).await
+    };
+    let get = async |root: &str| server.get(&path(root), alice.token()).await;
+    let put = async |root: &str, body: Value| server.put(&path(root), alice.token(), body).await;
+    let delete = async |root: &str| server.call("DELETE", &path(root), alice.token(), None).await;
+
+    // Manual subscription, then unsubscription.
+    let root = send_text(&server, &alice, &room, "what do you think? reply in a thread!").await;
+    assert_eq!(put(&root, json!({})).await, (200, json!({})));
+    assert_eq!(get(&root).await, (200, json!({"automatic": false})));
+    assert_eq!(delete(&root).await.0, 200);
+    assert_error(&get(&root).await, 404, "M_NOT_FOUND");
+    // The root is not a cause; a reply is; a reply of another thread is not.
+    let root = send_text(&server, &alice, &room, "root").await;
+    assert_error(&put(&root, json!({"automatic": root})).await, 400, "IO.ELEMENT.MSC4306.M_NOT_IN_THREAD");
+    let other_root = send_text(&server, &alice, &room, "another root").await;
+    let other_reply = reply(&other_root, "not in the same thread").await;
+    assert_error(&put(&root, json!({"automatic": other_reply})).await, 400, "IO.ELEMENT.MSC4306.M_NOT_IN_THREAD");
+    let first = reply(&root, "reply").await;
+    assert_eq!(put(&root, json!({"automatic": first})).await.0, 200);
+    assert_eq!(get(&root).await, (200, json!({"automatic": true})));
+    // A manual subscription overwrites the automatic one (and is not turned back).
+    assert_eq!(put(&root, json!({})).await.0, 200);
+    assert_eq!(put(&root, json!({"automatic": first})).await.0, 200);
+    assert_eq!(get(&root).await, (200, json!({"automatic": false})));
+    // Unsubscribing with no subscription succeeds; unknown threads are 404.
+    let lonely = send_text(&server, &alice, &room, "no subscription").await;
+    assert_eq!(delete(&lonely).await.0, 200);
+    assert_eq!(put("$notathread:example.org", json!({})).await.0, 404);
+    assert_eq!(get("$notathread:example.org").await.0, 404);
+
+    // Root, reply 1, auto-subscribe, reply 2, unsubscribe, reply 3: replies 1 and 2 can no
+    // longer subscribe automatically, reply 3 can.
+    let root = send_text(&server, &alice, &room, "Thread Root").await;
+    let reply1 = reply(&root, "Thread Reply 1").await;
+    assert_eq!(put(&root, json!({"automatic": reply1})).await.0, 200);
+    let reply2 = reply(&root, "Thread Reply 2").await;
+    assert_eq!(delete(&root).await.0, 200);
+    let reply3 = reply(&root, "Thread Reply 3").await;
+    for old in [&reply1, &reply2] {
+        let conflict = put(&root, json!({"automatic": old})).await;
+        assert_error(&conflict, 409, "IO.ELEMENT.MSC4306.M_CONFLICTING_UNSUBSCRIPTION");
+        assert_eq!(get(&root).await.0, 404);
+    }
+    assert_eq!(put(&root, json!({"automatic": reply3})).await.0, 200);
+    assert_eq!(get(&root).await, (200, json!({"automatic": true})));
+
+    // Another user of the room cannot see alice's subscriptions; a stranger to the room gets 404.
+    let bob = server.register("bob", "pw").await;
+    assert_eq!(server.get(&path(&root), bob.token()).await.0, 404);
 }

@@ -81,6 +81,7 @@ async fn delete_entry(
     let token = access_token(parts)?
         .ok_or_else(|| Error::new(StatusCode::UNAUTHORIZED, ErrorKind::MissingToken, "Missing access token"))?;
     let sender = services.sessions.authenticate(&token, client_ip(&parts.extensions)).await?;
+    crate::api::guest::check(&sender, &parts.method, parts.uri.path())?;
     let user_id = UserId::parse(user_id).map_err(|_| Error::invalid_param("Invalid user ID"))?;
     ensure_self(&user_id, &sender.user_id, "account data")?;
     let empty = checked_content(
