@@ -311,10 +311,13 @@ async fn invite_permission_config_filters_invites() {
     assert_eq!(invite(&evil, &alice).await.1.0, 200);
     assert_eq!(invited_rooms(&alice).await.len(), 2);
 
-    // The stable form blocks every invite; createRoom still makes the room without the invite.
+    // The stable form blocks every invite, also one sent as a member state event; createRoom
+    // still makes the room without the invite.
     let alice = alice_with(json!({"default_action": "block"}), "m.invite_permission_config").await;
     assert_error(&invite(&bob, &alice).await.1, 403, "M_INVITE_BLOCKED");
     let room = create_room(&server, &bob, json!({"invite": [alice.user_id]})).await;
+    let member = format!("/_matrix/client/v3/rooms/{}/state/m.room.member/{}", enc(&room), enc(&alice.user_id));
+    assert_error(&server.put(&member, bob.token(), json!({"membership": "invite"})).await, 403, "M_INVITE_BLOCKED");
     let members = server.get(&format!("/_matrix/client/v3/rooms/{}/members", enc(&room)), bob.token()).await;
     assert_eq!(members.1["chunk"].as_array().unwrap().len(), 1, "only bob: {}", members.1);
     assert!(invited_rooms(&alice).await.is_empty());

@@ -212,3 +212,36 @@ async fn a_login_token_from_an_existing_session_logs_a_new_device_in_once() {
     assert_error(&server.post("/_matrix/client/v3/login", None, login("made-up")).await, 403, "M_FORBIDDEN");
     assert_error(&server.post(GET_TOKEN, None, json!({})).await, 401, "M_MISSING_TOKEN");
 }
+
+/// Complement's `TestPushRuleRoomUpgrade` (local users): a room's push rule is copied to its
+/// upgrade, for the user who upgrades and for one who joins the new room later.
+#[tokio::test]
+async fn room_push_rules_carry_over_to_an_upgraded_room() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let alice2 = server.register("alice2", "pw").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat", "room_version": "10"})).await;
+    join(&server, &alice2, &room).await;
+    for who in [&alice, &alice2] {
+        let path = format!("/_matrix/client/v3/pushrules/global/room/{}", enc(&room));
+        assert_eq!(server.put(&path, who.token(), json!({"actions": ["dont_notify"]})).await.0, 200);
+    }
+    let upgrade = format!("/_matrix/client/v3/rooms/{}/upgrade", enc(&room));
+    let (status, upgraded) = server.post(&upgrade, alice.token(), json!({"new_version": "11"})).await;
+    assert_eq!(status, 200, "{upgraded}");
+    let new_room = upgraded["replacement_room"].as_str().unwrap().to_owned();
+    join(&server, &alice2, &new_room).await;
+    for who in [&alice, &alice2] {
+        let (_, rules) = server.get("/_matrix/client/v3/pushrules/", who.token()).await;
+        let room_rules = rules["global"]["room"].as_array().unwrap();
+        for id in [&room, &new_room] {
+            let rule = room_rules.iter().find(|rule| rule["rule_id"] == json!(id));
+            assert_eq!(
+                rule.map(|rule| &rule["actions"][0]),
+                Some(&json!("dont_notify")),
+                "{id} for {}: {rules}",
+                who.user_id
+            );
+        }
+    }
+}
