@@ -57,6 +57,16 @@ impl Error {
             Err(_) => Self::invalid_param(message),
         }
     }
+    /// An error with a code ruma's `ErrorKind` has no variant for (an MSC's unstable code), made
+    /// the same way as [`Self::invalid_signature`].
+    pub fn custom(status: StatusCode, errcode: &str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        let body = serde_json::json!({"errcode": errcode, "error": message});
+        match serde_json::from_value::<StandardErrorBody>(body) {
+            Ok(body) => Self::new(status, body.kind, body.message),
+            Err(_) => Self::new(status, ErrorKind::Unknown, message),
+        }
+    }
     pub fn unrecognized(status: StatusCode, message: impl Into<String>) -> Self {
         Self::new(status, ErrorKind::Unrecognized, message)
     }

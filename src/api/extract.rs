@@ -84,6 +84,8 @@ pub struct Ruma<T> {
     /// The body as sent, for the few endpoints that keep keys ruma's types drop (extra content
     /// of a join).
     pub raw_body: bytes::Bytes,
+    /// The query string as sent, for the few parameters ruma's types drop (unstable names).
+    pub raw_query: Option<String>,
 }
 
 impl<T> Ruma<T> {
@@ -121,6 +123,7 @@ where
             path_args.push(String::new());
         }
         let client_ip = client_ip(&parts.extensions);
+        let raw_query = parts.uri.query().map(str::to_owned);
         let requester = parts.extensions.get::<super::observe::RequestUser>().cloned();
 
         let sender = match <T::Authentication as AuthPolicy>::MODE {
@@ -193,7 +196,7 @@ where
                 T::try_from_http_request(request, &path_refs).map_err(|_| request_error(error, &bytes))?
             }
         };
-        Ok(Ruma { body, sender, origin, client_ip, raw_body: bytes })
+        Ok(Ruma { body, sender, origin, client_ip, raw_body: bytes, raw_query })
     }
 }
 

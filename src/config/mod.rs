@@ -94,6 +94,10 @@ pub struct Config {
     pub appservices: Vec<appservice::AppServiceRegistration>,
     #[serde(default)]
     pub allow_guest_registration: bool,
+    /// Whether a logged-in device may ask for a login token for a new device
+    /// (`/login/get_token`, after the user's password), as Element's QR code sign-in does.
+    #[serde(default = "default_true")]
+    pub login_via_existing_session: bool,
     #[serde(default = "default_true")]
     pub allow_federation: bool,
     /// Notaries asked for another server's signing keys when that server cannot be asked

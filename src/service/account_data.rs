@@ -24,6 +24,15 @@ use crate::{
 /// The counter that orders account data changes (and, later, every sync stream).
 const STREAM_COUNTER: &str = "stream_position";
 const FILTER_COUNTER: &str = "filter_id";
+/// The account data type prefix of a device's local notification settings (MSC3890).
+const LOCAL_NOTIFICATION_SETTINGS: &str = "org.matrix.msc3890.local_notification_settings.";
+
+/// Whether stored content is `{}`, which is how a deleted entry is kept (MSC3391: a `PUT` of
+/// `{}` deletes, and so does `DELETE`). Incremental syncs still show the change, with that empty
+/// content, so clients drop the entry; `get` and initial syncs treat it as absent.
+pub fn is_deleted(content: &RawValue) -> bool {
+    serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(content.get()).is_ok_and(|map| map.is_empty())
+}
 
 /// One account data entry as sync shows it.
 #[derive(Debug, Clone)]
@@ -69,6 +78,7 @@ impl AccountData {
                     return Ok(ACCOUNT_DATA
                         .scan_prefix(db, &(user_id,))?
                         .into_iter()
+                        .filter(|(_, content)| !is_deleted(content))
                         .map(|((_, room, event_type), content)| AccountDataEntry { room, event_type, content })
                         .collect());
                 };
@@ -101,7 +111,7 @@ impl AccountData {
         event_type: &str,
     ) -> Result<Option<Box<RawValue>>> {
         let key = (user_id.to_owned(), room_key(room_id), event_type.to_owned());
-        self.db.run(move |db| Ok(ACCOUNT_DATA.get(db, &key)?)).await
+        Ok(self.db.run(move |db| Ok(ACCOUNT_DATA.get(db, &key)?)).await?.filter(|content| !is_deleted(content)))
     }
 
     /// The users `user_id` ignores (`m.ignored_user_list`): their events and invites are hidden
@@ -171,6 +181,38 @@ impl AccountData {
                 Ok(out)
             })
             .await
+    }
+
+    /// Deletes the local notification settings (MSC3890:
+    /// `org.matrix.msc3890.local_notification_settings.<device>`) of the devices `which`
+    /// accepts, before those devices are deleted. Like the pushers, this goes first: a request
+    /// dropped in between leaves a device without its settings, which clients write again.
+    pub async fn remove_device_settings(
+        &self,
+        user_id: &UserId,
+        which: impl Fn(&str) -> bool + Send + 'static,
+    ) -> Result<()> {
+        let user = user_id.to_owned();
+        let types: Vec<String> = self
+            .db
+            .run(move |db| {
+                Ok(ACCOUNT_DATA
+                    .scan_prefix(db, &(user,))?
+                    .into_iter()
+                    .filter(|((_, room, event_type), content)| {
+                        room.is_empty()
+                            && !is_deleted(content)
+                            && event_type.strip_prefix(LOCAL_NOTIFICATION_SETTINGS).is_some_and(&which)
+                    })
+                    .map(|((_, _, event_type), _)| event_type)
+                    .collect())
+            })
+            .await?;
+        for event_type in types {
+            let empty = RawValue::from_string("{}".to_owned()).map_err(|e| crate::Error::internal(e.to_string()))?;
+            self.set(user_id, None, &event_type, empty).await?;
+        }
+        Ok(())
     }
 
     /// Stores a filter and returns its ID.

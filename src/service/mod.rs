@@ -10,7 +10,9 @@ pub mod appservice;
 pub mod backup;
 pub mod dehydrated;
 pub mod federation;
+pub mod invite_filter;
 pub mod keys;
+pub mod login_tokens;
 pub mod media;
 pub mod metrics;
 mod metrics_proc;
@@ -29,6 +31,7 @@ pub mod sessions;
 pub mod sliding_sync;
 pub mod sync;
 pub mod tags;
+pub mod thread_subscriptions;
 pub mod to_device;
 pub mod typing;
 pub mod uiaa;
@@ -47,6 +50,10 @@ pub struct Services {
     pub db: Db,
     pub accounts: accounts::Accounts,
     pub sessions: sessions::Sessions,
+    /// Single-use tokens that log a new device in from an existing one.
+    pub login_tokens: login_tokens::LoginTokens,
+    /// Thread subscriptions (MSC4306).
+    pub thread_subscriptions: thread_subscriptions::ThreadSubscriptions,
     pub profile: profile::Profiles,
     pub user_directory: user_directory::UserDirectory,
     pub uiaa: uiaa::Uiaa,
@@ -157,6 +164,8 @@ impl Services {
             sliding_sync: sliding_sync::SlidingSync::new(),
             openid: openid::OpenId::default(),
             server_backups: Arc::new(server_backup::ServerBackups::new(db.clone(), config.clone())),
+            thread_subscriptions: thread_subscriptions::ThreadSubscriptions::new(db.clone()),
+            login_tokens: login_tokens::LoginTokens::default(),
             admin_register: admin_register::AdminRegister::new(non_empty(&config.registration_shared_secret)),
             federation,
             config,

@@ -21,11 +21,13 @@ pub mod push_tables;
 pub mod relation_tables;
 mod relations_migration;
 pub mod remote_tables;
+pub mod report_tables;
 mod rocks;
 pub mod room_tables;
 mod schema;
 pub mod search_tables;
 pub mod tables;
+pub mod thread_subscription_tables;
 
 use std::{
     marker::PhantomData,
@@ -203,6 +205,8 @@ impl Db {
             .chain(admin_tables::ADMIN_TABLES)
             .chain(device_list_tables::DEVICE_LIST_TABLES)
             .chain(remote_tables::REMOTE_TABLES)
+            .chain(report_tables::REPORT_TABLES)
+            .chain(thread_subscription_tables::THREAD_SUBSCRIPTION_TABLES)
             .copied()
             .collect();
         let engine = rocks::RocksEngine::open(&config.database_path, &all_tables, &settings)?;

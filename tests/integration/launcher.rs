@@ -86,6 +86,16 @@ async fn launch_script_serves_clients_and_federation_over_tls() {
     assert_eq!(config.server_name.as_str(), "hs1");
     assert_eq!(config.federation_server_addresses.get("hs2").map(String::as_str), Some("127.0.0.1:1"));
     assert!(config.federation_allow_private_addresses);
+    // URL previews may fetch loopback pages (Complement's `TestUrlPreview` serves one there);
+    // the default config still refuses them.
+    let loopback: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    assert!(config.url_preview.ip_range_allowlist.iter().any(|range| range.contains(&loopback)));
+    let default =
+        Config::from_toml("[global]\nserver_name = \"hs1\"\ndatabase_path = \"/tmp/x\"\n", "default", Vec::new())
+            .unwrap()
+            .config;
+    assert!(default.url_preview.ip_range_allowlist.is_empty());
+    assert!(default.url_preview.ip_range_denylist.iter().any(|range| range.contains(&loopback)));
     assert_eq!(server.stop(), Some(0));
 }
 

@@ -32,7 +32,7 @@ async fn password_login_accepts_every_identifier_form() {
 
     assert_error(&server.login("alice", "wrong").await, 403, "M_FORBIDDEN");
     assert_error(&server.login("nobody", "whatever").await, 403, "M_FORBIDDEN");
-    let unsupported = server.post(LOGIN, None, json!({"type": "m.login.token", "token": "abc"})).await;
+    let unsupported = server.post(LOGIN, None, json!({"type": "org.example.unknown", "token": "abc"})).await;
     assert_eq!(unsupported.0, 400, "{}", unsupported.1);
 }
 

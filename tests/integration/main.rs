@@ -13,6 +13,8 @@ mod bench;
 mod concurrency;
 mod context;
 mod cs_details;
+mod cs_msc;
+mod cs_remaining;
 mod dag;
 mod data;
 mod device_lists;

@@ -38,6 +38,8 @@ async fn change_password(
     confirm_password(&services, &sender.user_id, body.auth.as_ref()).await?;
     services.accounts.set_password(&sender.user_id, &body.new_password).await?;
     if body.logout_devices {
+        let keep = sender.device_id.to_string();
+        services.account_data.remove_device_settings(&sender.user_id, move |d| d != keep).await?;
         services.sessions.delete_all_devices_except(&sender.user_id, Some(&sender.device_id)).await?;
     }
     // Whether or not the other devices are logged out, their pushers stop: whoever changes a

@@ -2,7 +2,11 @@
 
 use std::sync::Arc;
 
-use axum::Router;
+use axum::{
+    Json, Router,
+    extract::{Path, State},
+    routing::delete,
+};
 use http::StatusCode;
 use ruma::{
     UserId,
@@ -19,7 +23,10 @@ use serde_json::value::RawValue;
 
 use crate::{
     Error, Result,
-    api::{RumaRouter, extract::Ruma},
+    api::{
+        RumaRouter,
+        extract::{Ruma, access_token, client_ip},
+    },
     service::Services,
 };
 
@@ -27,7 +34,62 @@ use crate::{
 const SERVER_MANAGED_TYPES: &[&str] = &["m.fully_read", "m.push_rules"];
 
 pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
-    router.ruma(set_global).ruma(get_global).ruma(set_room).ruma(get_room).ruma(create_filter).ruma(get_filter)
+    router
+        .ruma(set_global)
+        .ruma(get_global)
+        .ruma(set_room)
+        .ruma(get_room)
+        .ruma(create_filter)
+        .ruma(get_filter)
+        .route(&format!("{MSC3391}/user/{{user_id}}/account_data/{{event_type}}"), delete(delete_global))
+        .route(
+            &format!("{MSC3391}/user/{{user_id}}/rooms/{{room_id}}/account_data/{{event_type}}"),
+            delete(delete_room),
+        )
+}
+
+/// Deleting account data (MSC3391), which ruma has only behind its `unstable-msc3391` feature;
+/// these two routes are written here rather than rebuild ruma for them. A deleted entry is
+/// stored as `{}`, as a `PUT` of `{}` also deletes: incremental syncs show it with empty content,
+/// `GET` answers 404 and initial syncs leave it out (see `service::account_data`).
+const MSC3391: &str = "/_matrix/client/unstable/org.matrix.msc3391";
+
+async fn delete_global(
+    State(services): State<Arc<Services>>,
+    Path((user_id, event_type)): Path<(String, String)>,
+    parts: http::request::Parts,
+) -> Result<Json<serde_json::Value>> {
+    delete_entry(&services, &parts, &user_id, None, &event_type).await
+}
+
+async fn delete_room(
+    State(services): State<Arc<Services>>,
+    Path((user_id, room_id, event_type)): Path<(String, String, String)>,
+    parts: http::request::Parts,
+) -> Result<Json<serde_json::Value>> {
+    let room_id = ruma::RoomId::parse(&room_id).map_err(|_| Error::invalid_param("Invalid room ID"))?;
+    delete_entry(&services, &parts, &user_id, Some(&room_id), &event_type).await
+}
+
+async fn delete_entry(
+    services: &Services,
+    parts: &http::request::Parts,
+    user_id: &str,
+    room_id: Option<&ruma::RoomId>,
+    event_type: &str,
+) -> Result<Json<serde_json::Value>> {
+    let token = access_token(parts)?
+        .ok_or_else(|| Error::new(StatusCode::UNAUTHORIZED, ErrorKind::MissingToken, "Missing access token"))?;
+    let sender = services.sessions.authenticate(&token, client_ip(&parts.extensions)).await?;
+    crate::api::guest::check(&sender, &parts.method, parts.uri.path())?;
+    let user_id = UserId::parse(user_id).map_err(|_| Error::invalid_param("Invalid user ID"))?;
+    ensure_self(&user_id, &sender.user_id, "account data")?;
+    let empty = checked_content(
+        event_type,
+        &RawValue::from_string("{}".to_owned()).map_err(|e| Error::internal(e.to_string()))?,
+    )?;
+    services.account_data.set(&sender.user_id, room_id, event_type, empty).await?;
+    Ok(Json(serde_json::json!({})))
 }
 
 fn ensure_self(path_user: &UserId, sender: &UserId, what: &str) -> Result<()> {

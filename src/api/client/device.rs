@@ -64,6 +64,8 @@ async fn delete(
     // Like Synapse, deleting a device that does not exist succeeds: the outcome is the same.
     let device = body.device_id.to_string();
     services.push.remove_device_pushers(&sender.user_id, move |d| d == Some(device.as_str())).await?;
+    let device = body.device_id.to_string();
+    services.account_data.remove_device_settings(&sender.user_id, move |d| d == device).await?;
     services.sessions.delete_devices(&sender.user_id, vec![body.device_id.clone()]).await?;
     Ok(delete_device::v3::Response::new())
 }
@@ -80,6 +82,8 @@ async fn delete_many(
         .push
         .remove_device_pushers(&sender.user_id, move |d| d.is_some_and(|d| devices.iter().any(|x| x == d)))
         .await?;
+    let devices: Vec<String> = body.devices.iter().map(ToString::to_string).collect();
+    services.account_data.remove_device_settings(&sender.user_id, move |d| devices.iter().any(|x| x == d)).await?;
     services.sessions.delete_devices(&sender.user_id, body.devices.clone()).await?;
     Ok(delete_devices::v3::Response::new())
 }

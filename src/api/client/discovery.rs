@@ -1,7 +1,7 @@
 //! Server discovery and capabilities: `/versions`, `/.well-known/matrix/client`,
 //! `/capabilities`.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::sync::Arc;
 
 use axum::{Json, Router, extract::State};
 use ruma::api::client::discovery::{
@@ -19,11 +19,35 @@ use crate::{
     service::Services,
 };
 
-/// Spec versions whose client-server features Trellis serves so far. v1.11 is the first that
-/// promises authenticated media (`/_matrix/client/v1/media/*`), which the media repository serves.
+/// Spec versions whose client-server features Trellis serves: every endpoint those versions
+/// require, checked against the spec's `ENDPOINTS.md` and changelogs (issue #14). What is left out
+/// on purpose, as the spec allows: the deprecated global `/events`, `/events/{eventId}` and
+/// `/initialSync`, peeking (`/rooms/{roomId}/initialSync`, room previews are an optional module),
+/// `/voip/turnServer` (no TURN server is configured), SSO and OAuth (not offered, so their
+/// endpoints answer 404), and the optional Server Administration module's lock and suspend
+/// endpoints (v1.18).
+///
+/// v1.17 is not advertised: its application service device management (MSC4190) is missing,
+/// and so are v1.18's policy server module and v1.19's `/mutual_rooms`.
 const SUPPORTED_VERSIONS: &[&str] = &[
     "r0.5.0", "r0.6.0", "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10",
-    "v1.11",
+    "v1.11", "v1.12", "v1.13", "v1.14", "v1.15", "v1.16",
+];
+
+/// Unstable features (MSCs) Trellis implements, under the names Synapse advertises them.
+const UNSTABLE_FEATURES: &[&str] = &[
+    // Refresh tokens before they were stable in v1.3.
+    "org.matrix.msc2918.refresh_token",
+    // Simplified sliding sync (MSC4186), which matrix-rust-sdk's room list looks for.
+    "org.matrix.simplified_msc3575",
+    // Deleting account data (`DELETE .../account_data/{type}`, or a `PUT` of `{}`).
+    "org.matrix.msc3391",
+    // `org.matrix.msc3874.rel_types` and `not_rel_types` in `/messages` filters.
+    "org.matrix.msc3874",
+    // Invite filtering by user and server (`org.matrix.msc4155.invite_permission_config`).
+    "org.matrix.msc4155",
+    // Invite blocking under its stable name (`m.invite_permission_config`, v1.18).
+    "org.matrix.msc4380.stable",
 ];
 
 pub use crate::service::rooms::ROOM_VERSIONS;
@@ -38,12 +62,7 @@ async fn versions(
 ) -> Result<get_supported_versions::Response> {
     let mut response =
         get_supported_versions::Response::new(SUPPORTED_VERSIONS.iter().map(|v| (*v).to_owned()).collect());
-    response.unstable_features = BTreeMap::from([
-        // Refresh tokens before they were stable in v1.3.
-        ("org.matrix.msc2918.refresh_token".to_owned(), true),
-        // Simplified sliding sync (MSC4186), which matrix-rust-sdk's room list looks for.
-        ("org.matrix.simplified_msc3575".to_owned(), true),
-    ]);
+    response.unstable_features = UNSTABLE_FEATURES.iter().map(|feature| ((*feature).to_owned(), true)).collect();
     Ok(response)
 }
 
@@ -88,6 +107,10 @@ async fn capabilities(
         map.insert("m.change_password".to_owned(), enabled(true));
         map.insert("m.set_displayname".to_owned(), enabled(true));
         map.insert("m.set_avatar_url".to_owned(), enabled(true));
+        // Login tokens for new devices (`/login/get_token`, v1.7).
+        map.insert("m.get_login_token".to_owned(), enabled(services.config.login_via_existing_session));
+        // Custom profile fields (v1.16, MSC4133).
+        map.insert("m.profile_fields".to_owned(), enabled(true));
         // Third-party identifiers (email, phone) are not supported.
         map.insert("m.3pid_changes".to_owned(), enabled(false));
     }

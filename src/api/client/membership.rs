@@ -121,6 +121,7 @@ async fn join(
             // A restricted join no user of this server may authorise: a resident server with
             // such a user may (Complement's `TestRestrictedRoomsRemoteJoinLocalUser`).
             Err(Error::Matrix { kind: ErrorKind::UnableToGrantJoin, .. }) if !known_servers.is_empty() => {}
+            Ok(()) => return crate::service::push::carry_over_room_rule(services, user, room_id).await,
             done => return done,
         }
     }
@@ -139,7 +140,7 @@ async fn join(
         content.insert("reason".into(), Value::String(reason));
     }
     services.federation.join_remote_room(&services.rooms, user, room_id, &servers, content).await?;
-    Ok(())
+    crate::service::push::carry_over_room_rule(services, user, room_id).await
 }
 
 async fn join_by_id(
@@ -179,6 +180,7 @@ async fn invite(services: Arc<Services>, request: Ruma<invite_user::v3::Request>
         return Ok(invite_user::v3::Response::new());
     }
     services.lookup_appservice_user(&recipient.user_id).await?;
+    services.account_data.invite_decision(&recipient.user_id, &sender.user_id).await?.check()?;
     change(&services, &body.room_id, &sender.user_id, &recipient.user_id, "invite", recipient.reason.clone()).await?;
     Ok(invite_user::v3::Response::new())
 }

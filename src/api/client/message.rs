@@ -148,6 +148,42 @@ pub(super) fn parse_token(token: &str) -> Result<Token> {
         .map_err(|_| Error::invalid_param("Invalid pagination token"))
 }
 
+/// MSC3874's `org.matrix.msc3874.rel_types` and `not_rel_types` in a `/messages` filter: only
+/// events with (or without) one of these relation types. Ruma's filter type has them only behind
+/// its `unstable-msc3874` feature, so they are read from the query string here.
+#[derive(Default, Clone)]
+struct RelTypeFilter {
+    rel_types: Option<Vec<String>>,
+    not_rel_types: Vec<String>,
+}
+
+impl RelTypeFilter {
+    fn from_query(query: Option<&str>) -> Self {
+        let filter =
+            query.into_iter().flat_map(|q| url::form_urlencoded::parse(q.as_bytes())).find(|(k, _)| k == "filter");
+        let Some(Ok(json)) = filter.map(|(_, v)| serde_json::from_str::<Value>(&v)) else { return Self::default() };
+        let strings = |key: &str| {
+            json.get(key)
+                .and_then(Value::as_array)
+                .map(|values| values.iter().filter_map(Value::as_str).map(str::to_owned).collect::<Vec<_>>())
+        };
+        Self {
+            rel_types: strings("org.matrix.msc3874.rel_types"),
+            not_rel_types: strings("org.matrix.msc3874.not_rel_types").unwrap_or_default(),
+        }
+    }
+
+    fn allows(&self, pdu: &crate::service::rooms::Pdu) -> bool {
+        if self.rel_types.is_none() && self.not_rel_types.is_empty() {
+            return true;
+        }
+        let content: Option<Value> = serde_json::from_str(pdu.content.get()).ok();
+        let rel_type = content.as_ref().and_then(|c| c.pointer("/m.relates_to/rel_type")).and_then(Value::as_str);
+        let listed = |types: &[String]| rel_type.is_some_and(|rel| types.iter().any(|t| t == rel));
+        self.rel_types.as_deref().is_none_or(listed) && !listed(&self.not_rel_types)
+    }
+}
+
 async fn messages(
     services: Arc<Services>,
     request: Ruma<get_message_events::v3::Request>,
@@ -185,10 +221,12 @@ async fn messages(
         return Err(Error::forbidden("You have forgotten this room"));
     }
     let filter = body.filter.clone();
+    let relations = RelTypeFilter::from_query(request.raw_query.as_deref());
     let ignored = services.account_data.ignored_users(&sender.user_id).await?;
     let keep = move |pdu: &crate::service::rooms::Pdu| {
         let kind = pdu.kind.to_string();
         !ignored.contains(&pdu.sender)
+            && relations.allows(pdu)
             && filter.types.as_ref().is_none_or(|types| types.iter().any(|t| type_matches(t, &kind)))
             && !filter.not_types.iter().any(|t| type_matches(t, &kind))
             && filter.senders.as_ref().is_none_or(|s| s.contains(&pdu.sender))

@@ -30,6 +30,7 @@ pub mod state;
 pub mod sync;
 pub mod tag;
 pub mod thirdparty;
+pub mod thread_subscription;
 pub mod threepid;
 pub mod to_device;
 pub mod typing;
@@ -76,6 +77,7 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = user_directory::routes(router);
     let router = tag::routes(router);
     let router = threepid::routes(router);
+    let router = thread_subscription::routes(router);
     let router = openid::routes(router);
     account_data::routes(router)
 }

@@ -123,6 +123,17 @@ async fn create_room(
         }
         None => None,
     };
+    // Local users whose invite permission config blocks the creator are left out of the invites
+    // (spec v1.18, MSC4155): the room is still made.
+    let mut invite = Vec::with_capacity(body.invite.len());
+    for invitee in &body.invite {
+        let blocked = invitee.server_name() == services.config.server_name
+            && services.account_data.invite_decision(invitee, &sender.user_id).await?
+                == crate::service::invite_filter::Decision::Block;
+        if !blocked {
+            invite.push(invitee.clone());
+        }
+    }
     let spec = RoomSpec {
         version,
         preset,
@@ -132,7 +143,7 @@ async fn create_room(
         initial_state,
         name: body.name.clone(),
         topic: body.topic.clone(),
-        invite: body.invite.clone(),
+        invite,
         is_direct: body.is_direct,
         creator_member: member_profile(&services, &sender.user_id).await?,
         publish: body.visibility == Visibility::Public,

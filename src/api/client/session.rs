@@ -1,4 +1,4 @@
-//! Sessions: `login` (flows and password login), `refresh`, `logout`, `logout/all`, `whoami`.
+//! Sessions: `login` (flows; password, token and application service login), `login/get_token`, `refresh`, `logout`, `logout/all`, `whoami`.
 
 use std::sync::Arc;
 
@@ -8,9 +8,10 @@ use ruma::api::{
     client::{
         account::whoami,
         session::{
+            get_login_token,
             get_login_types::{
                 self,
-                v3::{ApplicationServiceLoginType, LoginType, PasswordLoginType},
+                v3::{ApplicationServiceLoginType, LoginType, PasswordLoginType, TokenLoginType},
             },
             login::{
                 self,
@@ -30,14 +31,38 @@ use crate::{
 };
 
 pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
-    router.ruma(login_types).ruma(login).ruma(refresh).ruma(logout).ruma(logout_all).ruma(whoami)
+    router.ruma(login_types).ruma(login).ruma(get_token).ruma(refresh).ruma(logout).ruma(logout_all).ruma(whoami)
 }
 
-async fn login_types(_: Arc<Services>, _: Ruma<get_login_types::v3::Request>) -> Result<get_login_types::v3::Response> {
+async fn login_types(
+    services: Arc<Services>,
+    _: Ruma<get_login_types::v3::Request>,
+) -> Result<get_login_types::v3::Response> {
+    let mut token = TokenLoginType::new();
+    token.get_login_token = services.config.login_via_existing_session;
     Ok(get_login_types::v3::Response::new(vec![
         LoginType::Password(PasswordLoginType::new()),
+        LoginType::Token(token),
         LoginType::ApplicationService(ApplicationServiceLoginType::new()),
     ]))
+}
+
+/// `/login/get_token` (v1.7): a single-use token for logging a new device in, after the user's
+/// password (user-interactive auth, as Synapse requires by default). Guests may not have one.
+async fn get_token(
+    services: Arc<Services>,
+    request: Ruma<get_login_token::v1::Request>,
+) -> Result<get_login_token::v1::Response> {
+    let sender = request.sender()?;
+    if !services.config.login_via_existing_session {
+        return Err(Error::forbidden("Login via an existing session is disabled on this server"));
+    }
+    if sender.guest {
+        return Err(Error::new(StatusCode::FORBIDDEN, ErrorKind::GuestAccessForbidden, "Guests cannot do this"));
+    }
+    super::account::confirm_password(&services, &sender.user_id, request.body.auth.as_ref()).await?;
+    let token = services.login_tokens.issue(&sender.user_id);
+    Ok(get_login_token::v1::Response::new(crate::service::login_tokens::LIFETIME, token))
 }
 
 async fn login(services: Arc<Services>, request: Ruma<login::v3::Request>) -> Result<login::v3::Response> {
@@ -47,6 +72,17 @@ async fn login(services: Arc<Services>, request: Ruma<login::v3::Request>) -> Re
     let (identifier, legacy_user) = match &body.login_info {
         LoginInfo::Password(password) => (&password.identifier, &password.user),
         LoginInfo::ApplicationService(service) => (&service.identifier, &service.user),
+        LoginInfo::Token(token) => {
+            // `m.login.token`: a token another device of the user asked for (`/login/get_token`).
+            // Tokens are 40 random characters, so guessing is hopeless; the limit is then the
+            // same as for a password login of that user.
+            let user_id = services
+                .login_tokens
+                .consume(&token.token)
+                .ok_or_else(|| Error::forbidden("Invalid or expired login token"))?;
+            services.rate_limits.login_attempt(request.client_ip.as_deref(), user_id.as_str())?;
+            return finish_login(&services, user_id, body, request.client_ip).await;
+        }
         _ => return Err(Error::new(StatusCode::BAD_REQUEST, ErrorKind::Unknown, "Unsupported login type")),
     };
     let user = match (identifier, legacy_user) {
@@ -81,9 +117,19 @@ async fn login(services: Arc<Services>, request: Ruma<login::v3::Request>) -> Re
             }
         }
     }
+    finish_login(&services, user_id, body, request.client_ip).await
+}
+
+/// Logs `user_id` in on a new (or the named) device once the login info was checked.
+async fn finish_login(
+    services: &Services,
+    user_id: ruma::OwnedUserId,
+    body: login::v3::Request,
+    client_ip: Option<String>,
+) -> Result<login::v3::Response> {
     let tokens = services
         .sessions
-        .login(&user_id, body.device_id, body.initial_device_display_name, body.refresh_token, request.client_ip)
+        .login(&user_id, body.device_id, body.initial_device_display_name, body.refresh_token, client_ip)
         .await?;
     let mut response = login::v3::Response::new(user_id, tokens.access_token, tokens.device_id);
     response.refresh_token = tokens.refresh_token;
@@ -116,6 +162,8 @@ async fn logout(services: Arc<Services>, request: Ruma<logout::v3::Request>) -> 
     // (clients set them again), never pushes to a device that is gone.
     let device = sender.device_id.to_string();
     services.push.remove_device_pushers(&sender.user_id, move |d| d == Some(device.as_str())).await?;
+    let device = sender.device_id.to_string();
+    services.account_data.remove_device_settings(&sender.user_id, move |d| d == device).await?;
     services.sessions.delete_devices(&sender.user_id, vec![sender.device_id.clone()]).await?;
     Ok(logout::v3::Response::new())
 }
@@ -126,6 +174,7 @@ async fn logout_all(
 ) -> Result<logout_all::v3::Response> {
     let sender = request.sender()?;
     services.push.remove_device_pushers(&sender.user_id, |_| true).await?;
+    services.account_data.remove_device_settings(&sender.user_id, |_| true).await?;
     services.sessions.delete_all_devices_except(&sender.user_id, None).await?;
     Ok(logout_all::v3::Response::new())
 }

@@ -97,6 +97,15 @@ async fn put_state(
     if sender.guest && body.event_type == StateEventType::RoomMember && content["membership"] == "join" {
         services.rooms.check_guest_join(&body.room_id, &sender.user_id).await?;
     }
+    // An invite sent as a member state event obeys the invitee's invite permission config
+    // (spec v1.18) as `/invite` does.
+    if body.event_type == StateEventType::RoomMember
+        && content["membership"] == "invite"
+        && let Ok(invitee) = ruma::UserId::parse(body.state_key.as_str())
+        && invitee.server_name() == services.config.server_name
+    {
+        services.account_data.invite_decision(&invitee, &sender.user_id).await?.check()?;
+    }
     let kind = TimelineEventType::from(body.event_type.to_string());
     // Setting state to what it already is changes nothing: return the existing event (Synapse
     // does the same, and clients rely on such PUTs being idempotent).

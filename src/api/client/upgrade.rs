@@ -24,5 +24,6 @@ async fn upgrade(
     let version = supported_version(&services, Some(&body.new_version))?;
     let replacement =
         services.rooms.upgrade_room(&body.room_id, &sender.user_id, &version, &body.additional_creators).await?;
+    crate::service::push::carry_over_room_rule(&services, &sender.user_id, &replacement).await?;
     Ok(upgrade_room::v3::Response::new(replacement))
 }

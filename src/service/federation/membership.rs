@@ -201,6 +201,7 @@ pub async fn receive_invite(
         return Err(Error::forbidden("The invite was not sent by its sender's server"));
     }
     services.rooms.check_server_allowed(room_id, origin).await?;
+    services.account_data.invite_decision(&member.target, &member.pdu.sender).await?.check()?;
     let keys = services.federation.keys.event_keys(&json, &rules).await;
     match ruma::signatures::verify_event(&keys, &json, &rules) {
         Ok(Verified::All) => {}

@@ -8,6 +8,10 @@
 //!
 //! Ruma has no constructors for the legacy rules any more, so they are written here as the
 //! spec's JSON (v1.16) and placed where Synapse places them.
+//!
+//! Also the poll rules of MSC3930 (polls notify like messages; votes do not), which Element's
+//! clients expect and Complement's `TestPollsLocalPushRules` checks. Ruma has them only behind
+//! its `unstable-msc3930` feature, so they are written here too.
 
 use ruma::{UserId, push::Ruleset};
 use serde_json::{Value, json};
@@ -49,7 +53,39 @@ fn with_legacy_rules(user: &UserId, spec: &Ruleset) -> Option<Ruleset> {
     insert_after(overrides, ".m.rule.is_room_mention", room_notif);
     let content = json.as_object_mut()?.entry("content").or_insert_with(|| Value::Array(Vec::new()));
     content.as_array_mut()?.insert(0, user_name);
+    add_poll_rules(&mut json)?;
     serde_json::from_value(json).ok()
+}
+
+/// MSC3930's rules: poll votes are silent (override, after `.m.rule.reaction` as in Synapse),
+/// and poll starts and ends notify like messages, with a sound in one-to-one rooms (underride,
+/// the one-to-one rules before the general ones).
+fn add_poll_rules(json: &mut Value) -> Option<()> {
+    let event_type = |pattern: &str| json!({"kind": "event_match", "key": "type", "pattern": pattern});
+    let one_to_one = |id: &str, pattern: &str| {
+        json!({
+            "rule_id": id, "default": true, "enabled": true,
+            "conditions": [{"kind": "room_member_count", "is": "2"}, event_type(pattern)],
+            "actions": ["notify", {"set_tweak": "sound", "value": "default"}],
+        })
+    };
+    let any_room = |id: &str, pattern: &str| json!({"rule_id": id, "default": true, "enabled": true, "conditions": [event_type(pattern)], "actions": ["notify"]});
+    let response = json!({
+        "rule_id": ".org.matrix.msc3930.rule.poll_response", "default": true, "enabled": true,
+        "conditions": [event_type("org.matrix.msc3381.poll.response")],
+        "actions": [],
+    });
+    insert_after(json.get_mut("override")?.as_array_mut()?, ".m.rule.reaction", response);
+    let underride = json.get_mut("underride")?.as_array_mut()?;
+    let start_one = one_to_one(".org.matrix.msc3930.rule.poll_start_one_to_one", "org.matrix.msc3381.poll.start");
+    let end_one = one_to_one(".org.matrix.msc3930.rule.poll_end_one_to_one", "org.matrix.msc3381.poll.end");
+    insert_after(underride, ".m.rule.encrypted_room_one_to_one", start_one);
+    insert_after(underride, ".org.matrix.msc3930.rule.poll_start_one_to_one", end_one);
+    let start = any_room(".org.matrix.msc3930.rule.poll_start", "org.matrix.msc3381.poll.start");
+    let end = any_room(".org.matrix.msc3930.rule.poll_end", "org.matrix.msc3381.poll.end");
+    insert_after(underride, ".m.rule.encrypted", start);
+    insert_after(underride, ".org.matrix.msc3930.rule.poll_start", end);
+    Some(())
 }
 
 /// Puts `rule` right after the rule `after` (at the end when there is none).

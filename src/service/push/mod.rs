@@ -68,6 +68,34 @@ impl Push {
         ruleset.get(kind, rule_id).map(|rule| rule.to_owned()).ok_or_else(rule_not_found)
     }
 
+    /// Copies the user's room rule of `old` to `new` when `new` has none yet: a room's
+    /// notification setting carries over to its upgrade, as in Synapse (Complement's
+    /// `TestPushRuleRoomUpgrade`).
+    pub async fn copy_room_rule(
+        &self,
+        account_data: &AccountData,
+        user: &UserId,
+        old: &ruma::RoomId,
+        new: &ruma::RoomId,
+    ) -> Result<()> {
+        let ruleset = self.ruleset(user).await?;
+        if ruleset.room.get(old.as_str()).is_none() || ruleset.room.get(new.as_str()).is_some() {
+            return Ok(());
+        }
+        let (old, new) = (old.to_owned(), new.to_owned());
+        self.update(account_data, user, move |ruleset| {
+            if let Some(rule) = ruleset.room.get(old.as_str()).cloned()
+                && ruleset.room.get(new.as_str()).is_none()
+            {
+                let mut copy = rule;
+                copy.rule_id = new;
+                ruleset.room.insert(copy);
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// Reads, changes and stores the user's rule set, all inside the account data lock.
     async fn update<R: Send + 'static>(
         &self,
@@ -156,5 +184,19 @@ impl Push {
             ruleset.set_actions(kind, &rule_id, actions).map_err(|_| rule_not_found())
         })
         .await
+    }
+}
+
+/// After `user` joined `room` (or created it by an upgrade): when the room replaces another
+/// (`predecessor` in its create event), the user's room rule of the old room is copied to it.
+pub async fn carry_over_room_rule(services: &super::Services, user: &UserId, room: &ruma::RoomId) -> Result<()> {
+    let create = services.rooms.state_event(room, &ruma::events::StateEventType::RoomCreate, "").await?;
+    let predecessor = create
+        .map(|pdu| pdu.content_value())
+        .and_then(|content| content.pointer("/predecessor/room_id")?.as_str().map(str::to_owned))
+        .and_then(|id| ruma::OwnedRoomId::try_from(id).ok());
+    match predecessor {
+        Some(old) => services.push.copy_room_rule(&services.account_data, user, &old, room).await,
+        None => Ok(()),
     }
 }

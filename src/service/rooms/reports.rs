@@ -1,6 +1,11 @@
 //! Content reports (`/rooms/{roomId}/report/{eventId}`), kept in `EVENT_REPORTS` for the
 //! server's admins. A report needs the reporter joined to the room and able to see the event;
 //! anything else is `M_NOT_FOUND`, so reports reveal nothing about hidden events.
+//!
+//! Room reports (`/rooms/{roomId}/report`, spec v1.13) and user reports
+//! (`/users/{userId}/report`, v1.14) go to `ROOM_REPORTS` and `USER_REPORTS`. As in Synapse, a room
+//! this server does not know is `M_NOT_FOUND`, and a report of a user who is not a local account
+//! is accepted and dropped, so it says nothing about who exists.
 
 use ruma::{EventId, OwnedUserId, RoomId, UserId};
 use serde_json::{Value, json};
@@ -9,8 +14,15 @@ use super::Rooms;
 use crate::{
     Error, Result,
     service::now_ms,
-    storage::{Batch, room_tables::EVENT_REPORTS},
+    storage::{
+        Batch,
+        report_tables::{ROOM_REPORTS, USER_REPORTS},
+        room_tables::EVENT_REPORTS,
+    },
 };
+
+/// The longest reason kept (Synapse refuses longer ones with `M_BAD_JSON`).
+const MAX_REASON_CHARS: usize = 1000;
 
 /// One stored report.
 #[derive(Debug, Clone)]
@@ -48,6 +60,43 @@ impl Rooms {
         Ok(())
     }
 
+    /// Records a report of a whole room; a second report by the same user replaces the first.
+    pub async fn report_room(&self, room_id: &RoomId, reporter: &UserId, reason: String) -> Result<()> {
+        check_reason(&reason)?;
+        if self.version(room_id).await?.is_none() {
+            return Err(Error::not_found("Room does not exist"));
+        }
+        let key = (room_id.to_owned(), reporter.to_owned());
+        let report = json!({"reason": reason, "received_ts": now_ms()});
+        self.run(move |_, db| {
+            let mut batch = Batch::new();
+            batch.put(&ROOM_REPORTS, &key, &report)?;
+            Ok(db.write(batch)?)
+        })
+        .await?;
+        tracing::info!(%room_id, %reporter, "room reported");
+        Ok(())
+    }
+
+    /// Records a report of a user of this server (`exists` says whether the account exists);
+    /// reports of anyone else are dropped without an error.
+    pub async fn report_user(&self, user: &UserId, exists: bool, reporter: &UserId, reason: String) -> Result<()> {
+        check_reason(&reason)?;
+        if !exists {
+            return Ok(());
+        }
+        let key = (user.to_owned(), reporter.to_owned());
+        let report = json!({"reason": reason, "received_ts": now_ms()});
+        self.run(move |_, db| {
+            let mut batch = Batch::new();
+            batch.put(&USER_REPORTS, &key, &report)?;
+            Ok(db.write(batch)?)
+        })
+        .await?;
+        tracing::info!(user = %user, %reporter, "user reported");
+        Ok(())
+    }
+
     /// Every stored report, for admins.
     pub async fn event_reports(&self) -> Result<Vec<EventReport>> {
         self.run(move |_, db| {
@@ -59,6 +108,13 @@ impl Rooms {
         })
         .await
     }
+}
+
+fn check_reason(reason: &str) -> Result<()> {
+    if reason.chars().count() > MAX_REASON_CHARS {
+        return Err(Error::bad_json(format!("The reason must be at most {MAX_REASON_CHARS} characters")));
+    }
+    Ok(())
 }
 
 impl EventReport {

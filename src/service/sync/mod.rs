@@ -51,6 +51,9 @@ pub struct SyncRequest {
     pub timeout: Option<Duration>,
     /// The client's `set_presence` (online by default).
     pub set_presence: PresenceState,
+    /// `use_state_after` (MSC4222, spec v1.16): rooms carry `state_after`, the state at the end
+    /// of the timeline, instead of `state`, the state before it.
+    pub use_state_after: bool,
 }
 
 /// What every part of one sync shares.
@@ -62,6 +65,8 @@ struct Context<'a> {
     since: Option<SyncToken>,
     now: SyncToken,
     full_state: bool,
+    /// `state_after` instead of `state` (MSC4222).
+    use_state_after: bool,
     /// Changed room account data, by room ID.
     room_account_data: HashMap<String, Vec<AccountDataEntry>>,
     /// `m.receipt` content of the joined rooms whose receipts changed.
@@ -97,7 +102,7 @@ pub(crate) async fn current_token(services: &Services) -> Result<SyncToken> {
 /// Runs one `/sync` for `user`'s `device`.
 pub async fn sync(services: &Services, user: &UserId, device: &DeviceId, request: SyncRequest) -> Result<v3::Response> {
     let since = request.since.as_deref().map(SyncToken::parse).transpose()?;
-    let filter = filter::resolve(&services.account_data, user, request.filter).await?;
+    let filter = filter::resolve(&services.account_data, user, request.filter.clone()).await?;
     let timeout = request.timeout.unwrap_or_default().min(MAX_TIMEOUT);
     let deadline = tokio::time::Instant::now() + timeout;
     // The user counts as syncing (for presence) until this sync returns.
@@ -116,7 +121,7 @@ pub async fn sync(services: &Services, user: &UserId, device: &DeviceId, request
             receipts: s.receipts.min(now.receipts),
             presence: s.presence.min(now.presence),
         });
-        let response = build(services, user, device, &filter, since, now, request.full_state).await?;
+        let response = build(services, user, device, &filter, since, now, &request).await?;
         let empty = response.rooms.is_empty()
             && response.account_data.is_empty()
             && response.to_device.is_empty()
@@ -140,8 +145,9 @@ async fn build(
     filter: &FilterDefinition,
     since: Option<SyncToken>,
     now: SyncToken,
-    full_state: bool,
+    request: &SyncRequest,
 ) -> Result<v3::Response> {
+    let (full_state, use_state_after) = (request.full_state, request.use_state_after);
     let (to_device, to_device_position) = e2ee::to_device(services, user, device, since, now.to_device).await?;
     let next_batch = SyncToken { to_device: to_device_position, ..now };
     let mut response = v3::Response::new(next_batch.to_string());
@@ -190,8 +196,19 @@ async fn build(
         services.lazy_members.reset(user, device);
     }
     let ignored = services.account_data.ignored_users(user).await?;
-    let context =
-        Context { services, user, device, filter, since, now, full_state, room_account_data, receipts, ignored };
+    let context = Context {
+        services,
+        user,
+        device,
+        filter,
+        since,
+        now,
+        full_state,
+        use_state_after,
+        room_account_data,
+        receipts,
+        ignored,
+    };
     response.rooms = rooms::collect(&context).await?;
     event_fields::apply(&mut response, filter.event_fields.as_deref());
     Ok(response)

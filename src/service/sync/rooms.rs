@@ -27,6 +27,11 @@ struct Section {
     state: Vec<Raw<AnySyncStateEvent>>,
 }
 
+/// The state part as the client asked for it: `state` or `state_after` (MSC4222).
+fn state_part(ctx: &Context<'_>, events: Vec<Raw<AnySyncStateEvent>>) -> State {
+    if ctx.use_state_after { State::After(events.into()) } else { State::Before(events.into()) }
+}
+
 /// An event in the sync format (a client event without `room_id`), or with the filter's
 /// `event_format: federation` the PDU as stored (hashes, signatures, `auth_events`,
 /// `prev_events`).
@@ -270,7 +275,7 @@ async fn joined_room(
     (room.unread_notifications, room.unread_thread_notifications) =
         unread::counts(ctx, room_id, membership_position).await?;
     room.timeline = section.timeline;
-    room.state = State::Before(section.state.into());
+    room.state = state_part(ctx, section.state);
     room.account_data = account_data;
     room.ephemeral = ephemeral;
     Ok(Some(room))
@@ -281,7 +286,7 @@ async fn left_room(ctx: &Context<'_>, room_id: &OwnedRoomId, left_at: u64) -> Re
     let section = section(ctx, room_id, left_at.min(ctx.now.events), full).await?;
     let mut room = LeftRoom::new();
     room.timeline = section.timeline;
-    room.state = State::Before(section.state.into());
+    room.state = state_part(ctx, section.state);
     room.account_data = room_account_data(ctx, room_id)?;
     Ok(room)
 }
@@ -290,18 +295,30 @@ async fn left_room(ctx: &Context<'_>, room_id: &OwnedRoomId, left_at: u64) -> Re
 async fn invited_room(ctx: &Context<'_>, room_id: &OwnedRoomId) -> Result<Option<InvitedRoom>> {
     if let Some(record) = ctx.services.rooms.out_of_band(ctx.user, room_id).await? {
         let inviter = record.invite["sender"].as_str().and_then(|sender| ruma::UserId::parse(sender).ok());
-        if inviter.is_some_and(|inviter| ctx.ignored.contains(&inviter)) {
+        if let Some(inviter) = inviter
+            && invite_hidden(ctx, &inviter).await?
+        {
             return Ok(None);
         }
         return Ok(Some(InvitedRoom::from(InviteState::from(out_of_band_stripped_state(ctx, &record)?))));
     }
     let state = ctx.services.rooms.invite_state(room_id, ctx.user).await?;
     let invite = state.iter().find(|pdu| pdu.state_key.as_deref() == Some(ctx.user.as_str()));
-    if invite.is_some_and(|pdu| ctx.ignored.contains(&pdu.sender)) {
+    if let Some(invite) = invite
+        && invite_hidden(ctx, &invite.sender).await?
+    {
         return Ok(None);
     }
     let events: Vec<Raw<_>> = state.iter().map(|pdu| raw_json(&pdu.to_stripped_state())).collect::<Result<_>>()?;
     Ok(Some(InvitedRoom::from(InviteState::from(events))))
+}
+
+/// Whether an invite from `inviter` stays out of the user's syncs: they ignore the inviter, or
+/// their invite permission config ignores or blocks them (spec v1.18, MSC4155).
+async fn invite_hidden(ctx: &Context<'_>, inviter: &ruma::UserId) -> Result<bool> {
+    Ok(ctx.ignored.contains(inviter)
+        || ctx.services.account_data.invite_decision(ctx.user, inviter).await?
+            != crate::service::invite_filter::Decision::Allow)
 }
 
 /// The stripped state of an invite received over federation for a room this server is not in:
@@ -385,8 +402,9 @@ async fn section(ctx: &Context<'_>, room_id: &OwnedRoomId, upto: u64, full: bool
         always_members: senders,
     };
     let from = if full || ctx.full_state { None } else { since };
-    // The state before the first timeline event, or at the end when the timeline is empty.
-    let state_at = first.map_or(upto, |p| p.saturating_sub(1));
+    // The state before the first timeline event, or at the end when the timeline is empty; with
+    // `use_state_after`, the state at the end of the timeline (changes inside it included).
+    let state_at = if ctx.use_state_after { upto } else { first.map_or(upto, |p| p.saturating_sub(1)) };
     let state = ctx.services.rooms.sync_state(room_id, from, state_at, selection).await?;
     // Lazy-loading without `include_redundant_members`: member events this device already has
     // are left out.
