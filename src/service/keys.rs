@@ -298,9 +298,16 @@ impl Keys {
     }
 
     /// Device keys of a user's existing devices (all, or those named), each with the device's
-    /// display name in `unsigned` and signatures uploaded later merged in.
-    pub async fn device_keys(&self, user: &UserId, only: Vec<OwnedDeviceId>) -> Result<BTreeMap<OwnedDeviceId, Value>> {
+    /// display name in `unsigned` and signatures uploaded later merged in (other users'
+    /// signatures only when `viewer` made them).
+    pub async fn device_keys(
+        &self,
+        user: &UserId,
+        only: Vec<OwnedDeviceId>,
+        viewer: Option<&UserId>,
+    ) -> Result<BTreeMap<OwnedDeviceId, Value>> {
         let user = user.to_owned();
+        let viewer = viewer.map(ToOwned::to_owned);
         self.db
             .run(move |db| {
                 let mut out = BTreeMap::new();
@@ -311,7 +318,7 @@ impl Keys {
                     let Some(record) = DEVICES.get(db, &(user.clone(), device.clone()))? else { continue };
                     let mut keys: Value =
                         serde_json::from_str(raw.get()).map_err(|e| Error::internal(e.to_string()))?;
-                    merge_signatures(db, &mut keys, &user, device.as_str())?;
+                    merge_signatures(db, &mut keys, &user, device.as_str(), viewer.as_deref())?;
                     if let Some(object) = keys.as_object_mut() {
                         let unsigned = object.entry("unsigned").or_insert_with(|| Value::Object(Default::default()));
                         if let (Some(unsigned), Some(name)) = (unsigned.as_object_mut(), record.display_name) {
@@ -325,19 +332,42 @@ impl Keys {
             .await
     }
 
-    /// A cross-signing key ("master", "self_signing" or "user_signing") with later signatures.
-    pub async fn cross_signing_key(&self, user: &UserId, kind: &str) -> Result<Option<Value>> {
+    /// A cross-signing key ("master", "self_signing" or "user_signing") with later signatures
+    /// (another user's signature, made with their user-signing key, only when `viewer` made it).
+    pub async fn cross_signing_key(&self, user: &UserId, kind: &str, viewer: Option<&UserId>) -> Result<Option<Value>> {
         let key = (user.to_owned(), kind.to_owned());
         let user = user.to_owned();
+        let viewer = viewer.map(ToOwned::to_owned);
         self.db
             .run(move |db| {
                 let Some(raw) = CROSS_SIGNING_KEYS.get(db, &key)? else { return Ok(None) };
                 let mut value: Value = serde_json::from_str(raw.get()).map_err(|e| Error::internal(e.to_string()))?;
                 let object = to_canonical(&raw)?;
                 if let Some((_, public)) = ed25519_key(&object) {
-                    merge_signatures(db, &mut value, &user, &public)?;
+                    merge_signatures(db, &mut value, &user, &public, viewer.as_deref())?;
                 }
                 Ok(Some(value))
+            })
+            .await
+    }
+
+    /// Adds to a cross-signing key of a user of another server (as their server gave it) the
+    /// signatures `viewer` uploaded for it here: a local user's user-signing signature of a
+    /// remote user's master key stays on this server and is shown to that user alone.
+    pub async fn add_viewer_signatures(&self, viewer: &UserId, user: &UserId, mut key: Value) -> Result<Value> {
+        let (viewer, user) = (viewer.to_owned(), user.to_owned());
+        self.db
+            .run(move |db| {
+                let public = key
+                    .get("keys")
+                    .and_then(Value::as_object)
+                    .and_then(|keys| keys.iter().find(|(id, _)| id.starts_with("ed25519:")))
+                    .and_then(|(_, public)| public.as_str())
+                    .map(str::to_owned);
+                if let Some(public) = public {
+                    merge_signatures(db, &mut key, &user, &public, Some(&viewer))?;
+                }
+                Ok(key)
             })
             .await
     }
@@ -546,9 +576,12 @@ fn one_time_key_counts(db: &Db, user: &UserId, device: &DeviceId) -> Result<BTre
     Ok(counts)
 }
 
-/// Adds signatures uploaded through `/keys/signatures/upload` to a key object.
-fn merge_signatures(db: &Db, keys: &mut Value, user: &UserId, key_id: &str) -> Result<()> {
-    let extra = KEY_SIGNATURES.scan_prefix(db, &(user.to_owned(), key_id.to_owned()))?;
+/// Adds signatures uploaded through `/keys/signatures/upload` to a key object: the owner's own,
+/// and another user's (made with their user-signing key) only for that user as `viewer`, since
+/// those are visible to the user who made them alone (spec: cross-signing).
+fn merge_signatures(db: &Db, keys: &mut Value, user: &UserId, key_id: &str, viewer: Option<&UserId>) -> Result<()> {
+    let mut extra = KEY_SIGNATURES.scan_prefix(db, &(user.to_owned(), key_id.to_owned()))?;
+    extra.retain(|((_, _, signer, _), _)| signer == user || Some(signer.as_ref()) == viewer);
     if extra.is_empty() {
         return Ok(());
     }

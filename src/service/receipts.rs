@@ -209,7 +209,14 @@ impl Receipts {
                         receipt.insert("thread_id".to_owned(), json!(thread));
                     }
                     let content = out.entry(room).or_insert_with(|| json!({}));
-                    content[&record.event_id][&receipt_type][reader.as_str()] = Value::Object(receipt);
+                    let slot = &mut content[&record.event_id][&receipt_type][reader.as_str()];
+                    // The content holds one receipt per user, event and type: an unthreaded
+                    // receipt and a threaded one at the same event show as the unthreaded one
+                    // (MSC4102), whichever was sent last.
+                    if slot.is_object() && slot.get("thread_id").is_none() {
+                        continue;
+                    }
+                    *slot = Value::Object(receipt);
                 }
                 Ok(out)
             })

@@ -249,6 +249,11 @@ async fn cross_signing_keys_are_checked_and_signatures_merged() {
         "{}",
         master_now.1
     );
+    // Bob's user-signing signature is his alone: Alice does not see it on her own key.
+    let for_alice = server
+        .post("/_matrix/client/v3/keys/query", alice.token(), json!({"device_keys": {alice.user_id.clone(): []}}))
+        .await;
+    assert!(for_alice.1["master_keys"][&alice.user_id]["signatures"][&bob.user_id].is_null(), "{}", for_alice.1);
 }
 
 #[tokio::test]

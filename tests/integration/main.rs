@@ -28,6 +28,7 @@ mod federation_directory;
 mod federation_edus;
 mod federation_invite;
 mod federation_join;
+mod federation_keys_tracking;
 mod federation_knock;
 mod federation_media;
 mod federation_misc;

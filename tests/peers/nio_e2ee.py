@@ -9,6 +9,8 @@ to this script line by line:
     script -> test:  OK
 
 Usage: python3 nio_e2ee.py BASE_URL STORE_DIR. Exits non-zero with a message on the first failure.
+The Rust client may be on another server than nio's (the room key and the events then cross
+federation), so the script syncs until the Rust client's event arrives.
 """
 
 import asyncio
@@ -95,7 +97,7 @@ async def main(base_url: str, store_dir: str) -> None:
 
     # Rust -> nio: wait for the event and decrypt it.
     event_id = await hear("SENT")
-    for _ in range(10):
+    for _ in range(120):
         response = await sync(client)
         joined_room = response.rooms.join.get(room_id)
         for event in joined_room.timeline.events if joined_room else []:
@@ -109,6 +111,7 @@ async def main(base_url: str, store_dir: str) -> None:
             await client.close()
             say("OK")
             return
+        await asyncio.sleep(0.25)
     check(False, f"event {event_id} never arrived")
 
 

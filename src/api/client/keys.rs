@@ -77,6 +77,7 @@ async fn query(services: Arc<Services>, request: Ruma<get_keys::v3::Request>) ->
             response.device_keys.insert(user, by_device);
         }
         for (user, key) in answer.master_keys {
+            let key = services.keys.add_viewer_signatures(&sender.user_id, &user, key).await?;
             response.master_keys.insert(user, raw(&key)?);
         }
         for (user, key) in answer.self_signing_keys {
@@ -88,21 +89,23 @@ async fn query(services: Arc<Services>, request: Ruma<get_keys::v3::Request>) ->
         if is_remote(&services, user) {
             continue;
         }
-        let keys = services.keys.device_keys(user, devices.clone()).await?;
+        let keys = services.keys.device_keys(user, devices.clone(), Some(&sender.user_id)).await?;
         let mut by_device = BTreeMap::new();
         for (device, value) in keys {
             by_device.insert(device, raw(&value)?);
         }
         response.device_keys.insert(user.clone(), by_device);
-        if let Some(master) = services.keys.cross_signing_key(user, "master").await? {
+        if let Some(master) = services.keys.cross_signing_key(user, "master", Some(&sender.user_id)).await? {
             response.master_keys.insert(user.clone(), raw(&master)?);
         }
-        if let Some(self_signing) = services.keys.cross_signing_key(user, "self_signing").await? {
+        if let Some(self_signing) = services.keys.cross_signing_key(user, "self_signing", Some(&sender.user_id)).await?
+        {
             response.self_signing_keys.insert(user.clone(), raw(&self_signing)?);
         }
         // A user-signing key is only shown to its owner.
         if *user == sender.user_id
-            && let Some(user_signing) = services.keys.cross_signing_key(user, "user_signing").await?
+            && let Some(user_signing) =
+                services.keys.cross_signing_key(user, "user_signing", Some(&sender.user_id)).await?
         {
             response.user_signing_keys.insert(user.clone(), raw(&user_signing)?);
         }
@@ -226,11 +229,10 @@ async fn upload_signatures(
     let mut response = upload_signatures::v3::Response::new();
     for (user, signed) in &request.body.signed_keys {
         for (key_id, object) in signed.iter() {
-            let outcome = if user.server_name() == services.config.server_name {
-                services.keys.add_signature(&sender.user_id, user, key_id, object.to_owned()).await
-            } else {
-                Err("Federation is not available yet".to_owned())
-            };
+            // A signature of a remote user's key (their master key, with the sender's
+            // user-signing key) is stored here like a local one: it is shown to the sender alone
+            // and never sent to other servers.
+            let outcome = services.keys.add_signature(&sender.user_id, user, key_id, object.to_owned()).await;
             if let Err(message) = outcome {
                 // Per-key failures, not a whole-request error, as the spec asks.
                 let failure = serde_json::from_value(json!({"errcode": "M_INVALID_SIGNATURE", "error": message}))

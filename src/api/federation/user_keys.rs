@@ -38,14 +38,14 @@ async fn query(services: Arc<Services>, request: Ruma<get_keys::v1::Request>) ->
             continue;
         }
         let mut by_device = BTreeMap::new();
-        for (device, value) in services.keys.device_keys(user, devices.clone()).await? {
+        for (device, value) in services.keys.device_keys(user, devices.clone(), None).await? {
             by_device.insert(device, raw(&value)?);
         }
         response.device_keys.insert(user.clone(), by_device);
-        if let Some(master) = services.keys.cross_signing_key(user, "master").await? {
+        if let Some(master) = services.keys.cross_signing_key(user, "master", None).await? {
             response.master_keys.insert(user.clone(), raw(&master)?);
         }
-        if let Some(self_signing) = services.keys.cross_signing_key(user, "self_signing").await? {
+        if let Some(self_signing) = services.keys.cross_signing_key(user, "self_signing", None).await? {
             response.self_signing_keys.insert(user.clone(), raw(&self_signing)?);
         }
     }

@@ -280,8 +280,8 @@ pub async fn invite_remote(
     }
 }
 
-/// A local user rejects an invite to a room this server is not in: a leave through the
-/// inviting server (then the room's own), or, when none of them can be reached or agrees, a
+/// A local user rejects an invite to a room this server is not in, or rescinds a knock on
+/// one: a leave through the inviting server (then the room's own), or, when none of them can be reached or agrees, a
 /// leave recorded here alone, so the user is rid of the invite whatever the other servers do.
 pub async fn reject_remote_invite(
     services: &Services,
@@ -297,7 +297,15 @@ pub async fn reject_remote_invite(
     let own = &services.config.server_name;
     let mut servers: Vec<ruma::OwnedServerName> = Vec::new();
     let inviter = record.inviter();
-    for server in inviter.iter().map(|u| u.server_name()).chain(room_id.server_name()) {
+    // A knock's "inviter" is the knocker: the servers of the room's stripped state (its
+    // creator's, its admins') are in the room too, and a room ID names none from version 12.
+    let senders: Vec<ruma::OwnedUserId> = record
+        .stripped_state
+        .iter()
+        .filter_map(|event| event["sender"].as_str().and_then(|sender| ruma::OwnedUserId::try_from(sender).ok()))
+        .collect();
+    let candidates = inviter.iter().chain(&senders).map(|u| u.server_name()).chain(room_id.server_name());
+    for server in candidates {
         if server != own && !servers.iter().any(|s| s == server) {
             servers.push(server.to_owned());
         }

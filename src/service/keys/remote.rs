@@ -53,7 +53,7 @@ fn federated_devices(db: &Db, user: &UserId) -> Result<Vec<FederatedDevice>> {
         let keys = match DEVICE_KEYS.get(db, &(user.to_owned(), device_id.clone()))? {
             Some(raw) => {
                 let mut keys: Value = serde_json::from_str(raw.get()).map_err(|e| Error::internal(e.to_string()))?;
-                merge_signatures(db, &mut keys, user, device_id.as_str())?;
+                merge_signatures(db, &mut keys, user, device_id.as_str(), None)?;
                 Some(keys)
             }
             None => None,
@@ -73,7 +73,7 @@ fn signing_key(db: &Db, user: &UserId, kind: &str) -> Result<Option<Value>> {
         .and_then(|keys| keys.iter().find(|(id, _)| id.starts_with("ed25519:")))
         .and_then(|(_, key)| key.as_str().map(str::to_owned));
     if let Some(public) = public {
-        merge_signatures(db, &mut value, user, &public)?;
+        merge_signatures(db, &mut value, user, &public, None)?;
     }
     Ok(Some(value))
 }

@@ -786,6 +786,7 @@ impl RoomCore {
         changes: &[(u64, Option<u64>)],
     ) -> Result<()> {
         let mut deltas: HashMap<String, i64> = HashMap::new();
+        let mut new_joins = Vec::new();
         for (key, event) in changes {
             let state_key = if Some(new_event.0) == *event && new_event.1.kind == TimelineEventType::RoomMember {
                 new_event.1.state_key.clone().unwrap_or_default()
@@ -808,6 +809,16 @@ impl RoomCore {
             if before != after {
                 *deltas.entry(user.server_name().to_string()).or_default() += if after { 1 } else { -1 };
             }
+            if after && !before {
+                new_joins.push(user);
+            }
+        }
+        let own = self.server_name.to_string();
+        let server_joins = deltas.get(&own).is_some_and(|delta| *delta > 0)
+            && ROOM_SERVERS.get(db, &(short_room, own))?.unwrap_or(0) == 0;
+        if !new_joins.is_empty() {
+            let joins = (new_joins.as_slice(), server_joins);
+            self.drop_doubtful_device_lists(db, batch, rules, new_event, previous, changes, joins)?;
         }
         for (server, delta) in deltas {
             let key = (short_room, server);

@@ -10,6 +10,7 @@ mod backfill;
 mod build;
 mod context;
 pub mod create;
+mod device_tracking;
 mod directory;
 pub mod federation_join;
 pub mod federation_read;

@@ -13,7 +13,7 @@ use matrix_sdk::{
 
 use crate::harness::{TestServer, decrypted_body, encrypted_room_with, room, sync};
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
 }
 
@@ -23,7 +23,7 @@ fn openssl(args: &[&str], dir: &Path) {
 }
 
 /// A test CA and a server certificate for `hs-a`, `hs-b` and 127.0.0.1.
-fn make_pki(dir: &Path) {
+pub(crate) fn make_pki(dir: &Path) {
     openssl(
         &[
             "req",
@@ -75,13 +75,13 @@ fn make_pki(dir: &Path) {
 }
 
 /// Two Trellis servers federating with each other.
-struct Pair {
-    a: TestServer,
-    b: TestServer,
+pub(crate) struct Pair {
+    pub(crate) a: TestServer,
+    pub(crate) b: TestServer,
     _pki: tempfile::TempDir,
 }
 
-fn start_pair() -> Pair {
+pub(crate) fn start_pair() -> Pair {
     let pki = tempfile::tempdir().expect("tempdir");
     make_pki(pki.path());
     let (port_a, port_b) = (free_port(), free_port());
@@ -102,7 +102,7 @@ fn start_pair() -> Pair {
 
 /// Syncs `client` until it decrypts `event_id` in `room_id` (the event and the room key come
 /// over federation, so not at once); returns the plaintext body.
-async fn decrypt_eventually(client: &Client, room_id: &RoomId, event_id: &OwnedEventId) -> String {
+pub(crate) async fn decrypt_eventually(client: &Client, room_id: &RoomId, event_id: &OwnedEventId) -> String {
     for _ in 0..40 {
         sync(client).await;
         if let Some(room) = client.get_room(room_id)
@@ -118,7 +118,7 @@ async fn decrypt_eventually(client: &Client, room_id: &RoomId, event_id: &OwnedE
 
 /// Syncs `client` until it is joined to the room another server's user invited it to, joining
 /// through `via`.
-async fn join_when_invited(client: &Client, room_id: &RoomId, via: &str) {
+pub(crate) async fn join_when_invited(client: &Client, room_id: &RoomId, via: &str) {
     for _ in 0..40 {
         sync(client).await;
         if client.get_room(room_id).is_some() {

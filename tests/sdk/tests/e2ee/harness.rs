@@ -133,12 +133,7 @@ rc_invites = {{ per_room = {{ per_second = 10000, burst_count = 10000 }}, per_us
 
     /// A client without a session.
     pub async fn client(&self) -> Client {
-        Client::builder()
-            .homeserver_url(&self.base_url)
-            .request_config(RequestConfig::short_retry())
-            .build()
-            .await
-            .expect("client")
+        client_at(&self.base_url).await
     }
 
     /// A client without a session that finds simplified sliding sync (MSC4186) through
@@ -160,29 +155,49 @@ rc_invites = {{ per_room = {{ per_second = 10000, burst_count = 10000 }}, per_us
 
     /// Registers `name` with `client` and returns it logged in.
     pub async fn register_on(&self, client: Client, name: &str) -> Client {
-        let mut request = register::v3::Request::new();
-        request.username = Some(name.to_owned());
-        request.password = Some(PASSWORD.to_owned());
-        request.initial_device_display_name = Some(format!("{name}'s first device"));
-        request.auth = Some(uiaa::AuthData::Dummy(uiaa::Dummy::new()));
-        client.matrix_auth().register(request).await.unwrap_or_else(|e| panic!("register {name}: {e}"));
-        assert!(client.matrix_auth().logged_in(), "registration logged {name} in");
-        client.encryption().wait_for_e2ee_initialization_tasks().await;
-        client
+        register_with(client, name).await
     }
 
     /// Logs `name` in on a new device with a new client.
     pub async fn login(&self, name: &str, device_name: &str) -> Client {
-        let client = self.client().await;
-        client
-            .matrix_auth()
-            .login_username(name, PASSWORD)
-            .initial_device_display_name(device_name)
-            .await
-            .unwrap_or_else(|e| panic!("login {name}: {e}"));
-        client.encryption().wait_for_e2ee_initialization_tasks().await;
-        client
+        login_at(&self.base_url, name, device_name).await
     }
+}
+
+/// A client without a session for the server at `base_url` (Trellis or another server).
+pub async fn client_at(base_url: &str) -> Client {
+    Client::builder()
+        .homeserver_url(base_url)
+        .request_config(RequestConfig::short_retry())
+        .build()
+        .await
+        .expect("client")
+}
+
+/// Registers `name` with `client` (dummy auth) and returns it logged in.
+pub async fn register_with(client: Client, name: &str) -> Client {
+    let mut request = register::v3::Request::new();
+    request.username = Some(name.to_owned());
+    request.password = Some(PASSWORD.to_owned());
+    request.initial_device_display_name = Some(format!("{name}'s first device"));
+    request.auth = Some(uiaa::AuthData::Dummy(uiaa::Dummy::new()));
+    client.matrix_auth().register(request).await.unwrap_or_else(|e| panic!("register {name}: {e}"));
+    assert!(client.matrix_auth().logged_in(), "registration logged {name} in");
+    client.encryption().wait_for_e2ee_initialization_tasks().await;
+    client
+}
+
+/// Logs `name` in on a new device of the server at `base_url`, with a new client.
+pub async fn login_at(base_url: &str, name: &str, device_name: &str) -> Client {
+    let client = client_at(base_url).await;
+    client
+        .matrix_auth()
+        .login_username(name, PASSWORD)
+        .initial_device_display_name(device_name)
+        .await
+        .unwrap_or_else(|e| panic!("login {name}: {e}"));
+    client.encryption().wait_for_e2ee_initialization_tasks().await;
+    client
 }
 
 impl Drop for TestServer {

@@ -4,7 +4,10 @@
 mod backup;
 mod cross_signing;
 mod federation;
+mod federation_synapse;
+mod federation_verify;
 mod harness;
 mod messages;
 mod nio;
 mod room_list;
+mod synapse;

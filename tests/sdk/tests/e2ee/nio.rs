@@ -1,7 +1,8 @@
 //! A second implementation: matrix-nio with its e2e extra (Python; `TRELLIS_PYTHON` names the
 //! interpreter that has `matrix-nio[e2e]`, default `python3`) exchanges encrypted messages with
 //! a matrix-sdk client in both directions. The script is tests/peers/nio_e2ee.py; the two sides
-//! take turns over the script's stdin and stdout.
+//! take turns over the script's stdin and stdout. Once on one server, and once across two
+//! federating Trellis servers (nio on one, matrix-sdk on the other).
 
 use std::{process::Stdio, time::Duration};
 
@@ -11,7 +12,10 @@ use tokio::{
     process::{ChildStdout, Command},
 };
 
-use crate::harness::{TestServer, decrypted_body, encrypted_room_with, room, sync};
+use crate::{
+    federation::{decrypt_eventually, start_pair},
+    harness::{TestServer, encrypted_room_with, room, sync},
+};
 
 const NIO_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../peers/nio_e2ee.py");
 
@@ -31,14 +35,27 @@ async fn expect_line(lines: &mut Lines<BufReader<ChildStdout>>, prefix: &str) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn matrix_nio_and_matrix_sdk_exchange_encrypted_messages() {
     let server = TestServer::start();
-    let rusty = server.register("rusty").await;
+    exchange(&server, &server).await;
+}
+
+/// matrix-nio on `hs-b` and matrix-sdk on `hs-a`: the invite, join, keys and events cross
+/// federation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_nio_and_matrix_sdk_on_two_servers_exchange_encrypted_messages() {
+    let pair = start_pair();
+    exchange(&pair.a, &pair.b).await;
+}
+
+/// A matrix-sdk client on `rust_server` and the nio script on `nio_server` exchange messages.
+async fn exchange(rust_server: &TestServer, nio_server: &TestServer) {
+    let rusty = rust_server.register("rusty").await;
     sync(&rusty).await;
 
     let store = tempfile::tempdir().expect("tempdir");
     let python = std::env::var("TRELLIS_PYTHON").unwrap_or_else(|_| "python3".to_owned());
     let mut script = Command::new(&python)
         .arg(NIO_SCRIPT)
-        .arg(&server.base_url)
+        .arg(&nio_server.base_url)
         .arg(store.path())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -55,9 +72,7 @@ async fn matrix_nio_and_matrix_sdk_exchange_encrypted_messages() {
 
     // nio -> matrix-sdk.
     let event_id: OwnedEventId = expect_line(&mut from_nio, "SENT").await.parse().expect("event ID");
-    sync(&rusty).await;
-    let event = room(&rusty, &room_id).event(&event_id, None).await.expect("fetch nio's event");
-    assert_eq!(decrypted_body(&event), "hello from nio, encrypted");
+    assert_eq!(decrypt_eventually(&rusty, &room_id, &event_id).await, "hello from nio, encrypted");
 
     // matrix-sdk -> nio: Rusty's client learned of nio's device when nio joined.
     let sent = room(&rusty, &room_id)
