@@ -84,6 +84,25 @@ impl RocksEngine {
         Ok(Self { db, cache, tables, options: db_options, write_options, durable_writes: settings.durable_writes })
     }
 
+    /// Reads up to `limit` rows of `table` from a read-only view of the database at `path`,
+    /// without writing anything there (no log, no new files); empty when the table does not
+    /// exist. For checks that must run before the database is opened for writing.
+    pub fn peek(path: &Path, table: &str, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+        let options = Options::default();
+        let existing = Db::list_cf(&options, path)
+            .map_err(|e| StorageError(format!("cannot read RocksDB at {}: {e}", path.display())))?;
+        if !existing.iter().any(|name| name == table) {
+            return Ok(Vec::new());
+        }
+        let db = Db::open_cf_for_read_only(&options, path, [table], false)
+            .map_err(|e| StorageError(format!("cannot open RocksDB at {} to read: {e}", path.display())))?;
+        let cf = db.cf_handle(table).ok_or_else(|| StorageError(format!("table {table} is not open")))?;
+        db.iterator_cf(&cf, IteratorMode::Start)
+            .take(limit)
+            .map(|item| item.map(|(k, v)| (k.into_vec(), v.into_vec())).map_err(rocks_error))
+            .collect()
+    }
+
     fn cf(&self, table: &'static str) -> Result<std::sync::Arc<BoundColumnFamily<'_>>, StorageError> {
         self.db.cf_handle(table).ok_or_else(|| StorageError(format!("table {table} is not open")))
     }
