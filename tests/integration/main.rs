@@ -19,6 +19,7 @@ mod devices;
 mod directory;
 mod discovery;
 mod durability;
+mod encryption_at_rest;
 mod federation;
 mod federation_directory;
 mod federation_edus;
