@@ -20,7 +20,7 @@ use rocksdb::{
 
 use super::{
     StorageError,
-    engine::{Engine, ScanDirection, ScanIter, StoreStats, TableStats, WriteOp, WriteStats},
+    engine::{Engine, KeyValue, ScanDirection, ScanIter, StoreStats, TableStats, WriteOp, WriteStats},
 };
 
 type Db = DBWithThreadMode<MultiThreaded>;
@@ -87,7 +87,7 @@ impl RocksEngine {
     /// Reads up to `limit` rows of `table` from a read-only view of the database at `path`,
     /// without writing anything there (no log, no new files); empty when the table does not
     /// exist. For checks that must run before the database is opened for writing.
-    pub fn peek(path: &Path, table: &str, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    pub fn peek(path: &Path, table: &str, limit: usize) -> Result<Vec<KeyValue>, StorageError> {
         let options = Options::default();
         let existing = Db::list_cf(&options, path)
             .map_err(|e| StorageError(format!("cannot read RocksDB at {}: {e}", path.display())))?;

@@ -25,6 +25,9 @@ const KEY_B: &str = "22222222222222222222222222222222222222222222222222222222222
 fn key_file(dir: &Path, name: &str, key: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, format!("{key}\n")).unwrap();
+    let mut permissions = std::fs::metadata(&path).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o600);
+    std::fs::set_permissions(&path, permissions).unwrap();
     path
 }
 

@@ -37,8 +37,8 @@ fn poisoned<T>(_: T) -> StorageError {
 }
 
 impl EncryptedEngine {
-    /// Wraps `inner` with the keyring of `plan`, writing the plan's records first. Returns the
-    /// rotation to run, if any.
+    /// Wraps `inner` with the keyring of `plan`, writing the plan's records (key check, index
+    /// key, rotation cursor) first.
     pub fn open(inner: Arc<dyn Engine>, plan: Plan) -> Result<Self, StorageError> {
         if !plan.writes.is_empty() {
             inner.write(plan.writes)?;

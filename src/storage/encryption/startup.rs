@@ -22,7 +22,7 @@ use super::rotation::RotationState;
 use super::{
     ConfiguredKeys, ENCRYPTION_TABLE, KeyId, Keyring, MasterKey, OLD_KEY_ENV, open_with, seal_with, sealed_key_id,
 };
-use crate::storage::{StorageError, WriteOp};
+use crate::storage::{StorageError, WriteOp, engine::KeyValue};
 
 pub const KEY_RECORD_PREFIX: &str = "key/";
 pub const INDEX_RECORD: &[u8] = b"index";
@@ -41,7 +41,7 @@ pub struct Stored {
 
 impl Stored {
     /// Reads the `encryption` table's rows (and whether `meta` has any) from `rows`.
-    pub fn from_rows(has_data: bool, rows: Vec<(Vec<u8>, Vec<u8>)>) -> Result<Self, StorageError> {
+    pub fn from_rows(has_data: bool, rows: Vec<KeyValue>) -> Result<Self, StorageError> {
         let mut stored = Self { has_data, ..Self::default() };
         for (key, value) in rows {
             if let Some(id) = key.strip_prefix(KEY_RECORD_PREFIX.as_bytes()) {
