@@ -233,6 +233,12 @@ impl Db {
         Self { engine, encryption: None }
     }
 
+    /// A handle over `engine` (a staged view of this database) with this database's encryption
+    /// at rest, so index terms are hashed alike.
+    fn with_staged_engine(&self, engine: Arc<dyn Engine>) -> Self {
+        Self { engine, encryption: self.encryption.clone() }
+    }
+
     /// What stands for `term` (a word, URL or other user content) in a table's key: the term
     /// itself, or its keyed hash when encryption at rest is on.
     pub fn term(&self, term: &str) -> String {

@@ -115,6 +115,7 @@ struct Secrets {
     body: String,
     word: String,
     name: String,
+    room_word: String,
     file: Vec<u8>,
 }
 
@@ -125,12 +126,19 @@ async fn write_secrets(server: TestServer) -> Secrets {
     let secrets = Secrets {
         body: unique("thesecretplanis"),
         name: format!("Zebulon{}", unique("")),
+        room_word: unique("roomnameword"),
         file: unique("filemark").repeat(20_000).into_bytes(),
         word,
     };
     let alice = server.register("alice", "pw-alice").await;
     let bob = server.register("bob", "pw-bob").await;
-    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    // The room's first events (name, topic) are built on a staged view of the database.
+    let room = create_room(
+        &server,
+        &alice,
+        json!({"preset": "public_chat", "name": format!("Club {}", secrets.room_word), "topic": secrets.room_word}),
+    )
+    .await;
     let (status, _) =
         server.post(&format!("/_matrix/client/v3/rooms/{}/join", enc(&room)), bob.token(), json!({})).await;
     assert_eq!(status, 200);
@@ -146,6 +154,7 @@ async fn write_secrets(server: TestServer) -> Secrets {
     let mxc = upload(&server, &alice, secrets.file.clone()).await;
     assert_eq!(download(&server, &bob, &mxc).await, secrets.file);
     assert_eq!(search(&server, &bob, &secrets.word).await, 1);
+    assert_eq!(search(&server, &bob, &secrets.room_word).await, 2);
     // A prefix of the display name finds her.
     let prefix = &secrets.name[..secrets.name.len() - 4];
     assert_eq!(directory(&server, &bob, prefix).await, ["@alice:localhost"]);
@@ -164,7 +173,8 @@ async fn no_secret_is_in_the_data_directory_with_encryption_and_all_are_without(
         let secrets = write_secrets(server).await;
         let files = files_under(&dir.path().join("db"));
         let lowercase_name = secrets.name.to_lowercase();
-        let needles: [(&str, &[u8]); 5] = [
+        let needles: [(&str, &[u8]); 6] = [
+            ("room name word", secrets.room_word.as_bytes()),
             ("message body", secrets.body.as_bytes()),
             ("search word", secrets.word.as_bytes()),
             ("display name", secrets.name.as_bytes()),
