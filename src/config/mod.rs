@@ -326,6 +326,23 @@ pub enum DirectoryStructure {
     Flat {},
 }
 
+impl DirectoryStructure {
+    /// Where the media file called `name` (64 hex digits) lives under `root`.
+    pub fn path_of(&self, root: &Path, name: &str) -> PathBuf {
+        let mut path = root.to_owned();
+        let mut rest = name;
+        if let DirectoryStructure::Deep { depth, length } = *self {
+            for _ in 0..depth {
+                let (dir, tail) = rest.split_at(usize::from(length).min(rest.len()));
+                path.push(dir);
+                rest = tail;
+            }
+        }
+        path.push(rest);
+        path
+    }
+}
+
 impl Default for DirectoryStructure {
     fn default() -> Self {
         DirectoryStructure::Deep { depth: 2, length: 2 }

@@ -208,7 +208,16 @@ impl Db {
         let db = match plan {
             None => Self { engine, encryption: None },
             Some(plan) => {
+                let migrate = plan.migrate;
                 let encrypted = Arc::new(encryption::engine::EncryptedEngine::open(engine, plan)?);
+                if migrate {
+                    let media = config.media.directory(path);
+                    encryption::migration::run(&encrypted, &all_tables, (&media, config.media.directory_structure))?;
+                    // Reopened, so RocksDB writes a new MANIFEST (the old one names the smallest
+                    // and largest plaintext keys of the files compacted away) and drops the old.
+                    drop(encrypted);
+                    return Self::open(config);
+                }
                 tracing::info!(
                     key_id = %encrypted.keyring().active_id(),
                     "encryption at rest: database values and media files are encrypted"

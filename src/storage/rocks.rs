@@ -175,6 +175,18 @@ impl Engine for RocksEngine {
         Some(StoreStats { tables, cache_bytes: self.cache.get_usage() as u64 })
     }
 
+    fn compact(&self) -> Result<(), StorageError> {
+        self.flush()?;
+        let mut options = rocksdb::CompactOptions::default();
+        options.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+        for name in &self.tables {
+            if let Some(cf) = self.db.cf_handle(name) {
+                self.db.compact_range_cf_opt(&cf, None::<&[u8]>, None::<&[u8]>, &options);
+            }
+        }
+        Ok(())
+    }
+
     fn flush(&self) -> Result<(), StorageError> {
         self.db.flush_wal(true).map_err(rocks_error)?;
         for name in &self.tables {

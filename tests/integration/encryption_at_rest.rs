@@ -117,18 +117,37 @@ struct Secrets {
     name: String,
     room_word: String,
     file: Vec<u8>,
+    mxc: String,
+}
+
+/// Asserts that no secret is in `files`.
+fn assert_no_secrets(files: &BTreeMap<PathBuf, Vec<u8>>, secrets: &Secrets) {
+    let lowercase_name = secrets.name.to_lowercase();
+    let needles: [(&str, &[u8]); 6] = [
+        ("room name word", secrets.room_word.as_bytes()),
+        ("message body", secrets.body.as_bytes()),
+        ("search word", secrets.word.as_bytes()),
+        ("display name", secrets.name.as_bytes()),
+        ("display name word", lowercase_name.as_bytes()),
+        ("file", &secrets.file[..64]),
+    ];
+    for (what, needle) in needles {
+        let found = holding(files, needle);
+        assert!(found.is_empty(), "encrypted: the {what} is in {found:?}");
+    }
 }
 
 /// Writes a message, a display name and a file holding the secrets, checks that search and the
 /// user directory (by a prefix of the name) find them, and stops the server (which flushes).
 async fn write_secrets(server: TestServer) -> Secrets {
     let word = unique("quokkaword");
-    let secrets = Secrets {
+    let mut secrets = Secrets {
         body: unique("thesecretplanis"),
         name: format!("Zebulon{}", unique("")),
         room_word: unique("roomnameword"),
         file: unique("filemark").repeat(20_000).into_bytes(),
         word,
+        mxc: String::new(),
     };
     let alice = server.register("alice", "pw-alice").await;
     let bob = server.register("bob", "pw-bob").await;
@@ -151,8 +170,8 @@ async fn write_secrets(server: TestServer) -> Secrets {
         )
         .await;
     assert_eq!(status, 200);
-    let mxc = upload(&server, &alice, secrets.file.clone()).await;
-    assert_eq!(download(&server, &bob, &mxc).await, secrets.file);
+    secrets.mxc = upload(&server, &alice, secrets.file.clone()).await;
+    assert_eq!(download(&server, &bob, &secrets.mxc).await, secrets.file);
     assert_eq!(search(&server, &bob, &secrets.word).await, 1);
     assert_eq!(search(&server, &bob, &secrets.room_word).await, 2);
     // A prefix of the display name finds her.
@@ -172,26 +191,21 @@ async fn no_secret_is_in_the_data_directory_with_encryption_and_all_are_without(
         let server = TestServer::start_in(dir.path(), "localhost", &extra).unwrap();
         let secrets = write_secrets(server).await;
         let files = files_under(&dir.path().join("db"));
+        if encrypt {
+            assert_no_secrets(&files, &secrets);
+            continue;
+        }
         let lowercase_name = secrets.name.to_lowercase();
         let needles: [(&str, &[u8]); 6] = [
             ("room name word", secrets.room_word.as_bytes()),
             ("message body", secrets.body.as_bytes()),
             ("search word", secrets.word.as_bytes()),
             ("display name", secrets.name.as_bytes()),
-            ("display name word", lowercase_name.as_bytes()),
+            ("display name word (the index)", lowercase_name.as_bytes()),
             ("file", &secrets.file[..64]),
         ];
         for (what, needle) in needles {
-            let found = holding(&files, needle);
-            if encrypt {
-                assert!(found.is_empty(), "encrypted: the {what} is in {found:?}");
-            } else if what != "display name word" {
-                assert!(!found.is_empty(), "plaintext: the {what} should be on disk");
-            }
-        }
-        if !encrypt {
-            // The index holds the lowercased words of the name in plaintext.
-            assert!(!holding(&files, secrets.name.to_lowercase().as_bytes()).is_empty());
+            assert!(!holding(&files, needle).is_empty(), "plaintext: the {what} should be on disk");
         }
     }
 }
@@ -248,16 +262,21 @@ async fn a_wrong_or_missing_key_stops_start_up_and_changes_nothing() {
 }
 
 #[tokio::test]
-async fn an_existing_plaintext_database_is_refused() {
+async fn turning_encryption_on_encrypts_an_existing_database_in_place() {
     let dir = tempfile::tempdir().unwrap();
     let keys = tempfile::tempdir().unwrap();
     let server = TestServer::start_in(dir.path(), "localhost", "").unwrap();
-    server.register("alice", "pw-alice").await;
+    let secrets = write_secrets(server).await;
+    let data = dir.path().join("db");
+    assert!(!holding(&files_under(&data), secrets.body.as_bytes()).is_empty());
+    let server = TestServer::start_in(dir.path(), "localhost", &encrypted(&key_file(keys.path(), "a", KEY_A))).unwrap();
+    let bob = Session::from_response(&server.login("bob", "pw-bob").await.1);
+    assert_eq!(search(&server, &bob, &secrets.word).await, 1);
+    assert_eq!(search(&server, &bob, &secrets.room_word).await, 2);
+    assert_eq!(directory(&server, &bob, &secrets.name[..secrets.name.len() - 4]).await, ["@alice:localhost"]);
+    assert_eq!(download(&server, &bob, &secrets.mxc).await, secrets.file);
     assert_eq!(server.stop(), Some(0));
-    let before = files_under(&dir.path().join("db"));
-    let stderr = refused(dir.path(), &encrypted(&key_file(keys.path(), "a", KEY_A)));
-    assert!(stderr.contains("created without encryption at rest"), "{stderr}");
-    assert!(files_under(&dir.path().join("db")) == before);
+    assert_no_secrets(&files_under(&data), &secrets);
 }
 
 async fn encryption_status(server: &TestServer, admin: &Session) -> Value {

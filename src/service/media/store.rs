@@ -67,18 +67,7 @@ impl FileStore {
         if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(Error::internal(format!("invalid media hash {sha256:?}")));
         }
-        let name = self.name_of(sha256);
-        let mut path = self.root.clone();
-        let mut rest = name.as_str();
-        if let DirectoryStructure::Deep { depth, length } = self.layout {
-            for _ in 0..depth {
-                let (dir, tail) = rest.split_at(usize::from(length).min(rest.len()));
-                path.push(dir);
-                rest = tail;
-            }
-        }
-        path.push(rest);
-        Ok(path)
+        Ok(self.layout.path_of(&self.root, &self.name_of(sha256)))
     }
 
     /// Stores `bytes` under their hash (blocking: call from the blocking pool) and returns the

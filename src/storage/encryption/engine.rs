@@ -173,6 +173,10 @@ impl Engine for EncryptedEngine {
         self.inner.flush()
     }
 
+    fn compact(&self) -> Result<(), StorageError> {
+        self.inner.compact()
+    }
+
     fn write_stats(&self) -> Option<WriteStats> {
         self.inner.write_stats()
     }

@@ -21,6 +21,7 @@
 
 pub mod engine;
 pub mod files;
+pub mod migration;
 pub mod rotation;
 pub mod startup;
 

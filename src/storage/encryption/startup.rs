@@ -10,7 +10,7 @@
 //! | none | no key records | plaintext, as before |
 //! | none | key records | refused: the database is encrypted |
 //! | key C | new (empty) | C's key record and a new index key are written |
-//! | key C | plaintext data | refused (no in-place migration of a plaintext database) |
+//! | key C | plaintext data | encrypted in place at start-up ([`super::migration`]) |
 //! | key C | records of C only | opened |
 //! | C (+ old O) | records of C and O | opened; the rotation O -> C resumes (O required) |
 //! | C + old O | records of O only | a rotation O -> C starts |
@@ -37,6 +37,8 @@ pub struct Stored {
     pub key_checks: BTreeMap<KeyId, Vec<u8>>,
     pub index: Option<Vec<u8>>,
     pub rotation: Option<RotationState>,
+    /// Whether encrypting a plaintext database in place is unfinished.
+    pub migrating: bool,
 }
 
 impl Stored {
@@ -50,6 +52,8 @@ impl Stored {
                 stored.key_checks.insert(id, value);
             } else if key == INDEX_RECORD {
                 stored.index = Some(value);
+            } else if key == super::migration::MIGRATION_RECORD {
+                stored.migrating = true;
             } else if key == ROTATION_RECORD {
                 stored.rotation = Some(RotationState::decode(&value)?);
             }
@@ -87,6 +91,8 @@ pub struct Plan {
     pub keyring: Keyring,
     pub writes: Vec<WriteOp>,
     pub rotation: Option<RotationState>,
+    /// Whether the plaintext data must be encrypted in place before the database is used.
+    pub migrate: bool,
 }
 
 fn ids(stored: &Stored) -> String {
@@ -110,19 +116,15 @@ pub fn plan(keys: Option<ConfiguredKeys>, stored: &Stored, path: &Path) -> Resul
         )));
     };
     if stored.key_checks.is_empty() {
-        if stored.has_data {
-            return Err(StorageError(format!(
-                "the database at {} was created without encryption at rest and holds data; Trellis does not \
-                 encrypt an existing plaintext database in place (see \"Encryption at rest\" in \
-                 docs/admin-guide.md); {unchanged}",
-                path.display()
-            )));
-        }
         let mut index_key = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut index_key);
-        let writes = vec![key_check(&current)?, index_record(&current, &index_key)?];
-        tracing::info!(key_id = %current.id, "encryption at rest: new database encrypted with key {}", current.id);
-        return Ok(Some(Plan { keyring: Keyring { active: current, old: None, index_key }, writes, rotation: None }));
+        let mut writes = vec![key_check(&current)?, index_record(&current, &index_key)?];
+        if stored.has_data {
+            writes.push(super::migration::record());
+        }
+        tracing::info!(key_id = %current.id, "encryption at rest: database encrypted with key {}", current.id);
+        let keyring = Keyring { active: current, old: None, index_key };
+        return Ok(Some(Plan { keyring, writes, rotation: None, migrate: stored.has_data }));
     }
     let wrong_key = |detail: &str| {
         StorageError(format!("wrong encryption key for the database at {}: {detail}; {unchanged}", path.display()))
@@ -137,6 +139,14 @@ pub fn plan(keys: Option<ConfiguredKeys>, stored: &Stored, path: &Path) -> Resul
             .and_then(|bytes| bytes.try_into().ok())
             .ok_or_else(|| StorageError("the sealed index key fails authentication".into()))
     };
+    if stored.migrating && !stored.key_checks.contains_key(&current.id) {
+        return Err(wrong_key(&format!(
+            "the key given has id {}, the encryption of the plaintext database was started with key id {} \
+             and is not finished; give that key",
+            current.id,
+            ids(stored)
+        )));
+    }
     if stored.key_checks.contains_key(&current.id) {
         if !verify(&current, stored) {
             return Err(wrong_key(&format!("the key with id {} fails its check record", current.id)));
@@ -151,6 +161,7 @@ pub fn plan(keys: Option<ConfiguredKeys>, stored: &Stored, path: &Path) -> Resul
                 keyring: Keyring { active: current, old: None, index_key },
                 writes: vec![],
                 rotation: None,
+                migrate: stored.migrating,
             }));
         }
         let old = match old {
@@ -175,6 +186,7 @@ pub fn plan(keys: Option<ConfiguredKeys>, stored: &Stored, path: &Path) -> Resul
             keyring: Keyring { active: current, old: Some(old), index_key },
             writes,
             rotation: Some(rotation),
+            migrate: false,
         }));
     }
     match old {
@@ -190,6 +202,7 @@ pub fn plan(keys: Option<ConfiguredKeys>, stored: &Stored, path: &Path) -> Resul
                 keyring: Keyring { active: current, old: Some(old), index_key },
                 writes,
                 rotation: Some(rotation),
+                migrate: false,
             }))
         }
         _ => Err(wrong_key(&format!(

@@ -118,10 +118,10 @@ fn start_up_decides_from_the_stored_key_records() {
     let plan = startup::plan(keys(1, None), &stored_of(&inner, false), path).unwrap().unwrap();
     assert_eq!(plan.writes.len(), 2);
     inner.write(plan.writes).unwrap();
-    // Plaintext database with data: refused.
-    let error =
-        startup::plan(keys(1, None), &startup::Stored { has_data: true, ..Default::default() }, path).err().unwrap();
-    assert!(error.0.contains("without encryption"), "{error}");
+    // Plaintext database with data: encrypted in place, marked as unfinished until done.
+    let plan =
+        startup::plan(keys(1, None), &startup::Stored { has_data: true, ..Default::default() }, path).unwrap().unwrap();
+    assert!(plan.migrate && plan.writes.len() == 3);
     // Same key: opened, nothing written.
     let plan = startup::plan(keys(1, None), &stored_of(&inner, true), path).unwrap().unwrap();
     assert!(plan.writes.is_empty() && plan.rotation.is_none());
