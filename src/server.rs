@@ -34,6 +34,7 @@ pub async fn run(config: Config) -> Result<(), String> {
     };
     let mut signals = ShutdownSignals::register()?;
     let services = Services::build(config.clone(), db.clone()).map_err(|e| e.to_string())?;
+    db.spawn_key_rotation(config.media.directory(&config.database_path));
     let routers = api::routers(services.clone());
     let push_sender = crate::service::push::gateway::GatewaySender::spawn(services.clone());
     let appservice_senders = crate::service::appservice::sender::AppServiceSenders::spawn(services.clone())

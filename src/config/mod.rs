@@ -23,8 +23,8 @@ use serde::Deserialize;
 const ENV_PREFIXES: [&str; 2] = ["CONDUIT_", "TRELLIS_"];
 /// Environment variables with these prefixes that are not config keys.
 /// (`TRELLIS_ADMIN_TOKEN` and `TRELLIS_ADMIN_URL` are read by the `backup` and `export-user`
-/// commands.)
-const ENV_NOT_KEYS: [&str; 4] = ["CONFIG", "BIN", "ADMIN_TOKEN", "ADMIN_URL"];
+/// commands; the encryption keys must never come from the config.)
+const ENV_NOT_KEYS: [&str; 6] = ["CONFIG", "BIN", "ADMIN_TOKEN", "ADMIN_URL", "ENCRYPTION_KEY", "ENCRYPTION_OLD_KEY"];
 
 /// Keys Conduit accepts that Trellis reads but does not act on (yet); they warn once at start-up
 /// instead of as unknown keys.
@@ -144,6 +144,23 @@ pub struct Config {
     /// writes survive a crash of the process but not of the machine, and are faster.
     #[serde(default = "default_true")]
     pub rocksdb_durable_writes: bool,
+    /// Encryption at rest: database values and media files are encrypted with the key from
+    /// `encryption_key_file` or the environment variable `TRELLIS_ENCRYPTION_KEY` (never this
+    /// file). See "Encryption at rest" in docs/admin-guide.md.
+    #[serde(default)]
+    pub encryption_at_rest: bool,
+    /// File holding the encryption key: 32 bytes as 64 hex digits or base64.
+    #[serde(default)]
+    pub encryption_key_file: Option<PathBuf>,
+    /// File holding the previous key while a key rotation runs (or `TRELLIS_ENCRYPTION_OLD_KEY`).
+    #[serde(default)]
+    pub encryption_old_key_file: Option<PathBuf>,
+    /// The key from `TRELLIS_ENCRYPTION_KEY` (not a config key).
+    #[serde(skip)]
+    pub encryption_key_env: Option<crate::storage::encryption::Secret>,
+    /// The old key from `TRELLIS_ENCRYPTION_OLD_KEY` (not a config key).
+    #[serde(skip)]
+    pub encryption_old_key_env: Option<crate::storage::encryption::Secret>,
     /// Lifetime of access tokens issued together with a refresh token, in seconds.
     #[serde(default = "default_refreshable_access_token_lifetime_secs")]
     pub refreshable_access_token_lifetime_secs: u64,
@@ -346,6 +363,23 @@ pub enum DirectoryStructure {
     Deep { depth: u8, length: u8 },
     /// All files in one directory (Conduit's empty table).
     Flat {},
+}
+
+impl DirectoryStructure {
+    /// Where the media file called `name` (64 hex digits) lives under `root`.
+    pub fn path_of(&self, root: &Path, name: &str) -> PathBuf {
+        let mut path = root.to_owned();
+        let mut rest = name;
+        if let DirectoryStructure::Deep { depth, length } = *self {
+            for _ in 0..depth {
+                let (dir, tail) = rest.split_at(usize::from(length).min(rest.len()));
+                path.push(dir);
+                rest = tail;
+            }
+        }
+        path.push(rest);
+        path
+    }
 }
 
 impl Default for DirectoryStructure {
@@ -573,6 +607,14 @@ impl Config {
         let toml::Value::Table(global) = global else {
             return Err(ConfigError(format!("{source}: `global` must be a table")));
         };
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let secret = |name: &str| {
+            env.iter()
+                .find(|(key, value)| key == name && !value.trim().is_empty())
+                .map(|(_, value)| crate::storage::encryption::Secret(value.clone()))
+        };
+        let (key_env, old_key_env) =
+            (secret(crate::storage::encryption::KEY_ENV), secret(crate::storage::encryption::OLD_KEY_ENV));
         let mut overrides: Vec<(String, String)> = env
             .into_iter()
             .filter_map(|(name, value)| {
@@ -628,6 +670,8 @@ impl Config {
             }
         }
         let mut config = file.global;
+        config.encryption_key_env = key_env;
+        config.encryption_old_key_env = old_key_env;
         config.validate()?;
         config.appservices = appservice::load_all(&config.app_service_config_files, &config.server_name)?;
         Ok(Loaded { config, warnings })

@@ -16,7 +16,9 @@ use crate::{
     service::rooms::Rooms,
     storage::{
         Batch, Db, ScanDirection,
-        search_tables::{DirectoryEntry, USER_DIRECTORY, USER_DIRECTORY_WORDS, directory_words, user_words},
+        search_tables::{
+            DirectoryEntry, USER_DIRECTORY, USER_DIRECTORY_WORDS, directory_keys, directory_words, user_words,
+        },
         tables::{PROFILE_FIELDS, USERS},
     },
 };
@@ -31,13 +33,13 @@ const MAX_LIMIT: usize = 100;
 pub fn reindex_user(db: &Db, batch: &mut Batch, user_id: &UserId, display_name: Option<&str>) -> Result<()> {
     let user = user_id.to_owned();
     if let Some(old) = USER_DIRECTORY.get(db, &user)? {
-        for word in old.words {
-            batch.delete(&USER_DIRECTORY_WORDS, &(word, user.to_string()));
+        for key in directory_keys(db, &old.words) {
+            batch.delete(&USER_DIRECTORY_WORDS, &(key, user.to_string()));
         }
     }
     let words = user_words(user.as_str(), display_name);
-    for word in &words {
-        batch.put(&USER_DIRECTORY_WORDS, &(word.clone(), user.to_string()), &())?;
+    for key in directory_keys(db, &words) {
+        batch.put(&USER_DIRECTORY_WORDS, &(key, user.to_string()), &())?;
     }
     batch.put(&USER_DIRECTORY, &user, &DirectoryEntry { words })?;
     Ok(())
@@ -78,12 +80,15 @@ impl UserDirectory {
         let (candidates, truncated) = self
             .db
             .run(move |db| {
+                // With encryption at rest every prefix is indexed as a keyed hash: look the
+                // term's hash up exactly.
+                let (start, exact) = if db.hashes_terms() { (db.term(&lookup), true) } else { (lookup.clone(), false) };
                 let rows = USER_DIRECTORY_WORDS.scan_from(
                     db,
-                    &(lookup.clone(), String::new()),
+                    &(start.clone(), String::new()),
                     ScanDirection::Forward,
                     MAX_CANDIDATES,
-                    |(word, _)| word.starts_with(lookup.as_str()),
+                    |(word, _)| if exact { *word == start } else { word.starts_with(start.as_str()) },
                 )?;
                 let truncated = rows.len() >= MAX_CANDIDATES;
                 let mut found = BTreeSet::new();

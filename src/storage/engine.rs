@@ -87,6 +87,12 @@ pub trait Engine: Send + Sync + 'static {
     /// Makes everything written so far durable in the engine's own files (for shutdown).
     fn flush(&self) -> Result<(), StorageError>;
 
+    /// Rewrites the engine's files so that nothing deleted or overwritten remains in them (after
+    /// encrypting a plaintext database). Engines without such files do nothing.
+    fn compact(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
+
     /// The write path's counters, if the engine keeps them.
     fn write_stats(&self) -> Option<WriteStats> {
         None

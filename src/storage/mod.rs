@@ -9,6 +9,7 @@ pub mod admin_tables;
 pub mod appservice_tables;
 pub mod codec;
 pub mod device_list_tables;
+pub mod encryption;
 pub mod engine;
 pub mod federation_send_tables;
 pub mod federation_tables;
@@ -181,6 +182,8 @@ impl Batch {
 #[derive(Clone)]
 pub struct Db {
     engine: Arc<dyn Engine>,
+    /// The same engine, when encryption at rest is on (for its keys and rotation).
+    encryption: Option<Arc<encryption::engine::EncryptedEngine>>,
 }
 
 impl Db {
@@ -191,26 +194,39 @@ impl Db {
             max_open_files: config.rocksdb_max_open_files,
             durable_writes: config.rocksdb_durable_writes,
         };
-        let all_tables: Vec<&'static str> = tables::ALL_TABLES
-            .iter()
-            .chain(room_tables::ROOM_TABLES)
-            .chain(key_tables::KEY_TABLES)
-            .chain(push_tables::PUSH_TABLES)
-            .chain(federation_tables::FEDERATION_TABLES)
-            .chain(federation_send_tables::FEDERATION_SEND_TABLES)
-            .chain(search_tables::SEARCH_TABLES)
-            .chain(relation_tables::RELATION_TABLES)
-            .chain(appservice_tables::APPSERVICE_TABLES)
-            .chain(membership_tables::MEMBERSHIP_TABLES)
-            .chain(admin_tables::ADMIN_TABLES)
-            .chain(device_list_tables::DEVICE_LIST_TABLES)
-            .chain(remote_tables::REMOTE_TABLES)
-            .chain(report_tables::REPORT_TABLES)
-            .chain(thread_subscription_tables::THREAD_SUBSCRIPTION_TABLES)
-            .copied()
-            .collect();
-        let engine = rocks::RocksEngine::open(&config.database_path, &all_tables, &settings)?;
-        let db = Self { engine: Arc::new(engine) };
+        let all_tables = all_table_names();
+        // Encryption at rest: the keys and the database must fit before anything is written.
+        let keys = encryption::load_keys(config)?;
+        let path = &config.database_path;
+        let stored = if Self::database_exists(path) {
+            let has_data = !rocks::RocksEngine::peek(path, tables::META.name, 1)?.is_empty();
+            let rows = rocks::RocksEngine::peek(path, encryption::ENCRYPTION_TABLE, 1_000)?;
+            encryption::startup::Stored::from_rows(has_data, rows)?
+        } else {
+            encryption::startup::Stored::default()
+        };
+        let plan = encryption::startup::plan(keys, &stored, path)?;
+        let engine: Arc<dyn Engine> = Arc::new(rocks::RocksEngine::open(path, &all_tables, &settings)?);
+        let db = match plan {
+            None => Self { engine, encryption: None },
+            Some(plan) => {
+                let migrate = plan.migrate;
+                let encrypted = Arc::new(encryption::engine::EncryptedEngine::open(engine, plan)?);
+                if migrate {
+                    let media = config.media.directory(path);
+                    encryption::migration::run(&encrypted, &all_tables, (&media, config.media.directory_structure))?;
+                    // Reopened, so RocksDB writes a new MANIFEST (the old one names the smallest
+                    // and largest plaintext keys of the files compacted away) and drops the old.
+                    drop(encrypted);
+                    return Self::open(config);
+                }
+                tracing::info!(
+                    key_id = %encrypted.keyring().active_id(),
+                    "encryption at rest: database values and media files are encrypted"
+                );
+                Self { engine: encrypted.clone(), encryption: Some(encrypted) }
+            }
+        };
         schema::check_and_migrate(&db, config.server_name.as_str())?;
         if config.rocksdb_durable_writes {
             tracing::info!("durable writes: each write is synced to disk before it is acknowledged");
@@ -225,7 +241,54 @@ impl Db {
 
     /// A database over any engine (tests, future engines).
     pub fn with_engine(engine: Arc<dyn Engine>) -> Self {
-        Self { engine }
+        Self { engine, encryption: None }
+    }
+
+    /// A handle over `engine` (a staged view of this database) with this database's encryption
+    /// at rest, so index terms are hashed alike.
+    fn with_staged_engine(&self, engine: Arc<dyn Engine>) -> Self {
+        Self { engine, encryption: self.encryption.clone() }
+    }
+
+    /// What stands for `term` (a word, URL or other user content) in a table's key: the term
+    /// itself, or its keyed hash when encryption at rest is on.
+    pub fn term(&self, term: &str) -> String {
+        match &self.encryption {
+            Some(encrypted) => encrypted.keyring().term(term),
+            None => term.to_owned(),
+        }
+    }
+
+    /// Whether [`Db::term`] hashes (so terms match only exactly, not by prefix).
+    pub fn hashes_terms(&self) -> bool {
+        self.encryption.is_some()
+    }
+
+    /// The keys of encryption at rest, for sealing files; `None` when it is off.
+    pub fn encryption_keys(&self) -> Option<Arc<encryption::Keyring>> {
+        self.encryption.as_ref().map(|e| e.keyring().clone())
+    }
+
+    /// Encryption at rest as an admin sees it; `None` when it is off.
+    pub fn encryption_status(&self) -> Option<encryption::engine::EncryptionStatus> {
+        self.encryption.as_ref().map(|e| e.status())
+    }
+
+    /// Starts the pending key rotation (if any) on a thread of its own: every table, then the
+    /// media files under `media_root`.
+    pub fn spawn_key_rotation(&self, media_root: std::path::PathBuf) {
+        let Some(encrypted) = self.encryption.clone() else { return };
+        if encrypted.rotation().is_none() {
+            return;
+        }
+        let spawned = std::thread::Builder::new().name("key-rotation".into()).spawn(move || {
+            if let Err(error) = encryption::rotation::run(&encrypted, &all_table_names(), &media_root) {
+                tracing::error!(%error, "encryption key rotation stopped; it resumes at the next start-up");
+            }
+        });
+        if let Err(error) = spawned {
+            tracing::error!(%error, "cannot start the encryption key rotation");
+        }
     }
 
     pub fn write(&self, batch: Batch) -> Result<(), StorageError> {
@@ -286,6 +349,29 @@ impl Db {
     pub fn database_exists(path: &Path) -> bool {
         path.join("CURRENT").exists()
     }
+}
+
+/// Every table of this build, so the engine can open them all.
+fn all_table_names() -> Vec<&'static str> {
+    tables::ALL_TABLES
+        .iter()
+        .chain(room_tables::ROOM_TABLES)
+        .chain(key_tables::KEY_TABLES)
+        .chain(push_tables::PUSH_TABLES)
+        .chain(federation_tables::FEDERATION_TABLES)
+        .chain(federation_send_tables::FEDERATION_SEND_TABLES)
+        .chain(search_tables::SEARCH_TABLES)
+        .chain(relation_tables::RELATION_TABLES)
+        .chain(appservice_tables::APPSERVICE_TABLES)
+        .chain(membership_tables::MEMBERSHIP_TABLES)
+        .chain(admin_tables::ADMIN_TABLES)
+        .chain(device_list_tables::DEVICE_LIST_TABLES)
+        .chain(remote_tables::REMOTE_TABLES)
+        .chain(report_tables::REPORT_TABLES)
+        .chain(thread_subscription_tables::THREAD_SUBSCRIPTION_TABLES)
+        .chain(encryption::ENCRYPTION_TABLES)
+        .copied()
+        .collect()
 }
 
 /// Serialises one kind of write (a room's events, a stream counter). The async caller waits for

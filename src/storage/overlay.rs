@@ -21,6 +21,8 @@ type StagedEntry = (Vec<u8>, Option<Vec<u8>>);
 /// Writes staged over a base engine. Cheap to share: [`Staged::db`] gives a [`Db`] over it.
 pub struct Staged {
     engine: Arc<StagedEngine>,
+    /// The base's encryption at rest: staged handles hash index terms as the base does.
+    base: Db,
 }
 
 struct StagedEngine {
@@ -37,12 +39,15 @@ impl StagedEngine {
 
 impl Staged {
     pub fn new(base: &Db) -> Self {
-        Self { engine: Arc::new(StagedEngine { base: base.engine.clone(), pending: Mutex::new(BTreeMap::new()) }) }
+        Self {
+            engine: Arc::new(StagedEngine { base: base.engine.clone(), pending: Mutex::new(BTreeMap::new()) }),
+            base: base.clone(),
+        }
     }
 
     /// A database handle whose reads see the staged writes and whose writes are staged.
     pub fn db(&self) -> Db {
-        Db::with_engine(self.engine.clone())
+        self.base.with_staged_engine(self.engine.clone())
     }
 
     /// Everything staged, as one batch for the base database.

@@ -155,7 +155,11 @@ pub(super) fn index_relations(db: &Db) -> Result<(), StorageError> {
             }
             batch.put(&RELATIONS_BY_TYPE, &(short_parent, rel_type.clone(), *position), short)?;
             if let Some(key) = annotation_key(&event.content) {
-                batch.put(&ANNOTATIONS, &(short_parent, event.sender.clone(), event.kind.clone(), key), short)?;
+                batch.put(
+                    &ANNOTATIONS,
+                    &(short_parent, event.sender.clone(), event.kind.clone(), db.term(&key)),
+                    short,
+                )?;
             }
             let row = RelationRow { child: *short, rel_type, event_type: event.kind, sender: event.sender };
             batch.put(&RELATIONS, &(short_parent, *position), &row)?;

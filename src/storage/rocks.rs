@@ -20,7 +20,7 @@ use rocksdb::{
 
 use super::{
     StorageError,
-    engine::{Engine, ScanDirection, ScanIter, StoreStats, TableStats, WriteOp, WriteStats},
+    engine::{Engine, KeyValue, ScanDirection, ScanIter, StoreStats, TableStats, WriteOp, WriteStats},
 };
 
 type Db = DBWithThreadMode<MultiThreaded>;
@@ -82,6 +82,25 @@ impl RocksEngine {
         let mut write_options = WriteOptions::default();
         write_options.set_sync(settings.durable_writes);
         Ok(Self { db, cache, tables, options: db_options, write_options, durable_writes: settings.durable_writes })
+    }
+
+    /// Reads up to `limit` rows of `table` from a read-only view of the database at `path`,
+    /// without writing anything there (no log, no new files); empty when the table does not
+    /// exist. For checks that must run before the database is opened for writing.
+    pub fn peek(path: &Path, table: &str, limit: usize) -> Result<Vec<KeyValue>, StorageError> {
+        let options = Options::default();
+        let existing = Db::list_cf(&options, path)
+            .map_err(|e| StorageError(format!("cannot read RocksDB at {}: {e}", path.display())))?;
+        if !existing.iter().any(|name| name == table) {
+            return Ok(Vec::new());
+        }
+        let db = Db::open_cf_for_read_only(&options, path, [table], false)
+            .map_err(|e| StorageError(format!("cannot open RocksDB at {} to read: {e}", path.display())))?;
+        let cf = db.cf_handle(table).ok_or_else(|| StorageError(format!("table {table} is not open")))?;
+        db.iterator_cf(&cf, IteratorMode::Start)
+            .take(limit)
+            .map(|item| item.map(|(k, v)| (k.into_vec(), v.into_vec())).map_err(rocks_error))
+            .collect()
     }
 
     fn cf(&self, table: &'static str) -> Result<std::sync::Arc<BoundColumnFamily<'_>>, StorageError> {
@@ -169,6 +188,18 @@ impl Engine for RocksEngine {
     /// options, `CURRENT` and the write-ahead logs are rewritten or truncated per copy.
     fn mutable_copy_file(&self, name: &str) -> bool {
         !(name.ends_with(".sst") || name.ends_with(".blob"))
+    }
+
+    fn compact(&self) -> Result<(), StorageError> {
+        self.flush()?;
+        let mut options = rocksdb::CompactOptions::default();
+        options.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+        for name in &self.tables {
+            if let Some(cf) = self.db.cf_handle(name) {
+                self.db.compact_range_cf_opt(&cf, None::<&[u8]>, None::<&[u8]>, &options);
+            }
+        }
+        Ok(())
     }
 
     fn flush(&self) -> Result<(), StorageError> {

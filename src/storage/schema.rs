@@ -11,7 +11,9 @@ use super::{
         AUTH_EDGES, CURRENT_STATE, LEGACY_AUTH_CHAINS, LEGACY_FORWARD_EXTREMITIES, PDUS, ROOM_SERVERS, ROOMS,
         SHORT_EVENT_IDS, STATE_KEYS, TIMELINE, TIMELINE_BY_TS,
     },
-    search_tables::{SEARCH_POSTINGS, USER_DIRECTORY, USER_DIRECTORY_WORDS, event_postings, user_words},
+    search_tables::{
+        SEARCH_POSTINGS, USER_DIRECTORY, USER_DIRECTORY_WORDS, directory_keys, event_postings, user_words,
+    },
     tables::{META, PROFILE_FIELDS, USERS},
 };
 
@@ -44,7 +46,7 @@ fn to_schema_3(db: &Db) -> Result<(), StorageError> {
         // An event whose JSON lacks a type or content has nothing to index.
         let Ok(event) = serde_json::from_str::<Indexed>(json.get()) else { return Ok(()) };
         for (token, posting) in event_postings(&event.kind, &event.content, short) {
-            batch.put(&SEARCH_POSTINGS, &(room, token, position), &posting)?;
+            batch.put(&SEARCH_POSTINGS, &(room, db.term(&token), position), &posting)?;
         }
         Ok(())
     })?;
@@ -52,8 +54,8 @@ fn to_schema_3(db: &Db) -> Result<(), StorageError> {
     for (user, _) in USERS.all(db)? {
         let name = PROFILE_FIELDS.get(db, &(user.clone(), "displayname".to_owned()))?;
         let words = user_words(user.as_str(), name.as_ref().and_then(|n| n.as_str()));
-        for word in &words {
-            batch.put(&USER_DIRECTORY_WORDS, &(word.clone(), user.to_string()), &())?;
+        for word in directory_keys(db, &words) {
+            batch.put(&USER_DIRECTORY_WORDS, &(word, user.to_string()), &())?;
         }
         batch.put(&USER_DIRECTORY, &user, &crate::storage::search_tables::DirectoryEntry { words })?;
     }

@@ -10,7 +10,7 @@ use ruma::OwnedUserId;
 use serde::{Deserialize, Serialize};
 use unicode_segmentation::UnicodeSegmentation;
 
-use super::{Table, codec::JsonValue};
+use super::{Db, Table, codec::JsonValue};
 
 /// (short room id, token, stream position) -> the event at that position holds the token: the
 /// postings of each room's words, newest last.
@@ -83,6 +83,22 @@ pub fn user_words(user_id: &str, display_name: Option<&str>) -> Vec<String> {
     out.sort();
     out.dedup();
     out
+}
+
+/// The keys of the user directory for a user's words: the words themselves or, with encryption
+/// at rest, the keyed hashes ([`Db::term`]) of every prefix of each word, so that prefix search
+/// still works on hashes (at the cost of one row per prefix).
+pub fn directory_keys(db: &Db, words: &[String]) -> Vec<String> {
+    if !db.hashes_terms() {
+        return words.to_vec();
+    }
+    let mut keys: Vec<String> = words
+        .iter()
+        .flat_map(|word| word.char_indices().map(|(i, c)| db.term(&word[..i + c.len_utf8()])).collect::<Vec<_>>())
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
 }
 
 /// The indexed text of an event: `content.body` of `m.room.message`, `content.name` of

@@ -23,6 +23,7 @@ mod directory;
 mod discovery;
 mod durability;
 mod export_user;
+mod encryption_at_rest;
 mod federation;
 mod federation_directory;
 mod federation_edus;

@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod data;
+pub mod encryption;
 pub mod notices;
 pub mod registration_tokens;
 pub mod reports;
@@ -25,6 +26,7 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = router.route("/_synapse/admin/v1/server_version", get(server_version));
     let router = synapse_register::routes(router);
     let router = users::routes(router);
+    let router = encryption::routes(router);
     let router = rooms::routes(router);
     let router = registration_tokens::routes(router);
     let router = reports::routes(router);

@@ -3,6 +3,7 @@
 //! (`rooms.rs`) for admins, deactivating accounts (shared with the client API), and deleting
 //! and blocking rooms, and server notices (`notices.rs`).
 
+pub mod encryption;
 pub mod notices;
 pub mod rooms;
 pub mod users;

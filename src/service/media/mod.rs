@@ -87,8 +87,9 @@ impl Media {
     /// Opens the media directory (creating it) and clears leftovers of interrupted uploads.
     pub fn new(config: Arc<Config>, db: Db, client: Arc<FederationClient>) -> std::io::Result<Self> {
         let directory = config.media.directory(&config.database_path);
-        let remote_store = FileStore::open(directory.join("remote"), config.media.directory_structure)?;
-        let store = FileStore::open(directory, config.media.directory_structure)?;
+        let keys = db.encryption_keys();
+        let remote_store = FileStore::open(directory.join("remote"), config.media.directory_structure, keys.clone())?;
+        let store = FileStore::open(directory, config.media.directory_structure, keys)?;
         Ok(Self {
             remote_store,
             remote_cache: WriteLock::new(),
@@ -342,8 +343,13 @@ impl Media {
         // Keyed by the standard size the request rounds up to: every request that rounds to the
         // same size gets the same thumbnail, so arbitrary sizes do not multiply cache entries.
         let (box_width, box_height) = thumbnails::target_box(&spec);
-        let key =
-            format!("{}/{}/{box_width}x{box_height}/{}", record.sha256, spec.method.as_str(), u8::from(spec.animated));
+        // With encryption at rest the original's hash is keyed (`Db::term`), as in file names.
+        let key = format!(
+            "{}/{}/{box_width}x{box_height}/{}",
+            self.db.term(&record.sha256),
+            spec.method.as_str(),
+            u8::from(spec.animated)
+        );
         let lookup = key.clone();
         if let Some(cached) = self.db.run(move |db| Ok(MEDIA_THUMBNAILS.get(db, &lookup)?)).await?
             && let Some(bytes) = self.store.get(&cached.sha256).await?
@@ -409,7 +415,8 @@ impl Media {
             return Err(Error::forbidden("URL previews are disabled on this server"));
         }
         let parsed = Fetcher::parse_url(url).map_err(preview_error)?;
-        let key = url.to_owned();
+        // A URL from a message is user content: keyed with encryption at rest (`Db::term`).
+        let key = self.db.term(url);
         let max_age_ms = config.cache_secs.saturating_mul(1000);
         if let Some(cached) = self.db.run(move |db| Ok(URL_PREVIEWS.get(db, &key)?)).await?
             && now_ms().saturating_sub(cached.fetched_ms) < max_age_ms
@@ -422,7 +429,7 @@ impl Media {
             .await
             .map_err(|_| preview_error(PreviewError::Fetch("The page took too long to load".into())))??;
         let record = UrlPreviewRecord { fetched_ms: now_ms(), data: data.clone() };
-        let key = url.to_owned();
+        let key = self.db.term(url);
         self.db
             .run(move |db| {
                 let mut batch = Batch::new();

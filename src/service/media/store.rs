@@ -7,26 +7,37 @@
 //! metadata could point to. Metadata is written after the rename; a crash in between leaves an
 //! unreferenced complete file, never a served half one. Leftover temporary files are removed at
 //! start-up.
+//!
+//! With encryption at rest, a file's name is a keyed hash of its SHA-256 (so names do not reveal
+//! which known file the server holds) and its bytes are sealed in chunks (see
+//! `storage::encryption::files`), bound to that name.
 
 use std::{
     io::{ErrorKind, Write},
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use sha2::{Digest, Sha256};
 
-use crate::{Error, Result, config::DirectoryStructure};
+use crate::{
+    Error, Result,
+    config::DirectoryStructure,
+    storage::encryption::{Keyring, files},
+};
 
 /// The media directory and its layout.
 #[derive(Debug, Clone)]
 pub struct FileStore {
     root: PathBuf,
     layout: DirectoryStructure,
+    /// The keys of encryption at rest, when it is on.
+    keys: Option<Arc<Keyring>>,
 }
 
 impl FileStore {
     /// Opens the store at `root`, creating it if needed and clearing old temporary files.
-    pub fn open(root: PathBuf, layout: DirectoryStructure) -> std::io::Result<Self> {
+    pub fn open(root: PathBuf, layout: DirectoryStructure, keys: Option<Arc<Keyring>>) -> std::io::Result<Self> {
         let tmp = root.join("tmp");
         std::fs::create_dir_all(&tmp)?;
         for entry in std::fs::read_dir(&tmp)? {
@@ -35,7 +46,7 @@ impl FileStore {
                 tracing::warn!(path = %entry.path().display(), %error, "could not remove a temporary media file");
             }
         }
-        Ok(Self { root, layout })
+        Ok(Self { root, layout, keys })
     }
 
     /// The SHA-256 of `bytes`, in lower-case hex.
@@ -43,22 +54,20 @@ impl FileStore {
         hex::encode(Sha256::digest(bytes))
     }
 
+    /// The name of the file with this hash (64 hex digits either way).
+    fn name_of(&self, sha256: &str) -> String {
+        match &self.keys {
+            Some(keys) => keys.media_name(sha256),
+            None => sha256.to_owned(),
+        }
+    }
+
     /// Where the file with this hash lives. `sha256` must be 64 hex digits.
     fn path_of(&self, sha256: &str) -> Result<PathBuf> {
         if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(Error::internal(format!("invalid media hash {sha256:?}")));
         }
-        let mut path = self.root.clone();
-        let mut rest = sha256;
-        if let DirectoryStructure::Deep { depth, length } = self.layout {
-            for _ in 0..depth {
-                let (dir, tail) = rest.split_at(usize::from(length).min(rest.len()));
-                path.push(dir);
-                rest = tail;
-            }
-        }
-        path.push(rest);
-        Ok(path)
+        Ok(self.layout.path_of(&self.root, &self.name_of(sha256)))
     }
 
     /// Stores `bytes` under their hash (blocking: call from the blocking pool) and returns the
@@ -73,10 +82,18 @@ impl FileStore {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| io("create directory", e))?;
         }
-        let tmp = self.root.join("tmp").join(format!("{sha256}.{}", crate::service::random_string(8)));
+        let name = self.name_of(&sha256);
+        let tmp = self.root.join("tmp").join(format!("{name}.{}", crate::service::random_string(8)));
         let written = (|| {
             let mut file = std::fs::File::create(&tmp)?;
-            file.write_all(bytes)?;
+            match &self.keys {
+                Some(keys) => {
+                    let mut out = std::io::BufWriter::new(&mut file);
+                    files::seal(keys, &name, bytes, &mut out)?;
+                    out.flush()?;
+                }
+                None => file.write_all(bytes)?,
+            }
             file.sync_all()?;
             std::fs::rename(&tmp, &path)?;
             sync_dir(path.parent().unwrap_or(&self.root))
@@ -101,6 +118,21 @@ impl FileStore {
     /// Reads the file with this hash; `None` if it is missing.
     pub async fn get(&self, sha256: &str) -> Result<Option<Vec<u8>>> {
         let path = self.path_of(sha256)?;
+        if let Some(keys) = self.keys.clone() {
+            let name = self.name_of(sha256);
+            let read = tokio::task::spawn_blocking(move || {
+                let file = std::fs::File::open(&path)?;
+                let size = file.metadata().map_or(0, |m| m.len() as usize);
+                files::open(&keys, &name, std::io::BufReader::new(file), size)
+            })
+            .await
+            .map_err(|e| Error::internal(format!("media read task failed: {e}")))?;
+            return match read {
+                Ok(bytes) => Ok(Some(bytes)),
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(Error::internal(format!("media store: read {sha256}: {e}"))),
+            };
+        }
         match tokio::fs::read(&path).await {
             Ok(bytes) => Ok(Some(bytes)),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
@@ -124,14 +156,15 @@ mod tests {
     #[test]
     fn files_are_content_addressed_and_deduplicated() {
         let dir = tempfile::tempdir().unwrap();
-        let store = FileStore::open(dir.path().to_owned(), DirectoryStructure::Deep { depth: 2, length: 2 }).unwrap();
+        let store =
+            FileStore::open(dir.path().to_owned(), DirectoryStructure::Deep { depth: 2, length: 2 }, None).unwrap();
         let a = store.put(b"hello").unwrap();
         let b = store.put(b"hello").unwrap();
         assert_eq!(a, b);
         let path = dir.path().join(&a[0..2]).join(&a[2..4]).join(&a[4..]);
         assert_eq!(std::fs::read(path).unwrap(), b"hello");
         assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
-        let flat = FileStore::open(dir.path().join("flat"), DirectoryStructure::Flat {}).unwrap();
+        let flat = FileStore::open(dir.path().join("flat"), DirectoryStructure::Flat {}, None).unwrap();
         let c = flat.put(b"hello").unwrap();
         assert!(dir.path().join("flat").join(c).is_file());
         assert!(store.path_of("../etc/passwd").is_err());
@@ -142,7 +175,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
         std::fs::write(dir.path().join("tmp").join("half"), b"partial").unwrap();
-        FileStore::open(dir.path().to_owned(), DirectoryStructure::Flat {}).unwrap();
+        FileStore::open(dir.path().to_owned(), DirectoryStructure::Flat {}, None).unwrap();
         assert!(!dir.path().join("tmp").join("half").exists());
     }
 }

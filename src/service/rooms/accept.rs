@@ -674,7 +674,7 @@ impl RoomCore {
             short_event,
         )?;
         batch.put(&EVENT_STREAM, &position, &(short_room, short_event))?;
-        super::search::index_event(&mut batch, short_room, position, short_event, &pdu)?;
+        super::search::index_event(db, &mut batch, short_room, position, short_event, &pdu)?;
         self.index_relation(db, &mut batch, (short_event, &pdu), short_room, position)?;
         if let Some(state) = &redaction_state {
             self.unindex_redacted(db, &mut batch, &pdu, state, rules)?;

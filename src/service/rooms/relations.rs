@@ -49,7 +49,7 @@ impl RoomCore {
             ));
         }
         if let Some(key) = relation_tables::annotation_key(&content)
-            && ANNOTATIONS.contains(db, &(short_parent, pdu.sender.to_string(), pdu.kind.to_string(), key))?
+            && ANNOTATIONS.contains(db, &(short_parent, pdu.sender.to_string(), pdu.kind.to_string(), db.term(&key)))?
         {
             return Err(Error::new(
                 StatusCode::BAD_REQUEST,
@@ -86,6 +86,7 @@ impl RoomCore {
         batch.put(&RELATIONS, &(short_parent, position), &row)?;
         batch.put(&RELATIONS_BY_TYPE, &(short_parent, rel_type.clone(), position), &short_event)?;
         if let Some(key) = relation_tables::annotation_key(&content) {
+            let key = db.term(&key);
             batch.put(&ANNOTATIONS, &(short_parent, row.sender.clone(), row.event_type.clone(), key), &short_event)?;
         }
         if rel_type == THREAD {
@@ -133,7 +134,8 @@ impl RoomCore {
         batch.delete(&RELATIONS, &(short_parent, position));
         batch.delete(&RELATIONS_BY_TYPE, &(short_parent, rel_type.clone(), position));
         if let Some(key) = relation_tables::annotation_key(&content) {
-            batch.delete(&ANNOTATIONS, &(short_parent, child.sender.to_string(), child.kind.to_string(), key));
+            batch
+                .delete(&ANNOTATIONS, &(short_parent, child.sender.to_string(), child.kind.to_string(), db.term(&key)));
         }
         if rel_type != THREAD {
             return Ok(());

@@ -60,6 +60,7 @@ const CORPUS: f64 = 10_000.0;
 
 /// Adds a timeline event's postings to the index, in the event's own batch.
 pub(super) fn index_event(
+    db: &Db,
     batch: &mut Batch,
     short_room: u64,
     position: u64,
@@ -67,7 +68,7 @@ pub(super) fn index_event(
     pdu: &Pdu,
 ) -> Result<()> {
     for (token, posting) in event_postings(&pdu.kind.to_string(), &pdu.content, short_event) {
-        batch.put(&SEARCH_POSTINGS, &(short_room, token, position), &posting)?;
+        batch.put(&SEARCH_POSTINGS, &(short_room, db.term(&token), position), &posting)?;
     }
     Ok(())
 }
@@ -77,7 +78,7 @@ pub(super) fn unindex_event(db: &Db, batch: &mut Batch, short_event: u64, pdu: &
     let Some(meta) = EVENT_META.get(db, &short_event)? else { return Ok(()) };
     let Some(position) = meta.position else { return Ok(()) };
     for (token, _) in event_postings(&pdu.kind.to_string(), &pdu.content, short_event) {
-        batch.delete(&SEARCH_POSTINGS, &(meta.room, token, position));
+        batch.delete(&SEARCH_POSTINGS, &(meta.room, db.term(&token), position));
     }
     Ok(())
 }
@@ -299,12 +300,14 @@ impl RoomCore {
         let mut lists: Vec<(&String, HashMap<u64, Posting>, bool)> = Vec::with_capacity(terms.len());
         for term in terms {
             let limit = MAX_POSTINGS.min(*budget);
+            // The term as the index keys it (a keyed hash with encryption at rest).
+            let key_term = db.term(term);
             let rows = SEARCH_POSTINGS.scan_from(
                 db,
-                &(short_room, term.clone(), u64::MAX),
+                &(short_room, key_term.clone(), u64::MAX),
                 ScanDirection::Reverse,
                 limit,
-                |(room, token, _)| *room == short_room && token == term,
+                |(room, token, _)| *room == short_room && *token == key_term,
             )?;
             *budget -= rows.len();
             let complete = rows.len() < limit;
@@ -324,7 +327,7 @@ impl RoomCore {
                 let found = match list.get(position) {
                     Some(p) => Some(*p),
                     None if !complete => SEARCH_POSTINGS
-                        .get(db, &(short_room, (*term).clone(), *position))?
+                        .get(db, &(short_room, db.term(term), *position))?
                         .filter(|p| p.fields & fields != 0),
                     None => None,
                 };
