@@ -85,6 +85,13 @@ pub trait Engine: Send + Sync + 'static {
     /// Makes everything written so far durable in the engine's own files (for shutdown).
     fn flush(&self) -> Result<(), StorageError>;
 
+    /// Flushes everything written so far and rewrites every file of every table, so that
+    /// deleted and overwritten values no longer exist anywhere on disk (not in the write-ahead
+    /// log, not in older files). An engine that keeps nothing on disk has nothing to do.
+    fn compact_all(&self) -> Result<(), StorageError> {
+        self.flush()
+    }
+
     /// The write path's counters, if the engine keeps them.
     fn write_stats(&self) -> Option<WriteStats> {
         None

@@ -10,6 +10,7 @@ pub mod appservice_tables;
 pub mod codec;
 pub mod device_list_tables;
 pub mod engine;
+pub mod erasure_tables;
 pub mod federation_send_tables;
 pub mod federation_tables;
 pub mod key_tables;
@@ -203,6 +204,7 @@ impl Db {
             .chain(admin_tables::ADMIN_TABLES)
             .chain(device_list_tables::DEVICE_LIST_TABLES)
             .chain(remote_tables::REMOTE_TABLES)
+            .chain(erasure_tables::ERASURE_TABLES)
             .copied()
             .collect();
         let engine = rocks::RocksEngine::open(&config.database_path, &all_tables, &settings)?;
@@ -254,6 +256,21 @@ impl Db {
                 "storage writes since start-up"
             );
         }
+        self.engine.flush()
+    }
+
+    /// Flushes everything to the engine's files and rewrites them all, so that values deleted
+    /// or overwritten before the call are gone from disk (after an erasure or a purge).
+    /// Blocking, and slow on a large database.
+    pub fn compact_all(&self) -> Result<(), StorageError> {
+        self.engine.compact_all()?;
+        // One write and flush after the compaction: the engine's record of its files then
+        // starts over from the files alive now (see `rocks.rs`), forgetting the first and last
+        // keys of the files compacted away.
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        let mut batch = Batch::new();
+        batch.put(&tables::META, &"last_full_compaction_ms".to_owned(), &serde_json::json!(now as u64))?;
+        self.write(batch)?;
         self.engine.flush()
     }
 
