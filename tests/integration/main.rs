@@ -19,6 +19,7 @@ mod devices;
 mod directory;
 mod discovery;
 mod durability;
+mod erasure;
 mod federation;
 mod federation_directory;
 mod federation_edus;

@@ -10,6 +10,7 @@ pub mod registration_tokens;
 pub mod reports;
 pub mod rooms;
 pub mod synapse_register;
+pub mod user_data;
 pub mod users;
 
 use std::sync::Arc;
@@ -23,6 +24,7 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = router.route("/_synapse/admin/v1/server_version", get(server_version));
     let router = synapse_register::routes(router);
     let router = users::routes(router);
+    let router = user_data::routes(router);
     let router = rooms::routes(router);
     let router = registration_tokens::routes(router);
     let router = reports::routes(router);

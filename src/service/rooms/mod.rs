@@ -11,6 +11,7 @@ mod build;
 mod context;
 pub mod create;
 mod directory;
+mod erasure;
 pub mod federation_join;
 pub mod federation_read;
 pub mod hierarchy;
@@ -51,6 +52,7 @@ use ruma::{
 pub use accept::{Accepted, Outcome, Transaction};
 pub use backfill::HistoryGap;
 pub use build::NewEvent;
+pub use erasure::PruneMode;
 pub use pdu::Pdu;
 pub use prepare::Prepared;
 pub use read::StoredEvent;
