@@ -49,6 +49,7 @@ mod peer_nio;
 mod peer_synapse;
 mod peer_synapse_edus;
 mod presence;
+mod purge;
 mod push;
 mod push_shared;
 mod rate_limits;

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod notices;
+pub mod purge;
 pub mod registration_tokens;
 pub mod reports;
 pub mod rooms;
@@ -25,6 +26,7 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = synapse_register::routes(router);
     let router = users::routes(router);
     let router = user_data::routes(router);
+    let router = purge::routes(router);
     let router = rooms::routes(router);
     let router = registration_tokens::routes(router);
     let router = reports::routes(router);
