@@ -1,13 +1,15 @@
 //! Erased users' events. A user erased at deactivation (GDPR article 17) keeps their events in
 //! the rooms' graphs, but they are served redacted to anyone who was not joined to the room
 //! when an event was sent, as Synapse does (`synapse/visibility.py`); members who were there
-//! still read them. Other servers are always served them redacted (`federation_read.rs`). The
-//! same pruning machinery serves purges of history (`PruneMode::Remove`). An admin may go further and *prune*: every event the user sent is rewritten
-//! on disk to its redacted form (the room version's redaction algorithm keeps the hashes and
-//! signatures valid, so the event stays in the DAG and other servers still accept it), and
-//! every copy derived from its content goes: search postings, relation and thread rows, the
+//! still read them. Other servers are always served them redacted (`federation_read.rs`).
+//!
+//! An admin may go further and *prune*: every event the user sent is rewritten on disk to its
+//! redacted form (the room version's redaction algorithm keeps the hashes and signatures
+//! valid, so the event stays in the DAG and other servers still accept it), and every copy
+//! derived from its content goes: search postings, relation and thread rows, the
 //! `unsigned.prev_content` later state events copied from it, pending application service
-//! transactions, and the in-memory caches built from room state.
+//! transactions, and the in-memory caches built from room state. Purges of history use the
+//! same machinery ([`PruneMode::Remove`]), which also takes the events out of the timeline.
 
 use std::{collections::HashSet, sync::Arc};
 
