@@ -128,6 +128,44 @@ impl AccountData {
             .unwrap_or_default())
     }
 
+    /// Every entry of the user's account data: (room ID or empty, type, content).
+    pub async fn all(&self, user_id: &UserId) -> Result<Vec<(String, String, Box<RawValue>)>> {
+        let user_id = user_id.to_owned();
+        self.db
+            .run(move |db| {
+                Ok(ACCOUNT_DATA
+                    .scan_prefix(db, &(user_id,))?
+                    .into_iter()
+                    .map(|((_, room, kind), content)| (room, kind, content))
+                    .collect())
+            })
+            .await
+    }
+
+    /// Deletes every entry of the user's account data (global and per room), its change log
+    /// and their saved filters (account erasure).
+    pub async fn erase(&self, user_id: &UserId) -> Result<()> {
+        let user_id = user_id.to_owned();
+        let push_profiles = self.push_profiles.clone();
+        self.lock
+            .run(&self.db, move |db| {
+                let mut batch = Batch::new();
+                for (key, _) in ACCOUNT_DATA.scan_prefix(db, &(user_id.clone(),))? {
+                    batch.delete(&ACCOUNT_DATA, &key);
+                }
+                for (key, _) in ACCOUNT_DATA_CHANGES.scan_prefix(db, &(user_id.clone(),))? {
+                    batch.delete(&ACCOUNT_DATA_CHANGES, &key);
+                }
+                for (key, _) in crate::storage::tables::FILTERS.scan_prefix(db, &(user_id.clone(),))? {
+                    batch.delete(&crate::storage::tables::FILTERS, &key);
+                }
+                db.write(batch)?;
+                push_profiles.forget(&user_id);
+                Ok(())
+            })
+            .await
+    }
+
     /// Stores content and records the change at a new stream position, in one batch.
     pub async fn set(
         &self,

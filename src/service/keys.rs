@@ -3,6 +3,7 @@
 //! signature checks, signatures uploaded separately, and the stream of users whose keys changed
 //! (for `/keys/changes` and sync's `device_lists`).
 
+mod erasure;
 mod remote;
 
 use std::{collections::BTreeMap, sync::Arc};

@@ -87,10 +87,11 @@ pub trait Engine: Send + Sync + 'static {
     /// Makes everything written so far durable in the engine's own files (for shutdown).
     fn flush(&self) -> Result<(), StorageError>;
 
-    /// Rewrites the engine's files so that nothing deleted or overwritten remains in them (after
-    /// encrypting a plaintext database). Engines without such files do nothing.
-    fn compact(&self) -> Result<(), StorageError> {
-        Ok(())
+    /// Flushes everything written so far and rewrites every file of every table, so that
+    /// deleted and overwritten values no longer exist anywhere on disk (not in the write-ahead
+    /// log, not in older files). An engine that keeps nothing on disk has nothing to do.
+    fn compact_all(&self) -> Result<(), StorageError> {
+        self.flush()
     }
 
     /// The write path's counters, if the engine keeps them.

@@ -11,6 +11,7 @@ pub mod codec;
 pub mod device_list_tables;
 pub mod encryption;
 pub mod engine;
+pub mod erasure_tables;
 pub mod federation_send_tables;
 pub mod federation_tables;
 pub mod key_tables;
@@ -324,6 +325,21 @@ impl Db {
         self.engine.flush()
     }
 
+    /// Flushes everything to the engine's files and rewrites them all, so that values deleted
+    /// or overwritten before the call are gone from disk (after an erasure or a purge).
+    /// Blocking, and slow on a large database.
+    pub fn compact_all(&self) -> Result<(), StorageError> {
+        self.engine.compact_all()?;
+        // One write and flush after the compaction: the engine's record of its files then
+        // starts over from the files alive now (see `rocks.rs`), forgetting the first and last
+        // keys of the files compacted away.
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        let mut batch = Batch::new();
+        batch.put(&tables::META, &"last_full_compaction_ms".to_owned(), &serde_json::json!(now as u64))?;
+        self.write(batch)?;
+        self.engine.flush()
+    }
+
     /// The engine's write counters since it was opened, if it keeps them.
     pub fn write_stats(&self) -> Option<WriteStats> {
         self.engine.write_stats()
@@ -369,6 +385,7 @@ fn all_table_names() -> Vec<&'static str> {
         .chain(remote_tables::REMOTE_TABLES)
         .chain(report_tables::REPORT_TABLES)
         .chain(thread_subscription_tables::THREAD_SUBSCRIPTION_TABLES)
+        .chain(erasure_tables::ERASURE_TABLES)
         .chain(encryption::ENCRYPTION_TABLES)
         .copied()
         .collect()

@@ -13,8 +13,8 @@
 use std::{collections::BTreeSet, path::Path};
 
 use rocksdb::{
-    BlockBasedOptions, BoundColumnFamily, Cache, DBCompressionType, DBWithThreadMode, Direction, IteratorMode,
-    MultiThreaded, Options, WriteBatch, WriteOptions,
+    BlockBasedOptions, BottommostLevelCompaction, BoundColumnFamily, Cache, CompactOptions, DBCompressionType,
+    DBWithThreadMode, Direction, IteratorMode, MultiThreaded, Options, WriteBatch, WriteOptions,
     statistics::{StatsLevel, Ticker},
 };
 
@@ -75,6 +75,23 @@ impl RocksEngine {
             names.extend(existing);
         }
         let tables: Vec<String> = names.iter().cloned().collect();
+        let existing: BTreeSet<String> = Db::list_cf(&db_options, path).unwrap_or_default().into_iter().collect();
+        if tables.iter().any(|name| !existing.contains(name)) {
+            // New tables are made first, with one growing MANIFEST (below, each would write a
+            // snapshot of all the others).
+            let descriptors =
+                names.iter().map(|name| rocksdb::ColumnFamilyDescriptor::new(name, table_options.clone()));
+            drop(
+                Db::open_cf_descriptors(&db_options, path, descriptors)
+                    .map_err(|e| StorageError(format!("cannot open RocksDB at {}: {e}", path.display())))?,
+            );
+        }
+        // A new MANIFEST (holding only the files alive then) on every change of the file set,
+        // instead of one growing log of every change: the log keeps the first and last key of
+        // each file ever written, and keys hold user content (search words, reaction keys),
+        // which an erasure must be able to remove from disk (see `compact_all`). A MANIFEST
+        // snapshot is a few kilobytes per table, written at each flush or compaction.
+        db_options.set_max_manifest_file_size(0);
         let descriptors =
             names.into_iter().map(|name| rocksdb::ColumnFamilyDescriptor::new(name, table_options.clone()));
         let db = Db::open_cf_descriptors(&db_options, path, descriptors)
@@ -190,18 +207,6 @@ impl Engine for RocksEngine {
         !(name.ends_with(".sst") || name.ends_with(".blob"))
     }
 
-    fn compact(&self) -> Result<(), StorageError> {
-        self.flush()?;
-        let mut options = rocksdb::CompactOptions::default();
-        options.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
-        for name in &self.tables {
-            if let Some(cf) = self.db.cf_handle(name) {
-                self.db.compact_range_cf_opt(&cf, None::<&[u8]>, None::<&[u8]>, &options);
-            }
-        }
-        Ok(())
-    }
-
     fn flush(&self) -> Result<(), StorageError> {
         self.db.flush_wal(true).map_err(rocks_error)?;
         for name in &self.tables {
@@ -210,5 +215,26 @@ impl Engine for RocksEngine {
             }
         }
         Ok(())
+    }
+
+    fn compact_all(&self) -> Result<(), StorageError> {
+        // Flushing every table moves all values out of the write-ahead log, whose files are then
+        // obsolete and deleted; compacting every table down to its bottom level, bottom level
+        // included, rewrites each file without the values deleted or overwritten since. The
+        // caller then writes and flushes once more, so the MANIFEST is started over from the
+        // files alive after the compaction.
+        self.flush()?;
+        let mut options = CompactOptions::default();
+        options.set_exclusive_manual_compaction(true);
+        options.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
+        for name in &self.tables {
+            let Some(cf) = self.db.cf_handle(name) else { continue };
+            // A table without files has nothing to rewrite.
+            if self.db.property_int_value_cf(&cf, "rocksdb.total-sst-files-size").map_err(rocks_error)? == Some(0) {
+                continue;
+            }
+            self.db.compact_range_cf_opt(&cf, None::<&[u8]>, None::<&[u8]>, &options);
+        }
+        self.flush()
     }
 }

@@ -9,10 +9,12 @@ pub mod auth;
 pub mod data;
 pub mod encryption;
 pub mod notices;
+pub mod purge;
 pub mod registration_tokens;
 pub mod reports;
 pub mod rooms;
 pub mod synapse_register;
+pub mod user_data;
 pub mod users;
 
 use std::sync::Arc;
@@ -27,6 +29,8 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = synapse_register::routes(router);
     let router = users::routes(router);
     let router = encryption::routes(router);
+    let router = user_data::routes(router);
+    let router = purge::routes(router);
     let router = rooms::routes(router);
     let router = registration_tokens::routes(router);
     let router = reports::routes(router);

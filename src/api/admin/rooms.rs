@@ -141,14 +141,20 @@ async fn set_block(
 }
 
 /// The body of both deletes. `new_room_user_id`, `room_name` and `message` (a room to move the
-/// members to) are not supported: asking for them is refused rather than ignored. `purge` is
-/// read as always false: the room's history stays in the database (see docs/admin-guide.md).
+/// members to) are not supported: asking for them is refused rather than ignored. `purge`
+/// (Synapse's default: true) removes the room's events from disk (see docs/admin-guide.md).
 #[derive(Deserialize)]
 struct DeleteRoom {
     #[serde(default)]
     block: bool,
+    #[serde(default = "purge_by_default")]
+    purge: bool,
     #[serde(default)]
     new_room_user_id: Option<String>,
+}
+
+fn purge_by_default() -> bool {
+    true
 }
 
 fn check_delete(body: &DeleteRoom) -> Result<()> {
@@ -166,7 +172,7 @@ async fn delete_now(
 ) -> Result<Json<Value>> {
     let room = room_id(&raw)?;
     check_delete(&body)?;
-    let deleted = rooms::delete(&services, &room, &admin.user_id, body.block).await?;
+    let deleted = rooms::delete(&services, &room, &admin.user_id, (body.block, body.purge)).await?;
     Ok(Json(deleted.to_json()))
 }
 
@@ -184,9 +190,9 @@ async fn delete_in_background(
     }
     let delete_id = random_string(16);
     services.room_deletions.record(&delete_id, &room, json!({"status": "active"}));
-    let (id, block) = (delete_id.clone(), body.block);
+    let (id, block, purge) = (delete_id.clone(), body.block, body.purge);
     tokio::spawn(async move {
-        let status = match rooms::delete(&services, &room, &admin.user_id, block).await {
+        let status = match rooms::delete(&services, &room, &admin.user_id, (block, purge)).await {
             Ok(deleted) => json!({"status": "complete", "shutdown_room": deleted.to_json()}),
             Err(error) => json!({"status": "failed", "error": error.to_string()}),
         };

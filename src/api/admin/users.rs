@@ -222,6 +222,10 @@ async fn reset_password(
 struct Deactivate {
     #[serde(default)]
     erase: bool,
+    /// Trellis: with `erase`, also prune the content of every event the user sent, on disk and
+    /// for everyone (see `docs/admin-guide.md`).
+    #[serde(default)]
+    prune_events: bool,
 }
 
 async fn deactivate(
@@ -231,7 +235,14 @@ async fn deactivate(
     AdminJson(body): AdminJson<Deactivate>,
 ) -> Result<Json<Value>> {
     let (user, _) = existing_user(&services, &user_id).await?;
+    if body.prune_events && !body.erase {
+        return Err(Error::invalid_param("prune_events needs erase"));
+    }
     users::deactivate(&services, &user, body.erase).await?;
+    if body.prune_events {
+        let pruned = crate::service::admin::erasure::prune_events(&services, &user).await?;
+        return Ok(Json(json!({"id_server_unbind_result": "success", "pruned_events": pruned})));
+    }
     Ok(Json(json!({"id_server_unbind_result": "success"})))
 }
 

@@ -143,7 +143,14 @@ pub struct Deleted {
 }
 
 /// Deletes a room for this server (see the module comment). `admin` is who asked.
-pub async fn delete(services: &Services, room_id: &RoomId, admin: &UserId, block: bool) -> Result<Deleted> {
+/// With `purge`, the room's events are then removed from its timeline and their content from
+/// disk (`purge.rs`).
+pub async fn delete(
+    services: &Services,
+    room_id: &RoomId,
+    admin: &UserId,
+    (block, purge): (bool, bool),
+) -> Result<Deleted> {
     if block {
         set_blocked(services, room_id, Some(admin)).await?;
     }
@@ -198,7 +205,10 @@ pub async fn delete(services: &Services, room_id: &RoomId, admin: &UserId, block
         }
     }
     services.rooms.set_published(room_id, false).await?;
-    tracing::info!(%room_id, %admin, block, kicked = kicked_users.len(), "room deleted by an admin");
+    if purge {
+        super::purge::purge_room(services, room_id).await?;
+    }
+    tracing::info!(%room_id, %admin, block, purge, kicked = kicked_users.len(), "room deleted by an admin");
     Ok(Deleted { kicked_users, failed_to_kick_users, local_aliases })
 }
 

@@ -32,7 +32,7 @@ pub async fn user_json(services: &Services, user_id: &UserId, record: &UserRecor
         "is_guest": record.guest,
         "admin": record.admin,
         "deactivated": record.deactivated,
-        "erased": false,
+        "erased": super::erasure::is_erased(services, user_id).await?,
         "shadow_banned": false,
         "locked": false,
         "suspended": false,
@@ -85,13 +85,15 @@ pub async fn list(services: &Services, filter: &UserFilter, from: usize, limit: 
 }
 
 /// Deactivates an account: no more logins, every device and pusher gone, every room left and
-/// invite rejected (on other servers too); with `erase`, the profile is erased as well.
+/// invite rejected (on other servers too); with `erase`, the account's data is erased as well
+/// (see `erasure.rs`).
 pub async fn deactivate(services: &Services, user_id: &UserId, erase: bool) -> Result<()> {
     services.accounts.deactivate(user_id).await?;
     services.sessions.delete_all_devices_except(user_id, None).await?;
     services.push.remove_device_pushers(user_id, |_| true).await?;
     if erase {
-        services.profile.erase(user_id).await?;
+        // Before leaving: the leave events carry no profile then.
+        super::erasure::erase_account(services, user_id).await?;
     }
     services.rooms.leave_all_rooms(user_id).await?;
     crate::service::federation::membership::reject_all_remote_invites(services, user_id).await?;

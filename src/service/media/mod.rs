@@ -9,6 +9,7 @@
 //!
 //! Media of other servers is fetched over federation and cached ([`remote`]).
 
+mod erasure;
 pub mod preview;
 pub mod remote;
 pub mod store;

@@ -129,7 +129,7 @@ impl RoomCore {
     }
 
     /// An event as served to `server`: its signed JSON without `unsigned`, redacted when the
-    /// server may not see it.
+    /// server may not see it or its sender was erased (as Synapse's `filter_events_for_server`).
     fn served_json(
         &self,
         db: &Db,
@@ -138,9 +138,9 @@ impl RoomCore {
         meta: &EventMeta,
         rules: &RoomVersionRules,
     ) -> Result<CanonicalJsonObject> {
-        let mut json = pdu.json;
+        let mut json = pdu.json.clone();
         json.remove("unsigned");
-        if self.server_can_see(db, server, meta)? {
+        if self.server_can_see(db, server, meta)? && !self.erased_sender(db, &pdu.sender)? {
             return Ok(json);
         }
         ruma::canonical_json::redact(json, &rules.redaction, None)

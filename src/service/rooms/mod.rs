@@ -12,6 +12,7 @@ mod context;
 pub mod create;
 mod device_tracking;
 mod directory;
+mod erasure;
 pub mod federation_join;
 pub mod federation_read;
 pub mod hierarchy;
@@ -52,6 +53,7 @@ use ruma::{
 pub use accept::{Accepted, Outcome, Transaction};
 pub use backfill::HistoryGap;
 pub use build::NewEvent;
+pub use erasure::PruneMode;
 pub use pdu::Pdu;
 pub use prepare::Prepared;
 pub use read::StoredEvent;

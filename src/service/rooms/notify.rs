@@ -73,6 +73,16 @@ impl PushFactsCache {
         }
     }
 
+    /// Forgets everything (after events were pruned on disk).
+    pub(super) fn clear(&self) {
+        if let Ok(mut map) = self.facts.lock() {
+            map.clear();
+        }
+        if let Ok(mut map) = self.special.lock() {
+            map.clear();
+        }
+    }
+
     fn get(&self, short_room: u64) -> Option<(u64, Arc<RoomPushFacts>)> {
         self.facts.lock().ok()?.get(&short_room).cloned()
     }

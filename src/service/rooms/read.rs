@@ -63,7 +63,7 @@ impl<F: Fn(&Pdu) -> bool> TimelinePage<F> {
         if let Some(meta) = EVENT_META.get(db, &short)?
             && core.can_see_with(db, &self.user, self.short_room, &meta, &mut self.memo)?
         {
-            let pdu = core.event_for_client(db, short, &self.rules)?;
+            let pdu = core.served_event(db, &self.user, short, &meta, &self.rules, &mut self.memo)?;
             if (self.keep)(&pdu) {
                 self.events.push(StoredEvent { pdu, meta });
                 if self.events.len() >= self.limit {
@@ -162,6 +162,8 @@ pub(super) struct VisibilityMemo {
     /// Per state group: its history visibility and the user's membership in it.
     groups: std::collections::HashMap<u64, (String, Option<String>)>,
     joined_after: Option<JoinedAfter>,
+    /// Per sender: whether they were erased (see `erasure.rs`).
+    pub(super) erased: std::collections::HashMap<OwnedUserId, bool>,
 }
 
 #[derive(Deserialize)]
@@ -224,6 +226,23 @@ impl RoomCore {
             }
         }
         Ok(false)
+    }
+
+    /// The user's membership in the state of one group (through `memo`).
+    pub(super) fn membership_in_group(
+        &self,
+        db: &Db,
+        user: &UserId,
+        group: u64,
+        memo: &mut VisibilityMemo,
+    ) -> Result<Option<String>> {
+        if let Some((_, membership)) = memo.groups.get(&group) {
+            return Ok(membership.clone());
+        }
+        let facts = self.group_facts(db, user, group)?;
+        let membership = facts.1.clone();
+        memo.groups.insert(group, facts);
+        Ok(membership)
     }
 
     /// The visibility rules against the state of one group.
@@ -400,7 +419,8 @@ impl Rooms {
                 return Ok(None);
             }
             let rules = core.rules_of_room(db, meta.room)?;
-            Ok(Some(StoredEvent { pdu: core.event_for_client(db, short, &rules)?, meta }))
+            let pdu = core.served_event(db, &user, short, &meta, &rules, &mut VisibilityMemo::default())?;
+            Ok(Some(StoredEvent { pdu, meta }))
         })
         .await
     }

@@ -121,7 +121,7 @@ impl RoomCore {
         let Some(position) = meta.position else { return Ok(()) };
         let child = self.event_by_short(db, short_target, rules)?;
         let content = child.content_value();
-        let Some((rel_type, parent)) = relation_of(&content) else { return Ok(()) };
+        let Some((_, parent)) = relation_of(&content) else { return Ok(()) };
         let Some(short_parent) = self.interner.short_event(db, &parent)? else { return Ok(()) };
         if RELATIONS.get(db, &(short_parent, position))?.is_none_or(|row| row.child != short_target) {
             return Ok(());
@@ -129,6 +129,24 @@ impl RoomCore {
         if redaction.sender != child.sender
             && !self.power_levels_in(db, state, rules)?.user_can_redact_event_of_other(&redaction.sender)
         {
+            return Ok(());
+        }
+        self.unindex_relation(db, batch, short_target, position, &child)
+    }
+
+    /// Takes an event out of the relations index (it is redacted or pruned), if it is there.
+    pub(super) fn unindex_relation(
+        &self,
+        db: &Db,
+        batch: &mut Batch,
+        short_target: u64,
+        position: u64,
+        child: &Pdu,
+    ) -> Result<()> {
+        let content = child.content_value();
+        let Some((rel_type, parent)) = relation_of(&content) else { return Ok(()) };
+        let Some(short_parent) = self.interner.short_event(db, &parent)? else { return Ok(()) };
+        if RELATIONS.get(db, &(short_parent, position))?.is_none_or(|row| row.child != short_target) {
             return Ok(());
         }
         batch.delete(&RELATIONS, &(short_parent, position));

@@ -127,7 +127,7 @@ impl RoomCore {
         if !meta.is_served() || !self.can_see_with(db, user, meta.room, &meta, memo)? {
             return Ok(None);
         }
-        let pdu = self.event_for_client(db, short, rules)?;
+        let pdu = self.served_event(db, user, short, &meta, rules, memo)?;
         let mut event = pdu.to_client_event();
         if let Some(bundle) = self.bundle(db, user, short, &pdu, rules, memo)? {
             attach(&mut event, bundle);
@@ -156,7 +156,7 @@ impl RoomCore {
             && meta.is_served()
             && self.can_see_with(db, user, meta.room, &meta, memo)?
         {
-            let latest = self.event_for_client(db, summary.latest, rules)?;
+            let latest = self.served_event(db, user, summary.latest, &meta, rules, memo)?;
             let mut latest_event = latest.to_client_event();
             if let Some(edit) = self.edit_of(db, user, summary.latest, &latest, rules, memo)? {
                 attach(&mut latest_event, json!({ "m.replace": edit }));
@@ -216,7 +216,7 @@ impl RoomCore {
             if !meta.is_served() || !self.can_see_with(db, user, meta.room, &meta, memo)? {
                 continue;
             }
-            let edit = self.event_for_client(db, child.row.child, rules)?;
+            let edit = self.served_event(db, user, child.row.child, &meta, rules, memo)?;
             let content = edit.content_value();
             let encrypted = edit.kind.to_string() == "m.room.encrypted";
             if edit.is_state() || (!encrypted && !content.get("m.new_content").is_some_and(Value::is_object)) {
@@ -433,8 +433,8 @@ impl Rooms {
                     continue;
                 }
                 let rules = core.rules_of_room(db, meta.room)?;
-                let pdu = core.event_for_client(db, short, &rules)?;
                 let memo = memos.entry(meta.room).or_default();
+                let pdu = core.served_event(db, &user, short, &meta, &rules, memo)?;
                 if let Some(bundle) = core.bundle(db, &user, short, &pdu, &rules, memo)? {
                     out.insert(event_id.to_string(), bundle);
                 }

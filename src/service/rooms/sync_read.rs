@@ -162,7 +162,7 @@ impl Rooms {
                     }
                     let Some(meta) = EVENT_META.get(db, short)? else { continue };
                     let visible = core.can_see_with(db, &user, short_room, &meta, &mut memo)?;
-                    let pdu = core.event_for_client(db, *short, &rules)?;
+                    let pdu = core.served_event(db, &user, *short, &meta, &rules, &mut memo)?;
                     let own_membership = pdu.state_key.as_deref() == Some(user.as_str())
                         && pdu.kind == ruma::events::TimelineEventType::RoomMember;
                     if !(visible || own_membership) || !wanted(&pdu) {
@@ -454,6 +454,13 @@ pub(super) struct SummaryCache(std::sync::Mutex<HashMap<u64, (u64, Arc<SummaryFa
 const CACHED_SUMMARIES: usize = 10_000;
 
 impl SummaryCache {
+    /// Forgets everything (after events were pruned on disk).
+    pub(super) fn clear(&self) {
+        if let Ok(mut map) = self.0.lock() {
+            map.clear();
+        }
+    }
+
     fn get(&self, short_room: u64) -> Option<(u64, Arc<SummaryFacts>)> {
         self.0.lock().ok()?.get(&short_room).cloned()
     }

@@ -176,8 +176,8 @@ impl Engine for EncryptedEngine {
         self.inner.flush()
     }
 
-    fn compact(&self) -> Result<(), StorageError> {
-        self.inner.compact()
+    fn compact_all(&self) -> Result<(), StorageError> {
+        self.inner.compact_all()
     }
 
     fn write_stats(&self) -> Option<WriteStats> {

@@ -116,7 +116,7 @@ pub fn run(
     let files = encrypt_files(engine, media.0, media.1)
         .map_err(|e| StorageError(format!("encrypting the media files under {}: {e}", media.0.display())))?;
     raw.write(vec![WriteOp { table: ENCRYPTION_TABLE, key: MIGRATION_RECORD.to_vec(), value: None }])?;
-    engine.compact()?;
+    engine.compact_all()?;
     tracing::info!(rows, files, "encryption at rest: the existing database and media files are encrypted");
     Ok(())
 }
