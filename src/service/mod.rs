@@ -9,6 +9,7 @@ pub mod admin_register;
 pub mod appservice;
 pub mod backup;
 pub mod dehydrated;
+pub mod expiring_tokens;
 pub mod federation;
 pub mod invite_filter;
 pub mod keys;

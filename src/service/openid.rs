@@ -3,46 +3,31 @@
 //! (`/_matrix/federation/v1/openid/userinfo`). Kept in memory: they live an hour, and a restart
 //! only makes the user ask for a new one.
 
-use std::{collections::HashMap, sync::Mutex, time::Duration};
+use std::time::Duration;
 
 use ruma::{OwnedUserId, UserId};
 
-use crate::service::{now_ms, random_string};
+use super::expiring_tokens::ExpiringTokens;
 
 /// How long a token stays valid.
 pub const LIFETIME: Duration = Duration::from_secs(3600);
-/// Tokens kept at most (expired ones are dropped first; beyond this the oldest go).
-const MAX_TOKENS: usize = 100_000;
 
-#[derive(Default)]
-pub struct OpenId {
-    /// token -> (user, expiry in ms since the epoch)
-    tokens: Mutex<HashMap<String, (OwnedUserId, u64)>>,
+pub struct OpenId(ExpiringTokens);
+
+impl Default for OpenId {
+    fn default() -> Self {
+        Self(ExpiringTokens::new(LIFETIME, 100_000, 32))
+    }
 }
 
 impl OpenId {
     /// A new token for `user`.
     pub fn issue(&self, user: &UserId) -> String {
-        let token = random_string(32);
-        let now = now_ms();
-        let expires = now.saturating_add(LIFETIME.as_millis() as u64);
-        if let Ok(mut tokens) = self.tokens.lock() {
-            if tokens.len() >= MAX_TOKENS {
-                tokens.retain(|_, (_, expiry)| *expiry > now);
-                if tokens.len() >= MAX_TOKENS
-                    && let Some(oldest) = tokens.iter().min_by_key(|(_, (_, expiry))| *expiry).map(|(t, _)| t.clone())
-                {
-                    tokens.remove(&oldest);
-                }
-            }
-            tokens.insert(token.clone(), (user.to_owned(), expires));
-        }
-        token
+        self.0.issue(user)
     }
 
     /// The user a token belongs to, while it is valid.
     pub fn user_of(&self, token: &str) -> Option<OwnedUserId> {
-        let tokens = self.tokens.lock().ok()?;
-        tokens.get(token).filter(|(_, expiry)| *expiry > now_ms()).map(|(user, _)| user.clone())
+        self.0.user_of(token)
     }
 }
