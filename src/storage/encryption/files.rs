@@ -8,7 +8,10 @@
 //! and the file's name are associated data of every chunk, so a file renamed to another's name
 //! fails to open.
 
-use std::io::{self, Read, Write};
+use std::{
+    io::{self, Read, Write},
+    path::{Path, PathBuf},
+};
 
 use chacha20poly1305::{
     XChaCha20Poly1305, XNonce,
@@ -160,4 +163,37 @@ pub fn open(keyring: &Keyring, name: &str, input: impl Read, size_hint: usize) -
 pub fn reseal(keyring: &Keyring, name: &str, input: impl Read, out: impl Write) -> io::Result<()> {
     let mut sealer = Sealer::new(&keyring.active, name, out)?;
     open_chunks(keyring, name, input, |chunk, last| sealer.push(chunk, last))
+}
+
+/// The media stores under a media root: the root itself and the remote media cache's own root
+/// (`root/remote`).
+pub fn media_stores(root: &Path) -> [PathBuf; 2] {
+    [root.to_owned(), root.join("remote")]
+}
+
+/// The files of one media store (see [`media_stores`]), each with its name: its path below the
+/// store without the separators. Uploads in flight (`tmp`) and the remote cache (`remote`) at
+/// the top of the store are not its files; a missing store has none.
+pub fn store_files(store: &Path) -> io::Result<Vec<(PathBuf, String)>> {
+    let mut out = Vec::new();
+    let mut pending = vec![(store.to_owned(), String::new())];
+    while let Some((dir, name_so_far)) = pending.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let file_name = entry.file_name().to_string_lossy().into_owned();
+            if entry.file_type()?.is_dir() {
+                if !(name_so_far.is_empty() && (file_name == "tmp" || file_name == "remote")) {
+                    pending.push((entry.path(), format!("{name_so_far}{file_name}")));
+                }
+                continue;
+            }
+            out.push((entry.path(), format!("{name_so_far}{file_name}")));
+        }
+    }
+    Ok(out)
 }

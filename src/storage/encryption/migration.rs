@@ -6,7 +6,7 @@
 //! (a row whose value is still plaintext is a row not yet done). At the end every table is
 //! compacted, so RocksDB's files keep no plaintext copy.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::{ENCRYPTION_TABLE, engine::EncryptedEngine, files, sealed_key_id};
 use crate::{
@@ -124,30 +124,10 @@ pub fn run(
 /// Seals every plaintext media file under its keyed name; returns how many.
 fn encrypt_files(engine: &EncryptedEngine, root: &Path, layout: DirectoryStructure) -> std::io::Result<u64> {
     let mut done = 0;
-    for store in [root.to_owned(), root.join("remote")] {
-        let mut plain: Vec<(PathBuf, String)> = Vec::new();
-        let mut pending = vec![(store.clone(), String::new())];
-        while let Some((dir, name_so_far)) = pending.pop() {
-            let entries = match std::fs::read_dir(&dir) {
-                Ok(entries) => entries,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            };
-            for entry in entries {
-                let entry = entry?;
-                let file_name = entry.file_name().to_string_lossy().into_owned();
-                if entry.file_type()?.is_dir() {
-                    if !(name_so_far.is_empty() && (file_name == "tmp" || file_name == "remote")) {
-                        pending.push((entry.path(), format!("{name_so_far}{file_name}")));
-                    }
-                    continue;
-                }
-                let name = format!("{name_so_far}{file_name}");
-                if name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    plain.push((entry.path(), name));
-                }
-            }
-        }
+    for store in files::media_stores(root) {
+        let plain = files::store_files(&store)?
+            .into_iter()
+            .filter(|(_, name)| name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()));
         for (path, sha256) in plain {
             let mut header = [0u8; files::HEADER_LEN];
             let is_sealed = std::fs::File::open(&path)

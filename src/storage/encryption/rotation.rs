@@ -4,7 +4,7 @@
 //! then on the old key is no longer needed (nor accepted as needed) at start-up.
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -128,31 +128,13 @@ pub fn run(engine: &EncryptedEngine, tables: &[&'static str], media_root: &Path)
 /// the separators.
 fn rotate_files(engine: &EncryptedEngine, root: &Path) -> std::io::Result<u64> {
     let mut done = 0;
-    let mut pending: Vec<(PathBuf, String)> = vec![(root.to_owned(), String::new())];
-    while let Some((dir, name_so_far)) = pending.pop() {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        for entry in entries {
-            let entry = entry?;
-            let file_name = entry.file_name().to_string_lossy().into_owned();
-            let path = entry.path();
-            if entry.file_type()?.is_dir() {
-                // `tmp` holds uploads in flight; `remote` is the remote media cache's own root.
-                match file_name.as_str() {
-                    "tmp" if name_so_far.is_empty() => {}
-                    "remote" if name_so_far.is_empty() => pending.push((path, String::new())),
-                    _ => pending.push((path, format!("{name_so_far}{file_name}"))),
-                }
-                continue;
-            }
-            if file_name.ends_with(ROTATING_SUFFIX) {
+    for store in files::media_stores(root) {
+        for (path, name) in files::store_files(&store)? {
+            // Left by a rotation stopped half-way.
+            if name.ends_with(ROTATING_SUFFIX) {
                 let _ = std::fs::remove_file(&path);
                 continue;
             }
-            let name = format!("{name_so_far}{file_name}");
             if rotate_file(engine, &path, &name)? {
                 done += 1;
             }
