@@ -67,6 +67,11 @@ struct Options {
     /// next to the /sync figures.
     #[arg(long)]
     sliding_sync: bool,
+    /// Register the benchmark's users as server admins. Admins are exempt from rate limits, so
+    /// a run with this flag against one without (on a server whose limits are lifted high
+    /// enough never to refuse) shows what checking the limits costs.
+    #[arg(long)]
+    admin_users: bool,
     /// Also write the figures as JSON ({metric: {"value": number, "unit": text}}) to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -77,6 +82,8 @@ struct Client {
     http: reqwest::Client,
     base: String,
     failures: Arc<AtomicU64>,
+    /// Register users as server admins (`--admin-users`).
+    admin_users: bool,
 }
 
 struct User {
@@ -122,9 +129,11 @@ impl Client {
         let nonce = nonce["nonce"].as_str()?.to_owned();
         let password = format!("{name}-password");
         let mut mac = Hmac::<Sha1>::new_from_slice(secret.as_bytes()).ok()?;
-        mac.update(format!("{nonce}\0{name}\0{password}\0notadmin").as_bytes());
+        let admin = if self.admin_users { "admin" } else { "notadmin" };
+        mac.update(format!("{nonce}\0{name}\0{password}\0{admin}").as_bytes());
         let mac = hex::encode(mac.finalize().into_bytes());
-        let body = json!({"nonce": nonce, "username": name, "password": password, "admin": false, "mac": mac});
+        let body =
+            json!({"nonce": nonce, "username": name, "password": password, "admin": self.admin_users, "mac": mac});
         let response = self.call(reqwest::Method::POST, "/_synapse/admin/v1/register", None, Some(&body)).await?;
         Some(User { token: response["access_token"].as_str()?.to_owned() })
     }
@@ -270,6 +279,7 @@ async fn run(options: Options) -> Result<Report, String> {
         http: reqwest::Client::builder().timeout(Duration::from_secs(120)).build().map_err(|e| e.to_string())?,
         base: options.url.trim_end_matches('/').to_owned(),
         failures: Arc::new(AtomicU64::new(0)),
+        admin_users: options.admin_users,
     };
     let mut report = Report::default();
     let peak = Arc::new(AtomicU64::new(rss_kib(options.pid).unwrap_or(0)));

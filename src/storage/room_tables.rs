@@ -194,7 +194,7 @@ pub struct RoomRecord {
 }
 impl JsonValue for RoomRecord {}
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserMembership {
     /// `join`, `invite`, `leave`, `ban` or `knock`.
     pub membership: String,

@@ -555,3 +555,58 @@ async fn sliding_sync_lists_a_knock_with_its_stripped_state_until_it_is_accepted
     assert!(entry.get("knock_state").is_none() && entry.get("invite_state").is_none(), "{entry}");
     assert_eq!(state_pairs(entry), vec![("m.room.name".to_owned(), String::new())]);
 }
+
+/// An incremental answer reads again only the rooms with events since the connection's last
+/// answer; what changes without an event in a room (`m.direct`, the ignore list, an invite, a
+/// leave) must still change the lists.
+#[tokio::test]
+async fn sliding_sync_lists_follow_changes_that_come_without_room_events() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let quiet = create_room(&server, &alice, json!({"name": "Quiet"})).await;
+    let busy = create_room(&server, &alice, json!({"name": "Busy"})).await;
+    let body = json!({"lists": {
+        "all": list(json!([[0, 9]]), 1, json!([["m.room.name", ""]]), json!({})),
+        "dms": list(json!([[0, 9]]), 1, json!([]), json!({"is_dm": true})),
+    }});
+    let first = ok(&server, &alice, None, 0, body.clone()).await;
+    assert_eq!((first["lists"]["all"]["count"].as_u64(), first["lists"]["dms"]["count"].as_u64()), (Some(2), Some(0)));
+
+    // `m.direct` names the quiet room: it becomes a DM with no event in it.
+    let direct = format!("/_matrix/client/v3/user/{}/account_data/m.direct", enc(&alice.user_id));
+    assert_eq!(server.put(&direct, alice.token(), json!({"@bob:localhost": [quiet]})).await.0, 200);
+    let dm = ok(&server, &alice, Some(&pos(&first)), 0, body.clone()).await;
+    assert_eq!(dm["lists"]["dms"]["count"], 1, "{dm}");
+
+    // An invite to a third room: listed, with the inviter's name for it.
+    let invited = create_room(&server, &bob, json!({"name": "Bob's"})).await;
+    let invite = format!("/_matrix/client/v3/rooms/{}/invite", enc(&invited));
+    assert_eq!(server.post(&invite, bob.token(), json!({"user_id": alice.user_id})).await.0, 200);
+    let with_invite = ok(&server, &alice, Some(&pos(&dm)), 0, body.clone()).await;
+    assert_eq!(with_invite["lists"]["all"]["count"], 3, "{with_invite}");
+    assert_eq!(with_invite["rooms"][&invited]["name"], "Bob's", "{with_invite}");
+
+    // A message in the busy room moves it first; the quiet room keeps its facts.
+    send_text(&server, &alice, &busy, "news").await;
+    let moved = ok(&server, &alice, Some(&pos(&with_invite)), 0, body.clone()).await;
+    assert_eq!(bodies(&moved["rooms"][&busy]), vec!["news"], "{moved}");
+    assert!(moved["rooms"].get(&quiet).is_none(), "nothing new in the quiet room: {moved}");
+    assert_eq!((moved["lists"]["all"]["count"].as_u64(), moved["lists"]["dms"]["count"].as_u64()), (Some(3), Some(1)));
+
+    // Ignoring bob hides his invite, though nothing happened in its room.
+    let ignore = format!("/_matrix/client/v3/user/{}/account_data/m.ignored_user_list", enc(&alice.user_id));
+    let ignored = json!({"ignored_users": {bob.user_id.as_str(): {}}});
+    assert_eq!(server.put(&ignore, alice.token(), ignored).await.0, 200);
+    let hidden = ok(&server, &alice, Some(&pos(&moved)), 0, body.clone()).await;
+    assert_eq!(hidden["lists"]["all"]["count"], 2, "{hidden}");
+
+    // Leaving the quiet room: shown once as left, then gone from the lists.
+    let leave = format!("/_matrix/client/v3/rooms/{}/leave", enc(&quiet));
+    assert_eq!(server.post(&leave, alice.token(), json!({})).await.0, 200);
+    let left = ok(&server, &alice, Some(&pos(&hidden)), 0, body.clone()).await;
+    assert!(left["rooms"].get(&quiet).is_some(), "the leave is sent: {left}");
+    let after = ok(&server, &alice, Some(&pos(&left)), 0, body).await;
+    assert_eq!(after["lists"]["all"]["count"], 1, "{after}");
+    assert_eq!(after["lists"]["dms"]["count"], 0, "{after}");
+}

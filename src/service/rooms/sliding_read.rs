@@ -3,19 +3,19 @@
 //! in one pass per room; and the children of a space, for the `spaces` list filter.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
 };
 
 use ruma::{OwnedRoomId, RoomId, UserId};
 
-use super::{RoomCore, Rooms, out_of_band::current_out_of_band};
+use super::{RoomCore, Rooms, sync_read::events_between};
 use crate::{
     Result,
     storage::{
         Db, ScanDirection,
-        membership_tables::OutOfBand,
-        room_tables::{ROOMS, TIMELINE},
+        membership_tables::OUT_OF_BAND_MEMBERSHIPS,
+        room_tables::{ROOMS, TIMELINE, USER_ROOMS, UserMembership},
     },
 };
 
@@ -131,28 +131,126 @@ impl FactsCache {
     }
 }
 
+/// One of a user's rooms as sliding sync's lists read it, before a request's own filters.
+#[derive(Debug, Clone)]
+pub struct ListRoom {
+    /// The user's membership record (membership, its event and stream position).
+    pub membership: UserMembership,
+    /// Whether the membership is an invite or knock this server holds for a room it is not in
+    /// (over federation): the room's facts are then unknown.
+    pub out_of_band: bool,
+    /// For an invite: who sent it, and whether it says `is_direct`.
+    pub inviter: Option<String>,
+    pub invite_direct: bool,
+    pub facts: SlidingFacts,
+}
+
+/// A user's rooms as read for one sliding sync answer. Entries are shared between the answers
+/// of a connection (an unchanged room is not read again).
+pub type ListRooms = HashMap<OwnedRoomId, Arc<ListRoom>>;
+
+/// The rooms read for a connection's previous answer, and the stream position they were read at.
+pub struct PreviousListRooms {
+    pub at: u64,
+    pub rooms: Arc<ListRooms>,
+}
+
+/// Whether an invite's member event content says `is_direct`.
+fn says_direct(content: &serde_json::Value) -> bool {
+    content.get("is_direct").and_then(serde_json::Value::as_bool).unwrap_or(false)
+}
+
+impl RoomCore {
+    fn list_room(
+        &self,
+        db: &Db,
+        user: &UserId,
+        room_id: &RoomId,
+        record: UserMembership,
+        now: u64,
+        cache: &FactsCache,
+    ) -> Result<ListRoom> {
+        let out_of_band = OUT_OF_BAND_MEMBERSHIPS
+            .get(db, &(user.to_owned(), room_id.to_owned()))?
+            .filter(|oob| oob.event_id == record.event_id);
+        // A left room is shown as it was when the user left.
+        let upto = match record.membership.as_str() {
+            "leave" | "ban" => record.position.min(now),
+            _ => now,
+        };
+        let facts = match out_of_band {
+            Some(_) => SlidingFacts::default(),
+            None => self.sliding_facts_in(db, room_id, upto, cache)?,
+        };
+        let (inviter, invite_direct) = match (record.membership.as_str(), &out_of_band) {
+            ("invite", Some(oob)) => {
+                (oob.invite["sender"].as_str().map(str::to_owned), says_direct(&oob.invite["content"]))
+            }
+            ("invite", None) => {
+                let short_room = self.interner.short_room(db, room_id)?;
+                match short_room
+                    .map(|short| self.current_state_event(db, short, "m.room.member", user.as_str()))
+                    .transpose()?
+                    .flatten()
+                {
+                    Some(pdu) => (Some(pdu.sender.to_string()), says_direct(&pdu.content_value())),
+                    None => (None, false),
+                }
+            }
+            _ => (None, false),
+        };
+        Ok(ListRoom { membership: record, out_of_band: out_of_band.is_some(), inviter, invite_direct, facts })
+    }
+}
+
 impl Rooms {
-    /// For each of the user's rooms, with the stream position to read it at: the user's
-    /// out-of-band membership in it (see [`Rooms::out_of_band`]) and, for a room this server
-    /// has, its list facts (the bump stamp read at or before that position). One blocking read for all of them: a sliding sync answer needs
-    /// this for every room of the user.
-    pub async fn sliding_candidates(
+    /// The user's rooms that `keep` accepts, with their list facts read at stream position
+    /// `now` (a left room at its leave). One blocking read for all of them: a sliding sync
+    /// answer needs this for every room of the user.
+    ///
+    /// With the connection's `previous` read, a room whose membership record is the same and
+    /// that has no event after `previous.at` is taken from it rather than read again (unless
+    /// too many events happened since, when every room is read), so an answer reads only the
+    /// rooms that changed. A room's facts change only with an event in it, as `/sync`'s
+    /// incremental answers also assume.
+    pub async fn sliding_rooms(
         &self,
         user: &UserId,
-        rooms: Vec<(OwnedRoomId, u64)>,
+        now: u64,
+        previous: Option<PreviousListRooms>,
+        keep: impl Fn(&RoomId, &UserMembership) -> bool + Send + 'static,
         cache: Arc<FactsCache>,
-    ) -> Result<Vec<(Option<OutOfBand>, SlidingFacts)>> {
+    ) -> Result<ListRooms> {
         let user = user.to_owned();
         self.run(move |core, db| {
-            let mut out = Vec::with_capacity(rooms.len());
-            for (room_id, upto) in rooms {
-                let key = (user.clone(), room_id);
-                let out_of_band = current_out_of_band(db, &key)?;
-                let facts = match out_of_band {
-                    Some(_) => SlidingFacts::default(),
-                    None => core.sliding_facts_in(db, &key.1, upto, &cache)?,
+            let records = USER_ROOMS.scan_prefix(db, &(user.clone(),))?;
+            let reusable = match &previous {
+                Some(previous) if previous.at <= now => match events_between(db, previous.at, now)? {
+                    Some(events) => {
+                        let shorts: HashSet<u64> = events.into_iter().map(|(_, (room, _))| room).collect();
+                        let mut changed = HashSet::with_capacity(shorts.len());
+                        for short in shorts {
+                            changed.insert(core.interner.room_id(db, short)?);
+                        }
+                        Some((&previous.rooms, changed))
+                    }
+                    None => None,
+                },
+                _ => None,
+            };
+            let mut out = HashMap::with_capacity(records.len());
+            for ((_, room_id), record) in records {
+                if !keep(&room_id, &record) {
+                    continue;
+                }
+                let earlier = reusable.as_ref().and_then(|(rooms, changed)| {
+                    rooms.get(&room_id).filter(|earlier| earlier.membership == record && !changed.contains(&room_id))
+                });
+                let entry = match earlier {
+                    Some(earlier) => earlier.clone(),
+                    None => Arc::new(core.list_room(db, &user, &room_id, record, now, &cache)?),
                 };
-                out.push((out_of_band, facts));
+                out.insert(room_id, entry);
             }
             Ok(out)
         })

@@ -90,7 +90,7 @@ type StreamEntry = (u64, (u64, u64));
 
 /// Every event in stream positions `(after, upto]`, oldest first, or `None` when there are more
 /// than [`MAX_CHANGED_SCAN`] of them.
-fn events_between(db: &Db, after: u64, upto: u64) -> Result<Option<Vec<StreamEntry>>> {
+pub(super) fn events_between(db: &Db, after: u64, upto: u64) -> Result<Option<Vec<StreamEntry>>> {
     let events = EVENT_STREAM.between(db, after, upto, MAX_CHANGED_SCAN + 1)?;
     Ok((events.len() <= MAX_CHANGED_SCAN).then_some(events))
 }

@@ -16,7 +16,10 @@ use std::{
 
 use ruma::{DeviceId, OwnedDeviceId, OwnedRoomId, OwnedUserId, UserId, api::error::ErrorKind};
 
-use crate::{Error, Result, service::sync::SyncToken};
+use crate::{
+    Error, Result,
+    service::{rooms::sliding_read::ListRooms, sync::SyncToken},
+};
 
 /// Connections idle longer than this are forgotten.
 pub const IDLE_EXPIRY: Duration = Duration::from_secs(30 * 60);
@@ -55,6 +58,9 @@ pub struct Answer {
     /// The one-time key counts and fallback key types sent (E2EE extension), to tell when they
     /// changed.
     pub key_counts: String,
+    /// The user's rooms as read for the lists of this answer (at `token.events`): the next
+    /// answer reads again only those with events since, or whose membership changed.
+    pub list_rooms: Arc<ListRooms>,
 }
 
 struct Connection {

@@ -2,16 +2,21 @@
 //! knocked, and those left since the connection's last answer) with the facts lists filter on,
 //! ordered by bump stamp (newest first); each list's filters; the rooms within its ranges.
 
-use std::collections::{HashMap, HashSet};
-
-use ruma::{
-    OwnedRoomId, RoomId, UInt, UserId, api::client::sync::sync_events::v5::request::ListFilters, events::StateEventType,
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
 };
+
+use ruma::{OwnedRoomId, RoomId, UInt, UserId, api::client::sync::sync_events::v5::request::ListFilters};
 
 use super::{Context, ExtraFilters};
 use crate::{
     Result,
-    service::{Services, rooms::sliding_read::SlidingFacts},
+    service::{
+        Services,
+        rooms::sliding_read::{ListRooms, PreviousListRooms, SlidingFacts},
+    },
+    storage::room_tables::UserMembership,
 };
 
 /// One of the user's rooms, with what lists are filtered and ordered by.
@@ -38,69 +43,50 @@ pub(crate) async fn direct_rooms(services: &Services, user: &UserId) -> Result<H
     Ok(content.into_values().flatten().filter_map(|room| OwnedRoomId::try_from(room).ok()).collect())
 }
 
-/// Whether an invite's member event says `is_direct`.
-fn invite_is_direct(content: &serde_json::Value) -> bool {
-    content.get("is_direct").and_then(serde_json::Value::as_bool).unwrap_or(false)
-}
-
-/// The user's rooms a list may show, newest bump first.
-pub(crate) async fn candidates(ctx: &Context<'_>) -> Result<Vec<Candidate>> {
+/// The user's rooms a list may show, newest bump first, and the rooms as read (kept with the
+/// answer, so the next one reads only the rooms that changed).
+pub(crate) async fn candidates(ctx: &Context<'_>) -> Result<(Vec<Candidate>, Arc<ListRooms>)> {
     let services = ctx.services;
-    let mut rooms = Vec::new();
-    for (room_id, record) in services.rooms.user_rooms(ctx.user).await? {
-        // A leave is shown once to a connection that knew the room, then the room goes.
-        let sent = ctx.since.and_then(|since| since.rooms.get(&room_id));
-        match record.membership.as_str() {
-            "join" | "invite" | "knock" => {}
-            "leave" | "ban" => {
-                if record.forgotten || sent.is_none_or(|s| s.membership == record.membership) {
-                    continue;
-                }
-            }
-            _ => continue,
-        }
-        let upto = match record.membership.as_str() {
-            "leave" | "ban" => record.position.min(ctx.now.events),
-            _ => ctx.now.events,
-        };
-        rooms.push((room_id, record, upto));
-    }
-    let reads = rooms.iter().map(|(room_id, _, upto)| (room_id.clone(), *upto)).collect();
-    let read = services.rooms.sliding_candidates(ctx.user, reads, services.sliding_sync.facts.clone()).await?;
-    let mut out = Vec::with_capacity(rooms.len());
-    for ((room_id, record, _), (out_of_band, facts)) in rooms.into_iter().zip(read) {
-        let mut is_dm = ctx.direct.contains(&room_id);
+    // A leave is shown once to a connection that knew the room, then the room goes.
+    let sent: HashMap<OwnedRoomId, String> = ctx
+        .since
+        .map(|since| since.rooms.iter().map(|(room, sent)| (room.clone(), sent.membership.clone())).collect())
+        .unwrap_or_default();
+    let keep = move |room_id: &RoomId, record: &UserMembership| match record.membership.as_str() {
+        "join" | "invite" | "knock" => true,
+        "leave" | "ban" => !record.forgotten && sent.get(room_id).is_some_and(|sent| *sent != record.membership),
+        _ => false,
+    };
+    let previous = ctx.since.map(|since| PreviousListRooms { at: since.token.events, rooms: since.list_rooms.clone() });
+    let facts = services.sliding_sync.facts.clone();
+    let read = Arc::new(services.rooms.sliding_rooms(ctx.user, ctx.now.events, previous, keep, facts).await?);
+    let mut out = Vec::with_capacity(read.len());
+    for (room_id, room) in read.iter() {
+        let record = &room.membership;
+        let mut is_dm = ctx.direct.contains(room_id);
         if record.membership == "invite" {
-            let (inviter, content) = match &out_of_band {
-                Some(oob) => (oob.invite["sender"].as_str().map(str::to_owned), oob.invite["content"].clone()),
-                None => {
-                    match services.rooms.state_event(&room_id, &StateEventType::RoomMember, ctx.user.as_str()).await? {
-                        Some(pdu) => (Some(pdu.sender.to_string()), pdu.content_value()),
-                        None => (None, serde_json::Value::Null),
-                    }
-                }
-            };
+            let inviter = room.inviter.as_deref();
             if inviter.is_some_and(|inviter| ctx.ignored.iter().any(|ignored| ignored.as_str() == inviter)) {
                 continue;
             }
-            is_dm |= invite_is_direct(&content);
+            is_dm |= room.invite_direct;
         }
         let bump_stamp = match record.membership.as_str() {
             "invite" | "knock" => record.position,
-            _ => facts.bump_stamp.unwrap_or(record.position),
+            _ => room.facts.bump_stamp.unwrap_or(record.position),
         };
         out.push(Candidate {
-            room_id,
-            membership: record.membership,
+            room_id: room_id.clone(),
+            membership: record.membership.clone(),
             membership_position: record.position,
-            facts,
+            facts: room.facts.clone(),
             is_dm,
             bump_stamp,
-            out_of_band: out_of_band.is_some(),
+            out_of_band: room.out_of_band,
         });
     }
     out.sort_by(|a, b| b.bump_stamp.cmp(&a.bump_stamp).then_with(|| a.room_id.cmp(&b.room_id)));
-    Ok(out)
+    Ok((out, read))
 }
 
 /// Tags per room, read once per request when a list filters on them.

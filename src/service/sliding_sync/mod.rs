@@ -215,8 +215,10 @@ async fn build(ctx: &Context<'_>, request: &v5::Request, extra: &Extra) -> Resul
         rooms: ctx.since.map(|since| since.rooms.clone()).unwrap_or_default(),
         lists: BTreeMap::new(),
         key_counts: String::new(),
+        list_rooms: Default::default(),
     };
-    let candidates = lists::candidates(ctx).await?;
+    let (candidates, list_rooms) = lists::candidates(ctx).await?;
+    answer.list_rooms = list_rooms;
     let mut selected: BTreeMap<OwnedRoomId, RoomConfig> = BTreeMap::new();
     let mut list_rooms: BTreeMap<String, Vec<OwnedRoomId>> = BTreeMap::new();
     let mut tags = lists::TagCache::default();
