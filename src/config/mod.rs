@@ -136,6 +136,10 @@ pub struct Config {
     /// Size of the RocksDB block cache shared by all tables, in MiB (Conduit's key).
     #[serde(default = "default_db_cache_capacity_mb")]
     pub db_cache_capacity_mb: f64,
+    /// The most memory RocksDB's memtables (writes not yet flushed) use across all tables, in
+    /// MiB; counted against the block cache (`db_cache_capacity_mb`).
+    #[serde(default = "default_rocksdb_write_buffer_mb")]
+    pub rocksdb_write_buffer_mb: f64,
     /// Upper bound on files RocksDB keeps open (Conduit's key).
     #[serde(default = "default_rocksdb_max_open_files")]
     pub rocksdb_max_open_files: i32,
@@ -552,6 +556,9 @@ fn default_log() -> String {
 }
 fn default_db_cache_capacity_mb() -> f64 {
     300.0
+}
+fn default_rocksdb_write_buffer_mb() -> f64 {
+    32.0
 }
 fn default_rocksdb_max_open_files() -> i32 {
     512

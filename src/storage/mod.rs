@@ -192,6 +192,7 @@ impl Db {
     pub fn open(config: &Config) -> Result<Self, StorageError> {
         let settings = rocks::RocksSettings {
             cache_capacity_bytes: (config.db_cache_capacity_mb.max(8.0) * 1024.0 * 1024.0) as usize,
+            write_buffer_bytes: (config.rocksdb_write_buffer_mb.max(1.0) * 1024.0 * 1024.0) as usize,
             max_open_files: config.rocksdb_max_open_files,
             durable_writes: config.rocksdb_durable_writes,
         };

@@ -14,7 +14,7 @@ use std::{collections::BTreeSet, path::Path};
 
 use rocksdb::{
     BlockBasedOptions, BottommostLevelCompaction, BoundColumnFamily, Cache, CompactOptions, DBCompressionType,
-    DBWithThreadMode, Direction, IteratorMode, MultiThreaded, Options, WriteBatch, WriteOptions,
+    DBWithThreadMode, Direction, IteratorMode, MultiThreaded, Options, WriteBatch, WriteBufferManager, WriteOptions,
     statistics::{StatsLevel, Ticker},
 };
 
@@ -38,6 +38,9 @@ pub struct RocksEngine {
 /// Tuning for a small server; the config supplies the cache size, file limit and durability.
 pub struct RocksSettings {
     pub cache_capacity_bytes: usize,
+    /// The most memory all tables' memtables (writes not yet flushed to files) use together;
+    /// it is charged to the block cache, so the cache's capacity bounds both.
+    pub write_buffer_bytes: usize,
     pub max_open_files: i32,
     /// Sync the write-ahead log before a write returns (see the module documentation).
     pub durable_writes: bool,
@@ -58,6 +61,14 @@ impl RocksEngine {
         table_options.optimize_level_style_compaction(16 * 1024 * 1024);
 
         let mut db_options = table_options.clone();
+        // One memory budget across the ~100 tables: without a write buffer manager each table
+        // may hold several memtables of its own (up to 6 of 4 MiB after
+        // `optimize_level_style_compaction`); with it, the largest memtable is flushed once
+        // all of them together reach `write_buffer_bytes`, and their memory counts against the
+        // block cache.
+        let write_buffers =
+            WriteBufferManager::new_write_buffer_manager_with_cache(settings.write_buffer_bytes, false, cache.clone());
+        db_options.set_write_buffer_manager(&write_buffers);
         db_options.create_if_missing(true);
         db_options.create_missing_column_families(true);
         db_options.set_max_open_files(settings.max_open_files);
