@@ -110,7 +110,8 @@ impl Services {
         let key_changes = Arc::new(keys::KeyChangeStream::new(&db)?);
         let notifier = Arc::new(notifier::Notifier::new());
         let push_wake = Arc::new(tokio::sync::Notify::new());
-        let push_profiles = Arc::new(push::recipients::PushProfiles::default());
+        let push_profiles =
+            Arc::new(push::recipients::PushProfiles::with_thread_rules(config.thread_subscription_push_rules));
         let registration_tokens =
             Arc::new(registration_tokens::RegistrationTokens::new(db.clone(), non_empty(&config.registration_token)));
         Ok(Arc::new(Self {
