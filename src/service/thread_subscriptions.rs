@@ -132,7 +132,7 @@ pub async fn changes(
                 })
                 .filter(|change| since.is_none_or(|since| change.bump_stamp > since) && change.bump_stamp <= upto)
                 .collect();
-            changes.sort_by(|a, b| b.bump_stamp.cmp(&a.bump_stamp));
+            changes.sort_by_key(|change| std::cmp::Reverse(change.bump_stamp));
             let more = changes.len() > limit;
             changes.truncate(limit);
             Ok((changes, more))
