@@ -94,6 +94,11 @@ pub struct Config {
     pub appservices: Vec<appservice::AppServiceRegistration>,
     #[serde(default)]
     pub allow_guest_registration: bool,
+    /// MSC4306's default push rules: an event in a thread notifies only the users subscribed
+    /// to the thread (mentions still do, by the override rules), as Synapse's
+    /// `experimental_features.msc4306_enabled`.
+    #[serde(default)]
+    pub thread_subscription_push_rules: bool,
     /// Whether a logged-in device may ask for a login token for a new device
     /// (`/login/get_token`, after the user's password), as Element's QR code sign-in does.
     #[serde(default = "default_true")]

@@ -221,6 +221,31 @@ impl AccountData {
             .await
     }
 
+    /// A write of another per-user stream that shares the account data positions (thread
+    /// subscriptions, MSC4308): `write` gets the database and the position the change will
+    /// have, and returns the batch to commit at it (`None`: nothing changes) and a result. Under
+    /// the account data lock, so positions are committed in order; waiting syncs are woken.
+    pub async fn write_at_position<R, F>(&self, write: F) -> Result<R>
+    where
+        F: FnOnce(&Db, u64) -> Result<(Option<Batch>, R)> + Send + 'static,
+        R: Send + 'static,
+    {
+        let notifier = self.notifier.clone();
+        self.lock
+            .run(&self.db, move |db| {
+                let position = COUNTERS.get(db, &STREAM_COUNTER.to_owned())?.unwrap_or(0) + 1;
+                let (batch, out) = write(db, position)?;
+                let Some(mut batch) = batch else { return Ok(out) };
+                if next_counter(db, &mut batch, STREAM_COUNTER)? != position {
+                    return Err(crate::Error::internal("account data position moved under its lock"));
+                }
+                db.write(batch)?;
+                notifier.account_data_committed(position);
+                Ok(out)
+            })
+            .await
+    }
+
     /// Deletes the local notification settings (MSC3890:
     /// `org.matrix.msc3890.local_notification_settings.<device>`) of the devices `which`
     /// accepts, before those devices are deleted. Like the pushers, this goes first: a request

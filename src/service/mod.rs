@@ -53,8 +53,6 @@ pub struct Services {
     pub sessions: sessions::Sessions,
     /// Single-use tokens that log a new device in from an existing one.
     pub login_tokens: login_tokens::LoginTokens,
-    /// Thread subscriptions (MSC4306).
-    pub thread_subscriptions: thread_subscriptions::ThreadSubscriptions,
     pub profile: profile::Profiles,
     pub user_directory: user_directory::UserDirectory,
     pub uiaa: uiaa::Uiaa,
@@ -110,7 +108,8 @@ impl Services {
         let key_changes = Arc::new(keys::KeyChangeStream::new(&db)?);
         let notifier = Arc::new(notifier::Notifier::new());
         let push_wake = Arc::new(tokio::sync::Notify::new());
-        let push_profiles = Arc::new(push::recipients::PushProfiles::default());
+        let push_profiles =
+            Arc::new(push::recipients::PushProfiles::with_thread_rules(config.thread_subscription_push_rules));
         let registration_tokens =
             Arc::new(registration_tokens::RegistrationTokens::new(db.clone(), non_empty(&config.registration_token)));
         Ok(Arc::new(Self {
@@ -165,7 +164,6 @@ impl Services {
             sliding_sync: sliding_sync::SlidingSync::new(),
             openid: openid::OpenId::default(),
             server_backups: Arc::new(server_backup::ServerBackups::new(db.clone(), config.clone())),
-            thread_subscriptions: thread_subscriptions::ThreadSubscriptions::new(db.clone()),
             login_tokens: login_tokens::LoginTokens::default(),
             admin_register: admin_register::AdminRegister::new(non_empty(&config.registration_shared_secret)),
             federation,

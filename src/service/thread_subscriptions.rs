@@ -4,27 +4,19 @@
 //! records the stream position, and an automatic subscription caused by an event at or before it
 //! is refused with 409, so a slow client cannot undo the user's choice. A manual subscription is
 //! not turned into an automatic one.
+//!
+//! Every change is stamped with a new account data stream position (`bump_stamp`), written
+//! under the account data lock (which also serialises each read-check-write here), so sliding
+//! sync's MSC4308 extension can send the changes since a connection's last answer.
 
-use ruma::{EventId, OwnedEventId, RoomId, UserId};
+use ruma::{EventId, OwnedEventId, OwnedRoomId, RoomId, UserId};
 use serde_json::{Value, json};
 
 use super::Services;
 use crate::{
     Error, Result,
-    storage::{Batch, Db, WriteLock, thread_subscription_tables::THREAD_SUBSCRIPTIONS},
+    storage::{Batch, thread_subscription_tables::THREAD_SUBSCRIPTIONS},
 };
-
-pub struct ThreadSubscriptions {
-    db: Db,
-    /// Serialises the read-check-write of one subscription.
-    lock: WriteLock,
-}
-
-impl ThreadSubscriptions {
-    pub fn new(db: Db) -> Self {
-        Self { db, lock: WriteLock::new() }
-    }
-}
 
 fn not_in_thread() -> Error {
     Error::custom(
@@ -76,10 +68,9 @@ pub async fn subscribe(
         }
     };
     let key = (user.to_owned(), room.to_owned(), root.to_string());
-    let subscriptions = &services.thread_subscriptions;
-    subscriptions
-        .lock
-        .run(&subscriptions.db, move |db| {
+    services
+        .account_data
+        .write_at_position(move |db, stamp| {
             let stored = THREAD_SUBSCRIPTIONS.get(db, &key)?;
             if let Some(position) = cause_position {
                 let unsubscribed_at = stored.as_ref().and_then(|v| v.get("unsubscribed_at")).and_then(Value::as_u64);
@@ -92,12 +83,59 @@ pub async fn subscribe(
                 }
                 if stored.as_ref().and_then(|v| v.get("automatic")).is_some() {
                     // Already subscribed (a manual subscription stays manual).
-                    return Ok(());
+                    return Ok((None, ()));
                 }
             }
             let mut batch = Batch::new();
-            batch.put(&THREAD_SUBSCRIPTIONS, &key, &json!({"automatic": cause_position.is_some()}))?;
-            Ok(db.write(batch)?)
+            let value = json!({"automatic": cause_position.is_some(), "bump_stamp": stamp});
+            batch.put(&THREAD_SUBSCRIPTIONS, &key, &value)?;
+            Ok((Some(batch), ()))
+        })
+        .await
+}
+
+/// A change of one of a user's thread subscriptions (MSC4308's sliding sync extension).
+pub struct SubscriptionChange {
+    pub room: OwnedRoomId,
+    pub root: String,
+    /// `Some(automatic)` when subscribed, `None` when unsubscribed.
+    pub automatic: Option<bool>,
+    /// The account data stream position of the change.
+    pub bump_stamp: u64,
+}
+
+/// The newest `limit` changes of `user`'s thread subscriptions at account data positions in
+/// `(since, upto]` (all of them without `since`), newest first, and whether there were more.
+/// Reads every subscription of the user: a user follows a modest number of threads.
+pub async fn changes(
+    services: &Services,
+    user: &UserId,
+    since: Option<u64>,
+    upto: u64,
+    limit: usize,
+) -> Result<(Vec<SubscriptionChange>, bool)> {
+    let user = user.to_owned();
+    services
+        .db
+        .run(move |db| {
+            let mut changes: Vec<SubscriptionChange> = THREAD_SUBSCRIPTIONS
+                .scan_prefix(db, &(user,))?
+                .into_iter()
+                .filter_map(|((_, room, root), value)| {
+                    // Subscriptions stored before stamps were kept count as the oldest.
+                    let bump_stamp = value.get("bump_stamp").and_then(Value::as_u64).unwrap_or(0);
+                    if value.get("automatic").is_none() && value.get("bump_stamp").is_none() {
+                        return None;
+                    }
+                    let automatic = value.get("automatic").and_then(Value::as_bool);
+                    Some(SubscriptionChange { room, root, automatic, bump_stamp })
+                })
+                .filter(|change| since.is_none_or(|since| change.bump_stamp > since) && change.bump_stamp <= upto)
+                .collect();
+            changes.sort_by_key(|change| std::cmp::Reverse(change.bump_stamp));
+            let more = changes.len() > limit;
+            changes.truncate(limit);
+            Ok((changes, more))
         })
         .await
 }
@@ -107,13 +145,12 @@ pub async fn unsubscribe(services: &Services, user: &UserId, room: &RoomId, root
     check_root(services, user, room, root).await?;
     let key = (user.to_owned(), room.to_owned(), root.to_string());
     let now = services.rooms.current_position();
-    let subscriptions = &services.thread_subscriptions;
-    subscriptions
-        .lock
-        .run(&subscriptions.db, move |db| {
+    services
+        .account_data
+        .write_at_position(move |_, stamp| {
             let mut batch = Batch::new();
-            batch.put(&THREAD_SUBSCRIPTIONS, &key, &json!({"unsubscribed_at": now}))?;
-            Ok(db.write(batch)?)
+            batch.put(&THREAD_SUBSCRIPTIONS, &key, &json!({"unsubscribed_at": now, "bump_stamp": stamp}))?;
+            Ok((Some(batch), ()))
         })
         .await
 }

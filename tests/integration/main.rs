@@ -13,6 +13,7 @@ mod bench;
 mod concurrency;
 mod context;
 mod cs_details;
+mod cs_last;
 mod cs_msc;
 mod cs_remaining;
 mod dag;

@@ -1,7 +1,7 @@
 //! Admin APIs, in Synapse's shape so admins keep their tools (synadm, synapse-admin):
 //! shared-secret registration (`synapse_register.rs`, which Complement also uses), the server
 //! version, users (`users.rs`), rooms (`rooms.rs`), registration tokens
-//! (`registration_tokens.rs`), content reports (`reports.rs`), server notices (`notices.rs`), and
+//! (`registration_tokens.rs`), content reports (`reports.rs`; rooms and users: `target_reports.rs`), server notices (`notices.rs`), and
 //! Trellis's own online backup and user export (`data.rs`, under `/_trellis/admin/v1`). Every endpoint but the
 //! version and shared-secret registration needs a server admin's access token (`auth.rs`).
 
@@ -14,6 +14,7 @@ pub mod registration_tokens;
 pub mod reports;
 pub mod rooms;
 pub mod synapse_register;
+pub mod target_reports;
 pub mod user_data;
 pub mod users;
 
@@ -34,6 +35,7 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = rooms::routes(router);
     let router = registration_tokens::routes(router);
     let router = reports::routes(router);
+    let router = target_reports::routes(router);
     let router = data::routes(router);
     notices::routes(router)
 }

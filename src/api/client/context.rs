@@ -39,6 +39,7 @@ pub(crate) fn filter_accepts(filter: &RoomEventFilter, pdu: &Pdu) -> bool {
         && !filter.not_types.iter().any(|t| type_matches(t, &kind))
         && filter.senders.as_ref().is_none_or(|s| s.contains(&pdu.sender))
         && !filter.not_senders.contains(&pdu.sender)
+        && crate::service::sync::filter::url_allowed(filter, &pdu.content)
 }
 
 async fn context(

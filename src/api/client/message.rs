@@ -231,11 +231,12 @@ async fn messages(
             && !filter.not_types.iter().any(|t| type_matches(t, &kind))
             && filter.senders.as_ref().is_none_or(|s| s.contains(&pdu.sender))
             && !filter.not_senders.contains(&pdu.sender)
+            && crate::service::sync::filter::url_allowed(&filter, &pdu.content)
     };
     // Going backwards past the start of the local history, other servers of the room are asked
     // for more (backfill).
-    let (events, next) =
-        services.timeline_with_backfill(&sender.user_id, &body.room_id, from, direction, limit, keep).await?;
+    let scan = services.timeline_with_backfill(&sender.user_id, &body.room_id, from, direction, limit, keep).await?;
+    let (events, next) = (scan.events, scan.next);
     let returned = events.len();
     let events: Vec<_> = events
         .into_iter()
@@ -261,6 +262,11 @@ async fn messages(
     };
     let mut response = get_message_events::v3::Response::new();
     response.start = from.map(|p| p.to_string()).unwrap_or_else(|| "0".to_owned());
+    // A page that holds events has an `end`, even when its scan reached the start (or the
+    // newest event) of the room: as Synapse answers, and Complement's `TestRoomImageRoundtrip`
+    // expects of a `contains_url` page; the next page is then empty and has none. An empty
+    // page at the end of the room has none.
+    let next = next.or(if found > 0 { scan.last_read } else { None });
     response.end = if reached_to { None } else { next.map(|p| p.to_string()) };
     if !body.filter.lazy_load_options.is_disabled() {
         let mut senders: Vec<&ruma::UserId> = events.iter().map(|e| e.pdu.sender_user()).collect();

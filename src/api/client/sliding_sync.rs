@@ -36,7 +36,7 @@ async fn sliding_sync(State(services): State<Arc<Services>>, request: Ruma<v5::R
         .response
         .try_into_http_response::<Vec<u8>>()
         .map_err(|e| Error::internal(format!("could not serialize response: {e}")))?;
-    if reply.knock_states.is_empty() {
+    if reply.knock_states.is_empty() && reply.thread_subscriptions.is_none() {
         return Ok(http.map(Body::from).into_response());
     }
     // Ruma 0.17's `v5::response::Room` lacks MSC4186's `knock_state`: add it to each knocked
@@ -44,6 +44,13 @@ async fn sliding_sync(State(services): State<Arc<Services>>, request: Ruma<v5::R
     let (parts, body) = http.into_parts();
     let mut json: serde_json::Value =
         serde_json::from_slice(&body).map_err(|e| Error::internal(format!("could not re-read response: {e}")))?;
+    // MSC4308's extension, which ruma 0.17 lacks too.
+    if let Some(part) = reply.thread_subscriptions {
+        if !json["extensions"].is_object() {
+            json["extensions"] = serde_json::json!({});
+        }
+        json["extensions"][sliding_sync::thread_subscriptions::EXTENSION] = part;
+    }
     for (room_id, events) in reply.knock_states {
         if let Some(room) = json["rooms"].get_mut(room_id.as_str()).and_then(|room| room.as_object_mut()) {
             room.insert("knock_state".to_owned(), serde_json::json!(events));

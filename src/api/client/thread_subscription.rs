@@ -1,5 +1,7 @@
 //! Thread subscriptions (MSC4306): `GET`, `PUT` and `DELETE` on
-//! `/_matrix/client/unstable/io.element.msc4306/rooms/{roomId}/thread/{threadRootId}/subscription`.
+//! `/_matrix/client/unstable/io.element.msc4306/rooms/{roomId}/thread/{threadRootId}/subscription`,
+//! and MSC4308's pagination of subscription changes,
+//! `GET /_matrix/client/unstable/io.element.msc4308/thread_subscriptions?dir=b&from&to&limit`.
 //! Ruma has no types for them, so these are plain axum routes around the same token check as
 //! every other endpoint.
 
@@ -7,8 +9,8 @@ use std::sync::Arc;
 
 use axum::{
     Json, Router,
-    extract::{Path, State},
-    routing::put,
+    extract::{Path, Query, State},
+    routing::{get, put},
 };
 use http::{StatusCode, request::Parts};
 use ruma::{OwnedEventId, OwnedRoomId, api::error::ErrorKind};
@@ -17,13 +19,15 @@ use serde_json::{Value, json};
 use crate::{
     Error, Result,
     api::extract::{access_token, client_ip, read_body},
-    service::{Services, sessions::Authenticated, thread_subscriptions},
+    service::{Services, sessions::Authenticated, sliding_sync, thread_subscriptions},
 };
 
 const PATH: &str = "/_matrix/client/unstable/io.element.msc4306/rooms/{room_id}/thread/{thread_root_id}/subscription";
 
+const CHANGES_PATH: &str = "/_matrix/client/unstable/io.element.msc4308/thread_subscriptions";
+
 pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
-    router.route(PATH, put(subscribe).get(read).delete(unsubscribe))
+    router.route(PATH, put(subscribe).get(read).delete(unsubscribe)).route(CHANGES_PATH, get(changes))
 }
 
 async fn caller(services: &Services, parts: &Parts) -> Result<Authenticated> {
@@ -88,4 +92,47 @@ async fn unsubscribe(
     let (room, root) = ids(&room, &root)?;
     thread_subscriptions::unsubscribe(&services, &caller.user_id, &room, &root).await?;
     Ok(Json(json!({})))
+}
+
+#[derive(serde::Deserialize)]
+struct ChangesQuery {
+    dir: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<String>,
+}
+
+/// The user's thread subscription changes, newest first, backwards from `from` (inclusive; the
+/// newest without it) down to `to` (exclusive): the sliding sync extension's `prev_batch` pages
+/// here, as Synapse serves it. Tokens are account data stream positions.
+async fn changes(
+    State(services): State<Arc<Services>>,
+    Query(query): Query<ChangesQuery>,
+    parts: Parts,
+) -> Result<Json<Value>> {
+    let caller = caller(&services, &parts).await?;
+    if query.dir.as_deref() != Some("b") {
+        return Err(Error::invalid_param("`dir` must be `b`"));
+    }
+    let number = |value: Option<&str>, name: &str| {
+        value
+            .map(|v| v.parse::<u64>().map_err(|_| Error::invalid_param(format!("`{name}` is not a valid token"))))
+            .transpose()
+    };
+    let limit = number(query.limit.as_deref(), "limit")?.unwrap_or(100);
+    if limit == 0 {
+        return Err(Error::invalid_param("limit must be greater than 0"));
+    }
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX).min(sliding_sync::thread_subscriptions::MAX_LIMIT);
+    let upto = match number(query.from.as_deref(), "from")? {
+        Some(from) => from,
+        None => services.account_data.position().await?,
+    };
+    let since = number(query.to.as_deref(), "to")?;
+    let page = sliding_sync::thread_subscriptions::page(&services, &caller.user_id, since, upto, limit).await?;
+    let Some((mut body, more)) = page else { return Ok(Json(json!({}))) };
+    if let Some(more) = more {
+        body.insert("end".to_owned(), json!(more.to_string()));
+    }
+    Ok(Json(Value::Object(body)))
 }

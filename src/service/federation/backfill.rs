@@ -21,7 +21,7 @@ use ruma::{
 use super::{Federation, client::FederationError};
 use crate::{
     Error, Result,
-    service::rooms::{HistoryGap, Outcome, Pdu, Rooms, StoredEvent, pdu::event_id_of},
+    service::rooms::{HistoryGap, Outcome, Pdu, Rooms, TimelineScan, pdu::event_id_of},
     storage::ScanDirection,
 };
 
@@ -234,17 +234,17 @@ impl crate::service::Services {
         direction: ScanDirection,
         limit: usize,
         keep: impl Fn(&Pdu) -> bool + Clone + Send + 'static,
-    ) -> Result<(Vec<StoredEvent>, Option<u64>)> {
-        let mut page = self.rooms.timeline_filtered(user, room_id, from, direction, limit, keep.clone()).await?;
+    ) -> Result<TimelineScan> {
+        let mut page = self.rooms.timeline_scan(user, room_id, from, direction, limit, keep.clone()).await?;
         if direction != ScanDirection::Reverse {
             return Ok(page);
         }
         let rounds = limit / BATCH as usize + 2;
         for _ in 0..rounds {
-            if page.1.is_some() || page.0.len() >= limit || self.backfill(room_id).await == 0 {
+            if page.next.is_some() || page.events.len() >= limit || self.backfill(room_id).await == 0 {
                 break;
             }
-            page = self.rooms.timeline_filtered(user, room_id, from, direction, limit, keep.clone()).await?;
+            page = self.rooms.timeline_scan(user, room_id, from, direction, limit, keep.clone()).await?;
         }
         Ok(page)
     }

@@ -24,8 +24,11 @@ use std::{
 };
 
 use ruma::{
-    OwnedRoomId, OwnedUserId, UInt, UserId,
-    push::{Action, FlattenedJson, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset},
+    OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
+    push::{
+        Action, AnyPushRuleRef, FlattenedJson, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset,
+        SoundTweakValue, Tweak,
+    },
     serde::Raw,
 };
 use serde_json::value::RawValue;
@@ -43,6 +46,7 @@ use crate::{
             ROOM_NOTIFICATIONS, RoomNotification,
         },
         tables::ACCOUNT_DATA,
+        thread_subscription_tables::THREAD_SUBSCRIPTIONS,
     },
 };
 
@@ -99,15 +103,25 @@ pub(super) fn complete_now<F: Future>(future: F) -> Option<F::Output> {
 /// The actions of the first rule of `ruleset` that applies to the (flattened) event, as ruma's
 /// `Ruleset::get_actions` decides them (the same order and the same skip of the recipient's own
 /// events), on an event flattened once for all recipients.
+///
+/// `thread` is `Some(subscribed)` when MSC4306's rules are on and the event is in a thread:
+/// then the two `postcontent` rules (after the override and content rules, before the room,
+/// sender and underride ones, as Synapse places them) decide, see [`thread_rule_actions`].
 pub(super) async fn first_match(
     ruleset: &Ruleset,
     (event, has_mentions): (&FlattenedJson, bool),
     ctx: &PushConditionRoomCtx,
+    thread: Option<bool>,
 ) -> Vec<Action> {
     if event.get_str("sender").is_some_and(|sender| sender == ctx.user_id) {
         return Vec::new();
     }
     for rule in ruleset {
+        if let Some(subscribed) = thread
+            && !matches!(rule, AnyPushRuleRef::Override(_) | AnyPushRuleRef::Content(_))
+        {
+            return thread_rule_actions(subscribed);
+        }
         if has_mentions && LEGACY_MENTION_RULES.contains(&rule.rule_id()) {
             continue;
         }
@@ -115,7 +129,32 @@ pub(super) async fn first_match(
             return rule.actions().to_vec();
         }
     }
-    Vec::new()
+    thread.map(thread_rule_actions).unwrap_or_default()
+}
+
+/// MSC4306's default `postcontent` rules for an event in a thread:
+/// `.io.element.msc4306.rule.unsubscribed_thread` (condition
+/// `io.element.msc4306.thread_subscription` with `subscribed: false`, no actions: the event does
+/// not notify) and `.io.element.msc4306.rule.subscribed_thread` (`subscribed: true`: notify with
+/// the default sound). One of the two always applies to an event in a thread.
+///
+/// Ruma 0.17 has this condition, the `postcontent` kind and these rules only behind its
+/// `unstable-msc4306` feature, which changes the types of every ruleset (and rebuilds ruma), so
+/// the condition is evaluated here, the smallest piece: the rules are the server's defaults
+/// only, not listed by `GET /pushrules` and not changeable by clients, and a condition of this
+/// kind in a client's own rule never applies (ruma keeps it as a custom condition).
+fn thread_rule_actions(subscribed: bool) -> Vec<Action> {
+    match subscribed {
+        false => Vec::new(),
+        true => vec![Action::Notify, Action::SetTweak(Tweak::Sound(SoundTweakValue::Default))],
+    }
+}
+
+/// Whether `user` is subscribed to the thread `root` of `room` (MSC4306), manually or
+/// automatically.
+fn subscribed_to_thread(db: &Db, user: &UserId, room: &RoomId, root: &str) -> Result<bool> {
+    let key = (user.to_owned(), room.to_owned(), root.to_owned());
+    Ok(THREAD_SUBSCRIPTIONS.get(db, &key)?.is_some_and(|value| value.get("automatic").is_some()))
 }
 
 /// The `m.thread` root of an event's content, if it is in a thread.
@@ -233,9 +272,15 @@ pub fn evaluate_notifications(
         ctx.power_levels = room.power_levels.clone();
         ctx
     };
-    let generic = GENERIC.as_ref().filter(|_| !raw.json().get().to_lowercase().contains(GENERIC_LOCALPART)).and_then(
-        |(user, ruleset)| complete_now(first_match(ruleset, (&flattened, mentions), &ctx_for(user, GENERIC_LOCALPART))),
-    );
+    // With MSC4306's rules an event in a thread notifies only its subscribers: everyone is
+    // evaluated on their own (there is no generic outcome).
+    let thread_rules = out.thread.as_deref().filter(|_| profiles.thread_subscription_rules);
+    let generic = GENERIC
+        .as_ref()
+        .filter(|_| thread_rules.is_none() && !raw.json().get().to_lowercase().contains(GENERIC_LOCALPART))
+        .and_then(|(user, ruleset)| {
+            complete_now(first_match(ruleset, (&flattened, mentions), &ctx_for(user, GENERIC_LOCALPART), None))
+        });
     out.room_default = generic
         .as_ref()
         .filter(|actions| actions.iter().any(Action::should_notify))
@@ -261,7 +306,11 @@ pub fn evaluate_notifications(
             Some(actions) if shares_generic => (actions.iter().any(Action::should_notify), None),
             _ => {
                 let ctx = ctx_for(&recipient.user, &recipient.display_name);
-                let matched = first_match(&profile.ruleset, (&flattened, mentions), &ctx);
+                let thread = match thread_rules {
+                    Some(root) => Some(subscribed_to_thread(db, &recipient.user, &room.room_id, root)?),
+                    None => None,
+                };
+                let matched = first_match(&profile.ruleset, (&flattened, mentions), &ctx, thread);
                 let Some(actions) = complete_now(matched) else { continue };
                 let highlight = actions.iter().any(Action::is_highlight);
                 let own = OwnOutcome { user: recipient.user.clone(), actions, highlight };

@@ -45,12 +45,19 @@ pub struct PushProfiles {
     profiles: Mutex<HashMap<OwnedUserId, Arc<PushProfile>>>,
     /// Counts forgets, so a profile read from storage before a change is not cached after it.
     generation: AtomicU64,
+    /// Whether MSC4306's thread subscription rules apply (`thread_subscription_push_rules`).
+    pub thread_subscription_rules: bool,
 }
 
 /// Users whose profiles are kept; past it the cache starts over.
 const CACHED_PROFILES: usize = 50_000;
 
 impl PushProfiles {
+    /// No profiles yet; MSC4306's thread subscription rules on or off.
+    pub fn with_thread_rules(thread_subscription_rules: bool) -> Self {
+        Self { thread_subscription_rules, ..Self::default() }
+    }
+
     /// The user's profile, from the cache or from storage.
     pub fn get(&self, db: &Db, user: &UserId) -> Result<Arc<PushProfile>> {
         if let Ok(profiles) = self.profiles.lock()

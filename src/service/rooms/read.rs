@@ -41,6 +41,15 @@ impl End {
     }
 }
 
+/// A timeline page and where its scan stopped.
+pub struct TimelineScan {
+    pub events: Vec<StoredEvent>,
+    /// Where to continue from, if the scan did not reach the end of the timeline.
+    pub next: Option<u64>,
+    /// The cursor of the last row read, also when the scan reached the end of the timeline.
+    pub last_read: Option<u64>,
+}
+
 /// One `/messages` page being filled: what it found, where it is, what it may still read.
 struct TimelinePage<F> {
     user: OwnedUserId,
@@ -452,6 +461,20 @@ impl Rooms {
         limit: usize,
         keep: impl Fn(&Pdu) -> bool + Send + 'static,
     ) -> Result<(Vec<StoredEvent>, Option<u64>)> {
+        let scan = self.timeline_scan(user, room_id, from, direction, limit, keep).await?;
+        Ok((scan.events, scan.next))
+    }
+
+    /// [`timeline_filtered`](Self::timeline_filtered), also saying where the scan stopped.
+    pub async fn timeline_scan(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        from: Option<u64>,
+        direction: ScanDirection,
+        limit: usize,
+        keep: impl Fn(&Pdu) -> bool + Send + 'static,
+    ) -> Result<TimelineScan> {
         let (user, room_id) = (user.to_owned(), room_id.to_owned());
         self.run(move |core, db| {
             let short_room = core.interner.short_room(db, &room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
@@ -494,7 +517,7 @@ impl Rooms {
                 End::Full | End::Budget => page.last,
                 End::Exhausted => None,
             };
-            Ok((page.events, next))
+            Ok(TimelineScan { events: page.events, next, last_read: page.last })
         })
         .await
     }

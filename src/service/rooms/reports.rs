@@ -5,7 +5,8 @@
 //! Room reports (`/rooms/{roomId}/report`, spec v1.13) and user reports
 //! (`/users/{userId}/report`, v1.14) go to `ROOM_REPORTS` and `USER_REPORTS`. As in Synapse, a room
 //! this server does not know is `M_NOT_FOUND`, and a report of a user who is not a local account
-//! is accepted and dropped, so it says nothing about who exists.
+//! is accepted and dropped, so it says nothing about who exists. Admins read and delete them
+//! (`target_reports`, `delete_target_report`).
 
 use ruma::{EventId, OwnedUserId, RoomId, UserId};
 use serde_json::{Value, json};
@@ -137,6 +138,77 @@ impl Rooms {
         self.run(move |_, db| {
             let mut batch = Batch::new();
             batch.delete(&EVENT_REPORTS, &key);
+            Ok(db.write(batch)?)
+        })
+        .await?;
+        Ok(true)
+    }
+}
+
+/// What a room or user report is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportTarget {
+    Room,
+    User,
+}
+
+/// One stored report of a room or a user.
+#[derive(Debug, Clone)]
+pub struct TargetReport {
+    /// The reported room or user ID.
+    pub target: String,
+    pub reporter: OwnedUserId,
+    /// `reason` and `received_ts`.
+    pub report: Value,
+}
+
+impl TargetReport {
+    /// A stable number for the report, as [`EventReport::id`] (the kind is part of the hash).
+    pub fn id(&self, kind: ReportTarget) -> u64 {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(format!("{kind:?}|{}|{}", self.target, self.reporter));
+        digest[..6].iter().fold(0u64, |id, byte| (id << 8) | u64::from(*byte))
+    }
+}
+
+impl Rooms {
+    /// Every stored report of a room (`Room`) or of a user (`User`), for admins.
+    pub async fn target_reports(&self, kind: ReportTarget) -> Result<Vec<TargetReport>> {
+        self.run(move |_, db| {
+            let reports = match kind {
+                ReportTarget::Room => ROOM_REPORTS
+                    .all(db)?
+                    .into_iter()
+                    .map(|((room, reporter), report)| TargetReport { target: room.to_string(), reporter, report })
+                    .collect(),
+                ReportTarget::User => USER_REPORTS
+                    .all(db)?
+                    .into_iter()
+                    .map(|((user, reporter), report)| TargetReport { target: user.to_string(), reporter, report })
+                    .collect(),
+            };
+            Ok(reports)
+        })
+        .await
+    }
+
+    /// Deletes the room or user report with this [`TargetReport::id`]; false when there is none.
+    pub async fn delete_target_report(&self, kind: ReportTarget, id: u64) -> Result<bool> {
+        let reports = self.target_reports(kind).await?;
+        let Some(report) = reports.into_iter().find(|report| report.id(kind) == id) else { return Ok(false) };
+        let bad_target = || Error::internal("stored report of an invalid ID");
+        self.run(move |_, db| {
+            let mut batch = Batch::new();
+            match kind {
+                ReportTarget::Room => {
+                    let room = ruma::OwnedRoomId::try_from(report.target).map_err(|_| bad_target())?;
+                    batch.delete(&ROOM_REPORTS, &(room, report.reporter));
+                }
+                ReportTarget::User => {
+                    let user = OwnedUserId::try_from(report.target).map_err(|_| bad_target())?;
+                    batch.delete(&USER_REPORTS, &(user, report.reporter));
+                }
+            }
             Ok(db.write(batch)?)
         })
         .await?;

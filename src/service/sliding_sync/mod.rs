@@ -13,6 +13,7 @@ mod connection;
 mod extensions;
 mod lists;
 mod room_data;
+pub mod thread_subscriptions;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
@@ -57,6 +58,8 @@ pub struct SlidingSync {
 pub struct Reply {
     pub response: v5::Response,
     pub knock_states: BTreeMap<OwnedRoomId, Vec<Raw<AnyStrippedStateEvent>>>,
+    /// MSC4308's extension (`extensions.io.element.msc4308.thread_subscriptions`), if any.
+    pub thread_subscriptions: Option<serde_json::Value>,
 }
 
 /// The request fields ruma 0.17's types do not carry, read from the body: the `spaces`, `tags`
@@ -137,6 +140,7 @@ pub async fn sync(
     raw_body: &[u8],
 ) -> Result<Reply> {
     let extra: Extra = serde_json::from_slice(raw_body).unwrap_or_default();
+    let threads_asked = thread_subscriptions::Asked::from_body(raw_body);
     let conn_id = request.conn_id.clone().unwrap_or_default();
     let since = services.sliding_sync.connections.resume(user, device, &conn_id, request.pos.as_deref())?;
     let timeout = request.timeout.unwrap_or_default().min(MAX_TIMEOUT);
@@ -165,10 +169,12 @@ pub async fn sync(
         let receipt_rooms = receipt_rooms.into_iter().collect();
         let ctx = Context { services, user, device, since: since.as_ref(), now, ignored, direct, receipt_rooms };
         let (mut reply, answer) = build(&ctx, &request, &extra).await?;
+        reply.thread_subscriptions = thread_subscriptions::part(&ctx, &threads_asked).await?;
         let response = &mut reply.response;
         let unchanged = since.as_ref().is_some_and(|previous| {
             response.rooms.is_empty()
                 && !extensions_changed(&response.extensions)
+                && reply.thread_subscriptions.is_none()
                 && previous.lists == answer.lists
                 && previous.key_counts == answer.key_counts
         });
@@ -273,7 +279,7 @@ async fn build(ctx: &Context<'_>, request: &v5::Request, extra: &Extra) -> Resul
     response.extensions = extensions::collect(ctx, &request.extensions, &scope).await?;
     let e2ee = &response.extensions.e2ee;
     answer.key_counts = format!("{:?} {:?}", e2ee.device_one_time_keys_count, e2ee.device_unused_fallback_key_types);
-    Ok((Reply { response, knock_states }, answer))
+    Ok((Reply { response, knock_states, thread_subscriptions: None }, answer))
 }
 
 /// A list's entry (`response::List` is non-exhaustive: built from `Default`).

@@ -5,7 +5,7 @@
 use ruma::{
     RoomId, UserId,
     api::client::{
-        filter::{Filter, FilterDefinition, RoomEventFilter},
+        filter::{Filter, FilterDefinition, RoomEventFilter, UrlFilter},
         sync::sync_events::v3,
     },
 };
@@ -80,6 +80,23 @@ pub fn room_event_allowed(filter: &RoomEventFilter, kind: &str, sender: &UserId)
     types_allow(filter.types.as_deref(), &filter.not_types, kind)
         && filter.senders.as_ref().is_none_or(|senders| senders.iter().any(|s| s == sender))
         && !filter.not_senders.iter().any(|s| s == sender)
+}
+
+/// Whether a room event filter's `contains_url` accepts an event with this content: `true`
+/// keeps only events whose content has a string `url`, `false` only those without (as Synapse
+/// reads it).
+pub fn url_allowed(filter: &RoomEventFilter, content: &serde_json::value::RawValue) -> bool {
+    let Some(wanted) = filter.url_filter else { return true };
+    #[derive(serde::Deserialize)]
+    struct Url<'a> {
+        #[serde(borrow)]
+        url: Option<&'a serde_json::value::RawValue>,
+    }
+    let has_url = serde_json::from_str::<Url<'_>>(content.get())
+        .ok()
+        .and_then(|c| c.url)
+        .is_some_and(|url| url.get().starts_with('"'));
+    has_url == (wanted == UrlFilter::EventsWithUrl)
 }
 
 /// Whether a room event filter's event types accept `kind` (for account data, where there is

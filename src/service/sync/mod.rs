@@ -12,7 +12,7 @@
 
 mod e2ee;
 mod event_fields;
-mod filter;
+pub mod filter;
 mod lazy_members;
 mod presence;
 mod rooms;

@@ -380,6 +380,7 @@ async fn section(ctx: &Context<'_>, room_id: &OwnedRoomId, upto: u64, full: bool
         Arc::new(move |pdu: &Pdu| {
             !ignored.contains(&pdu.sender)
                 && filter::room_event_allowed(&timeline_filter, &pdu.kind.to_string(), &pdu.sender)
+                && filter::url_allowed(&timeline_filter, &pdu.content)
         })
     } else {
         Arc::new(|_: &Pdu| false)

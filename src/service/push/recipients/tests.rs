@@ -164,7 +164,8 @@ fn the_shared_outcome_is_what_each_users_default_rules_give() {
                 );
                 ctx.power_levels = room.power_levels.clone();
                 let ruleset = default_ruleset(&recipient.user);
-                let expected = complete_now(first_match(&ruleset, (&flattened, has_mentions(&event)), &ctx)).unwrap();
+                let expected =
+                    complete_now(first_match(&ruleset, (&flattened, has_mentions(&event)), &ctx, None)).unwrap();
                 let expected: Vec<_> = if expected.iter().any(|a| a.should_notify()) { expected } else { Vec::new() };
                 let stored = decided.outcome_of(&recipient.user).map(<[_]>::to_vec).unwrap_or_default();
                 assert_eq!(
@@ -249,7 +250,7 @@ fn names_in_the_body_highlight_unless_the_event_has_mentions() {
         let event = json!({"type": "m.room.message", "sender": "@alice:hs", "content": content});
         let raw: Raw<Value> = Raw::new(&event).unwrap();
         let flattened = FlattenedJson::from_raw(&raw);
-        let actions = complete_now(first_match(&ruleset, (&flattened, has_mentions(&event)), &ctx)).unwrap();
+        let actions = complete_now(first_match(&ruleset, (&flattened, has_mentions(&event)), &ctx, None)).unwrap();
         actions.iter().any(|a| a.is_highlight())
     };
     assert!(highlight(json!({"msgtype": "m.text", "body": "hi Bobby"})), "display name");
