@@ -421,9 +421,9 @@ async fn synadm_lists_quarantines_and_deletes_media() {
     let page = synadm(&server, &admin, dir.path(), &["media", "list", "-u", &alice.user_id, "-l", "1", "--ts"]);
     assert_eq!(page["total"], 2, "{page}");
     assert_eq!(page["next_token"], 1, "{page}");
-    assert_eq!(ids(&page), [second.clone()], "newest first");
+    assert_eq!(ids(&page), [second.as_str()], "newest first");
     let rest = synadm(&server, &admin, dir.path(), &["media", "list", "-u", &alice.user_id, "-f", "1", "--ts"]);
-    assert_eq!(ids(&rest), [first.clone()]);
+    assert_eq!(ids(&rest), [first.as_str()]);
     let in_room = synadm(&server, &admin, dir.path(), &["media", "list", "-r", &room]);
     assert_eq!(in_room["local"], json!([uri]), "{in_room}");
 
