@@ -1,5 +1,6 @@
 //! Synapse's media admin API over HTTP, as an admin and a client see it: a user's media listed
-//! with paging and orders, quarantined (download and thumbnail answer `404`) and released,
+//! with paging and orders, quarantined (download and thumbnail answer `404`, the same content
+//! uploaded again too) and released,
 //! protected from quarantine, described, deleted by ID, by last use and by user (with
 //! encryption at rest on, the sealed files go too); a room's media listed and quarantined,
 //! other servers' media included and then not fetched; deleting a room with
@@ -172,6 +173,9 @@ async fn admins_list_quarantine_protect_and_delete_media_with_encryption_at_rest
     }
     let (_, listed) = server.get(&format!("{user_media}?order_by=media_length"), admin.token()).await;
     assert_eq!(listed["media"][2]["quarantined_by"], admin.user_id.as_str());
+    // The same content uploaded again is quarantined at once.
+    let copy = upload(&server, &bob, png(400, 300, 3), "copy.png").await;
+    assert_eq!(download(&server, &bob, &format!("download/localhost/{copy}")).await.0, 404);
     let (_, info) = server.get(&format!("/_synapse/admin/v1/media/localhost/{large}"), admin.token()).await;
     assert_eq!(info["media_info"]["quarantined_by"], admin.user_id.as_str());
     assert_eq!(info["media_info"]["user_id"], alice.user_id.as_str());
@@ -182,6 +186,12 @@ async fn admins_list_quarantine_protect_and_delete_media_with_encryption_at_rest
     let (status, bytes) = download(&server, &bob, &format!("download/localhost/{large}")).await;
     assert_eq!((status, bytes), (200, png(400, 300, 3)));
     assert_eq!(download(&server, &bob, &thumbnail).await.0, 200);
+    assert_eq!(download(&server, &bob, &format!("download/localhost/{copy}")).await.0, 200, "released with it");
+    // Deleting the copy leaves the file it shares with the original.
+    let (status, deleted) =
+        server.call("DELETE", &format!("/_synapse/admin/v1/media/localhost/{copy}"), admin.token(), None).await;
+    assert_eq!((status, deleted), (200, json!({"deleted_media": [copy], "total": 1})));
+    assert_eq!(download(&server, &bob, &format!("download/localhost/{large}")).await.0, 200);
     // The download was recorded as the media's last use.
     let (_, info) = server.get(&format!("/_synapse/admin/v1/media/localhost/{large}"), admin.token()).await;
     assert!(info["media_info"]["last_access_ts"].as_u64().is_some(), "{info}");

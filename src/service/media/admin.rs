@@ -1,6 +1,6 @@
 //! What the media admin API does to the media repository: describing local and cached remote
-//! media, quarantining (local media and other servers', cached or not; protected local media
-//! never), protecting, deleting local media by ID or by last use, and purging the remote cache.
+//! media, quarantining (local media and other servers', cached or not, and all media of the
+//! same content; protected local media never), protecting, deleting local media by ID or by last use, and purging the remote cache.
 //! Every write to local media's metadata happens under the `claims` lock, so a quarantine, a
 //! protection, a download's last-use mark and a deletion never undo one another.
 
@@ -14,7 +14,9 @@ use crate::{
     service::now_ms,
     storage::{
         Batch, Db, ScanDirection,
-        media_admin_tables::{MEDIA_LAST_ACCESS, MEDIA_PROTECTED, MEDIA_QUARANTINE, QuarantineRecord},
+        media_admin_tables::{
+            MEDIA_LAST_ACCESS, MEDIA_PROTECTED, MEDIA_QUARANTINE, MEDIA_QUARANTINED_CONTENT, QuarantineRecord,
+        },
         remote_tables::{REMOTE_MEDIA, RemoteMediaRecord},
         tables::{MEDIA, MEDIA_THUMBNAILS, MediaRecord},
     },
@@ -108,41 +110,84 @@ impl Media {
         self.db.run(move |db| Ok(MEDIA_QUARANTINE.contains(db, &key)?)).await
     }
 
-    /// Quarantines (`by` an admin) or releases (`by` `None`) media given as (server, media ID).
-    /// Local media must exist, and protected local media is never quarantined; other servers'
-    /// media is quarantined whether it is cached or not, so it is not fetched again. Returns how
-    /// many pieces of media were (un)quarantined.
+    /// Quarantines (`by` an admin) or releases (`by` `None`) media given as (server, media ID),
+    /// with every other piece of media of the same content (local, and other servers' cached
+    /// here), as Synapse does; local media uploaded later with quarantined content is
+    /// quarantined too. Local media must exist, and protected local media is never
+    /// quarantined; other servers' media is quarantined whether it is cached or not, so it is
+    /// not fetched again. Returns how many pieces of media were (un)quarantined.
     pub async fn set_quarantined(&self, targets: Vec<(String, String)>, by: Option<&UserId>) -> Result<usize> {
         let local = self.config.server_name.to_string();
         let record = by.map(|by| QuarantineRecord { by: by.to_owned(), ts: now_ms() });
         self.claims
             .run(&self.db, move |db| {
-                let mut batch = Batch::new();
-                let mut count = 0;
-                let mut done = HashSet::new();
+                let quarantine = record.is_some();
+                let mut rows = HashSet::new();
+                let mut hashes = HashSet::new();
                 for (server, media_id) in targets {
-                    if !super::valid_media_id(&media_id) || !done.insert((server.clone(), media_id.clone())) {
+                    if !super::valid_media_id(&media_id) {
                         continue;
                     }
                     if server == local {
-                        if !MEDIA.contains(db, &media_id)? {
+                        let Some(media) = MEDIA.get(db, &media_id)? else { continue };
+                        if quarantine && MEDIA_PROTECTED.contains(db, &media_id)? {
                             continue;
                         }
-                        if record.is_some() && MEDIA_PROTECTED.contains(db, &media_id)? {
-                            continue;
+                        hashes.insert(media.sha256);
+                    } else if let Some(cached) = REMOTE_MEDIA.get(db, &format!("{server}/{media_id}"))? {
+                        hashes.insert(cached.sha256);
+                    }
+                    rows.insert((server, media_id));
+                }
+                if !hashes.is_empty() {
+                    for (media_id, media) in MEDIA.all(db)? {
+                        if hashes.contains(&media.sha256) && !(quarantine && MEDIA_PROTECTED.contains(db, &media_id)?) {
+                            rows.insert((local.clone(), media_id));
                         }
                     }
-                    let key = (server, media_id);
+                    // Originals only: thumbnails' keys have more parts.
+                    for (key, cached) in REMOTE_MEDIA.all(db)? {
+                        if let Some((server, media_id)) = key.split_once('/')
+                            && !media_id.contains('/')
+                            && hashes.contains(&cached.sha256)
+                        {
+                            rows.insert((server.to_owned(), media_id.to_owned()));
+                        }
+                    }
+                }
+                let mut batch = Batch::new();
+                for hash in &hashes {
+                    match &record {
+                        Some(record) => batch.put(&MEDIA_QUARANTINED_CONTENT, &db.term(hash), record)?,
+                        None => batch.delete(&MEDIA_QUARANTINED_CONTENT, &db.term(hash)),
+                    }
+                }
+                let count = rows.len();
+                for key in rows {
                     match &record {
                         Some(record) => batch.put(&MEDIA_QUARANTINE, &key, record)?,
                         None => batch.delete(&MEDIA_QUARANTINE, &key),
                     }
-                    count += 1;
                 }
                 db.write(batch)?;
                 Ok(count)
             })
             .await
+    }
+
+    /// Stages the quarantine of new local media whose content is quarantined (under the
+    /// `claims` lock, with the media's record).
+    pub(super) fn quarantine_if_known(
+        db: &Db,
+        batch: &mut Batch,
+        server: &str,
+        media_id: &str,
+        sha256: &str,
+    ) -> Result<()> {
+        if let Some(record) = MEDIA_QUARANTINED_CONTENT.get(db, &db.term(sha256))? {
+            batch.put(&MEDIA_QUARANTINE, &(server.to_owned(), media_id.to_owned()), &record)?;
+        }
+        Ok(())
     }
 
     /// Protects local media from quarantine (or stops protecting it). `false` when there is no

@@ -158,11 +158,13 @@ impl Media {
     ) -> Result<OwnedMxcUri> {
         let record = self.store_file(bytes, content_type, filename, uploader).await?;
         let media_id = random_string(MEDIA_ID_LENGTH);
-        let key = media_id.clone();
-        self.db
-            .run(move |db| {
+        let (key, server) = (media_id.clone(), self.config.server_name.to_string());
+        // Under `claims`, so content being quarantined meanwhile is seen.
+        self.claims
+            .run(&self.db, move |db| {
                 let mut batch = Batch::new();
                 batch.put(&MEDIA, &key, &record)?;
+                Self::quarantine_if_known(db, &mut batch, &server, &key, &record.sha256)?;
                 Ok(db.write(batch)?)
             })
             .await?;
@@ -227,6 +229,7 @@ impl Media {
         let media_id = media_id.to_owned();
         let uploader = uploader.to_owned();
         let uploaded = self.uploaded.clone();
+        let server = self.config.server_name.to_string();
         self.claims
             .run(&self.db, move |db| {
                 if MEDIA.contains(db, &media_id)? {
@@ -245,6 +248,7 @@ impl Media {
                 }
                 let mut batch = Batch::new();
                 batch.put(&MEDIA, &media_id, &record)?;
+                Self::quarantine_if_known(db, &mut batch, &server, &media_id, &record.sha256)?;
                 batch.delete(&MEDIA_PENDING, &media_id);
                 batch.delete(&MEDIA_PENDING_BY_USER, &(uploader, media_id.clone()));
                 db.write(batch)?;
