@@ -81,16 +81,22 @@ fn ids(list: &Value) -> Vec<String> {
     list["media"].as_array().expect("media").iter().map(|m| m["media_id"].as_str().expect("id").to_owned()).collect()
 }
 
-#[tokio::test]
-async fn admins_list_quarantine_protect_and_delete_media_with_encryption_at_rest() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let key = dir.path().join("key");
+/// Config lines turning encryption at rest on, with a key file in `dir` (outside the data).
+fn encryption_at_rest(dir: &Path) -> String {
+    let key = dir.join("key");
     std::fs::write(&key, "3333333333333333333333333333333333333333333333333333333333333333\n").expect("key");
     let mut permissions = std::fs::metadata(&key).expect("key").permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o600);
     std::fs::set_permissions(&key, permissions).expect("key mode");
-    let extra = format!("encryption_at_rest = true\nencryption_key_file = \"{}\"\n", key.display());
-    let server = TestServer::start_in(dir.path(), "localhost", &extra).expect("server starts");
+    format!("encryption_at_rest = true\nencryption_key_file = \"{}\"\n", key.display())
+}
+
+#[tokio::test]
+async fn admins_list_quarantine_protect_and_delete_media_with_encryption_at_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = tempfile::tempdir().expect("tempdir");
+    let server =
+        TestServer::start_in(dir.path(), "localhost", &encryption_at_rest(keys.path())).expect("server starts");
     let media_dir = dir.path().join("db").join("media");
     let admin = register_admin(&server, "boss").await;
     let alice = server.register("alice", "pw").await;
@@ -269,6 +275,33 @@ async fn admins_list_quarantine_protect_and_delete_media_with_encryption_at_rest
     let (_, listed) = server.get(user_media, admin.token()).await;
     assert_eq!(listed["total"], 0);
     assert_eq!(stored_files(&media_dir), empty, "every file is gone from the disk");
+}
+
+/// Quarantined content stays quarantined when encryption at rest is turned on for an existing
+/// database (its key becomes a keyed hash with the rest).
+#[tokio::test]
+async fn quarantined_content_stays_quarantined_when_encryption_at_rest_is_turned_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start_in(dir.path(), "localhost", "").expect("server starts");
+    let admin = register_admin(&server, "boss").await;
+    let alice = server.register("alice", "pw").await;
+    let first = upload(&server, &alice, png(16, 16, 7), "bad.png").await;
+    let quarantine = format!("/_synapse/admin/v1/media/quarantine/localhost/{first}");
+    assert_eq!(server.post(&quarantine, admin.token(), json!({})).await.0, 200);
+    assert_eq!(server.stop(), Some(0));
+
+    let server = TestServer::start_in(dir.path(), "localhost", &encryption_at_rest(keys.path())).expect("restarts");
+    let alice = Session::from_response(&server.login("alice", "pw").await.1);
+    let admin = Session::from_response(&server.login("boss", "pw").await.1);
+    assert_eq!(download(&server, &alice, &format!("download/localhost/{first}")).await.0, 404);
+    let again = upload(&server, &alice, png(16, 16, 7), "bad-again.png").await;
+    assert_eq!(download(&server, &alice, &format!("download/localhost/{again}")).await.0, 404, "known content");
+    let release = format!("/_synapse/admin/v1/media/unquarantine/localhost/{first}");
+    assert_eq!(server.post(&release, admin.token(), json!({})).await.0, 200);
+    assert_eq!(download(&server, &alice, &format!("download/localhost/{again}")).await.0, 200);
+    let third = upload(&server, &alice, png(16, 16, 7), "fine.png").await;
+    assert_eq!(download(&server, &alice, &format!("download/localhost/{third}")).await.0, 200, "released content");
 }
 
 async fn sync(server: &TestServer, who: &Session) -> Value {
