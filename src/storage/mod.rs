@@ -15,6 +15,7 @@ pub mod erasure_tables;
 pub mod federation_send_tables;
 pub mod federation_tables;
 pub mod key_tables;
+pub mod media_admin_tables;
 pub mod membership_tables;
 #[cfg(test)]
 pub mod memory;
@@ -387,6 +388,7 @@ fn all_table_names() -> Vec<&'static str> {
         .chain(report_tables::REPORT_TABLES)
         .chain(thread_subscription_tables::THREAD_SUBSCRIPTION_TABLES)
         .chain(erasure_tables::ERASURE_TABLES)
+        .chain(media_admin_tables::MEDIA_ADMIN_TABLES)
         .chain(encryption::ENCRYPTION_TABLES)
         .copied()
         .collect()

@@ -1,13 +1,15 @@
 //! Admin APIs, in Synapse's shape so admins keep their tools (synadm, synapse-admin):
 //! shared-secret registration (`synapse_register.rs`, which Complement also uses), the server
 //! version, users (`users.rs`), rooms (`rooms.rs`), registration tokens
-//! (`registration_tokens.rs`), content reports (`reports.rs`; rooms and users: `target_reports.rs`), server notices (`notices.rs`), and
+//! (`registration_tokens.rs`), media (`media.rs`), content reports (`reports.rs`; rooms and users:
+//! `target_reports.rs`), server notices (`notices.rs`), and
 //! Trellis's own online backup and user export (`data.rs`, under `/_trellis/admin/v1`). Every endpoint but the
 //! version and shared-secret registration needs a server admin's access token (`auth.rs`).
 
 pub mod auth;
 pub mod data;
 pub mod encryption;
+pub mod media;
 pub mod notices;
 pub mod purge;
 pub mod registration_tokens;
@@ -33,6 +35,7 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = user_data::routes(router);
     let router = purge::routes(router);
     let router = rooms::routes(router);
+    let router = media::routes(router);
     let router = registration_tokens::routes(router);
     let router = reports::routes(router);
     let router = target_reports::routes(router);

@@ -140,9 +140,9 @@ async fn set_block(
     Ok(Json(json!({"block": body.block})))
 }
 
-/// The body of both deletes. `new_room_user_id`, `room_name` and `message` (a room to move the
-/// members to) are not supported: asking for them is refused rather than ignored. `purge`
-/// (Synapse's default: true) removes the room's events from disk (see docs/admin-guide.md).
+/// The body of both deletes. `purge` (Synapse's default: true) removes the room's events from
+/// disk (see docs/admin-guide.md); `new_room_user_id` (a user of this server), `room_name` and
+/// `message` make a room the local members are moved to.
 #[derive(Deserialize)]
 struct DeleteRoom {
     #[serde(default)]
@@ -151,17 +151,25 @@ struct DeleteRoom {
     purge: bool,
     #[serde(default)]
     new_room_user_id: Option<String>,
+    #[serde(default)]
+    room_name: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
 }
 
 fn purge_by_default() -> bool {
     true
 }
 
-fn check_delete(body: &DeleteRoom) -> Result<()> {
-    if body.new_room_user_id.is_some() {
-        return Err(Error::invalid_param("Moving the members to a new room (new_room_user_id) is not supported"));
+/// The room to move members to, if asked for (`400` for a user of another server).
+fn new_room(services: &Services, body: &DeleteRoom) -> Result<Option<rooms::NewRoom>> {
+    let Some(raw) = body.new_room_user_id.as_deref() else { return Ok(None) };
+    let creator =
+        ruma::OwnedUserId::try_from(raw).map_err(|e| Error::invalid_param(format!("Invalid new_room_user_id: {e}")))?;
+    if !services.accounts.is_local(&creator) {
+        return Err(Error::invalid_param(format!("User must be our own: {creator}")));
     }
-    Ok(())
+    Ok(Some(rooms::NewRoom { creator, name: body.room_name.clone(), message: body.message.clone() }))
 }
 
 async fn delete_now(
@@ -171,8 +179,8 @@ async fn delete_now(
     AdminJson(body): AdminJson<DeleteRoom>,
 ) -> Result<Json<Value>> {
     let room = room_id(&raw)?;
-    check_delete(&body)?;
-    let deleted = rooms::delete(&services, &room, &admin.user_id, (body.block, body.purge)).await?;
+    let new_room = new_room(&services, &body)?;
+    let deleted = rooms::delete(&services, &room, &admin.user_id, (body.block, body.purge), new_room).await?;
     Ok(Json(deleted.to_json()))
 }
 
@@ -184,7 +192,7 @@ async fn delete_in_background(
     AdminJson(body): AdminJson<DeleteRoom>,
 ) -> Result<Json<Value>> {
     let room = room_id(&raw)?;
-    check_delete(&body)?;
+    let new_room = new_room(&services, &body)?;
     if !body.block && services.rooms.version(&room).await?.is_none() {
         return Err(Error::not_found("Room not found"));
     }
@@ -192,7 +200,7 @@ async fn delete_in_background(
     services.room_deletions.record(&delete_id, &room, json!({"status": "active"}));
     let (id, block, purge) = (delete_id.clone(), body.block, body.purge);
     tokio::spawn(async move {
-        let status = match rooms::delete(&services, &room, &admin.user_id, (block, purge)).await {
+        let status = match rooms::delete(&services, &room, &admin.user_id, (block, purge), new_room).await {
             Ok(deleted) => json!({"status": "complete", "shutdown_room": deleted.to_json()}),
             Err(error) => json!({"status": "failed", "error": error.to_string()}),
         };

@@ -5,6 +5,7 @@
 
 pub mod encryption;
 pub mod erasure;
+pub mod media;
 pub mod notices;
 pub mod purge;
 pub mod rooms;

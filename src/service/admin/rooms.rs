@@ -1,16 +1,25 @@
 //! Rooms for the admin API: the list with Synapse's ordering, search and paging, one room's
 //! details, and deleting a room: its local members leave (and forget it), its local aliases
 //! and directory entry go, and with `block` no user of this server may join or be invited to
-//! it again.
+//! it again. With a new room (Synapse's `new_room_user_id`), that user makes a public room
+//! where nobody else may speak, the joined local members are joined to it, the message is
+//! posted there and the local aliases point to it.
 
 use std::collections::BTreeMap;
 
-use ruma::{OwnedRoomId, RoomId, UserId};
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId, events::TimelineEventType};
 use serde_json::{Value, json};
 
 use crate::{
     Error, Result,
-    service::{Services, rooms::membership::MembershipChange},
+    service::{
+        Services,
+        rooms::{
+            NewEvent,
+            create::{Preset, RoomSpec},
+            membership::MembershipChange,
+        },
+    },
     storage::{
         Batch,
         admin_tables::{BLOCKED_ROOMS, BlockedRoom},
@@ -140,6 +149,73 @@ pub struct Deleted {
     pub kicked_users: Vec<String>,
     pub failed_to_kick_users: Vec<String>,
     pub local_aliases: Vec<String>,
+    pub new_room_id: Option<OwnedRoomId>,
+}
+
+/// The room a deleted room's local members are moved to (Synapse's `new_room_user_id`,
+/// `room_name` and `message`).
+pub struct NewRoom {
+    /// Who makes the room and posts the message: a user of this server.
+    pub creator: OwnedUserId,
+    pub name: Option<String>,
+    pub message: Option<String>,
+}
+
+/// Synapse's defaults for the new room.
+const DEFAULT_ROOM_NAME: &str = "Content Violation Notification";
+const DEFAULT_MESSAGE: &str =
+    "Sharing illegal content on this server is not permitted and rooms in violation will be blocked.";
+
+/// Makes the room members are moved to: public, so they can be joined to it, and where only
+/// its creator may speak (`users_default` -10, as Synapse).
+async fn create_new_room(services: &Services, new_room: &NewRoom) -> Result<OwnedRoomId> {
+    let mut spec = RoomSpec::new(services.config.default_room_version.clone(), Preset::PublicChat);
+    spec.name = Some(new_room.name.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| DEFAULT_ROOM_NAME.to_owned()));
+    let mut power = serde_json::Map::new();
+    power.insert("users_default".into(), json!(-10));
+    spec.power_level_override = Some(power);
+    spec.creator_member = member_profile(services, &new_room.creator).await?;
+    services.rooms.create_room(&new_room.creator, spec).await
+}
+
+/// The display name and avatar a user's member events carry.
+async fn member_profile(services: &Services, user: &UserId) -> Result<serde_json::Map<String, Value>> {
+    let profile = services.profile.all(user).await?;
+    Ok(profile.into_iter().filter(|(k, _)| k == "displayname" || k == "avatar_url").collect())
+}
+
+/// Moves one local member out of the deleted room: leaves (and forgets) it, then, having been
+/// joined, joins the new room.
+async fn move_member(
+    services: &Services,
+    room_id: &RoomId,
+    user: &UserId,
+    joined: bool,
+    new_room: Option<(&RoomId, &UserId)>,
+) -> Result<()> {
+    let change = MembershipChange {
+        sender: user,
+        target: user,
+        membership: "leave",
+        reason: Some("This room has been deleted by the server's administrator".to_owned()),
+        profile: serde_json::Map::new(),
+    };
+    services.rooms.change_membership(room_id, change).await?;
+    services.rooms.set_forgotten(user, room_id).await?;
+    if let Some((new_room, creator)) = new_room
+        && joined
+        && user != creator
+    {
+        let join = MembershipChange {
+            sender: user,
+            target: user,
+            membership: "join",
+            reason: None,
+            profile: member_profile(services, user).await?,
+        };
+        services.rooms.change_membership(new_room, join).await?;
+    }
+    Ok(())
 }
 
 /// Deletes a room for this server (see the module comment). `admin` is who asked.
@@ -150,6 +226,7 @@ pub async fn delete(
     room_id: &RoomId,
     admin: &UserId,
     (block, purge): (bool, bool),
+    new_room: Option<NewRoom>,
 ) -> Result<Deleted> {
     if block {
         set_blocked(services, room_id, Some(admin)).await?;
@@ -161,10 +238,16 @@ pub async fn delete(
                 kicked_users: Vec::new(),
                 failed_to_kick_users: Vec::new(),
                 local_aliases: Vec::new(),
+                new_room_id: None,
             });
         }
         return Err(Error::not_found("Unknown room"));
     }
+    let new_room_id = match &new_room {
+        Some(new_room) => Some(create_new_room(services, new_room).await?),
+        None => None,
+    };
+    let moved_to = new_room.as_ref().zip(new_room_id.as_ref()).map(|(n, id)| (id.as_ref(), n.creator.as_ref()));
     let mut kicked_users = Vec::new();
     let mut failed_to_kick_users = Vec::new();
     let members = services.rooms.current_state(room_id).await?;
@@ -176,32 +259,30 @@ pub async fn delete(
             continue;
         }
         let content: Value = serde_json::from_str(pdu.content.get()).unwrap_or(Value::Null);
-        if !matches!(content["membership"].as_str(), Some("join" | "invite" | "knock")) {
+        let membership = content["membership"].as_str();
+        if !matches!(membership, Some("join" | "invite" | "knock")) {
             continue;
         }
-        let change = MembershipChange {
-            sender: &user,
-            target: &user,
-            membership: "leave",
-            reason: Some("This room has been deleted by the server's administrator".to_owned()),
-            profile: serde_json::Map::new(),
-        };
-        match services.rooms.change_membership(room_id, change).await {
-            Ok(_) => {
-                services.rooms.set_forgotten(&user, room_id).await?;
-                kicked_users.push(user.to_string());
-            }
+        match move_member(services, room_id, &user, membership == Some("join"), moved_to).await {
+            Ok(()) => kicked_users.push(user.to_string()),
             Err(error) => {
-                tracing::warn!(%room_id, %user, %error, "could not remove a user from a deleted room");
+                tracing::warn!(%room_id, %user, %error, "could not move a user out of a deleted room");
                 failed_to_kick_users.push(user.to_string());
             }
         }
     }
     let mut local_aliases = Vec::new();
-    for alias in services.rooms.room_aliases(room_id).await? {
-        if let Ok(alias_id) = ruma::OwnedRoomAliasId::try_from(alias.as_str()) {
-            services.rooms.remove_alias(&alias_id).await?;
-            local_aliases.push(alias);
+    if let (Some(new_room), Some(new_room_id)) = (&new_room, &new_room_id) {
+        let message = new_room.message.clone().filter(|m| !m.is_empty()).unwrap_or_else(|| DEFAULT_MESSAGE.to_owned());
+        let event = NewEvent::message(TimelineEventType::RoomMessage, json!({"msgtype": "m.text", "body": message}));
+        services.rooms.send(new_room_id, &new_room.creator, event).await?;
+        local_aliases = services.rooms.move_aliases(room_id, new_room_id).await?;
+    } else {
+        for alias in services.rooms.room_aliases(room_id).await? {
+            if let Ok(alias_id) = ruma::OwnedRoomAliasId::try_from(alias.as_str()) {
+                services.rooms.remove_alias(&alias_id).await?;
+                local_aliases.push(alias);
+            }
         }
     }
     services.rooms.set_published(room_id, false).await?;
@@ -209,7 +290,7 @@ pub async fn delete(
         super::purge::purge_room(services, room_id).await?;
     }
     tracing::info!(%room_id, %admin, block, purge, kicked = kicked_users.len(), "room deleted by an admin");
-    Ok(Deleted { kicked_users, failed_to_kick_users, local_aliases })
+    Ok(Deleted { kicked_users, failed_to_kick_users, local_aliases, new_room_id })
 }
 
 /// Room deletions started through `DELETE /_synapse/admin/v2/rooms/{roomId}`, which run in the
@@ -255,7 +336,7 @@ impl Deleted {
             "kicked_users": self.kicked_users,
             "failed_to_kick_users": self.failed_to_kick_users,
             "local_aliases": self.local_aliases,
-            "new_room_id": null,
+            "new_room_id": self.new_room_id,
         })
     }
 }

@@ -7,8 +7,10 @@
 //! blocking pool, at most two at a time, and cached by the original's hash and the request.
 //! URL previews ([`preview`]) are fetched under the configured network policy and cached.
 //!
-//! Media of other servers is fetched over federation and cached ([`remote`]).
+//! Media of other servers is fetched over federation and cached ([`remote`]). Quarantined media
+//! (of any server) is not served and not fetched; what admins do to media is in [`admin`].
 
+pub mod admin;
 mod erasure;
 pub mod preview;
 pub mod remote;
@@ -31,6 +33,7 @@ use crate::{
     service::{federation::client::FederationClient, now_ms, random_string},
     storage::{
         Batch, Db, WriteLock,
+        media_admin_tables::{MEDIA_LAST_ACCESS, MEDIA_QUARANTINE},
         tables::{
             MEDIA, MEDIA_PENDING, MEDIA_PENDING_BY_USER, MEDIA_THUMBNAILS, MediaRecord, PendingMediaRecord,
             ThumbnailRecord, URL_PREVIEWS, UrlPreviewRecord,
@@ -155,11 +158,13 @@ impl Media {
     ) -> Result<OwnedMxcUri> {
         let record = self.store_file(bytes, content_type, filename, uploader).await?;
         let media_id = random_string(MEDIA_ID_LENGTH);
-        let key = media_id.clone();
-        self.db
-            .run(move |db| {
+        let (key, server) = (media_id.clone(), self.config.server_name.to_string());
+        // Under `claims`, so content being quarantined meanwhile is seen.
+        self.claims
+            .run(&self.db, move |db| {
                 let mut batch = Batch::new();
                 batch.put(&MEDIA, &key, &record)?;
+                Self::quarantine_if_known(db, &mut batch, &server, &key, &record.sha256)?;
                 Ok(db.write(batch)?)
             })
             .await?;
@@ -224,6 +229,7 @@ impl Media {
         let media_id = media_id.to_owned();
         let uploader = uploader.to_owned();
         let uploaded = self.uploaded.clone();
+        let server = self.config.server_name.to_string();
         self.claims
             .run(&self.db, move |db| {
                 if MEDIA.contains(db, &media_id)? {
@@ -242,6 +248,7 @@ impl Media {
                 }
                 let mut batch = Batch::new();
                 batch.put(&MEDIA, &media_id, &record)?;
+                Self::quarantine_if_known(db, &mut batch, &server, &media_id, &record.sha256)?;
                 batch.delete(&MEDIA_PENDING, &media_id);
                 batch.delete(&MEDIA_PENDING_BY_USER, &(uploader, media_id.clone()));
                 db.write(batch)?;
@@ -270,15 +277,21 @@ impl Media {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let key = media_id.to_owned();
-            let (record, pending) = self
+            let quarantine_key = (server_name.to_string(), media_id.to_owned());
+            let (record, pending, quarantined, last_access) = self
                 .db
                 .run(move |db| {
                     let record = MEDIA.get(db, &key)?;
                     let pending = record.is_none()
                         && MEDIA_PENDING.get(db, &key)?.is_some_and(|pending| pending.expires_ms > now_ms());
-                    Ok((record, pending))
+                    let quarantined = MEDIA_QUARANTINE.contains(db, &quarantine_key)?;
+                    Ok((record, pending, quarantined, MEDIA_LAST_ACCESS.get(db, &key)?))
                 })
                 .await?;
+            if quarantined {
+                // Synapse's answer for quarantined media.
+                return Err(Error::not_found("Not found"));
+            }
             if let Some(record) = record {
                 if access == Access::Legacy && !record.legacy_access {
                     // Synapse's answer for frozen media on the legacy endpoints.
@@ -287,6 +300,7 @@ impl Media {
                          authenticated endpoints (/_matrix/client/v1/media)",
                     ));
                 }
+                self.touch(media_id, last_access).await;
                 return Ok(record);
             }
             if !pending {

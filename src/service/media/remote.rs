@@ -63,6 +63,10 @@ impl Media {
         if !super::valid_media_id(media_id) {
             return Err(Error::not_found("Media not found"));
         }
+        if self.is_quarantined(server, media_id).await? {
+            // Neither served from the cache nor fetched again.
+            return Err(Error::not_found("Not found"));
+        }
         let key = match &wanted {
             Wanted::Original => format!("{server}/{media_id}"),
             Wanted::Thumbnail(spec) => format!(

@@ -16,6 +16,7 @@ mod erasure;
 pub mod federation_join;
 pub mod federation_read;
 pub mod hierarchy;
+mod media_refs;
 pub mod membership;
 mod notify;
 pub mod out_of_band;

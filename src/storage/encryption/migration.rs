@@ -14,6 +14,7 @@ use crate::{
     storage::{
         KeyCodec, ScanDirection, StorageError, ValueCodec, WriteOp,
         engine::Engine,
+        media_admin_tables::MEDIA_QUARANTINED_CONTENT,
         relation_tables::ANNOTATIONS,
         search_tables::{DirectoryEntry, SEARCH_POSTINGS, USER_DIRECTORY, USER_DIRECTORY_WORDS},
         tables::{MEDIA_THUMBNAILS, URL_PREVIEWS},
@@ -46,6 +47,8 @@ fn encrypt_row(
         let thumbnail = String::decode(&key)?;
         let (sha256, rest) = thumbnail.split_once('/').unwrap_or((thumbnail.as_str(), ""));
         Some(format!("{}/{rest}", keyring.term(sha256)).encode())
+    } else if table == MEDIA_QUARANTINED_CONTENT.name {
+        Some(keyring.term(&String::decode(&key)?).encode())
     } else if table == URL_PREVIEWS.name || table == USER_DIRECTORY_WORDS.name {
         // A cache, and an index rebuilt from `USER_DIRECTORY` at the end.
         return Ok(vec![WriteOp { table, key, value: None }]);
