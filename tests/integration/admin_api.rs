@@ -14,7 +14,7 @@ use crate::{
 };
 
 /// Runs synadm against `server` as `admin`; returns its JSON output.
-fn synadm(server: &TestServer, admin: &Session, dir: &std::path::Path, args: &[&str]) -> Value {
+pub(crate) fn synadm(server: &TestServer, admin: &Session, dir: &std::path::Path, args: &[&str]) -> Value {
     let config = dir.join("synadm.yaml");
     std::fs::write(
         &config,
@@ -42,7 +42,7 @@ fn synadm(server: &TestServer, admin: &Session, dir: &std::path::Path, args: &[&
     serde_json::from_str(last).unwrap_or_else(|e| panic!("synadm {args:?} printed {stdout}: {e}"))
 }
 
-fn synadm_available() -> bool {
+pub(crate) fn synadm_available() -> bool {
     let python = std::env::var("TRELLIS_PYTHON").unwrap_or_else(|_| "python3".to_owned());
     Command::new(python).args(["-m", "synadm", "--version"]).output().is_ok_and(|o| o.status.success())
 }

@@ -6,6 +6,7 @@ mod harness;
 mod account;
 mod admin;
 mod admin_api;
+mod admin_moderation;
 mod appservice;
 mod backup;
 mod backup_restore;

@@ -1,6 +1,6 @@
 //! Admin APIs, in Synapse's shape so admins keep their tools (synadm, synapse-admin):
 //! shared-secret registration (`synapse_register.rs`, which Complement also uses), the server
-//! version, users (`users.rs`), rooms (`rooms.rs`), registration tokens
+//! version, users (`users.rs`), shadow-bans, locks and suspensions (`moderation.rs`), rooms (`rooms.rs`), registration tokens
 //! (`registration_tokens.rs`), content reports (`reports.rs`), server notices (`notices.rs`), and
 //! Trellis's own online backup and user export (`data.rs`, under `/_trellis/admin/v1`). Every endpoint but the
 //! version and shared-secret registration needs a server admin's access token (`auth.rs`).
@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod data;
 pub mod encryption;
+pub mod moderation;
 pub mod notices;
 pub mod purge;
 pub mod registration_tokens;
@@ -28,6 +29,7 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = router.route("/_synapse/admin/v1/server_version", get(server_version));
     let router = synapse_register::routes(router);
     let router = users::routes(router);
+    let router = moderation::routes(router);
     let router = encryption::routes(router);
     let router = user_data::routes(router);
     let router = purge::routes(router);
