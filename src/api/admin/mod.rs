@@ -1,9 +1,11 @@
 //! Admin APIs, in Synapse's shape so admins keep their tools (synadm, synapse-admin):
 //! shared-secret registration (`synapse_register.rs`, which Complement also uses), the server
-//! version, users (`users.rs`), shadow-bans, locks and suspensions (`moderation.rs`), rooms (`rooms.rs`), registration tokens
+//! version, users (`users.rs`), shadow-bans, locks and suspensions (`moderation.rs`, with the
+//! spec's own lock and suspend endpoints), rooms (`rooms.rs`), registration tokens
 //! (`registration_tokens.rs`), content reports (`reports.rs`), server notices (`notices.rs`), and
-//! Trellis's own online backup and user export (`data.rs`, under `/_trellis/admin/v1`). Every endpoint but the
-//! version and shared-secret registration needs a server admin's access token (`auth.rs`).
+//! Trellis's own online backup and user export (`data.rs`, under `/_trellis/admin/v1`). Every
+//! endpoint but the version and shared-secret registration needs a server admin's access token
+//! (`auth.rs`).
 
 pub mod auth;
 pub mod data;
