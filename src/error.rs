@@ -81,6 +81,14 @@ impl Error {
             message,
         )
     }
+    /// `M_USER_LOCKED` (401, with `soft_logout: true`): the account is locked by an admin.
+    pub fn user_locked() -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, ErrorKind::UserLocked, "This account has been locked")
+    }
+    /// `M_USER_SUSPENDED` (403): the account is suspended and may not do this.
+    pub fn user_suspended(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, ErrorKind::UserSuspended, message)
+    }
     pub fn internal(message: impl Into<String>) -> Self {
         Error::Internal(message.into())
     }

@@ -42,6 +42,8 @@ pub async fn identity(services: &Services, service: AppService, parts: &http::re
             guest: false,
             admin: false,
             appservice: Some(service),
+            shadow_banned: false,
+            suspended: false,
         });
     }
     let record = services
@@ -62,7 +64,17 @@ pub async fn identity(services: &Services, service: AppService, parts: &http::re
         }
         None => APPSERVICE_DEVICE.into(),
     };
-    Ok(Authenticated { user_id, device_id, guest: false, admin: record.admin, appservice: Some(service) })
+    // As in Synapse, a lock and a shadow-ban do not stop an application service acting for the
+    // user; a suspension does.
+    Ok(Authenticated {
+        user_id,
+        device_id,
+        guest: false,
+        admin: record.admin,
+        appservice: Some(service),
+        shadow_banned: false,
+        suspended: record.suspended,
+    })
 }
 
 /// An alias in a service's exclusive namespace may only be created by a service whose alias

@@ -133,7 +133,10 @@ where
                 match token {
                     Some(token) => match services.appservices.by_token(&token) {
                         Some(service) => Some(super::appservice_auth::identity(services, service, &parts).await?),
-                        None => Some(services.sessions.authenticate(&token, client_ip.clone()).await?),
+                        None => {
+                            let allow_locked = allows_locked(&parts.method, parts.uri.path());
+                            Some(services.sessions.authenticate_with(&token, client_ip.clone(), allow_locked).await?)
+                        }
                     },
                     None if <T::Authentication as AuthPolicy>::MODE == AuthMode::Required => {
                         return Err(Error::new(
@@ -200,9 +203,19 @@ where
     }
 }
 
-/// The client's IP address, when the listener recorded it.
+/// The client's IP address: the one `client_address::resolve` found (`X-Forwarded-For` from a
+/// trusted proxy), else the TCP peer's, when the listener recorded it.
 pub(crate) fn client_ip(extensions: &http::Extensions) -> Option<String> {
-    extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip().to_string())
+    if let Some(super::client_address::ClientAddress(ip)) = extensions.get() {
+        return Some(ip.to_string());
+    }
+    extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip().to_canonical().to_string())
+}
+
+/// The endpoints a locked account may still call (spec v1.12, "Account locking"):
+/// `POST /logout` and `POST /logout/all`.
+fn allows_locked(method: &http::Method, path: &str) -> bool {
+    method == http::Method::POST && (path.ends_with("/logout") || path.ends_with("/logout/all"))
 }
 
 /// Reads the body, refusing more than `limit` bytes with `M_TOO_LARGE` (413).

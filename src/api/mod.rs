@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod appservice_auth;
 pub mod client;
+pub mod client_address;
 pub mod extract;
 pub mod federation;
 mod guest;
@@ -50,6 +51,8 @@ fn finish(router: Router<Arc<Services>>, services: Arc<Services>) -> Router {
             Error::unrecognized(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed for this endpoint")
         })
         .layer(DefaultBodyLimit::disable())
+        // The client's address behind trusted reverse proxies (`trusted_proxies`).
+        .layer(axum::middleware::from_fn_with_state(services.clone(), client_address::client_address))
         .layer(cors())
         // A span, a debug line and metrics per request (route template, status, time, user).
         .layer(axum::middleware::from_fn(observe::observe))

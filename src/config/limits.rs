@@ -1,5 +1,6 @@
 //! Config of the operational features: rate limits (Synapse's `rc_*` settings, each a table
-//! with `per_second` and `burst_count`), the Prometheus metrics listener and the log format.
+//! with `per_second` and `burst_count`), the trusted proxies whose `X-Forwarded-For` gives the
+//! client address those limits count, the Prometheus metrics listener and the log format.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -187,4 +188,19 @@ pub enum LogFormat {
     Compact,
     /// One JSON object per line, for log collectors.
     Json,
+}
+
+/// `trusted_proxies`: each entry an address (`127.0.0.1`, `::1`) or a CIDR range
+/// (`10.0.0.0/8`); an address stands for itself alone.
+pub fn trusted_proxies<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    let entries = Vec::<String>::deserialize(deserializer)?;
+    entries
+        .iter()
+        .map(|entry| {
+            let entry = entry.trim();
+            entry.parse::<ipnet::IpNet>().or_else(|_| entry.parse::<IpAddr>().map(ipnet::IpNet::from)).map_err(|_| {
+                serde::de::Error::custom(format!("trusted_proxies: `{entry}` is not an IP address or CIDR range"))
+            })
+        })
+        .collect()
 }

@@ -235,6 +235,10 @@ pub struct Config {
     /// Media a user uploads or reserves (`/upload`, `/create`).
     #[serde(default = "limits::default_media_create")]
     pub rc_media_create: limits::RateLimit,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (addresses or CIDR ranges,
+    /// `["127.0.0.1", "10.0.0.0/8"]`); empty (the default): the TCP peer is the client.
+    #[serde(default, deserialize_with = "limits::trusted_proxies")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Scheduled online backups (`[global.backup]`); off unless `directory` is set.
     #[serde(default)]
     pub backup: BackupConfig,

@@ -280,3 +280,17 @@ fn the_example_rate_limits_parse_and_bad_ones_name_the_key() {
     };
     assert!(error.0.contains("rc_login.address.per_second"), "{}", error.0);
 }
+
+#[test]
+fn trusted_proxies_take_addresses_and_ranges() {
+    let config =
+        load(&format!("{MINIMAL}trusted_proxies = [\"127.0.0.1\", \"::1\", \"10.0.0.0/8\"]\n"), &[]).unwrap().config;
+    let expected: Vec<ipnet::IpNet> =
+        ["127.0.0.1/32", "::1/128", "10.0.0.0/8"].iter().map(|net| net.parse().unwrap()).collect();
+    assert_eq!(config.trusted_proxies, expected);
+    assert!(load(MINIMAL, &[]).unwrap().config.trusted_proxies.is_empty());
+    let Err(error) = load(&format!("{MINIMAL}trusted_proxies = [\"proxy.local\"]\n"), &[]) else {
+        panic!("a host name is refused");
+    };
+    assert!(error.0.contains("proxy.local"), "{}", error.0);
+}

@@ -16,6 +16,14 @@ use crate::{
     },
 };
 
+/// A change to the moderation flags of an account (`None`: unchanged).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Moderation {
+    pub shadow_banned: Option<bool>,
+    pub locked: Option<bool>,
+    pub suspended: Option<bool>,
+}
+
 pub struct Accounts {
     db: Db,
     server_name: OwnedServerName,
@@ -119,6 +127,9 @@ impl Accounts {
                     admin: kind == AccountKind::Admin,
                     guest: kind == AccountKind::Guest,
                     deactivated: false,
+                    shadow_banned: false,
+                    locked: false,
+                    suspended: false,
                 };
                 let mut batch = Batch::new();
                 batch.put(&USERS, &user_id, &record)?;
@@ -174,6 +185,16 @@ impl Accounts {
 
     pub async fn set_admin(&self, user_id: &UserId, admin: bool) -> Result<()> {
         self.update(user_id, move |record| record.admin = admin).await
+    }
+
+    /// Sets the account's moderation flags an admin controls (`None`: left as it is).
+    pub async fn set_moderation(&self, user_id: &UserId, flags: Moderation) -> Result<()> {
+        self.update(user_id, move |record| {
+            record.shadow_banned = flags.shadow_banned.unwrap_or(record.shadow_banned);
+            record.locked = flags.locked.unwrap_or(record.locked);
+            record.suspended = flags.suspended.unwrap_or(record.suspended);
+        })
+        .await
     }
 
     /// Marks the account deactivated and removes its password; the caller ends its sessions.

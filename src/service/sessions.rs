@@ -59,6 +59,10 @@ pub struct Authenticated {
     pub admin: bool,
     /// The application service acting, when the request carried its `as_token`.
     pub appservice: Option<super::appservice::AppService>,
+    /// Shadow-banned by an admin (see `service/admin/moderation.rs`).
+    pub shadow_banned: bool,
+    /// Suspended by an admin (see `service/admin/moderation.rs`).
+    pub suspended: bool,
 }
 
 /// Tokens handed to a client at login, registration or refresh.
@@ -178,7 +182,20 @@ impl Sessions {
     /// Resolves an access token. Unknown or revoked, or its device gone or holding another
     /// token: `M_UNKNOWN_TOKEN`; expired (refreshable tokens): `M_UNKNOWN_TOKEN` with
     /// `soft_logout`, so the client refreshes or logs in again.
+    ///
+    /// A locked account's token is refused with `M_USER_LOCKED` (and `soft_logout`), unless
+    /// `allow_locked` (logging out, the only thing the spec lets a locked account do).
     pub async fn authenticate(&self, token: &str, ip: Option<String>) -> Result<Authenticated> {
+        self.authenticate_with(token, ip, false).await
+    }
+
+    /// [`Self::authenticate`], letting a locked account through when `allow_locked`.
+    pub async fn authenticate_with(
+        &self,
+        token: &str,
+        ip: Option<String>,
+        allow_locked: bool,
+    ) -> Result<Authenticated> {
         let hash = token_hash(token);
         let (record, user) = self
             .db
@@ -200,6 +217,9 @@ impl Sessions {
         if user.deactivated {
             return Err(Error::unknown_token(false, "The account has been deactivated"));
         }
+        if user.locked && !allow_locked {
+            return Err(Error::user_locked());
+        }
         self.note_last_seen(&record.user_id, &record.device_id, ip).await?;
         Ok(Authenticated {
             user_id: record.user_id,
@@ -207,6 +227,8 @@ impl Sessions {
             guest: user.guest,
             admin: user.admin,
             appservice: None,
+            shadow_banned: user.shadow_banned,
+            suspended: user.suspended,
         })
     }
 
@@ -255,6 +277,10 @@ impl Sessions {
                 let mut record = DEVICES.get(db, &key)?.ok_or_else(unknown)?;
                 if record.refresh_token_hash.as_deref() != Some(hash.as_str()) {
                     return Err(unknown());
+                }
+                // A locked account gets no new access token until it is unlocked (spec v1.12).
+                if USERS.get(db, &token.user_id)?.is_some_and(|user| user.locked) {
+                    return Err(Error::user_locked());
                 }
                 let mut batch = Batch::new();
                 revoke_device_tokens(&mut batch, &record);

@@ -78,6 +78,17 @@ pub struct UserRecord {
     pub guest: bool,
     #[serde(default)]
     pub deactivated: bool,
+    /// Shadow-banned by an admin: the account's messages, invites and typing are answered as
+    /// if they worked, and dropped (`service/admin/moderation.rs`).
+    #[serde(default)]
+    pub shadow_banned: bool,
+    /// Locked by an admin: every request but logout is refused with `M_USER_LOCKED`.
+    #[serde(default)]
+    pub locked: bool,
+    /// Suspended by an admin: the account may read, leave and redact its own events, not
+    /// send, join, invite or change its profile (`M_USER_SUSPENDED`).
+    #[serde(default)]
+    pub suspended: bool,
 }
 impl JsonValue for UserRecord {}
 

@@ -7,6 +7,7 @@ mod account;
 mod admin;
 mod admin_api;
 mod admin_media;
+mod admin_moderation;
 mod appservice;
 mod backup;
 mod backup_restore;

@@ -1,7 +1,7 @@
 //! Synapse's admin API for users, with its paths, fields and paging so synadm and
 //! synapse-admin work unchanged: `v2/users` (list, query, create or modify), `v1/reset_password`,
 //! `v1/deactivate`, `v1/whois`, `v1/users/{userId}/joined_rooms`, `v1/users/{userId}/admin`
-//! and `v2/users/{userId}/devices`. Ruma has no types for these; the bodies are serde structs
+//! and `v2/users/{userId}/devices` (shadow-bans and suspensions are in `moderation.rs`). Ruma has no types for these; the bodies are serde structs
 //! and JSON values here.
 
 use std::sync::Arc;
@@ -63,6 +63,8 @@ struct ListQuery {
     #[serde(default)]
     admins: Option<bool>,
     #[serde(default)]
+    locked: bool,
+    #[serde(default)]
     dir: Option<String>,
 }
 
@@ -96,6 +98,7 @@ async fn list(
         guests: query.guests,
         deactivated: query.deactivated,
         admins: query.admins,
+        locked: query.locked,
     };
     let (mut page, total) = users::list(&services, &filter, from, limit).await?;
     if query.dir.as_deref() == Some("b") {
@@ -131,6 +134,9 @@ struct CreateOrModify {
     admin: Option<bool>,
     #[serde(default)]
     deactivated: Option<bool>,
+    /// Locks or unlocks the account (see `service/admin/moderation.rs`).
+    #[serde(default)]
+    locked: Option<bool>,
 }
 
 async fn create_or_modify(
@@ -185,6 +191,11 @@ async fn create_or_modify(
             return Err(Error::invalid_param("You may not demote yourself"));
         }
         services.accounts.set_admin(&user, is_admin).await?;
+    }
+    if let Some(locked) = body.locked {
+        let flags = crate::service::accounts::Moderation { locked: Some(locked), ..Default::default() };
+        services.accounts.set_moderation(&user, flags).await?;
+        tracing::info!(%user, by = %admin.user_id, locked, "lock changed");
     }
     if !created && (body.displayname.is_some() || body.avatar_url.is_some()) {
         let profile = crate::api::client::room::member_profile(&services, &user).await?;

@@ -23,12 +23,13 @@ use crate::{
 /// require, checked against the spec's `ENDPOINTS.md` and changelogs (issue #14). What is left out
 /// on purpose, as the spec allows: the deprecated global `/events`, `/events/{eventId}` and
 /// `/initialSync`, peeking (`/rooms/{roomId}/initialSync`, room previews are an optional module),
-/// `/voip/turnServer` (no TURN server is configured), SSO and OAuth (not offered, so their
-/// endpoints answer 404), and the optional Server Administration module's lock and suspend
-/// endpoints (v1.18).
+/// `/voip/turnServer` (no TURN server is configured), and SSO and OAuth (not offered, so their
+/// endpoints answer 404).
 ///
 /// v1.17 is not advertised: its application service device management (MSC4190) is missing,
-/// and so are v1.18's policy server module and v1.19's `/mutual_rooms`.
+/// and so are v1.18's policy server module and v1.19's `/mutual_rooms`. v1.18's admin lock and
+/// suspend endpoints are served (`api/admin/moderation.rs`) and shown to admins as the
+/// `m.account_moderation` capability, which the spec asks for whatever versions are listed.
 const SUPPORTED_VERSIONS: &[&str] = &[
     "r0.5.0", "r0.6.0", "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10",
     "v1.11", "v1.12", "v1.13", "v1.14", "v1.15", "v1.16",
@@ -93,7 +94,7 @@ fn capabilities_routes(mut router: Router<Arc<Services>>) -> Router<Arc<Services
 
 async fn capabilities(
     State(services): State<Arc<Services>>,
-    _: Ruma<get_capabilities::v3::Request>,
+    request: Ruma<get_capabilities::v3::Request>,
 ) -> Result<Json<serde_json::Value>> {
     let mut capabilities = Capabilities::new();
     capabilities.room_versions = RoomVersionsCapability::new(
@@ -113,6 +114,11 @@ async fn capabilities(
         map.insert("m.profile_fields".to_owned(), enabled(true));
         // Third-party identifiers (email, phone) are not supported.
         map.insert("m.3pid_changes".to_owned(), enabled(false));
+        // Server admins may lock and suspend users (`/admin/lock`, `/admin/suspend`, v1.18);
+        // for everyone else the spec wants the capability left out.
+        if request.sender.as_ref().is_some_and(|sender| sender.admin) {
+            map.insert("m.account_moderation".to_owned(), serde_json::json!({"lock": true, "suspend": true}));
+        }
     }
     Ok(Json(serde_json::json!({ "capabilities": json })))
 }

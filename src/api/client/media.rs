@@ -73,6 +73,7 @@ async fn upload(
     services: Arc<Services>,
     request: Ruma<create_content::v3::Request>,
 ) -> Result<create_content::v3::Response> {
+    crate::service::admin::moderation::check_not_suspended(request.sender()?, "Uploading media")?;
     services.rate_limits.user(request.sender()?, UserAction::MediaCreate)?;
     let sender = request.sender()?.user_id.clone();
     let body = request.body;
@@ -84,6 +85,7 @@ async fn create_uri(
     services: Arc<Services>,
     request: Ruma<create_mxc_uri::v1::Request>,
 ) -> Result<create_mxc_uri::v1::Response> {
+    crate::service::admin::moderation::check_not_suspended(request.sender()?, "Uploading media")?;
     services.rate_limits.user(request.sender()?, UserAction::MediaCreate)?;
     let (uri, expires) = services.media.reserve(&request.sender()?.user_id).await?;
     let mut response = create_mxc_uri::v1::Response::new(uri);
@@ -105,6 +107,7 @@ async fn upload_to_uri(
     State(services): State<Arc<Services>>,
     request: Ruma<create_content_async::v3::Request>,
 ) -> Result<Json<serde_json::Value>> {
+    crate::service::admin::moderation::check_not_suspended(request.sender()?, "Uploading media")?;
     let sender = request.sender()?.user_id.clone();
     let body = request.body;
     services

@@ -23,7 +23,7 @@ use crate::service::{rate_limit::UserAction, sessions::Authenticated};
 use crate::{
     Error, Result,
     api::{RumaRouter, client::room::member_profile, extract::Ruma},
-    service::{Services, federation, rooms::membership::MembershipChange},
+    service::{Services, admin::moderation, federation, rooms::membership::MembershipChange},
 };
 
 pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
@@ -113,6 +113,9 @@ async fn join(
     mut servers: Vec<OwnedServerName>,
 ) -> Result<()> {
     let user = &sender.user_id;
+    moderation::check_not_suspended(sender, "Joining rooms")?;
+    let mut extra = extra;
+    moderation::strip_room_profile(sender, &mut extra);
     let known_servers = services.rooms.servers_in_room(room_id).await?;
     let known = services.rooms.version(room_id).await?.is_some();
     if services.rooms.is_resident(room_id).await? || (known && known_servers.is_empty()) {
@@ -173,7 +176,12 @@ async fn invite(services: Arc<Services>, request: Ruma<invite_user::v3::Request>
     let invite_user::v3::InvitationRecipient::UserId(recipient) = &body.recipient else {
         return Err(Error::bad_json("Third-party invites are not supported"));
     };
+    moderation::check_not_suspended(sender, "Sending invites")?;
     services.rate_limits.invite(sender, body.room_id.as_str(), recipient.user_id.as_str())?;
+    // Answered as sent, and dropped (Synapse's shadow-ban).
+    if moderation::shadow_banned(sender) {
+        return Ok(invite_user::v3::Response::new());
+    }
     if recipient.user_id.server_name() != services.config.server_name {
         let (room, target, reason) = (&body.room_id, &recipient.user_id, recipient.reason.clone());
         federation::membership::invite_remote(&services, room, &sender.user_id, target, reason, false).await?;
@@ -223,6 +231,7 @@ async fn kick(services: Arc<Services>, request: Ruma<kick_user::v3::Request>) ->
 async fn ban(services: Arc<Services>, request: Ruma<ban_user::v3::Request>) -> Result<ban_user::v3::Response> {
     let sender = request.sender()?;
     let body = &request.body;
+    moderation::check_event(sender, "m.room.member", Some("ban"))?;
     change(&services, &body.room_id, &sender.user_id, &body.user_id, "ban", body.reason.clone()).await?;
     Ok(ban_user::v3::Response::new())
 }
@@ -242,7 +251,9 @@ async fn knock(services: Arc<Services>, request: Ruma<knock_room::v3::Request>) 
     let sender = request.sender()?;
     let body = &request.body;
     let (room_id, alias_servers) = resolve_room(&services, &body.room_id_or_alias).await?;
-    let (user, extra) = (&sender.user_id, extra_content(&request.raw_body));
+    moderation::check_not_suspended(sender, "Knocking on rooms")?;
+    let (user, mut extra) = (&sender.user_id, extra_content(&request.raw_body));
+    moderation::strip_room_profile(sender, &mut extra);
     let known = services.rooms.version(&room_id).await?.is_some();
     if services.rooms.is_resident(&room_id).await?
         || (known && services.rooms.servers_in_room(&room_id).await?.is_empty())

@@ -21,6 +21,7 @@ use crate::{
     api::{RumaRouter, extract::Ruma},
     service::{
         Services,
+        admin::moderation,
         rooms::{NewEvent, Transaction, attach_relations},
     },
     storage::ScanDirection,
@@ -85,6 +86,17 @@ async fn send(
     if !content.is_object() {
         return Err(Error::bad_json("Event content must be a JSON object"));
     }
+    if body.event_type.to_string() == "m.room.redaction"
+        && let Some(redacts) = content.get("redacts").and_then(Value::as_str)
+        && let Ok(redacts) = ruma::EventId::parse(redacts)
+    {
+        moderation::check_redaction(&services, sender, &redacts).await?;
+    } else {
+        moderation::check_event(sender, &body.event_type.to_string(), None)?;
+    }
+    if moderation::shadow_banned(sender) {
+        return Ok(send_message_event::v3::Response::new(moderation::fake_event_id()?));
+    }
     let kind = TimelineEventType::from(body.event_type.to_string());
     let transaction = Transaction { device: device.to_owned(), key: txn_key, client_txn: body.txn_id.to_string() };
     let mut event = NewEvent::message(kind, content);
@@ -110,6 +122,10 @@ async fn redact(
         return Ok(redact_event::v3::Response::new(event_id));
     }
     services.rate_limits.user(sender, UserAction::Message)?;
+    moderation::check_redaction(&services, sender, &body.event_id).await?;
+    if moderation::shadow_banned(sender) {
+        return Ok(redact_event::v3::Response::new(moderation::fake_event_id()?));
+    }
     // An event this server does not have may still be redacted: it may be on another server of
     // the room (Synapse allows it; Complement's `TestFederationRedactSendsWithoutEvent`). One it
     // has must be of this room.

@@ -17,7 +17,7 @@ use ruma::{
 use crate::{
     Error, Result,
     api::{RumaRouter, extract::Ruma},
-    service::Services,
+    service::{Services, admin::moderation, sessions::Authenticated},
 };
 
 /// The spec's limit on a whole profile, in bytes of JSON.
@@ -38,9 +38,11 @@ async fn ensure_known_local_user(services: &Services, user_id: &UserId) -> Resul
     Ok(())
 }
 
-/// Display name and avatar changes reach the user's member event in every joined room.
-async fn propagate(services: &Services, user: &UserId, field: &str) -> Result<()> {
-    if field == "displayname" || field == "avatar_url" {
+/// Display name and avatar changes reach the user's member event in every joined room (not a
+/// shadow-banned user's: as in Synapse, only the global profile changes).
+async fn propagate(services: &Services, sender: &Authenticated, field: &str) -> Result<()> {
+    let user = &sender.user_id;
+    if (field == "displayname" || field == "avatar_url") && !moderation::shadow_banned(sender) {
         let profile = crate::api::client::room::member_profile(services, user).await?;
         services.rooms.propagate_profile(user, profile).await?;
     }
@@ -94,6 +96,7 @@ async fn set_field(
     let sender = request.sender()?;
     let body = &request.body;
     ensure_own_profile(&body.user_id, &sender.user_id)?;
+    moderation::check_not_suspended(sender, "Changing the profile")?;
     let name = body.value.field_name();
     let name = name.as_str();
     if name.len() > MAX_FIELD_NAME_BYTES {
@@ -111,7 +114,7 @@ async fn set_field(
         return Err(Error::new(StatusCode::BAD_REQUEST, ErrorKind::ProfileTooLarge, "The profile would exceed 64 KiB"));
     }
     services.profile.set_field(&sender.user_id, name, Some(value)).await?;
-    propagate(&services, &sender.user_id, name).await?;
+    propagate(&services, sender, name).await?;
     Ok(set_profile_field::v3::Response::new())
 }
 
@@ -122,7 +125,8 @@ async fn delete_field(
     let sender = request.sender()?;
     let body = &request.body;
     ensure_own_profile(&body.user_id, &sender.user_id)?;
+    moderation::check_not_suspended(sender, "Changing the profile")?;
     services.profile.set_field(&sender.user_id, body.field.as_str(), None).await?;
-    propagate(&services, &sender.user_id, body.field.as_str()).await?;
+    propagate(&services, sender, body.field.as_str()).await?;
     Ok(delete_profile_field::v3::Response::new())
 }

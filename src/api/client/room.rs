@@ -71,6 +71,7 @@ async fn create_room(
     if !services.config.allow_room_creation {
         return Err(Error::forbidden("Room creation is disabled on this server"));
     }
+    crate::service::admin::moderation::check_not_suspended(sender, "Creating rooms")?;
     services.rate_limits.user(sender, UserAction::CreateRoom)?;
     let version = supported_version(&services, body.room_version.as_ref())?;
     let preset = match (&body.preset, &body.visibility) {
@@ -126,7 +127,9 @@ async fn create_room(
     // Local users whose invite permission config blocks the creator are left out of the invites
     // (spec v1.18, MSC4155): the room is still made.
     let mut invite = Vec::with_capacity(body.invite.len());
-    for invitee in &body.invite {
+    // A shadow-banned creator's room is made, without its invites (as in Synapse).
+    let invitees = if crate::service::admin::moderation::shadow_banned(sender) { &[][..] } else { &body.invite[..] };
+    for invitee in invitees {
         let blocked = invitee.server_name() == services.config.server_name
             && services.account_data.invite_decision(invitee, &sender.user_id).await?
                 == crate::service::invite_filter::Decision::Block;

@@ -127,6 +127,11 @@ async fn finish_login(
     body: login::v3::Request,
     client_ip: Option<String>,
 ) -> Result<login::v3::Response> {
+    // A locked account gets no new access token until it is unlocked (spec v1.12; Synapse
+    // checks after the password, so the error tells nothing to someone without it).
+    if services.accounts.get(&user_id).await?.is_some_and(|record| record.locked) {
+        return Err(Error::user_locked());
+    }
     let tokens = services
         .sessions
         .login(&user_id, body.device_id, body.initial_device_display_name, body.refresh_token, client_ip)

@@ -21,7 +21,7 @@ use crate::{
         client::{membership::visible_state, message::raw_event},
         extract::Ruma,
     },
-    service::{Services, rooms::NewEvent},
+    service::{Services, admin::moderation, rooms::NewEvent},
 };
 
 pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
@@ -94,6 +94,13 @@ async fn put_state(
     }
     validate(&services, &body.room_id, &body.event_type, &content).await?;
     services.rate_limits.user(sender, UserAction::Message)?;
+    let is_member = body.event_type == StateEventType::RoomMember;
+    let membership = content.get("membership").and_then(Value::as_str).filter(|_| is_member);
+    moderation::check_event(sender, &body.event_type.to_string(), membership)?;
+    // Synapse lets a shadow-banned user's membership changes through, except invites.
+    if moderation::shadow_banned(sender) && (!is_member || membership == Some("invite")) {
+        return Ok(send_state_event::v3::Response::new(moderation::fake_event_id()?));
+    }
     if sender.guest && body.event_type == StateEventType::RoomMember && content["membership"] == "join" {
         services.rooms.check_guest_join(&body.room_id, &sender.user_id).await?;
     }

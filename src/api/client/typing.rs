@@ -24,6 +24,10 @@ async fn typing(
     if body.user_id != sender.user_id {
         return Err(Error::forbidden("You can only set your own typing state"));
     }
+    // Answered, and nobody sees it (Synapse's shadow-ban).
+    if crate::service::admin::moderation::shadow_banned(sender) {
+        return Ok(create_typing_event::v3::Response::new());
+    }
     if services.rooms.membership(&sender.user_id, &body.room_id).await?.is_none_or(|m| m.membership != "join") {
         return Err(Error::forbidden("You are not joined to this room"));
     }

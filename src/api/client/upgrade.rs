@@ -22,6 +22,12 @@ async fn upgrade(
     let sender = request.sender()?;
     let body = &request.body;
     let version = supported_version(&services, Some(&body.new_version))?;
+    crate::service::admin::moderation::check_not_suspended(sender, "Upgrading rooms")?;
+    // Answered with a made-up room, and nothing changes (Synapse's shadow-ban).
+    if crate::service::admin::moderation::shadow_banned(sender) {
+        let fake = crate::service::admin::moderation::fake_room_id(&services.config.server_name);
+        return Ok(upgrade_room::v3::Response::new(fake));
+    }
     let replacement =
         services.rooms.upgrade_room(&body.room_id, &sender.user_id, &version, &body.additional_creators).await?;
     crate::service::push::carry_over_room_rule(&services, &sender.user_id, &replacement).await?;

@@ -21,6 +21,8 @@ pub struct UserFilter {
     pub deactivated: bool,
     /// `Some(true)`: only admins; `Some(false)`: only non-admins.
     pub admins: Option<bool>,
+    /// Whether locked users are listed (Synapse leaves them out unless asked).
+    pub locked: bool,
 }
 
 /// A user as the admin API lists it.
@@ -33,9 +35,9 @@ pub async fn user_json(services: &Services, user_id: &UserId, record: &UserRecor
         "admin": record.admin,
         "deactivated": record.deactivated,
         "erased": super::erasure::is_erased(services, user_id).await?,
-        "shadow_banned": false,
-        "locked": false,
-        "suspended": false,
+        "shadow_banned": record.shadow_banned,
+        "locked": record.locked,
+        "suspended": record.suspended,
         "displayname": profile.get("displayname").cloned().unwrap_or(Value::Null),
         "avatar_url": profile.get("avatar_url").cloned().unwrap_or(Value::Null),
         "creation_ts": record.created_ms,
@@ -58,7 +60,7 @@ pub async fn list(services: &Services, filter: &UserFilter, from: usize, limit: 
         if (record.guest && !filter.guests) || (record.deactivated && !filter.deactivated) {
             continue;
         }
-        if filter.admins.is_some_and(|admins| admins != record.admin) {
+        if (record.locked && !filter.locked) || filter.admins.is_some_and(|admins| admins != record.admin) {
             continue;
         }
         if let Some(part) = &filter.user_id
