@@ -177,7 +177,10 @@ impl TestServer {
     /// Sends SIGTERM and waits for a clean exit; returns the exit status code.
     pub fn stop(mut self) -> Option<i32> {
         let mut child = self.child.take()?;
-        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        // A signal from libc, not the `kill` program: a bare Debian (a container, a minimal
+        // install) has no procps, and then the wait below would never end.
+        // SAFETY: signals the child this server started.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let status = child.wait().ok()?;
         status.code()
     }
