@@ -180,6 +180,9 @@ impl RoomCore {
 }
 
 impl Rooms {
+    // Each argument is a distinct shared service or setting; a struct for them would be one more
+    // type used once.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         db: Db,
         server_name: OwnedServerName,
