@@ -145,6 +145,9 @@ pub struct Config {
     /// MiB; counted against the block cache (`db_cache_capacity_mb`).
     #[serde(default = "default_rocksdb_write_buffer_mb")]
     pub rocksdb_write_buffer_mb: f64,
+    /// Size of the cache of parsed events that serving events reads from, in MiB (0 turns it off).
+    #[serde(default = "default_event_cache_capacity_mb")]
+    pub event_cache_capacity_mb: f64,
     /// Upper bound on files RocksDB keeps open (Conduit's key).
     #[serde(default = "default_rocksdb_max_open_files")]
     pub rocksdb_max_open_files: i32,
@@ -563,6 +566,9 @@ fn default_room_version() -> RoomVersionId {
 fn default_log() -> String {
     "info".to_owned()
 }
+fn default_event_cache_capacity_mb() -> f64 {
+    32.0
+}
 fn default_db_cache_capacity_mb() -> f64 {
     300.0
 }
@@ -595,6 +601,12 @@ pub struct Loaded {
 }
 
 impl Config {
+    /// `event_cache_capacity_mb` in bytes (negative or not a number: off).
+    pub fn event_cache_bytes(&self) -> usize {
+        let bytes = self.event_cache_capacity_mb * 1024.0 * 1024.0;
+        if bytes.is_finite() && bytes > 0.0 { bytes as usize } else { 0 }
+    }
+
     /// Loads the file at `path` (if any) and applies overrides from `env`.
     pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Loaded, ConfigError> {
         let (text, source) = match path {

@@ -122,6 +122,7 @@ impl Services {
                 push_wake.clone(),
                 push_profiles.clone(),
                 federation.keys.clone(),
+                config.event_cache_bytes(),
             )?,
             push: push::Push::new(
                 db.clone(),

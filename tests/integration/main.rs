@@ -73,6 +73,7 @@ mod state_keys;
 mod sync;
 mod sync_filters;
 mod sync_knock;
+mod sync_served;
 mod tags;
 mod threads;
 mod to_device;

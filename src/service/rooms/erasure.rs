@@ -278,6 +278,7 @@ impl Rooms {
     pub async fn forget_pruned(&self, pruned: HashSet<OwnedEventId>) -> Result<()> {
         self.core.summaries.clear();
         self.core.push_facts.clear();
+        self.core.events.clear();
         if pruned.is_empty() {
             return Ok(());
         }

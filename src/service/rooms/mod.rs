@@ -13,6 +13,7 @@ pub mod create;
 mod device_tracking;
 mod directory;
 mod erasure;
+mod event_cache;
 pub mod federation_join;
 pub mod federation_read;
 pub mod hierarchy;
@@ -110,6 +111,8 @@ pub struct RoomCore {
     push_facts: notify::PushFactsCache,
     /// Room summaries per current state group (see `sync_read.rs`).
     summaries: sync_read::SummaryCache,
+    /// Parsed stored events, bounded in bytes (see `event_cache.rs`).
+    events: event_cache::EventCache,
     /// Push rules and pushers per user, for evaluation at write time (shared with the services
     /// that change them, which forget a user's entry).
     push_profiles: Arc<crate::service::push::recipients::PushProfiles>,
@@ -137,9 +140,22 @@ impl RoomCore {
     }
 
     fn event_by_short(&self, db: &Db, short: u64, rules: &RoomVersionRules) -> Result<Pdu> {
+        Ok((*self.shared_event_by_short(db, short, rules)?).clone())
+    }
+
+    /// The stored event, parsed once and then served from [`event_cache::EventCache`] while its
+    /// stored bytes stay the same.
+    fn shared_event_by_short(&self, db: &Db, short: u64, rules: &RoomVersionRules) -> Result<Arc<Pdu>> {
         let json = PDUS.get(db, &short)?.ok_or_else(|| Error::internal(format!("event {short} missing")))?;
+        if let Some(pdu) = self.events.get(short, &json) {
+            return Ok(pdu);
+        }
         let event_id = self.interner.event_id(db, short)?;
-        Pdu::from_stored(&json, event_id, rules).map_err(|e| Error::internal(format!("stored event is invalid: {e}")))
+        let pdu = Pdu::from_stored(&json, event_id, rules)
+            .map_err(|e| Error::internal(format!("stored event is invalid: {e}")))?;
+        let pdu = Arc::new(pdu);
+        self.events.put(short, json, pdu.clone());
+        Ok(pdu)
     }
 
     fn event_by_id(&self, db: &Db, event_id: &EventId, rules: &RoomVersionRules) -> Result<Option<Pdu>> {
@@ -165,6 +181,9 @@ impl RoomCore {
 }
 
 impl Rooms {
+    // Each argument is a distinct shared service or setting; a struct for them would be one more
+    // type used once.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         db: Db,
         server_name: OwnedServerName,
@@ -173,6 +192,7 @@ impl Rooms {
         push_wake: Arc<tokio::sync::Notify>,
         push_profiles: Arc<crate::service::push::recipients::PushProfiles>,
         remote_keys: Arc<RemoteKeys>,
+        event_cache_bytes: usize,
     ) -> Result<Self> {
         let core = RoomCore {
             interner: short::Interner::new(&db)?,
@@ -185,6 +205,7 @@ impl Rooms {
             push_wake,
             push_facts: notify::PushFactsCache::default(),
             summaries: Default::default(),
+            events: event_cache::EventCache::new(event_cache_bytes),
             push_profiles,
             last_create_ts: std::sync::atomic::AtomicU64::new(0),
             servers: Default::default(),

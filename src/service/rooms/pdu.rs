@@ -27,6 +27,26 @@ pub struct Pdu {
     pub json: CanonicalJsonObject,
 }
 
+/// A client event as serialised by [`Pdu::client_json`] (the fields of `to_client_event`, in the
+/// same order).
+#[derive(serde::Serialize)]
+struct ClientEventOut<'a> {
+    content: &'a RawValue,
+    event_id: &'a str,
+    origin_server_ts: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redacts: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    room_id: Option<&'a str>,
+    sender: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state_key: Option<&'a str>,
+    #[serde(rename = "type")]
+    kind: &'a TimelineEventType,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unsigned: Option<std::collections::BTreeMap<&'a str, Value>>,
+}
+
 /// `prev_events`/`auth_events` entries: plain IDs (v3+) or `[id, {hashes}]` pairs (v1, v2).
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -91,8 +111,10 @@ impl Pdu {
 
     /// Parses stored PDU JSON whose event ID is already known (no reference hash to compute).
     pub fn from_stored(json: &RawValue, event_id: OwnedEventId, rules: &RoomVersionRules) -> Result<Self, String> {
+        // The fields straight from the text: no detour through a `Value` tree.
         let object: CanonicalJsonObject = serde_json::from_str(json.get()).map_err(|e| e.to_string())?;
-        Self::parse(object, rules, Some(event_id))
+        let raw: RawPdu = serde_json::from_str(json.get()).map_err(|e| format!("malformed event: {e}"))?;
+        Self::parse_fields(object, raw, rules, Some(event_id))
     }
 
     fn parse(
@@ -102,6 +124,15 @@ impl Pdu {
     ) -> Result<Self, String> {
         let value = serde_json::to_value(&json).map_err(|e| e.to_string())?;
         let raw: RawPdu = serde_json::from_value(value).map_err(|e| format!("malformed event: {e}"))?;
+        Self::parse_fields(json, raw, rules, known_id)
+    }
+
+    fn parse_fields(
+        json: CanonicalJsonObject,
+        raw: RawPdu,
+        rules: &RoomVersionRules,
+        known_id: Option<OwnedEventId>,
+    ) -> Result<Self, String> {
         let event_id = match known_id {
             Some(id) => id,
             None => event_id_of(&json, rules)?,
@@ -148,6 +179,33 @@ impl Pdu {
 
     pub fn content_value(&self) -> Value {
         serde_json::from_str(self.content.get()).unwrap_or(Value::Null)
+    }
+
+    /// The event as clients see it, serialised at once from the stored pieces (`content` is
+    /// copied as it is stored): without `room_id` for the sync format, and with `extra` added to
+    /// `unsigned` (which a stored entry of the same name is replaced by).
+    pub fn client_json(&self, with_room_id: bool, extra: &[(&str, &str)]) -> Result<Box<RawValue>, String> {
+        let mut unsigned: std::collections::BTreeMap<&str, Value> = std::collections::BTreeMap::new();
+        if let Some(CanonicalJsonValue::Object(stored)) = self.json.get("unsigned") {
+            for (key, value) in stored {
+                unsigned.insert(key, serde_json::to_value(value).map_err(|e| e.to_string())?);
+            }
+        }
+        for (key, value) in extra {
+            unsigned.insert(key, Value::String((*value).to_owned()));
+        }
+        let event = ClientEventOut {
+            content: &self.content,
+            event_id: self.event_id.as_str(),
+            origin_server_ts: u64::from(self.origin_server_ts.0),
+            redacts: self.redacts.as_ref().map(|id| id.as_str()),
+            room_id: with_room_id.then(|| self.room_id.as_str()),
+            sender: self.sender.as_str(),
+            state_key: self.state_key.as_deref(),
+            kind: &self.kind,
+            unsigned: (!unsigned.is_empty() || self.json.contains_key("unsigned")).then_some(unsigned),
+        };
+        serde_json::value::to_raw_value(&event).map_err(|e| e.to_string())
     }
 
     /// The event as clients see it (the client-server API's `ClientEvent`).

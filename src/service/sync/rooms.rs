@@ -86,16 +86,24 @@ fn sync_event_with_txn<T>(
     if *format == EventFormat::Federation {
         return raw_json(&pdu.json);
     }
+    let Some(relations) = relations else {
+        // The common case, serialised at once from the event's parts.
+        let unsigned_fields = [("transaction_id", transaction_id), ("membership", membership)];
+        let extra: Vec<(&str, &str)> = unsigned_fields.into_iter().filter_map(|(k, v)| Some((k, v?))).collect();
+        let json = pdu
+            .client_json(false, &extra)
+            .map_err(|e| crate::Error::internal(format!("cannot serialise event: {e}")))?;
+        return Ok(Raw::from_json(json));
+    };
     let mut event = pdu.to_client_event();
-    if let Some(mut relations) = relations {
-        // Events bundled inside are in the sync format too.
-        for path in ["/m.thread/latest_event", "/m.thread/latest_event/unsigned/m.relations/m.replace", "/m.replace"] {
-            if let Some(bundled) = relations.pointer_mut(path).and_then(serde_json::Value::as_object_mut) {
-                bundled.remove("room_id");
-            }
+    let mut relations = relations;
+    // Events bundled inside are in the sync format too.
+    for path in ["/m.thread/latest_event", "/m.thread/latest_event/unsigned/m.relations/m.replace", "/m.replace"] {
+        if let Some(bundled) = relations.pointer_mut(path).and_then(serde_json::Value::as_object_mut) {
+            bundled.remove("room_id");
         }
-        crate::service::rooms::attach_relations(&mut event, relations);
     }
+    crate::service::rooms::attach_relations(&mut event, relations);
     if let Some(object) = event.as_object_mut() {
         object.remove("room_id");
         let unsigned_fields = [("transaction_id", transaction_id), ("membership", membership)];
@@ -116,6 +124,7 @@ fn count(n: u64) -> Option<UInt> {
 /// Every room section of the sync.
 pub(super) async fn collect(ctx: &Context<'_>) -> Result<Rooms> {
     let mut rooms = Rooms::new();
+    let mut joined = Vec::new();
     let since = ctx.since.map(|s| s.events);
     let upto = ctx.now.events;
     // Incrementally, a joined room without events or account data since is left out early.
@@ -144,9 +153,7 @@ pub(super) async fn collect(ctx: &Context<'_>) -> Result<Rooms> {
                 if quiet {
                     continue;
                 }
-                if let Some(joined) = joined_room(ctx, &room_id, position).await? {
-                    rooms.join.insert(room_id, joined);
-                }
+                joined.push((room_id, position));
             }
             "invite" => {
                 let new = match since {
@@ -190,8 +197,24 @@ pub(super) async fn collect(ctx: &Context<'_>) -> Result<Rooms> {
             _ => {}
         }
     }
+    // Joined rooms are built a few at a time: their reads run on the blocking pool, so both
+    // cores work and one room's round trips to the pool overlap another's.
+    // (A loop, not a closure: the sync future must stay `Send` for every lifetime.)
+    let mut builds = Vec::with_capacity(joined.len());
+    for (room_id, position) in &joined {
+        builds.push(joined_room(ctx, room_id, *position));
+    }
+    let built = super::concurrent::run_all(builds, ROOMS_AT_ONCE).await;
+    for ((room_id, _), room) in joined.into_iter().zip(built) {
+        if let Some(room) = room? {
+            rooms.join.insert(room_id, room);
+        }
+    }
     Ok(rooms)
 }
+
+/// How many joined rooms one sync builds at the same time.
+const ROOMS_AT_ONCE: usize = 6;
 
 /// Whether the membership changed after stream position `since`.
 async fn changed_since(
