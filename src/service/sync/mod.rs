@@ -10,7 +10,6 @@
 //! `presence.rs`: the top-level presence part; `lazy_members.rs`: member events already sent;
 //! `event_fields.rs`: the filter's `event_fields`.
 
-mod concurrent;
 mod e2ee;
 mod event_fields;
 pub mod filter;

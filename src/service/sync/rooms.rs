@@ -3,6 +3,8 @@
 
 use std::{collections::HashSet, sync::Arc};
 
+use futures_util::StreamExt;
+
 use ruma::{
     OwnedRoomId, RoomId, UInt,
     api::client::filter::{EventFormat, LazyLoadOptions},
@@ -204,7 +206,7 @@ pub(super) async fn collect(ctx: &Context<'_>) -> Result<Rooms> {
     for (room_id, position) in &joined {
         builds.push(joined_room(ctx, room_id, *position));
     }
-    let built = super::concurrent::run_all(builds, ROOMS_AT_ONCE).await;
+    let built: Vec<_> = futures_util::stream::iter(builds).buffered(ROOMS_AT_ONCE).collect().await;
     for ((room_id, _), room) in joined.into_iter().zip(built) {
         if let Some(room) = room? {
             rooms.join.insert(room_id, room);
