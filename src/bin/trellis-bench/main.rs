@@ -9,8 +9,13 @@
 //! sliding sync (MSC4186). `--smoke` also checks that every
 //! message sent is received exactly once through `/sync`, and exits non-zero otherwise.
 
+mod client;
+mod members;
+mod report;
+mod sliding;
+
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::HashSet,
     process::ExitCode,
     sync::{
         Arc,
@@ -20,258 +25,66 @@ use std::{
 };
 
 use clap::Parser;
-use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
-use sha1::Sha1;
+
+use crate::{
+    client::{Client, User, bodies_in, urlencode},
+    members::add_members,
+    report::{Report, latencies, rate, record_latencies, rss_kib},
+    sliding::sliding_sync,
+};
 
 #[derive(Parser, Clone)]
 #[command(name = "trellis-bench", about = "Load benchmark for Matrix homeservers (client-server API only)")]
-struct Options {
+pub(crate) struct Options {
     /// Base URL of the homeserver's client API, e.g. http://127.0.0.1:6167.
     #[arg(long)]
-    url: String,
+    pub(crate) url: String,
     /// The server's registration shared secret (Synapse's admin registration API).
     #[arg(long)]
-    registration_secret: String,
+    pub(crate) registration_secret: String,
     /// Users to create; each sends messages concurrently.
     #[arg(long, default_value_t = 4)]
-    users: usize,
+    pub(crate) users: usize,
     /// Rooms to create; every user joins every room.
     #[arg(long, default_value_t = 4)]
-    rooms: usize,
+    pub(crate) rooms: usize,
     /// Members every room has during the sends (at least the senders and the reader): the rest
     /// are idle local users, registered and joined before the sends, so send rates of small and
     /// large rooms can be compared.
     #[arg(long, default_value_t = 0)]
-    room_members: usize,
+    pub(crate) room_members: usize,
     /// Messages each user sends in the throughput phase.
     #[arg(long, default_value_t = 50)]
-    messages: usize,
+    pub(crate) messages: usize,
     /// Send-to-receive round trips measured through /sync.
     #[arg(long, default_value_t = 20)]
-    round_trips: usize,
+    pub(crate) round_trips: usize,
     /// Incremental /sync calls measured.
     #[arg(long, default_value_t = 20)]
-    incremental_syncs: usize,
+    pub(crate) incremental_syncs: usize,
     /// PID of the server process, to report its resident memory.
     #[arg(long)]
-    pid: Option<u32>,
+    pub(crate) pid: Option<u32>,
     /// Fail (exit 1) if any request fails or a message is not received exactly once.
     #[arg(long)]
-    smoke: bool,
+    pub(crate) smoke: bool,
     /// Prefix of the user names this run creates (runs against one server must differ).
     #[arg(long, default_value = "bench")]
-    prefix: String,
+    pub(crate) prefix: String,
     /// Also measure simplified sliding sync (MSC4186): the first answer for the reader's list
     /// (range 0-19, timeline_limit 1) and send-to-receive latency through its long-polling,
     /// next to the /sync figures.
     #[arg(long)]
-    sliding_sync: bool,
+    pub(crate) sliding_sync: bool,
     /// Register the benchmark's users as server admins. Admins are exempt from rate limits, so
     /// a run with this flag against one without (on a server whose limits are lifted high
     /// enough never to refuse) shows what checking the limits costs.
     #[arg(long)]
-    admin_users: bool,
+    pub(crate) admin_users: bool,
     /// Also write the figures as JSON ({metric: {"value": number, "unit": text}}) to this file.
     #[arg(long)]
-    json: Option<std::path::PathBuf>,
-}
-
-#[derive(Clone)]
-struct Client {
-    http: reqwest::Client,
-    base: String,
-    failures: Arc<AtomicU64>,
-    /// Register users as server admins (`--admin-users`).
-    admin_users: bool,
-}
-
-struct User {
-    token: String,
-}
-
-impl Client {
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<&Value>,
-    ) -> Option<Value> {
-        let mut request = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            request = request.header("content-type", "application/json").body(body.to_string());
-        }
-        match request.send().await {
-            Ok(response) if response.status().is_success() => {
-                response.bytes().await.ok().and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            }
-            Ok(response) => {
-                let status = response.status();
-                let text = response.text().await.unwrap_or_default();
-                eprintln!("request failed: {path}: {status} {text}");
-                self.failures.fetch_add(1, Ordering::Relaxed);
-                None
-            }
-            Err(error) => {
-                eprintln!("request failed: {path}: {error}");
-                self.failures.fetch_add(1, Ordering::Relaxed);
-                None
-            }
-        }
-    }
-
-    async fn register(&self, secret: &str, name: &str) -> Option<User> {
-        let nonce = self.call(reqwest::Method::GET, "/_synapse/admin/v1/register", None, None).await?;
-        let nonce = nonce["nonce"].as_str()?.to_owned();
-        let password = format!("{name}-password");
-        let mut mac = Hmac::<Sha1>::new_from_slice(secret.as_bytes()).ok()?;
-        let admin = if self.admin_users { "admin" } else { "notadmin" };
-        mac.update(format!("{nonce}\0{name}\0{password}\0{admin}").as_bytes());
-        let mac = hex::encode(mac.finalize().into_bytes());
-        let body =
-            json!({"nonce": nonce, "username": name, "password": password, "admin": self.admin_users, "mac": mac});
-        let response = self.call(reqwest::Method::POST, "/_synapse/admin/v1/register", None, Some(&body)).await?;
-        Some(User { token: response["access_token"].as_str()?.to_owned() })
-    }
-
-    async fn sync(&self, user: &User, since: Option<&str>, timeout_ms: u64) -> Option<Value> {
-        let mut path = format!("/_matrix/client/v3/sync?timeout={timeout_ms}");
-        if let Some(since) = since {
-            path.push_str(&format!("&since={}", urlencode(since)));
-        }
-        self.call(reqwest::Method::GET, &path, Some(&user.token), None).await
-    }
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// Message bodies seen in a sync response's joined rooms.
-fn bodies_in(sync: &Value) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Some(rooms) = sync["rooms"]["join"].as_object() {
-        for room in rooms.values() {
-            for event in room["timeline"]["events"].as_array().into_iter().flatten() {
-                if event["type"] == "m.room.message"
-                    && let Some(body) = event["content"]["body"].as_str()
-                {
-                    out.push(body.to_owned());
-                }
-            }
-        }
-    }
-    out
-}
-
-impl Client {
-    /// Message bodies a sync delivered, including what a `limited` timeline left out: as a
-    /// client does, those are fetched with /messages from `prev_batch` back to the previous
-    /// sync's token.
-    async fn bodies_delivered(&self, user: &User, previous_since: &str, sync: &Value) -> Vec<String> {
-        let mut out = bodies_in(sync);
-        let Some(rooms) = sync["rooms"]["join"].as_object() else { return out };
-        for (room_id, room) in rooms {
-            if room["timeline"]["limited"] != true {
-                continue;
-            }
-            let Some(mut from) = room["timeline"]["prev_batch"].as_str().map(str::to_owned) else { continue };
-            loop {
-                let path = format!(
-                    "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100&from={}&to={}",
-                    urlencode(room_id),
-                    urlencode(&from),
-                    urlencode(previous_since)
-                );
-                let Some(page) = self.call(reqwest::Method::GET, &path, Some(&user.token), None).await else { break };
-                for event in page["chunk"].as_array().into_iter().flatten() {
-                    if event["type"] == "m.room.message"
-                        && let Some(body) = event["content"]["body"].as_str()
-                    {
-                        out.push(body.to_owned());
-                    }
-                }
-                match page["end"].as_str() {
-                    Some(end) if page["chunk"].as_array().is_some_and(|c| !c.is_empty()) => from = end.to_owned(),
-                    _ => break,
-                }
-            }
-        }
-        out
-    }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
-}
-
-fn rss_kib(pid: Option<u32>) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", pid?)).ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-}
-
-/// The results, in the order they are printed, with a number and unit for comparisons.
-#[derive(Default)]
-struct Report {
-    rows: BTreeMap<usize, (String, String)>,
-    figures: serde_json::Map<String, Value>,
-}
-
-impl Report {
-    fn add(&mut self, name: &str, value: String) {
-        let index = self.rows.len();
-        self.rows.insert(index, (name.to_owned(), value));
-        eprintln!("  {name}: {}", self.rows[&index].1);
-    }
-    fn figure(&mut self, name: &str, value: f64, unit: &str) {
-        self.figures.insert(name.to_owned(), json!({"value": value, "unit": unit}));
-    }
-    fn print(&self) {
-        let width = self.rows.values().map(|(n, _)| n.len()).max().unwrap_or(10);
-        println!("{:width$}  value", "metric");
-        println!("{:-<width$}  {:-<24}", "", "");
-        for (name, value) in self.rows.values() {
-            println!("{name:width$}  {value}");
-        }
-    }
-}
-
-fn record_latencies(report: &mut Report, name: &str, samples: &mut [Duration]) {
-    samples.sort();
-    for (label, p) in [("p50", 0.50), ("p95", 0.95), ("p99", 0.99)] {
-        report.figure(&format!("{name} {label}"), percentile(samples, p).as_secs_f64() * 1000.0, "ms");
-    }
-}
-
-fn rate(count: usize, elapsed: Duration) -> String {
-    format!("{:.1}/s", count as f64 / elapsed.as_secs_f64().max(1e-9))
-}
-
-fn latencies(mut samples: Vec<Duration>) -> String {
-    samples.sort();
-    format!(
-        "p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms (n={})",
-        percentile(&samples, 0.50).as_secs_f64() * 1000.0,
-        percentile(&samples, 0.95).as_secs_f64() * 1000.0,
-        percentile(&samples, 0.99).as_secs_f64() * 1000.0,
-        samples.len()
-    )
+    pub(crate) json: Option<std::path::PathBuf>,
 }
 
 async fn run(options: Options) -> Result<Report, String> {
@@ -488,122 +301,6 @@ async fn run(options: Options) -> Result<Report, String> {
         return Err(format!("{failures} requests failed"));
     }
     Ok(report)
-}
-
-const SLIDING_SYNC: &str = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync";
-
-impl Client {
-    /// One sliding sync request on the connection `bench`, from `pos`.
-    async fn sliding(&self, user: &User, pos: Option<&str>, timeout_ms: u64, body: &Value) -> Option<Value> {
-        let mut path = format!("{SLIDING_SYNC}?timeout={timeout_ms}");
-        if let Some(pos) = pos {
-            path.push_str(&format!("&pos={}", urlencode(pos)));
-        }
-        self.call(reqwest::Method::POST, &path, Some(&user.token), Some(body)).await
-    }
-}
-
-/// Message bodies in a sliding sync answer's rooms.
-fn sliding_bodies(answer: &Value) -> Vec<String> {
-    let rooms = answer["rooms"].as_object().into_iter().flat_map(|rooms| rooms.values());
-    rooms
-        .flat_map(|room| room["timeline"].as_array().cloned().unwrap_or_default())
-        .filter(|event| event["type"] == "m.room.message")
-        .filter_map(|event| event["content"]["body"].as_str().map(str::to_owned))
-        .collect()
-}
-
-/// The sliding sync figures (`--sliding-sync`): the first answer for the reader's list of
-/// rooms (range 0-19, timeline_limit 1), as Element X asks on start, and send-to-receive
-/// latency through sliding sync long-polling.
-async fn sliding_sync(
-    client: &Client,
-    options: &Options,
-    reader: &User,
-    sender: &User,
-    rooms: &[String],
-    report: &mut Report,
-) -> Result<(), String> {
-    eprintln!("[5/6] sliding sync: first answer for a user in {} rooms, then round trips", options.rooms);
-    let body = json!({
-        "conn_id": "bench",
-        "lists": {"all": {"ranges": [[0, 19]], "timeline_limit": 1, "required_state": [["m.room.name", ""]]}},
-    });
-    let started = Instant::now();
-    let first = client.sliding(reader, None, 0, &body).await.ok_or("sliding sync failed")?;
-    report.add("sliding sync first answer", format!("{:.1} ms", started.elapsed().as_secs_f64() * 1000.0));
-    report.figure("sliding sync first answer", started.elapsed().as_secs_f64() * 1000.0, "ms");
-    if options.smoke && first["lists"]["all"]["count"].as_u64() != Some(rooms.len() as u64) {
-        return Err(format!(
-            "the sliding sync list counts {} rooms, not {}",
-            first["lists"]["all"]["count"],
-            rooms.len()
-        ));
-    }
-    let mut pos = first["pos"].as_str().ok_or("no pos")?.to_owned();
-    let mut round_trips = Vec::new();
-    for n in 0..options.round_trips {
-        let (poll_client, poll_pos, poll_body) = (client.clone(), pos.clone(), body.clone());
-        let reader_token = reader.token.clone();
-        let waiting = tokio::spawn(async move {
-            let reader = User { token: reader_token };
-            let mut pos = poll_pos;
-            loop {
-                let answer = poll_client.sliding(&reader, Some(&pos), 30_000, &poll_body).await?;
-                pos = answer["pos"].as_str()?.to_owned();
-                if sliding_bodies(&answer).iter().any(|b| b.starts_with("sliding round trip")) {
-                    return Some((Instant::now(), pos));
-                }
-            }
-        });
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/srt{n}", urlencode(&rooms[0]));
-        let message = json!({"msgtype": "m.text", "body": format!("sliding round trip {n}")});
-        let sent = Instant::now();
-        client.call(reqwest::Method::PUT, &path, Some(&sender.token), Some(&message)).await;
-        match waiting.await.map_err(|e| e.to_string())? {
-            Some((received, next)) => {
-                round_trips.push(received.saturating_duration_since(sent));
-                pos = next;
-            }
-            None => return Err("the sliding sync long-poll failed".into()),
-        }
-    }
-    record_latencies(report, "sliding sync send-to-receive latency", &mut round_trips);
-    report.add("sliding sync send-to-receive latency", latencies(round_trips));
-    Ok(())
-}
-
-/// Registers `count` idle users and joins each to every room, eight requests at a time.
-async fn add_members(client: &Client, options: &Options, rooms: &[String], count: usize) -> Result<(), String> {
-    const PARALLEL: usize = 8;
-    let mut tasks = Vec::new();
-    for lane in 0..PARALLEL {
-        let (client, rooms) = (client.clone(), rooms.to_vec());
-        let (secret, prefix) = (options.registration_secret.clone(), options.prefix.clone());
-        tasks.push(tokio::spawn(async move {
-            for i in (lane..count).step_by(PARALLEL) {
-                let member =
-                    client.register(&secret, &format!("{prefix}_member_{i}")).await.ok_or("registration failed")?;
-                for room in &rooms {
-                    client
-                        .call(
-                            reqwest::Method::POST,
-                            &format!("/_matrix/client/v3/join/{}", urlencode(room)),
-                            Some(&member.token),
-                            Some(&json!({})),
-                        )
-                        .await
-                        .ok_or("join failed")?;
-                }
-            }
-            Ok::<(), &'static str>(())
-        }));
-    }
-    for task in tasks {
-        task.await.map_err(|e| e.to_string())??;
-    }
-    Ok(())
 }
 
 fn main() -> ExitCode {
