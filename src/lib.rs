@@ -9,6 +9,7 @@ pub mod cli;
 pub mod cli_data;
 pub mod config;
 pub mod error;
+pub mod heap;
 pub mod server;
 pub mod service;
 pub mod storage;

@@ -97,6 +97,9 @@ pub async fn run(config: Config) -> Result<(), String> {
         println!("Trellis listening for federation on https://{addr}");
     }
 
+    // Start-up is over: what opening the database allocated for a moment goes back to the OS.
+    let heap_release = crate::heap::spawn_periodic_release();
+
     let mut tasks = tokio::task::JoinSet::new();
     match client_tls {
         Some(acceptor) => {
@@ -146,6 +149,7 @@ pub async fn run(config: Config) -> Result<(), String> {
     if let Some(task) = scheduled_backups {
         task.abort();
     }
+    heap_release.abort();
     push_sender.stop().await;
     appservice_senders.stop().await;
     federation_sender.stop().await;
