@@ -1,7 +1,7 @@
 //! MSC3757 (owned state) in its unstable room versions `org.matrix.msc3757.10` and `.11`:
 //! every case of Complement's `TestMSC3757OwnedState` and `TestWithoutOwnedState` over HTTP,
-//! the versions in `/capabilities`, and owned state through state resolution (a fork merged by
-//! a later event keeps it).
+//! the versions in `/capabilities`, owned state through state resolution (a fork merged by a
+//! later event keeps it), and owned state shared with a real Synapse.
 
 use std::sync::Arc;
 
@@ -20,7 +20,11 @@ use trellis::{
     storage::Db,
 };
 
-use crate::harness::{Session, TestServer, assert_error, config_text, enc};
+use crate::{
+    federation_join::{join_via, state_ids},
+    harness::{Session, TestServer, assert_error, config_text, enc},
+    peer_synapse::{Peers, Synapse, synapse_and_trellis},
+};
 
 const TEST_TYPE: &str = "com.example.test";
 /// Separator and sigil characters, as Complement uses to stress the parsing.
@@ -221,4 +225,57 @@ async fn owned_state_survives_state_resolution() {
         // Nothing is filed under an escaped key.
         assert_eq!(at(format!("\u{1}{bob}")).await, None, "{version}");
     }
+}
+
+/// Polls until both servers hold the same state for `room`, containing `event`.
+async fn converge(trellis: &TestServer, alice: &Session, synapse: &Synapse, sam: &str, room: &str, event: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (on_trellis, on_synapse) = (state_ids(trellis, alice, room).await, synapse.state_ids(room, sam).await);
+        if on_trellis == on_synapse && on_trellis.iter().any(|id| id == event) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{event}: Trellis has {on_trellis:?}, Synapse {on_synapse:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+/// With a real Synapse (skipped without `TRELLIS_SYNAPSE_PYTHON`): owned state written on
+/// either server in the other's MSC3757 room is accepted by both, and both hold the same state.
+#[tokio::test]
+async fn synapse_and_trellis_agree_on_owned_state() {
+    let Some(Peers { synapse, trellis, trellis_name, .. }) = synapse_and_trellis().await else { return };
+    let alice = trellis.register("alice", "pw").await;
+    let sam_token = synapse.register("sam").await;
+    let sam = format!("@sam:{}", synapse.server_name);
+    let create = |version: &str| json!({"room_version": version, "preset": "public_chat", "power_level_content_override": {"events": {TEST_TYPE: 0}}});
+    let path = |room: &str, key: &str| format!("/_matrix/client/v3/rooms/{}/state/{TEST_TYPE}/{}", enc(room), enc(key));
+
+    // Synapse's room: Sam (its creator) writes Alice's owned key, Alice her own suffixed one.
+    let created =
+        synapse.client_post("/_matrix/client/v3/createRoom", &sam_token, create("org.matrix.msc3757.10")).await;
+    assert_eq!(created.0, 200, "{}", created.1);
+    let room = created.1["room_id"].as_str().unwrap().to_owned();
+    assert_eq!(join_via(&trellis, &alice, &room, &[&synapse.server_name]).await.0, 200);
+    let by_sam = synapse.client_put(&path(&room, &format!("{}{SUFFIX}", alice.user_id)), &sam_token, json!({})).await;
+    assert_eq!(by_sam.0, 200, "{}", by_sam.1);
+    converge(&trellis, &alice, &synapse, &sam_token, &room, by_sam.1["event_id"].as_str().unwrap()).await;
+    let by_alice = send_state(&trellis, &room, &alice, &format!("{}_mine", alice.user_id)).await;
+    assert_ok(&by_alice, "Alice's own key in Synapse's room");
+    converge(&trellis, &alice, &synapse, &sam_token, &room, by_alice.1["event_id"].as_str().unwrap()).await;
+    assert_error(&send_state(&trellis, &room, &alice, &sam).await, 403, "M_FORBIDDEN");
+
+    // Trellis's room: Alice (its creator) writes Sam's owned key.
+    let created = trellis.post("/_matrix/client/v3/createRoom", alice.token(), create("org.matrix.msc3757.11")).await;
+    assert_eq!(created.0, 200, "{}", created.1);
+    let room = created.1["room_id"].as_str().unwrap().to_owned();
+    let join = format!("/_matrix/client/v3/join/{}?server_name={trellis_name}&via={trellis_name}", enc(&room));
+    let joined = synapse.client_post(&join, &sam_token, json!({})).await;
+    assert_eq!(joined.0, 200, "{}", joined.1);
+    let by_alice = send_state(&trellis, &room, &alice, &format!("{sam}{SUFFIX}")).await;
+    assert_ok(&by_alice, "Sam's key in Trellis's room");
+    converge(&trellis, &alice, &synapse, &sam_token, &room, by_alice.1["event_id"].as_str().unwrap()).await;
+    let by_sam = synapse.client_put(&path(&room, &format!("{sam}_mine")), &sam_token, json!({})).await;
+    assert_eq!(by_sam.0, 200, "{}", by_sam.1);
+    converge(&trellis, &alice, &synapse, &sam_token, &room, by_sam.1["event_id"].as_str().unwrap()).await;
 }
