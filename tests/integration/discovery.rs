@@ -20,8 +20,10 @@ async fn versions_and_capabilities() {
     assert_ne!(caps.1["capabilities"]["m.change_password"]["enabled"], false);
     assert_eq!(caps.1["capabilities"]["m.room_versions"]["default"], "12");
     let available = caps.1["capabilities"]["m.room_versions"]["available"].as_object().unwrap();
-    assert_eq!(available.len(), 12);
+    // 1 to 12, and MSC3757's two unstable versions (see `owned_state.rs`).
+    assert_eq!(available.len(), 14);
     assert_eq!(available["1"], "stable");
+    assert_eq!(available["org.matrix.msc3757.11"], "unstable");
 }
 
 #[tokio::test]

@@ -53,6 +53,7 @@ mod logs;
 mod media;
 mod metrics;
 mod migration;
+mod owned_state;
 mod pagination;
 mod peer_nio;
 mod peer_synapse;

@@ -8,7 +8,7 @@ use ruma::api::client::discovery::{
     discover_homeserver::{self, HomeserverInfo},
     get_capabilities::{
         self,
-        v3::{Capabilities, RoomVersionStability, RoomVersionsCapability},
+        v3::{Capabilities, RoomVersionsCapability},
     },
     get_supported_versions,
 };
@@ -99,7 +99,7 @@ async fn capabilities(
     let mut capabilities = Capabilities::new();
     capabilities.room_versions = RoomVersionsCapability::new(
         services.config.default_room_version.clone(),
-        ROOM_VERSIONS.iter().map(|v| (v.clone(), RoomVersionStability::Stable)).collect(),
+        ROOM_VERSIONS.iter().map(|v| (v.clone(), crate::service::rooms::versions::stability(v))).collect(),
     );
     let mut json = serde_json::to_value(&capabilities)
         .map_err(|e| Error::internal(format!("cannot serialise capabilities: {e}")))?;

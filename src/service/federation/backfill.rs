@@ -95,7 +95,8 @@ impl Federation {
     }
 
     async fn backfill_gap(&self, rooms: &Rooms, room_id: &RoomId, gap: &HistoryGap) -> Result<usize> {
-        let rules = gap.version.rules().ok_or_else(|| Error::internal("unsupported room version stored"))?;
+        let rules = crate::service::rooms::versions::rules(&gap.version)
+            .ok_or_else(|| Error::internal("unsupported room version stored"))?;
         let servers: Vec<_> = rooms.servers_in_room(room_id).await?.into_iter().take(MAX_SERVERS).collect();
         for server in servers {
             match tokio::time::timeout(SERVER_TIMEOUT, self.backfill_from(rooms, &server, room_id, gap, &rules)).await {

@@ -270,7 +270,7 @@ async fn fetch_events(
     version: &RoomVersionId,
     ids: &[OwnedEventId],
 ) -> Vec<(OwnedEventId, CanonicalJsonObject)> {
-    let Some(rules) = version.rules() else { return Vec::new() };
+    let Some(rules) = crate::service::rooms::versions::rules(version) else { return Vec::new() };
     let mut fetched = Vec::new();
     for chunk in ids.chunks(FETCH_PARALLEL) {
         let mut tasks = tokio::task::JoinSet::new();

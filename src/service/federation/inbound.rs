@@ -196,7 +196,7 @@ impl Inbound {
                 return None;
             }
         };
-        let rules = version.rules()?;
+        let rules = crate::service::rooms::versions::rules(&version)?;
         let event_id = pdu::event_id_of(&json, &rules).ok()?;
         let gap = Gap {
             rooms: &services.rooms,

@@ -145,7 +145,8 @@ impl Federation {
         let event = match &answer.event {
             Some(signed) => {
                 let signed = object(signed, "signed join").map_err(Attempt::Next)?;
-                let rules = version.rules().ok_or_else(|| Attempt::Stop(Error::internal("unsupported version")))?;
+                let rules = crate::service::rooms::versions::rules(&version)
+                    .ok_or_else(|| Attempt::Stop(Error::internal("unsupported version")))?;
                 match event_id_of(&signed, &rules) {
                     Ok(id) if id == event_id => signed,
                     _ => return Err(Attempt::Next(bad_gateway("the resident server changed the join event"))),
@@ -155,7 +156,8 @@ impl Federation {
         };
         let mut state = Vec::new();
         let mut state_ids = Vec::new();
-        let rules = version.rules().ok_or_else(|| Attempt::Stop(Error::internal("unsupported version")))?;
+        let rules = crate::service::rooms::versions::rules(&version)
+            .ok_or_else(|| Attempt::Stop(Error::internal("unsupported version")))?;
         for raw in &answer.state {
             let event = object(raw, "state event").map_err(Attempt::Next)?;
             if let Ok(id) = event_id_of(&event, &rules) {
@@ -217,7 +219,8 @@ impl Federation {
         content: &Map<String, Value>,
         membership: &str,
     ) -> std::result::Result<(OwnedEventId, CanonicalJsonObject), Attempt> {
-        let rules = version.rules().ok_or_else(|| Attempt::Stop(Error::internal("unsupported version")))?;
+        let rules = crate::service::rooms::versions::rules(version)
+            .ok_or_else(|| Attempt::Stop(Error::internal("unsupported version")))?;
         let is_our_join = event.get("type") == Some(&CanonicalJsonValue::String("m.room.member".into()))
             && event.get("state_key") == Some(&CanonicalJsonValue::String(user.to_string()))
             && event.get("sender") == Some(&CanonicalJsonValue::String(user.to_string()));

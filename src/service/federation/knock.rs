@@ -34,7 +34,7 @@ fn forbidden_version(version: &RoomVersionId) -> Error {
 }
 
 fn knocking(version: &RoomVersionId) -> bool {
-    version.rules().is_some_and(|rules| rules.authorization.knocking)
+    crate::service::rooms::versions::rules(version).is_some_and(|rules| rules.authorization.knocking)
 }
 
 /// A `make_knock` template for a user of `origin`: `400 M_INCOMPATIBLE_ROOM_VERSION` when the

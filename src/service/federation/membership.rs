@@ -39,7 +39,7 @@ fn bad_gateway(message: impl Into<String>) -> Error {
 }
 
 fn rules_of(version: &RoomVersionId) -> Result<RoomVersionRules> {
-    version.rules().ok_or_else(|| {
+    crate::service::rooms::versions::rules(version).ok_or_else(|| {
         Error::new(
             StatusCode::BAD_REQUEST,
             ErrorKind::UnsupportedRoomVersion,

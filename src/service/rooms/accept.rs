@@ -135,6 +135,10 @@ impl Outcome {
     pub fn into_local_result(self) -> Result<Accepted> {
         match self {
             Outcome::Accepted(accepted) => Ok(accepted),
+            // MSC3757: a key that names no owner is a bad request, as Synapse answers it.
+            Outcome::Rejected { reason, .. } if reason.starts_with(super::owned_state::MALFORMED_KEY) => {
+                Err(Error::bad_json(reason))
+            }
             Outcome::Rejected { reason, .. } => Err(forbidden(reason)),
             Outcome::MissingEvents { missing, .. } => {
                 let list = missing.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
@@ -351,16 +355,12 @@ impl RoomCore {
         {
             auth_events.push(create);
         }
-        Ok(state_res::check_state_dependent_auth_rules(
-            &rules.authorization,
-            pdu,
-            |kind: &StateEventType, key: &str| {
-                auth_events
-                    .iter()
-                    .find(|e| e.kind.to_string() == kind.to_string() && e.state_key.as_deref() == Some(key))
-                    .cloned()
-            },
-        )
+        Ok(super::owned_state::check_state_dependent(rules, pdu, |kind: &StateEventType, key: &str| {
+            auth_events
+                .iter()
+                .find(|e| e.kind.to_string() == kind.to_string() && e.state_key.as_deref() == Some(key))
+                .cloned()
+        })
         .map_err(AuthProblem::Refused))
     }
 
@@ -509,7 +509,7 @@ impl RoomCore {
             let short_event = *state.get(&short_key)?;
             self.event_by_short(db, short_event, rules).ok()
         };
-        state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, fetch)
+        super::owned_state::check_state_dependent(rules, pdu, fetch)
     }
 
     /// Stores an accepted event and everything it changes, in one batch.

@@ -68,7 +68,8 @@ impl RoomCore {
         event: NewEvent,
         prev_events: Option<Vec<OwnedEventId>>,
     ) -> Result<CanonicalJsonObject> {
-        let rules = version.rules().ok_or_else(|| Error::internal("unsupported room version"))?;
+        let rules = crate::service::rooms::versions::rules(version)
+            .ok_or_else(|| Error::internal("unsupported room version"))?;
         let short_room = match room {
             Some(room_id) => self.interner.short_room(db, room_id)?,
             None => None,

@@ -68,12 +68,13 @@ impl RoomSpec {
 }
 
 fn is_v12_or_later(version: &RoomVersionId) -> bool {
-    version.rules().is_some_and(|rules| rules.authorization.explicitly_privilege_room_creators)
+    crate::service::rooms::versions::rules(version)
+        .is_some_and(|rules| rules.authorization.explicitly_privilege_room_creators)
 }
 
 /// Before v11 the create event names its creator; from v11 the sender is the creator.
 fn has_creator_field(version: &RoomVersionId) -> bool {
-    version.rules().is_some_and(|rules| !rules.authorization.use_room_create_sender)
+    crate::service::rooms::versions::rules(version).is_some_and(|rules| !rules.authorization.use_room_create_sender)
 }
 
 /// The power levels a new room starts with (what Synapse uses, so clients see familiar rooms).
@@ -143,7 +144,8 @@ impl RoomCore {
         creator: &UserId,
         create: NewEvent,
     ) -> Result<OwnedRoomId> {
-        let rules = version.rules().ok_or_else(|| Error::internal("unsupported room version"))?;
+        let rules = crate::service::rooms::versions::rules(version)
+            .ok_or_else(|| Error::internal("unsupported room version"))?;
         if rules.authorization.room_create_event_id_as_room_id {
             let json = self.build(db, None, version, creator, create, None)?;
             let event_id = event_id_of(&json, &rules).map_err(Error::internal)?;

@@ -39,7 +39,8 @@ impl RoomCore {
     /// The auth rules for an event against the room's current state.
     fn allowed_now(&self, db: &Db, room_id: &RoomId, json: &CanonicalJsonObject) -> Result<Result<(), String>> {
         let (short_room, version) = self.version_of(db, room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
-        let rules = version.rules().ok_or_else(|| Error::internal("unsupported room version stored"))?;
+        let rules = crate::service::rooms::versions::rules(&version)
+            .ok_or_else(|| Error::internal("unsupported room version stored"))?;
         let pdu = Pdu::from_json(json.clone(), &rules).map_err(bad_event)?;
         let record = ROOMS.get(db, &short_room)?.ok_or_else(|| Error::not_found("Unknown room"))?;
         let current = self.state.load(db, record.current_state_group)?;
@@ -141,7 +142,8 @@ impl Rooms {
         let Some(version) = self.version(room_id).await? else {
             return Err(Error::not_found("This server is not in that room"));
         };
-        let rules = version.rules().ok_or_else(|| Error::internal("unsupported room version stored"))?;
+        let rules = crate::service::rooms::versions::rules(&version)
+            .ok_or_else(|| Error::internal("unsupported room version stored"))?;
         let mut object: CanonicalJsonObject =
             serde_json::from_str(json.get()).map_err(|e| bad_event(format!("The event is not a JSON object: {e}")))?;
         let pdu = Pdu::from_json(object.clone(), &rules).map_err(bad_event)?;

@@ -21,6 +21,7 @@ mod media_refs;
 pub mod membership;
 mod notify;
 pub mod out_of_band;
+pub mod owned_state;
 pub mod pdu;
 pub mod power;
 mod prepare;
@@ -41,6 +42,7 @@ mod stream;
 pub mod stream_read;
 mod sync_read;
 mod upgrade;
+pub mod versions;
 
 use std::{
     collections::HashMap,
@@ -63,22 +65,7 @@ pub use relations_read::{RECURSION_DEPTH, RelationsPage, RelationsQuery, attach 
 pub use search::{SearchHit, SearchOrder, SearchPage, SearchQuery};
 pub use servers::LocalEvent;
 pub use sync_read::{EventPredicate, MemberSummary, MembershipChange, StateSelection, TimelineWindow};
-
-/// Room versions the server can create and join: 1 to 12, all stable.
-pub const ROOM_VERSIONS: &[RoomVersionId] = &[
-    RoomVersionId::V1,
-    RoomVersionId::V2,
-    RoomVersionId::V3,
-    RoomVersionId::V4,
-    RoomVersionId::V5,
-    RoomVersionId::V6,
-    RoomVersionId::V7,
-    RoomVersionId::V8,
-    RoomVersionId::V9,
-    RoomVersionId::V10,
-    RoomVersionId::V11,
-    RoomVersionId::V12,
-];
+pub use versions::ROOM_VERSIONS;
 
 /// The `membership` of a member event.
 pub fn membership_of(pdu: &Pdu) -> String {
@@ -136,7 +123,8 @@ pub struct Rooms {
 impl RoomCore {
     fn rules_of_room(&self, db: &Db, short_room: u64) -> Result<RoomVersionRules> {
         let record = ROOMS.get(db, &short_room)?.ok_or_else(|| Error::not_found("Unknown room"))?;
-        record.version.rules().ok_or_else(|| Error::internal("unsupported room version stored"))
+        crate::service::rooms::versions::rules(&record.version)
+            .ok_or_else(|| Error::internal("unsupported room version stored"))
     }
 
     fn event_by_short(&self, db: &Db, short: u64, rules: &RoomVersionRules) -> Result<Pdu> {
@@ -323,7 +311,7 @@ impl Rooms {
                     .1
             }
         };
-        let rules = version.rules().ok_or_else(|| {
+        let rules = crate::service::rooms::versions::rules(&version).ok_or_else(|| {
             Error::new(http::StatusCode::BAD_REQUEST, ErrorKind::UnsupportedRoomVersion, "Unsupported room version")
         })?;
         let keys = self.remote_keys.event_keys(&json, &rules).await;

@@ -55,7 +55,8 @@ impl Rooms {
         self.run(move |core, db| {
             let short_room = core.interner.short_room(db, &room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
             let record = ROOMS.get(db, &short_room)?.ok_or_else(|| Error::not_found("Unknown room"))?;
-            let rules = record.version.rules().ok_or_else(|| Error::internal("unsupported room version stored"))?;
+            let rules = crate::service::rooms::versions::rules(&record.version)
+                .ok_or_else(|| Error::internal("unsupported room version stored"))?;
             let levels = core.power_levels_at(db, record.current_state_group, &rules)?;
             let content = core
                 .state_in_group(db, record.current_state_group, "m.room.power_levels", "")?

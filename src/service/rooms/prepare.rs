@@ -52,7 +52,7 @@ impl RoomCore {
         json: CanonicalJsonObject,
         remote_keys: Option<&PublicKeyMap>,
     ) -> Result<Prepared> {
-        let rules = version.rules().ok_or_else(|| {
+        let rules = crate::service::rooms::versions::rules(version).ok_or_else(|| {
             Error::new(StatusCode::BAD_REQUEST, ErrorKind::UnsupportedRoomVersion, "Unsupported room version")
         })?;
         // Format and size limits (whole event 65,536 bytes, field limits).

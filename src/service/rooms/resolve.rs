@@ -12,7 +12,7 @@ use ruma::{
     state_res::{self, StateMap, utils::event_id_set::EventIdSet},
 };
 
-use super::{RoomCore, accept::Pending, auth_chain::AuthChain, state::ShortStateMap};
+use super::{RoomCore, accept::Pending, auth_chain::AuthChain, owned_state, state::ShortStateMap, versions};
 use crate::{Error, Result, storage::Db};
 
 impl RoomCore {
@@ -30,6 +30,7 @@ impl RoomCore {
             // its rare forks with v2 gives a valid state, which may differ from other servers'.
             _ => ruma::room_version_rules::StateResolutionV2Rules::V2_0,
         };
+        let owned = versions::owned_state(rules);
         let mut maps: Vec<StateMap<OwnedEventId>> = Vec::new();
         let mut chains: Vec<EventIdSet<OwnedEventId>> = Vec::new();
         for group in groups {
@@ -37,7 +38,10 @@ impl RoomCore {
             let mut map = StateMap::new();
             let mut chain = EventIdSet::new();
             for (key, event) in short_map.iter() {
-                let names = self.key_names(db, *key, pending)?;
+                let mut names = self.key_names(db, *key, pending)?;
+                if owned {
+                    names.1 = owned_state::key_for_resolution(&names.0, names.1);
+                }
                 map.insert(names, self.event_id_of_short(db, *event, pending)?);
                 for short in self.auth_chain_of(db, *event, pending)?.iter() {
                     chain.insert(self.event_id_of_short(db, *short, pending)?);
@@ -46,15 +50,21 @@ impl RoomCore {
             maps.push(map);
             chains.push(chain);
         }
-        let fetch = |id: &EventId| match pending {
+        let stored = |id: &EventId| match pending {
             Some(p) if p.pdu.event_id == id => Some(p.pdu.clone()),
             _ => self.event_by_id(db, id, rules).ok().flatten(),
+        };
+        // MSC3757: ruma sees owned keys escaped (see `owned_state.rs`).
+        let fetch = |id: &EventId| {
+            let pdu = stored(id)?;
+            Some(if owned { owned_state::event_for_resolution(rules, pdu, stored) } else { pdu })
         };
         let subgraph = |conflicted: &StateMap<Vec<OwnedEventId>>| self.conflicted_subgraph(db, conflicted, pending);
         let resolved = state_res::resolve(&rules.authorization, &state_res_rules, &maps, chains, fetch, subgraph)
             .map_err(|e| Error::internal(format!("state resolution failed: {e}")))?;
         let mut out = ShortStateMap::new();
         for ((kind, state_key), event_id) in resolved {
+            let state_key = if owned { owned_state::key_from_resolution(&kind, state_key) } else { state_key };
             let key = match pending.and_then(|p| p.state_key.as_ref()) {
                 Some((short, (k, s))) if *k == kind && *s == state_key => Some(*short),
                 _ => self.interner.short_state_key(db, &kind.to_string(), &state_key)?,

@@ -88,7 +88,8 @@ struct Replacement {
 }
 
 fn privileges_creators(version: &RoomVersionId) -> bool {
-    version.rules().is_some_and(|rules| rules.authorization.explicitly_privilege_room_creators)
+    crate::service::rooms::versions::rules(version)
+        .is_some_and(|rules| rules.authorization.explicitly_privilege_room_creators)
 }
 
 /// The highest level any state the upgrade sends may need.
@@ -149,7 +150,7 @@ impl Rooms {
         new_version: &RoomVersionId,
         additional_creators: &[OwnedUserId],
     ) -> Result<OwnedRoomId> {
-        if new_version.rules().is_none() {
+        if crate::service::rooms::versions::rules(new_version).is_none() {
             return Err(Error::new(
                 StatusCode::BAD_REQUEST,
                 ErrorKind::UnsupportedRoomVersion,
@@ -272,7 +273,8 @@ fn replacement_spec(
         predecessor["event_id"] = json!(event_id);
     }
     create.insert("predecessor".into(), predecessor);
-    if version.rules().is_some_and(|rules| !rules.authorization.use_room_create_sender) {
+    if crate::service::rooms::versions::rules(version).is_some_and(|rules| !rules.authorization.use_room_create_sender)
+    {
         create.insert("creator".into(), json!(user));
     }
     let mut creators: Vec<String> = vec![user.to_string()];
