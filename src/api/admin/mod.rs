@@ -17,6 +17,7 @@ pub mod purge;
 pub mod registration_tokens;
 pub mod reports;
 pub mod rooms;
+pub mod storage;
 pub mod synapse_register;
 pub mod target_reports;
 pub mod user_data;
@@ -43,6 +44,7 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = reports::routes(router);
     let router = target_reports::routes(router);
     let router = data::routes(router);
+    let router = storage::routes(router);
     notices::routes(router)
 }
 

@@ -11,4 +11,5 @@ pub mod moderation;
 pub mod notices;
 pub mod purge;
 pub mod rooms;
+pub mod storage;
 pub mod users;
