@@ -70,6 +70,7 @@ mod search;
 mod sliding_sync;
 mod spaces;
 mod state_keys;
+mod storage_report;
 mod sync;
 mod sync_filters;
 mod sync_knock;
