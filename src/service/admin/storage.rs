@@ -61,7 +61,7 @@ pub fn report(db: &Db) -> std::result::Result<StorageReport, StorageError> {
         disk_bytes,
         live_bytes: tables.iter().map(|t| t.live_bytes).sum(),
         memory_bytes: tables.iter().map(|t| t.memory_bytes).sum(),
-        disk_bytes_per_event: if stored_events == 0 { 0 } else { disk_bytes / stored_events },
+        disk_bytes_per_event: disk_bytes.checked_div(stored_events).unwrap_or(0),
         cache_bytes: stats.cache_bytes,
         tables,
     })
