@@ -12,6 +12,7 @@ mod appservice;
 mod backup;
 mod backup_restore;
 mod bench;
+mod bench_send_load;
 mod concurrency;
 mod context;
 mod cs_details;
