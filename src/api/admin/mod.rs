@@ -4,7 +4,7 @@
 //! spec's own lock and suspend endpoints), rooms (`rooms.rs`), registration tokens
 //! (`registration_tokens.rs`), media (`media.rs`), content reports (`reports.rs`; rooms and
 //! users: `target_reports.rs`), server notices (`notices.rs`), and Trellis's own online backup
-//! and user export (`data.rs`, under `/_trellis/admin/v1`). Every endpoint but the version and
+//! and user export (`data.rs`) and storage report (`storage.rs`), under `/_trellis/admin/v1`. Every endpoint but the version and
 //! shared-secret registration needs a server admin's access token (`auth.rs`).
 
 pub mod auth;
