@@ -1,5 +1,6 @@
 //! The `trellis` command line: serve (the default), check a config, create a user, and the data
-//! protection commands (`backup`, `export-user`, in `cli_data.rs`).
+//! protection commands (`backup`, `export-user`, in `cli_data.rs`), and the storage report
+//! (`storage`).
 
 use std::path::PathBuf;
 
@@ -54,6 +55,14 @@ pub enum Command {
         #[command(flatten)]
         server: crate::cli_data::ServerArgs,
     },
+    /// Print the size of every table of the database (on disk, live data, in memory, keys) and
+    /// the bytes per stored event, as JSON. The server must be stopped (while it runs, use
+    /// `GET /_trellis/admin/v1/storage/tables`).
+    Storage {
+        /// Compact every table first, so the sizes hold no deleted or overwritten values.
+        #[arg(long)]
+        compact: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -95,6 +104,22 @@ impl Cli {
     pub fn load_config(&self) -> Result<Loaded, String> {
         Config::load(self.config_path().as_deref(), std::env::vars()).map_err(|e| e.to_string())
     }
+}
+
+/// `trellis storage`: opens the database directly, compacts it if asked, prints the report.
+pub async fn storage(config: Config, compact: bool) -> Result<(), String> {
+    let report = tokio::task::spawn_blocking(move || {
+        let db = Db::open(&config).map_err(|e| format!("{e} (is the server still running? stop it first)"))?;
+        if compact {
+            db.compact_all().map_err(|e| e.to_string())?;
+        }
+        crate::service::admin::storage::report(&db).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+    println!("{text}");
+    Ok(())
 }
 
 /// `trellis create-user`: opens the database directly and creates the account.

@@ -92,6 +92,7 @@ fn main() -> ExitCode {
             Command::ExportUser { user_id, to, server } => {
                 trellis::cli_data::export_user(config, &user_id, &to, &server).await
             }
+            Command::Storage { compact } => trellis::cli::storage(config, compact).await,
         }
     });
     match result {

@@ -45,6 +45,8 @@ pub struct TableStats {
     pub estimated_keys: u64,
     /// Bytes in the table's files on disk.
     pub disk_bytes: u64,
+    /// Estimated bytes of live data in those files (what a full compaction would leave).
+    pub live_bytes: u64,
     /// Bytes of recent writes held in memory.
     pub memory_bytes: u64,
 }
@@ -99,7 +101,8 @@ pub trait Engine: Send + Sync + 'static {
         None
     }
 
-    /// Size and key statistics, if the engine keeps them.
+    /// Size and key statistics of every table, if the engine keeps them (for metrics and the
+    /// admin's storage report; [`Engine::compact_all`] makes them exact).
     fn store_stats(&self) -> Option<StoreStats> {
         None
     }

@@ -196,6 +196,7 @@ impl Engine for RocksEngine {
                     table: name.clone(),
                     estimated_keys: property(&cf, "rocksdb.estimate-num-keys"),
                     disk_bytes: property(&cf, "rocksdb.total-sst-files-size"),
+                    live_bytes: property(&cf, "rocksdb.estimate-live-data-size"),
                     memory_bytes: property(&cf, "rocksdb.cur-size-all-mem-tables"),
                 })
             })

@@ -4,7 +4,7 @@
 //! spec's own lock and suspend endpoints), rooms (`rooms.rs`), registration tokens
 //! (`registration_tokens.rs`), media (`media.rs`), content reports (`reports.rs`; rooms and
 //! users: `target_reports.rs`), server notices (`notices.rs`), and Trellis's own online backup
-//! and user export (`data.rs`, under `/_trellis/admin/v1`). Every endpoint but the version and
+//! and user export (`data.rs`) and storage report (`storage.rs`), under `/_trellis/admin/v1`. Every endpoint but the version and
 //! shared-secret registration needs a server admin's access token (`auth.rs`).
 
 pub mod auth;
@@ -17,6 +17,7 @@ pub mod purge;
 pub mod registration_tokens;
 pub mod reports;
 pub mod rooms;
+pub mod storage;
 pub mod synapse_register;
 pub mod target_reports;
 pub mod user_data;
@@ -43,6 +44,7 @@ pub fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = reports::routes(router);
     let router = target_reports::routes(router);
     let router = data::routes(router);
+    let router = storage::routes(router);
     notices::routes(router)
 }
 

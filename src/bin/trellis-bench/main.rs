@@ -6,13 +6,18 @@
 //! memory from `/proc/<pid>/status` when `--pid` is given. `--room-members N` fills every room
 //! with idle local members up to N before the sends, to compare send rates by room size.
 //! `--sliding-sync` adds the same first-answer and send-to-receive figures through simplified
-//! sliding sync (MSC4186). `--smoke` also checks that every
+//! sliding sync (MSC4186). `--send-seconds S` replaces the standard run with a fixed-duration
+//! many-connection send load (`--connections`, `--repeat`; `send_load.rs`), and
+//! `--storage-report` ends either with the server's disk bytes per event and per table
+//! (`storage.rs`). `--smoke` also checks that every
 //! message sent is received exactly once through `/sync`, and exits non-zero otherwise.
 
 mod client;
 mod members;
 mod report;
+mod send_load;
 mod sliding;
+mod storage;
 
 use std::{
     collections::HashSet,
@@ -31,7 +36,9 @@ use crate::{
     client::{Client, User, bodies_in, urlencode},
     members::add_members,
     report::{Report, latencies, rate, record_latencies, rss_kib},
+    send_load::send_load,
     sliding::sliding_sync,
+    storage::storage_report,
 };
 
 #[derive(Parser, Clone)]
@@ -82,6 +89,20 @@ pub(crate) struct Options {
     /// enough never to refuse) shows what checking the limits costs.
     #[arg(long)]
     pub(crate) admin_users: bool,
+    /// Fixed-duration send mode instead of the standard run: each of `--connections` connections
+    /// sends messages for this many seconds (see `send_load.rs`).
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) send_seconds: f64,
+    /// Concurrent connections of the fixed-duration send mode.
+    #[arg(long, default_value_t = 16)]
+    pub(crate) connections: usize,
+    /// Runs of the fixed-duration send mode, back to back on the same rooms.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) repeat: usize,
+    /// After the run, compact the database and report bytes per stored event and per table
+    /// (Trellis's storage admin API; other servers get "not available").
+    #[arg(long)]
+    pub(crate) storage_report: bool,
     /// Also write the figures as JSON ({metric: {"value": number, "unit": text}}) to this file.
     #[arg(long)]
     pub(crate) json: Option<std::path::PathBuf>,
@@ -95,6 +116,18 @@ async fn run(options: Options) -> Result<Report, String> {
         admin_users: options.admin_users,
     };
     let mut report = Report::default();
+    if options.send_seconds > 0.0 {
+        send_load(&client, &options, &mut report).await?;
+        if options.storage_report {
+            storage_report(&client, &options, &mut report).await?;
+        }
+        let failures = client.failures.load(Ordering::Relaxed);
+        report.add("failed requests", failures.to_string());
+        if options.smoke && failures > 0 {
+            return Err(format!("{failures} requests failed"));
+        }
+        return Ok(report);
+    }
     let peak = Arc::new(AtomicU64::new(rss_kib(options.pid).unwrap_or(0)));
     if let Some(idle) = rss_kib(options.pid) {
         report.add("memory at idle (RSS)", format!("{:.1} MiB", idle as f64 / 1024.0));
@@ -294,6 +327,9 @@ async fn run(options: Options) -> Result<Report, String> {
         let peak = peak.load(Ordering::Relaxed) as f64 / 1024.0;
         report.add("memory at peak (RSS)", format!("{peak:.1} MiB"));
         report.figure("memory at peak", peak, "MiB");
+    }
+    if options.storage_report {
+        storage_report(&client, &options, &mut report).await?;
     }
     let failures = client.failures.load(Ordering::Relaxed);
     report.add("failed requests", failures.to_string());

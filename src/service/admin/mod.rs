@@ -2,7 +2,8 @@
 //! other services already offer: listing and describing users (`users.rs`) and rooms
 //! (`rooms.rs`) for admins, deactivating accounts (shared with the client API) and erasing them (`erasure.rs`), purging history (`purge.rs`), what shadow-bans, locks and suspensions
 //! mean for a user's requests (`moderation.rs`), and deleting
-//! and blocking rooms, and server notices (`notices.rs`).
+//! and blocking rooms, server notices (`notices.rs`), and the storage report per table
+//! (`storage.rs`).
 
 pub mod encryption;
 pub mod erasure;
@@ -11,4 +12,5 @@ pub mod moderation;
 pub mod notices;
 pub mod purge;
 pub mod rooms;
+pub mod storage;
 pub mod users;
