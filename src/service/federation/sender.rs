@@ -24,7 +24,7 @@ use std::{
         Arc, Mutex, OnceLock, Weak,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use rand::Rng;
@@ -55,6 +55,12 @@ const STORAGE_RETRY: Duration = Duration::from_secs(5);
 const FOLLOW_STEP: usize = 500;
 /// The cursor's key in [`OUTBOUND_CURSOR`].
 const CURSOR: &str = "queued";
+/// How long the follower's cursor may run ahead of its stored copy while it passes only events
+/// no other server gets. Storing it after every local event cost a synced write per send; a
+/// crash loses at most this much of the cursor's progress, and the follower then reads those
+/// events again and finds again that they go nowhere (their destinations come from the state
+/// at each event, so a second read gives the same answer).
+const CURSOR_STORE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The sender's shared half: the queue and the wake-ups of the destinations' workers. Built once
 /// with the services; the tasks are started by [`SenderTask::spawn`].
@@ -69,6 +75,16 @@ pub struct Sender {
     stop: watch::Sender<bool>,
     /// The services, set when the tasks start (weak: the services own this sender).
     services: OnceLock<Weak<Services>>,
+    /// The follower's cursor as far as it has gone, and when it was last stored.
+    follow_cursor: Mutex<FollowCursor>,
+}
+
+/// See [`CURSOR_STORE_INTERVAL`].
+#[derive(Default)]
+struct FollowCursor {
+    /// Every local event up to here is queued (`None`: read the stored cursor).
+    position: Option<u64>,
+    stored_at: Option<Instant>,
 }
 
 /// A destination's worker and its wake-ups.
@@ -111,6 +127,7 @@ impl Sender {
             running: AtomicBool::new(false),
             stop: watch::Sender::new(false),
             services: OnceLock::new(),
+            follow_cursor: Mutex::new(FollowCursor::default()),
         })
     }
 
@@ -218,9 +235,26 @@ impl Sender {
                 touched.insert(destination);
             }
         }
-        batch.put(&OUTBOUND_CURSOR, &CURSOR.to_owned(), &upto)?;
-        self.db.run(move |db| Ok(db.write(batch)?)).await?;
+        let store = !touched.is_empty()
+            || lock(&self.follow_cursor).stored_at.is_none_or(|at| at.elapsed() >= CURSOR_STORE_INTERVAL);
+        if store {
+            batch.put(&OUTBOUND_CURSOR, &CURSOR.to_owned(), &upto)?;
+            self.db.run(move |db| Ok(db.write(batch)?)).await?;
+        }
+        let mut cursor = lock(&self.follow_cursor);
+        cursor.position = Some(upto);
+        if store {
+            cursor.stored_at = Some(Instant::now());
+        }
         Ok(touched)
+    }
+
+    /// Stores the follower's cursor if it ran ahead of its stored copy.
+    async fn store_follow_cursor(&self) -> Result<()> {
+        let Some(position) = lock(&self.follow_cursor).position else { return Ok(()) };
+        let mut batch = Batch::new();
+        batch.put(&OUTBOUND_CURSOR, &CURSOR.to_owned(), &position)?;
+        self.db.run(move |db| Ok(db.write(batch)?)).await
     }
 
     /// The transaction to (re)send to `destination`: the stored one being attempted, or a new
@@ -354,8 +388,17 @@ async fn pause(duration: Duration, stopped: &mut watch::Receiver<bool>) -> bool 
     }
 }
 
-/// The follower: queues local events as the event stream moves.
-async fn follow(services: Arc<Services>, mut stopped: watch::Receiver<bool>) {
+/// The follower: queues local events as the event stream moves; when stopped, stores how far
+/// it got.
+async fn follow(services: Arc<Services>, stopped: watch::Receiver<bool>) {
+    let sender = services.federation.sender.clone();
+    follow_until_stopped(services, stopped).await;
+    if let Err(error) = sender.store_follow_cursor().await {
+        tracing::warn!(%error, "cannot store the federation queue's cursor");
+    }
+}
+
+async fn follow_until_stopped(services: Arc<Services>, mut stopped: watch::Receiver<bool>) {
     let sender = services.federation.sender.clone();
     match sender.destinations_with_work().await {
         Ok(destinations) => destinations.iter().for_each(|destination| sender.wake(destination)),
@@ -388,7 +431,11 @@ async fn follow(services: Arc<Services>, mut stopped: watch::Receiver<bool>) {
 /// sender existed) starts at the current position: history is not sent.
 async fn queue_new_events(services: &Services, sender: &Arc<Sender>) -> Result<()> {
     let upto = services.rooms.current_position();
-    let stored = sender.db.run(|db| Ok(OUTBOUND_CURSOR.get(db, &CURSOR.to_owned())?)).await?;
+    let known = lock(&sender.follow_cursor).position;
+    let stored = match known {
+        Some(position) => Some(position),
+        None => sender.db.run(|db| Ok(OUTBOUND_CURSOR.get(db, &CURSOR.to_owned())?)).await?,
+    };
     let mut cursor = match stored {
         Some(cursor) => cursor,
         None => {
