@@ -333,7 +333,9 @@ impl ToDevice {
 }
 
 /// Puts a message in the inbox of the local devices `target` names, at the next positions (and
-/// in the list for application services when one receives the user's messages).
+/// in the list for application services when one receives the user's messages), and the
+/// devices to wake in `wakes`.
+#[allow(clippy::too_many_arguments)]
 fn queue_local(
     db: &Db,
     batch: &mut Batch,
