@@ -219,6 +219,13 @@ pub(crate) async fn run(client: &Client, options: &Options, idle_count: usize) -
     figures(&mut report, "without idle clients", alone);
 
     eprintln!("[fanout 4/4] the busy room with {idle_count} idle long-polls, {} s", options.fanout_seconds);
+    // Each idle user's first sync brings them online, a presence change their room-mates'
+    // syncs would rightly return with: the tokens polled from are taken after all of them.
+    let _: Vec<Option<String>> = stream::iter(&idle)
+        .map(|user| async move { since_now(client, user).await.ok() })
+        .buffered(SETUP_CONCURRENCY)
+        .collect()
+        .await;
     let tokens: Vec<Option<String>> = stream::iter(&idle)
         .map(|user| async move { since_now(client, user).await.ok() })
         .buffered(SETUP_CONCURRENCY)
