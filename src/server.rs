@@ -42,6 +42,8 @@ pub async fn run(config: Config) -> Result<(), String> {
         .map_err(|e| format!("cannot start the application service senders: {e}"))?;
     let federation_sender = crate::service::federation::sender::SenderTask::spawn(services.clone());
     let scheduled_backups = services.server_backups.spawn_schedule();
+    // Wakes the syncs of users sharing a room with one whose devices or presence changed.
+    let room_mates = tokio::spawn(crate::service::notifier::run_room_mates(services.clone()));
     let app = routers.main;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
@@ -150,6 +152,8 @@ pub async fn run(config: Config) -> Result<(), String> {
         task.abort();
     }
     heap_release.abort();
+    // The notifier's shutdown ends it.
+    let _ = tokio::time::timeout(Duration::from_secs(2), room_mates).await;
     push_sender.stop().await;
     appservice_senders.stop().await;
     federation_sender.stop().await;

@@ -215,7 +215,7 @@ impl AccountData {
                     // After the write: a profile read before it is not cached (see `PushProfiles`).
                     push_profiles.forget(&user_id);
                 }
-                notifier.account_data_committed(position);
+                notifier.account_data_committed(&user_id, position);
                 Ok(out)
             })
             .await
@@ -225,12 +225,12 @@ impl AccountData {
     /// subscriptions, MSC4308): `write` gets the database and the position the change will
     /// have, and returns the batch to commit at it (`None`: nothing changes) and a result. Under
     /// the account data lock, so positions are committed in order; waiting syncs are woken.
-    pub async fn write_at_position<R, F>(&self, write: F) -> Result<R>
+    pub async fn write_at_position<R, F>(&self, user: &UserId, write: F) -> Result<R>
     where
         F: FnOnce(&Db, u64) -> Result<(Option<Batch>, R)> + Send + 'static,
         R: Send + 'static,
     {
-        let notifier = self.notifier.clone();
+        let (notifier, user) = (self.notifier.clone(), user.to_owned());
         self.lock
             .run(&self.db, move |db| {
                 let position = COUNTERS.get(db, &STREAM_COUNTER.to_owned())?.unwrap_or(0) + 1;
@@ -240,7 +240,7 @@ impl AccountData {
                     return Err(crate::Error::internal("account data position moved under its lock"));
                 }
                 db.write(batch)?;
-                notifier.account_data_committed(position);
+                notifier.account_data_committed(&user, position);
                 Ok(out)
             })
             .await

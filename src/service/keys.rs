@@ -46,7 +46,7 @@ pub struct Keys {
 /// reservation is always released, and release it before waking syncs, or a woken sync would
 /// still not see the change.
 pub fn record_key_change<'a>(changes: &'a KeyChangeStream, batch: &mut Batch, user: &UserId) -> Result<Reserved<'a>> {
-    let reserved = changes.reserve();
+    let reserved = changes.reserve(user);
     batch.put(&KEY_CHANGES, &reserved.position, &user.to_owned())?;
     Ok(reserved)
 }
@@ -54,44 +54,69 @@ pub fn record_key_change<'a>(changes: &'a KeyChangeStream, batch: &mut Batch, us
 /// Positions of the key-change stream. Writes with positions commit concurrently, so position 7
 /// may land before 6: readers (sync, `/keys/changes`) only look up to the newest position below
 /// which every position is committed, or they could skip 6 for good.
+/// Releasing a position wakes the room-mates of the users whose changes the bound passed (only
+/// then can a woken sync read them).
 pub struct KeyChangeStream {
     ids: IdAllocator,
-    in_flight: std::sync::Mutex<std::collections::BTreeSet<u64>>,
+    in_flight: std::sync::Mutex<KeysInFlight>,
+    notifier: Arc<Notifier>,
+}
+
+#[derive(Default)]
+struct KeysInFlight {
+    positions: std::collections::BTreeSet<u64>,
+    /// The user of each released position above the bound.
+    released: BTreeMap<u64, OwnedUserId>,
 }
 
 /// A reserved key-change position; dropping it (after the write, or on failure) releases it.
 pub struct Reserved<'a> {
     pub position: u64,
+    user: OwnedUserId,
     stream: &'a KeyChangeStream,
 }
 
 impl Drop for Reserved<'_> {
     fn drop(&mut self) {
-        self.stream.in_flight().remove(&self.position);
+        let users = {
+            let mut in_flight = self.stream.in_flight();
+            in_flight.positions.remove(&self.position);
+            in_flight.released.insert(self.position, self.user.clone());
+            let bound = self.stream.bound(&in_flight);
+            let above = in_flight.released.split_off(&(bound + 1));
+            std::mem::replace(&mut in_flight.released, above)
+        };
+        // An abandoned position wakes its user's room-mates for nothing: harmless.
+        for user in users.into_values() {
+            self.stream.notifier.room_mates_changed(user);
+        }
     }
 }
 
 impl KeyChangeStream {
-    pub fn new(db: &Db) -> Result<Self> {
-        Ok(Self { ids: IdAllocator::after_last_key(db, &KEY_CHANGES)?, in_flight: Default::default() })
+    pub fn new(db: &Db, notifier: Arc<Notifier>) -> Result<Self> {
+        Ok(Self { ids: IdAllocator::after_last_key(db, &KEY_CHANGES)?, in_flight: Default::default(), notifier })
     }
 
-    fn in_flight(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<u64>> {
-        // The set holds plain numbers: a panic elsewhere cannot leave it inconsistent.
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, KeysInFlight> {
+        // Plain maps: a panic elsewhere cannot leave them inconsistent.
         self.in_flight.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn reserve(&self) -> Reserved<'_> {
+    fn reserve(&self, user: &UserId) -> Reserved<'_> {
         let mut in_flight = self.in_flight();
         let position = self.ids.next();
-        in_flight.insert(position);
-        Reserved { position, stream: self }
+        in_flight.positions.insert(position);
+        Reserved { position, user: user.to_owned(), stream: self }
     }
 
     /// The newest position below which (inclusive) every position is committed or abandoned.
     pub fn committed(&self) -> u64 {
-        let in_flight = self.in_flight();
-        match in_flight.first() {
+        self.bound(&self.in_flight())
+    }
+
+    fn bound(&self, in_flight: &KeysInFlight) -> u64 {
+        match in_flight.positions.first() {
             Some(first) => first.saturating_sub(1),
             None => self.ids.peek().saturating_sub(1),
         }
@@ -221,10 +246,11 @@ impl Keys {
                     batch.put(&FALLBACK_KEYS, &row, &FallbackKey { key_id, key, used: false })?;
                 }
                 db.write(batch)?;
-                // The key-change position is released only now that the batch is written.
+                // The key-change position is released only now that the batch is written (which
+                // wakes the room-mates of a device-list change).
                 drop(reserved);
-                // Device lists changed: wake waiting syncs.
-                notifier.poke();
+                // The device's key counts changed (sliding sync sends them).
+                notifier.wake(&[super::notifier::WakeKey::Device(user.clone(), device.clone())]);
                 one_time_key_counts(db, &user, &device)
             })
             .await

@@ -78,6 +78,8 @@ pub struct Metrics {
     events_persisted: Family<OriginLabels, Counter>,
     sync_duration: Histogram,
     syncs_open: Gauge,
+    syncs_waiting: Gauge,
+    syncs_woken: Counter,
     federation_queue: Gauge,
     push_queue: Gauge,
     appservice_pending: Family<ServiceLabels, Gauge>,
@@ -128,6 +130,18 @@ impl Metrics {
         );
         let syncs_open = Gauge::default();
         registry.register("trellis_syncs_open", "/sync requests in progress (open long-polls)", syncs_open.clone());
+        let syncs_waiting = Gauge::default();
+        registry.register(
+            "trellis_syncs_waiting",
+            "Syncs (and sliding syncs) registered with the notifier, waiting for a change",
+            syncs_waiting.clone(),
+        );
+        let syncs_woken = Counter::default();
+        registry.register(
+            "trellis_syncs_woken",
+            "Waiting syncs woken by a change that concerns them (by room, user or device)",
+            syncs_woken.clone(),
+        );
         let federation_queue = Gauge::default();
         registry.register(
             "trellis_federation_send_queue",
@@ -205,6 +219,8 @@ impl Metrics {
             events_persisted,
             sync_duration,
             syncs_open,
+            syncs_waiting,
+            syncs_woken,
             federation_queue,
             push_queue,
             appservice_pending,
@@ -241,6 +257,20 @@ impl Metrics {
     pub fn sync_started(&'static self) -> SyncGuard {
         self.syncs_open.inc();
         SyncGuard { metrics: self, started: Instant::now() }
+    }
+
+    /// A sync registered with the notifier (until [`sync_wait_ended`](Self::sync_wait_ended)).
+    pub fn sync_wait_started(&self) {
+        self.syncs_waiting.inc();
+    }
+
+    pub fn sync_wait_ended(&self) {
+        self.syncs_waiting.dec();
+    }
+
+    /// Counts waiting syncs woken by a change.
+    pub fn syncs_woken(&self, count: u64) {
+        self.syncs_woken.inc_by(count);
     }
 
     /// Reads what is measured at scrape time and writes every metric in Prometheus's text

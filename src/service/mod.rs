@@ -105,8 +105,8 @@ impl Services {
                 config.media.directory(&config.database_path).display()
             ))
         })?;
-        let key_changes = Arc::new(keys::KeyChangeStream::new(&db)?);
         let notifier = Arc::new(notifier::Notifier::new());
+        let key_changes = Arc::new(keys::KeyChangeStream::new(&db, notifier.clone())?);
         let push_wake = Arc::new(tokio::sync::Notify::new());
         let push_profiles =
             Arc::new(push::recipients::PushProfiles::with_thread_rules(config.thread_subscription_push_rules));

@@ -375,7 +375,8 @@ impl Inner {
                 if live {
                     inner.remember(&user, &record, touch.then_some(now));
                 }
-                inner.notifier.poke();
+                // The user's room-mates see the change (and the user's own syncs).
+                inner.notifier.room_mates_changed(user);
                 Ok(())
             })
             .await

@@ -10,7 +10,7 @@ use std::{
 use ruma::{EventId, OwnedRoomId, RoomId, UserId};
 use serde_json::{Map, Value, json};
 
-use super::notifier::Notifier;
+use super::notifier::{Notifier, WakeKey};
 use crate::{
     Result,
     storage::{
@@ -75,10 +75,11 @@ impl Receipts {
                 batch.put(&COUNTERS, &COUNTER.to_owned(), &position)?;
                 batch.put(&RECEIPTS, &key, &ReceiptRecord { position, ..record })?;
                 let (room, receipt_type, user, thread) = key;
+                let wake = WakeKey::Room(room.clone());
                 batch.put(&RECEIPT_CHANGES, &position, &ReceiptChange { room, receipt_type, user, thread })?;
                 db.write(batch)?;
                 // Inside the blocking work: a dropped request cannot skip the wake-up.
-                notifier.poke();
+                notifier.wake(&[wake]);
                 Ok(())
             })
             .await

@@ -70,7 +70,7 @@ pub async fn subscribe(
     let key = (user.to_owned(), room.to_owned(), root.to_string());
     services
         .account_data
-        .write_at_position(move |db, stamp| {
+        .write_at_position(user, move |db, stamp| {
             let stored = THREAD_SUBSCRIPTIONS.get(db, &key)?;
             if let Some(position) = cause_position {
                 let unsubscribed_at = stored.as_ref().and_then(|v| v.get("unsubscribed_at")).and_then(Value::as_u64);
@@ -147,7 +147,7 @@ pub async fn unsubscribe(services: &Services, user: &UserId, room: &RoomId, root
     let now = services.rooms.current_position();
     services
         .account_data
-        .write_at_position(move |_, stamp| {
+        .write_at_position(user, move |_, stamp| {
             let mut batch = Batch::new();
             batch.put(&THREAD_SUBSCRIPTIONS, &key, &json!({"unsubscribed_at": now, "bump_stamp": stamp}))?;
             Ok((Some(batch), ()))

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use ruma::{DeviceId, OwnedDeviceId, OwnedServerName, OwnedUserId, UserId};
 
-use super::notifier::Notifier;
+use super::notifier::{Notifier, WakeKey};
 use serde_json::value::RawValue;
 
 use crate::{
@@ -89,6 +89,7 @@ impl ToDevice {
                 }
                 let mut batch = Batch::new();
                 let mut position = COUNTERS.get(db, &COUNTER.to_owned())?.unwrap_or(0);
+                let mut wakes = Vec::new();
                 let mut outbound = COUNTERS.get(db, &OUTBOUND_COUNTER.to_owned())?.unwrap_or(0);
                 for (user, target, content) in messages {
                     if user.server_name() != server_name {
@@ -110,14 +111,15 @@ impl ToDevice {
                     }
                     let message = ToDeviceMessage { sender: sender.clone(), event_type: event_type.clone(), content };
                     let for_appservice = appservice_users(&user);
-                    queue_local(db, &mut batch, &mut position, &user, target, &message, for_appservice)?;
+                    queue_local(db, &mut batch, &mut position, &user, target, &message, for_appservice, &mut wakes)?;
                 }
                 batch.put(&COUNTERS, &COUNTER.to_owned(), &position)?;
                 batch.put(&COUNTERS, &OUTBOUND_COUNTER.to_owned(), &outbound)?;
                 batch.put(&TO_DEVICE_TRANSACTIONS, &txn, &())?;
                 db.write(batch)?;
-                // New messages: wake waiting syncs (here, so a dropped request cannot skip it).
-                notifier.poke();
+                // New messages: wake the recipients' syncs (here, so a dropped request cannot
+                // skip it; the senders follow messages for other servers).
+                notifier.wake(&wakes);
                 Ok(true)
             })
             .await
@@ -146,10 +148,11 @@ impl ToDevice {
                 }
                 let mut batch = Batch::new();
                 let mut position = COUNTERS.get(db, &COUNTER.to_owned())?.unwrap_or(0);
+                let mut wakes = Vec::new();
                 for (user, target, content) in messages {
                     let message = ToDeviceMessage { sender: sender.clone(), event_type: event_type.clone(), content };
                     let for_appservice = appservice_users(&user);
-                    queue_local(db, &mut batch, &mut position, &user, target, &message, for_appservice)?;
+                    queue_local(db, &mut batch, &mut position, &user, target, &message, for_appservice, &mut wakes)?;
                 }
                 batch.put(&COUNTERS, &COUNTER.to_owned(), &position)?;
                 let now = super::now_ms();
@@ -162,7 +165,7 @@ impl ToDevice {
                     }
                 }
                 db.write(batch)?;
-                notifier.poke();
+                notifier.wake(&wakes);
                 Ok(true)
             })
             .await
@@ -330,7 +333,9 @@ impl ToDevice {
 }
 
 /// Puts a message in the inbox of the local devices `target` names, at the next positions (and
-/// in the list for application services when one receives the user's messages).
+/// in the list for application services when one receives the user's messages), and the
+/// devices to wake in `wakes`.
+#[allow(clippy::too_many_arguments)]
 fn queue_local(
     db: &Db,
     batch: &mut Batch,
@@ -339,6 +344,7 @@ fn queue_local(
     target: Target,
     message: &ToDeviceMessage,
     for_appservice: bool,
+    wakes: &mut Vec<WakeKey>,
 ) -> Result<()> {
     let devices: Vec<OwnedDeviceId> = match target {
         Target::Device(device) => vec![device],
@@ -346,6 +352,7 @@ fn queue_local(
     };
     for device in devices {
         *position += 1;
+        wakes.push(WakeKey::Device(user.clone(), device.clone()));
         if for_appservice {
             batch.put(&TO_DEVICE_APPSERVICE, position, &Recipient { user: user.clone(), device: device.clone() })?;
         }

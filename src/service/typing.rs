@@ -11,7 +11,7 @@ use std::{
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use tokio::time::Instant;
 
-use super::notifier::Notifier;
+use super::notifier::{Notifier, WakeKey};
 
 /// The longest a typing notification lasts without being renewed.
 const MAX_TIMEOUT: Duration = Duration::from_secs(120);
@@ -73,7 +73,7 @@ impl Typing {
             changed
         };
         if changed {
-            self.notifier.poke();
+            self.notifier.wake(&[WakeKey::Room(room.to_owned())]);
         }
     }
 
@@ -97,7 +97,7 @@ impl Typing {
                 changed
             };
             if changed {
-                notifier.poke();
+                notifier.wake(&[WakeKey::Room(room)]);
             }
         });
     }

@@ -77,6 +77,7 @@ mod sync;
 mod sync_filters;
 mod sync_knock;
 mod sync_served;
+mod sync_wake;
 mod tags;
 mod threads;
 mod to_device;

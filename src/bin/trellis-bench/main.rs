@@ -13,6 +13,7 @@
 //! message sent is received exactly once through `/sync`, and exits non-zero otherwise.
 
 mod client;
+mod fanout;
 mod members;
 mod report;
 mod send_load;
@@ -103,6 +104,22 @@ pub(crate) struct Options {
     /// (Trellis's storage admin API; other servers get "not available").
     #[arg(long)]
     pub(crate) storage_report: bool,
+    /// Run the fan-out scenario instead (`fanout.rs`): N idle users long-poll /sync while
+    /// `--users` senders send into one busy room of `--fanout-members` long-polling members.
+    #[arg(long)]
+    pub(crate) fanout_clients: Option<usize>,
+    /// Members of the fan-out scenario's busy room (the first `--users` of them send).
+    #[arg(long, default_value_t = 10)]
+    pub(crate) fanout_members: usize,
+    /// Members of each idle room of the fan-out scenario.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) fanout_idle_room_size: usize,
+    /// Messages per second sent into the busy room (all senders together).
+    #[arg(long, default_value_t = 50)]
+    pub(crate) fanout_rate: usize,
+    /// Seconds each fan-out phase sends for.
+    #[arg(long, default_value_t = 20)]
+    pub(crate) fanout_seconds: u64,
     /// Also write the figures as JSON ({metric: {"value": number, "unit": text}}) to this file.
     #[arg(long)]
     pub(crate) json: Option<std::path::PathBuf>,
@@ -115,6 +132,9 @@ async fn run(options: Options) -> Result<Report, String> {
         failures: Arc::new(AtomicU64::new(0)),
         admin_users: options.admin_users,
     };
+    if let Some(idle) = options.fanout_clients {
+        return fanout::run(&client, &options, idle).await;
+    }
     let mut report = Report::default();
     if options.send_seconds > 0.0 {
         send_load(&client, &options, &mut report).await?;

@@ -658,7 +658,7 @@ impl RoomCore {
         )?;
 
         // Held until the batch is written: readers never look past an uncommitted position.
-        let reserved = self.positions.reserve();
+        let mut reserved = self.positions.reserve();
         let position = reserved.position;
         meta.position = Some(position);
         batch.put(&EVENT_META, &short_event, &meta)?;
@@ -700,6 +700,7 @@ impl RoomCore {
             },
         )?;
         db.write(batch)?;
+        reserved.wakes(super::stream::wake_keys(&pdu.room_id, &pdu.kind.to_string(), pdu.state_key.as_deref()));
         drop(reserved);
         if push_queued {
             self.push_wake.notify_one();

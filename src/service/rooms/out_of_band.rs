@@ -203,7 +203,7 @@ impl super::RoomCore {
         let short_room = self.interner.short_room_or_new(db, &mut batch, &key.1)?;
         let short_event = self.interner.short_event_or_new(db, &mut batch, &event_id)?;
         // Held until the batch is written: readers never look past an uncommitted position.
-        let reserved = self.positions.reserve();
+        let mut reserved = self.positions.reserve();
         let position = reserved.position;
         batch.put(&EVENT_STREAM, &position, &(short_room, short_event))?;
         let membership = UserMembership {
@@ -215,6 +215,7 @@ impl super::RoomCore {
         batch.put(&USER_ROOMS, key, &membership)?;
         batch.put(&OUT_OF_BAND_MEMBERSHIPS, key, &record)?;
         db.write(batch)?;
+        reserved.wakes(super::stream::wake_keys(&key.1, "m.room.member", Some(key.0.as_str())));
         drop(reserved);
         Ok(())
     }

@@ -66,4 +66,28 @@ impl Rooms {
         })
         .await
     }
+
+    /// The rooms whose waiting syncs a change of `user`'s device list or presence concerns:
+    /// those `user` is joined to. For a local user, their room list; for a remote user (whose
+    /// rooms are not indexed), those of `waiting` (rooms with waiting syncs) whose current state
+    /// has them joined.
+    pub async fn rooms_to_wake_for(&self, user: &UserId, waiting: Vec<OwnedRoomId>) -> Result<Vec<OwnedRoomId>> {
+        let user = user.to_owned();
+        self.run(move |core, db| {
+            if user.server_name() == core.server_name {
+                return core.joined_rooms(db, &user);
+            }
+            let mut joined = Vec::new();
+            for room in waiting {
+                let Some(short_room) = core.interner.short_room(db, &room)? else { continue };
+                if let Some(member) = core.current_state_event(db, short_room, "m.room.member", user.as_str())?
+                    && super::accept::membership_in(&member.content) == "join"
+                {
+                    joined.push(room);
+                }
+            }
+            Ok(joined)
+        })
+        .await
+    }
 }

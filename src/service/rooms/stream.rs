@@ -2,42 +2,72 @@
 //! concurrently, so position 7 may commit before position 6: readers (sync, `/messages`) must
 //! only look up to the newest position below which every position is committed. This allocator
 //! tracks positions in flight and reports that bound, and pokes the [`Notifier`] when it moves.
+//! Each committed event names what it wakes (its room; a member event's target user too): the
+//! wake-up waits until the bound passes the event's position, or a woken sync would read up to
+//! the old bound, find nothing, and sleep through the event.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     sync::{Arc, Mutex, MutexGuard},
 };
 
 use crate::{
     Result,
-    service::notifier::Notifier,
+    service::notifier::{Notifier, WakeKey},
     storage::{Db, IdAllocator, room_tables::EVENT_STREAM},
 };
 
 pub struct StreamAllocator {
     ids: IdAllocator,
-    in_flight: Mutex<BTreeSet<u64>>,
+    in_flight: Mutex<InFlight>,
     notifier: Arc<Notifier>,
+}
+
+#[derive(Default)]
+struct InFlight {
+    positions: BTreeSet<u64>,
+    /// What committed positions above the bound wake once the bound passes them.
+    wakes: BTreeMap<u64, Vec<WakeKey>>,
 }
 
 /// A reserved position; dropping it (after the batch is written, or on failure) releases it.
 pub struct Reserved<'a> {
     pub position: u64,
     allocator: &'a StreamAllocator,
+    wakes: Vec<WakeKey>,
+}
+
+impl Reserved<'_> {
+    /// Names what the event at this position wakes once it is readable: call it after the
+    /// batch is written.
+    pub fn wakes(&mut self, keys: impl IntoIterator<Item = WakeKey>) {
+        self.wakes.extend(keys);
+    }
+}
+
+/// What a committed event wakes: its room's members, and a member event's target.
+pub fn wake_keys(room: &ruma::RoomId, kind: &str, state_key: Option<&str>) -> Vec<WakeKey> {
+    let mut keys = vec![WakeKey::Room(room.to_owned())];
+    if kind == "m.room.member"
+        && let Some(user) = state_key.and_then(|key| ruma::OwnedUserId::try_from(key).ok())
+    {
+        keys.push(WakeKey::User(user));
+    }
+    keys
 }
 
 impl StreamAllocator {
     pub fn new(db: &Db, notifier: Arc<Notifier>) -> Result<Self> {
         let allocator = Self {
             ids: IdAllocator::after_last_key(db, &EVENT_STREAM)?,
-            in_flight: Mutex::new(BTreeSet::new()),
+            in_flight: Mutex::new(InFlight::default()),
             notifier,
         };
         allocator.notifier.events_committed(allocator.committed());
         Ok(allocator)
     }
 
-    fn in_flight(&self) -> MutexGuard<'_, BTreeSet<u64>> {
+    fn in_flight(&self) -> MutexGuard<'_, InFlight> {
         // The set holds plain numbers: a panic elsewhere cannot leave it inconsistent.
         self.in_flight.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -47,14 +77,17 @@ impl StreamAllocator {
     pub fn reserve(&self) -> Reserved<'_> {
         let mut in_flight = self.in_flight();
         let position = self.ids.next();
-        in_flight.insert(position);
-        Reserved { position, allocator: self }
+        in_flight.positions.insert(position);
+        Reserved { position, allocator: self, wakes: Vec::new() }
     }
 
     /// The newest position below which (inclusive) every position is committed or abandoned.
     pub fn committed(&self) -> u64 {
-        let in_flight = self.in_flight();
-        match in_flight.first() {
+        self.bound(&self.in_flight())
+    }
+
+    fn bound(&self, in_flight: &InFlight) -> u64 {
+        match in_flight.positions.first() {
             Some(first) => first.saturating_sub(1),
             None => self.ids.peek().saturating_sub(1),
         }
@@ -63,8 +96,19 @@ impl StreamAllocator {
 
 impl Drop for Reserved<'_> {
     fn drop(&mut self) {
-        self.allocator.in_flight().remove(&self.position);
-        let committed = self.allocator.committed();
+        let (committed, wakes) = {
+            let mut in_flight = self.allocator.in_flight();
+            in_flight.positions.remove(&self.position);
+            if !self.wakes.is_empty() {
+                in_flight.wakes.insert(self.position, std::mem::take(&mut self.wakes));
+            }
+            let committed = self.allocator.bound(&in_flight);
+            let above = in_flight.wakes.split_off(&(committed + 1));
+            (committed, std::mem::replace(&mut in_flight.wakes, above))
+        };
+        if !wakes.is_empty() {
+            self.allocator.notifier.wake_quietly(wakes.values().flatten());
+        }
         self.allocator.notifier.events_committed(committed);
     }
 }

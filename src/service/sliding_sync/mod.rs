@@ -7,7 +7,7 @@
 //! Files: `connection.rs` (per-connection state and `pos`), `lists.rs` (which rooms, in which
 //! order, in which list), `room_data.rs` (what is sent of one room), `extensions.rs`.
 //! A request that finds nothing new waits on the [`Notifier`](super::notifier::Notifier) until a
-//! stream moves or its `timeout` passes, as `/sync` does.
+//! change that concerns it or its `timeout` passes, as `/sync` does (`sync::listen`).
 
 mod connection;
 mod extensions;
@@ -156,8 +156,8 @@ pub async fn sync(
         answer
     });
     loop {
-        // Subscribe before reading the streams: a change after the read wakes the wait below.
-        let mut changes = services.notifier.subscribe();
+        // Register before reading the streams: a change after the read wakes the wait below.
+        let changes = super::sync::listen(services, user, device).await?;
         let now = current_token(services).await?;
         let since = since.as_ref().map(|answer| Answer { token: clamp(answer.token, now), ..answer.clone() });
         let ignored = services.account_data.ignored_users(user).await?;
@@ -180,7 +180,7 @@ pub async fn sync(
         });
         if unchanged && !services.notifier.is_shutting_down() {
             // Nothing new: wait for a stream to move, then look again.
-            if let Ok(Ok(())) = tokio::time::timeout_at(deadline, changes.changed()).await {
+            if changes.wait_until(deadline).await {
                 continue;
             }
         }

@@ -1,7 +1,8 @@
 //! `/sync`: what changed for a user between two sync tokens. A sync reads every stream up to
 //! its positions at the start (the "snapshot"), builds the rooms and account data parts, and,
 //! when an incremental sync finds nothing and the client asked to wait, waits on the
-//! [`Notifier`](super::notifier::Notifier) until a stream moves or the timeout passes.
+//! [`Notifier`](super::notifier::Notifier) until a change that concerns the user (see
+//! [`listen`]) or the timeout passes.
 //!
 //! Files: `token.rs` (the token format), `filter.rs` (resolving and applying filters),
 //! `rooms.rs` (the joined, invited and left rooms), `unread.rs` (unread counts by push
@@ -99,6 +100,33 @@ pub(crate) async fn current_token(services: &Services) -> Result<SyncToken> {
     })
 }
 
+/// Registers a sync of `user`'s `device` with the notifier, before it reads the streams. What
+/// each stream it reads needs woken:
+/// - room events, typing, receipts (and the unread counts they move): the joined rooms;
+/// - the user's memberships (invites, joins from another device, leaves, kicks, knocks
+///   answered), account data (room account data, tags, ignored users, push rules, thread
+///   subscriptions): the user, whose key every member event about them wakes;
+/// - to-device messages and key counts: the device (and the user, for messages to all devices);
+/// - device lists and presence of room-mates: the rooms (the notifier wakes a changed user's
+///   rooms) and the user (their own);
+/// - shutdown: every registration.
+///
+/// The user is listened to before the room list is read, so a join landing between the two
+/// wakes the user's key.
+pub(crate) async fn listen<'a>(
+    services: &'a Services,
+    user: &UserId,
+    device: &DeviceId,
+) -> Result<crate::service::notifier::Registration<'a>> {
+    use crate::service::notifier::WakeKey;
+    let mut registration = services
+        .notifier
+        .register([WakeKey::User(user.to_owned()), WakeKey::Device(user.to_owned(), device.to_owned())]);
+    let rooms = services.rooms.user_rooms(user).await?;
+    registration.listen(rooms.into_iter().filter(|(_, m)| m.membership == "join").map(|(room, _)| WakeKey::Room(room)));
+    Ok(registration)
+}
+
 /// Runs one `/sync` for `user`'s `device`.
 pub async fn sync(services: &Services, user: &UserId, device: &DeviceId, request: SyncRequest) -> Result<v3::Response> {
     let since = request.since.as_deref().map(SyncToken::parse).transpose()?;
@@ -108,8 +136,8 @@ pub async fn sync(services: &Services, user: &UserId, device: &DeviceId, request
     // The user counts as syncing (for presence) until this sync returns.
     let _syncing = services.presence.syncing(user, &request.set_presence).await?;
     loop {
-        // Subscribe before reading the streams: a change after the read wakes the wait below.
-        let mut changes = services.notifier.subscribe();
+        // Register before reading the streams: a change after the read wakes the wait below.
+        let changes = listen(services, user, device).await?;
         let now = current_token(services).await?;
         // A token from the future (a restored database) counts as "now".
         let since = since.map(|s| SyncToken {
@@ -130,10 +158,9 @@ pub async fn sync(services: &Services, user: &UserId, device: &DeviceId, request
         if since.is_none() || request.full_state || !empty || services.notifier.is_shutting_down() {
             return Ok(response);
         }
-        match tokio::time::timeout_at(deadline, changes.changed()).await {
-            Ok(Ok(())) => continue,
-            // Timed out (or the notifier is gone): an empty sync with the new token.
-            _ => return Ok(response),
+        if !changes.wait_until(deadline).await {
+            // Timed out: an empty sync with the new token.
+            return Ok(response);
         }
     }
 }
