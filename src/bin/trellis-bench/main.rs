@@ -10,6 +10,7 @@
 //! message sent is received exactly once through `/sync`, and exits non-zero otherwise.
 
 mod client;
+mod large_account;
 mod members;
 mod report;
 mod sliding;
@@ -85,6 +86,14 @@ pub(crate) struct Options {
     /// Also write the figures as JSON ({metric: {"value": number, "unit": text}}) to this file.
     #[arg(long)]
     pub(crate) json: Option<std::path::PathBuf>,
+    /// Instead of the standard run, the large-account scenario: ROOMS:MEMBERS (e.g. 300:300)
+    /// users all joined to every room, then the initial /sync of one of them, with and without
+    /// Element's filter (see `large_account.rs`).
+    #[arg(long, value_name = "ROOMS:MEMBERS")]
+    pub(crate) large_account: Option<String>,
+    /// Initial syncs measured per filter in the large-account scenario.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) large_account_syncs: usize,
 }
 
 async fn run(options: Options) -> Result<Report, String> {
@@ -94,6 +103,9 @@ async fn run(options: Options) -> Result<Report, String> {
         failures: Arc::new(AtomicU64::new(0)),
         admin_users: options.admin_users,
     };
+    if let Some(spec) = &options.large_account {
+        return large_account::large_account(&client, &options, spec).await;
+    }
     let mut report = Report::default();
     let peak = Arc::new(AtomicU64::new(rss_kib(options.pid).unwrap_or(0)));
     if let Some(idle) = rss_kib(options.pid) {
