@@ -73,6 +73,11 @@ impl<K: KeyCodec, V: ValueCodec> Table<K, V> {
         db.engine.get(self.name, &key.encode())?.map(|bytes| V::decode_value(&bytes)).transpose()
     }
 
+    /// The stored bytes of a value, not decoded (for callers that compare them with a copy).
+    pub fn get_bytes(&self, db: &Db, key: &K) -> Result<Option<Vec<u8>>, StorageError> {
+        db.engine.get(self.name, &key.encode())
+    }
+
     pub fn contains(&self, db: &Db, key: &K) -> Result<bool, StorageError> {
         Ok(db.engine.get(self.name, &key.encode())?.is_some())
     }
@@ -110,6 +115,12 @@ impl<K: KeyCodec, V: ValueCodec> Table<K, V> {
                 Ok((K::decode(&key)?, V::decode_value(&value)?))
             })
             .collect()
+    }
+
+    /// Every key of the table, in order, values not decoded (for in-memory indexes built at
+    /// start-up).
+    pub fn keys(&self, db: &Db) -> Result<Vec<K>, StorageError> {
+        db.engine.scan(self.name, &[], ScanDirection::Forward)?.map(|item| K::decode(&item?.0)).collect()
     }
 
     /// Entries from `start` in `direction` while `keep` accepts their keys, at most `limit`.

@@ -1,10 +1,15 @@
 //! `GET /sync`: the handler passes the request to the sync service.
 
-use std::sync::Arc;
+use std::{borrow::Cow, collections::BTreeMap, sync::Arc};
 
-use axum::{Json, Router, extract::State};
+use axum::{
+    Router,
+    extract::State,
+    http::header,
+    response::{IntoResponse, Response},
+};
 use ruma::api::{OutgoingResponseExt, client::sync::sync_events};
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::{
     Error, Result,
@@ -33,7 +38,7 @@ pub fn routes(mut router: Router<Arc<Services>>) -> Router<Arc<Services>> {
 async fn sync_events(
     State(services): State<Arc<Services>>,
     request: Ruma<sync_events::v3::Request>,
-) -> Result<Json<Value>> {
+) -> Result<Response> {
     let sender = request.sender()?;
     let _open = metrics::global().sync_started();
     let (user, device) = (sender.user_id.clone(), sender.device_id.clone());
@@ -52,24 +57,67 @@ async fn sync_events(
     let http = response
         .try_into_http_response::<Vec<u8>>()
         .map_err(|e| Error::internal(format!("could not serialize response: {e}")))?;
-    let mut json: Value = serde_json::from_slice(http.body())
-        .map_err(|e| Error::internal(format!("could not re-read the sync response: {e}")))?;
-    add_limited_false(&mut json);
-    Ok(Json(json))
+    let body = add_limited_false(http.body())
+        .map_err(|e| Error::internal(format!("could not re-read the sync response: {e}")))?
+        .unwrap_or_else(|| http.body().clone());
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
-/// Writes `"limited": false` into every joined and left room's timeline that lacks `limited`.
-fn add_limited_false(response: &mut Value) {
+/// A JSON object read without parsing its values (they stay slices of the text), keys in
+/// order as `serde_json::Value` keeps them.
+type Object<'a> = BTreeMap<Cow<'a, str>, &'a RawValue>;
+
+/// The serialised response with `"limited": false` written into every joined and left room's
+/// timeline that lacks `limited`, or `None` when nothing lacks it. Only the objects on the way
+/// to the timelines are read; events are copied as they are, never parsed into a tree.
+fn add_limited_false(body: &[u8]) -> serde_json::Result<Option<Vec<u8>>> {
+    let mut top: Object<'_> = serde_json::from_slice(body)?;
+    let Some(rooms) = top.get("rooms").copied() else { return Ok(None) };
+    let mut sections: Object<'_> = serde_json::from_str(rooms.get())?;
+    let mut changed_sections = Vec::new();
     for section in ["join", "leave"] {
-        let Some(rooms) = response.pointer_mut(&format!("/rooms/{section}")).and_then(Value::as_object_mut) else {
-            continue;
-        };
-        for room in rooms.values_mut() {
-            let Some(room) = room.as_object_mut() else { continue };
-            let timeline = room.entry("timeline").or_insert_with(|| Value::Object(Default::default()));
-            if let Some(timeline) = timeline.as_object_mut() {
-                timeline.entry("limited").or_insert(Value::Bool(false));
-            }
+        let Some(raw) = sections.get(section).copied() else { continue };
+        if let Some(fixed) = fix_rooms(raw)? {
+            changed_sections.push((section, fixed));
         }
     }
+    if changed_sections.is_empty() {
+        return Ok(None);
+    }
+    for (section, fixed) in &changed_sections {
+        sections.insert(Cow::Borrowed(*section), fixed);
+    }
+    let rooms = serde_json::value::to_raw_value(&sections)?;
+    top.insert(Cow::Borrowed("rooms"), &rooms);
+    serde_json::to_vec(&top).map(Some)
+}
+
+/// One section's rooms (room ID to room), with `limited` added where missing.
+fn fix_rooms(raw: &RawValue) -> serde_json::Result<Option<Box<RawValue>>> {
+    let mut rooms: Object<'_> = serde_json::from_str(raw.get())?;
+    let limited_false = RawValue::from_string("false".to_owned())?;
+    let mut fixed = Vec::new();
+    for (room_id, room) in &rooms {
+        let mut fields: Object<'_> = serde_json::from_str(room.get())?;
+        let timeline = match fields.get("timeline") {
+            Some(timeline) => {
+                let mut timeline: Object<'_> = serde_json::from_str(timeline.get())?;
+                if timeline.contains_key("limited") {
+                    continue;
+                }
+                timeline.insert(Cow::Borrowed("limited"), &limited_false);
+                serde_json::value::to_raw_value(&timeline)?
+            }
+            None => RawValue::from_string(r#"{"limited":false}"#.to_owned())?,
+        };
+        fields.insert(Cow::Borrowed("timeline"), &timeline);
+        fixed.push((room_id.clone(), serde_json::value::to_raw_value(&fields)?));
+    }
+    if fixed.is_empty() {
+        return Ok(None);
+    }
+    for (room_id, room) in &fixed {
+        rooms.insert(room_id.clone(), room);
+    }
+    serde_json::value::to_raw_value(&rooms).map(Some)
 }

@@ -14,6 +14,7 @@
 
 mod client;
 mod fanout;
+mod large_account;
 mod members;
 mod report;
 mod send_load;
@@ -123,6 +124,14 @@ pub(crate) struct Options {
     /// Also write the figures as JSON ({metric: {"value": number, "unit": text}}) to this file.
     #[arg(long)]
     pub(crate) json: Option<std::path::PathBuf>,
+    /// Instead of the standard run, the large-account scenario: ROOMS:MEMBERS (e.g. 300:300)
+    /// users all joined to every room, then the initial /sync of one of them, with and without
+    /// Element's filter (see `large_account.rs`).
+    #[arg(long, value_name = "ROOMS:MEMBERS")]
+    pub(crate) large_account: Option<String>,
+    /// Initial syncs measured per filter in the large-account scenario.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) large_account_syncs: usize,
 }
 
 async fn run(options: Options) -> Result<Report, String> {
@@ -134,6 +143,9 @@ async fn run(options: Options) -> Result<Report, String> {
     };
     if let Some(idle) = options.fanout_clients {
         return fanout::run(&client, &options, idle).await;
+    }
+    if let Some(spec) = &options.large_account {
+        return large_account::large_account(&client, &options, spec).await;
     }
     let mut report = Report::default();
     if options.send_seconds > 0.0 {

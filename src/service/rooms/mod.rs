@@ -36,6 +36,7 @@ mod resolve;
 mod search;
 mod servers;
 mod short;
+mod short_sets;
 pub mod sliding_read;
 mod state;
 mod stream;
@@ -100,6 +101,9 @@ pub struct RoomCore {
     summaries: sync_read::SummaryCache,
     /// Parsed stored events, bounded in bytes (see `event_cache.rs`).
     events: event_cache::EventCache,
+    /// Events some redaction names, and events with relations (see `short_sets.rs`).
+    redacted_targets: short_sets::ShortSet,
+    relation_parents: short_sets::ShortSet,
     /// Push rules and pushers per user, for evaluation at write time (shared with the services
     /// that change them, which forget a user's entry).
     push_profiles: Arc<crate::service::push::recipients::PushProfiles>,
@@ -134,12 +138,27 @@ impl RoomCore {
     /// The stored event, parsed once and then served from [`event_cache::EventCache`] while its
     /// stored bytes stay the same.
     fn shared_event_by_short(&self, db: &Db, short: u64, rules: &RoomVersionRules) -> Result<Arc<Pdu>> {
-        let json = PDUS.get(db, &short)?.ok_or_else(|| Error::internal(format!("event {short} missing")))?;
-        if let Some(pdu) = self.events.get(short, &json) {
+        self.shared_event_with(db, short, || Ok(rules.clone()))
+    }
+
+    /// [`shared_event_by_short`](Self::shared_event_by_short) where the room's rules are looked
+    /// up only when the event must be parsed (not for a cached one).
+    fn shared_event_with(
+        &self,
+        db: &Db,
+        short: u64,
+        rules: impl FnOnce() -> Result<RoomVersionRules>,
+    ) -> Result<Arc<Pdu>> {
+        // The stored bytes are compared with the cached entry's as they are read, without
+        // validating them as JSON first; only a miss decodes them.
+        let bytes = PDUS.get_bytes(db, &short)?.ok_or_else(|| Error::internal(format!("event {short} missing")))?;
+        if let Some(pdu) = self.events.get(short, &bytes) {
             return Ok(pdu);
         }
+        let json: Box<serde_json::value::RawValue> = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::internal(format!("stored event {short} is invalid: {e}")))?;
         let event_id = self.interner.event_id(db, short)?;
-        let pdu = Pdu::from_stored(&json, event_id, rules)
+        let pdu = Pdu::from_stored(&json, event_id, &rules()?)
             .map_err(|e| Error::internal(format!("stored event is invalid: {e}")))?;
         let pdu = Arc::new(pdu);
         self.events.put(short, json, pdu.clone());
@@ -182,6 +201,8 @@ impl Rooms {
         remote_keys: Arc<RemoteKeys>,
         event_cache_bytes: usize,
     ) -> Result<Self> {
+        let redacted_targets = short_sets::ShortSet::load(&db, &crate::storage::room_tables::REDACTIONS)?;
+        let relation_parents = short_sets::ShortSet::load(&db, &crate::storage::relation_tables::RELATIONS)?;
         let core = RoomCore {
             interner: short::Interner::new(&db)?,
             state: state::StateGroups::new(&db)?,
@@ -194,6 +215,8 @@ impl Rooms {
             push_facts: notify::PushFactsCache::default(),
             summaries: Default::default(),
             events: event_cache::EventCache::new(event_cache_bytes),
+            redacted_targets,
+            relation_parents,
             push_profiles,
             last_create_ts: std::sync::atomic::AtomicU64::new(0),
             servers: Default::default(),

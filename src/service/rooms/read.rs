@@ -182,12 +182,19 @@ struct HistoryVisibility {
 
 impl RoomCore {
     /// One state event of the state after a given state group.
-    pub(super) fn state_in_group(&self, db: &Db, group: u64, kind: &str, state_key: &str) -> Result<Option<Pdu>> {
+    pub(super) fn state_in_group(
+        &self,
+        db: &Db,
+        group: u64,
+        kind: &str,
+        state_key: &str,
+    ) -> Result<Option<std::sync::Arc<Pdu>>> {
         let Some(key) = self.interner.short_state_key(db, kind, state_key)? else { return Ok(None) };
         let map = self.state.load(db, group)?;
         let Some(short) = map.get(&key) else { return Ok(None) };
-        let rules = self.rules_of_room(db, EVENT_META.get(db, short)?.map_or(0, |m| m.room))?;
-        Ok(Some(self.event_by_short(db, *short, &rules)?))
+        // The room's rules are read only when the event is not cached.
+        let rules = || self.rules_of_room(db, EVENT_META.get(db, short)?.map_or(0, |m| m.room));
+        Ok(Some(self.shared_event_with(db, *short, rules)?))
     }
 
     pub(super) fn current_state_event(

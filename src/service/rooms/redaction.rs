@@ -33,6 +33,8 @@ impl RoomCore {
             && let Some(short_target) = self.interner.short_event(db, target)?
         {
             batch.put(&REDACTIONS, &(short_target, short_redaction), &())?;
+            // Before the batch is written, so no reader that sees the row misses the target.
+            self.redacted_targets.add(short_target);
             // A redaction by the event's own sender is always valid: the event leaves the
             // search index in this batch. Others are judged when events are served, which
             // search does too.
@@ -77,7 +79,22 @@ impl RoomCore {
 
     /// An event as clients may see it: redacted if a valid redaction of it was accepted.
     pub(super) fn event_for_client(&self, db: &Db, short: u64, rules: &RoomVersionRules) -> Result<Pdu> {
-        let pdu = self.event_by_short(db, short, rules)?;
+        Ok((*self.shared_event_for_client(db, short, rules)?).clone())
+    }
+
+    /// [`event_for_client`](Self::event_for_client) without copying an unredacted event out of
+    /// the event cache. Events no redaction ever named (see [`super::short_sets::ShortSet`]) are not looked
+    /// up in `REDACTIONS` at all.
+    pub(super) fn shared_event_for_client(
+        &self,
+        db: &Db,
+        short: u64,
+        rules: &RoomVersionRules,
+    ) -> Result<std::sync::Arc<Pdu>> {
+        let pdu = self.shared_event_by_short(db, short, rules)?;
+        if !self.redacted_targets.may_contain(short) {
+            return Ok(pdu);
+        }
         for ((_, short_redaction), ()) in REDACTIONS.scan_prefix(db, &(short,))? {
             let Some(meta) = EVENT_META.get(db, &short_redaction)? else { continue };
             if !meta.is_served() {
@@ -99,9 +116,10 @@ impl RoomCore {
             .map_err(|e| crate::Error::internal(format!("cannot redact event: {e}")))?;
             return Pdu::from_stored(
                 &serde_json::value::to_raw_value(&redacted).map_err(|e| crate::Error::internal(e.to_string()))?,
-                pdu.event_id,
+                pdu.event_id.clone(),
                 rules,
             )
+            .map(std::sync::Arc::new)
             .map_err(crate::Error::internal);
         }
         Ok(pdu)

@@ -84,6 +84,8 @@ impl RoomCore {
             sender: pdu.sender.to_string(),
         };
         batch.put(&RELATIONS, &(short_parent, position), &row)?;
+        // Before the batch is written (see `short_sets.rs`).
+        self.relation_parents.add(short_parent);
         batch.put(&RELATIONS_BY_TYPE, &(short_parent, rel_type.clone(), position), &short_event)?;
         if let Some(key) = relation_tables::annotation_key(&content) {
             let key = db.term(&key);

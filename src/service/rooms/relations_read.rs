@@ -425,8 +425,11 @@ impl Rooms {
             let mut memos: HashMap<u64, VisibilityMemo> = HashMap::new();
             for event_id in event_ids {
                 let Some(short) = core.interner.short_event(db, &event_id)? else { continue };
+                // Most events have no children, and most of those were never a parent.
+                if !core.relation_parents.may_contain(short) {
+                    continue;
+                }
                 let Some(meta) = EVENT_META.get(db, &short)? else { continue };
-                // Most events have no children: one index probe each.
                 let has_children =
                     !RELATIONS.scan_from(db, &(short, 0), ScanDirection::Forward, 1, |(p, _)| *p == short)?.is_empty();
                 if !has_children {

@@ -194,7 +194,7 @@ impl Rooms {
         from: Option<u64>,
         to: u64,
         selection: StateSelection,
-    ) -> Result<Vec<Pdu>> {
+    ) -> Result<Vec<Arc<Pdu>>> {
         let room_id = room_id.to_owned();
         self.run(move |core, db| {
             let short_room = core.short_room_of(db, &room_id)?;
@@ -228,7 +228,7 @@ impl Rooms {
                     _ => changed,
                 };
                 if wanted {
-                    out.push(core.event_for_client(db, *event, &rules)?);
+                    out.push(core.shared_event_for_client(db, *event, &rules)?);
                 }
             }
             Ok(out)
@@ -394,19 +394,27 @@ impl Rooms {
         let (room_id, user) = (room_id.to_owned(), user.to_owned());
         self.run(move |core, db| {
             let short_room = core.short_room_of(db, &room_id)?;
-            let group = ROOMS.get(db, &short_room)?.map(|record| record.current_state_group);
-            let facts = match (group, core.summaries.get(short_room)) {
-                (Some(group), Some((cached, facts))) if cached == group => facts,
-                _ => {
-                    let facts = Arc::new(core.read_summary(db, short_room)?);
-                    if let Some(group) = group {
-                        core.summaries.put(short_room, group, facts.clone());
-                    }
-                    facts
-                }
-            };
+            let facts = core.summary_facts(db, short_room)?;
             let heroes = facts.first_members.iter().filter(|member| **member != user).take(5).cloned().collect();
             Ok(MemberSummary { joined: facts.joined, invited: facts.invited, heroes })
+        })
+        .await
+    }
+
+    /// Everyone joined now to any of these rooms (those this server knows), from the same
+    /// per-state facts as the room summary: one blocking call for all the rooms, and no member
+    /// event read again while a room's state stays the same.
+    pub async fn joined_members_of(&self, rooms: Vec<OwnedRoomId>) -> Result<BTreeSet<OwnedUserId>> {
+        self.run(move |core, db| {
+            let mut users = BTreeSet::new();
+            for room_id in rooms {
+                let Some(short_room) = core.interner.short_room(db, &room_id)? else { continue };
+                if !ROOMS.contains(db, &short_room)? {
+                    continue;
+                }
+                users.extend(core.summary_facts(db, short_room)?.joined_members.iter().cloned());
+            }
+            Ok(users)
         })
         .await
     }
@@ -439,11 +447,13 @@ impl Rooms {
 }
 
 /// What the room summary needs of one current state: the counts and the first six joined or
-/// invited members by user ID (five heroes whoever asks).
+/// invited members by user ID (five heroes whoever asks); and the joined members.
 pub(super) struct SummaryFacts {
     joined: u64,
     invited: u64,
     first_members: Vec<OwnedUserId>,
+    /// Every joined member (for the presence part of an initial sync).
+    joined_members: Vec<OwnedUserId>,
 }
 
 /// Summary facts by short room ID, with the current state group they were read for.
@@ -476,25 +486,45 @@ impl SummaryCache {
 }
 
 impl RoomCore {
+    /// The summary facts of the room's current state, from [`SummaryCache`] when it has them.
+    fn summary_facts(&self, db: &Db, short_room: u64) -> Result<Arc<SummaryFacts>> {
+        let group = ROOMS.get(db, &short_room)?.map(|record| record.current_state_group);
+        Ok(match (group, self.summaries.get(short_room)) {
+            (Some(group), Some((cached, facts))) if cached == group => facts,
+            _ => {
+                let facts = Arc::new(self.read_summary(db, short_room)?);
+                if let Some(group) = group {
+                    self.summaries.put(short_room, group, facts.clone());
+                }
+                facts
+            }
+        })
+    }
+
     fn read_summary(&self, db: &Db, short_room: u64) -> Result<SummaryFacts> {
         let rules = self.rules_of_room(db, short_room)?;
         let (mut joined, mut invited) = (0, 0);
         let mut members = BTreeSet::new();
+        let mut joined_members = Vec::new();
         for ((_, key), short) in CURRENT_STATE.scan_prefix(db, &(short_room,))? {
             let names = self.interner.state_key(db, key)?;
             if names.0 != ruma::events::StateEventType::RoomMember {
                 continue;
             }
-            let pdu = self.event_by_short(db, short, &rules)?;
-            match membership_in(&pdu.content).as_str() {
+            let pdu = self.shared_event_by_short(db, short, &rules)?;
+            let membership = membership_in(&pdu.content);
+            match membership.as_str() {
                 "join" => joined += 1,
                 "invite" => invited += 1,
                 _ => continue,
             }
             if let Ok(member) = OwnedUserId::try_from(names.1.as_str()) {
+                if membership == "join" {
+                    joined_members.push(member.clone());
+                }
                 members.insert(member);
             }
         }
-        Ok(SummaryFacts { joined, invited, first_members: members.into_iter().take(6).collect() })
+        Ok(SummaryFacts { joined, invited, first_members: members.into_iter().take(6).collect(), joined_members })
     }
 }

@@ -195,6 +195,7 @@ pub(super) async fn room(
     let state = services.rooms.sync_state(room_id, after, upto, selection).await?;
     let state: Vec<&Pdu> = state
         .iter()
+        .map(|pdu| &**pdu)
         .filter(|pdu| required.wants(&pdu.kind.to_string(), pdu.state_key.as_deref().unwrap_or(""), &senders))
         .collect();
     if required.lazy {

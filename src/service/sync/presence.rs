@@ -22,12 +22,15 @@ pub(super) async fn collect(
     let mut updates = Vec::new();
     match since {
         None => {
-            let mut users: BTreeSet<OwnedUserId> = BTreeSet::from([user.to_owned()]);
-            for (room, membership) in services.rooms.user_rooms(user).await? {
-                if membership.membership == "join" {
-                    users.extend(services.rooms.joined_members(&room).await?);
-                }
-            }
+            let joined = services
+                .rooms
+                .user_rooms(user)
+                .await?
+                .into_iter()
+                .filter(|(_, m)| m.membership == "join")
+                .map(|(r, _)| r);
+            let mut users: BTreeSet<OwnedUserId> = services.rooms.joined_members_of(joined.collect()).await?;
+            users.insert(user.to_owned());
             for other in users {
                 let view = services.presence.get(&other).await?;
                 if view.position > 0 && view.position <= upto && view.state != ruma::presence::PresenceState::Offline {

@@ -447,6 +447,7 @@ async fn section(ctx: &Context<'_>, room_id: &OwnedRoomId, upto: u64, full: bool
     };
     let state: Vec<&Pdu> = state
         .iter()
+        .map(|pdu| &**pdu)
         .filter(|pdu| filter::room_event_allowed(&room_filter.state, &pdu.kind.to_string(), &pdu.sender))
         .filter(|pdu| !already_sent(pdu))
         .collect();
