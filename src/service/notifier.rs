@@ -171,16 +171,7 @@ impl Notifier {
 
     /// Wakes the waiters listening to any of `keys`, and the senders.
     pub fn wake<'k>(&self, keys: impl IntoIterator<Item = &'k WakeKey>) {
-        let mut woken = 0;
-        {
-            let registry = self.registry();
-            for key in keys {
-                if let Some(waiters) = registry.by_key.get(key) {
-                    woken += waiters.values().filter(|waiter| waiter.wake()).count() as u64;
-                }
-            }
-        }
-        self.count_woken(woken);
+        self.wake_quietly(keys);
         self.poke();
     }
 
