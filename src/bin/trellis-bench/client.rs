@@ -71,6 +71,22 @@ impl Client {
         Some(User { token: response["access_token"].as_str()?.to_owned() })
     }
 
+    /// Creates a public room as the user of `token`; its ID.
+    pub(crate) async fn create_room(&self, token: &str) -> Result<String, String> {
+        let body = json!({"preset": "public_chat"});
+        let created = self
+            .call(reqwest::Method::POST, "/_matrix/client/v3/createRoom", Some(token), Some(&body))
+            .await
+            .ok_or("createRoom failed")?;
+        Ok(created["room_id"].as_str().ok_or("no room_id")?.to_owned())
+    }
+
+    /// Joins `room` as the user of `token`; `None` when the request failed (counted).
+    pub(crate) async fn join(&self, token: &str, room: &str) -> Option<Value> {
+        let path = format!("/_matrix/client/v3/join/{}", urlencode(room));
+        self.call(reqwest::Method::POST, &path, Some(token), Some(&json!({}))).await
+    }
+
     pub(crate) async fn sync(&self, user: &User, since: Option<&str>, timeout_ms: u64) -> Option<Value> {
         let mut path = format!("/_matrix/client/v3/sync?timeout={timeout_ms}");
         if let Some(since) = since {

@@ -52,27 +52,10 @@ async fn register_many(client: &Client, options: &Options, label: &str, count: u
     users.into_iter().collect::<Option<Vec<_>>>().ok_or_else(|| "registration failed".to_owned())
 }
 
-async fn create_room(client: &Client, creator: &User) -> Result<String, String> {
-    let created = client
-        .call(
-            reqwest::Method::POST,
-            "/_matrix/client/v3/createRoom",
-            Some(&creator.token),
-            Some(&json!({"preset": "public_chat"})),
-        )
-        .await
-        .ok_or("createRoom failed")?;
-    Ok(created["room_id"].as_str().ok_or("no room_id")?.to_owned())
-}
-
 async fn join_all(client: &Client, users: &[&User], room: &str) {
-    let path = format!("/_matrix/client/v3/join/{}", urlencode(room));
     stream::iter(users)
-        .for_each_concurrent(SETUP_CONCURRENCY, |user| {
-            let path = path.clone();
-            async move {
-                client.call(reqwest::Method::POST, &path, Some(&user.token), Some(&json!({}))).await;
-            }
+        .for_each_concurrent(SETUP_CONCURRENCY, |user| async move {
+            client.join(&user.token, room).await;
         })
         .await;
 }
@@ -183,11 +166,11 @@ pub(crate) async fn run(client: &Client, options: &Options, idle_count: usize) -
     let idle = register_many(client, options, "idle", idle_count).await?;
 
     eprintln!("[fanout 2/4] creating the busy room and the idle rooms");
-    let room = create_room(client, &members[0]).await?;
+    let room = client.create_room(&members[0].token).await?;
     join_all(client, &members[1..].iter().map(|m| m.as_ref()).collect::<Vec<_>>(), &room).await;
     let size = options.fanout_idle_room_size.max(1);
     for group in idle.chunks(size) {
-        let idle_room = create_room(client, &group[0]).await?;
+        let idle_room = client.create_room(&group[0].token).await?;
         join_all(client, &group[1..].iter().collect::<Vec<_>>(), &idle_room).await;
     }
 

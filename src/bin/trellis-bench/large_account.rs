@@ -59,18 +59,7 @@ pub(crate) async fn large_account(client: &Client, options: &Options, spec: &str
     let creator = members[0].token.clone();
     let rooms = in_lanes(room_count, |_| {
         let (client, token) = (client.clone(), creator.clone());
-        async move {
-            let created = client
-                .call(
-                    reqwest::Method::POST,
-                    "/_matrix/client/v3/createRoom",
-                    Some(&token),
-                    Some(&json!({"preset": "public_chat"})),
-                )
-                .await
-                .ok_or("createRoom failed")?;
-            Ok(created["room_id"].as_str().ok_or("no room_id")?.to_owned())
-        }
+        async move { client.create_room(&token).await }
     })
     .await?;
     report.add("room creation", format!("{room_count} in {:.1} s", started.elapsed().as_secs_f64()));
@@ -83,8 +72,7 @@ pub(crate) async fn large_account(client: &Client, options: &Options, spec: &str
         let (client, token, rooms) = (client.clone(), tokens[i].clone(), rooms.clone());
         async move {
             for room in &rooms {
-                let path = format!("/_matrix/client/v3/join/{}", urlencode(room));
-                client.call(reqwest::Method::POST, &path, Some(&token), Some(&json!({}))).await.ok_or("join failed")?;
+                client.join(&token, room).await.ok_or("join failed")?;
             }
             Ok(())
         }

@@ -197,16 +197,7 @@ async fn run(options: Options) -> Result<Report, String> {
     let started = Instant::now();
     let mut rooms = Vec::new();
     for _ in 0..options.rooms {
-        let created = client
-            .call(
-                reqwest::Method::POST,
-                "/_matrix/client/v3/createRoom",
-                Some(&users[0].token),
-                Some(&json!({"preset": "public_chat"})),
-            )
-            .await
-            .ok_or("createRoom failed")?;
-        rooms.push(created["room_id"].as_str().ok_or("no room_id")?.to_owned());
+        rooms.push(client.create_room(&users[0].token).await?);
     }
     report.add("room creation", rate(options.rooms, started.elapsed()));
     report.figure("room creation", options.rooms as f64 / started.elapsed().as_secs_f64().max(1e-9), "rooms/s");
@@ -214,14 +205,7 @@ async fn run(options: Options) -> Result<Report, String> {
     let mut joins = 0;
     for user in users.iter().skip(1).chain(std::iter::once(&reader)) {
         for room in &rooms {
-            client
-                .call(
-                    reqwest::Method::POST,
-                    &format!("/_matrix/client/v3/join/{}", urlencode(room)),
-                    Some(&user.token),
-                    Some(&json!({})),
-                )
-                .await;
+            client.join(&user.token, room).await;
             joins += 1;
         }
     }

@@ -1,11 +1,6 @@
 //! `--room-members N`: idle local members registered and joined to every room before the sends.
 
-use serde_json::json;
-
-use crate::{
-    Options,
-    client::{Client, urlencode},
-};
+use crate::{Options, client::Client};
 
 /// Registers `count` idle users and joins each to every room, eight requests at a time.
 pub(crate) async fn add_members(
@@ -24,15 +19,7 @@ pub(crate) async fn add_members(
                 let member =
                     client.register(&secret, &format!("{prefix}_member_{i}")).await.ok_or("registration failed")?;
                 for room in &rooms {
-                    client
-                        .call(
-                            reqwest::Method::POST,
-                            &format!("/_matrix/client/v3/join/{}", urlencode(room)),
-                            Some(&member.token),
-                            Some(&json!({})),
-                        )
-                        .await
-                        .ok_or("join failed")?;
+                    client.join(&member.token, room).await.ok_or("join failed")?;
                 }
             }
             Ok::<(), &'static str>(())

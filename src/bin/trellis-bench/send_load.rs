@@ -72,24 +72,11 @@ pub(crate) async fn send_load(client: &Client, options: &Options, report: &mut R
     }
     let mut rooms = Vec::new();
     for _ in 0..options.rooms.max(1) {
-        let created = client
-            .call(
-                reqwest::Method::POST,
-                "/_matrix/client/v3/createRoom",
-                Some(&senders[0].token),
-                Some(&json!({"preset": "public_chat"})),
-            )
-            .await
-            .ok_or("createRoom failed")?;
-        rooms.push(created["room_id"].as_str().ok_or("no room_id")?.to_owned());
+        rooms.push(client.create_room(&senders[0].token).await?);
     }
     for user in senders.iter().skip(1) {
         for room in &rooms {
-            let path = format!("/_matrix/client/v3/join/{}", urlencode(room));
-            client
-                .call(reqwest::Method::POST, &path, Some(&user.token), Some(&json!({})))
-                .await
-                .ok_or("join failed")?;
+            client.join(&user.token, room).await.ok_or("join failed")?;
         }
     }
     let rooms = Arc::new(rooms);
