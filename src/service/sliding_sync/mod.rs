@@ -155,9 +155,15 @@ pub async fn sync(
         answer.rooms.retain(|room, _| !unsubscribed.contains(room));
         answer
     });
+    // Only a request that continues a connection, with a timeout, can wait; the others register
+    // nothing (which costs a read of the user's rooms).
+    let may_wait = since.is_some() && !timeout.is_zero();
     loop {
         // Register before reading the streams: a change after the read wakes the wait below.
-        let changes = super::sync::listen(services, user, device).await?;
+        let changes = match may_wait {
+            true => Some(super::sync::listen(services, user, device).await?),
+            false => None,
+        };
         let now = current_token(services).await?;
         let since = since.as_ref().map(|answer| Answer { token: clamp(answer.token, now), ..answer.clone() });
         let ignored = services.account_data.ignored_users(user).await?;
@@ -180,7 +186,9 @@ pub async fn sync(
         });
         if unchanged && !services.notifier.is_shutting_down() {
             // Nothing new: wait for a stream to move, then look again.
-            if changes.wait_until(deadline).await {
+            if let Some(changes) = &changes
+                && changes.wait_until(deadline).await
+            {
                 continue;
             }
         }

@@ -135,9 +135,15 @@ pub async fn sync(services: &Services, user: &UserId, device: &DeviceId, request
     let deadline = tokio::time::Instant::now() + timeout;
     // The user counts as syncing (for presence) until this sync returns.
     let _syncing = services.presence.syncing(user, &request.set_presence).await?;
+    // Only an incremental sync with a timeout can wait; the others register nothing (which
+    // costs a read of the user's rooms).
+    let may_wait = since.is_some() && !request.full_state && !timeout.is_zero();
     loop {
         // Register before reading the streams: a change after the read wakes the wait below.
-        let changes = listen(services, user, device).await?;
+        let changes = match may_wait {
+            true => Some(listen(services, user, device).await?),
+            false => None,
+        };
         let now = current_token(services).await?;
         // A token from the future (a restored database) counts as "now".
         let since = since.map(|s| SyncToken {
@@ -155,7 +161,8 @@ pub async fn sync(services: &Services, user: &UserId, device: &DeviceId, request
             && response.to_device.is_empty()
             && response.device_lists.is_empty()
             && response.presence.is_empty();
-        if since.is_none() || request.full_state || !empty || services.notifier.is_shutting_down() {
+        let Some(changes) = changes else { return Ok(response) };
+        if !empty || services.notifier.is_shutting_down() {
             return Ok(response);
         }
         if !changes.wait_until(deadline).await {
