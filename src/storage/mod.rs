@@ -258,6 +258,11 @@ impl Db {
         Self { engine, encryption: None }
     }
 
+    /// Whether both handles read the same store (not one of them a staged view).
+    pub fn same_store(&self, other: &Db) -> bool {
+        Arc::ptr_eq(&self.engine, &other.engine)
+    }
+
     /// A handle over `engine` (a staged view of this database) with this database's encryption
     /// at rest, so index terms are hashed alike.
     fn with_staged_engine(&self, engine: Arc<dyn Engine>) -> Self {

@@ -69,6 +69,7 @@ mod relations;
 mod room_helpers;
 mod rooms;
 mod search;
+mod send_cost;
 mod sliding_sync;
 mod spaces;
 mod state_keys;

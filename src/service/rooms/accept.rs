@@ -328,7 +328,7 @@ impl RoomCore {
                 (Some(_), Some(meta)) if meta.rejected => {
                     return Ok(Err(AuthProblem::Refused(format!("auth event {id} was rejected"))));
                 }
-                (Some(short), Some(_)) => auth_events.push(self.event_by_short(db, short, rules)?),
+                (Some(short), Some(_)) => auth_events.push(self.shared_event_by_short(db, short, rules)?),
                 _ => missing.push(id.clone()),
             }
         }
@@ -342,7 +342,7 @@ impl RoomCore {
                 .iter()
                 .find(|e| e.event_id == id)
                 .cloned()
-                .or_else(|| self.event_by_id(db, id, rules).ok().flatten())
+                .or_else(|| self.shared_event_by_id(db, id, rules).ok().flatten())
         }) {
             return Ok(Err(AuthProblem::Refused(reason)));
         }
@@ -351,7 +351,7 @@ impl RoomCore {
         if rules.authorization.room_create_event_id_as_room_id
             && !auth_events.iter().any(|e| e.kind == TimelineEventType::RoomCreate)
             && let Ok(create_id) = OwnedEventId::try_from(format!("${}", &pdu.room_id.as_str()[1..]))
-            && let Some(create) = self.event_by_id(db, &create_id, rules)?
+            && let Some(create) = self.shared_event_by_id(db, &create_id, rules)?
         {
             auth_events.push(create);
         }
@@ -504,10 +504,10 @@ impl RoomCore {
         pdu: &Pdu,
         state: &ShortStateMap,
     ) -> Result<(), String> {
-        let fetch = |kind: &StateEventType, state_key: &str| -> Option<Pdu> {
+        let fetch = |kind: &StateEventType, state_key: &str| -> Option<Arc<Pdu>> {
             let short_key = self.interner.short_state_key(db, &kind.to_string(), state_key).ok()??;
             let short_event = *state.get(&short_key)?;
-            self.event_by_short(db, short_event, rules).ok()
+            self.shared_event_by_short(db, short_event, rules).ok()
         };
         super::owned_state::check_state_dependent(rules, pdu, fetch)
     }

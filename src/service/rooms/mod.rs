@@ -165,6 +165,14 @@ impl RoomCore {
         Ok(pdu)
     }
 
+    /// [`event_by_id`](Self::event_by_id), shared with the event cache (no copy).
+    fn shared_event_by_id(&self, db: &Db, event_id: &EventId, rules: &RoomVersionRules) -> Result<Option<Arc<Pdu>>> {
+        match self.interner.short_event(db, event_id)? {
+            Some(short) if PDUS.contains(db, &short)? => Ok(Some(self.shared_event_by_short(db, short, rules)?)),
+            _ => Ok(None),
+        }
+    }
+
     fn event_by_id(&self, db: &Db, event_id: &EventId, rules: &RoomVersionRules) -> Result<Option<Pdu>> {
         match self.interner.short_event(db, event_id)? {
             Some(short) if PDUS.contains(db, &short)? => Ok(Some(self.event_by_short(db, short, rules)?)),

@@ -87,6 +87,11 @@ impl PushFactsCache {
         self.facts.lock().ok()?.get(&short_room).cloned()
     }
 
+    /// Removes the room's facts (to update them in place) and returns them.
+    fn take(&self, short_room: u64) -> Option<Arc<RoomPushFacts>> {
+        self.facts.lock().ok()?.remove(&short_room).map(|(_, facts)| facts)
+    }
+
     fn put(&self, short_room: u64, group: u64, facts: Arc<RoomPushFacts>) {
         if let Ok(mut map) = self.facts.lock() {
             if map.len() >= CACHED_ROOMS {
@@ -100,6 +105,23 @@ impl PushFactsCache {
 /// The display name a member event gives, or the user's localpart.
 fn display_name_in(event: &Pdu, user: &OwnedUserId) -> String {
     event.content_value()["displayname"].as_str().map_or_else(|| user.localpart().to_owned(), str::to_owned)
+}
+
+/// An event push evaluation reads: the new event (borrowed) or a stored one (shared with the
+/// event cache), never a copy.
+enum Loaded<'a> {
+    New(&'a Pdu),
+    Stored(Arc<Pdu>),
+}
+
+impl std::ops::Deref for Loaded<'_> {
+    type Target = Pdu;
+    fn deref(&self) -> &Pdu {
+        match self {
+            Loaded::New(pdu) => pdu,
+            Loaded::Stored(pdu) => pdu,
+        }
+    }
 }
 
 /// How the room's current state came from the previous one: the state group before and the
@@ -129,12 +151,22 @@ impl RoomCore {
         short_room: u64,
     ) -> Result<EventNotifications> {
         let new_event = ((short_event, pdu), new_key);
+        // The local members whose membership changed, when the facts were updated by the change
+        // (the special members are then updated the same way).
+        let mut updated_from = None;
         let facts = match self.push_facts.get(short_room) {
             Some((cached, facts)) if cached == group => facts,
             Some((cached, facts)) if change.as_ref().is_some_and(|c| c.previous_group == cached) => {
                 let change = change.as_ref().ok_or_else(|| crate::Error::internal("state change vanished"))?;
-                let facts = Arc::new(self.update_push_facts(db, rules, new_event, &facts, state, change)?);
+                // Taken out of the cache first, so the update is made in place (no copy of the
+                // room's members per join) unless a reader still holds the old facts. On an
+                // error the room's entry is gone, and the next event reads the facts afresh.
+                drop(facts);
+                let mut facts =
+                    self.push_facts.take(short_room).ok_or_else(|| crate::Error::internal("push facts vanished"))?;
+                let changed = self.update_push_facts(db, rules, new_event, Arc::make_mut(&mut facts), state, change)?;
                 self.push_facts.put(short_room, group, facts.clone());
+                updated_from = Some((cached, changed));
                 facts
             }
             _ => {
@@ -159,7 +191,7 @@ impl RoomCore {
             joined_members: facts.joined_members,
             power_levels: Some(facts.power_levels.clone()),
         };
-        let special = self.special_members(db, short_room, group, &facts)?;
+        let special = self.special_members(db, short_room, group, &facts, updated_from.as_ref())?;
         let audience = Audience { members: &facts.local_joined, special: &special, invitee: invitee.as_ref() };
         let event = if facts.local_joined.is_empty() && invitee.is_none() {
             serde_json::Value::Null
@@ -177,18 +209,54 @@ impl RoomCore {
         short_room: u64,
         group: u64,
         facts: &RoomPushFacts,
+        updated_from: Option<&(u64, Vec<OwnedUserId>)>,
     ) -> Result<Arc<Vec<OwnedUserId>>> {
         let generation = self.push_profiles.generation();
         if let Some(special) = self.push_facts.special(short_room, (group, generation)) {
             return Ok(special);
         }
-        let special = Arc::new(facts.local_joined.special(db, &self.push_profiles)?);
+        // After a change of a few members (a join) under the same profile generation, the
+        // previous state's special members are still special if still joined, and only the
+        // changed members' profiles need looking at: no pass over every member per join.
+        let previous = updated_from.and_then(|(previous_group, changed)| {
+            Some((self.push_facts.special(short_room, (*previous_group, generation))?, changed))
+        });
+        let special = match previous {
+            Some((previous, changed)) => {
+                let mut special: Vec<OwnedUserId> = previous
+                    .iter()
+                    .filter(|user| facts.local_joined.contains(user) && !changed.contains(user))
+                    .cloned()
+                    .collect();
+                for user in changed {
+                    if facts.local_joined.contains(user) {
+                        let profile = self.push_profiles.get(db, user)?;
+                        if !profile.default_rules || profile.has_pusher {
+                            special.push(user.clone());
+                        }
+                    }
+                }
+                Arc::new(special)
+            }
+            None => Arc::new(facts.local_joined.special(db, &self.push_profiles)?),
+        };
         self.push_facts.put_special(short_room, (group, generation), special.clone());
         Ok(special)
     }
 
-    fn load_with_new(&self, db: &Db, rules: &RoomVersionRules, short: u64, new: (u64, &Pdu)) -> Result<Pdu> {
-        if short == new.0 { Ok(new.1.clone()) } else { self.event_by_short(db, short, rules) }
+    /// The event `short`: the new one itself (not stored yet), or the stored one, shared.
+    fn load_with_new<'a>(
+        &self,
+        db: &Db,
+        rules: &RoomVersionRules,
+        short: u64,
+        new: (u64, &'a Pdu),
+    ) -> Result<Loaded<'a>> {
+        if short == new.0 {
+            Ok(Loaded::New(new.1))
+        } else {
+            Ok(Loaded::Stored(self.shared_event_by_short(db, short, rules)?))
+        }
     }
 
     fn names_with_new(
@@ -203,17 +271,18 @@ impl RoomCore {
         }
     }
 
-    /// Cached facts brought up to date with a change of a few state keys.
+    /// Cached facts brought up to date with a change of a few state keys; returns the local
+    /// users whose member event changed.
     fn update_push_facts(
         &self,
         db: &Db,
         rules: &RoomVersionRules,
         ((short_event, pdu), new_key): NewEventRef<'_>,
-        cached: &RoomPushFacts,
+        facts: &mut RoomPushFacts,
         state: &ShortStateMap,
         change: &CurrentStateChange<'_>,
-    ) -> Result<RoomPushFacts> {
-        let mut facts = cached.clone();
+    ) -> Result<Vec<OwnedUserId>> {
+        let mut changed = Vec::new();
         let mut levels_changed = false;
         for (key, event) in change.changes {
             let names = self.names_with_new(db, *key, new_key)?;
@@ -236,6 +305,7 @@ impl RoomCore {
                     if user.server_name() != self.server_name {
                         continue;
                     }
+                    changed.push(user.clone());
                     match now.filter(|_| joined_now) {
                         Some(event) => {
                             let display_name = display_name_in(&event, &user);
@@ -253,7 +323,7 @@ impl RoomCore {
         if levels_changed {
             facts.power_levels = self.push_power_levels(db, rules, ((short_event, pdu), new_key), state)?;
         }
-        Ok(facts)
+        Ok(changed)
     }
 
     /// The power levels push conditions see, from a state's power levels and create events.
@@ -270,7 +340,7 @@ impl RoomCore {
                 _ => self.interner.short_state_key(db, &kind.to_string(), "")?,
             };
             match key.and_then(|key| state.get(&key).copied()) {
-                Some(short) => Ok(Some(self.load_with_new(db, rules, short, (short_event, pdu))?)),
+                Some(short) => Ok(Some(Pdu::clone(&*self.load_with_new(db, rules, short, (short_event, pdu))?))),
                 None => Ok(None),
             }
         };
@@ -294,10 +364,10 @@ impl RoomCore {
             let names = self.names_with_new(db, *key, new_key)?;
             match (&names.0, names.1.as_str()) {
                 (StateEventType::RoomPowerLevels, "") => {
-                    power_levels = Some(self.load_with_new(db, rules, *short, (short_event, pdu))?)
+                    power_levels = Some(Pdu::clone(&*self.load_with_new(db, rules, *short, (short_event, pdu))?))
                 }
                 (StateEventType::RoomCreate, "") => {
-                    create = Some(self.load_with_new(db, rules, *short, (short_event, pdu))?)
+                    create = Some(Pdu::clone(&*self.load_with_new(db, rules, *short, (short_event, pdu))?))
                 }
                 (StateEventType::RoomMember, member) => {
                     let event = self.load_with_new(db, rules, *short, (short_event, pdu))?;

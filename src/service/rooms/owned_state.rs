@@ -20,7 +20,7 @@ use ruma::{
     events::{StateEventType, TimelineEventType},
     room_version_rules::RoomVersionRules,
     state_res::{
-        self,
+        self, Event,
         events::{RoomCreateEvent, RoomPowerLevelsEvent},
     },
 };
@@ -51,10 +51,10 @@ fn owner_rule_applies(rules: &RoomVersionRules, pdu: &Pdu) -> bool {
 
 /// Ruma's state-dependent auth rules, with MSC3757's owner rule in place of the `@` rule in the
 /// versions that have it (the owner rule after ruma's, as Synapse orders them).
-pub(super) fn check_state_dependent(
+pub(super) fn check_state_dependent<E: Event>(
     rules: &RoomVersionRules,
     pdu: &Pdu,
-    fetch_state: impl Fn(&StateEventType, &str) -> Option<Pdu>,
+    fetch_state: impl Fn(&StateEventType, &str) -> Option<E>,
 ) -> Result<(), String> {
     if !owner_rule_applies(rules, pdu) {
         return state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, fetch_state);
@@ -66,10 +66,10 @@ pub(super) fn check_state_dependent(
 }
 
 /// The owner rule: the key names a valid user, who is the sender or has less power.
-fn check_owner(
+fn check_owner<E: Event>(
     rules: &RoomVersionRules,
     pdu: &Pdu,
-    fetch_state: &impl Fn(&StateEventType, &str) -> Option<Pdu>,
+    fetch_state: &impl Fn(&StateEventType, &str) -> Option<E>,
 ) -> Result<(), String> {
     let key = pdu.state_key.as_deref().unwrap_or_default();
     let Some(owner) = owner(key) else {
@@ -86,10 +86,10 @@ fn check_owner(
 }
 
 /// A user's power level in v10/v11 rooms (MSC3757's bases, without privileged creators).
-fn power_level(
+fn power_level<E: Event>(
     rules: &RoomVersionRules,
     user: &UserId,
-    fetch_state: &impl Fn(&StateEventType, &str) -> Option<Pdu>,
+    fetch_state: &impl Fn(&StateEventType, &str) -> Option<E>,
 ) -> Result<Int, String> {
     if let Some(power_levels) = fetch_state(&StateEventType::RoomPowerLevels, "") {
         return RoomPowerLevelsEvent::new(power_levels).user_power_level(user, &rules.authorization);

@@ -98,18 +98,27 @@ impl Rooms {
             let mut events = Vec::new();
             for (position, (short_room, short_event)) in entries {
                 let Some(meta) = EVENT_META.get(db, &short_event)? else { continue };
-                let rules = core.rules_of_room(db, short_room)?;
-                let pdu = core.event_by_short(db, short_event, &rules)?;
-                if pdu.sender.server_name() != core.server_name {
-                    continue;
-                }
-                let current = ROOMS.get(db, &short_room)?.map(|record| record.current_state_group);
+                let Some(record) = ROOMS.get(db, &short_room)? else { continue };
                 let mut destinations: BTreeSet<OwnedServerName> = match meta.state_after_known() {
                     // The usual case, the event still the room's newest state: the counts.
-                    Some(group) if current == Some(group) => core.joined_servers(db, short_room)?.into_iter().collect(),
+                    Some(group) if record.current_state_group == group => {
+                        core.joined_servers(db, short_room)?.into_iter().collect()
+                    }
                     Some(group) => (*core.joined_servers_in(db, group)?).clone(),
                     None => BTreeSet::new(),
                 };
+                destinations.remove(&core.server_name);
+                // No other server to tell and no member event that could name one: the event
+                // itself need not be read (a room of local users costs two point reads).
+                if destinations.is_empty() && meta.state_key.is_none() {
+                    continue;
+                }
+                let rules = crate::service::rooms::versions::rules(&record.version)
+                    .ok_or_else(|| Error::internal("unsupported room version stored"))?;
+                let pdu = core.shared_event_by_short(db, short_event, &rules)?;
+                if pdu.sender.server_name() != core.server_name {
+                    continue;
+                }
                 if pdu.kind == TimelineEventType::RoomMember
                     && let Some(target) = pdu.state_key.as_deref().and_then(|key| OwnedUserId::try_from(key).ok())
                 {
@@ -117,7 +126,8 @@ impl Rooms {
                 }
                 destinations.remove(&core.server_name);
                 if !destinations.is_empty() {
-                    events.push(LocalEvent { position, event_id: pdu.event_id, room_id: pdu.room_id, destinations });
+                    let (event_id, room_id) = (pdu.event_id.clone(), pdu.room_id.clone());
+                    events.push(LocalEvent { position, event_id, room_id, destinations });
                 }
             }
             Ok((events, last))

@@ -36,6 +36,8 @@ pub struct Interner {
     state_key_names: Mutex<HashMap<u64, Arc<(StateEventType, String)>>>,
     state_key_ids: Mutex<HashMap<(String, String), u64>>,
     event_ids: Mutex<HashMap<u64, OwnedEventId>>,
+    /// Committed event IDs' short ids (a short id, once written, never changes or goes away).
+    short_events: Mutex<HashMap<OwnedEventId, u64>>,
 }
 
 fn bounded_insert<K: std::hash::Hash + Eq, V>(map: &Mutex<HashMap<K, V>>, key: K, value: V) {
@@ -58,11 +60,23 @@ impl Interner {
             state_key_names: Mutex::new(HashMap::new()),
             state_key_ids: Mutex::new(HashMap::new()),
             event_ids: Mutex::new(HashMap::new()),
+            short_events: Mutex::new(HashMap::new()),
         })
     }
 
     pub fn short_event(&self, db: &Db, event_id: &EventId) -> Result<Option<u64>> {
-        Ok(SHORT_EVENT_IDS.get(db, &event_id.to_string())?)
+        if let Some(short) = self.short_events.lock().ok().and_then(|m| m.get(event_id).copied()) {
+            return Ok(Some(short));
+        }
+        // Only what is committed is cached, never what a staged view (a room being created)
+        // holds: that may still be dropped.
+        let short = SHORT_EVENT_IDS.get(db, &event_id.to_string())?;
+        if let Some(short) = short
+            && db.same_store(&self.base)
+        {
+            bounded_insert(&self.short_events, event_id.to_owned(), short);
+        }
+        Ok(short)
     }
 
     /// The short id of an event, allocating one in `batch` if it has none yet.
