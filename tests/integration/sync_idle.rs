@@ -1,0 +1,88 @@
+//! An idle incremental `/sync` (one that read the user's rooms and streams and found nothing,
+//! then waits) must still see every change that concerns it, although the server now keeps
+//! things it read in memory (the user's room list) and skips reading what has not changed.
+//! Each case below changes something the shortcut could miss while the user's sync waits or
+//! right after an idle sync warmed the copies.
+
+use serde_json::{Value, json};
+
+use crate::{
+    harness::{Session, TestServer, enc},
+    room_helpers::create_room,
+    sync::{events, join, joined, send, since, sync, wakes},
+};
+
+/// An idle sync (nothing new), which leaves the copies warm, and its token.
+async fn idle(server: &TestServer, who: &Session, token: &str) -> String {
+    let body = sync(server, who, &format!("since={token}&timeout=0")).await;
+    assert!(body.get("rooms").is_none_or(|r| r["join"].as_object().is_none_or(|j| j.is_empty())), "{body}");
+    since(&body)
+}
+
+fn membership_in_timeline(section: &Value, user: &str) -> Option<String> {
+    events(section, "timeline")
+        .iter()
+        .rev()
+        .find(|e| e["type"] == "m.room.member" && e["state_key"] == user)
+        .and_then(|e| e["content"]["membership"].as_str().map(str::to_owned))
+}
+
+/// The user's room list changes through other users' requests (a kick, an invite, a ban) and
+/// their own (`/forget`): each shows in the next sync although the list was read just before.
+#[tokio::test]
+async fn room_list_changes_made_by_others_reach_an_idle_sync() {
+    let server = TestServer::start().await;
+    let alice = server.register("idle_alice", "pw").await;
+    let bob = server.register("idle_bob", "pw").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    join(&server, &bob, &room).await;
+    let token = since(&sync(&server, &bob, "").await);
+    let token = idle(&server, &bob, &token).await;
+
+    // A kick by alice wakes bob's waiting sync, which shows the room as left.
+    let kick = format!("/_matrix/client/v3/rooms/{}/kick", enc(&room));
+    let (status, body) = wakes(&server, &bob, &token, async {
+        server.post(&kick, alice.token(), json!({"user_id": bob.user_id, "reason": "test"})).await
+    })
+    .await
+    .0;
+    assert_eq!(status, 200, "{body}");
+    let body = sync(&server, &bob, &format!("since={token}&timeout=0")).await;
+    let left = &body["rooms"]["leave"][&room];
+    assert_eq!(membership_in_timeline(left, &bob.user_id).as_deref(), Some("leave"), "{body}");
+    let token = idle(&server, &bob, &since(&body)).await;
+
+    // A message after the kick is not his to see.
+    send(&server, &alice, &room, "after the kick").await;
+    let token = idle(&server, &bob, &token).await;
+
+    // An invite from alice shows at once.
+    let invite = format!("/_matrix/client/v3/rooms/{}/invite", enc(&room));
+    let ((status, _), body) =
+        wakes(&server, &bob, &token, server.post(&invite, alice.token(), json!({"user_id": bob.user_id}))).await;
+    assert_eq!(status, 200);
+    assert!(body["rooms"]["invite"][&room].is_object(), "{body}");
+    let token = idle(&server, &bob, &since(&body)).await;
+
+    // He joins again, then is banned: both show.
+    join(&server, &bob, &room).await;
+    let body = sync(&server, &bob, &format!("since={token}&timeout=0")).await;
+    assert!(joined(&body, &room).is_object(), "{body}");
+    let token = idle(&server, &bob, &since(&body)).await;
+    let ban = format!("/_matrix/client/v3/rooms/{}/ban", enc(&room));
+    let ((status, _), body) =
+        wakes(&server, &bob, &token, server.post(&ban, alice.token(), json!({"user_id": bob.user_id}))).await;
+    assert_eq!(status, 200);
+    assert_eq!(membership_in_timeline(&body["rooms"]["leave"][&room], &bob.user_id).as_deref(), Some("ban"), "{body}");
+    let token = idle(&server, &bob, &since(&body)).await;
+
+    // Forgetting the room takes it out of initial syncs that ask for left rooms.
+    let include_leave = format!("filter={}", enc(&json!({"room": {"include_leave": true}}).to_string()));
+    let body = sync(&server, &bob, &include_leave).await;
+    assert!(body["rooms"]["leave"][&room].is_object(), "{body}");
+    let forget = format!("/_matrix/client/v3/rooms/{}/forget", enc(&room));
+    assert_eq!(server.post(&forget, bob.token(), json!({})).await.0, 200);
+    let body = sync(&server, &bob, &include_leave).await;
+    assert!(body["rooms"]["leave"].get(&room).is_none(), "{body}");
+    idle(&server, &bob, &token).await;
+}
