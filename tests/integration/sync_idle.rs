@@ -86,3 +86,45 @@ async fn room_list_changes_made_by_others_reach_an_idle_sync() {
     assert!(body["rooms"]["leave"].get(&room).is_none(), "{body}");
     idle(&server, &bob, &token).await;
 }
+
+/// A long-poll listens to the rooms of the room list it read: after the user joins another
+/// room (a new list), a message there wakes their next long-poll, and one in a room they left
+/// no longer concerns them.
+#[tokio::test]
+async fn a_long_poll_listens_to_the_rooms_of_the_current_room_list() {
+    let server = TestServer::start().await;
+    let alice = server.register("list_alice", "pw").await;
+    let bob = server.register("list_bob", "pw").await;
+    let first = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    let second = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    join(&server, &bob, &first).await;
+    let token = since(&sync(&server, &bob, "").await);
+
+    // A long-poll woken by the first room (its room list is indexed for the next one).
+    let (_, body) = wakes(&server, &bob, &token, send(&server, &alice, &first, "one")).await;
+    assert_eq!(events(joined(&body, &first), "timeline").len(), 1, "{body}");
+    let token = idle(&server, &bob, &since(&body)).await;
+
+    // He joins the second room: his next long-poll is woken by a message there.
+    join(&server, &bob, &second).await;
+    let body = sync(&server, &bob, &format!("since={token}&timeout=0")).await;
+    assert!(joined(&body, &second).is_object(), "{body}");
+    let token = idle(&server, &bob, &since(&body)).await;
+    let (_, body) = wakes(&server, &bob, &token, send(&server, &alice, &second, "two")).await;
+    let timeline = events(joined(&body, &second), "timeline");
+    assert_eq!(timeline.last().map(|e| e["content"]["body"].clone()), Some(json!("two")), "{body}");
+    let token = idle(&server, &bob, &since(&body)).await;
+
+    // He leaves the first room; a message there leaves his sync empty, one in the second wakes it.
+    let leave = format!("/_matrix/client/v3/rooms/{}/leave", enc(&first));
+    assert_eq!(server.post(&leave, bob.token(), json!({})).await.0, 200);
+    let token = since(&sync(&server, &bob, &format!("since={token}&timeout=0")).await);
+    let token = idle(&server, &bob, &token).await;
+    let (_, body) = wakes(&server, &bob, &token, async {
+        send(&server, &alice, &first, "not for bob").await;
+        send(&server, &alice, &second, "three").await;
+    })
+    .await;
+    assert!(body["rooms"]["join"].get(&first).is_none(), "{body}");
+    assert!(joined(&body, &second).is_object(), "{body}");
+}
