@@ -128,3 +128,51 @@ async fn a_long_poll_listens_to_the_rooms_of_the_current_room_list() {
     assert!(body["rooms"]["join"].get(&first).is_none(), "{body}");
     assert!(joined(&body, &second).is_object(), "{body}");
 }
+
+/// Changes that do not move the room event stream, or move it in one room out of hundreds,
+/// reach a sync made right after an idle one: a state change (in the timeline), a room tag
+/// (room account data), and a new member whose devices become known (`device_lists.changed`,
+/// found from the membership changes of the window).
+#[tokio::test]
+async fn state_room_account_data_and_membership_driven_device_lists_reach_an_idle_sync() {
+    let server = TestServer::start().await;
+    let alice = server.register("quiet_alice", "pw").await;
+    let bob = server.register("quiet_bob", "pw").await;
+    let carol = server.register("quiet_carol", "pw").await;
+    let mut rooms = Vec::new();
+    for _ in 0..3 {
+        let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+        join(&server, &bob, &room).await;
+        rooms.push(room);
+    }
+    let room = rooms[1].clone();
+    let token = since(&sync(&server, &bob, "").await);
+    let token = idle(&server, &bob, &token).await;
+
+    // A topic: the state event in the room's timeline.
+    let topic = format!("/_matrix/client/v3/rooms/{}/state/m.room.topic", enc(&room));
+    let ((status, _), body) =
+        wakes(&server, &bob, &token, server.put(&topic, alice.token(), json!({"topic": "news"}))).await;
+    assert_eq!(status, 200);
+    let timeline = events(joined(&body, &room), "timeline");
+    assert!(timeline.iter().any(|e| e["type"] == "m.room.topic" && e["content"]["topic"] == "news"), "{body}");
+    let token = idle(&server, &bob, &since(&body)).await;
+
+    // A tag: the room's account data.
+    let tag = format!("/_matrix/client/v3/user/{}/rooms/{}/tags/u.work", enc(&bob.user_id), enc(&room));
+    let ((status, _), body) = wakes(&server, &bob, &token, server.put(&tag, bob.token(), json!({"order": 0.5}))).await;
+    assert_eq!(status, 200);
+    let account_data = events(joined(&body, &room), "account_data");
+    assert!(account_data.iter().any(|e| e["type"] == "m.tag" && e["content"]["tags"]["u.work"].is_object()), "{body}");
+    let token = idle(&server, &bob, &since(&body)).await;
+
+    // Carol, who has keys and shared no room with bob, joins one of his rooms: her devices
+    // are now his to track.
+    let keys = json!({"device_keys": {"user_id": carol.user_id, "device_id": carol.device_id,
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2"], "keys": {}}});
+    assert_eq!(server.post("/_matrix/client/v3/keys/upload", carol.token(), keys).await.0, 200);
+    let token = idle(&server, &bob, &token).await;
+    let ((), body) = wakes(&server, &bob, &token, join(&server, &carol, &room)).await;
+    let changed = body["device_lists"]["changed"].as_array().cloned().unwrap_or_default();
+    assert!(changed.contains(&json!(carol.user_id)), "{body}");
+}
