@@ -263,15 +263,18 @@ impl Keys {
 
     /// Algorithms of the device's fallback keys that have not been used.
     pub async fn unused_fallback_key_types(&self, user: &UserId, device: &DeviceId) -> Result<Vec<String>> {
-        let prefix = (user.to_owned(), device.to_owned());
+        let (user, device) = (user.to_owned(), device.to_owned());
+        self.db.run(move |db| unused_fallback_key_types(db, &user, &device)).await
+    }
+
+    /// [`one_time_key_counts`](Self::one_time_key_counts) and
+    /// [`unused_fallback_key_types`](Self::unused_fallback_key_types) in one read (every sync
+    /// sends both).
+    pub async fn key_counts(&self, user: &UserId, device: &DeviceId) -> Result<(BTreeMap<String, u64>, Vec<String>)> {
+        let (user, device) = (user.to_owned(), device.to_owned());
         self.db
             .run(move |db| {
-                Ok(FALLBACK_KEYS
-                    .scan_prefix(db, &prefix)?
-                    .into_iter()
-                    .filter(|(_, k)| !k.used)
-                    .map(|((_, _, alg), _)| alg)
-                    .collect())
+                Ok((one_time_key_counts(db, &user, &device)?, unused_fallback_key_types(db, &user, &device)?))
             })
             .await
     }
@@ -592,6 +595,15 @@ fn last_place(db: &Db, user: &UserId, device: &DeviceId, algorithm: &str) -> Res
     let last = ONE_TIME_KEY_ORDER
         .scan_from(db, &end, ScanDirection::Reverse, 1, |(u, d, a, _)| *u == user && *d == device && a == algorithm)?;
     Ok(last.first().map(|((_, _, _, place), _)| *place))
+}
+
+fn unused_fallback_key_types(db: &Db, user: &UserId, device: &DeviceId) -> Result<Vec<String>> {
+    Ok(FALLBACK_KEYS
+        .scan_prefix(db, &(user.to_owned(), device.to_owned()))?
+        .into_iter()
+        .filter(|(_, k)| !k.used)
+        .map(|((_, _, alg), _)| alg)
+        .collect())
 }
 
 fn one_time_key_counts(db: &Db, user: &UserId, device: &DeviceId) -> Result<BTreeMap<String, u64>> {

@@ -72,6 +72,63 @@ struct Registry {
     by_key: HashMap<WakeKey, HashMap<u64, Arc<Waiter>>>,
     /// Every waiter, for shutdown.
     all: HashMap<u64, Arc<Waiter>>,
+    /// Joined rooms listened to as one set per user's room list (see
+    /// [`Registration::listen_rooms`]), by subscription ID.
+    subscriptions: HashMap<u64, Subscription>,
+    /// The subscriptions of each room, and of each user.
+    room_subscriptions: HashMap<OwnedRoomId, HashSet<u64>>,
+    user_subscriptions: HashMap<OwnedUserId, Vec<u64>>,
+    /// Rooms indexed for subscriptions without waiters (kept for the user's next sync).
+    idle_rooms: usize,
+}
+
+/// A user's joined rooms, listened to by the syncs that read the same room list. A long-polling
+/// client registers again right after each answer: its next registration finds the rooms
+/// already indexed and costs one lookup instead of one entry per room.
+struct Subscription {
+    user: OwnedUserId,
+    /// The room list the rooms come from (compared by identity: a changed list is a new one).
+    list: RoomList,
+    rooms: Vec<OwnedRoomId>,
+    waiters: HashMap<u64, Arc<Waiter>>,
+}
+
+/// A user's memberships, as the rooms service shares them (`Rooms::user_room_list`).
+pub type RoomList = Arc<Vec<(OwnedRoomId, crate::storage::room_tables::UserMembership)>>;
+
+/// Rooms of idle subscriptions kept at most (about 100 bytes each).
+const MAX_IDLE_ROOMS: usize = 100_000;
+
+impl Registry {
+    fn remove_subscription(&mut self, id: u64) {
+        let Some(subscription) = self.subscriptions.remove(&id) else { return };
+        if subscription.waiters.is_empty() {
+            self.idle_rooms -= subscription.rooms.len();
+        }
+        if let Some(ids) = self.user_subscriptions.get_mut(&subscription.user) {
+            ids.retain(|other| *other != id);
+            if ids.is_empty() {
+                self.user_subscriptions.remove(&subscription.user);
+            }
+        }
+        for room in &subscription.rooms {
+            if let Some(ids) = self.room_subscriptions.get_mut(room) {
+                ids.remove(&id);
+                if ids.is_empty() {
+                    self.room_subscriptions.remove(room);
+                }
+            }
+        }
+    }
+
+    /// Drops every subscription without waiters.
+    fn remove_idle_subscriptions(&mut self) {
+        let idle: Vec<u64> =
+            self.subscriptions.iter().filter(|(_, s)| s.waiters.is_empty()).map(|(id, _)| *id).collect();
+        for id in idle {
+            self.remove_subscription(id);
+        }
+    }
 }
 
 pub struct Notifier {
@@ -97,6 +154,8 @@ pub struct Registration<'a> {
     id: u64,
     keys: Vec<WakeKey>,
     waiter: Arc<Waiter>,
+    /// The room subscription it waits on, if any.
+    subscription: Option<u64>,
 }
 
 impl Registration<'_> {
@@ -109,6 +168,52 @@ impl Registration<'_> {
                 self.keys.push(key);
             }
         }
+    }
+
+    /// Listens to the joined rooms of `user`'s room list, as [`listen`](Self::listen) with a
+    /// [`WakeKey::Room`] each would, through the subscription of that list (made on the first
+    /// registration that brings it). Call it once per registration.
+    pub fn listen_rooms(&mut self, user: &ruma::UserId, list: RoomList) {
+        let mut registry = self.notifier.registry();
+        let mine: Vec<u64> = registry.user_subscriptions.get(user).cloned().unwrap_or_default();
+        let found =
+            mine.iter().copied().find(|id| registry.subscriptions.get(id).is_some_and(|s| Arc::ptr_eq(&s.list, &list)));
+        let id = match found {
+            Some(id) => id,
+            None => {
+                // The user's subscriptions to older lists that nothing waits on are done with.
+                let stale = mine
+                    .iter()
+                    .copied()
+                    .filter(|id| registry.subscriptions.get(id).is_some_and(|s| s.waiters.is_empty()));
+                for id in stale.collect::<Vec<_>>() {
+                    registry.remove_subscription(id);
+                }
+                if registry.idle_rooms > MAX_IDLE_ROOMS {
+                    registry.remove_idle_subscriptions();
+                }
+                registry.next_id += 1;
+                let id = registry.next_id;
+                let rooms: Vec<OwnedRoomId> =
+                    list.iter().filter(|(_, m)| m.membership == "join").map(|(room, _)| room.clone()).collect();
+                for room in &rooms {
+                    registry.room_subscriptions.entry(room.clone()).or_default().insert(id);
+                }
+                registry.idle_rooms += rooms.len();
+                let subscription = Subscription { user: user.to_owned(), list, rooms, waiters: HashMap::new() };
+                registry.subscriptions.insert(id, subscription);
+                registry.user_subscriptions.entry(user.to_owned()).or_default().push(id);
+                id
+            }
+        };
+        let Some(subscription) = registry.subscriptions.get_mut(&id) else { return };
+        let was_idle = subscription.waiters.is_empty();
+        subscription.waiters.insert(self.id, self.waiter.clone());
+        let rooms = subscription.rooms.len();
+        if was_idle {
+            registry.idle_rooms -= rooms;
+        }
+        self.subscription = Some(id);
     }
 
     /// Waits until a registered key is woken (true) or `deadline` passes (false).
@@ -129,6 +234,15 @@ impl Drop for Registration<'_> {
             }
         }
         registry.all.remove(&self.id);
+        if let Some(id) = self.subscription
+            && let Some(subscription) = registry.subscriptions.get_mut(&id)
+        {
+            subscription.waiters.remove(&self.id);
+            if subscription.waiters.is_empty() {
+                let rooms = subscription.rooms.len();
+                registry.idle_rooms += rooms;
+            }
+        }
         crate::service::metrics::global().sync_wait_ended();
     }
 }
@@ -161,7 +275,7 @@ impl Notifier {
             id
         };
         crate::service::metrics::global().sync_wait_started();
-        let mut registration = Registration { notifier: self, id, keys: Vec::new(), waiter };
+        let mut registration = Registration { notifier: self, id, keys: Vec::new(), waiter, subscription: None };
         registration.listen(keys);
         if self.is_shutting_down() {
             registration.waiter.wake();
@@ -189,14 +303,14 @@ impl Notifier {
 
     /// The rooms some waiter listens to.
     pub fn waiting_rooms(&self) -> Vec<OwnedRoomId> {
-        self.registry()
-            .by_key
-            .keys()
-            .filter_map(|key| match key {
-                WakeKey::Room(room) => Some(room.clone()),
-                _ => None,
-            })
-            .collect()
+        let registry = self.registry();
+        let keyed = registry.by_key.keys().filter_map(|key| match key {
+            WakeKey::Room(room) => Some(room),
+            _ => None,
+        });
+        let subscribed = registry.subscriptions.values().filter(|s| !s.waiters.is_empty()).flat_map(|s| &s.rooms);
+        let rooms: HashSet<&OwnedRoomId> = keyed.chain(subscribed).collect();
+        rooms.into_iter().cloned().collect()
     }
 
     /// A user's device list or presence changed: wakes them and everyone sharing a room with
@@ -265,6 +379,12 @@ impl Notifier {
             for key in keys {
                 if let Some(waiters) = registry.by_key.get(key) {
                     woken += waiters.values().filter(|waiter| waiter.wake()).count() as u64;
+                }
+                if let WakeKey::Room(room) = key {
+                    for id in registry.room_subscriptions.get(room).into_iter().flatten() {
+                        let waiters = registry.subscriptions.get(id).into_iter().flat_map(|s| s.waiters.values());
+                        woken += waiters.filter(|waiter| waiter.wake()).count() as u64;
+                    }
                 }
             }
         }

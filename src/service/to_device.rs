@@ -54,7 +54,14 @@ pub struct ToDevice {
     appservice_users: AppServiceUsers,
     /// Messages received from other servers since start-up (to prune old message IDs now and then).
     received: std::sync::atomic::AtomicU64,
+    /// Per device, the position up to which its messages were deleted since start-up: a sync
+    /// presenting the same token again deletes nothing (positions only grow, so no message
+    /// can be queued at or below it later).
+    acknowledged: std::sync::Mutex<std::collections::HashMap<(OwnedUserId, OwnedDeviceId), u64>>,
 }
+
+/// Devices whose acknowledged position is remembered; past it the memory starts again.
+const ACKNOWLEDGED_DEVICES: usize = 100_000;
 
 impl ToDevice {
     pub fn new(
@@ -63,7 +70,15 @@ impl ToDevice {
         server_name: OwnedServerName,
         appservice_users: AppServiceUsers,
     ) -> Self {
-        Self { db, notifier, server_name, lock: WriteLock::new(), appservice_users, received: Default::default() }
+        Self {
+            db,
+            notifier,
+            server_name,
+            lock: WriteLock::new(),
+            appservice_users,
+            received: Default::default(),
+            acknowledged: Default::default(),
+        }
     }
 
     /// Queues messages for local devices and, for users of other servers, in the outbound
@@ -315,7 +330,12 @@ impl ToDevice {
 
     /// Deletes a device's messages up to and including `position` (acknowledged by a sync).
     pub async fn acknowledge(&self, user: &UserId, device: &DeviceId, position: u64) -> Result<()> {
-        let (user, device) = (user.to_owned(), device.to_owned());
+        let key = (user.to_owned(), device.to_owned());
+        let acknowledged = || self.acknowledged.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if acknowledged().get(&key).is_some_and(|done| *done >= position) {
+            return Ok(());
+        }
+        let (user, device) = key.clone();
         self.db
             .run(move |db| {
                 let start = (user.clone(), device.clone(), 0);
@@ -328,7 +348,14 @@ impl ToDevice {
                 }
                 Ok(db.write(batch)?)
             })
-            .await
+            .await?;
+        let mut acknowledged = acknowledged();
+        if acknowledged.len() >= ACKNOWLEDGED_DEVICES {
+            acknowledged.clear();
+        }
+        let done = acknowledged.entry(key).or_default();
+        *done = (*done).max(position);
+        Ok(())
     }
 }
 

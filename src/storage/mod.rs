@@ -14,6 +14,7 @@ pub mod engine;
 pub mod erasure_tables;
 pub mod federation_send_tables;
 pub mod federation_tables;
+mod generations;
 pub mod key_tables;
 pub mod media_admin_tables;
 pub mod membership_tables;
@@ -197,6 +198,8 @@ pub struct Db {
     engine: Arc<dyn Engine>,
     /// The same engine, when encryption at rest is on (for its keys and rotation).
     encryption: Option<Arc<encryption::engine::EncryptedEngine>>,
+    /// Write generations of the tables services keep copies of (see `generations.rs`).
+    generations: Arc<generations::Generations>,
 }
 
 impl Db {
@@ -222,7 +225,7 @@ impl Db {
         let plan = encryption::startup::plan(keys, &stored, path)?;
         let engine: Arc<dyn Engine> = Arc::new(rocks::RocksEngine::open(path, &all_tables, &settings)?);
         let db = match plan {
-            None => Self { engine, encryption: None },
+            None => Self { engine, encryption: None, generations: Arc::default() },
             Some(plan) => {
                 let migrate = plan.migrate;
                 let encrypted = Arc::new(encryption::engine::EncryptedEngine::open(engine, plan)?);
@@ -238,7 +241,7 @@ impl Db {
                     key_id = %encrypted.keyring().active_id(),
                     "encryption at rest: database values and media files are encrypted"
                 );
-                Self { engine: encrypted.clone(), encryption: Some(encrypted) }
+                Self { engine: encrypted.clone(), encryption: Some(encrypted), generations: Arc::default() }
             }
         };
         schema::check_and_migrate(&db, config.server_name.as_str())?;
@@ -255,7 +258,7 @@ impl Db {
 
     /// A database over any engine (tests, future engines).
     pub fn with_engine(engine: Arc<dyn Engine>) -> Self {
-        Self { engine, encryption: None }
+        Self { engine, encryption: None, generations: Arc::default() }
     }
 
     /// Whether both handles read the same store (not one of them a staged view).
@@ -266,7 +269,7 @@ impl Db {
     /// A handle over `engine` (a staged view of this database) with this database's encryption
     /// at rest, so index terms are hashed alike.
     fn with_staged_engine(&self, engine: Arc<dyn Engine>) -> Self {
-        Self { engine, encryption: self.encryption.clone() }
+        Self { engine, encryption: self.encryption.clone(), generations: self.generations.clone() }
     }
 
     /// What stands for `term` (a word, URL or other user content) in a table's key: the term
@@ -314,7 +317,19 @@ impl Db {
         if batch.is_empty() {
             return Ok(());
         }
-        self.engine.write(batch.ops)
+        let touched = self.generations.touched(&batch.ops);
+        let written = self.engine.write(batch.ops);
+        // Moved on even after a failed write: a cache miss costs a read, a stale copy an answer.
+        self.generations.advance(touched);
+        written
+    }
+
+    /// The write generation of `table`'s rows whose key starts with `first` (see
+    /// `generations.rs`): take it before reading those rows, and keep a copy of them under it;
+    /// while it stays the same, none of them was written. Always 0 for a table without
+    /// generations.
+    pub fn generation<K: KeyCodec, V: ValueCodec, P: KeyCodec>(&self, table: &Table<K, V>, first: &P) -> u64 {
+        self.generations.get(table.name, &first.encode())
     }
 
     /// Runs blocking storage work on the blocking thread pool, so the async runtime never stalls.

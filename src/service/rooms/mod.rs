@@ -43,6 +43,7 @@ mod stream;
 pub mod stream_read;
 mod sync_read;
 mod upgrade;
+mod user_rooms;
 pub mod versions;
 
 use std::{
@@ -111,6 +112,8 @@ pub struct RoomCore {
     last_create_ts: std::sync::atomic::AtomicU64,
     /// Servers joined per state group, for the federation sender (see `servers.rs`).
     servers: servers::ServerCache,
+    /// Local users' room lists (see `user_rooms.rs`).
+    user_rooms: user_rooms::UserRoomsCache,
 }
 
 pub struct Rooms {
@@ -228,6 +231,7 @@ impl Rooms {
             push_profiles,
             last_create_ts: std::sync::atomic::AtomicU64::new(0),
             servers: Default::default(),
+            user_rooms: Default::default(),
         };
         Ok(Self {
             core: Arc::new(core),

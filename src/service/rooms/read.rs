@@ -398,11 +398,7 @@ impl Rooms {
 
     /// Every room a local user has a membership in.
     pub async fn user_rooms(&self, user_id: &UserId) -> Result<Vec<(OwnedRoomId, UserMembership)>> {
-        let user_id = user_id.to_owned();
-        self.run(move |_, db| {
-            Ok(USER_ROOMS.scan_prefix(db, &(user_id,))?.into_iter().map(|((_, room), m)| (room, m)).collect())
-        })
-        .await
+        Ok(self.user_room_list(user_id).await?.as_ref().clone())
     }
 
     pub async fn set_forgotten(&self, user_id: &UserId, room_id: &RoomId) -> Result<()> {
@@ -576,8 +572,13 @@ impl Rooms {
 impl Rooms {
     /// Whether two users are both joined to some room (for key visibility).
     pub async fn share_a_room(&self, a: &UserId, b: &UserId) -> Result<bool> {
-        let mut rooms_of_a: Vec<OwnedRoomId> =
-            self.user_rooms(a).await?.into_iter().filter(|(_, m)| m.membership == "join").map(|(r, _)| r).collect();
+        let mut rooms_of_a: Vec<OwnedRoomId> = self
+            .user_room_list(a)
+            .await?
+            .iter()
+            .filter(|(_, m)| m.membership == "join")
+            .map(|(r, _)| r.clone())
+            .collect();
         rooms_of_a.sort();
         for room in rooms_of_a {
             if let Some(member) = self.state_event(&room, &StateEventType::RoomMember, b.as_str()).await?

@@ -260,16 +260,22 @@ impl Rooms {
         upto: u64,
     ) -> Result<Option<Vec<MembershipChange>>> {
         self.run(move |core, db| {
-            let mut wanted = HashMap::new();
-            for room_id in rooms {
-                if let Some(short) = core.interner.short_room(db, &room_id)? {
-                    wanted.insert(short, room_id);
-                }
-            }
             let Some(events) = events_between(db, after, upto)? else { return Ok(None) };
+            // Only the rooms with events in the window are looked up, each once (not every
+            // room of the list: a user may be in hundreds).
+            let wanted: HashSet<OwnedRoomId> = rooms.into_iter().collect();
+            let mut room_of: HashMap<u64, Option<OwnedRoomId>> = HashMap::new();
             let mut changes = Vec::new();
             for (_, (short_room, short_event)) in events {
-                let Some(room_id) = wanted.get(&short_room) else { continue };
+                let room_id = match room_of.get(&short_room) {
+                    Some(known) => known,
+                    None => {
+                        // A room purged since has no ID any more: none of the user's rooms.
+                        let room_id = crate::storage::room_tables::ROOM_IDS.get(db, &short_room)?;
+                        room_of.entry(short_room).or_insert(room_id.filter(|room_id| wanted.contains(room_id)))
+                    }
+                };
+                let Some(room_id) = room_id else { continue };
                 let Some(meta) = EVENT_META.get(db, &short_event)? else { continue };
                 let Some(state_key) = meta.state_key.filter(|_| meta.is_served()) else { continue };
                 let names = core.interner.state_key(db, state_key)?;

@@ -27,7 +27,11 @@ pub(crate) async fn to_device<T>(
     if after > 0 {
         services.to_device.acknowledge(user, device, after).await?;
     }
-    let pending = services.to_device.pending(user, device, after, TO_DEVICE_LIMIT).await?;
+    // Nothing was queued for anyone after the token.
+    let pending = match since {
+        Some(_) if after >= now => Vec::new(),
+        _ => services.to_device.pending(user, device, after, TO_DEVICE_LIMIT).await?,
+    };
     let full = pending.len() >= TO_DEVICE_LIMIT;
     let mut events = Vec::with_capacity(pending.len());
     let mut last = after;
@@ -96,11 +100,11 @@ pub async fn device_list_changes(
         // Rooms the user is in, or whose membership changed in the window (a leave in it).
         let rooms: Vec<OwnedRoomId> = services
             .rooms
-            .user_rooms(user)
+            .user_room_list(user)
             .await?
-            .into_iter()
+            .iter()
             .filter(|(_, m)| m.membership == "join" || m.position > after)
-            .map(|(room, _)| room)
+            .map(|(room, _)| room.clone())
             .collect();
         // With more events than one scan reads, only key changes are reported; a client that
         // misses a membership-driven change re-queries keys when it next shares a room anyway.
@@ -158,21 +162,13 @@ pub(crate) async fn key_counts(
     user: &UserId,
     device: &DeviceId,
 ) -> Result<(BTreeMap<OneTimeKeyAlgorithm, UInt>, Vec<OneTimeKeyAlgorithm>)> {
-    let counts = services
-        .keys
-        .one_time_key_counts(user, device)
-        .await?
+    let (counts, fallback) = services.keys.key_counts(user, device).await?;
+    let counts = counts
         .into_iter()
         .map(|(algorithm, count)| {
             (OneTimeKeyAlgorithm::from(algorithm.as_str()), UInt::try_from(count).unwrap_or(UInt::MAX))
         })
         .collect();
-    let fallback = services
-        .keys
-        .unused_fallback_key_types(user, device)
-        .await?
-        .iter()
-        .map(|algorithm| OneTimeKeyAlgorithm::from(algorithm.as_str()))
-        .collect();
+    let fallback = fallback.iter().map(|algorithm| OneTimeKeyAlgorithm::from(algorithm.as_str())).collect();
     Ok((counts, fallback))
 }

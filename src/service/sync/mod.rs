@@ -72,8 +72,15 @@ struct Context<'a> {
     room_account_data: HashMap<String, Vec<AccountDataEntry>>,
     /// `m.receipt` content of the joined rooms whose receipts changed.
     receipts: HashMap<OwnedRoomId, serde_json::Value>,
+    /// Users whose events and invites this user ignores (read when a room needs them).
+    ignored: tokio::sync::OnceCell<std::collections::HashSet<ruma::OwnedUserId>>,
+}
+
+impl Context<'_> {
     /// Users whose events and invites this user ignores.
-    ignored: std::collections::HashSet<ruma::OwnedUserId>,
+    async fn ignored(&self) -> Result<&std::collections::HashSet<ruma::OwnedUserId>> {
+        self.ignored.get_or_try_init(|| self.services.account_data.ignored_users(self.user)).await
+    }
 }
 
 /// Serialises a JSON value into a ruma `Raw`.
@@ -89,14 +96,21 @@ pub(crate) fn raw_account_data<T>(entry: &AccountDataEntry) -> Result<Raw<T>> {
 
 /// Every sync stream's newest position.
 pub(crate) async fn current_token(services: &Services) -> Result<SyncToken> {
+    // The stored counters are read at the same time (each is a trip to the blocking pool).
+    let (account_data, to_device, receipts, presence) = tokio::try_join!(
+        services.account_data.position(),
+        services.to_device.current_position(),
+        services.receipts.position(),
+        services.presence.position(),
+    )?;
     Ok(SyncToken {
         events: services.rooms.current_position(),
-        account_data: services.account_data.position().await?,
-        to_device: services.to_device.current_position().await?,
+        account_data,
+        to_device,
         key_changes: services.keys.current_position(),
         typing: services.typing.serial(),
-        receipts: services.receipts.position().await?,
-        presence: services.presence.position().await?,
+        receipts,
+        presence,
     })
 }
 
@@ -122,8 +136,7 @@ pub(crate) async fn listen<'a>(
     let mut registration = services
         .notifier
         .register([WakeKey::User(user.to_owned()), WakeKey::Device(user.to_owned(), device.to_owned())]);
-    let rooms = services.rooms.user_rooms(user).await?;
-    registration.listen(rooms.into_iter().filter(|(_, m)| m.membership == "join").map(|(room, _)| WakeKey::Room(room)));
+    registration.listen_rooms(user, services.rooms.user_room_list(user).await?);
     Ok(registration)
 }
 
@@ -196,7 +209,12 @@ async fn build(
         presence::collect(services, user, &filter.presence, since.map(|s| s.presence), now.presence).await?;
     let mut room_account_data: HashMap<String, Vec<AccountDataEntry>> = HashMap::new();
     let mut push_rules_sent = false;
-    for entry in services.account_data.changes(user, since.map(|s| s.account_data), now.account_data).await? {
+    // A stream whose position has not moved since the token has nothing to read.
+    let account_data = match since {
+        Some(since) if since.account_data >= now.account_data => Vec::new(),
+        _ => services.account_data.changes(user, since.map(|s| s.account_data), now.account_data).await?,
+    };
+    for entry in account_data {
         if entry.room.is_empty() {
             if filter::account_data_allowed(&filter.account_data, &entry.event_type) {
                 push_rules_sent |= entry.event_type == crate::service::push::PUSH_RULES_TYPE;
@@ -217,19 +235,23 @@ async fn build(
             serde_json::json!({ "type": crate::service::push::PUSH_RULES_TYPE, "content": { "global": ruleset } });
         response.account_data.events.push(raw_json(&event)?);
     }
-    let joined: Vec<OwnedRoomId> = services
-        .rooms
-        .user_rooms(user)
-        .await?
-        .into_iter()
-        .filter(|(_, m)| m.membership == "join")
-        .map(|(room, _)| room)
-        .collect();
-    let receipts = services.receipts.for_sync(user, joined, since.map(|s| s.receipts), now.receipts).await?;
+    let receipts = match since {
+        Some(since) if since.receipts >= now.receipts => HashMap::new(),
+        _ => {
+            let joined: Vec<OwnedRoomId> = services
+                .rooms
+                .user_room_list(user)
+                .await?
+                .iter()
+                .filter(|(_, m)| m.membership == "join")
+                .map(|(room, _)| room.clone())
+                .collect();
+            services.receipts.for_sync(user, joined, since.map(|s| s.receipts), now.receipts).await?
+        }
+    };
     if since.is_none() || full_state {
         services.lazy_members.reset(user, device);
     }
-    let ignored = services.account_data.ignored_users(user).await?;
     let context = Context {
         services,
         user,
@@ -241,7 +263,7 @@ async fn build(
         use_state_after,
         room_account_data,
         receipts,
-        ignored,
+        ignored: tokio::sync::OnceCell::new(),
     };
     response.rooms = rooms::collect(&context).await?;
     event_fields::apply(&mut response, filter.event_fields.as_deref());

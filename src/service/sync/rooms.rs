@@ -1,7 +1,7 @@
 //! The `rooms` part of a sync: which rooms to show (joined, invited, left) and, for each, the
 //! timeline window since the last sync, the state before it, room account data and the summary.
 
-use std::{collections::HashSet, sync::Arc};
+use std::{borrow::Cow, collections::HashSet, sync::Arc};
 
 use futures_util::StreamExt;
 
@@ -131,52 +131,54 @@ pub(super) async fn collect(ctx: &Context<'_>) -> Result<Rooms> {
     let upto = ctx.now.events;
     // Incrementally, a joined room without events or account data since is left out early.
     let changed = match since {
+        Some(s) if !ctx.full_state && s >= upto => Some(HashSet::new()),
         Some(s) if !ctx.full_state => ctx.services.rooms.rooms_with_events(s, upto).await?,
         _ => None,
     };
-    for (room_id, record) in ctx.services.rooms.user_rooms(ctx.user).await? {
-        if !filter::room_allowed(ctx.filter, &room_id) {
+    let list = ctx.services.rooms.user_room_list(ctx.user).await?;
+    for (room_id, record) in list.iter() {
+        if !filter::room_allowed(ctx.filter, room_id) {
             continue;
         }
         // A membership newer than this sync's snapshot: use the membership at the snapshot.
         let (membership, position) = if record.position <= upto {
-            (record.membership.clone(), Some(record.position))
+            (Cow::Borrowed(record.membership.as_str()), Some(record.position))
         } else {
-            match ctx.services.rooms.membership_event_at(ctx.user, &room_id, upto).await? {
-                Some((membership, at)) => (membership, at),
+            match ctx.services.rooms.membership_event_at(ctx.user, room_id, upto).await? {
+                Some((membership, at)) => (Cow::Owned(membership), at),
                 None => continue,
             }
         };
-        match membership.as_str() {
+        match &*membership {
             "join" => {
-                let quiet = changed.as_ref().is_some_and(|rooms| !rooms.contains(&room_id))
+                let quiet = changed.as_ref().is_some_and(|rooms| !rooms.contains(room_id))
                     && !ctx.room_account_data.contains_key(room_id.as_str())
-                    && ephemeral(ctx, &room_id)?.is_empty();
+                    && ephemeral(ctx, room_id)?.is_empty();
                 if quiet {
                     continue;
                 }
-                joined.push((room_id, position));
+                joined.push((room_id.clone(), position));
             }
             "invite" => {
                 let new = match since {
                     None => true,
-                    Some(s) => changed_since(ctx, &room_id, &membership, position, s).await?,
+                    Some(s) => changed_since(ctx, room_id, &membership, position, s).await?,
                 };
-                if new && let Some(invited) = invited_room(ctx, &room_id).await? {
+                if new && let Some(invited) = invited_room(ctx, room_id).await? {
                     rooms.invite.insert(room_id.clone(), invited);
                 }
             }
             "knock" => {
                 let new = match since {
                     None => true,
-                    Some(s) => changed_since(ctx, &room_id, &membership, position, s).await?,
+                    Some(s) => changed_since(ctx, room_id, &membership, position, s).await?,
                 };
                 if new {
                     let mut state = KnockState::new();
                     // A knock on a room of other servers: the stripped state its server sent.
-                    state.events = match ctx.services.rooms.out_of_band(ctx.user, &room_id).await? {
+                    state.events = match ctx.services.rooms.out_of_band(ctx.user, room_id).await? {
                         Some(record) => out_of_band_stripped_state(ctx, &record)?,
-                        None => stripped_state(ctx, &room_id).await?,
+                        None => stripped_state(ctx, room_id).await?,
                     };
                     rooms.knock.insert(room_id.clone(), KnockedRoom::from(state));
                 }
@@ -186,14 +188,14 @@ pub(super) async fn collect(ctx: &Context<'_>) -> Result<Rooms> {
                     // A forgotten room is left out of initial syncs; an incremental one still
                     // shows a leave that happened after its token.
                     None => ctx.filter.room.include_leave && !record.forgotten,
-                    Some(s) => changed_since(ctx, &room_id, &membership, position, s).await?,
+                    Some(s) => changed_since(ctx, room_id, &membership, position, s).await?,
                 };
                 if show {
-                    let left = match ctx.services.rooms.out_of_band(ctx.user, &room_id).await? {
+                    let left = match ctx.services.rooms.out_of_band(ctx.user, room_id).await? {
                         Some(record) => out_of_band_left_room(ctx, &record)?,
-                        None => left_room(ctx, &room_id, position.unwrap_or(upto)).await?,
+                        None => left_room(ctx, room_id, position.unwrap_or(upto)).await?,
                     };
-                    rooms.leave.insert(room_id, left);
+                    rooms.leave.insert(room_id.clone(), left);
                 }
             }
             _ => {}
@@ -341,7 +343,7 @@ async fn invited_room(ctx: &Context<'_>, room_id: &OwnedRoomId) -> Result<Option
 /// Whether an invite from `inviter` stays out of the user's syncs: they ignore the inviter, or
 /// their invite permission config ignores or blocks them (spec v1.18, MSC4155).
 async fn invite_hidden(ctx: &Context<'_>, inviter: &ruma::UserId) -> Result<bool> {
-    Ok(ctx.ignored.contains(inviter)
+    Ok(ctx.ignored().await?.contains(inviter)
         || ctx.services.account_data.invite_decision(ctx.user, inviter).await?
             != crate::service::invite_filter::Decision::Allow)
 }
@@ -400,7 +402,7 @@ async fn section(ctx: &Context<'_>, room_id: &OwnedRoomId, upto: u64, full: bool
     let since = ctx.since.map(|s| s.events);
     let room_filter = &ctx.filter.room;
     let timeline_filter = room_filter.timeline.clone();
-    let ignored = ctx.ignored.clone();
+    let ignored = ctx.ignored().await?.clone();
     let wanted: EventPredicate = if filter::room_event_room_allowed(&timeline_filter, room_id) {
         Arc::new(move |pdu: &Pdu| {
             !ignored.contains(&pdu.sender)

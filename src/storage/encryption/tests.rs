@@ -95,6 +95,7 @@ fn terms_are_keyed_hashes_and_the_directory_keeps_prefix_search() {
     let db = Db {
         engine: inner,
         encryption: Some(Arc::new(EncryptedEngine::with_keyring(plain.engine.clone(), keyring(1, None)))),
+        generations: Default::default(),
     };
     let hashed = db.term("hello");
     assert_eq!(hashed.len(), 32);
