@@ -75,6 +75,7 @@ mod state_keys;
 mod storage_report;
 mod sync;
 mod sync_filters;
+mod sync_initial_cache;
 mod sync_knock;
 mod sync_served;
 mod sync_wake;
