@@ -340,7 +340,7 @@ async fn backfilled_history_is_prepended_to_the_timeline() {
         let mut from = None;
         loop {
             let (page, next) = services.rooms.timeline(&alice, &room, from, Reverse, 2).await.unwrap();
-            seen.extend(page.into_iter().map(|e| e.pdu.event_id));
+            seen.extend(page.into_iter().map(|e| e.pdu.event_id.clone()));
             match next {
                 Some(next) => from = Some(next),
                 None => break,
@@ -357,7 +357,7 @@ async fn backfilled_history_is_prepended_to_the_timeline() {
         assert_eq!(page.len(), expected.len());
         let cursor = cursor.unwrap_or_else(|| panic!("{version}: a full page has a cursor"));
         let (forward, _) = services.rooms.timeline(&alice, &room, Some(cursor), Forward, 1000).await.unwrap();
-        let forward: Vec<OwnedEventId> = forward.into_iter().map(|e| e.pdu.event_id).collect();
+        let forward: Vec<OwnedEventId> = forward.into_iter().map(|e| e.pdu.event_id.clone()).collect();
         let mut expected_forward: Vec<OwnedEventId> = vec![backfilled[0].clone()];
         expected_forward.extend(live.iter().rev().map(|e| e.pdu.event_id.clone()));
         assert_eq!(forward, expected_forward, "{version}: forwards");
@@ -442,7 +442,7 @@ async fn malformed_events_are_always_refused_cleanly() {
         let room = public_room(&services, &alice, version.clone()).await;
         let message = NewEvent::message(TimelineEventType::RoomMessage, json!({"msgtype": "m.text", "body": "seed"}));
         let seed = services.rooms.send(&room, &alice, message).await.unwrap();
-        let seed = services.rooms.event_for(&alice, &seed.event_id).await.unwrap().unwrap().pdu.json;
+        let seed = services.rooms.event_for(&alice, &seed.event_id).await.unwrap().unwrap().pdu.json.clone();
         let mut rng = StdRng::seed_from_u64(0x007e_1115 + version.as_str().len() as u64);
         for round in 0..150 {
             let candidate = mutate(&mut rng, &seed);

@@ -159,11 +159,11 @@ async fn brute_auth_chain(services: &Services, user: &UserId, events: &[OwnedEve
     let mut chain = BTreeSet::new();
     let mut stack: Vec<OwnedEventId> = Vec::new();
     for event in events {
-        stack.extend(services.rooms.event_for(user, event).await.unwrap().unwrap().pdu.auth_events);
+        stack.extend(services.rooms.event_for(user, event).await.unwrap().unwrap().pdu.auth_events.clone());
     }
     while let Some(id) = stack.pop() {
         if chain.insert(id.clone()) {
-            stack.extend(services.rooms.event_for(user, &id).await.unwrap().unwrap().pdu.auth_events);
+            stack.extend(services.rooms.event_for(user, &id).await.unwrap().unwrap().pdu.auth_events.clone());
         }
     }
     chain

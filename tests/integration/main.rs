@@ -77,6 +77,7 @@ mod storage_report;
 mod sync;
 mod sync_filters;
 mod sync_idle;
+mod sync_initial_cache;
 mod sync_knock;
 mod sync_served;
 mod sync_wake;

@@ -380,8 +380,9 @@ impl RoomCore {
             return Ok(outcome);
         }
         let mut batch = Batch::new();
-        self.store_off_timeline(db, &mut batch, &pdu, None)?;
+        let (short_event, _) = self.store_off_timeline(db, &mut batch, &pdu, None)?;
         db.write(batch)?;
+        self.forget_stored(short_event);
         Ok(Outcome::Accepted(Accepted { event_id, position: None, soft_failed: false }))
     }
 
@@ -493,7 +494,9 @@ impl RoomCore {
             rejected: true,
         };
         batch.put(&EVENT_META, &short_event, &meta)?;
-        Ok(db.write(batch)?)
+        db.write(batch)?;
+        self.forget_stored(short_event);
+        Ok(())
     }
 
     /// The state-dependent auth rules against a state map.
@@ -589,6 +592,7 @@ impl RoomCore {
         if soft_failed {
             batch.put(&EVENT_META, &short_event, &meta)?;
             db.write(batch)?;
+            self.forget_stored(short_event);
             return Ok(Accepted { event_id: pdu.event_id, position: None, soft_failed });
         }
 
@@ -700,6 +704,7 @@ impl RoomCore {
             },
         )?;
         db.write(batch)?;
+        self.forget_stored(short_event);
         reserved.wakes(super::stream::wake_keys(&pdu.room_id, &pdu.kind.to_string(), pdu.state_key.as_deref()));
         drop(reserved);
         if push_queued {

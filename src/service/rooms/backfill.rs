@@ -83,6 +83,7 @@ impl RoomCore {
         batch.put(&BACKFILL, &(short_room, record.backfilled), &short_event)?;
         batch.put(&ROOMS, &short_room, &record)?;
         db.write(batch)?;
+        self.forget_stored(short_event);
         crate::service::metrics::global().event_persisted("backfill");
         Ok(Outcome::Accepted(Accepted { event_id, position: None, soft_failed: false }))
     }

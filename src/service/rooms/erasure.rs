@@ -73,7 +73,21 @@ impl RoomCore {
         rules: &RoomVersionRules,
         memo: &mut VisibilityMemo,
     ) -> Result<Pdu> {
-        let pdu = self.event_for_client(db, short, rules)?;
+        Ok((*self.served_event_shared(db, viewer, short, meta, rules, memo)?).clone())
+    }
+
+    /// [`served_event`](Self::served_event) without copying an event served unchanged out of
+    /// the event cache.
+    pub(super) fn served_event_shared(
+        &self,
+        db: &Db,
+        viewer: &UserId,
+        short: u64,
+        meta: &EventMeta,
+        rules: &RoomVersionRules,
+        memo: &mut VisibilityMemo,
+    ) -> Result<Arc<Pdu>> {
+        let pdu = self.shared_event_for_client(db, short, rules)?;
         if pdu.sender == viewer || !self.sender_erased(db, &pdu.sender, memo)? {
             return Ok(pdu);
         }
@@ -81,7 +95,7 @@ impl RoomCore {
         if self.membership_in_group(db, viewer, before, memo)?.as_deref() == Some("join") {
             return Ok(pdu);
         }
-        pruned(&pdu, rules)
+        pruned(&pdu, rules).map(Arc::new)
     }
 
     /// Rewrites one stored event to its redacted form and removes what was derived from its
@@ -115,7 +129,9 @@ impl RoomCore {
                 batch.delete(&EVENT_STREAM, &row);
             }
         }
-        Ok(db.write(batch)?)
+        db.write(batch)?;
+        self.forget_stored(short);
+        Ok(())
     }
 
     /// Redacts the `unsigned.prev_content` a state event copied from the event it replaced, when
@@ -148,7 +164,9 @@ impl RoomCore {
         }
         let mut batch = Batch::new();
         batch.put(&PDUS, &short, &raw(&json)?)?;
-        Ok(db.write(batch)?)
+        db.write(batch)?;
+        self.forget_stored(short);
+        Ok(())
     }
 
     /// Prunes one page of a room's timeline (live rows from `cursor` forwards, or backfilled

@@ -1,11 +1,14 @@
 //! A cache of parsed stored events by short event ID, bounded in bytes (`event_cache_capacity_mb`).
 //!
 //! Serving an event (a sync, `/messages`, `/context`) used to parse its stored JSON every time;
-//! with this cache a read of a known event costs the storage read and a byte comparison. Each
-//! entry keeps the exact stored bytes it was parsed from and is used only when the stored bytes
-//! read now are the same, so a stored event rewritten in place (erasure, pruning) can never be
-//! answered from a stale entry, whatever path rewrote it. Redactions are applied after the cache
-//! (`event_for_client` looks at the redactions of the event each time), so they need nothing here.
+//! with this cache a read of a known event costs one hash lookup, and no storage read. Every
+//! writer that rewrites a stored event in place (an outlier or a rejected event accepted again,
+//! erasure and pruning; see `RoomCore::forget_stored`) calls [`EventCache::forget`] after its
+//! batch is written. A miss takes a ticket (the cache's generation) before it reads the stored
+//! event, and its parse is kept only when no event it could have read stale was forgotten since:
+//! a reader that read the old bytes just before a rewrite never puts them back after the rewrite's
+//! `forget`. Redactions are applied after the cache (`event_for_client` looks at the redactions of
+//! the event each time), so they need nothing here.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -22,8 +25,11 @@ const ENTRY_OVERHEAD: usize = 256;
 /// Parsed JSON takes about this many times the bytes of its text (keys, values and tree nodes).
 const PARSED_FACTOR: usize = 3;
 
+/// How many recent `forget`s are remembered by generation; a miss whose ticket is older than all
+/// of them keeps nothing (it costs only a later parse).
+const RECENT_FORGETS: usize = 1024;
+
 struct Entry {
-    stored: Box<RawValue>,
     pdu: Arc<Pdu>,
     bytes: usize,
     /// Read since it was last passed by the eviction hand (second chance).
@@ -36,6 +42,31 @@ struct Inner {
     /// Short IDs in insertion order, the eviction hand at the front.
     order: VecDeque<u64>,
     bytes: usize,
+    /// Bumped by every `forget` and `clear`.
+    generation: u64,
+    /// Tickets below this keep nothing (a `clear` happened, or the forgets since were dropped).
+    floor: u64,
+    /// The most recent forgets: (generation it produced, short ID), oldest first.
+    recent: VecDeque<(u64, u64)>,
+}
+
+impl Inner {
+    /// Whether a parse read under `ticket` may be stale for `short` now.
+    fn stale(&self, ticket: u64, short: u64) -> bool {
+        if ticket == self.generation {
+            return false;
+        }
+        if ticket < self.floor {
+            return true;
+        }
+        self.recent.iter().rev().take_while(|(generation, _)| *generation > ticket).any(|(_, s)| *s == short)
+    }
+}
+
+/// What [`EventCache::lookup`] found: the cached event, or a ticket for [`EventCache::put`].
+pub(super) enum Lookup {
+    Hit(Arc<Pdu>),
+    Miss(u64),
 }
 
 /// Parsed events by short event ID, bounded in bytes; second-chance (clock) eviction.
@@ -50,30 +81,35 @@ impl EventCache {
         Self { capacity, inner: Mutex::new(Inner::default()) }
     }
 
-    /// The parsed event, when the cached entry was parsed from exactly `stored` (the bytes as
-    /// stored).
-    pub(super) fn get(&self, short: u64, stored: &[u8]) -> Option<Arc<Pdu>> {
+    /// The cached event, or a ticket to take before reading the stored event.
+    pub(super) fn lookup(&self, short: u64) -> Lookup {
+        let Ok(mut inner) = self.inner.lock() else { return Lookup::Miss(u64::MAX) };
         if self.capacity == 0 {
-            return None;
+            return Lookup::Miss(inner.generation);
         }
-        let mut inner = self.inner.lock().ok()?;
-        let entry = inner.entries.get_mut(&short)?;
-        if entry.stored.get().as_bytes() != stored {
-            return None;
+        match inner.entries.get_mut(&short) {
+            Some(entry) => {
+                entry.used = true;
+                Lookup::Hit(entry.pdu.clone())
+            }
+            None => Lookup::Miss(inner.generation),
         }
-        entry.used = true;
-        Some(entry.pdu.clone())
     }
 
-    /// Keeps `pdu`, parsed from `stored`, evicting the least recently used entries over capacity.
-    pub(super) fn put(&self, short: u64, stored: Box<RawValue>, pdu: Arc<Pdu>) {
+    /// Keeps `pdu`, parsed from `stored` as read after [`lookup`](Self::lookup) gave `ticket`,
+    /// unless the event was forgotten since; evicts the least recently used entries over
+    /// capacity.
+    pub(super) fn put(&self, short: u64, stored: &RawValue, pdu: Arc<Pdu>, ticket: u64) {
         let bytes = stored.get().len() * (1 + PARSED_FACTOR) + ENTRY_OVERHEAD;
         if bytes > self.capacity / 8 {
             return;
         }
         let Ok(mut inner) = self.inner.lock() else { return };
         let inner = &mut *inner;
-        if let Some(old) = inner.entries.insert(short, Entry { stored, pdu, bytes, used: false }) {
+        if inner.stale(ticket, short) {
+            return;
+        }
+        if let Some(old) = inner.entries.insert(short, Entry { pdu, bytes, used: false }) {
             inner.bytes -= old.bytes;
         } else {
             inner.order.push_back(short);
@@ -96,10 +132,30 @@ impl EventCache {
         }
     }
 
-    /// Forgets everything.
+    /// Drops the entry of an event whose stored form was just rewritten (call it after the
+    /// batch is written), and keeps misses that may have read the old form from putting it back.
+    pub(super) fn forget(&self, short: u64) {
+        let Ok(mut inner) = self.inner.lock() else { return };
+        let inner = &mut *inner;
+        // Its slot in `order` stays; the eviction hand skips slots without an entry.
+        if let Some(entry) = inner.entries.remove(&short) {
+            inner.bytes -= entry.bytes;
+        }
+        inner.generation += 1;
+        let generation = inner.generation;
+        inner.recent.push_back((generation, short));
+        if inner.recent.len() > RECENT_FORGETS
+            && let Some((dropped, _)) = inner.recent.pop_front()
+        {
+            inner.floor = dropped;
+        }
+    }
+
+    /// Forgets everything (and keeps misses begun before from putting anything back).
     pub(super) fn clear(&self) {
         if let Ok(mut inner) = self.inner.lock() {
-            *inner = Inner::default();
+            let generation = inner.generation + 1;
+            *inner = Inner { generation, floor: generation, ..Inner::default() };
         }
     }
 
@@ -117,7 +173,7 @@ mod tests {
     use ruma::room_version_rules::RoomVersionRules;
     use serde_json::value::RawValue;
 
-    use super::{EventCache, Pdu};
+    use super::{EventCache, Lookup, Pdu};
 
     fn event(body: &str) -> (Box<RawValue>, Arc<Pdu>) {
         let json = serde_json::json!({
@@ -129,18 +185,60 @@ mod tests {
         (raw, Arc::new(pdu))
     }
 
+    fn ticket(cache: &EventCache, short: u64) -> u64 {
+        match cache.lookup(short) {
+            Lookup::Miss(ticket) => ticket,
+            Lookup::Hit(_) => panic!("expected a miss"),
+        }
+    }
+
+    fn hit(cache: &EventCache, short: u64) -> bool {
+        matches!(cache.lookup(short), Lookup::Hit(_))
+    }
+
     #[test]
-    fn rewritten_bytes_miss() {
+    fn forgotten_events_miss() {
         let cache = EventCache::new(1 << 20);
         let (raw, pdu) = event("hello");
-        cache.put(7, raw.clone(), pdu);
-        assert!(cache.get(7, raw.get().as_bytes()).is_some());
-        let (other, _) = event("redacted");
-        assert!(
-            cache.get(7, other.get().as_bytes()).is_none(),
-            "an entry is used only for the bytes it was parsed from"
-        );
-        assert!(cache.get(8, raw.get().as_bytes()).is_none());
+        let t = ticket(&cache, 7);
+        cache.put(7, &raw, pdu.clone(), t);
+        assert!(hit(&cache, 7));
+        assert!(!hit(&cache, 8));
+        cache.forget(7);
+        assert!(!hit(&cache, 7), "a rewritten event is read again");
+    }
+
+    #[test]
+    fn a_read_before_a_rewrite_is_not_kept() {
+        let cache = EventCache::new(1 << 20);
+        let (raw, pdu) = event("hello");
+        let t7 = ticket(&cache, 7);
+        let t8 = ticket(&cache, 8);
+        // Event 7 is rewritten (and forgotten) between this reader's read and its put.
+        cache.forget(7);
+        cache.put(7, &raw, pdu.clone(), t7);
+        assert!(!hit(&cache, 7), "the old form read before the rewrite is not put back");
+        cache.put(8, &raw, pdu.clone(), t8);
+        assert!(hit(&cache, 8), "a forget of another event does not stop this one");
+        let t9 = ticket(&cache, 9);
+        cache.clear();
+        cache.put(9, &raw, pdu.clone(), t9);
+        assert!(!hit(&cache, 9), "nothing read before a clear is kept");
+        let t9 = ticket(&cache, 9);
+        cache.put(9, &raw, pdu, t9);
+        assert!(hit(&cache, 9));
+    }
+
+    #[test]
+    fn too_many_forgets_keep_nothing_older() {
+        let cache = EventCache::new(1 << 20);
+        let (raw, pdu) = event("hello");
+        let t = ticket(&cache, 5);
+        for short in 100..100 + super::RECENT_FORGETS as u64 + 1 {
+            cache.forget(short);
+        }
+        cache.put(5, &raw, pdu, t);
+        assert!(!hit(&cache, 5), "forgets dropped from the record may have named it");
     }
 
     #[test]
@@ -148,14 +246,15 @@ mod tests {
         let cache = EventCache::new(20_000);
         for short in 0..1000 {
             let (raw, pdu) = event(&format!("message {short}"));
-            cache.put(short, raw, pdu);
+            let t = ticket(&cache, short);
+            cache.put(short, &raw, pdu, t);
             assert!(cache.bytes() <= 20_000);
         }
-        let (raw, _) = event("message 999");
-        assert!(cache.get(999, raw.get().as_bytes()).is_some(), "the newest entry is kept");
+        assert!(hit(&cache, 999), "the newest entry is kept");
         let off = EventCache::new(0);
         let (raw, pdu) = event("x");
-        off.put(1, raw.clone(), pdu);
-        assert!(off.get(1, raw.get().as_bytes()).is_none());
+        let t = ticket(&off, 1);
+        off.put(1, &raw, pdu, t);
+        assert!(!hit(&off, 1));
     }
 }

@@ -138,8 +138,8 @@ impl RoomCore {
         Ok((*self.shared_event_by_short(db, short, rules)?).clone())
     }
 
-    /// The stored event, parsed once and then served from [`event_cache::EventCache`] while its
-    /// stored bytes stay the same.
+    /// The stored event, parsed once and then served from [`event_cache::EventCache`] until a
+    /// writer rewrites it (see [`forget_stored`](Self::forget_stored)).
     fn shared_event_by_short(&self, db: &Db, short: u64, rules: &RoomVersionRules) -> Result<Arc<Pdu>> {
         self.shared_event_with(db, short, || Ok(rules.clone()))
     }
@@ -152,19 +152,17 @@ impl RoomCore {
         short: u64,
         rules: impl FnOnce() -> Result<RoomVersionRules>,
     ) -> Result<Arc<Pdu>> {
-        // The stored bytes are compared with the cached entry's as they are read, without
-        // validating them as JSON first; only a miss decodes them.
-        let bytes = PDUS.get_bytes(db, &short)?.ok_or_else(|| Error::internal(format!("event {short} missing")))?;
-        if let Some(pdu) = self.events.get(short, &bytes) {
-            return Ok(pdu);
-        }
-        let json: Box<serde_json::value::RawValue> = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::internal(format!("stored event {short} is invalid: {e}")))?;
+        // A hit reads nothing from storage; a miss takes its ticket before the read.
+        let ticket = match self.events.lookup(short) {
+            event_cache::Lookup::Hit(pdu) => return Ok(pdu),
+            event_cache::Lookup::Miss(ticket) => ticket,
+        };
+        let json = PDUS.get(db, &short)?.ok_or_else(|| Error::internal(format!("event {short} missing")))?;
         let event_id = self.interner.event_id(db, short)?;
         let pdu = Pdu::from_stored(&json, event_id, &rules()?)
             .map_err(|e| Error::internal(format!("stored event is invalid: {e}")))?;
         let pdu = Arc::new(pdu);
-        self.events.put(short, json, pdu.clone());
+        self.events.put(short, &json, pdu.clone(), ticket);
         Ok(pdu)
     }
 
@@ -174,6 +172,13 @@ impl RoomCore {
             Some(short) if PDUS.contains(db, &short)? => Ok(Some(self.shared_event_by_short(db, short, rules)?)),
             _ => Ok(None),
         }
+    }
+
+    /// Called by every writer of `PDUS` after its batch is written: the stored form of `short`
+    /// may have changed (an outlier or rejected event stored again, erasure, pruning), so the
+    /// event cache must read it again.
+    fn forget_stored(&self, short: u64) {
+        self.events.forget(short);
     }
 
     fn event_by_id(&self, db: &Db, event_id: &EventId, rules: &RoomVersionRules) -> Result<Option<Pdu>> {

@@ -72,9 +72,9 @@ impl<F: Fn(&Pdu) -> bool> TimelinePage<F> {
         if let Some(meta) = EVENT_META.get(db, &short)?
             && core.can_see_with(db, &self.user, self.short_room, &meta, &mut self.memo)?
         {
-            let pdu = core.served_event(db, &self.user, short, &meta, &self.rules, &mut self.memo)?;
+            let pdu = core.served_event_shared(db, &self.user, short, &meta, &self.rules, &mut self.memo)?;
             if (self.keep)(&pdu) {
-                self.events.push(StoredEvent { pdu, meta });
+                self.events.push(StoredEvent { pdu, meta, short });
                 if self.events.len() >= self.limit {
                     return Ok(Some(End::Full));
                 }
@@ -151,8 +151,11 @@ impl<F: Fn(&Pdu) -> bool> TimelinePage<F> {
 /// An event with what the server knows about it.
 #[derive(Debug, Clone)]
 pub struct StoredEvent {
-    pub pdu: Pdu,
+    /// Shared with the event cache when served unchanged (no copy of the event).
+    pub pdu: std::sync::Arc<Pdu>,
     pub meta: EventMeta,
+    /// Its short event ID (what later lookups of the same event take instead of the event ID).
+    pub short: u64,
 }
 
 /// For which stream positions a user was joined to a room at some point after them.
@@ -431,8 +434,8 @@ impl Rooms {
                 return Ok(None);
             }
             let rules = core.rules_of_room(db, meta.room)?;
-            let pdu = core.served_event(db, &user, short, &meta, &rules, &mut VisibilityMemo::default())?;
-            Ok(Some(StoredEvent { pdu, meta }))
+            let pdu = core.served_event_shared(db, &user, short, &meta, &rules, &mut VisibilityMemo::default())?;
+            Ok(Some(StoredEvent { pdu, meta, short }))
         })
         .await
     }

@@ -421,29 +421,58 @@ impl Rooms {
         }
         let user = user.to_owned();
         self.run(move |core, db| {
-            let mut out = HashMap::new();
-            let mut memos: HashMap<u64, VisibilityMemo> = HashMap::new();
+            let mut events = Vec::with_capacity(event_ids.len());
             for event_id in event_ids {
-                let Some(short) = core.interner.short_event(db, &event_id)? else { continue };
-                // Most events have no children, and most of those were never a parent.
-                if !core.relation_parents.may_contain(short) {
-                    continue;
-                }
-                let Some(meta) = EVENT_META.get(db, &short)? else { continue };
-                let has_children =
-                    !RELATIONS.scan_from(db, &(short, 0), ScanDirection::Forward, 1, |(p, _)| *p == short)?.is_empty();
-                if !has_children {
-                    continue;
-                }
-                let rules = core.rules_of_room(db, meta.room)?;
-                let memo = memos.entry(meta.room).or_default();
-                let pdu = core.served_event(db, &user, short, &meta, &rules, memo)?;
-                if let Some(bundle) = core.bundle(db, &user, short, &pdu, &rules, memo)? {
-                    out.insert(event_id.to_string(), bundle);
+                if let Some(short) = core.interner.short_event(db, &event_id)? {
+                    events.push((short, event_id));
                 }
             }
-            Ok(out)
+            core.bundles_of(db, &user, events)
         })
         .await
+    }
+
+    /// [`bundled_relations`](Self::bundled_relations) of events whose short IDs the caller has
+    /// (a `StoredEvent`'s): no event ID is looked up again, and an event that was never a parent
+    /// costs nothing.
+    pub async fn bundled_relations_of(
+        &self,
+        user: &UserId,
+        events: Vec<(u64, OwnedEventId)>,
+    ) -> Result<HashMap<String, Value>> {
+        let events: Vec<_> =
+            events.into_iter().filter(|(short, _)| self.core.relation_parents.may_contain(*short)).collect();
+        if events.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let user = user.to_owned();
+        self.run(move |core, db| core.bundles_of(db, &user, events)).await
+    }
+}
+
+impl RoomCore {
+    /// The bundled aggregations of these events (short ID, event ID) as `user` is served them.
+    fn bundles_of(&self, db: &Db, user: &UserId, events: Vec<(u64, OwnedEventId)>) -> Result<HashMap<String, Value>> {
+        let mut out = HashMap::new();
+        let mut memos: HashMap<u64, VisibilityMemo> = HashMap::new();
+        for (short, event_id) in events {
+            // Most events have no children, and most of those were never a parent.
+            if !self.relation_parents.may_contain(short) {
+                continue;
+            }
+            let Some(meta) = EVENT_META.get(db, &short)? else { continue };
+            let has_children =
+                !RELATIONS.scan_from(db, &(short, 0), ScanDirection::Forward, 1, |(p, _)| *p == short)?.is_empty();
+            if !has_children {
+                continue;
+            }
+            let rules = self.rules_of_room(db, meta.room)?;
+            let memo = memos.entry(meta.room).or_default();
+            let pdu = self.served_event(db, user, short, &meta, &rules, memo)?;
+            if let Some(bundle) = self.bundle(db, user, short, &pdu, &rules, memo)? {
+                out.insert(event_id.to_string(), bundle);
+            }
+        }
+        Ok(out)
     }
 }

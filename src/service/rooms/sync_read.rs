@@ -19,7 +19,9 @@ use crate::{
     Error, Result,
     storage::{
         Db, ScanDirection,
-        room_tables::{CURRENT_STATE, EVENT_META, EVENT_STREAM, EVENT_TRANSACTIONS, ROOMS, TIMELINE, TIMELINE_GAPS},
+        room_tables::{
+            CURRENT_STATE, EVENT_META, EVENT_STREAM, EVENT_TRANSACTIONS, PDUS, ROOMS, TIMELINE, TIMELINE_GAPS,
+        },
     },
 };
 
@@ -162,7 +164,7 @@ impl Rooms {
                     }
                     let Some(meta) = EVENT_META.get(db, short)? else { continue };
                     let visible = core.can_see_with(db, &user, short_room, &meta, &mut memo)?;
-                    let pdu = core.served_event(db, &user, *short, &meta, &rules, &mut memo)?;
+                    let pdu = core.served_event_shared(db, &user, *short, &meta, &rules, &mut memo)?;
                     let own_membership = pdu.state_key.as_deref() == Some(user.as_str())
                         && pdu.kind == ruma::events::TimelineEventType::RoomMember;
                     if !(visible || own_membership) || !wanted(&pdu) {
@@ -172,7 +174,7 @@ impl Rooms {
                         limited = true;
                         break 'pages;
                     }
-                    newest_first.push(StoredEvent { pdu, meta });
+                    newest_first.push(StoredEvent { pdu, meta, short: *short });
                 }
                 match page.last() {
                     Some(((_, position), _)) if page.len() == 100 => cursor = position.saturating_sub(1),
@@ -508,7 +510,6 @@ impl RoomCore {
     }
 
     fn read_summary(&self, db: &Db, short_room: u64) -> Result<SummaryFacts> {
-        let rules = self.rules_of_room(db, short_room)?;
         let (mut joined, mut invited) = (0, 0);
         let mut members = BTreeSet::new();
         let mut joined_members = Vec::new();
@@ -517,8 +518,7 @@ impl RoomCore {
             if names.0 != ruma::events::StateEventType::RoomMember {
                 continue;
             }
-            let pdu = self.shared_event_by_short(db, short, &rules)?;
-            let membership = membership_in(&pdu.content);
+            let membership = self.stored_membership(db, short)?;
             match membership.as_str() {
                 "join" => joined += 1,
                 "invite" => invited += 1,
@@ -532,5 +532,24 @@ impl RoomCore {
             }
         }
         Ok(SummaryFacts { joined, invited, first_members: members.into_iter().take(6).collect(), joined_members })
+    }
+
+    /// The `membership` of a stored member event: from the event cache when it holds the
+    /// event, else read from its stored JSON without parsing the whole event (and without
+    /// filling the cache: a room of thousands of members read cold would evict everything).
+    fn stored_membership(&self, db: &Db, short: u64) -> Result<String> {
+        if let super::event_cache::Lookup::Hit(pdu) = self.events.lookup(short) {
+            return Ok(membership_in(&pdu.content));
+        }
+        #[derive(serde::Deserialize)]
+        struct ContentOnly<'a> {
+            #[serde(borrow)]
+            content: &'a serde_json::value::RawValue,
+        }
+        let bytes =
+            PDUS.get_bytes(db, &short)?.ok_or_else(|| crate::Error::internal(format!("event {short} missing")))?;
+        let event: ContentOnly<'_> = serde_json::from_slice(&bytes)
+            .map_err(|e| crate::Error::internal(format!("stored event {short} is invalid: {e}")))?;
+        Ok(membership_in(event.content))
     }
 }

@@ -56,8 +56,8 @@ pub(crate) async fn timeline_events<T>(
     let mut bundles = match format {
         EventFormat::Federation => Default::default(),
         _ => {
-            let ids = events.iter().map(|e| e.pdu.event_id.clone()).collect();
-            services.rooms.bundled_relations(user, ids).await?
+            let ids = events.iter().map(|e| (e.short, e.pdu.event_id.clone())).collect();
+            services.rooms.bundled_relations_of(user, ids).await?
         }
     };
     let groups = events.iter().map(|e| e.meta.state_after).collect();
@@ -454,7 +454,7 @@ async fn section(ctx: &Context<'_>, room_id: &OwnedRoomId, upto: u64, full: bool
         .filter(|pdu| !already_sent(pdu))
         .collect();
     if lazy {
-        let members = state.iter().copied().chain(window.events.iter().map(|e| &e.pdu));
+        let members = state.iter().copied().chain(window.events.iter().map(|e| &*e.pdu));
         let sent = members
             .filter(|pdu| pdu.kind == TimelineEventType::RoomMember)
             .filter_map(|pdu| Some((pdu.state_key.clone()?, pdu.event_id.to_string())))
