@@ -11,7 +11,8 @@ use crate::{
     room_helpers::{create_room, join, send_text},
 };
 
-async fn counts(server: &TestServer, who: &Session, room: &str) -> (u64, u64) {
+/// A member's (notification, highlight) counts in `room`, from an initial `/sync`.
+pub(crate) async fn counts(server: &TestServer, who: &Session, room: &str) -> (u64, u64) {
     let (status, body) = server.get("/_matrix/client/v3/sync", who.token()).await;
     assert_eq!(status, 200, "{body}");
     let unread = &body["rooms"]["join"][room]["unread_notifications"];

@@ -6,16 +6,10 @@
 use serde_json::json;
 
 use crate::{
-    harness::{Session, TestServer, enc},
+    harness::{TestServer, enc},
+    push_shared::counts,
     room_helpers::{create_room, join, send_text},
 };
-
-async fn counts(server: &TestServer, who: &Session, room: &str) -> (u64, u64) {
-    let (status, body) = server.get("/_matrix/client/v3/sync", who.token()).await;
-    assert_eq!(status, 200, "{body}");
-    let unread = &body["rooms"]["join"][room]["unread_notifications"];
-    (unread["notification_count"].as_u64().unwrap_or(0), unread["highlight_count"].as_u64().unwrap_or(0))
-}
 
 #[tokio::test]
 async fn members_with_own_rules_who_join_later_follow_their_rules() {
