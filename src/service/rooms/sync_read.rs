@@ -118,6 +118,9 @@ impl RoomCore {
     }
 }
 
+/// Rows of the timeline read at a time once the first page of a window was not enough.
+const TIMELINE_PAGE: usize = 100;
+
 impl Rooms {
     /// The newest `limit` events in stream positions `(after, upto]` that `user` may see and
     /// `wanted` accepts. A user always sees their own membership events (so a leave is shown).
@@ -149,9 +152,13 @@ impl Rooms {
             let mut scanned = 0;
             let mut cursor = upto;
             let mut memo = VisibilityMemo::default();
+            // The first page is just large enough to fill the window and tell whether it is
+            // limited (most rooms show everything they read); later pages, needed only when
+            // events are hidden or filtered out, read 100 rows at a time.
+            let mut page_size = limit.saturating_add(1).min(TIMELINE_PAGE);
             'pages: while cursor > floor {
                 let page =
-                    TIMELINE.scan_from(db, &(short_room, cursor), ScanDirection::Reverse, 100, |(room, p)| {
+                    TIMELINE.scan_from(db, &(short_room, cursor), ScanDirection::Reverse, page_size, |(room, p)| {
                         *room == short_room && *p > floor
                     })?;
                 for (_, short) in &page {
@@ -177,7 +184,10 @@ impl Rooms {
                     newest_first.push(StoredEvent { pdu, meta, short: *short });
                 }
                 match page.last() {
-                    Some(((_, position), _)) if page.len() == 100 => cursor = position.saturating_sub(1),
+                    Some(((_, position), _)) if page.len() == page_size => {
+                        cursor = position.saturating_sub(1);
+                        page_size = TIMELINE_PAGE;
+                    }
                     _ => break,
                 }
             }
