@@ -63,22 +63,9 @@ impl RoomCore {
 
     /// An event as `viewer` is served it, once history visibility let them see it: as clients
     /// see it (redactions applied), and pruned to its redacted form when its sender was erased
-    /// and `viewer` was not joined to the room when it was sent.
+    /// and `viewer` was not joined to the room when it was sent. Shared with the event cache when
+    /// served unchanged (no copy).
     pub(super) fn served_event(
-        &self,
-        db: &Db,
-        viewer: &UserId,
-        short: u64,
-        meta: &EventMeta,
-        rules: &RoomVersionRules,
-        memo: &mut VisibilityMemo,
-    ) -> Result<Pdu> {
-        Ok((*self.served_event_shared(db, viewer, short, meta, rules, memo)?).clone())
-    }
-
-    /// [`served_event`](Self::served_event) without copying an event served unchanged out of
-    /// the event cache.
-    pub(super) fn served_event_shared(
         &self,
         db: &Db,
         viewer: &UserId,

@@ -72,7 +72,7 @@ impl<F: Fn(&Pdu) -> bool> TimelinePage<F> {
         if let Some(meta) = EVENT_META.get(db, &short)?
             && core.can_see_with(db, &self.user, self.short_room, &meta, &mut self.memo)?
         {
-            let pdu = core.served_event_shared(db, &self.user, short, &meta, &self.rules, &mut self.memo)?;
+            let pdu = core.served_event(db, &self.user, short, &meta, &self.rules, &mut self.memo)?;
             if (self.keep)(&pdu) {
                 self.events.push(StoredEvent { pdu, meta, short });
                 if self.events.len() >= self.limit {
@@ -434,7 +434,7 @@ impl Rooms {
                 return Ok(None);
             }
             let rules = core.rules_of_room(db, meta.room)?;
-            let pdu = core.served_event_shared(db, &user, short, &meta, &rules, &mut VisibilityMemo::default())?;
+            let pdu = core.served_event(db, &user, short, &meta, &rules, &mut VisibilityMemo::default())?;
             Ok(Some(StoredEvent { pdu, meta, short }))
         })
         .await

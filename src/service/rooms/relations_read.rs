@@ -5,7 +5,7 @@
 //! read from the relations index (`relations.rs`); only events the user may see are returned
 //! or counted in, and each read is bounded.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use ruma::{OwnedEventId, RoomId, UserId, room_version_rules::RoomVersionRules};
 use serde_json::{Value, json};
@@ -207,7 +207,7 @@ impl RoomCore {
             return Ok(None);
         }
         let edits = self.children_page(db, short, Some("m.replace"), u64::MAX, ScanDirection::Reverse, MAX_EDITS)?;
-        let mut best: Option<Pdu> = None;
+        let mut best: Option<Arc<Pdu>> = None;
         for child in edits {
             if child.row.sender != original.sender.as_str() || child.row.event_type != original.kind.to_string() {
                 continue;

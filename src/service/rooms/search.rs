@@ -222,7 +222,7 @@ impl RoomCore {
                 None => rules.entry(candidate.short_room).or_insert(self.rules_of_room(db, candidate.short_room)?),
             };
             // An erased sender's event, pruned for this user, has no text to match either.
-            let pdu = self.served_event_shared(db, &query.user, candidate.short_event, &meta, room_rules, memo)?;
+            let pdu = self.served_event(db, &query.user, candidate.short_event, &meta, room_rules, memo)?;
             // Redacted (by a redaction judged valid when serving): its text is gone.
             if event_postings(&pdu.kind.to_string(), &pdu.content, 0).is_empty() || !(query.keep)(&pdu) {
                 continue;

@@ -171,7 +171,7 @@ impl Rooms {
                     }
                     let Some(meta) = EVENT_META.get(db, short)? else { continue };
                     let visible = core.can_see_with(db, &user, short_room, &meta, &mut memo)?;
-                    let pdu = core.served_event_shared(db, &user, *short, &meta, &rules, &mut memo)?;
+                    let pdu = core.served_event(db, &user, *short, &meta, &rules, &mut memo)?;
                     let own_membership = pdu.state_key.as_deref() == Some(user.as_str())
                         && pdu.kind == ruma::events::TimelineEventType::RoomMember;
                     if !(visible || own_membership) || !wanted(&pdu) {
