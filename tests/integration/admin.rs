@@ -72,7 +72,7 @@ async fn shared_secret_registration_is_off_without_a_secret() {
     let text = crate::harness::config_text(tempdir.path(), "localhost", "")
         .replace(&format!("registration_shared_secret = \"{SHARED_SECRET}\"\n"), "");
     std::fs::write(tempdir.path().join("trellis.toml"), text).unwrap();
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_trellis"));
+    let mut command = std::process::Command::new(crate::harness::trellis_bin());
     command.arg("--config").arg(tempdir.path().join("trellis.toml"));
     let server = TestServer::spawn(command, false).unwrap();
     assert_error(&server.get(PATH, None).await, 400, "M_UNKNOWN");

@@ -549,7 +549,7 @@ async fn complement_launch_passes_the_registration_folder() {
         .env("COMPLEMENT_CA_CRT", tempdir.path().join("ca.crt"))
         .env("COMPLEMENT_CA_KEY", tempdir.path().join("ca.key"))
         .env("COMPLEMENT_APPSERVICE_DIR", &as_dir)
-        .env("TRELLIS_BIN", env!("CARGO_BIN_EXE_trellis"));
+        .env("TRELLIS_BIN", crate::harness::trellis_bin());
     let server = TestServer::spawn(command, true).expect("launch starts trellis");
     let (status, body) = server.get("/_matrix/client/v3/account/whoami", Some(AS_TOKEN)).await;
     assert_eq!((status, body["user_id"].as_str()), (200, Some("@bridgebot:hs1")), "{body}");

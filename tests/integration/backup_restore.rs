@@ -26,7 +26,7 @@ use crate::{
 pub async fn cli(args: Vec<String>, token: Option<&str>) -> Output {
     let token = token.map(str::to_owned);
     tokio::task::spawn_blocking(move || {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_trellis"));
+        let mut command = Command::new(crate::harness::trellis_bin());
         for (name, _) in std::env::vars() {
             if name.starts_with("TRELLIS_") || name.starts_with("CONDUIT_") {
                 command.env_remove(name);
@@ -301,7 +301,7 @@ async fn backup_during_concurrent_sends_restores_every_acknowledged_event() {
 async fn smoke_bench(url: &str) {
     let url = url.to_owned();
     let output = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_trellis-bench"))
+        Command::new(crate::harness::bench_bin())
             .args(["--url", &url, "--registration-secret", SHARED_SECRET, "--smoke"])
             .args([
                 "--users",

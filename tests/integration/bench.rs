@@ -49,7 +49,7 @@ pub(crate) async fn run_bench(url: &str, args: &[&str]) -> (String, serde_json::
     let url = url.to_owned();
     let args: Vec<String> = args.iter().map(|arg| (*arg).to_owned()).collect();
     let output = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_trellis-bench"))
+        Command::new(crate::harness::bench_bin())
             .args(["--url", &url, "--registration-secret", SHARED_SECRET])
             .args(&args)
             .arg("--json")

@@ -248,7 +248,7 @@ async fn a_wrong_or_missing_key_stops_start_up_and_changes_nothing() {
     // The right key, from the environment this time, opens it.
     let config = dir.path().join("trellis.toml");
     std::fs::write(&config, config_text(dir.path(), "localhost", "encryption_at_rest = true\n")).unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_trellis"));
+    let mut command = Command::new(crate::harness::trellis_bin());
     command.arg("--config").arg(&config);
     for (name, _) in std::env::vars() {
         if name.starts_with("TRELLIS_") || name.starts_with("CONDUIT_") {
@@ -345,7 +345,7 @@ async fn the_benchmark_runs_against_an_encrypted_server() {
     let server = TestServer::start_in(dir.path(), "localhost", &encrypted(&key_file(keys.path(), "a", KEY_A))).unwrap();
     let url = server.base_url.clone();
     let output = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_trellis-bench"))
+        Command::new(crate::harness::bench_bin())
             .args(["--url", &url, "--registration-secret", SHARED_SECRET, "--smoke"])
             .args([
                 "--users",

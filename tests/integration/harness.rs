@@ -3,7 +3,7 @@
 
 use std::{
     io::{BufRead, BufReader},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::mpsc,
     time::Duration,
@@ -36,6 +36,19 @@ rc_invites = { per_room = { per_second = 10000, burst_count = 10000 }, per_user 
 "#;
 
 /// The config every test server starts from; `extra` lines are appended to `[global]`.
+/// The server binary the tests start: cargo's, or `TRELLIS_TEST_BIN` when set (developers who
+/// share one target directory between worktrees point it at a copy of their own build, since
+/// cargo's copy at `target/debug/trellis` is whichever worktree built last).
+pub fn trellis_bin() -> PathBuf {
+    std::env::var_os("TRELLIS_TEST_BIN").map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_trellis")), PathBuf::from)
+}
+
+/// The benchmark binary, like [`trellis_bin`] (`TRELLIS_TEST_BENCH_BIN`).
+pub fn bench_bin() -> PathBuf {
+    std::env::var_os("TRELLIS_TEST_BENCH_BIN")
+        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_trellis-bench")), PathBuf::from)
+}
+
 pub fn config_text(dir: &Path, server_name: &str, extra: &str) -> String {
     // Keys in `extra` before its first table replace the defaults below.
     let overridden: Vec<&str> = extra
@@ -103,7 +116,7 @@ impl TestServer {
     pub fn start_text(dir: &Path, text: &str) -> Result<Self, String> {
         let config_path = dir.join("trellis.toml");
         std::fs::write(&config_path, text).expect("write config");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_trellis"));
+        let mut command = Command::new(crate::harness::trellis_bin());
         command.arg("--config").arg(&config_path);
         // Config overrides from the developer's environment must not leak into test servers.
         for (name, _) in std::env::vars() {

@@ -44,7 +44,7 @@ async fn launch_script_serves_clients_and_federation_over_tls() {
         .env("DATA_DIR", &data_dir)
         .env("COMPLEMENT_CA_CRT", tempdir.path().join("ca.crt"))
         .env("COMPLEMENT_CA_KEY", tempdir.path().join("ca.key"))
-        .env("TRELLIS_BIN", env!("CARGO_BIN_EXE_trellis"));
+        .env("TRELLIS_BIN", crate::harness::trellis_bin());
     let server = TestServer::spawn(command, true).expect("launch starts trellis");
     assert_eq!(server.base_url, format!("http://127.0.0.1:{cs_port}"));
     assert_eq!(server.federation_url, Some(format!("https://127.0.0.1:{fed_port}")));
@@ -113,7 +113,7 @@ fn launch(ca_dir: &Path, data_dir: &Path, name: &str, ports: (u16, u16), others:
         .env("DATA_DIR", data_dir)
         .env("COMPLEMENT_CA_CRT", ca_dir.join("ca.crt"))
         .env("COMPLEMENT_CA_KEY", ca_dir.join("ca.key"))
-        .env("TRELLIS_BIN", env!("CARGO_BIN_EXE_trellis"));
+        .env("TRELLIS_BIN", crate::harness::trellis_bin());
     TestServer::spawn(command, true).expect("launch starts trellis")
 }
 

@@ -59,12 +59,12 @@ fn a_bad_config_stops_start_up_with_the_key_named() {
     let path = tempdir.path().join("bad.toml");
     std::fs::write(&path, "[global]\nserver_name = \"localhost\"\ndatabase_path = \"/tmp/x\"\nport = \"http\"\n")
         .unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_trellis")).arg("--config").arg(&path).output().unwrap();
+    let output = Command::new(crate::harness::trellis_bin()).arg("--config").arg(&path).output().unwrap();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("`port`") && stderr.contains("line 4"), "{stderr}");
 
-    let missing = Command::new(env!("CARGO_BIN_EXE_trellis"))
+    let missing = Command::new(crate::harness::trellis_bin())
         .arg("--config")
         .arg(tempdir.path().join("absent.toml"))
         .output()
@@ -73,7 +73,7 @@ fn a_bad_config_stops_start_up_with_the_key_named() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read config file"));
 
     // The environment is read too: TRELLIS_CONFIG names the file, TRELLIS_<KEY> overrides keys.
-    let env_only = Command::new(env!("CARGO_BIN_EXE_trellis"))
+    let env_only = Command::new(crate::harness::trellis_bin())
         .arg("check-config")
         .env("TRELLIS_CONFIG", &path)
         .env("TRELLIS_PORT", "8008")
@@ -87,7 +87,7 @@ async fn create_user_command_writes_to_the_local_database() {
     let tempdir = tempfile::tempdir().unwrap();
     let config_path = tempdir.path().join("trellis.toml");
     std::fs::write(&config_path, config_text(tempdir.path(), "localhost", "")).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_trellis"))
+    let output = Command::new(crate::harness::trellis_bin())
         .args(["create-user", "--username", "root", "--password", "secret-pw", "--admin", "--config"])
         .arg(&config_path)
         .output()
@@ -98,7 +98,7 @@ async fn create_user_command_writes_to_the_local_database() {
     let server = TestServer::start_in(tempdir.path(), "localhost", "").unwrap();
     assert_eq!(server.login("root", "secret-pw").await.0, 200);
     // While the server runs, the database is locked and the command says why.
-    let busy = Command::new(env!("CARGO_BIN_EXE_trellis"))
+    let busy = Command::new(crate::harness::trellis_bin())
         .args(["create-user", "--username", "other", "--config"])
         .arg(&config_path)
         .output()

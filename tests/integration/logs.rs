@@ -20,7 +20,7 @@ async fn run_and_log(dir: &Path, extra: &str) -> String {
     std::fs::write(&config, config_text(dir, "localhost", extra)).expect("write config");
     let log_path = dir.join("trellis.log");
     let log_file = std::fs::File::create(&log_path).expect("log file");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_trellis"));
+    let mut command = Command::new(crate::harness::trellis_bin());
     command.arg("--config").arg(&config).stdout(Stdio::piped()).stderr(Stdio::from(log_file));
     for (name, _) in std::env::vars() {
         if name.starts_with("TRELLIS_") || name.starts_with("CONDUIT_") || name == "NO_COLOR" {

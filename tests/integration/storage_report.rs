@@ -73,7 +73,7 @@ async fn storage_report_shows_tables_growing_and_bytes_per_event() {
 
     // The same report from the command line, on the stopped server's database.
     server.stop();
-    let output = Command::new(env!("CARGO_BIN_EXE_trellis"))
+    let output = Command::new(crate::harness::trellis_bin())
         .arg("--config")
         .arg(dir.path().join("trellis.toml"))
         .args(["storage", "--compact"])
