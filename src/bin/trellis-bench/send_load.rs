@@ -4,7 +4,10 @@
 //! a wrk run. It reports requests/s, p50/p99 latency, errors and, with `--pid`, the server's CPU
 //! time per send (user + system time from `/proc/PID/stat`). `--repeat N` runs N times back to
 //! back on the same rooms, so history grows, and reports each run's rate relative to the first
-//! (the flat-cost check: a send should not get dearer as the room's history grows).
+//! (the flat-cost check: a send should not get dearer as the room's history grows). The CPU time
+//! is split into the storage engine's background threads (RocksDB's flushes and compactions,
+//! threads named `rocksdb:*`) and the rest, to tell a growing cost in the send path from one in
+//! compaction.
 
 use std::{
     sync::{
@@ -37,6 +40,26 @@ pub(crate) fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
     Some((utime + stime) / TICKS_PER_SECOND)
 }
 
+/// CPU seconds so far of process `pid`'s live threads whose name starts with `prefix`
+/// (`/proc/PID/task/TID/stat`). Threads that have exited are not counted, so this is for
+/// long-lived threads such as RocksDB's background pool.
+fn thread_cpu_seconds(pid: Option<u32>, prefix: &str) -> Option<f64> {
+    let mut total = 0.0;
+    for task in std::fs::read_dir(format!("/proc/{}/task", pid?)).ok()?.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+        let Some((head, rest)) = stat.rsplit_once(')') else { continue };
+        let name = head.split_once('(').map_or("", |(_, name)| name);
+        if !name.starts_with(prefix) {
+            continue;
+        }
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: f64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0.0);
+        let stime: f64 = fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0.0);
+        total += (utime + stime) / TICKS_PER_SECOND;
+    }
+    Some(total)
+}
+
 /// The machine's 1-minute load average, for the notes next to a figure.
 fn load_average() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
@@ -49,6 +72,8 @@ struct Run {
     elapsed: Duration,
     latencies: Vec<Duration>,
     cpu_seconds: Option<f64>,
+    /// The part of `cpu_seconds` spent in RocksDB's background threads.
+    storage_background_seconds: Option<f64>,
 }
 
 impl Run {
@@ -99,16 +124,18 @@ pub(crate) async fn send_load(client: &Client, options: &Options, report: &mut R
         let mut latencies = current.latencies.clone();
         latencies.sort();
         let cpu = current.cpu_seconds.map(|cpu| cpu * 1000.0 / current.sent.max(1) as f64);
+        let background = current.storage_background_seconds.map(|cpu| cpu * 1000.0 / current.sent.max(1) as f64);
         report.add(
             &format!("send load run {}", run + 1),
             format!(
-                "{:.1} requests/s ({:.2} of the first), p50 {:.1} ms, p99 {:.1} ms, {} errors{}, load average {load}",
+                "{:.1} requests/s ({:.2} of the first), p50 {:.1} ms, p99 {:.1} ms, {} errors{}{}, load average {load}",
                 current.rate(),
                 current.rate() / first_rate.max(1e-9),
                 percentile(&latencies, 0.50).as_secs_f64() * 1000.0,
                 percentile(&latencies, 0.99).as_secs_f64() * 1000.0,
                 current.errors,
                 cpu.map_or(String::new(), |cpu| format!(", server CPU {cpu:.2} ms/send")),
+                background.map_or(String::new(), |cpu| format!(" (RocksDB background threads {cpu:.3})")),
             ),
         );
         let name = if run == 0 { "send load".to_owned() } else { format!("send load run {}", run + 1) };
@@ -118,6 +145,9 @@ pub(crate) async fn send_load(client: &Client, options: &Options, report: &mut R
         report.figure(&format!("{name} errors"), current.errors as f64, "requests");
         if let Some(cpu) = cpu {
             report.figure(&format!("{name} server CPU per send"), cpu, "ms");
+        }
+        if let Some(background) = background {
+            report.figure(&format!("{name} storage background CPU per send"), background, "ms");
         }
         if run > 0 {
             report.figure(&format!("{name} rate / first"), current.rate() / first_rate.max(1e-9), "ratio");
@@ -156,6 +186,7 @@ async fn one_run(
 ) -> Result<Run, String> {
     let errors = Arc::new(AtomicU64::new(0));
     let cpu_before = cpu_seconds(options.pid);
+    let background_before = thread_cpu_seconds(options.pid, "rocksdb:");
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(options.send_seconds);
     let mut tasks = Vec::new();
@@ -187,5 +218,14 @@ async fn one_run(
     }
     let elapsed = started.elapsed();
     let cpu_seconds = cpu_before.zip(cpu_seconds(options.pid)).map(|(before, after)| after - before);
-    Ok(Run { sent: latencies.len(), errors: errors.load(Ordering::Relaxed), elapsed, latencies, cpu_seconds })
+    let storage_background_seconds =
+        background_before.zip(thread_cpu_seconds(options.pid, "rocksdb:")).map(|(before, after)| after - before);
+    Ok(Run {
+        sent: latencies.len(),
+        errors: errors.load(Ordering::Relaxed),
+        elapsed,
+        latencies,
+        cpu_seconds,
+        storage_background_seconds,
+    })
 }
