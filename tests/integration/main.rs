@@ -79,6 +79,7 @@ mod sync_filters;
 mod sync_idle;
 mod sync_initial_cache;
 mod sync_knock;
+mod sync_large_state;
 mod sync_served;
 mod sync_wake;
 mod tags;

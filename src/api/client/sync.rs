@@ -1,6 +1,6 @@
 //! `GET /sync`: the handler passes the request to the sync service.
 
-use std::{borrow::Cow, collections::BTreeMap, sync::Arc};
+use std::{collections::BTreeMap, sync::Arc};
 
 use axum::{
     Router,
@@ -8,8 +8,17 @@ use axum::{
     http::header,
     response::{IntoResponse, Response},
 };
-use ruma::api::{OutgoingResponseExt, client::sync::sync_events};
-use serde_json::value::RawValue;
+use ruma::{
+    OwnedRoomId,
+    api::{
+        OutgoingResponseExt,
+        client::sync::sync_events::{
+            self,
+            v3::{InvitedRoom, JoinedRoom, KnockedRoom, LeftRoom, Rooms, Timeline},
+        },
+    },
+};
+use serde::Serialize;
 
 use crate::{
     Error, Result,
@@ -25,8 +34,8 @@ const UNSTABLE_USE_STATE_AFTER: &str = "org.matrix.msc4222.use_state_after=true"
 
 /// Ruma leaves `limited` out of a timeline when it is `false`, which the spec allows, but
 /// Synapse always sends it and clients and Complement read it (issue #14). So, as for
-/// `/capabilities`, this route is plain axum around the same extractor, and the serialised
-/// response gets `limited: false` written back into every timeline that lacks it.
+/// `/capabilities`, this route is plain axum around the same extractor, and the rooms part of
+/// the response is serialised here with `limited` in every timeline.
 pub fn routes(mut router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     use ruma::api::{Metadata, path_builder::PathBuilder};
     for path in <sync_events::v3::Request as Metadata>::PATH_BUILDER.all_paths() {
@@ -54,70 +63,91 @@ async fn sync_events(
         use_state_after: body.use_state_after || unstable_state_after,
     };
     let response = sync::sync(&services, &user, &device, sync_request).await?;
-    let http = response
-        .try_into_http_response::<Vec<u8>>()
-        .map_err(|e| Error::internal(format!("could not serialize response: {e}")))?;
-    let body = add_limited_false(http.body())
-        .map_err(|e| Error::internal(format!("could not re-read the sync response: {e}")))?
-        .unwrap_or_else(|| http.body().clone());
+    let body = serialize(response)?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
-/// A JSON object read without parsing its values (they stay slices of the text), keys in
-/// order as `serde_json::Value` keeps them.
-type Object<'a> = BTreeMap<Cow<'a, str>, &'a RawValue>;
-
-/// The serialised response with `"limited": false` written into every joined and left room's
-/// timeline that lacks `limited`, or `None` when nothing lacks it. Only the objects on the way
-/// to the timelines are read; events are copied as they are, never parsed into a tree.
-fn add_limited_false(body: &[u8]) -> serde_json::Result<Option<Vec<u8>>> {
-    let mut top: Object<'_> = serde_json::from_slice(body)?;
-    let Some(rooms) = top.get("rooms").copied() else { return Ok(None) };
-    let mut sections: Object<'_> = serde_json::from_str(rooms.get())?;
-    let mut changed_sections = Vec::new();
-    for section in ["join", "leave"] {
-        let Some(raw) = sections.get(section).copied() else { continue };
-        if let Some(fixed) = fix_rooms(raw)? {
-            changed_sections.push((section, fixed));
+/// The response as JSON, every joined and left room's timeline with its `limited` flag. The
+/// rooms are serialised here (each timeline with `limited` written out) and the rest by ruma,
+/// so nothing is read back.
+fn serialize(mut response: sync_events::v3::Response) -> Result<Vec<u8>> {
+    let rooms = std::mem::take(&mut response.rooms);
+    let http = response
+        .try_into_http_response::<Vec<u8>>()
+        .map_err(|e| Error::internal(format!("could not serialize response: {e}")))?;
+    let rest = http.into_body();
+    if rooms.is_empty() {
+        return Ok(rest);
+    }
+    let mut body = Vec::with_capacity(rest.len() + 64);
+    body.extend_from_slice(br#"{"rooms":"#);
+    serde_json::to_writer(&mut body, &RoomsOut::new(rooms))
+        .map_err(|e| Error::internal(format!("could not serialize rooms: {e}")))?;
+    // `rest` is ruma's serialised object: `{}` or `{"key":...}`.
+    match rest.strip_prefix(b"{") {
+        Some(b"}") | None => body.push(b'}'),
+        Some(tail) => {
+            body.push(b',');
+            body.extend_from_slice(tail);
         }
     }
-    if changed_sections.is_empty() {
-        return Ok(None);
-    }
-    for (section, fixed) in &changed_sections {
-        sections.insert(Cow::Borrowed(*section), fixed);
-    }
-    let rooms = serde_json::value::to_raw_value(&sections)?;
-    top.insert(Cow::Borrowed("rooms"), &rooms);
-    serde_json::to_vec(&top).map(Some)
+    Ok(body)
 }
 
-/// One section's rooms (room ID to room), with `limited` added where missing.
-fn fix_rooms(raw: &RawValue) -> serde_json::Result<Option<Box<RawValue>>> {
-    let mut rooms: Object<'_> = serde_json::from_str(raw.get())?;
-    let limited_false = RawValue::from_string("false".to_owned())?;
-    let mut fixed = Vec::new();
-    for (room_id, room) in &rooms {
-        let mut fields: Object<'_> = serde_json::from_str(room.get())?;
-        let timeline = match fields.get("timeline") {
-            Some(timeline) => {
-                let mut timeline: Object<'_> = serde_json::from_str(timeline.get())?;
-                if timeline.contains_key("limited") {
-                    continue;
-                }
-                timeline.insert(Cow::Borrowed("limited"), &limited_false);
-                serde_json::value::to_raw_value(&timeline)?
-            }
-            None => RawValue::from_string(r#"{"limited":false}"#.to_owned())?,
-        };
-        fields.insert(Cow::Borrowed("timeline"), &timeline);
-        fixed.push((room_id.clone(), serde_json::value::to_raw_value(&fields)?));
+/// [`Rooms`] with every joined and left room's timeline serialised with `limited`.
+#[derive(Serialize)]
+struct RoomsOut {
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    leave: BTreeMap<OwnedRoomId, WithTimeline<LeftRoom>>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    join: BTreeMap<OwnedRoomId, WithTimeline<JoinedRoom>>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    invite: BTreeMap<OwnedRoomId, InvitedRoom>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    knock: BTreeMap<OwnedRoomId, KnockedRoom>,
+}
+
+impl RoomsOut {
+    fn new(rooms: Rooms) -> Self {
+        let Rooms { leave, join, invite, knock, .. } = rooms;
+        let leave = leave
+            .into_iter()
+            .map(|(id, mut room)| {
+                let timeline = std::mem::take(&mut room.timeline);
+                (id, WithTimeline::new(room, timeline))
+            })
+            .collect();
+        let join = join
+            .into_iter()
+            .map(|(id, mut room)| {
+                let timeline = std::mem::take(&mut room.timeline);
+                (id, WithTimeline::new(room, timeline))
+            })
+            .collect();
+        Self { leave, join, invite, knock }
     }
-    if fixed.is_empty() {
-        return Ok(None);
+}
+
+/// A room whose own `timeline` was taken out (so ruma leaves it out), and the timeline with
+/// `limited` always written.
+#[derive(Serialize)]
+struct WithTimeline<R> {
+    #[serde(flatten)]
+    room: R,
+    timeline: TimelineOut,
+}
+
+impl<R> WithTimeline<R> {
+    fn new(room: R, mut timeline: Timeline) -> Self {
+        // Taken out of the ruma struct, which would leave it out when `false`, and written here.
+        let limited = std::mem::take(&mut timeline.limited);
+        Self { room, timeline: TimelineOut { limited, timeline } }
     }
-    for (room_id, room) in &fixed {
-        rooms.insert(room_id.clone(), room);
-    }
-    serde_json::value::to_raw_value(&rooms).map(Some)
+}
+
+#[derive(Serialize)]
+struct TimelineOut {
+    limited: bool,
+    #[serde(flatten)]
+    timeline: Timeline,
 }

@@ -9,6 +9,10 @@
 //! a reader that read the old bytes just before a rewrite never puts them back after the rewrite's
 //! `forget`. Redactions are applied after the cache (`event_for_client` looks at the redactions of
 //! the event each time), so they need nothing here.
+//!
+//! An entry can also hold the event's stored facts (`EVENT_META`), which the timeline window reads
+//! for every event it serves: every writer of `EVENT_META` forgets the event after its batch too,
+//! and the facts are kept under the same tickets.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -18,6 +22,7 @@ use std::{
 use serde_json::value::RawValue;
 
 use super::Pdu;
+use crate::storage::room_tables::EventMeta;
 
 /// Fixed cost counted per entry besides its JSON (the parsed fields, the map and queue slots).
 const ENTRY_OVERHEAD: usize = 256;
@@ -31,6 +36,8 @@ const RECENT_FORGETS: usize = 1024;
 
 struct Entry {
     pdu: Arc<Pdu>,
+    /// The event's `EVENT_META` row, once a reader asked for it (counted in `ENTRY_OVERHEAD`).
+    meta: Option<Box<EventMeta>>,
     bytes: usize,
     /// Read since it was last passed by the eviction hand (second chance).
     used: bool,
@@ -96,6 +103,31 @@ impl EventCache {
         }
     }
 
+    /// The event's cached `EVENT_META` row, or a ticket to take before reading it.
+    pub(super) fn meta(&self, short: u64) -> Result<EventMeta, u64> {
+        let Ok(mut inner) = self.inner.lock() else { return Err(u64::MAX) };
+        let generation = inner.generation;
+        match inner.entries.get_mut(&short) {
+            Some(Entry { meta: Some(meta), used, .. }) => {
+                *used = true;
+                Ok((**meta).clone())
+            }
+            _ => Err(generation),
+        }
+    }
+
+    /// Keeps the `EVENT_META` row read after [`meta`](Self::meta) gave `ticket` beside the cached
+    /// event (if it is cached), unless the event was forgotten since.
+    pub(super) fn put_meta(&self, short: u64, meta: &EventMeta, ticket: u64) {
+        let Ok(mut inner) = self.inner.lock() else { return };
+        if inner.stale(ticket, short) {
+            return;
+        }
+        if let Some(entry) = inner.entries.get_mut(&short) {
+            entry.meta = Some(Box::new(meta.clone()));
+        }
+    }
+
     /// Keeps `pdu`, parsed from `stored` as read after [`lookup`](Self::lookup) gave `ticket`,
     /// unless the event was forgotten since; evicts the least recently used entries over
     /// capacity.
@@ -109,7 +141,7 @@ impl EventCache {
         if inner.stale(ticket, short) {
             return;
         }
-        if let Some(old) = inner.entries.insert(short, Entry { pdu, bytes, used: false }) {
+        if let Some(old) = inner.entries.insert(short, Entry { pdu, meta: None, bytes, used: false }) {
             inner.bytes -= old.bytes;
         } else {
             inner.order.push_back(short);
@@ -227,6 +259,46 @@ mod tests {
         let t9 = ticket(&cache, 9);
         cache.put(9, &raw, pdu, t9);
         assert!(hit(&cache, 9));
+    }
+
+    fn meta(position: u64) -> crate::storage::room_tables::EventMeta {
+        crate::storage::room_tables::EventMeta {
+            room: 1,
+            position: Some(position),
+            state_after: 2,
+            state_before: Some(1),
+            state_key: None,
+            depth: 3,
+            soft_failed: false,
+            rejected: false,
+        }
+    }
+
+    #[test]
+    fn event_meta_is_kept_beside_the_event_and_forgotten_with_it() {
+        let cache = EventCache::new(1 << 20);
+        let (raw, pdu) = event("hello");
+        // Not cached: nothing kept.
+        let Err(t) = cache.meta(7) else { panic!("expected a miss") };
+        cache.put_meta(7, &meta(10), t);
+        assert!(cache.meta(7).is_err());
+        let t = ticket(&cache, 7);
+        cache.put(7, &raw, pdu.clone(), t);
+        let Err(t) = cache.meta(7) else { panic!("expected a miss") };
+        cache.put_meta(7, &meta(10), t);
+        assert_eq!(cache.meta(7).map(|m| m.position).ok(), Some(Some(10)));
+        cache.forget(7);
+        assert!(cache.meta(7).is_err(), "a rewritten event's facts are read again");
+        // A read of the facts before a rewrite is not kept after it.
+        let t = ticket(&cache, 7);
+        cache.put(7, &raw, pdu, t);
+        let Err(t) = cache.meta(7) else { panic!("expected a miss") };
+        cache.forget(7);
+        let t2 = ticket(&cache, 7);
+        let (raw, pdu) = event("hello again");
+        cache.put(7, &raw, pdu, t2);
+        cache.put_meta(7, &meta(10), t);
+        assert!(cache.meta(7).is_err(), "the old facts are not put back");
     }
 
     #[test]

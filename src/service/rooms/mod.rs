@@ -66,7 +66,7 @@ pub use read::{StoredEvent, TimelineScan};
 pub use relations_read::{RECURSION_DEPTH, RelationsPage, RelationsQuery, attach as attach_relations};
 pub use search::{SearchHit, SearchOrder, SearchPage, SearchQuery};
 pub use servers::LocalEvent;
-pub use sync_read::{EventPredicate, MemberSummary, MembershipChange, StateSelection, TimelineWindow};
+pub use sync_read::{EventPredicate, MemberSummary, MembershipChange, StateSelection, SyncStateEvent, TimelineWindow};
 pub use versions::ROOM_VERSIONS;
 
 /// The `membership` of a member event.

@@ -208,6 +208,63 @@ impl Pdu {
         serde_json::value::to_raw_value(&event).map_err(|e| e.to_string())
     }
 
+    /// What [`client_json`](Self::client_json) gives without `room_id` or `extra`, written
+    /// straight from the stored text of an event (no parse into a tree, no `Pdu`), with its
+    /// sender; `None` when the text is not of the simple shape this handles (escaped strings in
+    /// the fields read, `unsigned` that is not an object, a redaction), and the caller parses
+    /// the event instead.
+    pub fn stored_client_json(stored: &[u8], event_id: &str) -> Option<(Box<RawValue>, OwnedUserId)> {
+        #[derive(Deserialize)]
+        struct Stored<'a> {
+            #[serde(borrow)]
+            content: &'a RawValue,
+            origin_server_ts: u64,
+            sender: &'a str,
+            #[serde(default, borrow)]
+            state_key: Option<&'a str>,
+            #[serde(rename = "type")]
+            kind: &'a str,
+            #[serde(default, borrow)]
+            redacts: Option<&'a str>,
+            #[serde(default, borrow)]
+            unsigned: Option<&'a RawValue>,
+        }
+        #[derive(serde::Serialize)]
+        struct Out<'a> {
+            content: &'a RawValue,
+            event_id: &'a str,
+            origin_server_ts: u64,
+            sender: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            state_key: Option<&'a str>,
+            #[serde(rename = "type")]
+            kind: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            unsigned: Option<&'a RawValue>,
+        }
+        let stored: Stored<'_> = serde_json::from_slice(stored).ok()?;
+        // A redaction's `redacts` (in the content from v11) is written by `client_json`.
+        if stored.redacts.is_some() || stored.kind == "m.room.redaction" {
+            return None;
+        }
+        // Stored events are canonical JSON (keys sorted, compact), which is what `client_json`
+        // writes of `unsigned` too; only an object is copied as it is.
+        if stored.unsigned.is_some_and(|unsigned| !unsigned.get().starts_with('{')) {
+            return None;
+        }
+        let sender = OwnedUserId::try_from(stored.sender).ok()?;
+        let out = Out {
+            content: stored.content,
+            event_id,
+            origin_server_ts: stored.origin_server_ts,
+            sender: stored.sender,
+            state_key: stored.state_key,
+            kind: stored.kind,
+            unsigned: stored.unsigned,
+        };
+        Some((serde_json::value::to_raw_value(&out).ok()?, sender))
+    }
+
     /// The event as clients see it (the client-server API's `ClientEvent`).
     pub fn to_client_event(&self) -> Value {
         let mut event = serde_json::Map::new();
@@ -285,5 +342,49 @@ impl ruma::state_res::Event for Pdu {
     fn rejected(&self) -> bool {
         // Rejected events are never stored, so any event we hand to state resolution passed.
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::room_version_rules::RoomVersionRules;
+    use serde_json::json;
+
+    use super::Pdu;
+
+    /// `stored_client_json` writes what `client_json` writes of the parsed event, or declines.
+    #[test]
+    fn stored_client_json_is_client_json() {
+        let events = [
+            json!({"type": "m.room.member", "state_key": "@b:x", "sender": "@b:x", "content":
+                {"membership": "join", "displayname": "B \"q\" \u{2713}"}, "unsigned": {"prev_content":
+                {"membership": "invite", "z": [1, {"b": 2, "a": null}]}, "replaces_state": "$p", "age_ts": 5}}),
+            json!({"type": "m.room.topic", "state_key": "", "sender": "@a:x", "content": {"topic": "t"}}),
+            json!({"type": "m.room.message", "sender": "@a:x", "content": {"body": "hi"}, "unsigned": {}}),
+            json!({"type": "o.e", "state_key": "k \"quoted\"", "sender": "@a:x", "content": {}}),
+            json!({"type": "m.room.redaction", "redacts": "$t", "sender": "@a:x", "content": {"redacts": "$t"}}),
+        ];
+        for mut event in events {
+            let object = event.as_object_mut().expect("object");
+            for (key, value) in [("auth_events", json!([])), ("prev_events", json!([])), ("depth", json!(3))] {
+                object.insert(key.to_owned(), value);
+            }
+            object.insert("origin_server_ts".to_owned(), json!(1_700_000_000_000_u64));
+            object.insert("room_id".to_owned(), json!("!r:x"));
+            let canonical: ruma::CanonicalJsonObject = serde_json::from_value(event.clone()).expect("canonical");
+            let stored = serde_json::value::to_raw_value(&canonical).expect("stored");
+            let pdu = Pdu::from_stored(&stored, "$e".try_into().expect("id"), &RoomVersionRules::V11).expect("pdu");
+            let parsed = pdu.client_json(false, &[]).expect("client json");
+            match Pdu::stored_client_json(stored.get().as_bytes(), "$e") {
+                Some((direct, sender)) => {
+                    assert_eq!(direct.get(), parsed.get(), "{event}");
+                    assert_eq!(sender, pdu.sender);
+                }
+                None => assert!(
+                    event["type"] == "m.room.redaction" || event["state_key"] == "k \"quoted\"",
+                    "declined {event}"
+                ),
+            }
+        }
     }
 }

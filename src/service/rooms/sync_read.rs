@@ -20,7 +20,8 @@ use crate::{
     storage::{
         Db, ScanDirection,
         room_tables::{
-            CURRENT_STATE, EVENT_META, EVENT_STREAM, EVENT_TRANSACTIONS, PDUS, ROOMS, TIMELINE, TIMELINE_GAPS,
+            CURRENT_STATE, EVENT_META, EVENT_STREAM, EVENT_TRANSACTIONS, EventMeta, PDUS, ROOMS, TIMELINE,
+            TIMELINE_GAPS,
         },
     },
 };
@@ -49,6 +50,22 @@ pub struct StateSelection {
     /// ...and these even when unchanged (the senders of the timeline).
     pub always_members: HashSet<String>,
 }
+
+/// A state event's type and state key, as the interner keeps them.
+pub type StateNames = Arc<(ruma::events::StateEventType, String)>;
+
+/// A state event as a sync serves it (see [`Rooms::sync_state_events`]).
+pub struct SyncStateEvent {
+    /// Its type and state key.
+    pub names: StateNames,
+    pub sender: OwnedUserId,
+    pub event_id: ruma::OwnedEventId,
+    /// The event in the form the sync asked for.
+    pub json: Box<serde_json::value::RawValue>,
+}
+
+/// State events above which a sync's state is written straight from storage when not cached.
+const LARGE_STATE: usize = 200;
 
 /// Member counts and heroes for a room summary.
 #[derive(Debug, Default)]
@@ -108,9 +125,69 @@ impl RoomCore {
             let first = TIMELINE
                 .scan_from(db, &(short_room, position), ScanDirection::Forward, 1, |(r, _)| *r == short_room)?;
             let Some((_, short)) = first.first() else { return Ok(None) };
-            return Ok(EVENT_META.get(db, short)?.and_then(|meta| meta.state_before));
+            return Ok(self.event_meta(db, *short)?.and_then(|meta| meta.state_before));
         };
-        Ok(EVENT_META.get(db, short)?.map(|meta| meta.state_after))
+        Ok(self.event_meta(db, *short)?.map(|meta| meta.state_after))
+    }
+
+    /// The event's `EVENT_META` row, kept beside the event in the event cache once read (every
+    /// writer of the row forgets the event after its batch).
+    pub(super) fn event_meta(&self, db: &Db, short: u64) -> Result<Option<EventMeta>> {
+        let ticket = match self.events.meta(short) {
+            Ok(meta) => return Ok(Some(meta)),
+            Err(ticket) => ticket,
+        };
+        let meta = EVENT_META.get(db, &short)?;
+        if let Some(meta) = &meta {
+            self.events.put_meta(short, meta, ticket);
+        }
+        Ok(meta)
+    }
+
+    /// The state events `selection` picks of the state at `to` (those that differ from the
+    /// state at `from`, when given): (type and state key, short event ID), with the size of
+    /// the state at `to`.
+    fn selected_state(
+        &self,
+        db: &Db,
+        short_room: u64,
+        from: Option<u64>,
+        to: u64,
+        selection: &StateSelection,
+    ) -> Result<(Vec<(StateNames, u64)>, usize)> {
+        let Some(to_group) = self.state_group_at(db, short_room, to)? else { return Ok((Vec::new(), 0)) };
+        let to_map = self.state.load(db, to_group)?;
+        let from_group = match from {
+            Some(position) => self.state_group_at(db, short_room, position)?,
+            None => None,
+        };
+        // Nothing changed and no member is wanted regardless: skip walking the state.
+        if from_group == Some(to_group) && selection.always_members.is_empty() {
+            return Ok((Vec::new(), to_map.len()));
+        }
+        let from_map = match from_group {
+            Some(group) => Some(self.state.load(db, group)?),
+            None => None,
+        };
+        let mut out = Vec::new();
+        for (key, event) in to_map.iter() {
+            let names = self.interner.state_key(db, *key)?;
+            let kind = names.0.to_string();
+            if !(selection.keep)(&kind) {
+                continue;
+            }
+            let changed = from_map.as_ref().is_none_or(|map| map.get(key) != Some(event));
+            let wanted = match &selection.lazy_members {
+                Some(lazy) if kind == "m.room.member" => {
+                    lazy.contains(&names.1) && (changed || selection.always_members.contains(&names.1))
+                }
+                _ => changed,
+            };
+            if wanted {
+                out.push((names, *event));
+            }
+        }
+        Ok((out, to_map.len()))
     }
 
     fn short_room_of(&self, db: &Db, room_id: &RoomId) -> Result<u64> {
@@ -169,7 +246,7 @@ impl Rooms {
                         limited = true;
                         break 'pages;
                     }
-                    let Some(meta) = EVENT_META.get(db, short)? else { continue };
+                    let Some(meta) = core.event_meta(db, *short)? else { continue };
                     let visible = core.can_see_with(db, &user, short_room, &meta, &mut memo)?;
                     let pdu = core.served_event(db, &user, *short, &meta, &rules, &mut memo)?;
                     let own_membership = pdu.state_key.as_deref() == Some(user.as_str())
@@ -211,37 +288,53 @@ impl Rooms {
         self.run(move |core, db| {
             let short_room = core.short_room_of(db, &room_id)?;
             let rules = core.rules_of_room(db, short_room)?;
-            let Some(to_group) = core.state_group_at(db, short_room, to)? else { return Ok(Vec::new()) };
-            let to_map = core.state.load(db, to_group)?;
-            let from_group = match from {
-                Some(position) => core.state_group_at(db, short_room, position)?,
-                None => None,
-            };
-            // Nothing changed and no member is wanted regardless: skip walking the state.
-            if from_group == Some(to_group) && selection.always_members.is_empty() {
-                return Ok(Vec::new());
-            }
-            let from_map = match from_group {
-                Some(group) => Some(core.state.load(db, group)?),
-                None => None,
-            };
-            let mut out = Vec::new();
-            for (key, event) in to_map.iter() {
-                let names = core.interner.state_key(db, *key)?;
-                let kind = names.0.to_string();
-                if !(selection.keep)(&kind) {
-                    continue;
-                }
-                let changed = from_map.as_ref().is_none_or(|map| map.get(key) != Some(event));
-                let wanted = match &selection.lazy_members {
-                    Some(lazy) if kind == "m.room.member" => {
-                        lazy.contains(&names.1) && (changed || selection.always_members.contains(&names.1))
+            let (wanted, _) = core.selected_state(db, short_room, from, to, &selection)?;
+            wanted.into_iter().map(|(_, short)| core.shared_event_for_client(db, short, &rules)).collect()
+        })
+        .await
+    }
+
+    /// [`sync_state`](Self::sync_state) as a sync serves it: each event in the sync format
+    /// (a client event without `room_id`), or as stored with `federation`, serialised here on
+    /// the blocking pool (so the rooms of one sync are serialised on every core). In a room with
+    /// a large state, an event not in the event cache is written straight from its stored text
+    /// without being parsed or cached (a sync of many big rooms would otherwise parse and evict
+    /// every member event of each).
+    pub async fn sync_state_events(
+        &self,
+        room_id: &RoomId,
+        from: Option<u64>,
+        to: u64,
+        selection: StateSelection,
+        federation: bool,
+    ) -> Result<Vec<SyncStateEvent>> {
+        let room_id = room_id.to_owned();
+        self.run(move |core, db| {
+            let short_room = core.short_room_of(db, &room_id)?;
+            let rules = core.rules_of_room(db, short_room)?;
+            let (wanted, state_size) = core.selected_state(db, short_room, from, to, &selection)?;
+            let large = !federation && state_size > LARGE_STATE;
+            let mut out = Vec::with_capacity(wanted.len());
+            for (names, short) in wanted {
+                if large
+                    && !core.redacted_targets.may_contain(short)
+                    && !matches!(core.events.lookup(short), super::event_cache::Lookup::Hit(_))
+                    && let Some(bytes) = PDUS.get_bytes(db, &short)?
+                {
+                    let event_id = core.interner.event_id(db, short)?;
+                    if let Some((json, sender)) = Pdu::stored_client_json(&bytes, event_id.as_str()) {
+                        out.push(SyncStateEvent { names, sender, event_id, json });
+                        continue;
                     }
-                    _ => changed,
-                };
-                if wanted {
-                    out.push(core.shared_event_for_client(db, *event, &rules)?);
                 }
+                let pdu = core.shared_event_for_client(db, short, &rules)?;
+                let json = if federation {
+                    serde_json::value::to_raw_value(&pdu.json).map_err(|e| e.to_string())
+                } else {
+                    pdu.client_json(false, &[])
+                }
+                .map_err(|e| Error::internal(format!("cannot serialise event: {e}")))?;
+                out.push(SyncStateEvent { names, sender: pdu.sender.clone(), event_id: pdu.event_id.clone(), json });
             }
             Ok(out)
         })

@@ -12,14 +12,14 @@ use ruma::{
         Ephemeral, InviteState, InvitedRoom, JoinedRoom, KnockState, KnockedRoom, LeftRoom, RoomAccountData,
         RoomSummary, Rooms, State, Timeline,
     },
-    events::{AnySyncStateEvent, TimelineEventType},
+    events::{AnySyncStateEvent, StateEventType, TimelineEventType},
     serde::Raw,
 };
 
 use super::{Context, filter, raw_account_data, raw_json, unread};
 use crate::{
     Result,
-    service::rooms::{EventPredicate, Pdu, StateSelection},
+    service::rooms::{EventPredicate, Pdu, StateSelection, SyncStateEvent},
     storage::membership_tables::OutOfBand,
 };
 
@@ -433,36 +433,38 @@ async fn section(ctx: &Context<'_>, room_id: &OwnedRoomId, upto: u64, full: bool
     // The state before the first timeline event, or at the end when the timeline is empty; with
     // `use_state_after`, the state at the end of the timeline (changes inside it included).
     let state_at = if ctx.use_state_after { upto } else { first.map_or(upto, |p| p.saturating_sub(1)) };
-    let state = ctx.services.rooms.sync_state(room_id, from, state_at, selection).await?;
+    let format = &ctx.filter.event_format;
+    let federation = *format == EventFormat::Federation;
+    let state = ctx.services.rooms.sync_state_events(room_id, from, state_at, selection, federation).await?;
     // Lazy-loading without `include_redundant_members`: member events this device already has
     // are left out.
     let redundant =
         matches!(room_filter.state.lazy_load_options, LazyLoadOptions::Enabled { include_redundant_members: true });
     let cache = &ctx.services.lazy_members;
-    let already_sent = |pdu: &Pdu| {
+    let already_sent = |event: &SyncStateEvent| {
         lazy && !redundant
-            && pdu.kind == TimelineEventType::RoomMember
-            && pdu
-                .state_key
-                .as_deref()
-                .is_some_and(|member| cache.was_sent(ctx.user, ctx.device, room_id, member, pdu.event_id.as_str()))
+            && event.names.0 == StateEventType::RoomMember
+            && cache.was_sent(ctx.user, ctx.device, room_id, &event.names.1, event.event_id.as_str())
     };
-    let state: Vec<&Pdu> = state
-        .iter()
-        .map(|pdu| &**pdu)
-        .filter(|pdu| filter::room_event_allowed(&room_filter.state, &pdu.kind.to_string(), &pdu.sender))
-        .filter(|pdu| !already_sent(pdu))
+    let state: Vec<SyncStateEvent> = state
+        .into_iter()
+        .filter(|event| filter::room_event_allowed(&room_filter.state, &event.names.0.to_string(), &event.sender))
+        .filter(|event| !already_sent(event))
         .collect();
     if lazy {
-        let members = state.iter().copied().chain(window.events.iter().map(|e| &*e.pdu));
-        let sent = members
+        let state_members = state
+            .iter()
+            .filter(|event| event.names.0 == StateEventType::RoomMember)
+            .map(|event| (event.names.1.clone(), event.event_id.to_string()));
+        let timeline_members = window
+            .events
+            .iter()
+            .map(|e| &*e.pdu)
             .filter(|pdu| pdu.kind == TimelineEventType::RoomMember)
-            .filter_map(|pdu| Some((pdu.state_key.clone()?, pdu.event_id.to_string())))
-            .collect();
-        cache.record(ctx.user, ctx.device, room_id, sent);
+            .filter_map(|pdu| Some((pdu.state_key.clone()?, pdu.event_id.to_string())));
+        cache.record(ctx.user, ctx.device, room_id, state_members.chain(timeline_members).collect());
     }
-    let format = &ctx.filter.event_format;
-    let state = state.into_iter().map(|pdu| sync_event(pdu, format)).collect::<Result<Vec<_>>>()?;
+    let state = state.into_iter().map(|event| Raw::from_json(event.json)).collect();
 
     let mut timeline = Timeline::new();
     timeline.limited = window.limited;
