@@ -78,6 +78,19 @@ pub trait Engine: Send + Sync + 'static {
     /// survives a power cut too.
     fn write(&self, ops: Vec<WriteOp>) -> Result<(), StorageError>;
 
+    /// Applies all writes atomically, like [`Engine::write`], but returns before they are on
+    /// stable storage even on an engine opened for durable writes: they are durable once a
+    /// later [`Engine::sync_wal`] returns (see `group_commit.rs`). Readers see them at once.
+    fn write_unsynced(&self, ops: Vec<WriteOp>) -> Result<(), StorageError> {
+        self.write(ops)
+    }
+
+    /// Makes every write that returned before this call durable (a sync of the write-ahead
+    /// log). Nothing to do for an engine whose writes are durable when they return.
+    fn sync_wal(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
+
     fn put(&self, table: &'static str, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
         self.write(vec![WriteOp { table, key: key.to_vec(), value: Some(value.to_vec()) }])
     }

@@ -15,6 +15,7 @@ pub mod erasure_tables;
 pub mod federation_send_tables;
 pub mod federation_tables;
 mod generations;
+pub mod group_commit;
 pub mod key_tables;
 pub mod media_admin_tables;
 pub mod membership_tables;
@@ -200,6 +201,8 @@ pub struct Db {
     encryption: Option<Arc<encryption::engine::EncryptedEngine>>,
     /// Write generations of the tables services keep copies of (see `generations.rs`).
     generations: Arc<generations::Generations>,
+    /// The shared syncer of deferred writes, when writes are durable (see `group_commit.rs`).
+    group_commit: Option<Arc<group_commit::GroupCommit>>,
 }
 
 impl Db {
@@ -225,7 +228,7 @@ impl Db {
         let plan = encryption::startup::plan(keys, &stored, path)?;
         let engine: Arc<dyn Engine> = Arc::new(rocks::RocksEngine::open(path, &all_tables, &settings)?);
         let db = match plan {
-            None => Self { engine, encryption: None, generations: Arc::default() },
+            None => Self { engine, encryption: None, generations: Arc::default(), group_commit: None },
             Some(plan) => {
                 let migrate = plan.migrate;
                 let encrypted = Arc::new(encryption::engine::EncryptedEngine::open(engine, plan)?);
@@ -241,9 +244,18 @@ impl Db {
                     key_id = %encrypted.keyring().active_id(),
                     "encryption at rest: database values and media files are encrypted"
                 );
-                Self { engine: encrypted.clone(), encryption: Some(encrypted), generations: Arc::default() }
+                Self {
+                    engine: encrypted.clone(),
+                    encryption: Some(encrypted),
+                    generations: Arc::default(),
+                    group_commit: None,
+                }
             }
         };
+        let mut db = db;
+        if config.rocksdb_durable_writes {
+            db.group_commit = Some(Arc::new(group_commit::GroupCommit::start(Arc::downgrade(&db.engine))?));
+        }
         schema::check_and_migrate(&db, config.server_name.as_str())?;
         if config.rocksdb_durable_writes {
             tracing::info!("durable writes: each write is synced to disk before it is acknowledged");
@@ -258,7 +270,7 @@ impl Db {
 
     /// A database over any engine (tests, future engines).
     pub fn with_engine(engine: Arc<dyn Engine>) -> Self {
-        Self { engine, encryption: None, generations: Arc::default() }
+        Self { engine, encryption: None, generations: Arc::default(), group_commit: None }
     }
 
     /// Whether both handles read the same store (not one of them a staged view).
@@ -269,7 +281,8 @@ impl Db {
     /// A handle over `engine` (a staged view of this database) with this database's encryption
     /// at rest, so index terms are hashed alike.
     fn with_staged_engine(&self, engine: Arc<dyn Engine>) -> Self {
-        Self { engine, encryption: self.encryption.clone(), generations: self.generations.clone() }
+        // A staged view's writes are never deferred: they go to its overlay, not to a log.
+        Self { engine, encryption: self.encryption.clone(), generations: self.generations.clone(), group_commit: None }
     }
 
     /// What stands for `term` (a word, URL or other user content) in a table's key: the term
@@ -324,6 +337,43 @@ impl Db {
         written
     }
 
+    /// Writes `batch` without waiting for the write-ahead log to reach the disk, and runs `after`
+    /// once it has (see `group_commit.rs`): the caller answers its client only after
+    /// [`Db::durable`] of the returned ticket, and `after` makes the batch visible to the readers
+    /// that hand it out. Without durable writes this is [`Db::write`] followed by `after`. On
+    /// failure `after` is dropped without running.
+    pub fn write_deferred(
+        &self,
+        batch: Batch,
+        after: impl FnOnce() + Send + 'static,
+    ) -> Result<group_commit::Ticket, StorageError> {
+        let Some(group_commit) = &self.group_commit else {
+            self.write(batch)?;
+            after();
+            return Ok(group_commit::Ticket::default());
+        };
+        let touched = self.generations.touched(&batch.ops);
+        let written = self.engine.write_unsynced(batch.ops);
+        self.generations.advance(touched);
+        written?;
+        Ok(group_commit.written(Box::new(after)))
+    }
+
+    /// Waits until the deferred write of `ticket` is durable (see [`Db::write_deferred`]).
+    /// Cancel-safe: the sync happens whether anyone waits for it.
+    pub async fn durable(&self, ticket: group_commit::Ticket) -> Result<(), StorageError> {
+        match &self.group_commit {
+            Some(group_commit) => group_commit.durable(ticket).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The ticket of the newest deferred write so far: [`Db::durable`] of it waits until
+    /// everything written before now is durable (for an answer that repeats an earlier one).
+    pub fn newest_deferred(&self) -> group_commit::Ticket {
+        self.group_commit.as_ref().map(|g| g.newest()).unwrap_or_default()
+    }
+
     /// The write generation of `table`'s rows whose key starts with `first` (see
     /// `generations.rs`): take it before reading those rows, and keep a copy of them under it;
     /// while it stays the same, none of them was written. Always 0 for a table without
@@ -352,6 +402,8 @@ impl Db {
                 batches = stats.batches,
                 write_groups = stats.groups,
                 wal_syncs = stats.syncs,
+                deferred_batches = self.group_commit.as_ref().map_or(0, |g| g.stats().batches),
+                shared_syncs = self.group_commit.as_ref().map_or(0, |g| g.stats().syncs),
                 "storage writes since start-up"
             );
         }

@@ -9,12 +9,19 @@
 //! arrive during that sync form the next group. `durable_writes = false` writes without the
 //! sync: still safe against a crash of the process (the log is in the OS page cache), not
 //! against a crash of the machine.
+//!
+//! Deferred writes ([`Engine::write_unsynced`], then [`Engine::sync_wal`] from the syncer of
+//! `group_commit.rs`) rely on the log being recovered as a prefix: a crash loses a suffix of the
+//! unsynced records and never keeps a record without those before it. The default recovery mode
+//! (point in time) replays the log up to the first damaged record, and with several column
+//! families RocksDB syncs the closed logs before a flush writes their data into table files.
 
 use std::{collections::BTreeSet, path::Path};
 
 use rocksdb::{
     BlockBasedOptions, BottommostLevelCompaction, BoundColumnFamily, Cache, CompactOptions, DBCompressionType,
-    DBWithThreadMode, Direction, IteratorMode, MultiThreaded, Options, WriteBatch, WriteBufferManager, WriteOptions,
+    DBRecoveryMode, DBWithThreadMode, Direction, IteratorMode, MultiThreaded, Options, WriteBatch, WriteBufferManager,
+    WriteOptions,
     statistics::{StatsLevel, Ticker},
 };
 
@@ -32,6 +39,8 @@ pub struct RocksEngine {
     /// The options the database was opened with; they hold its statistics (write counters).
     options: Options,
     write_options: WriteOptions,
+    /// For [`Engine::write_unsynced`]: never sets `sync`.
+    unsynced_options: WriteOptions,
     durable_writes: bool,
 }
 
@@ -73,6 +82,8 @@ impl RocksEngine {
         db_options.create_missing_column_families(true);
         db_options.set_max_open_files(settings.max_open_files);
         db_options.set_keep_log_file_num(3);
+        // RocksDB's default, said here because deferred writes rely on it (see the module doc).
+        db_options.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
         db_options.increase_parallelism(2);
         db_options.set_max_background_jobs(2);
         // Tickers only (no histograms or timers): the write and sync counts `write_stats` reports
@@ -109,7 +120,16 @@ impl RocksEngine {
             .map_err(|e| StorageError(format!("cannot open RocksDB at {}: {e}", path.display())))?;
         let mut write_options = WriteOptions::default();
         write_options.set_sync(settings.durable_writes);
-        Ok(Self { db, cache, tables, options: db_options, write_options, durable_writes: settings.durable_writes })
+        let unsynced_options = WriteOptions::default();
+        Ok(Self {
+            db,
+            cache,
+            tables,
+            options: db_options,
+            write_options,
+            unsynced_options,
+            durable_writes: settings.durable_writes,
+        })
     }
 
     /// Reads up to `limit` rows of `table` from a read-only view of the database at `path`,
@@ -129,6 +149,18 @@ impl RocksEngine {
             .take(limit)
             .map(|item| item.map(|(k, v)| (k.into_vec(), v.into_vec())).map_err(rocks_error))
             .collect()
+    }
+
+    fn batch(&self, ops: Vec<WriteOp>) -> Result<WriteBatch, StorageError> {
+        let mut batch = WriteBatch::default();
+        for op in ops {
+            let cf = self.cf(op.table)?;
+            match op.value {
+                Some(value) => batch.put_cf(&cf, op.key, value),
+                None => batch.delete_cf(&cf, op.key),
+            }
+        }
+        Ok(batch)
     }
 
     fn cf(&self, table: &'static str) -> Result<std::sync::Arc<BoundColumnFamily<'_>>, StorageError> {
@@ -160,15 +192,18 @@ impl Engine for RocksEngine {
     }
 
     fn write(&self, ops: Vec<WriteOp>) -> Result<(), StorageError> {
-        let mut batch = WriteBatch::default();
-        for op in ops {
-            let cf = self.cf(op.table)?;
-            match op.value {
-                Some(value) => batch.put_cf(&cf, op.key, value),
-                None => batch.delete_cf(&cf, op.key),
-            }
-        }
-        self.db.write_opt(batch, &self.write_options).map_err(rocks_error)
+        self.db.write_opt(self.batch(ops)?, &self.write_options).map_err(rocks_error)
+    }
+
+    fn write_unsynced(&self, ops: Vec<WriteOp>) -> Result<(), StorageError> {
+        self.db.write_opt(self.batch(ops)?, &self.unsynced_options).map_err(rocks_error)
+    }
+
+    /// `SyncWAL`: syncs every live log file up to what was written before the call. Concurrent
+    /// calls do not share a sync (each waits for the previous one, then syncs again), hence
+    /// the one syncer thread of `group_commit.rs`.
+    fn sync_wal(&self) -> Result<(), StorageError> {
+        self.db.flush_wal(true).map_err(rocks_error)
     }
 
     fn write_stats(&self) -> Option<WriteStats> {

@@ -6,12 +6,19 @@
 //! - Through the server, every message whose send was acknowledged is still there after the
 //!   server is killed with SIGKILL in the middle of concurrent sends and started again on the
 //!   same database, over several cycles.
+//! - Sends into one room share syncs (the group commit of `storage/group_commit.rs`: written under
+//!   the room's lock, synced outside it): the shutdown counters show fewer WAL syncs than sends,
+//!   clients that give up mid-request hold nothing back, and /sync serves every acknowledged
+//!   send. After SIGKILL during a burst into one room, every acknowledged send and every event
+//!   /sync served is still there.
 //!
 //! What the second test cannot show: SIGKILL ends the process, not the machine, and the kernel
 //! still writes the page cache (which holds RocksDB's log) to disk afterwards, so it passes even
 //! with unsynced writes. It proves crash consistency (nothing is acknowledged before it is
 //! committed, and a commit survives the process); that the commit is also synced, so it survives
-//! a power cut, is what the engine test checks by counting WAL syncs.
+//! a power cut, is what the engine test checks by counting WAL syncs (and, for deferred writes,
+//! the unit tests of `group_commit.rs`: a send is released only by a sync that started after
+//! its write, and a failed sync releases nothing).
 
 use std::{
     sync::{
@@ -258,4 +265,261 @@ async fn acknowledged_events_survive_sigkill_during_concurrent_sends() {
     let last = crate::room_helpers::send_text(&server, reader, &shared_room, "after the kills").await;
     let path = format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&shared_room), enc(&last));
     assert_eq!(server.get(&path, reader.token()).await.0, 200);
+}
+
+/// The value of `field=N` in the server's shutdown line of write counters.
+fn shutdown_counter(log: &str, field: &str) -> u64 {
+    let line = log
+        .lines()
+        .rev()
+        .find(|line| line.contains("storage writes since start-up"))
+        .unwrap_or_else(|| panic!("no write counters in the shutdown log:\n{log}"));
+    let pattern = format!("{field}=");
+    let value = line
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix(pattern.as_str()))
+        .unwrap_or_else(|| panic!("no {field} in: {line}"));
+    value.trim_end_matches(|c: char| !c.is_ascii_digit()).parse().unwrap()
+}
+
+/// Every timeline event ID of `room` that `/sync` serves `session` from `since` until `stop`
+/// is set or the server is gone; returns them and the last `next_batch`.
+async fn follow_sync(
+    base_url: String,
+    token: String,
+    room: String,
+    mut since: Option<String>,
+    stop: Arc<AtomicBool>,
+) -> (Vec<String>, Option<String>) {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let mut served = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        // A timeline limit above any batch this test makes, so no event is skipped as `limited`.
+        let filter = enc(r#"{"room":{"timeline":{"limit":500}}}"#);
+        let mut url = format!("{base_url}/_matrix/client/v3/sync?timeout=500&filter={filter}");
+        if let Some(since) = &since {
+            url.push_str(&format!("&since={}", enc(since)));
+        }
+        let Ok(response) = http.get(url).bearer_auth(&token).send().await else { break };
+        let Ok(body) = response.json::<Value>().await else { break };
+        let Some(next) = body["next_batch"].as_str() else { break };
+        let timeline = &body["rooms"]["join"][&room]["timeline"];
+        assert!(since.is_none() || timeline["limited"] != true, "a limited incremental timeline: {timeline}");
+        if let Some(events) = timeline["events"].as_array() {
+            served.extend(events.iter().filter_map(|e| e["event_id"].as_str().map(str::to_owned)));
+        }
+        since = Some(next.to_owned());
+    }
+    (served, since)
+}
+
+/// Sends `count` messages from `task` into `room`; with `give_up`, each request is abandoned
+/// (the connection dropped) after that long, mid-request for many. Returns (event ID, body) of
+/// the acknowledged sends, stopping at the first failure other than an abandoned request.
+async fn send_burst(
+    base_url: String,
+    token: String,
+    room: String,
+    task: usize,
+    count: usize,
+    give_up: Option<Duration>,
+) -> Vec<(String, String)> {
+    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(30));
+    if let Some(give_up) = give_up {
+        builder = builder.timeout(give_up);
+    }
+    let http = builder.build().unwrap();
+    let mut acknowledged = Vec::new();
+    for n in 0..count {
+        let body = format!("task {task} message {n}");
+        let url = format!("{base_url}/_matrix/client/v3/rooms/{}/send/m.room.message/t{task}-{n}", enc(&room));
+        let response = http.put(url).bearer_auth(&token).json(&json!({"msgtype": "m.text", "body": body})).send().await;
+        let reply = match response {
+            Ok(response) if response.status() == 200 => response.json::<Value>().await.ok(),
+            Ok(_) => break,
+            Err(error) if error.is_timeout() => None,
+            Err(_) => break,
+        };
+        if let Some(event_id) = reply.as_ref().and_then(|r| r["event_id"].as_str()) {
+            acknowledged.push((event_id.to_owned(), body));
+        } else if give_up.is_none() {
+            break;
+        }
+    }
+    acknowledged
+}
+
+/// Registers `users` users and joins them all to one new public room.
+async fn one_room_with(server: &TestServer, users: usize) -> (Vec<Session>, String) {
+    let mut sessions = Vec::new();
+    for index in 0..users {
+        sessions.push(server.register(&format!("sender{index}"), "pw").await);
+    }
+    let room = create_room(server, &sessions[0], json!({"preset": "public_chat"})).await;
+    for session in &sessions[1..] {
+        let (status, body) =
+            server.post(&format!("/_matrix/client/v3/join/{}", enc(&room)), session.token(), json!({})).await;
+        assert_eq!(status, 200, "join: {body}");
+    }
+    (sessions, room)
+}
+
+/// Sends into one room are serialised by the room's lock; with durable writes each used to sync
+/// the log under that lock, so none shared a sync. Now the write is deferred and the send waits
+/// for a shared sync outside the lock: the shutdown counters show fewer syncs than sends. Some
+/// clients give up mid-request; their events, if written, still become visible (the stream is
+/// never held back by an abandoned request), and /sync serves every acknowledged send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_sends_into_one_room_share_syncs() {
+    const TASKS: usize = 16;
+    const SENDS: usize = 25;
+    for durable in [true, false] {
+        let extra = if durable { "" } else { "rocksdb_durable_writes = false" };
+        let server = TestServer::start_with(extra).await;
+        let (sessions, room) = one_room_with(&server, 8).await;
+        let (status, first) = server.get("/_matrix/client/v3/sync", sessions[0].token()).await;
+        assert_eq!(status, 200);
+        let since = first["next_batch"].as_str().map(str::to_owned);
+
+        let mut tasks = Vec::new();
+        for task in 0..TASKS {
+            let token = sessions[task % sessions.len()].access_token.clone();
+            // Two tasks abandon their requests after a millisecond or two, mid-request.
+            let give_up = (task < 2).then(|| Duration::from_millis(1 + task as u64));
+            tasks.push(tokio::spawn(send_burst(server.base_url.clone(), token, room.clone(), task, SENDS, give_up)));
+        }
+        let mut acknowledged = Vec::new();
+        for (task, handle) in tasks.into_iter().enumerate() {
+            let sent = handle.await.unwrap();
+            if task >= 2 {
+                assert_eq!(sent.len(), SENDS, "task {task}: a send failed");
+            }
+            acknowledged.extend(sent);
+        }
+        // One more send after the burst: /sync must reach it, so nothing abandoned or deferred
+        // holds the stream back.
+        let last = crate::room_helpers::send_text(&server, &sessions[0], &room, "after the burst").await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let follower = tokio::spawn(follow_sync(
+            server.base_url.clone(),
+            sessions[0].access_token.clone(),
+            room.clone(),
+            since,
+            stop.clone(),
+        ));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut served = std::collections::HashSet::new();
+        // Polls until the last send is served (the follower stops after its current request).
+        while Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let (status, page) = server
+                .get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1", enc(&room)), sessions[0].token())
+                .await;
+            assert_eq!(status, 200);
+            if page["chunk"][0]["event_id"] == *last.as_str() {
+                break;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        let (events, _) = follower.await.unwrap();
+        served.extend(events);
+        assert!(served.contains(&last), "durable={durable}: /sync never served the send after the burst");
+        for (event_id, body) in &acknowledged {
+            assert!(served.contains(event_id), "durable={durable}: /sync did not serve {event_id} ({body})");
+        }
+
+        let (code, log) = server.stop_with_log();
+        assert_eq!(code, Some(0), "clean shutdown");
+        let sends = acknowledged.len() as u64;
+        let (wal_syncs, deferred, shared) = (
+            shutdown_counter(&log, "wal_syncs"),
+            shutdown_counter(&log, "deferred_batches"),
+            shutdown_counter(&log, "shared_syncs"),
+        );
+        eprintln!(
+            "durable={durable}: {sends} sends acknowledged; {deferred} deferred batches, {shared} shared syncs, \
+             {wal_syncs} WAL syncs in all"
+        );
+        if durable {
+            assert!(deferred >= sends, "every acknowledged send was a deferred write: {deferred} < {sends}");
+            assert!(shared >= 1, "deferred writes were synced");
+            // Each send under the room's lock used to sync on its own: at least one sync per
+            // send. Now concurrent sends into the room share them.
+            assert!(wal_syncs < sends, "{wal_syncs} WAL syncs for {sends} sends into one room: none shared");
+            assert!(shared < deferred, "no two deferred writes shared a sync: {shared} for {deferred}");
+        } else {
+            assert_eq!((deferred, shared), (0, 0), "nothing deferred without durable writes");
+        }
+    }
+}
+
+/// SIGKILL in the middle of a burst of sends into one room, some clients abandoning their
+/// requests and one following /sync: after a restart, every acknowledged send and every event
+/// /sync served is there, over several cycles. (As for the test above: SIGKILL does not lose
+/// the page cache, so this shows crash consistency of deferred writes, nothing is served or
+/// acknowledged before it is written; the sharing test shows the syncs.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_and_served_sends_survive_sigkill_in_one_busy_room() {
+    const TASKS: usize = 12;
+    let tempdir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(tempdir.path(), "localhost", "").unwrap();
+    let (sessions, room) = one_room_with(&server, 6).await;
+    let mut server = Some(server);
+    let mut must_exist: Vec<(String, String)> = Vec::new();
+    for cycle in 0..3 {
+        let running = server.take().expect("a running server");
+        let stop = Arc::new(AtomicBool::new(false));
+        let follower = tokio::spawn(follow_sync(
+            running.base_url.clone(),
+            sessions[1].access_token.clone(),
+            room.clone(),
+            None,
+            stop.clone(),
+        ));
+        let mut tasks = Vec::new();
+        for task in 0..TASKS {
+            let token = sessions[task % sessions.len()].access_token.clone();
+            let give_up = (task % 4 == 0).then(|| Duration::from_millis(1 + task as u64 % 3));
+            let id = cycle * 100 + task;
+            tasks.push(tokio::spawn(send_burst(running.base_url.clone(), token, room.clone(), id, 400, give_up)));
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        drop(running); // SIGKILL
+        stop.store(true, Ordering::Relaxed);
+        let mut acknowledged = 0;
+        for handle in tasks {
+            let sent = handle.await.unwrap();
+            acknowledged += sent.len();
+            must_exist.extend(sent);
+        }
+        let (served, _) = follower.await.unwrap();
+        assert!(acknowledged > 0, "cycle {cycle}: nothing acknowledged before the kill");
+        must_exist.extend(served.iter().map(|id| (id.clone(), "served by /sync".to_owned())));
+
+        let restarted = TestServer::start_in(tempdir.path(), "localhost", "").unwrap();
+        let mut missing = Vec::new();
+        for (event_id, body) in &must_exist {
+            let path = format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&room), enc(event_id));
+            let (status, event) = restarted.get(&path, sessions[0].token()).await;
+            if status != 200 || (!body.starts_with("served") && event["content"]["body"] != *body.as_str()) {
+                missing.push(format!("{event_id} ({body}): {status}"));
+            }
+        }
+        eprintln!(
+            "cycle {cycle}: {acknowledged} sends acknowledged and {} events served by /sync before SIGKILL; {} \
+             checked",
+            served.len(),
+            must_exist.len()
+        );
+        assert!(missing.is_empty(), "cycle {cycle}: lost after SIGKILL: {missing:#?}");
+        server = Some(restarted);
+    }
+    // The room still takes sends, and /messages reaches them.
+    let server = server.expect("a running server");
+    let last = crate::room_helpers::send_text(&server, &sessions[0], &room, "after the kills").await;
+    let (status, page) = server
+        .get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1", enc(&room)), sessions[0].token())
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(page["chunk"][0]["event_id"], *last.as_str());
 }

@@ -22,6 +22,8 @@ pub struct TestServer {
     pub metrics_url: Option<String>,
     _tempdir: Option<tempfile::TempDir>,
     pub http: reqwest::Client,
+    /// The server's whole stderr (its log), sent when it exits.
+    stderr: Option<std::sync::Mutex<mpsc::Receiver<String>>>,
 }
 
 /// Rate limits high enough that no test meets them (tests register, log in and send from one
@@ -184,6 +186,7 @@ impl TestServer {
             metrics_url,
             _tempdir: None,
             http: reqwest::Client::new(),
+            stderr: Some(std::sync::Mutex::new(err_rx)),
         })
     }
 
@@ -196,6 +199,15 @@ impl TestServer {
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let status = child.wait().ok()?;
         status.code()
+    }
+
+    /// Like [`stop`](Self::stop), and returns the server's log (its stderr) too.
+    pub fn stop_with_log(mut self) -> (Option<i32>, String) {
+        let stderr = self.stderr.take();
+        let code = self.stop();
+        let log =
+            stderr.and_then(|rx| rx.into_inner().ok()?.recv_timeout(Duration::from_secs(10)).ok()).unwrap_or_default();
+        (code, log)
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -132,6 +132,10 @@ async fn pass(
     sweep: &mut Sweep,
 ) -> Result<Option<Instant>> {
     let after = sweep.after.clone();
+    // Only notifications of events readers may see: a deferred write's rows are in the queue
+    // before its sync makes the event visible (see `storage/group_commit.rs`), and the sync
+    // wakes this loop again.
+    let committed = services.rooms.current_position();
     let entries = services
         .db
         .run(move |db| {
@@ -140,7 +144,12 @@ async fn pass(
         })
         .await?;
     // The scan starts at the previous pass's last entry (inclusive); skip it.
-    let entries: Vec<_> = entries.into_iter().filter(|(key, _)| sweep.after.as_ref() != Some(key)).take(PASS).collect();
+    let entries: Vec<_> = entries
+        .into_iter()
+        .take_while(|(key, _)| key.0 <= committed)
+        .filter(|(key, _)| sweep.after.as_ref() != Some(key))
+        .take(PASS)
+        .collect();
     let full_pass = entries.len() == PASS;
     sweep.after = if full_pass { entries.last().map(|(key, _)| key.clone()) } else { None };
     let give_up_ms = services.config.push_give_up_secs.saturating_mul(1000);

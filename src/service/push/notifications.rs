@@ -38,6 +38,9 @@ pub async fn page(
         None => u64::MAX,
         Some(token) => token.parse::<u64>().map_err(|_| Error::invalid_param("Invalid from token"))?,
     };
+    // Never past the committed stream position: a deferred write's notification rows exist
+    // before its sync makes the event visible (see `storage/group_commit.rs`).
+    let before = before.min(services.rooms.current_position().saturating_add(1));
     let limit = limit.map_or(DEFAULT_LIMIT, |l| usize::try_from(u64::from(l)).unwrap_or(MAX_LIMIT)).clamp(1, MAX_LIMIT);
     let only_highlight = only.is_some_and(|only| only.split(',').any(|o| o == "highlight"));
 

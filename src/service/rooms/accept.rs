@@ -30,6 +30,7 @@ use crate::{
     service::push::evaluate::write_notifications,
     storage::{
         Batch, Db,
+        group_commit::Ticket,
         room_tables::{
             CURRENT_STATE, EVENT_META, EVENT_STREAM, EVENT_TRANSACTIONS, EventMeta, PDUS, ROOM_SERVERS, ROOMS,
             RoomRecord, TIMELINE, TIMELINE_GAPS, TRANSACTIONS, USER_ROOMS, UserMembership,
@@ -44,6 +45,9 @@ pub struct Accepted {
     /// Stream position in the timeline; `None` when soft-failed.
     pub position: Option<u64>,
     pub soft_failed: bool,
+    /// The sync that makes the event durable, when its write was deferred (see
+    /// `group_commit.rs`): the client is answered only after [`Db::durable`] of it.
+    pub durable: Ticket,
 }
 
 /// The event being accepted, whose ids and auth chain are still in the uncommitted batch:
@@ -147,6 +151,20 @@ impl Outcome {
             Outcome::AlreadyKnown { .. } => Err(bad_event("Event already accepted")),
         }
     }
+}
+
+/// Whether an accepted event's write may be deferred to a shared sync (see `group_commit.rs`):
+/// only a client's send (its request waits for the sync before it is answered, which only sends
+/// with a transaction ID do), and only an event whose rows are read by nothing that could hand
+/// it out before its stream position is released. A state event changes the room's current
+/// state (read by `/state`, `/members`, joins and the room lists without a stream bound), a
+/// redaction changes how its target is served, and a relation is counted in its parent's
+/// bundled aggregations and `/relations`: those keep a synced write under the room's lock.
+fn deferrable(transaction: Option<&Transaction>, pdu: &Pdu) -> bool {
+    transaction.is_some()
+        && pdu.state_key.is_none()
+        && pdu.kind != TimelineEventType::RoomRedaction
+        && super::relations::relation_of(&pdu.content_value()).is_none()
 }
 
 /// Why an event can't be authorised yet, or at all.
@@ -383,7 +401,7 @@ impl RoomCore {
         let (short_event, _) = self.store_off_timeline(db, &mut batch, &pdu, None)?;
         db.write(batch)?;
         self.forget_stored(short_event);
-        Ok(Outcome::Accepted(Accepted { event_id, position: None, soft_failed: false }))
+        Ok(Outcome::Accepted(Accepted { event_id, position: None, soft_failed: false, durable: Ticket::default() }))
     }
 
     /// The state groups after each prev event of `pdu` (sorted, without repeats), or the prev
@@ -593,7 +611,7 @@ impl RoomCore {
             batch.put(&EVENT_META, &short_event, &meta)?;
             db.write(batch)?;
             self.forget_stored(short_event);
-            return Ok(Accepted { event_id: pdu.event_id, position: None, soft_failed });
+            return Ok(Accepted { event_id: pdu.event_id, position: None, soft_failed, durable: Ticket::default() });
         }
 
         // Forward extremities: this event replaces its prev events.
@@ -703,14 +721,25 @@ impl RoomCore {
                 backfilled: room_record.as_ref().map_or(0, |r| r.backfilled),
             },
         )?;
-        db.write(batch)?;
-        self.forget_stored(short_event);
         reserved.wakes(super::stream::wake_keys(&pdu.room_id, &pdu.kind.to_string(), pdu.state_key.as_deref()));
-        drop(reserved);
-        if push_queued {
-            self.push_wake.notify_one();
-        }
-        Ok(Accepted { event_id: pdu.event_id, position: Some(position), soft_failed })
+        let push_wake = push_queued.then(|| self.push_wake.clone());
+        // Releasing the position makes the event readable by those who hand it out (and wakes
+        // them); with a deferred write that waits for the sync that makes the batch durable.
+        let publish = move || {
+            drop(reserved);
+            if let Some(push_wake) = push_wake {
+                push_wake.notify_one();
+            }
+        };
+        let durable = if deferrable(transaction, &pdu) {
+            db.write_deferred(batch, publish)?
+        } else {
+            db.write(batch)?;
+            publish();
+            Ticket::default()
+        };
+        self.forget_stored(short_event);
+        Ok(Accepted { event_id: pdu.event_id, position: Some(position), soft_failed, durable })
     }
 
     /// Writes a change of the room's current state (each key set to an event, or removed), and

@@ -85,7 +85,7 @@ impl RoomCore {
         db.write(batch)?;
         self.forget_stored(short_event);
         crate::service::metrics::global().event_persisted("backfill");
-        Ok(Outcome::Accepted(Accepted { event_id, position: None, soft_failed: false }))
+        Ok(Outcome::Accepted(Accepted { event_id, position: None, soft_failed: false, durable: Default::default() }))
     }
 }
 

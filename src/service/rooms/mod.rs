@@ -1,7 +1,9 @@
 //! Rooms: the signed event graph. Every event, built here or (later) received over federation,
 //! goes through [`accept`](RoomCore::accept); this module holds the shared core and the async
 //! API the handlers call. Writes to one room are serialised by a per-room lock; the work itself
-//! runs on the blocking pool.
+//! runs on the blocking pool. A client's message is written under the lock without a sync and
+//! answered after a shared sync outside it (`storage/group_commit.rs`; which events qualify is
+//! `accept::deferrable`).
 
 mod accept;
 pub mod aliases;
@@ -93,7 +95,7 @@ pub struct RoomCore {
     /// The auth DAG's edges and a bounded cache of auth chains.
     auth_chains: auth_chain::AuthChains,
     /// Stream positions of the timeline.
-    positions: stream::StreamAllocator,
+    positions: Arc<stream::StreamAllocator>,
     /// Woken when an event queued a notification for a push gateway.
     push_wake: Arc<tokio::sync::Notify>,
     /// Push evaluation's facts per room (see `notify.rs`).
@@ -223,7 +225,7 @@ impl Rooms {
             interner: short::Interner::new(&db)?,
             state: state::StateGroups::new(&db)?,
             auth_chains: auth_chain::AuthChains::new(),
-            positions: stream::StreamAllocator::new(&db, notifier)?,
+            positions: Arc::new(stream::StreamAllocator::new(&db, notifier)?),
             db,
             server_name,
             keys,
@@ -316,19 +318,26 @@ impl Rooms {
         let lock = self.lock_for(room_id)?;
         let room_id = room_id.to_owned();
         let sender = sender.to_owned();
-        self.run_locked(&lock, move |core, db| {
-            // Idempotency is decided here, under the room's lock and before anything is built:
-            // the same request sent many times at once gives one event.
-            if let Some(txn) = &transaction
-                && let Some(event_id) = core.transaction_event(db, &sender, &txn.device, &txn.key)?
-            {
-                return Ok(Accepted { event_id, position: None, soft_failed: false });
-            }
-            let (_, version) = core.version_of(db, &room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
-            let json = core.build(db, Some(&room_id), &version, &sender, event, prev_events)?;
-            core.accept_with(db, Some(&room_id), &version, json, transaction.as_ref())
-        })
-        .await
+        let accepted = self
+            .run_locked(&lock, move |core, db| {
+                // Idempotency is decided here, under the room's lock and before anything is
+                // built: the same request sent many times at once gives one event. That event
+                // may still wait for its sync; this answer waits for it too.
+                if let Some(txn) = &transaction
+                    && let Some(event_id) = core.transaction_event(db, &sender, &txn.device, &txn.key)?
+                {
+                    let durable = db.newest_deferred();
+                    return Ok(Accepted { event_id, position: None, soft_failed: false, durable });
+                }
+                let (_, version) = core.version_of(db, &room_id)?.ok_or_else(|| Error::not_found("Unknown room"))?;
+                let json = core.build(db, Some(&room_id), &version, &sender, event, prev_events)?;
+                core.accept_with(db, Some(&room_id), &version, json, transaction.as_ref())
+            })
+            .await?;
+        // Outside the room's lock, so the room's next send is written meanwhile and shares
+        // the sync (see `storage/group_commit.rs`).
+        self.core.db.durable(accepted.durable).await?;
+        Ok(accepted)
     }
 
     /// The checks of an event from another server that need no room state (`prepare.rs`),

@@ -537,9 +537,18 @@ impl Rooms {
 
 impl Rooms {
     /// The event a transaction ID already produced, for idempotent sends.
+    /// The event may still wait for its sync (see `group_commit.rs`): the answer waits for it
+    /// too, as the first request's does.
     pub async fn transaction(&self, user: &UserId, device: &str, txn_id: &str) -> Result<Option<ruma::OwnedEventId>> {
         let (user, device, txn_id) = (user.to_owned(), device.to_owned(), txn_id.to_owned());
-        self.run(move |core, db| core.transaction_event(db, &user, &device, &txn_id)).await
+        let found = self
+            .run(move |core, db| {
+                Ok(core.transaction_event(db, &user, &device, &txn_id)?.map(|id| (id, db.newest_deferred())))
+            })
+            .await?;
+        let Some((event_id, ticket)) = found else { return Ok(None) };
+        self.core.db.durable(ticket).await?;
+        Ok(Some(event_id))
     }
 }
 

@@ -30,14 +30,15 @@ struct InFlight {
     wakes: BTreeMap<u64, Vec<WakeKey>>,
 }
 
-/// A reserved position; dropping it (after the batch is written, or on failure) releases it.
-pub struct Reserved<'a> {
+/// A reserved position; dropping it (after the batch is written and, for a deferred write,
+/// synced; or on failure) releases it.
+pub struct Reserved {
     pub position: u64,
-    allocator: &'a StreamAllocator,
+    allocator: Arc<StreamAllocator>,
     wakes: Vec<WakeKey>,
 }
 
-impl Reserved<'_> {
+impl Reserved {
     /// Names what the event at this position wakes once it is readable: call it after the
     /// batch is written.
     pub fn wakes(&mut self, keys: impl IntoIterator<Item = WakeKey>) {
@@ -74,11 +75,12 @@ impl StreamAllocator {
 
     /// Reserves the next position. Allocation happens under the lock so the bound never
     /// passes a position that is handed out but not yet recorded as in flight.
-    pub fn reserve(&self) -> Reserved<'_> {
+    pub fn reserve(self: &Arc<Self>) -> Reserved {
         let mut in_flight = self.in_flight();
         let position = self.ids.next();
         in_flight.positions.insert(position);
-        Reserved { position, allocator: self, wakes: Vec::new() }
+        drop(in_flight);
+        Reserved { position, allocator: self.clone(), wakes: Vec::new() }
     }
 
     /// The newest position below which (inclusive) every position is committed or abandoned.
@@ -94,7 +96,7 @@ impl StreamAllocator {
     }
 }
 
-impl Drop for Reserved<'_> {
+impl Drop for Reserved {
     fn drop(&mut self) {
         let (committed, wakes) = {
             let mut in_flight = self.allocator.in_flight();

@@ -158,18 +158,19 @@ impl Engine for EncryptedEngine {
     }
 
     fn write(&self, ops: Vec<WriteOp>) -> Result<(), StorageError> {
-        let sealed = ops
-            .into_iter()
-            .map(|op| match op.value {
-                Some(value) if op.table != ENCRYPTION_TABLE => {
-                    let value = self.keyring.seal(op.table, &op.key, &value)?;
-                    Ok(WriteOp { value: Some(value), ..op })
-                }
-                _ => Ok(op),
-            })
-            .collect::<Result<Vec<_>, StorageError>>()?;
+        let sealed = self.seal_ops(ops)?;
         let _shared = self.gate.read().map_err(poisoned)?;
         self.inner.write(sealed)
+    }
+
+    fn write_unsynced(&self, ops: Vec<WriteOp>) -> Result<(), StorageError> {
+        let sealed = self.seal_ops(ops)?;
+        let _shared = self.gate.read().map_err(poisoned)?;
+        self.inner.write_unsynced(sealed)
+    }
+
+    fn sync_wal(&self) -> Result<(), StorageError> {
+        self.inner.sync_wal()
     }
 
     fn flush(&self) -> Result<(), StorageError> {
@@ -196,5 +197,20 @@ impl Engine for EncryptedEngine {
 
     fn mutable_copy_file(&self, name: &str) -> bool {
         self.inner.mutable_copy_file(name)
+    }
+}
+
+impl EncryptedEngine {
+    /// The writes with their values sealed (the encryption table's own rows stay plain).
+    fn seal_ops(&self, ops: Vec<WriteOp>) -> Result<Vec<WriteOp>, StorageError> {
+        ops.into_iter()
+            .map(|op| match op.value {
+                Some(value) if op.table != ENCRYPTION_TABLE => {
+                    let value = self.keyring.seal(op.table, &op.key, &value)?;
+                    Ok(WriteOp { value: Some(value), ..op })
+                }
+                _ => Ok(op),
+            })
+            .collect::<Result<Vec<_>, StorageError>>()
     }
 }
