@@ -80,6 +80,7 @@ mod sync_idle;
 mod sync_initial_cache;
 mod sync_knock;
 mod sync_served;
+mod sync_unread;
 mod sync_wake;
 mod tags;
 mod threads;
