@@ -212,15 +212,17 @@ impl Rooms {
             let short_room = core.short_room_of(db, &room_id)?;
             let rules = core.rules_of_room(db, short_room)?;
             let Some(to_group) = core.state_group_at(db, short_room, to)? else { return Ok(Vec::new()) };
-            let to_map = core.state.load(db, to_group)?;
             let from_group = match from {
                 Some(position) => core.state_group_at(db, short_room, position)?,
                 None => None,
             };
-            // Nothing changed and no member is wanted regardless: skip walking the state.
-            if from_group == Some(to_group) && selection.always_members.is_empty() {
+            // Nothing changed and no member is wanted regardless (only lazy-loading sends the
+            // timeline's senders unchanged): skip reading and walking the state.
+            let members_regardless = selection.lazy_members.is_some() && !selection.always_members.is_empty();
+            if from_group == Some(to_group) && !members_regardless {
                 return Ok(Vec::new());
             }
+            let to_map = core.state.load(db, to_group)?;
             let from_map = match from_group {
                 Some(group) => Some(core.state.load(db, group)?),
                 None => None,
