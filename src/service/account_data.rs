@@ -65,7 +65,12 @@ impl AccountData {
     /// The newest account data stream position. Changes are written in position order (under
     /// the counter lock), so every change up to it is committed.
     pub async fn position(&self) -> Result<u64> {
-        self.db.run(|db| Ok(COUNTERS.get(db, &STREAM_COUNTER.to_owned())?.unwrap_or(0))).await
+        self.db.run(Self::position_in).await
+    }
+
+    /// [`position`](Self::position), on the blocking pool already.
+    pub fn position_in(db: &Db) -> Result<u64> {
+        Ok(COUNTERS.get(db, &STREAM_COUNTER.to_owned())?.unwrap_or(0))
     }
 
     /// A user's account data: all of it without `since`, else what changed in positions

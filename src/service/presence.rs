@@ -165,7 +165,12 @@ impl Presence {
 
     /// The newest presence stream position.
     pub async fn position(&self) -> Result<u64> {
-        self.inner.db.run(|db| Ok(COUNTERS.get(db, &COUNTER.to_owned())?.unwrap_or(0))).await
+        self.inner.db.run(Self::position_in).await
+    }
+
+    /// [`position`](Self::position), on the blocking pool already.
+    pub fn position_in(db: &Db) -> Result<u64> {
+        Ok(COUNTERS.get(db, &COUNTER.to_owned())?.unwrap_or(0))
     }
 
     /// `user`'s presence (offline when unknown or when presence is off).

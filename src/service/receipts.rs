@@ -38,7 +38,12 @@ impl Receipts {
 
     /// The newest receipt stream position.
     pub async fn position(&self) -> Result<u64> {
-        self.db.run(|db| Ok(COUNTERS.get(db, &COUNTER.to_owned())?.unwrap_or(0))).await
+        self.db.run(Self::position_in).await
+    }
+
+    /// [`position`](Self::position), on the blocking pool already.
+    pub fn position_in(db: &Db) -> Result<u64> {
+        Ok(COUNTERS.get(db, &COUNTER.to_owned())?.unwrap_or(0))
     }
 
     /// Records `user`'s receipt of `receipt_type` at `event_id` (in `thread`, if any).

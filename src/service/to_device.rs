@@ -258,7 +258,12 @@ impl ToDevice {
 
     /// The newest position handed out (for sync tokens).
     pub async fn current_position(&self) -> Result<u64> {
-        self.db.run(|db| Ok(COUNTERS.get(db, &COUNTER.to_owned())?.unwrap_or(0))).await
+        self.db.run(Self::position_in).await
+    }
+
+    /// [`current_position`](Self::current_position), on the blocking pool already.
+    pub fn position_in(db: &Db) -> Result<u64> {
+        Ok(COUNTERS.get(db, &COUNTER.to_owned())?.unwrap_or(0))
     }
 
     /// Up to `limit` messages for application service users after position `after`, oldest

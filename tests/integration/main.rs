@@ -81,6 +81,7 @@ mod sync_initial_cache;
 mod sync_knock;
 mod sync_large_state;
 mod sync_served;
+mod sync_unread;
 mod sync_wake;
 mod tags;
 mod threads;

@@ -176,3 +176,49 @@ async fn state_room_account_data_and_membership_driven_device_lists_reach_an_idl
     let changed = body["device_lists"]["changed"].as_array().cloned().unwrap_or_default();
     assert!(changed.contains(&json!(carol.user_id)), "{body}");
 }
+
+/// A woken sync whose room state did not change since its token skips the state (unless
+/// lazy-loading asks for the timeline's senders): the state before a limited timeline must still
+/// show what changed in the gap, and lazy-loading still sends the senders' member events.
+#[tokio::test]
+async fn state_before_the_timeline_follows_changes_when_messages_wake_a_sync() {
+    let server = TestServer::start().await;
+    let alice = server.register("state_alice", "pw").await;
+    let bob = server.register("state_bob", "pw").await;
+    let room = create_room(&server, &alice, json!({"preset": "public_chat"})).await;
+    join(&server, &bob, &room).await;
+    let limit_one = crate::sync::filter(json!({"room": {"timeline": {"limit": 1}}}));
+    let state = |body: &Value| -> Vec<(String, String)> {
+        events(joined(body, &room), "state")
+            .iter()
+            .map(|e| (e["type"].as_str().unwrap_or("").to_owned(), e["state_key"].as_str().unwrap_or("").to_owned()))
+            .collect()
+    };
+    let token = since(&sync(&server, &bob, &limit_one).await);
+    let token = idle(&server, &bob, &token).await;
+
+    // Messages only: the timeline has them and the state part is empty.
+    let ((), body) = wakes(&server, &bob, &token, send(&server, &alice, &room, "one")).await;
+    assert_eq!(events(joined(&body, &room), "timeline").len(), 1, "{body}");
+    assert!(state(&body).is_empty(), "{body}");
+    let token = since(&body);
+
+    // A topic then a message, seen through a one-event timeline: the topic is in the state.
+    let topic = format!("/_matrix/client/v3/rooms/{}/state/m.room.topic", enc(&room));
+    assert_eq!(server.put(&topic, alice.token(), json!({"topic": "news"})).await.0, 200);
+    send(&server, &alice, &room, "two").await;
+    let body = sync(&server, &bob, &format!("{limit_one}&since={token}&timeout=0")).await;
+    assert_eq!(joined(&body, &room)["timeline"]["limited"], true, "{body}");
+    assert_eq!(state(&body), vec![("m.room.topic".to_owned(), String::new())], "{body}");
+    let token = since(&body);
+
+    // A message again: nothing in the state; with lazy-loading, the sender's member event.
+    send(&server, &alice, &room, "three").await;
+    let body = sync(&server, &bob, &format!("{limit_one}&since={token}&timeout=0")).await;
+    assert!(state(&body).is_empty(), "{body}");
+    let lazy = crate::sync::filter(
+        json!({"room": {"timeline": {"limit": 1}, "state": {"lazy_load_members": true, "include_redundant_members": true}}}),
+    );
+    let body = sync(&server, &bob, &format!("{lazy}&since={token}&timeout=0")).await;
+    assert_eq!(state(&body), vec![("m.room.member".to_owned(), alice.user_id.clone())], "{body}");
+}

@@ -4,10 +4,21 @@
 //! (`thread_id`) reads only its thread (`main` being the main timeline). Counting reads only the
 //! notification rows after the oldest receipt that matters, so it costs the unread
 //! notifications, not the room's history.
+//!
+//! **Counts already made are extended, not made again** ([`CountCache`]). A room nobody reads
+//! (no receipt) has as many unread notifications as messages since the user joined, and every
+//! sync that shows the room counted them all again. The notification rows of an event are
+//! written in the event's own batch, keyed by its stream position, and never changed or
+//! deleted afterwards, so the rows up to a committed position are final: counts made up to such
+//! a position, for the same receipts and the same membership, stay right, and the next count
+//! adds only the rows after it. A moved receipt or membership misses and counts again.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Mutex, MutexGuard},
+};
 
-use ruma::{RoomId, UserId};
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 
 use super::Push;
 use crate::{
@@ -37,9 +48,103 @@ pub struct UnreadCounts {
     pub threads: BTreeMap<String, Counts>,
 }
 
+impl UnreadCounts {
+    /// Adds the counts of a later, disjoint range of positions.
+    fn add_later(&mut self, other: UnreadCounts) {
+        self.main.notifications += other.main.notifications;
+        self.main.highlights += other.main.highlights;
+        for (root, counts) in other.threads {
+            let mine = self.threads.entry(root).or_default();
+            mine.notifications += counts.notifications;
+            mine.highlights += counts.highlights;
+        }
+    }
+}
+
+/// Most rows kept: one per (user, room) and one per thread count in it (about 200 bytes each);
+/// past it the cache starts over.
+const CACHED_ROWS: usize = 20_000;
+/// Counts with more thread roots than this are not kept.
+const CACHED_THREADS: usize = 64;
+
+/// What counts were made from, and up to where.
+struct CachedCounts {
+    receipts: HashMap<String, u64>,
+    floor: u64,
+    by_thread: bool,
+    /// The committed stream position counted up to.
+    upto: u64,
+    counts: UnreadCounts,
+}
+
+impl CachedCounts {
+    fn rows(&self) -> usize {
+        1 + self.counts.threads.len()
+    }
+
+    /// Made from the same receipts, floor and `by_thread` as `other`.
+    fn same_kind(&self, other: &CachedCounts) -> bool {
+        self.receipts == other.receipts && self.floor == other.floor && self.by_thread == other.by_thread
+    }
+}
+
+type CountKey = (OwnedUserId, OwnedRoomId);
+
+#[derive(Default)]
+struct Kept {
+    entries: HashMap<CountKey, CachedCounts>,
+    rows: usize,
+}
+
+/// Unread counts made up to a committed stream position, by user and room (see the module
+/// documentation for why they stay right). Bounded at [`CACHED_ROWS`] rows.
+#[derive(Default)]
+pub(super) struct CountCache {
+    kept: Mutex<Kept>,
+}
+
+impl CountCache {
+    fn kept(&self) -> MutexGuard<'_, Kept> {
+        // Plain maps and numbers, each change complete before the lock is released.
+        self.kept.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The counts made for the same receipts, floor and `by_thread` as `wanted` up to a
+    /// position at or before `wanted.upto`, with that position.
+    fn base(&self, key: &CountKey, wanted: &CachedCounts) -> Option<(u64, UnreadCounts)> {
+        let kept = self.kept();
+        let entry = kept.entries.get(key)?;
+        (entry.same_kind(wanted) && entry.upto <= wanted.upto).then(|| (entry.upto, entry.counts.clone()))
+    }
+
+    /// Keeps `made` (unless newer counts of the same kind are kept already).
+    fn keep(&self, key: CountKey, made: CachedCounts) {
+        if made.counts.threads.len() > CACHED_THREADS {
+            return;
+        }
+        let mut kept = self.kept();
+        if let Some(entry) = kept.entries.get(&key)
+            && entry.same_kind(&made)
+            && entry.upto > made.upto
+        {
+            return;
+        }
+        if kept.rows + made.rows() > CACHED_ROWS {
+            *kept = Kept::default();
+        }
+        kept.rows += made.rows();
+        if let Some(old) = kept.entries.insert(key, made) {
+            kept.rows -= old.rows();
+        }
+    }
+}
+
 impl Push {
     /// Counts from the receipt positions per thread ("" for unthreaded), of the events in
     /// `(floor, upto]` (`floor`: the user's membership event; `upto`: the sync's snapshot).
+    /// With `committed` (every event up to `upto` is committed), counts kept for the same
+    /// receipts and floor up to an earlier position are extended by the rows after it, and the
+    /// result is kept.
     async fn counts_after(
         &self,
         user: &UserId,
@@ -47,8 +152,33 @@ impl Push {
         receipts: HashMap<String, u64>,
         (floor, upto): (u64, u64),
         by_thread: bool,
+        committed: bool,
     ) -> Result<UnreadCounts> {
-        let unthreaded = receipts.get("").copied().unwrap_or(0).max(floor);
+        if !committed {
+            return self.count_rows(user, room, &receipts, (floor, 0, upto), by_thread).await;
+        }
+        let key = (user.to_owned(), room.to_owned());
+        let mut made = CachedCounts { receipts, floor, by_thread, upto, counts: UnreadCounts::default() };
+        let (counted, mut counts) = self.count_cache.base(&key, &made).unwrap_or_default();
+        if counted < upto {
+            counts.add_later(self.count_rows(user, room, &made.receipts, (floor, counted, upto), by_thread).await?);
+        }
+        made.counts = counts.clone();
+        self.count_cache.keep(key, made);
+        Ok(counts)
+    }
+
+    /// The counts of the notification rows in positions `(counted, upto]` (and after the floor
+    /// and the unthreaded receipt).
+    async fn count_rows(
+        &self,
+        user: &UserId,
+        room: &RoomId,
+        receipts: &HashMap<String, u64>,
+        (floor, counted, upto): (u64, u64, u64),
+        by_thread: bool,
+    ) -> Result<UnreadCounts> {
+        let unthreaded = receipts.get("").copied().unwrap_or(0).max(floor).max(counted);
         let (user, room) = (user.to_owned(), room.to_owned());
         let (own, room_rows) = self
             .db
@@ -116,7 +246,9 @@ pub async fn unread_counts(
     by_thread: bool,
 ) -> Result<UnreadCounts> {
     let receipts = receipt_positions(services, user, room).await?;
-    services.push.counts_after(user, room, receipts, (floor, upto), by_thread).await
+    // Only counts up to a committed position are kept (a push's count reads up to the end).
+    let committed = upto <= services.rooms.current_position();
+    services.push.counts_after(user, room, receipts, (floor, upto), by_thread, committed).await
 }
 
 /// How many of `user`'s joined rooms have unread notifications (a push's `counts.unread`, as

@@ -40,6 +40,8 @@ pub struct Push {
     guard: AddressGuard,
     /// Cached push profiles, forgotten here when a user's pushers change.
     profiles: Arc<recipients::PushProfiles>,
+    /// Unread counts made up to a committed position, extended by later ones.
+    count_cache: counts::CountCache,
 }
 
 fn rule_not_found() -> Error {
@@ -53,7 +55,7 @@ impl Push {
         guard: AddressGuard,
         profiles: Arc<recipients::PushProfiles>,
     ) -> Self {
-        Self { db, wake, pushers_lock: WriteLock::new(), guard, profiles }
+        Self { db, wake, pushers_lock: WriteLock::new(), guard, profiles, count_cache: Default::default() }
     }
 
     /// The user's push rules: what they stored, or the spec's defaults.

@@ -156,15 +156,18 @@ impl RoomCore {
         selection: &StateSelection,
     ) -> Result<(Vec<(StateNames, u64)>, usize)> {
         let Some(to_group) = self.state_group_at(db, short_room, to)? else { return Ok((Vec::new(), 0)) };
-        let to_map = self.state.load(db, to_group)?;
         let from_group = match from {
             Some(position) => self.state_group_at(db, short_room, position)?,
             None => None,
         };
-        // Nothing changed and no member is wanted regardless: skip walking the state.
-        if from_group == Some(to_group) && selection.always_members.is_empty() {
-            return Ok((Vec::new(), to_map.len()));
+        // Nothing changed and no member is wanted regardless (only lazy-loading sends the
+        // timeline's senders unchanged): skip reading and walking the state. The size is only
+        // used for initial syncs, which have no `from`.
+        let members_regardless = selection.lazy_members.is_some() && !selection.always_members.is_empty();
+        if from_group == Some(to_group) && !members_regardless {
+            return Ok((Vec::new(), 0));
         }
+        let to_map = self.state.load(db, to_group)?;
         let from_map = match from_group {
             Some(group) => Some(self.state.load(db, group)?),
             None => None,

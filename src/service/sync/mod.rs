@@ -96,13 +96,19 @@ pub(crate) fn raw_account_data<T>(entry: &AccountDataEntry) -> Result<Raw<T>> {
 
 /// Every sync stream's newest position.
 pub(crate) async fn current_token(services: &Services) -> Result<SyncToken> {
-    // The stored counters are read at the same time (each is a trip to the blocking pool).
-    let (account_data, to_device, receipts, presence) = tokio::try_join!(
-        services.account_data.position(),
-        services.to_device.current_position(),
-        services.receipts.position(),
-        services.presence.position(),
-    )?;
+    use crate::service::{account_data::AccountData, presence::Presence, receipts::Receipts, to_device::ToDevice};
+    // The stored counters are read in one trip to the blocking pool (every sync reads them).
+    let (account_data, to_device, receipts, presence) = services
+        .db
+        .run(|db| {
+            Ok((
+                AccountData::position_in(db)?,
+                ToDevice::position_in(db)?,
+                Receipts::position_in(db)?,
+                Presence::position_in(db)?,
+            ))
+        })
+        .await?;
     Ok(SyncToken {
         events: services.rooms.current_position(),
         account_data,
