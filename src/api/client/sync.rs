@@ -110,21 +110,26 @@ struct RoomsOut {
 impl RoomsOut {
     fn new(rooms: Rooms) -> Self {
         let Rooms { leave, join, invite, knock, .. } = rooms;
-        let leave = leave
+        Self {
+            leave: Self::with_timelines(leave, |room| &mut room.timeline),
+            join: Self::with_timelines(join, |room| &mut room.timeline),
+            invite,
+            knock,
+        }
+    }
+
+    /// Each room with its timeline taken out, to be written by [`WithTimeline`].
+    fn with_timelines<R>(
+        rooms: BTreeMap<OwnedRoomId, R>,
+        timeline_of: fn(&mut R) -> &mut Timeline,
+    ) -> BTreeMap<OwnedRoomId, WithTimeline<R>> {
+        rooms
             .into_iter()
             .map(|(id, mut room)| {
-                let timeline = std::mem::take(&mut room.timeline);
+                let timeline = std::mem::take(timeline_of(&mut room));
                 (id, WithTimeline::new(room, timeline))
             })
-            .collect();
-        let join = join
-            .into_iter()
-            .map(|(id, mut room)| {
-                let timeline = std::mem::take(&mut room.timeline);
-                (id, WithTimeline::new(room, timeline))
-            })
-            .collect();
-        Self { leave, join, invite, knock }
+            .collect()
     }
 }
 
