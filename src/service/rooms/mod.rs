@@ -30,6 +30,7 @@ mod prepare;
 pub mod public;
 mod reach;
 mod read;
+mod recent;
 mod redaction;
 mod relations;
 pub mod relations_read;
@@ -85,6 +86,9 @@ use crate::{
     },
 };
 
+/// Room versions kept in memory per generation of their cache.
+const ROOM_VERSIONS_CACHED: usize = 10_000;
+
 /// What the blocking work shares: storage, keys, interned ids and state groups.
 pub struct RoomCore {
     db: Db,
@@ -116,6 +120,9 @@ pub struct RoomCore {
     servers: servers::ServerCache,
     /// Local users' room lists (see `user_rooms.rs`).
     user_rooms: user_rooms::UserRoomsCache,
+    /// Rooms' versions by short room id (a room's version never changes), read on nearly every
+    /// event served or written.
+    versions: recent::RecentMap<u64, RoomVersionId>,
 }
 
 pub struct Rooms {
@@ -131,9 +138,22 @@ pub struct Rooms {
 
 impl RoomCore {
     fn rules_of_room(&self, db: &Db, short_room: u64) -> Result<RoomVersionRules> {
-        let record = ROOMS.get(db, &short_room)?.ok_or_else(|| Error::not_found("Unknown room"))?;
-        crate::service::rooms::versions::rules(&record.version)
+        let version = self.room_version(db, short_room)?.ok_or_else(|| Error::not_found("Unknown room"))?;
+        crate::service::rooms::versions::rules(&version)
             .ok_or_else(|| Error::internal("unsupported room version stored"))
+    }
+
+    /// A room's version, from memory once read from the committed store (never from a staged
+    /// view of a room being created, which may still be dropped).
+    fn room_version(&self, db: &Db, short_room: u64) -> Result<Option<RoomVersionId>> {
+        if let Some(version) = self.versions.get(&short_room) {
+            return Ok(Some(version));
+        }
+        let Some(record) = ROOMS.get(db, &short_room)? else { return Ok(None) };
+        if db.same_store(&self.db) {
+            self.versions.insert(short_room, record.version.clone());
+        }
+        Ok(Some(record.version))
     }
 
     fn event_by_short(&self, db: &Db, short: u64, rules: &RoomVersionRules) -> Result<Pdu> {
@@ -201,7 +221,7 @@ impl RoomCore {
 
     fn version_of(&self, db: &Db, room_id: &RoomId) -> Result<Option<(u64, RoomVersionId)>> {
         let Some(short) = self.interner.short_room(db, room_id)? else { return Ok(None) };
-        Ok(ROOMS.get(db, &short)?.map(|record| (short, record.version)))
+        Ok(self.room_version(db, short)?.map(|version| (short, version)))
     }
 }
 
@@ -239,6 +259,7 @@ impl Rooms {
             last_create_ts: std::sync::atomic::AtomicU64::new(0),
             servers: Default::default(),
             user_rooms: Default::default(),
+            versions: recent::RecentMap::new(ROOM_VERSIONS_CACHED),
         };
         Ok(Self {
             core: Arc::new(core),

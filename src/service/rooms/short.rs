@@ -38,6 +38,8 @@ pub struct Interner {
     event_ids: Mutex<HashMap<u64, OwnedEventId>>,
     /// Committed event IDs' short ids (a short id, once written, never changes or goes away).
     short_events: Mutex<HashMap<OwnedEventId, u64>>,
+    /// Committed room IDs' short ids (likewise).
+    short_rooms: Mutex<HashMap<OwnedRoomId, u64>>,
 }
 
 fn bounded_insert<K: std::hash::Hash + Eq, V>(map: &Mutex<HashMap<K, V>>, key: K, value: V) {
@@ -61,6 +63,7 @@ impl Interner {
             state_key_ids: Mutex::new(HashMap::new()),
             event_ids: Mutex::new(HashMap::new()),
             short_events: Mutex::new(HashMap::new()),
+            short_rooms: Mutex::new(HashMap::new()),
         })
     }
 
@@ -101,7 +104,17 @@ impl Interner {
     }
 
     pub fn short_room(&self, db: &Db, room_id: &RoomId) -> Result<Option<u64>> {
-        Ok(SHORT_ROOM_IDS.get(db, &room_id.to_owned())?)
+        if let Some(short) = self.short_rooms.lock().ok().and_then(|m| m.get(room_id).copied()) {
+            return Ok(Some(short));
+        }
+        let short = SHORT_ROOM_IDS.get(db, &room_id.to_owned())?;
+        // As for events: a staged view's new room may still be dropped.
+        if let Some(short) = short
+            && db.same_store(&self.base)
+        {
+            bounded_insert(&self.short_rooms, room_id.to_owned(), short);
+        }
+        Ok(short)
     }
 
     pub fn room_id(&self, db: &Db, short: u64) -> Result<OwnedRoomId> {

@@ -8,6 +8,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use super::recent::RecentMap;
 use crate::{
     Error, Result,
     storage::{
@@ -21,12 +22,17 @@ pub type ShortStateMap = imbl::OrdMap<u64, u64>;
 
 /// Diffs in a chain before a full snapshot is written instead.
 const MAX_CHAIN: u32 = 24;
-/// Loaded groups kept in memory.
-const CACHE_GROUPS: usize = 512;
+/// Loaded groups kept in memory per generation of the cache (see [`RecentMap`]): a group in use
+/// (the current state of a room being written to or synced) stays as long as fewer groups than
+/// this are loaded between two of its uses. A group shares most of its tree with its parent, so
+/// an entry costs little more than its own changes.
+const CACHE_GROUPS: usize = 1024;
+/// Recently made groups whose chain lengths are kept.
+const CHAIN_LENGTHS: usize = 512;
 
 pub struct StateGroups {
     allocator: IdAllocator,
-    cache: Mutex<HashMap<u64, Arc<ShortStateMap>>>,
+    cache: RecentMap<u64, Arc<ShortStateMap>>,
     /// Chain lengths of groups made recently, so a group can have a parent whose batch has not
     /// been committed yet (the event's state and the room's resolved state share one batch).
     chain_lengths: Mutex<HashMap<u64, u32>>,
@@ -36,22 +42,17 @@ impl StateGroups {
     pub fn new(db: &Db) -> Result<Self> {
         Ok(Self {
             allocator: IdAllocator::after_last_key(db, &STATE_GROUPS)?,
-            cache: Mutex::new(HashMap::new()),
+            cache: RecentMap::new(CACHE_GROUPS),
             chain_lengths: Mutex::new(HashMap::new()),
         })
     }
 
     fn cached(&self, group: u64) -> Option<Arc<ShortStateMap>> {
-        self.cache.lock().ok()?.get(&group).cloned()
+        self.cache.get(&group)
     }
 
     fn remember(&self, group: u64, map: Arc<ShortStateMap>) {
-        if let Ok(mut cache) = self.cache.lock() {
-            if cache.len() >= CACHE_GROUPS {
-                cache.clear();
-            }
-            cache.insert(group, map);
-        }
+        self.cache.insert(group, map);
     }
 
     /// The full state of a group.
@@ -131,7 +132,7 @@ impl StateGroups {
         let group = self.allocator.next();
         batch.put(&STATE_GROUPS, &group, &record)?;
         if let Ok(mut lengths) = self.chain_lengths.lock() {
-            if lengths.len() >= CACHE_GROUPS {
+            if lengths.len() >= CHAIN_LENGTHS {
                 lengths.clear();
             }
             lengths.insert(group, record.chain_length);
