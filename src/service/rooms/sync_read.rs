@@ -133,15 +133,31 @@ impl RoomCore {
     /// The event's `EVENT_META` row, kept beside the event in the event cache once read (every
     /// writer of the row forgets the event after its batch).
     pub(super) fn event_meta(&self, db: &Db, short: u64) -> Result<Option<EventMeta>> {
+        Ok(self.event_meta_read(db, short)?.map(|(meta, _)| meta))
+    }
+
+    /// [`event_meta`](Self::event_meta), with the event cache's ticket when the row was read
+    /// from storage: a caller that then loads the event itself (which puts it in the cache)
+    /// keeps the row beside it with [`keep_event_meta`](Self::keep_event_meta). Otherwise an
+    /// event served for the first time would have its row read again the next time.
+    fn event_meta_read(&self, db: &Db, short: u64) -> Result<Option<(EventMeta, Option<u64>)>> {
         let ticket = match self.events.meta(short) {
-            Ok(meta) => return Ok(Some(meta)),
+            Ok(meta) => return Ok(Some((meta, None))),
             Err(ticket) => ticket,
         };
         let meta = EVENT_META.get(db, &short)?;
         if let Some(meta) = &meta {
             self.events.put_meta(short, meta, ticket);
         }
-        Ok(meta)
+        Ok(meta.map(|meta| (meta, Some(ticket))))
+    }
+
+    /// Keeps an `EVENT_META` row read under `ticket` beside its event, now that the event is
+    /// cached (nothing when it was forgotten since the ticket was taken).
+    fn keep_event_meta(&self, short: u64, meta: &EventMeta, ticket: Option<u64>) {
+        if let Some(ticket) = ticket {
+            self.events.put_meta(short, meta, ticket);
+        }
     }
 
     /// The state events `selection` picks of the state at `to` (those that differ from the
@@ -249,9 +265,10 @@ impl Rooms {
                         limited = true;
                         break 'pages;
                     }
-                    let Some(meta) = core.event_meta(db, *short)? else { continue };
+                    let Some((meta, ticket)) = core.event_meta_read(db, *short)? else { continue };
                     let visible = core.can_see_with(db, &user, short_room, &meta, &mut memo)?;
                     let pdu = core.served_event(db, &user, *short, &meta, &rules, &mut memo)?;
+                    core.keep_event_meta(*short, &meta, ticket);
                     let own_membership = pdu.state_key.as_deref() == Some(user.as_str())
                         && pdu.kind == ruma::events::TimelineEventType::RoomMember;
                     if !(visible || own_membership) || !wanted(&pdu) {
