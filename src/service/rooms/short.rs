@@ -68,16 +68,30 @@ impl Interner {
     }
 
     pub fn short_event(&self, db: &Db, event_id: &EventId) -> Result<Option<u64>> {
-        if let Some(short) = self.short_events.lock().ok().and_then(|m| m.get(event_id).copied()) {
+        self.committed_short(&self.short_events, db, event_id, || Ok(SHORT_EVENT_IDS.get(db, &event_id.to_string())?))
+    }
+
+    /// A short id from `cache`, or as `read` finds it. Only what is committed is cached, never
+    /// what a staged view (a room being created) holds: that may still be dropped.
+    fn committed_short<K, Q>(
+        &self,
+        cache: &Mutex<HashMap<K, u64>>,
+        db: &Db,
+        id: &Q,
+        read: impl FnOnce() -> Result<Option<u64>>,
+    ) -> Result<Option<u64>>
+    where
+        K: std::borrow::Borrow<Q> + std::hash::Hash + Eq,
+        Q: ToOwned<Owned = K> + std::hash::Hash + Eq + ?Sized,
+    {
+        if let Some(short) = cache.lock().ok().and_then(|m| m.get(id).copied()) {
             return Ok(Some(short));
         }
-        // Only what is committed is cached, never what a staged view (a room being created)
-        // holds: that may still be dropped.
-        let short = SHORT_EVENT_IDS.get(db, &event_id.to_string())?;
+        let short = read()?;
         if let Some(short) = short
             && db.same_store(&self.base)
         {
-            bounded_insert(&self.short_events, event_id.to_owned(), short);
+            bounded_insert(cache, id.to_owned(), short);
         }
         Ok(short)
     }
@@ -104,17 +118,7 @@ impl Interner {
     }
 
     pub fn short_room(&self, db: &Db, room_id: &RoomId) -> Result<Option<u64>> {
-        if let Some(short) = self.short_rooms.lock().ok().and_then(|m| m.get(room_id).copied()) {
-            return Ok(Some(short));
-        }
-        let short = SHORT_ROOM_IDS.get(db, &room_id.to_owned())?;
-        // As for events: a staged view's new room may still be dropped.
-        if let Some(short) = short
-            && db.same_store(&self.base)
-        {
-            bounded_insert(&self.short_rooms, room_id.to_owned(), short);
-        }
-        Ok(short)
+        self.committed_short(&self.short_rooms, db, room_id, || Ok(SHORT_ROOM_IDS.get(db, &room_id.to_owned())?))
     }
 
     pub fn room_id(&self, db: &Db, short: u64) -> Result<OwnedRoomId> {
