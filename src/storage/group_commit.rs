@@ -59,7 +59,7 @@ struct State {
     after: VecDeque<(u64, AfterSync)>,
     /// Set when the database handle goes away: the thread syncs what is left and ends.
     closed: bool,
-    /// Syncs run by the syncer, and tickets they covered (for logs and tests).
+    /// Syncs run by the syncer (for logs and tests).
     syncs: u64,
 }
 

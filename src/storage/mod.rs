@@ -227,7 +227,7 @@ impl Db {
         };
         let plan = encryption::startup::plan(keys, &stored, path)?;
         let engine: Arc<dyn Engine> = Arc::new(rocks::RocksEngine::open(path, &all_tables, &settings)?);
-        let db = match plan {
+        let mut db = match plan {
             None => Self { engine, encryption: None, generations: Arc::default(), group_commit: None },
             Some(plan) => {
                 let migrate = plan.migrate;
@@ -252,7 +252,6 @@ impl Db {
                 }
             }
         };
-        let mut db = db;
         if config.rocksdb_durable_writes {
             db.group_commit = Some(Arc::new(group_commit::GroupCommit::start(Arc::downgrade(&db.engine))?));
         }
@@ -330,8 +329,17 @@ impl Db {
         if batch.is_empty() {
             return Ok(());
         }
-        let touched = self.generations.touched(&batch.ops);
-        let written = self.engine.write(batch.ops);
+        self.write_ops(batch.ops, |engine, ops| engine.write(ops))
+    }
+
+    /// Writes `ops` with `write` and moves on the write generations of the tables they touch.
+    fn write_ops(
+        &self,
+        ops: Vec<WriteOp>,
+        write: impl FnOnce(&dyn Engine, Vec<WriteOp>) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        let touched = self.generations.touched(&ops);
+        let written = write(&*self.engine, ops);
         // Moved on even after a failed write: a cache miss costs a read, a stale copy an answer.
         self.generations.advance(touched);
         written
@@ -352,10 +360,7 @@ impl Db {
             after();
             return Ok(group_commit::Ticket::default());
         };
-        let touched = self.generations.touched(&batch.ops);
-        let written = self.engine.write_unsynced(batch.ops);
-        self.generations.advance(touched);
-        written?;
+        self.write_ops(batch.ops, |engine, ops| engine.write_unsynced(ops))?;
         Ok(group_commit.written(Box::new(after)))
     }
 

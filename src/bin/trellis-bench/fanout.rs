@@ -34,12 +34,7 @@ const SETUP_CONCURRENCY: usize = 8;
 
 /// The server's CPU time so far (user + system), from `/proc/PID/stat`.
 fn cpu_time(pid: Option<u32>) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid?)).ok()?;
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let (utime, stime): (u64, u64) = (fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?);
-    // Linux reports these in USER_HZ ticks, which is 100 on every architecture it runs on.
-    Some(Duration::from_millis((utime + stime) * 10))
+    crate::send_load::cpu_seconds(pid).map(Duration::from_secs_f64)
 }
 
 async fn register_many(client: &Client, options: &Options, label: &str, count: usize) -> Result<Vec<User>, String> {

@@ -32,7 +32,11 @@ const TICKS_PER_SECOND: f64 = 100.0;
 /// User plus system CPU time of process `pid` so far, in seconds (fields 14 and 15 of
 /// `/proc/PID/stat`, counted after the command name, which may hold spaces).
 pub(crate) fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid?)).ok()?;
+    stat_cpu_seconds(&std::fs::read_to_string(format!("/proc/{}/stat", pid?)).ok()?)
+}
+
+/// User plus system CPU time, in seconds, of a process's or a thread's `stat` file.
+fn stat_cpu_seconds(stat: &str) -> Option<f64> {
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     // After the name: state is field 3, so utime (14) and stime (15) are at 11 and 12.
     let utime: f64 = fields.get(11)?.parse().ok()?;
@@ -47,15 +51,12 @@ fn thread_cpu_seconds(pid: Option<u32>, prefix: &str) -> Option<f64> {
     let mut total = 0.0;
     for task in std::fs::read_dir(format!("/proc/{}/task", pid?)).ok()?.flatten() {
         let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
-        let Some((head, rest)) = stat.rsplit_once(')') else { continue };
+        let Some((head, _)) = stat.rsplit_once(')') else { continue };
         let name = head.split_once('(').map_or("", |(_, name)| name);
         if !name.starts_with(prefix) {
             continue;
         }
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let utime: f64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0.0);
-        let stime: f64 = fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0.0);
-        total += (utime + stime) / TICKS_PER_SECOND;
+        total += stat_cpu_seconds(&stat).unwrap_or(0.0);
     }
     Some(total)
 }
