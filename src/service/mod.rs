@@ -24,6 +24,7 @@ pub mod profile;
 pub mod push;
 pub mod rate_limit;
 pub mod receipts;
+pub(crate) mod recent;
 pub mod registration_tokens;
 pub mod rooms;
 pub mod server_backup;

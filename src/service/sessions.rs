@@ -21,15 +21,58 @@ use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
 use sha2::{Digest, Sha256};
 
 use super::notifier::Notifier;
+use super::recent::RecentMap;
 use super::{now_ms, random_string};
 use crate::{
     Error, Result,
     storage::{
         Batch, Db, WriteLock,
         key_tables::{DEVICE_KEYS, FALLBACK_KEYS, ONE_TIME_KEY_ORDER, ONE_TIME_KEYS},
-        tables::{ACCESS_TOKENS, AccessTokenRecord, DEVICES, DeviceRecord, REFRESH_TOKENS, RefreshTokenRecord, USERS},
+        tables::{
+            ACCESS_TOKENS, AccessTokenRecord, DEVICES, DeviceRecord, REFRESH_TOKENS, RefreshTokenRecord, USERS,
+            UserRecord,
+        },
     },
 };
+
+/// Resolved access tokens kept in memory per generation of the cache (see [`RecentMap`]).
+const TOKENS_CACHED: usize = 4096;
+
+/// A resolved access token: its record and its user's, with the write generations of the rows
+/// they were read from (the token's, its user's devices', the user's) taken before the reads.
+#[derive(Clone)]
+struct CachedToken {
+    generations: [u64; 3],
+    record: AccessTokenRecord,
+    user: UserRecord,
+}
+
+/// The write generations a [`CachedToken`] is kept under.
+fn token_generations(db: &Db, hash: &str, user: &OwnedUserId) -> [u64; 3] {
+    [
+        db.generation(&ACCESS_TOKENS, &hash.to_owned()),
+        db.generation(&DEVICES, &(user.clone(),)),
+        db.generation(&USERS, user),
+    ]
+}
+
+/// A token's record, its user's and the generations they were read under.
+type ResolvedToken = (AccessTokenRecord, Option<UserRecord>, [u64; 3]);
+
+/// Reads the token of `hash`: `None` unless its device exists and names it as its current
+/// token; else its record, its user's (`None` for a user who is gone) and the write generations
+/// of the rows read, each taken before its rows were read.
+fn resolve_token(db: &Db, hash: &str) -> Result<Option<ResolvedToken>> {
+    let token_generation = db.generation(&ACCESS_TOKENS, &hash.to_owned());
+    let Some(record) = ACCESS_TOKENS.get(db, &hash.to_owned())? else { return Ok(None) };
+    let [_, devices_generation, user_generation] = token_generations(db, hash, &record.user_id);
+    let device = DEVICES.get(db, &(record.user_id.clone(), record.device_id.clone()))?;
+    if device.is_none_or(|device| device.access_token_hash.as_deref() != Some(hash)) {
+        return Ok(None);
+    }
+    let user = USERS.get(db, &record.user_id)?;
+    Ok(Some((record, user, [token_generation, devices_generation, user_generation])))
+}
 
 /// How often a device's "last seen" is written at most.
 const LAST_SEEN_RESOLUTION_MS: u64 = 60_000;
@@ -48,6 +91,8 @@ pub struct Sessions {
     /// Serialise changes to one user's devices and tokens (a user always maps to one stripe).
     locks: Vec<WriteLock>,
     hasher: RandomState,
+    /// Resolved access tokens, so most requests authenticate without a storage read.
+    tokens: RecentMap<String, CachedToken>,
 }
 
 /// The identity behind a valid access token.
@@ -97,6 +142,7 @@ impl Sessions {
             last_seen_written: Mutex::new(HashMap::new()),
             locks: (0..LOCK_STRIPES).map(|_| WriteLock::new()).collect(),
             hasher: RandomState::new(),
+            tokens: RecentMap::new(TOKENS_CACHED),
         }
     }
 
@@ -197,18 +243,22 @@ impl Sessions {
         allow_locked: bool,
     ) -> Result<Authenticated> {
         let hash = token_hash(token);
-        let (record, user) = self
-            .db
-            .run(move |db| {
-                let Some(record) = ACCESS_TOKENS.get(db, &hash)? else { return Ok((None, None)) };
-                let device = DEVICES.get(db, &(record.user_id.clone(), record.device_id.clone()))?;
-                if device.is_none_or(|device| device.access_token_hash.as_deref() != Some(hash.as_str())) {
-                    return Ok((None, None));
+        let (record, user) = match self.cached_token(&hash) {
+            Some(token) => (Some(token.record), Some(token.user)),
+            None => {
+                let key = hash.clone();
+                match self.db.run(move |db| resolve_token(db, &key)).await? {
+                    Some((record, user, generations)) => {
+                        if let Some(user) = &user {
+                            let token = CachedToken { generations, record: record.clone(), user: user.clone() };
+                            self.tokens.insert(hash, token);
+                        }
+                        (Some(record), user)
+                    }
+                    None => (None, None),
                 }
-                let user = USERS.get(db, &record.user_id)?;
-                Ok((Some(record), user))
-            })
-            .await?;
+            }
+        };
         let record = record.ok_or_else(|| Error::unknown_token(false, "Unknown access token"))?;
         if record.expires_ms.is_some_and(|expires| expires <= now_ms()) {
             return Err(Error::unknown_token(true, "Access token has expired"));
@@ -230,6 +280,13 @@ impl Sessions {
             shadow_banned: user.shadow_banned,
             suspended: user.suspended,
         })
+    }
+
+    /// The resolved token of `hash`, if cached and none of the rows it was read from was
+    /// written since.
+    fn cached_token(&self, hash: &str) -> Option<CachedToken> {
+        let token = self.tokens.get(hash)?;
+        (token.generations == token_generations(&self.db, hash, &token.record.user_id)).then_some(token)
     }
 
     /// Writes a device's last-seen time and address (at most once per resolution period). Only

@@ -14,10 +14,15 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use super::{WriteOp, room_tables::USER_ROOMS};
+use super::{
+    WriteOp,
+    room_tables::USER_ROOMS,
+    tables::{ACCESS_TOKENS, DEVICES, USERS},
+};
 
 /// The tables with generations. Their keys must start with a string component.
-const TABLES: &[&str] = &[USER_ROOMS.name];
+/// `user_rooms`: the rooms service's room lists; the other three: resolved access tokens.
+const TABLES: &[&str] = &[USER_ROOMS.name, ACCESS_TOKENS.name, DEVICES.name, USERS.name];
 
 const SLOTS: usize = 64;
 

@@ -30,7 +30,6 @@ mod prepare;
 pub mod public;
 mod reach;
 mod read;
-mod recent;
 mod redaction;
 mod relations;
 pub mod relations_read;
@@ -122,7 +121,7 @@ pub struct RoomCore {
     user_rooms: user_rooms::UserRoomsCache,
     /// Rooms' versions by short room id (a room's version never changes), read on nearly every
     /// event served or written.
-    versions: recent::RecentMap<u64, RoomVersionId>,
+    versions: crate::service::recent::RecentMap<u64, RoomVersionId>,
 }
 
 pub struct Rooms {
@@ -259,7 +258,7 @@ impl Rooms {
             last_create_ts: std::sync::atomic::AtomicU64::new(0),
             servers: Default::default(),
             user_rooms: Default::default(),
-            versions: recent::RecentMap::new(ROOM_VERSIONS_CACHED),
+            versions: crate::service::recent::RecentMap::new(ROOM_VERSIONS_CACHED),
         };
         Ok(Self {
             core: Arc::new(core),

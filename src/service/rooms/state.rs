@@ -8,7 +8,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use super::recent::RecentMap;
+use crate::service::recent::RecentMap;
 use crate::{
     Error, Result,
     storage::{

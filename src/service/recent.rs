@@ -1,5 +1,6 @@
 //! A bounded in-memory map that keeps what was used recently, for caches of facts that never
-//! change once stored (a state group's state, a room's version). It holds two generations:
+//! change once stored (a state group's state, a room's version), or of copies kept under a
+//! write generation (a resolved access token). It holds two generations:
 //! new entries go into the current one, and when it is full it becomes the previous one and the
 //! older entries are dropped. A hit in the previous generation moves the entry back into the
 //! current one, so whatever is still in use survives a rotation. Unlike clearing a full map,
@@ -7,7 +8,7 @@
 
 use std::{borrow::Borrow, collections::HashMap, hash::Hash, sync::Mutex};
 
-pub(super) struct RecentMap<K, V> {
+pub(crate) struct RecentMap<K, V> {
     per_generation: usize,
     generations: Mutex<Generations<K, V>>,
 }
@@ -19,12 +20,12 @@ struct Generations<K, V> {
 
 impl<K: Hash + Eq, V: Clone> RecentMap<K, V> {
     /// A map of at most `2 * per_generation` entries.
-    pub(super) fn new(per_generation: usize) -> Self {
+    pub(crate) fn new(per_generation: usize) -> Self {
         let generations = Generations { current: HashMap::new(), previous: HashMap::new() };
         Self { per_generation: per_generation.max(1), generations: Mutex::new(generations) }
     }
 
-    pub(super) fn get<Q>(&self, key: &Q) -> Option<V>
+    pub(crate) fn get<Q>(&self, key: &Q) -> Option<V>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -38,7 +39,7 @@ impl<K: Hash + Eq, V: Clone> RecentMap<K, V> {
         Some(value)
     }
 
-    pub(super) fn insert(&self, key: K, value: V) {
+    pub(crate) fn insert(&self, key: K, value: V) {
         if let Ok(mut generations) = self.generations.lock() {
             generations.previous.remove(&key);
             self.insert_into(&mut generations, key, value);
