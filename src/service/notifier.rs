@@ -34,6 +34,10 @@ pub struct StreamPositions {
     pub events: u64,
     /// Account data changes (their own counter).
     pub account_data: u64,
+    /// How many times the other streams the senders follow (receipts, presence, device lists,
+    /// to-device messages, typing) were poked: a sender that saw this count last time has
+    /// nothing new in them.
+    pub pokes: u64,
 }
 
 /// What a waiting sync listens to, and what a change wakes.
@@ -344,7 +348,7 @@ impl Notifier {
     /// Wakes the senders only (their streams moved in a way no sync is told of by this call:
     /// the caller wakes the syncs concerned with [`wake`](Self::wake)).
     pub fn poke(&self) {
-        self.sender.send_modify(|_| {});
+        self.sender.send_modify(|positions| positions.pokes = positions.pokes.wrapping_add(1));
     }
 
     /// Records that room events up to `position` are committed (for the senders; the rooms'

@@ -9,7 +9,8 @@
 //!   federation: the follower is woken by the notifier every committed event already pokes,
 //!   and a crash between an event and its queueing loses nothing (the cursor was not moved).
 //!   EDUs follow the receipt, presence, key-change and to-device streams the same way
-//!   (`outbound_edus.rs`; typing is queued as it happens), and events other servers gave this
+//!   (`outbound_edus.rs`; typing is queued as it happens), read only after the notifier's
+//!   pokes count moved (a room event alone does not move it), and events other servers gave this
 //!   one to pass on (`send_join`, `send_leave`) with [`Sender::relay`].
 //! - **Delivery.** One worker task per destination. A transaction's ID and entries are stored
 //!   before it is first sent, so every retry (after a restart too) repeats the same ID and the
@@ -405,12 +406,20 @@ async fn follow_until_stopped(services: Arc<Services>, mut stopped: watch::Recei
         Err(error) => tracing::warn!(%error, "cannot read the federation queue"),
     }
     let mut positions = services.notifier.subscribe();
+    // The pokes count whose changes are queued: most wake-ups are room events alone, and need
+    // no read of the other streams.
+    let mut edus_queued_at = None;
     loop {
         if *stopped.borrow() {
             return;
         }
+        // Read before queueing: a poke during it moves the count on and wakes this loop again.
+        let pokes = positions.borrow_and_update().pokes;
         let queued = match queue_new_events(&services, &sender).await {
-            Ok(()) => super::outbound_edus::queue_changes(&services, &sender).await,
+            Ok(()) if edus_queued_at == Some(pokes) => Ok(()),
+            Ok(()) => {
+                super::outbound_edus::queue_changes(&services, &sender).await.map(|()| edus_queued_at = Some(pokes))
+            }
             Err(error) => Err(error),
         };
         if let Err(error) = queued {
