@@ -77,11 +77,14 @@ async fn send(
     let body = &request.body;
     let device = sender.device_id.as_str();
     let txn_key = Transaction::key_for("send", &body.room_id, body.txn_id.as_str());
-    // A fast path for retries; the decision that counts is taken under the room's lock.
-    if let Some(event_id) = services.rooms.transaction(&sender.user_id, device, &txn_key).await? {
-        return Ok(send_message_event::v3::Response::new(event_id));
+    // Whether this is a retry is decided under the room's lock, with the send itself (one
+    // storage trip); a retry is answered even when the sender is rate limited.
+    if let Err(limited) = services.rate_limits.user(sender, UserAction::Message) {
+        return match services.rooms.transaction(&sender.user_id, device, &txn_key).await? {
+            Some(event_id) => Ok(send_message_event::v3::Response::new(event_id)),
+            None => Err(limited),
+        };
     }
-    services.rate_limits.user(sender, UserAction::Message)?;
     let content: Value = serde_json::from_str(body.body.json().get()).map_err(|e| Error::bad_json(e.to_string()))?;
     if !content.is_object() {
         return Err(Error::bad_json("Event content must be a JSON object"));
