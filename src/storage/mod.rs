@@ -16,6 +16,7 @@ pub mod federation_send_tables;
 pub mod federation_tables;
 mod generations;
 pub mod group_commit;
+mod in_place;
 pub mod key_tables;
 pub mod media_admin_tables;
 pub mod membership_tables;
@@ -45,6 +46,7 @@ use std::{
 
 pub use codec::{KeyCodec, ValueCodec};
 pub use engine::{Engine, ScanDirection, StoreStats, TableStats, WriteOp, WriteStats};
+pub use in_place::in_place;
 pub use overlay::Staged;
 pub use schema::SCHEMA_VERSION;
 
@@ -387,12 +389,16 @@ impl Db {
         self.generations.get(table.name, &first.encode())
     }
 
-    /// Runs blocking storage work on the blocking thread pool, so the async runtime never stalls.
+    /// Runs blocking storage work on the blocking thread pool, so the async runtime never stalls
+    /// (or at once, inside [`in_place`], whose thread is out of the runtime already).
     pub async fn run<R, F>(&self, work: F) -> crate::Result<R>
     where
         F: FnOnce(&Db) -> crate::Result<R> + Send + 'static,
         R: Send + 'static,
     {
+        if in_place::active() {
+            return work(self);
+        }
         let db = self.clone();
         tokio::task::spawn_blocking(move || work(&db))
             .await
