@@ -122,12 +122,21 @@ impl AccountData {
     /// The users `user_id` ignores (`m.ignored_user_list`): their events and invites are hidden
     /// from `user_id`'s syncs, `/messages` and `/context`. An unreadable list ignores no one.
     pub async fn ignored_users(&self, user_id: &UserId) -> Result<HashSet<OwnedUserId>> {
+        let user_id = user_id.to_owned();
+        self.db.run(move |db| Self::ignored_users_in(db, &user_id)).await
+    }
+
+    /// [`ignored_users`](Self::ignored_users), on the blocking pool already.
+    pub fn ignored_users_in(db: &Db, user_id: &UserId) -> Result<HashSet<OwnedUserId>> {
         #[derive(serde::Deserialize)]
         struct IgnoredUserList {
             #[serde(default)]
             ignored_users: std::collections::BTreeMap<OwnedUserId, serde::de::IgnoredAny>,
         }
-        let Some(raw) = self.get(user_id, None, "m.ignored_user_list").await? else { return Ok(HashSet::new()) };
+        let key = (user_id.to_owned(), room_key(None), "m.ignored_user_list".to_owned());
+        let Some(raw) = ACCOUNT_DATA.get(db, &key)?.filter(|content| !is_deleted(content)) else {
+            return Ok(HashSet::new());
+        };
         Ok(serde_json::from_str::<IgnoredUserList>(raw.get())
             .map(|list| list.ignored_users.into_keys().collect())
             .unwrap_or_default())

@@ -272,11 +272,12 @@ impl Keys {
     /// sends both).
     pub async fn key_counts(&self, user: &UserId, device: &DeviceId) -> Result<(BTreeMap<String, u64>, Vec<String>)> {
         let (user, device) = (user.to_owned(), device.to_owned());
-        self.db
-            .run(move |db| {
-                Ok((one_time_key_counts(db, &user, &device)?, unused_fallback_key_types(db, &user, &device)?))
-            })
-            .await
+        self.db.run(move |db| Self::key_counts_in(db, &user, &device)).await
+    }
+
+    /// [`key_counts`](Self::key_counts), on the blocking pool already.
+    pub fn key_counts_in(db: &Db, user: &UserId, device: &DeviceId) -> Result<(BTreeMap<String, u64>, Vec<String>)> {
+        Ok((one_time_key_counts(db, user, device)?, unused_fallback_key_types(db, user, device)?))
     }
 
     /// Claims one key of `algorithm` for a device: a one-time key, else the fallback key.

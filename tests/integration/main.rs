@@ -75,6 +75,7 @@ mod spaces;
 mod state_keys;
 mod storage_report;
 mod sync;
+mod sync_busy_room;
 mod sync_filters;
 mod sync_idle;
 mod sync_initial_cache;

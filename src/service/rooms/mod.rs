@@ -44,6 +44,7 @@ mod state;
 mod stream;
 pub mod stream_read;
 mod sync_read;
+mod sync_room;
 mod upgrade;
 mod user_rooms;
 pub mod versions;
@@ -69,6 +70,7 @@ pub use relations_read::{RECURSION_DEPTH, RelationsPage, RelationsQuery, attach 
 pub use search::{SearchHit, SearchOrder, SearchPage, SearchQuery};
 pub use servers::LocalEvent;
 pub use sync_read::{EventPredicate, MemberSummary, MembershipChange, StateSelection, SyncStateEvent, TimelineWindow};
+pub use sync_room::{RoomSyncQuery, RoomSyncRead, StateChooser, StateQuery};
 pub use versions::ROOM_VERSIONS;
 
 /// The `membership` of a member event.

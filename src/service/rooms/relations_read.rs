@@ -452,7 +452,12 @@ impl Rooms {
 
 impl RoomCore {
     /// The bundled aggregations of these events (short ID, event ID) as `user` is served them.
-    fn bundles_of(&self, db: &Db, user: &UserId, events: Vec<(u64, OwnedEventId)>) -> Result<HashMap<String, Value>> {
+    pub(super) fn bundles_of(
+        &self,
+        db: &Db,
+        user: &UserId,
+        events: Vec<(u64, OwnedEventId)>,
+    ) -> Result<HashMap<String, Value>> {
         let mut out = HashMap::new();
         let mut memos: HashMap<u64, VisibilityMemo> = HashMap::new();
         for (short, event_id) in events {

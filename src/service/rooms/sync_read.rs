@@ -230,68 +230,7 @@ impl Rooms {
         wanted: EventPredicate,
     ) -> Result<TimelineWindow> {
         let (user, room_id) = (user.to_owned(), room_id.to_owned());
-        self.run(move |core, db| {
-            let short_room = core.short_room_of(db, &room_id)?;
-            let rules = core.rules_of_room(db, short_room)?;
-            // A gap in the room's history inside the window (events placed after missing
-            // ones): the window starts at it and is limited, as Synapse shows it, so the client
-            // pages back with `/messages` instead of seeing the two sides joined.
-            let floor = after.unwrap_or(0);
-            let gap = TIMELINE_GAPS.scan_from(db, &(short_room, upto), ScanDirection::Reverse, 1, |(r, p)| {
-                *r == short_room && *p > floor
-            })?;
-            let (floor, mut limited) = match gap.first() {
-                Some(((_, position), ())) => (position.saturating_sub(1), true),
-                None => (floor, false),
-            };
-            let mut newest_first = Vec::new();
-            let mut scanned = 0;
-            let mut cursor = upto;
-            let mut memo = VisibilityMemo::default();
-            // The first page is just large enough to fill the window and tell whether it is
-            // limited (most rooms show everything they read); later pages, needed only when
-            // events are hidden or filtered out, read 100 rows at a time.
-            let mut page_size = limit.saturating_add(1).min(TIMELINE_PAGE);
-            'pages: while cursor > floor {
-                let page =
-                    TIMELINE.scan_from(db, &(short_room, cursor), ScanDirection::Reverse, page_size, |(room, p)| {
-                        *room == short_room && *p > floor
-                    })?;
-                for (_, short) in &page {
-                    // Bounded work when little is visible (a long history hidden from a new
-                    // member): the window is then cut short and marked limited.
-                    scanned += 1;
-                    if scanned > MAX_WINDOW_SCAN {
-                        limited = true;
-                        break 'pages;
-                    }
-                    let Some((meta, ticket)) = core.event_meta_read(db, *short)? else { continue };
-                    let visible = core.can_see_with(db, &user, short_room, &meta, &mut memo)?;
-                    let pdu = core.served_event(db, &user, *short, &meta, &rules, &mut memo)?;
-                    core.keep_event_meta(*short, &meta, ticket);
-                    let own_membership = pdu.state_key.as_deref() == Some(user.as_str())
-                        && pdu.kind == ruma::events::TimelineEventType::RoomMember;
-                    if !(visible || own_membership) || !wanted(&pdu) {
-                        continue;
-                    }
-                    if newest_first.len() >= limit {
-                        limited = true;
-                        break 'pages;
-                    }
-                    newest_first.push(StoredEvent { pdu, meta, short: *short });
-                }
-                match page.last() {
-                    Some(((_, position), _)) if page.len() == page_size => {
-                        cursor = position.saturating_sub(1);
-                        page_size = TIMELINE_PAGE;
-                    }
-                    _ => break,
-                }
-            }
-            newest_first.reverse();
-            Ok(TimelineWindow { events: newest_first, limited })
-        })
-        .await
+        self.run(move |core, db| core.timeline_window_in(db, &user, &room_id, (after, upto), limit, &wanted)).await
     }
 
     /// State events of the room at stream position `to` (after its last event at or before
@@ -329,36 +268,7 @@ impl Rooms {
         federation: bool,
     ) -> Result<Vec<SyncStateEvent>> {
         let room_id = room_id.to_owned();
-        self.run(move |core, db| {
-            let short_room = core.short_room_of(db, &room_id)?;
-            let rules = core.rules_of_room(db, short_room)?;
-            let (wanted, state_size) = core.selected_state(db, short_room, from, to, &selection)?;
-            let large = !federation && state_size > LARGE_STATE;
-            let mut out = Vec::with_capacity(wanted.len());
-            for (names, short) in wanted {
-                if large
-                    && !core.redacted_targets.may_contain(short)
-                    && !matches!(core.events.lookup(short), super::event_cache::Lookup::Hit(_))
-                    && let Some(bytes) = PDUS.get_bytes(db, &short)?
-                {
-                    let event_id = core.interner.event_id(db, short)?;
-                    if let Some((json, sender)) = Pdu::stored_client_json(&bytes, event_id.as_str()) {
-                        out.push(SyncStateEvent { names, sender, event_id, json });
-                        continue;
-                    }
-                }
-                let pdu = core.shared_event_for_client(db, short, &rules)?;
-                let json = if federation {
-                    serde_json::value::to_raw_value(&pdu.json).map_err(|e| e.to_string())
-                } else {
-                    pdu.client_json(false, &[])
-                }
-                .map_err(|e| Error::internal(format!("cannot serialise event: {e}")))?;
-                out.push(SyncStateEvent { names, sender: pdu.sender.clone(), event_id: pdu.event_id.clone(), json });
-            }
-            Ok(out)
-        })
-        .await
+        self.run(move |core, db| core.sync_state_events_in(db, &room_id, from, to, &selection, federation)).await
     }
 
     /// The rooms with events in stream positions `(after, upto]`, or `None` when there are
@@ -450,16 +360,7 @@ impl Rooms {
 
     /// The (device, transaction ID) of each of these events that has one.
     pub async fn transaction_ids(&self, event_ids: Vec<String>) -> Result<HashMap<String, (String, String)>> {
-        self.run(move |_, db| {
-            let mut out = HashMap::new();
-            for event_id in event_ids {
-                if let Some(txn) = EVENT_TRANSACTIONS.get(db, &event_id)? {
-                    out.insert(event_id, txn);
-                }
-            }
-            Ok(out)
-        })
-        .await
+        self.run(move |core, db| core.transaction_ids_in(db, event_ids)).await
     }
 
     /// The user's membership in the room's state at a stream position, with the stream position
@@ -488,34 +389,13 @@ impl Rooms {
     /// groups): `unsigned.membership` of MSC4115, "leave" where the user has none.
     pub async fn memberships_after(&self, user: &UserId, groups: Vec<u64>) -> Result<Vec<String>> {
         let user = user.to_owned();
-        self.run(move |core, db| {
-            let mut memo: HashMap<u64, String> = HashMap::new();
-            let mut out = Vec::with_capacity(groups.len());
-            for group in groups {
-                if let Some(known) = memo.get(&group) {
-                    out.push(known.clone());
-                    continue;
-                }
-                let membership = core
-                    .state_in_group(db, group, "m.room.member", user.as_str())?
-                    .map_or_else(|| "leave".to_owned(), |pdu| membership_in(&pdu.content));
-                memo.insert(group, membership.clone());
-                out.push(membership);
-            }
-            Ok(out)
-        })
-        .await
+        self.run(move |core, db| core.memberships_after_in(db, &user, groups)).await
     }
 
     /// `user`'s membership in the room at stream position `position`.
     pub async fn membership_at(&self, user: &UserId, room_id: &RoomId, position: u64) -> Result<Option<String>> {
         let (user, room_id) = (user.to_owned(), room_id.to_owned());
-        self.run(move |core, db| {
-            let short_room = core.short_room_of(db, &room_id)?;
-            let Some(group) = core.state_group_at(db, short_room, position)? else { return Ok(None) };
-            Ok(core.state_in_group(db, group, "m.room.member", user.as_str())?.map(|pdu| membership_in(&pdu.content)))
-        })
-        .await
+        self.run(move |core, db| core.membership_at_in(db, &user, &room_id, position)).await
     }
 
     /// Joined and invited counts of the current state, and heroes other than `user`. Read once
@@ -523,13 +403,7 @@ impl Rooms {
     /// otherwise parse every member event) and kept in [`SummaryCache`].
     pub async fn member_summary(&self, room_id: &RoomId, user: &UserId) -> Result<MemberSummary> {
         let (room_id, user) = (room_id.to_owned(), user.to_owned());
-        self.run(move |core, db| {
-            let short_room = core.short_room_of(db, &room_id)?;
-            let facts = core.summary_facts(db, short_room)?;
-            let heroes = facts.first_members.iter().filter(|member| **member != user).take(5).cloned().collect();
-            Ok(MemberSummary { joined: facts.joined, invited: facts.invited, heroes })
-        })
-        .await
+        self.run(move |core, db| core.member_summary_in(db, &room_id, &user)).await
     }
 
     /// Everyone joined now to any of these rooms (those this server knows), from the same
@@ -674,5 +548,165 @@ impl RoomCore {
         let event: ContentOnly<'_> = serde_json::from_slice(&bytes)
             .map_err(|e| crate::Error::internal(format!("stored event {short} is invalid: {e}")))?;
         Ok(membership_in(event.content))
+    }
+}
+
+/// The blocking halves of the reads above, for one trip that makes several (`sync_room.rs`).
+impl RoomCore {
+    pub(super) fn timeline_window_in(
+        &self,
+        db: &Db,
+        user: &UserId,
+        room_id: &RoomId,
+        (after, upto): (Option<u64>, u64),
+        limit: usize,
+        wanted: &EventPredicate,
+    ) -> Result<TimelineWindow> {
+        let short_room = self.short_room_of(db, room_id)?;
+        let rules = self.rules_of_room(db, short_room)?;
+        // A gap in the room's history inside the window (events placed after missing
+        // ones): the window starts at it and is limited, as Synapse shows it, so the client
+        // pages back with `/messages` instead of seeing the two sides joined.
+        let floor = after.unwrap_or(0);
+        let gap = TIMELINE_GAPS
+            .scan_from(db, &(short_room, upto), ScanDirection::Reverse, 1, |(r, p)| *r == short_room && *p > floor)?;
+        let (floor, mut limited) = match gap.first() {
+            Some(((_, position), ())) => (position.saturating_sub(1), true),
+            None => (floor, false),
+        };
+        let mut newest_first = Vec::new();
+        let mut scanned = 0;
+        let mut cursor = upto;
+        let mut memo = VisibilityMemo::default();
+        // The first page is just large enough to fill the window and tell whether it is
+        // limited (most rooms show everything they read); later pages, needed only when
+        // events are hidden or filtered out, read 100 rows at a time.
+        let mut page_size = limit.saturating_add(1).min(TIMELINE_PAGE);
+        'pages: while cursor > floor {
+            let page =
+                TIMELINE.scan_from(db, &(short_room, cursor), ScanDirection::Reverse, page_size, |(room, p)| {
+                    *room == short_room && *p > floor
+                })?;
+            for (_, short) in &page {
+                // Bounded work when little is visible (a long history hidden from a new
+                // member): the window is then cut short and marked limited.
+                scanned += 1;
+                if scanned > MAX_WINDOW_SCAN {
+                    limited = true;
+                    break 'pages;
+                }
+                let Some((meta, ticket)) = self.event_meta_read(db, *short)? else { continue };
+                let visible = self.can_see_with(db, user, short_room, &meta, &mut memo)?;
+                let pdu = self.served_event(db, user, *short, &meta, &rules, &mut memo)?;
+                self.keep_event_meta(*short, &meta, ticket);
+                let own_membership = pdu.state_key.as_deref() == Some(user.as_str())
+                    && pdu.kind == ruma::events::TimelineEventType::RoomMember;
+                if !(visible || own_membership) || !wanted(&pdu) {
+                    continue;
+                }
+                if newest_first.len() >= limit {
+                    limited = true;
+                    break 'pages;
+                }
+                newest_first.push(StoredEvent { pdu, meta, short: *short });
+            }
+            match page.last() {
+                Some(((_, position), _)) if page.len() == page_size => {
+                    cursor = position.saturating_sub(1);
+                    page_size = TIMELINE_PAGE;
+                }
+                _ => break,
+            }
+        }
+        newest_first.reverse();
+        Ok(TimelineWindow { events: newest_first, limited })
+    }
+
+    pub(super) fn sync_state_events_in(
+        &self,
+        db: &Db,
+        room_id: &RoomId,
+        from: Option<u64>,
+        to: u64,
+        selection: &StateSelection,
+        federation: bool,
+    ) -> Result<Vec<SyncStateEvent>> {
+        let short_room = self.short_room_of(db, room_id)?;
+        let rules = self.rules_of_room(db, short_room)?;
+        let (wanted, state_size) = self.selected_state(db, short_room, from, to, selection)?;
+        let large = !federation && state_size > LARGE_STATE;
+        let mut out = Vec::with_capacity(wanted.len());
+        for (names, short) in wanted {
+            if large
+                && !self.redacted_targets.may_contain(short)
+                && !matches!(self.events.lookup(short), super::event_cache::Lookup::Hit(_))
+                && let Some(bytes) = PDUS.get_bytes(db, &short)?
+            {
+                let event_id = self.interner.event_id(db, short)?;
+                if let Some((json, sender)) = Pdu::stored_client_json(&bytes, event_id.as_str()) {
+                    out.push(SyncStateEvent { names, sender, event_id, json });
+                    continue;
+                }
+            }
+            let pdu = self.shared_event_for_client(db, short, &rules)?;
+            let json = if federation {
+                serde_json::value::to_raw_value(&pdu.json).map_err(|e| e.to_string())
+            } else {
+                pdu.client_json(false, &[])
+            }
+            .map_err(|e| Error::internal(format!("cannot serialise event: {e}")))?;
+            out.push(SyncStateEvent { names, sender: pdu.sender.clone(), event_id: pdu.event_id.clone(), json });
+        }
+        Ok(out)
+    }
+
+    pub(super) fn transaction_ids_in(
+        &self,
+        db: &Db,
+        event_ids: Vec<String>,
+    ) -> Result<HashMap<String, (String, String)>> {
+        let mut out = HashMap::new();
+        for event_id in event_ids {
+            if let Some(txn) = EVENT_TRANSACTIONS.get(db, &event_id)? {
+                out.insert(event_id, txn);
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) fn memberships_after_in(&self, db: &Db, user: &UserId, groups: Vec<u64>) -> Result<Vec<String>> {
+        let mut memo: HashMap<u64, String> = HashMap::new();
+        let mut out = Vec::with_capacity(groups.len());
+        for group in groups {
+            if let Some(known) = memo.get(&group) {
+                out.push(known.clone());
+                continue;
+            }
+            let membership = self
+                .state_in_group(db, group, "m.room.member", user.as_str())?
+                .map_or_else(|| "leave".to_owned(), |pdu| membership_in(&pdu.content));
+            memo.insert(group, membership.clone());
+            out.push(membership);
+        }
+        Ok(out)
+    }
+
+    pub(super) fn membership_at_in(
+        &self,
+        db: &Db,
+        user: &UserId,
+        room_id: &RoomId,
+        position: u64,
+    ) -> Result<Option<String>> {
+        let short_room = self.short_room_of(db, room_id)?;
+        let Some(group) = self.state_group_at(db, short_room, position)? else { return Ok(None) };
+        Ok(self.state_in_group(db, group, "m.room.member", user.as_str())?.map(|pdu| membership_in(&pdu.content)))
+    }
+
+    pub(super) fn member_summary_in(&self, db: &Db, room_id: &RoomId, user: &UserId) -> Result<MemberSummary> {
+        let short_room = self.short_room_of(db, room_id)?;
+        let facts = self.summary_facts(db, short_room)?;
+        let heroes = facts.first_members.iter().filter(|member| **member != user).take(5).cloned().collect();
+        Ok(MemberSummary { joined: facts.joined, invited: facts.invited, heroes })
     }
 }

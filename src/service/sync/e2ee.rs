@@ -162,7 +162,14 @@ pub(crate) async fn key_counts(
     user: &UserId,
     device: &DeviceId,
 ) -> Result<(BTreeMap<OneTimeKeyAlgorithm, UInt>, Vec<OneTimeKeyAlgorithm>)> {
-    let (counts, fallback) = services.keys.key_counts(user, device).await?;
+    Ok(key_counts_to_ruma(services.keys.key_counts(user, device).await?))
+}
+
+/// Key counts as [`Keys::key_counts`](crate::service::keys::Keys::key_counts) reads them, in
+/// ruma's types.
+pub(crate) fn key_counts_to_ruma(
+    (counts, fallback): (BTreeMap<String, u64>, Vec<String>),
+) -> (BTreeMap<OneTimeKeyAlgorithm, UInt>, Vec<OneTimeKeyAlgorithm>) {
     let counts = counts
         .into_iter()
         .map(|(algorithm, count)| {
@@ -170,5 +177,5 @@ pub(crate) async fn key_counts(
         })
         .collect();
     let fallback = fallback.iter().map(|algorithm| OneTimeKeyAlgorithm::from(algorithm.as_str())).collect();
-    Ok((counts, fallback))
+    (counts, fallback)
 }

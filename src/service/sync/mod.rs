@@ -72,15 +72,8 @@ struct Context<'a> {
     room_account_data: HashMap<String, Vec<AccountDataEntry>>,
     /// `m.receipt` content of the joined rooms whose receipts changed.
     receipts: HashMap<OwnedRoomId, serde_json::Value>,
-    /// Users whose events and invites this user ignores (read when a room needs them).
-    ignored: tokio::sync::OnceCell<std::collections::HashSet<ruma::OwnedUserId>>,
-}
-
-impl Context<'_> {
     /// Users whose events and invites this user ignores.
-    async fn ignored(&self) -> Result<&std::collections::HashSet<ruma::OwnedUserId>> {
-        self.ignored.get_or_try_init(|| self.services.account_data.ignored_users(self.user)).await
-    }
+    ignored: std::collections::HashSet<ruma::OwnedUserId>,
 }
 
 /// Serialises a JSON value into a ruma `Raw`.
@@ -96,20 +89,25 @@ pub(crate) fn raw_account_data<T>(entry: &AccountDataEntry) -> Result<Raw<T>> {
 
 /// Every sync stream's newest position.
 pub(crate) async fn current_token(services: &Services) -> Result<SyncToken> {
-    use crate::service::{account_data::AccountData, presence::Presence, receipts::Receipts, to_device::ToDevice};
     // The stored counters are read in one trip to the blocking pool (every sync reads them).
-    let (account_data, to_device, receipts, presence) = services
-        .db
-        .run(|db| {
-            Ok((
-                AccountData::position_in(db)?,
-                ToDevice::position_in(db)?,
-                Receipts::position_in(db)?,
-                Presence::position_in(db)?,
-            ))
-        })
-        .await?;
-    Ok(SyncToken {
+    let counters = services.db.run(stored_positions).await?;
+    Ok(token_from(services, counters))
+}
+
+/// The stored stream counters: account data, to-device, receipts, presence.
+fn stored_positions(db: &crate::storage::Db) -> Result<[u64; 4]> {
+    use crate::service::{account_data::AccountData, presence::Presence, receipts::Receipts, to_device::ToDevice};
+    Ok([
+        AccountData::position_in(db)?,
+        ToDevice::position_in(db)?,
+        Receipts::position_in(db)?,
+        Presence::position_in(db)?,
+    ])
+}
+
+/// The token of the stored counters and the positions kept in memory, read after them.
+fn token_from(services: &Services, [account_data, to_device, receipts, presence]: [u64; 4]) -> SyncToken {
+    SyncToken {
         events: services.rooms.current_position(),
         account_data,
         to_device,
@@ -117,7 +115,31 @@ pub(crate) async fn current_token(services: &Services) -> Result<SyncToken> {
         typing: services.typing.serial(),
         receipts,
         presence,
-    })
+    }
+}
+
+/// What one pass of a sync reads before anything else, in one trip to the blocking pool: the
+/// streams' positions, the device's key counts and the users the user ignores.
+struct Snapshot {
+    now: SyncToken,
+    key_counts: (std::collections::BTreeMap<String, u64>, Vec<String>),
+    ignored: std::collections::HashSet<ruma::OwnedUserId>,
+}
+
+async fn snapshot(services: &Services, user: &UserId, device: &DeviceId) -> Result<Snapshot> {
+    use crate::service::{account_data::AccountData, keys::Keys};
+    let (user, device) = (user.to_owned(), device.to_owned());
+    let (counters, key_counts, ignored) = services
+        .db
+        .run(move |db| {
+            Ok((
+                stored_positions(db)?,
+                Keys::key_counts_in(db, &user, &device)?,
+                AccountData::ignored_users_in(db, &user)?,
+            ))
+        })
+        .await?;
+    Ok(Snapshot { now: token_from(services, counters), key_counts, ignored })
 }
 
 /// Registers a sync of `user`'s `device` with the notifier, before it reads the streams. What
@@ -163,18 +185,12 @@ pub async fn sync(services: &Services, user: &UserId, device: &DeviceId, request
             true => Some(listen(services, user, device).await?),
             false => None,
         };
-        let now = current_token(services).await?;
-        // A token from the future (a restored database) counts as "now".
-        let since = since.map(|s| SyncToken {
-            events: s.events.min(now.events),
-            account_data: s.account_data.min(now.account_data),
-            to_device: s.to_device.min(now.to_device),
-            key_changes: s.key_changes.min(now.key_changes),
-            typing: s.typing.min(now.typing),
-            receipts: s.receipts.min(now.receipts),
-            presence: s.presence.min(now.presence),
-        });
-        let response = build(services, user, device, &filter, since, now, &request).await?;
+        // A sync close behind the event stream (a woken long-poll, a client that polls often)
+        // shows a few rooms: its reads, a handful of short ones in a row, run in place.
+        let close =
+            since.is_some_and(|s| services.rooms.current_position().saturating_sub(s.events) <= IN_PLACE_EVENTS);
+        let pass = read_pass(services, user, device, &filter, since, &request);
+        let response = if close { crate::storage::in_place(pass).await? } else { pass.await? };
         let empty = response.rooms.is_empty()
             && response.account_data.is_empty()
             && response.to_device.is_empty()
@@ -191,13 +207,43 @@ pub async fn sync(services: &Services, user: &UserId, device: &DeviceId, request
     }
 }
 
+/// How far behind the event stream a sync's token may be for its reads to run in place (see
+/// `storage::in_place`): at most this many events, so at most this many rooms to read on one
+/// thread. Further behind, the rooms are read a few at a time on the blocking pool, using
+/// every core.
+const IN_PLACE_EVENTS: u64 = 32;
+
+/// One pass of a sync: the snapshot of the streams, then the response up to it.
+async fn read_pass(
+    services: &Services,
+    user: &UserId,
+    device: &DeviceId,
+    filter: &FilterDefinition,
+    since: Option<SyncToken>,
+    request: &SyncRequest,
+) -> Result<v3::Response> {
+    let snapshot = snapshot(services, user, device).await?;
+    let now = snapshot.now;
+    // A token from the future (a restored database) counts as "now".
+    let since = since.map(|s| SyncToken {
+        events: s.events.min(now.events),
+        account_data: s.account_data.min(now.account_data),
+        to_device: s.to_device.min(now.to_device),
+        key_changes: s.key_changes.min(now.key_changes),
+        typing: s.typing.min(now.typing),
+        receipts: s.receipts.min(now.receipts),
+        presence: s.presence.min(now.presence),
+    });
+    build(services, user, device, filter, since, snapshot, request).await
+}
+
 async fn build(
     services: &Services,
     user: &UserId,
     device: &DeviceId,
     filter: &FilterDefinition,
     since: Option<SyncToken>,
-    now: SyncToken,
+    Snapshot { now, key_counts, ignored }: Snapshot,
     request: &SyncRequest,
 ) -> Result<v3::Response> {
     let (full_state, use_state_after) = (request.full_state, request.use_state_after);
@@ -208,7 +254,7 @@ async fn build(
     if let Some(since) = since {
         response.device_lists = e2ee::device_lists(services, user, since, now).await?;
     }
-    let (counts, fallback) = e2ee::key_counts(services, user, device).await?;
+    let (counts, fallback) = e2ee::key_counts_to_ruma(key_counts);
     response.device_one_time_keys_count = counts;
     response.device_unused_fallback_key_types = Some(fallback);
     response.presence.events =
@@ -269,7 +315,7 @@ async fn build(
         use_state_after,
         room_account_data,
         receipts,
-        ignored: tokio::sync::OnceCell::new(),
+        ignored,
     };
     response.rooms = rooms::collect(&context).await?;
     event_fields::apply(&mut response, filter.event_fields.as_deref());

@@ -19,7 +19,10 @@ use ruma::{
 use super::{Context, filter, raw_account_data, raw_json, unread};
 use crate::{
     Result,
-    service::rooms::{EventPredicate, Pdu, StateSelection, SyncStateEvent},
+    service::rooms::{
+        EventPredicate, Pdu, RoomSyncQuery, RoomSyncRead, StateChooser, StateQuery, StateSelection, SyncStateEvent,
+        TimelineWindow,
+    },
     storage::membership_tables::OutOfBand,
 };
 
@@ -53,7 +56,7 @@ pub(crate) async fn timeline_events<T>(
 ) -> Result<Vec<Raw<T>>> {
     let own: Vec<String> = events.iter().filter(|e| e.pdu.sender == user).map(|e| e.pdu.event_id.to_string()).collect();
     let transactions = if own.is_empty() { Default::default() } else { services.rooms.transaction_ids(own).await? };
-    let mut bundles = match format {
+    let bundles = match format {
         EventFormat::Federation => Default::default(),
         _ => {
             let ids = events.iter().map(|e| (e.short, e.pdu.event_id.clone())).collect();
@@ -62,9 +65,21 @@ pub(crate) async fn timeline_events<T>(
     };
     let groups = events.iter().map(|e| e.meta.state_after).collect();
     let memberships = services.rooms.memberships_after(user, groups).await?;
+    format_timeline(device, events, format, &transactions, bundles, &memberships)
+}
+
+/// Timeline events in the sync format, from what [`timeline_events`] reads for them.
+fn format_timeline<T>(
+    device: &ruma::DeviceId,
+    events: &[crate::service::rooms::StoredEvent],
+    format: &EventFormat,
+    transactions: &std::collections::HashMap<String, (String, String)>,
+    mut bundles: std::collections::HashMap<String, serde_json::Value>,
+    memberships: &[String],
+) -> Result<Vec<Raw<T>>> {
     events
         .iter()
-        .zip(&memberships)
+        .zip(memberships)
         .map(|(e, membership)| {
             let txn = transactions
                 .get(e.pdu.event_id.as_str())
@@ -279,11 +294,7 @@ async fn joined_room(
     membership_position: Option<u64>,
 ) -> Result<Option<JoinedRoom>> {
     let since = ctx.since.map(|s| s.events);
-    let newly_joined = match since {
-        None => true,
-        Some(s) => ctx.services.rooms.membership_at(ctx.user, room_id, s).await?.as_deref() != Some("join"),
-    };
-    let section = section(ctx, room_id, ctx.now.events, newly_joined).await?;
+    let (section, newly_joined, summary) = section(ctx, room_id, ctx.now.events, None).await?;
     let account_data = room_account_data(ctx, room_id)?;
     let ephemeral = ephemeral(ctx, room_id)?;
     let unchanged = section.timeline.events.is_empty()
@@ -293,7 +304,7 @@ async fn joined_room(
     if since.is_some() && !newly_joined && !ctx.full_state && unchanged {
         return Ok(None);
     }
-    let summary = ctx.services.rooms.member_summary(room_id, ctx.user).await?;
+    let summary = summary.unwrap_or_default();
     let mut room = JoinedRoom::new();
     room.summary = RoomSummary::new();
     room.summary.heroes = summary.heroes;
@@ -310,7 +321,7 @@ async fn joined_room(
 
 async fn left_room(ctx: &Context<'_>, room_id: &OwnedRoomId, left_at: u64) -> Result<LeftRoom> {
     let full = ctx.since.is_none();
-    let section = section(ctx, room_id, left_at.min(ctx.now.events), full).await?;
+    let (section, _, _) = section(ctx, room_id, left_at.min(ctx.now.events), Some(full)).await?;
     let mut room = LeftRoom::new();
     room.timeline = section.timeline;
     room.state = state_part(ctx, section.state);
@@ -343,7 +354,7 @@ async fn invited_room(ctx: &Context<'_>, room_id: &OwnedRoomId) -> Result<Option
 /// Whether an invite from `inviter` stays out of the user's syncs: they ignore the inviter, or
 /// their invite permission config ignores or blocks them (spec v1.18, MSC4155).
 async fn invite_hidden(ctx: &Context<'_>, inviter: &ruma::UserId) -> Result<bool> {
-    Ok(ctx.ignored().await?.contains(inviter)
+    Ok(ctx.ignored.contains(inviter)
         || ctx.services.account_data.invite_decision(ctx.user, inviter).await?
             != crate::service::invite_filter::Decision::Allow)
 }
@@ -397,12 +408,19 @@ async fn stripped_state<T>(ctx: &Context<'_>, room_id: &OwnedRoomId) -> Result<V
 }
 
 /// The timeline window `(since, upto]` and the state before it: the state changes since the
-/// last sync (including those inside a gap), or the whole state when `full`.
-async fn section(ctx: &Context<'_>, room_id: &OwnedRoomId, upto: u64, full: bool) -> Result<Section> {
+/// last sync (including those inside a gap), or the whole state when `full`. A joined room
+/// (`full` is `None`) gets the whole state when the user joined since the last sync, and its
+/// member summary; the flag says whether they did.
+async fn section(
+    ctx: &Context<'_>,
+    room_id: &OwnedRoomId,
+    upto: u64,
+    full: Option<bool>,
+) -> Result<(Section, bool, Option<crate::service::rooms::MemberSummary>)> {
     let since = ctx.since.map(|s| s.events);
     let room_filter = &ctx.filter.room;
     let timeline_filter = room_filter.timeline.clone();
-    let ignored = ctx.ignored().await?.clone();
+    let ignored = ctx.ignored.clone();
     let wanted: EventPredicate = if filter::room_event_room_allowed(&timeline_filter, room_id) {
         Arc::new(move |pdu: &Pdu| {
             !ignored.contains(&pdu.sender)
@@ -413,29 +431,47 @@ async fn section(ctx: &Context<'_>, room_id: &OwnedRoomId, upto: u64, full: bool
         Arc::new(|_: &Pdu| false)
     };
     let limit = filter::timeline_limit(&room_filter.timeline);
-    let window = ctx.services.rooms.timeline_window(ctx.user, room_id, since, upto, limit, wanted).await?;
-    let first = window.events.first().and_then(|e| e.meta.position);
-
-    let senders: HashSet<String> = window.events.iter().map(|e| e.pdu.sender.to_string()).collect();
     let lazy = !room_filter.state.lazy_load_options.is_disabled();
-    let state_filter = room_filter.state.clone();
-    let state_wanted = filter::room_event_room_allowed(&state_filter, room_id);
-    let selection = StateSelection {
-        keep: Arc::new(move |kind: &str| state_wanted && filter::room_event_type_allowed(&state_filter, kind)),
-        lazy_members: lazy.then(|| {
-            let mut members = senders.clone();
-            members.insert(ctx.user.to_string());
-            members
-        }),
-        always_members: senders,
-    };
-    let from = if full || ctx.full_state { None } else { since };
-    // The state before the first timeline event, or at the end when the timeline is empty; with
-    // `use_state_after`, the state at the end of the timeline (changes inside it included).
-    let state_at = if ctx.use_state_after { upto } else { first.map_or(upto, |p| p.saturating_sub(1)) };
     let format = &ctx.filter.event_format;
     let federation = *format == EventFormat::Federation;
-    let state = ctx.services.rooms.sync_state_events(room_id, from, state_at, selection, federation).await?;
+    let state_filter = room_filter.state.clone();
+    let state_wanted = filter::room_event_room_allowed(&state_filter, room_id);
+    let (user, full_state, use_state_after) = (ctx.user.to_string(), ctx.full_state, ctx.use_state_after);
+    let state: StateChooser = Box::new(move |window: &TimelineWindow, newly_joined: bool| {
+        let senders: HashSet<String> = window.events.iter().map(|e| e.pdu.sender.to_string()).collect();
+        let selection = StateSelection {
+            keep: Arc::new(move |kind: &str| state_wanted && filter::room_event_type_allowed(&state_filter, kind)),
+            lazy_members: lazy.then(|| {
+                let mut members = senders.clone();
+                members.insert(user);
+                members
+            }),
+            always_members: senders,
+        };
+        let full = full.unwrap_or(newly_joined);
+        let from = if full || full_state { None } else { since };
+        // The state before the first timeline event, or at the end when the timeline is empty;
+        // with `use_state_after`, the state at the end of the timeline (changes inside it
+        // included).
+        let first = window.events.first().and_then(|e| e.meta.position);
+        let to = if use_state_after { upto } else { first.map_or(upto, |p| p.saturating_sub(1)) };
+        StateQuery { from, to, selection, federation }
+    });
+    let query = RoomSyncQuery {
+        user: ctx.user.to_owned(),
+        room_id: room_id.clone(),
+        since,
+        upto,
+        limit,
+        wanted,
+        state,
+        bundles: !federation,
+        summary: full.is_none(),
+    };
+    let RoomSyncRead { newly_joined, window, state, transactions, bundles, memberships, summary } =
+        ctx.services.rooms.sync_room(query).await?;
+    let first = window.events.first().and_then(|e| e.meta.position);
+
     // Lazy-loading without `include_redundant_members`: member events this device already has
     // are left out.
     let redundant =
@@ -470,6 +506,6 @@ async fn section(ctx: &Context<'_>, room_id: &OwnedRoomId, upto: u64, full: bool
     timeline.limited = window.limited;
     // `/messages?dir=b&from=P` returns the events before position P.
     timeline.prev_batch = Some(first.unwrap_or(upto.saturating_add(1)).to_string());
-    timeline.events = timeline_events(ctx.services, ctx.user, ctx.device, &window.events, format).await?;
-    Ok(Section { timeline, state })
+    timeline.events = format_timeline(ctx.device, &window.events, format, &transactions, bundles, &memberships)?;
+    Ok((Section { timeline, state }, newly_joined, summary))
 }
