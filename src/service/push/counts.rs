@@ -226,11 +226,21 @@ impl Push {
 /// The stream position of each of `user`'s read receipts in `room`, per thread.
 pub async fn receipt_positions(services: &Services, user: &UserId, room: &RoomId) -> Result<HashMap<String, u64>> {
     let mut positions: HashMap<String, u64> = HashMap::new();
-    for (thread, event_id) in services.receipts.read_receipts_by_thread(room, user).await? {
-        let Ok(event_id) = ruma::OwnedEventId::try_from(event_id) else { continue };
-        let Some(position) = services.rooms.event_for(user, &event_id).await?.and_then(|e| e.meta.position) else {
-            continue;
-        };
+    let receipts: Vec<(String, ruma::OwnedEventId)> = services
+        .receipts
+        .read_receipts_by_thread(room, user)
+        .await?
+        .into_iter()
+        .filter_map(|(thread, event_id)| Some((thread, ruma::OwnedEventId::try_from(event_id).ok()?)))
+        .collect();
+    if receipts.is_empty() {
+        return Ok(positions);
+    }
+    // The receipts' events are looked up in one trip.
+    let ids = receipts.iter().map(|(_, event_id)| event_id.clone()).collect();
+    let found = services.rooms.visible_positions(user, ids).await?;
+    for ((thread, _), position) in receipts.into_iter().zip(found) {
+        let Some(position) = position else { continue };
         let entry = positions.entry(thread).or_default();
         *entry = (*entry).max(position);
     }

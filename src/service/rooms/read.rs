@@ -440,6 +440,33 @@ impl Rooms {
         .await
     }
 
+    /// The stream position of each of these events that `user` may see (as [`Self::event_for`]
+    /// decides), in one trip and without loading the events: `None` for the others.
+    pub async fn visible_positions(
+        &self,
+        user: &UserId,
+        event_ids: Vec<ruma::OwnedEventId>,
+    ) -> Result<Vec<Option<u64>>> {
+        let user = user.to_owned();
+        self.run(move |core, db| {
+            let mut out = Vec::with_capacity(event_ids.len());
+            for event_id in event_ids {
+                let Some(short) = core.interner.short_event(db, &event_id)? else {
+                    out.push(None);
+                    continue;
+                };
+                let meta = EVENT_META.get(db, &short)?;
+                let visible = match &meta {
+                    Some(meta) => meta.is_served() && core.can_see(db, &user, meta.room, meta)?,
+                    None => false,
+                };
+                out.push(meta.filter(|_| visible).and_then(|meta| meta.position));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// Up to `limit` events of a room's timeline that `user` may see, from stream position
     /// `from` (exclusive) in `direction`; returns them with the position to continue from.
     pub async fn timeline(
