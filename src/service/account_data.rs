@@ -115,8 +115,14 @@ impl AccountData {
         room_id: Option<&RoomId>,
         event_type: &str,
     ) -> Result<Option<Box<RawValue>>> {
-        let key = (user_id.to_owned(), room_key(room_id), event_type.to_owned());
-        Ok(self.db.run(move |db| Ok(ACCOUNT_DATA.get(db, &key)?)).await?.filter(|content| !is_deleted(content)))
+        let (user_id, room_key, event_type) = (user_id.to_owned(), room_key(room_id), event_type.to_owned());
+        self.db.run(move |db| Self::get_in(db, &user_id, &room_key, &event_type)).await
+    }
+
+    /// [`get`](Self::get), on the blocking pool already (`room_key` empty for global data).
+    fn get_in(db: &Db, user_id: &UserId, room_key: &str, event_type: &str) -> Result<Option<Box<RawValue>>> {
+        let key = (user_id.to_owned(), room_key.to_owned(), event_type.to_owned());
+        Ok(ACCOUNT_DATA.get(db, &key)?.filter(|content| !is_deleted(content)))
     }
 
     /// The users `user_id` ignores (`m.ignored_user_list`): their events and invites are hidden
@@ -133,8 +139,7 @@ impl AccountData {
             #[serde(default)]
             ignored_users: std::collections::BTreeMap<OwnedUserId, serde::de::IgnoredAny>,
         }
-        let key = (user_id.to_owned(), room_key(None), "m.ignored_user_list".to_owned());
-        let Some(raw) = ACCOUNT_DATA.get(db, &key)?.filter(|content| !is_deleted(content)) else {
+        let Some(raw) = Self::get_in(db, user_id, &room_key(None), "m.ignored_user_list")? else {
             return Ok(HashSet::new());
         };
         Ok(serde_json::from_str::<IgnoredUserList>(raw.get())

@@ -70,7 +70,7 @@ pub use relations_read::{RECURSION_DEPTH, RelationsPage, RelationsQuery, attach 
 pub use search::{SearchHit, SearchOrder, SearchPage, SearchQuery};
 pub use servers::LocalEvent;
 pub use sync_read::{EventPredicate, MemberSummary, MembershipChange, StateSelection, SyncStateEvent, TimelineWindow};
-pub use sync_room::{RoomSyncQuery, RoomSyncRead, StateChooser, StateQuery};
+pub use sync_room::{RoomSyncQuery, RoomSyncRead, ServedWith, StateChooser, StateQuery};
 pub use versions::ROOM_VERSIONS;
 
 /// The `membership` of a member event.

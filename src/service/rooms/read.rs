@@ -213,6 +213,14 @@ impl RoomCore {
         Ok(Some(self.event_by_short(db, short, &rules)?))
     }
 
+    /// The short ID and stored facts of an event that is served and that `user` may see
+    /// ([`can_see`](Self::can_see)); `None` for any other event, or one this server lacks.
+    fn visible_meta(&self, db: &Db, user: &UserId, event_id: &ruma::EventId) -> Result<Option<(u64, EventMeta)>> {
+        let Some(short) = self.interner.short_event(db, event_id)? else { return Ok(None) };
+        let Some(meta) = EVENT_META.get(db, &short)? else { return Ok(None) };
+        Ok((meta.is_served() && self.can_see(db, user, meta.room, &meta)?).then_some((short, meta)))
+    }
+
     /// Whether `user` may see an event, by the spec's history visibility rules, judged by the
     /// state before the event: `world_readable`; joined then; `invited` and invited then;
     /// `shared` and joined at some point after the event. A change of history visibility, and
@@ -428,11 +436,7 @@ impl Rooms {
     pub async fn event_for(&self, user: &UserId, event_id: &ruma::EventId) -> Result<Option<StoredEvent>> {
         let (user, event_id) = (user.to_owned(), event_id.to_owned());
         self.run(move |core, db| {
-            let Some(short) = core.interner.short_event(db, &event_id)? else { return Ok(None) };
-            let Some(meta) = EVENT_META.get(db, &short)? else { return Ok(None) };
-            if !meta.is_served() || !core.can_see(db, &user, meta.room, &meta)? {
-                return Ok(None);
-            }
+            let Some((short, meta)) = core.visible_meta(db, &user, &event_id)? else { return Ok(None) };
             let rules = core.rules_of_room(db, meta.room)?;
             let pdu = core.served_event(db, &user, short, &meta, &rules, &mut VisibilityMemo::default())?;
             Ok(Some(StoredEvent { pdu, meta, short }))
@@ -451,16 +455,7 @@ impl Rooms {
         self.run(move |core, db| {
             let mut out = Vec::with_capacity(event_ids.len());
             for event_id in event_ids {
-                let Some(short) = core.interner.short_event(db, &event_id)? else {
-                    out.push(None);
-                    continue;
-                };
-                let meta = EVENT_META.get(db, &short)?;
-                let visible = match &meta {
-                    Some(meta) => meta.is_served() && core.can_see(db, &user, meta.room, meta)?,
-                    None => false,
-                };
-                out.push(meta.filter(|_| visible).and_then(|meta| meta.position));
+                out.push(core.visible_meta(db, &user, &event_id)?.and_then(|(_, meta)| meta.position));
             }
             Ok(out)
         })

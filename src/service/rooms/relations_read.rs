@@ -431,23 +431,6 @@ impl Rooms {
         })
         .await
     }
-
-    /// [`bundled_relations`](Self::bundled_relations) of events whose short IDs the caller has
-    /// (a `StoredEvent`'s): no event ID is looked up again, and an event that was never a parent
-    /// costs nothing.
-    pub async fn bundled_relations_of(
-        &self,
-        user: &UserId,
-        events: Vec<(u64, OwnedEventId)>,
-    ) -> Result<HashMap<String, Value>> {
-        let events: Vec<_> =
-            events.into_iter().filter(|(short, _)| self.core.relation_parents.may_contain(*short)).collect();
-        if events.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let user = user.to_owned();
-        self.run(move |core, db| core.bundles_of(db, &user, events)).await
-    }
 }
 
 impl RoomCore {

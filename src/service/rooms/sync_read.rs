@@ -54,7 +54,7 @@ pub struct StateSelection {
 /// A state event's type and state key, as the interner keeps them.
 pub type StateNames = Arc<(ruma::events::StateEventType, String)>;
 
-/// A state event as a sync serves it (see [`Rooms::sync_state_events`]).
+/// A state event as a sync serves it (see `RoomCore::sync_state_events_in`).
 pub struct SyncStateEvent {
     /// Its type and state key.
     pub names: StateNames,
@@ -251,24 +251,6 @@ impl Rooms {
             wanted.into_iter().map(|(_, short)| core.shared_event_for_client(db, short, &rules)).collect()
         })
         .await
-    }
-
-    /// [`sync_state`](Self::sync_state) as a sync serves it: each event in the sync format
-    /// (a client event without `room_id`), or as stored with `federation`, serialised here on
-    /// the blocking pool (so the rooms of one sync are serialised on every core). In a room with
-    /// a large state, an event not in the event cache is written straight from its stored text
-    /// without being parsed or cached (a sync of many big rooms would otherwise parse and evict
-    /// every member event of each).
-    pub async fn sync_state_events(
-        &self,
-        room_id: &RoomId,
-        from: Option<u64>,
-        to: u64,
-        selection: StateSelection,
-        federation: bool,
-    ) -> Result<Vec<SyncStateEvent>> {
-        let room_id = room_id.to_owned();
-        self.run(move |core, db| core.sync_state_events_in(db, &room_id, from, to, &selection, federation)).await
     }
 
     /// The rooms with events in stream positions `(after, upto]`, or `None` when there are
@@ -622,6 +604,12 @@ impl RoomCore {
         Ok(TimelineWindow { events: newest_first, limited })
     }
 
+    /// [`Rooms::sync_state`] as a sync serves it: each event in the sync format
+    /// (a client event without `room_id`), or as stored with `federation`, serialised here on
+    /// the blocking pool (so the rooms of one sync are serialised on every core). In a room with
+    /// a large state, an event not in the event cache is written straight from its stored text
+    /// without being parsed or cached (a sync of many big rooms would otherwise parse and evict
+    /// every member event of each).
     pub(super) fn sync_state_events_in(
         &self,
         db: &Db,

@@ -1,16 +1,18 @@
 //! One room of a `/sync` read in a single trip to the blocking pool: the user's membership at
 //! the last sync, the timeline window, the state the client is owed (chosen from the window),
 //! what the window's events are served with (transaction IDs, bundled aggregations, the user's
-//! membership at each) and the member summary. A woken sync of one busy room used to make
+//! membership at each: [`ServedWith`], which sliding sync reads alone) and the member summary. A woken sync of one busy room used to make
 //! eight trips for these; each trip is a hand-over to another thread and back.
 
 use std::collections::HashMap;
 
-use ruma::{OwnedRoomId, OwnedUserId};
+use ruma::{OwnedRoomId, OwnedUserId, UserId};
 use serde_json::Value;
 
-use super::{EventPredicate, MemberSummary, Rooms, StateSelection, SyncStateEvent, TimelineWindow};
-use crate::Result;
+use super::{
+    EventPredicate, MemberSummary, RoomCore, Rooms, StateSelection, StoredEvent, SyncStateEvent, TimelineWindow,
+};
+use crate::{Result, storage::Db};
 
 /// The state a sync wants with a timeline window.
 pub struct StateQuery {
@@ -49,13 +51,19 @@ pub struct RoomSyncRead {
     pub newly_joined: bool,
     pub window: TimelineWindow,
     pub state: Vec<SyncStateEvent>,
-    /// (device, transaction ID) of the user's own events in the window that have one.
+    /// What the window's events are served with.
+    pub served: ServedWith,
+    pub summary: Option<MemberSummary>,
+}
+
+/// What a sync serves a timeline window's events with.
+pub struct ServedWith {
+    /// (device, transaction ID) of the user's own events that have one.
     pub transactions: HashMap<String, (String, String)>,
     /// Bundled aggregations by event ID.
     pub bundles: HashMap<String, Value>,
-    /// The user's membership after each window event (MSC4115), in window order.
+    /// The user's membership after each event (MSC4115), in the events' order.
     pub memberships: Vec<String>,
-    pub summary: Option<MemberSummary>,
 }
 
 impl Rooms {
@@ -70,21 +78,35 @@ impl Rooms {
             let window = core.timeline_window_in(db, &user, &room_id, (since, upto), limit, &wanted)?;
             let StateQuery { from, to, selection, federation } = state(&window, newly_joined);
             let state = core.sync_state_events_in(db, &room_id, from, to, &selection, federation)?;
-            let own: Vec<String> =
-                window.events.iter().filter(|e| e.pdu.sender == user).map(|e| e.pdu.event_id.to_string()).collect();
-            let transactions = if own.is_empty() { HashMap::new() } else { core.transaction_ids_in(db, own)? };
-            let parents: Vec<_> = window
-                .events
-                .iter()
-                .filter(|e| bundles && core.relation_parents.may_contain(e.short))
-                .map(|e| (e.short, e.pdu.event_id.clone()))
-                .collect();
-            let bundles = if parents.is_empty() { HashMap::new() } else { core.bundles_of(db, &user, parents)? };
-            let groups = window.events.iter().map(|e| e.meta.state_after).collect();
-            let memberships = core.memberships_after_in(db, &user, groups)?;
+            let served = core.served_with_in(db, &user, &window.events, bundles)?;
             let summary = if summary { Some(core.member_summary_in(db, &room_id, &user)?) } else { None };
-            Ok(RoomSyncRead { newly_joined, window, state, transactions, bundles, memberships, summary })
+            Ok(RoomSyncRead { newly_joined, window, state, served, summary })
         })
         .await
+    }
+
+    /// What `user`'s sync serves these events with (see [`ServedWith`]), in one trip; bundled
+    /// aggregations only with `bundles` (not for `event_format: federation`).
+    pub async fn served_with(&self, user: &UserId, events: Vec<StoredEvent>, bundles: bool) -> Result<ServedWith> {
+        let user = user.to_owned();
+        self.run(move |core, db| core.served_with_in(db, &user, &events, bundles)).await
+    }
+}
+
+impl RoomCore {
+    fn served_with_in(&self, db: &Db, user: &UserId, events: &[StoredEvent], bundles: bool) -> Result<ServedWith> {
+        let own: Vec<String> =
+            events.iter().filter(|e| e.pdu.sender == user).map(|e| e.pdu.event_id.to_string()).collect();
+        let transactions = if own.is_empty() { HashMap::new() } else { self.transaction_ids_in(db, own)? };
+        // Most events were never a parent: those cost nothing.
+        let parents: Vec<_> = events
+            .iter()
+            .filter(|e| bundles && self.relation_parents.may_contain(e.short))
+            .map(|e| (e.short, e.pdu.event_id.clone()))
+            .collect();
+        let bundles = if parents.is_empty() { HashMap::new() } else { self.bundles_of(db, user, parents)? };
+        let groups = events.iter().map(|e| e.meta.state_after).collect();
+        let memberships = self.memberships_after_in(db, user, groups)?;
+        Ok(ServedWith { transactions, bundles, memberships })
     }
 }

@@ -20,8 +20,8 @@ use super::{Context, filter, raw_account_data, raw_json, unread};
 use crate::{
     Result,
     service::rooms::{
-        EventPredicate, Pdu, RoomSyncQuery, RoomSyncRead, StateChooser, StateQuery, StateSelection, SyncStateEvent,
-        TimelineWindow,
+        EventPredicate, Pdu, RoomSyncQuery, RoomSyncRead, ServedWith, StateChooser, StateQuery, StateSelection,
+        SyncStateEvent, TimelineWindow,
     },
     storage::membership_tables::OutOfBand,
 };
@@ -54,32 +54,21 @@ pub(crate) async fn timeline_events<T>(
     events: &[crate::service::rooms::StoredEvent],
     format: &EventFormat,
 ) -> Result<Vec<Raw<T>>> {
-    let own: Vec<String> = events.iter().filter(|e| e.pdu.sender == user).map(|e| e.pdu.event_id.to_string()).collect();
-    let transactions = if own.is_empty() { Default::default() } else { services.rooms.transaction_ids(own).await? };
-    let bundles = match format {
-        EventFormat::Federation => Default::default(),
-        _ => {
-            let ids = events.iter().map(|e| (e.short, e.pdu.event_id.clone())).collect();
-            services.rooms.bundled_relations_of(user, ids).await?
-        }
-    };
-    let groups = events.iter().map(|e| e.meta.state_after).collect();
-    let memberships = services.rooms.memberships_after(user, groups).await?;
-    format_timeline(device, events, format, &transactions, bundles, &memberships)
+    let bundles = *format != EventFormat::Federation;
+    let served = services.rooms.served_with(user, events.to_vec(), bundles).await?;
+    format_timeline(device, events, format, served)
 }
 
-/// Timeline events in the sync format, from what [`timeline_events`] reads for them.
+/// Timeline events in the sync format, with what they are served with.
 fn format_timeline<T>(
     device: &ruma::DeviceId,
     events: &[crate::service::rooms::StoredEvent],
     format: &EventFormat,
-    transactions: &std::collections::HashMap<String, (String, String)>,
-    mut bundles: std::collections::HashMap<String, serde_json::Value>,
-    memberships: &[String],
+    ServedWith { transactions, mut bundles, memberships }: ServedWith,
 ) -> Result<Vec<Raw<T>>> {
     events
         .iter()
-        .zip(memberships)
+        .zip(&memberships)
         .map(|(e, membership)| {
             let txn = transactions
                 .get(e.pdu.event_id.as_str())
@@ -468,8 +457,7 @@ async fn section(
         bundles: !federation,
         summary: full.is_none(),
     };
-    let RoomSyncRead { newly_joined, window, state, transactions, bundles, memberships, summary } =
-        ctx.services.rooms.sync_room(query).await?;
+    let RoomSyncRead { newly_joined, window, state, served, summary } = ctx.services.rooms.sync_room(query).await?;
     let first = window.events.first().and_then(|e| e.meta.position);
 
     // Lazy-loading without `include_redundant_members`: member events this device already has
@@ -506,6 +494,6 @@ async fn section(
     timeline.limited = window.limited;
     // `/messages?dir=b&from=P` returns the events before position P.
     timeline.prev_batch = Some(first.unwrap_or(upto.saturating_add(1)).to_string());
-    timeline.events = format_timeline(ctx.device, &window.events, format, &transactions, bundles, &memberships)?;
+    timeline.events = format_timeline(ctx.device, &window.events, format, served)?;
     Ok((Section { timeline, state }, newly_joined, summary))
 }
