@@ -7,6 +7,9 @@
 //! docs/performance.md). After a burst (an initial sync of many rooms) the same happens on a
 //! larger scale. So the server trims once when it has started and then every
 //! [`TRIM_INTERVAL`]; a trim walks the arenas' free chunks and costs about a millisecond.
+//! Since the binary moved the Rust heap to mimalloc (see `main.rs`), which hands freed pages
+//! back on its own after a short delay, glibc's heap holds what RocksDB and the other C and C++
+//! libraries allocate, and that is what the trim covers.
 //!
 //! Start-up also runs code that the server never runs again (option parsing for a hundred
 //! column families, migrations, router building), and the kernel maps 64 KiB of the binary

@@ -9,7 +9,16 @@ use trellis::{
     config::limits::LogFormat,
 };
 
-/// glibc's malloc, set up for a long-running server (see docs/performance.md, "Memory"):
+/// The Rust heap is mimalloc's: with glibc's malloc, allocation was the largest single cost of a
+/// send (`malloc`, `free` and their consolidation, 13-15% of the server's CPU in a 16-room send
+/// profile) and grew as the heap fragmented over long runs. mimalloc took 15-20% off the CPU of
+/// a send in alternating runs, for about 8 MiB more at the 200-room benchmark's peak (see
+/// docs/performance.md). Built without transparent huge pages (`no_thp`): with them, an idle
+/// server was resident at 42 MiB instead of 24.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// glibc's malloc, which RocksDB and the other C and C++ libraries still use, set up for a long-running server (see docs/performance.md, "Memory"):
 ///
 /// - Arenas: glibc gives every thread that allocates while others do an arena of its own, up to
 ///   eight per core, and memory freed in one arena is not reused by another: with the blocking
