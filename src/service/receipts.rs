@@ -109,25 +109,6 @@ impl Receipts {
             .await
     }
 
-    /// `user`'s read receipts (public and private) in a room as (thread, event ID) pairs: the
-    /// thread is empty for unthreaded receipts, `main` or a thread root for threaded ones.
-    pub async fn read_receipts_by_thread(&self, room: &RoomId, user: &UserId) -> Result<Vec<(String, String)>> {
-        let (room, user) = (room.to_owned(), user.to_owned());
-        self.db
-            .run(move |db| {
-                let mut out = Vec::new();
-                for kind in ["m.read", PRIVATE] {
-                    for ((_, _, _, thread), record) in
-                        RECEIPTS.scan_prefix(db, &(room.clone(), kind.to_owned(), user.clone()))?
-                    {
-                        out.push((thread, record.event_id));
-                    }
-                }
-                Ok(out)
-            })
-            .await
-    }
-
     /// The public (`m.read`) receipts written in positions `(since, upto]`, at most `limit`
     /// positions: (position, room, user, record), for the federation sender. The newest
     /// position read is returned too, so a caller can move on past positions with nothing.
@@ -228,4 +209,19 @@ impl Receipts {
             })
             .await
     }
+}
+
+/// `user`'s read receipts (public and private) in a room as (thread, event ID) pairs: the
+/// thread is empty for unthreaded receipts, `main` or a thread root for threaded ones.
+/// Blocking: for a caller's own trip to the blocking pool (unread counts).
+pub fn read_receipts_by_thread_in(db: &Db, room: &RoomId, user: &UserId) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for kind in ["m.read", PRIVATE] {
+        for ((_, _, _, thread), record) in
+            RECEIPTS.scan_prefix(db, &(room.to_owned(), kind.to_owned(), user.to_owned()))?
+        {
+            out.push((thread, record.event_id));
+        }
+    }
+    Ok(out)
 }

@@ -18,14 +18,13 @@ use std::{
     sync::{Mutex, MutexGuard},
 };
 
-use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
+use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
 
-use super::Push;
 use crate::{
     Result,
-    service::Services,
+    service::{Services, receipts::read_receipts_by_thread_in, rooms::PositionReader},
     storage::{
-        ScanDirection,
+        Db, ScanDirection,
         push_tables::{ROOM_DEFAULT_NOTIFICATIONS, ROOM_NOTIFICATIONS},
     },
 };
@@ -139,115 +138,113 @@ impl CountCache {
     }
 }
 
-impl Push {
+impl CountCache {
     /// Counts from the receipt positions per thread ("" for unthreaded), of the events in
     /// `(floor, upto]` (`floor`: the user's membership event; `upto`: the sync's snapshot).
     /// With `committed` (every event up to `upto` is committed), counts kept for the same
     /// receipts and floor up to an earlier position are extended by the rows after it, and the
-    /// result is kept.
-    async fn counts_after(
+    /// result is kept. Blocking.
+    fn counts_in(
         &self,
-        user: &UserId,
-        room: &RoomId,
+        db: &Db,
+        (user, room): (&UserId, &RoomId),
         receipts: HashMap<String, u64>,
         (floor, upto): (u64, u64),
         by_thread: bool,
         committed: bool,
     ) -> Result<UnreadCounts> {
         if !committed {
-            return self.count_rows(user, room, &receipts, (floor, 0, upto), by_thread).await;
+            return count_rows_in(db, (user, room), &receipts, (floor, 0, upto), by_thread);
         }
         let key = (user.to_owned(), room.to_owned());
         let mut made = CachedCounts { receipts, floor, by_thread, upto, counts: UnreadCounts::default() };
-        let (counted, mut counts) = self.count_cache.base(&key, &made).unwrap_or_default();
+        let (counted, mut counts) = self.base(&key, &made).unwrap_or_default();
         if counted < upto {
-            counts.add_later(self.count_rows(user, room, &made.receipts, (floor, counted, upto), by_thread).await?);
+            counts.add_later(count_rows_in(db, (user, room), &made.receipts, (floor, counted, upto), by_thread)?);
         }
         made.counts = counts.clone();
-        self.count_cache.keep(key, made);
+        self.keep(key, made);
         Ok(counts)
     }
-
-    /// The counts of the notification rows in positions `(counted, upto]` (and after the floor
-    /// and the unthreaded receipt).
-    async fn count_rows(
-        &self,
-        user: &UserId,
-        room: &RoomId,
-        receipts: &HashMap<String, u64>,
-        (floor, counted, upto): (u64, u64, u64),
-        by_thread: bool,
-    ) -> Result<UnreadCounts> {
-        let unthreaded = receipts.get("").copied().unwrap_or(0).max(floor).max(counted);
-        let (user, room) = (user.to_owned(), room.to_owned());
-        let (own, room_rows) = self
-            .db
-            .run(move |db| {
-                let start = (user.clone(), room.clone(), unthreaded.saturating_add(1));
-                let own = ROOM_NOTIFICATIONS.scan_from(db, &start, ScanDirection::Forward, usize::MAX, |key| {
-                    key.0 == user && key.1 == room && key.2 <= upto
-                })?;
-                let start = (room.clone(), unthreaded.saturating_add(1));
-                let room_rows =
-                    ROOM_DEFAULT_NOTIFICATIONS.scan_from(db, &start, ScanDirection::Forward, usize::MAX, |key| {
-                        key.0 == room && key.1 <= upto
-                    })?;
-                Ok((own, room_rows))
-            })
-            .await?;
-        // The user's own outcome where there is one, else the room's.
-        let mut outcomes: BTreeMap<u64, (bool, Option<String>)> = room_rows
-            .into_iter()
-            .map(|((_, position), record)| (position, (record.highlight, record.thread)))
-            .collect();
-        for ((_, _, position), row) in own {
-            if row.notify {
-                outcomes.insert(position, (row.highlight, row.thread));
-            } else {
-                outcomes.remove(&position);
-            }
-        }
-        let mut out = UnreadCounts::default();
-        for (position, (highlight, thread)) in outcomes {
-            if position <= receipts.get(thread.as_deref().unwrap_or(MAIN)).copied().unwrap_or(0) {
-                continue;
-            }
-            let counts = match thread {
-                Some(root) if by_thread => out.threads.entry(root).or_default(),
-                _ => &mut out.main,
-            };
-            counts.notifications += 1;
-            counts.highlights += u64::from(highlight);
-        }
-        Ok(out)
-    }
 }
 
-/// The stream position of each of `user`'s read receipts in `room`, per thread.
-pub async fn receipt_positions(services: &Services, user: &UserId, room: &RoomId) -> Result<HashMap<String, u64>> {
-    let mut positions: HashMap<String, u64> = HashMap::new();
-    let receipts: Vec<(String, ruma::OwnedEventId)> = services
-        .receipts
-        .read_receipts_by_thread(room, user)
-        .await?
-        .into_iter()
-        .filter_map(|(thread, event_id)| Some((thread, ruma::OwnedEventId::try_from(event_id).ok()?)))
-        .collect();
-    if receipts.is_empty() {
-        return Ok(positions);
+/// The counts of the notification rows in positions `(counted, upto]` (and after the floor
+/// and the unthreaded receipt). Blocking.
+fn count_rows_in(
+    db: &Db,
+    (user, room): (&UserId, &RoomId),
+    receipts: &HashMap<String, u64>,
+    (floor, counted, upto): (u64, u64, u64),
+    by_thread: bool,
+) -> Result<UnreadCounts> {
+    let unthreaded = receipts.get("").copied().unwrap_or(0).max(floor).max(counted);
+    let start = (user.to_owned(), room.to_owned(), unthreaded.saturating_add(1));
+    let own = ROOM_NOTIFICATIONS.scan_from(db, &start, ScanDirection::Forward, usize::MAX, |key| {
+        key.0 == user && key.1 == room && key.2 <= upto
+    })?;
+    let start = (room.to_owned(), unthreaded.saturating_add(1));
+    let room_rows = ROOM_DEFAULT_NOTIFICATIONS
+        .scan_from(db, &start, ScanDirection::Forward, usize::MAX, |key| key.0 == room && key.1 <= upto)?;
+    // The user's own outcome where there is one, else the room's.
+    let mut outcomes: BTreeMap<u64, (bool, Option<String>)> =
+        room_rows.into_iter().map(|((_, position), record)| (position, (record.highlight, record.thread))).collect();
+    for ((_, _, position), row) in own {
+        if row.notify {
+            outcomes.insert(position, (row.highlight, row.thread));
+        } else {
+            outcomes.remove(&position);
+        }
     }
-    // The receipts' events are looked up in one trip.
-    let ids = receipts.iter().map(|(_, event_id)| event_id.clone()).collect();
-    let found = services.rooms.visible_positions(user, ids).await?;
+    let mut out = UnreadCounts::default();
+    for (position, (highlight, thread)) in outcomes {
+        if position <= receipts.get(thread.as_deref().unwrap_or(MAIN)).copied().unwrap_or(0) {
+            continue;
+        }
+        let counts = match thread {
+            Some(root) if by_thread => out.threads.entry(root).or_default(),
+            _ => &mut out.main,
+        };
+        counts.notifications += 1;
+        counts.highlights += u64::from(highlight);
+    }
+    Ok(out)
+}
+
+/// The stream position of each of `user`'s read receipts in `room`, per thread. Blocking.
+fn receipt_positions_in(
+    db: &Db,
+    positions: &PositionReader,
+    user: &UserId,
+    room: &RoomId,
+) -> Result<HashMap<String, u64>> {
+    let receipts: Vec<(String, OwnedEventId)> = read_receipts_by_thread_in(db, room, user)?
+        .into_iter()
+        .filter_map(|(thread, event_id)| Some((thread, OwnedEventId::try_from(event_id).ok()?)))
+        .collect();
+    let mut by_thread: HashMap<String, u64> = HashMap::new();
+    if receipts.is_empty() {
+        return Ok(by_thread);
+    }
+    let found = positions.visible_positions_in(db, user, receipts.iter().map(|(_, event_id)| &**event_id))?;
     for ((thread, _), position) in receipts.into_iter().zip(found) {
         let Some(position) = position else { continue };
-        let entry = positions.entry(thread).or_default();
+        let entry = by_thread.entry(thread).or_default();
         *entry = (*entry).max(position);
     }
-    Ok(positions)
+    Ok(by_thread)
 }
 
-/// `user`'s unread counts in `room`, counting events in the stream positions `(floor, upto]`.
+/// The stream position of each of `user`'s read receipts in `room`, per thread: one trip to
+/// the blocking pool.
+pub async fn receipt_positions(services: &Services, user: &UserId, room: &RoomId) -> Result<HashMap<String, u64>> {
+    let positions = services.rooms.position_reader();
+    let (user, room) = (user.to_owned(), room.to_owned());
+    services.db.run(move |db| receipt_positions_in(db, &positions, &user, &room)).await
+}
+
+/// `user`'s unread counts in `room`, counting events in the stream positions `(floor, upto]`:
+/// the receipts, their events' positions and the notification rows after them, in one trip to
+/// the blocking pool.
 pub async fn unread_counts(
     services: &Services,
     user: &UserId,
@@ -255,10 +252,18 @@ pub async fn unread_counts(
     (floor, upto): (u64, u64),
     by_thread: bool,
 ) -> Result<UnreadCounts> {
-    let receipts = receipt_positions(services, user, room).await?;
     // Only counts up to a committed position are kept (a push's count reads up to the end).
     let committed = upto <= services.rooms.current_position();
-    services.push.counts_after(user, room, receipts, (floor, upto), by_thread, committed).await
+    let positions = services.rooms.position_reader();
+    let cache = services.push.count_cache.clone();
+    let (user, room) = (user.to_owned(), room.to_owned());
+    services
+        .db
+        .run(move |db| {
+            let receipts = receipt_positions_in(db, &positions, &user, &room)?;
+            cache.counts_in(db, (&user, &room), receipts, (floor, upto), by_thread, committed)
+        })
+        .await
 }
 
 /// How many of `user`'s joined rooms have unread notifications (a push's `counts.unread`, as

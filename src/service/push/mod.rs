@@ -41,7 +41,7 @@ pub struct Push {
     /// Cached push profiles, forgotten here when a user's pushers change.
     profiles: Arc<recipients::PushProfiles>,
     /// Unread counts made up to a committed position, extended by later ones.
-    count_cache: counts::CountCache,
+    count_cache: Arc<counts::CountCache>,
 }
 
 fn rule_not_found() -> Error {

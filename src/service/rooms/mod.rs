@@ -65,7 +65,7 @@ pub use build::NewEvent;
 pub use erasure::PruneMode;
 pub use pdu::Pdu;
 pub use prepare::Prepared;
-pub use read::{StoredEvent, TimelineScan};
+pub use read::{PositionReader, StoredEvent, TimelineScan};
 pub use relations_read::{RECURSION_DEPTH, RelationsPage, RelationsQuery, attach as attach_relations};
 pub use search::{SearchHit, SearchOrder, SearchPage, SearchQuery};
 pub use servers::LocalEvent;

@@ -444,22 +444,11 @@ impl Rooms {
         .await
     }
 
-    /// The stream position of each of these events that `user` may see (as [`Self::event_for`]
-    /// decides), in one trip and without loading the events: `None` for the others.
-    pub async fn visible_positions(
-        &self,
-        user: &UserId,
-        event_ids: Vec<ruma::OwnedEventId>,
-    ) -> Result<Vec<Option<u64>>> {
-        let user = user.to_owned();
-        self.run(move |core, db| {
-            let mut out = Vec::with_capacity(event_ids.len());
-            for event_id in event_ids {
-                out.push(core.visible_meta(db, &user, &event_id)?.and_then(|(_, meta)| meta.position));
-            }
-            Ok(out)
-        })
-        .await
+    /// What reads the stream positions of events a user may see inside another service's trip
+    /// to the blocking pool (unread counts read receipts, then their events' positions, then
+    /// notification rows, in one).
+    pub fn position_reader(&self) -> PositionReader {
+        PositionReader(self.core.clone())
     }
 
     /// Up to `limit` events of a room's timeline that `user` may see, from stream position
@@ -622,5 +611,27 @@ impl Rooms {
             }
         }
         Ok(false)
+    }
+}
+
+/// Reads the stream positions of events as [`Rooms::event_for`] would serve them, inside a
+/// caller's own trip to the blocking pool ([`Rooms::position_reader`]).
+#[derive(Clone)]
+pub struct PositionReader(std::sync::Arc<RoomCore>);
+
+impl PositionReader {
+    /// The stream position of each of these events that `user` may see (as
+    /// [`Rooms::event_for`] decides), without loading the events: `None` for the others.
+    /// Blocking.
+    pub fn visible_positions_in<'a>(
+        &self,
+        db: &Db,
+        user: &UserId,
+        event_ids: impl IntoIterator<Item = &'a ruma::EventId>,
+    ) -> Result<Vec<Option<u64>>> {
+        event_ids
+            .into_iter()
+            .map(|event_id| Ok(self.0.visible_meta(db, user, event_id)?.and_then(|(_, meta)| meta.position)))
+            .collect()
     }
 }
