@@ -10,11 +10,12 @@ use trellis::{
 };
 
 /// The Rust heap is mimalloc's: with glibc's malloc, allocation was the largest single cost of a
-/// send (`malloc`, `free` and their consolidation, 13-15% of the server's CPU in a 16-room send
-/// profile) and grew as the heap fragmented over long runs. mimalloc took 15-20% off the CPU of
-/// a send in alternating runs, for about 8 MiB more at the 200-room benchmark's peak (see
-/// docs/performance.md). Built without transparent huge pages (`no_thp`): with them, an idle
-/// server was resident at 42 MiB instead of 24.
+/// send (`malloc`, `free` and their consolidation, about 15% of the server's CPU in a 16-room
+/// send profile) and grew as the heap fragmented over long runs. mimalloc took 10-20% off the
+/// CPU of a send in alternating runs, for about 2 MiB more anonymous memory at idle and 10 MiB
+/// more at the 200-room benchmark's peak (see docs/performance.md). Built without transparent
+/// huge pages (`no_thp`): with them, an idle server held 28 MiB of anonymous memory instead of
+/// 15.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
