@@ -19,7 +19,8 @@ use trellis::{
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// glibc's malloc, which RocksDB and the other C and C++ libraries still use, set up for a long-running server (see docs/performance.md, "Memory"):
+/// glibc's malloc, which RocksDB and the other C and C++ libraries still use, set up for a
+/// long-running server (see docs/performance.md, "Memory"):
 ///
 /// - Arenas: glibc gives every thread that allocates while others do an arena of its own, up to
 ///   eight per core, and memory freed in one arena is not reused by another: with the blocking

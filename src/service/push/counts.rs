@@ -136,9 +136,7 @@ impl CountCache {
             kept.rows -= old.rows();
         }
     }
-}
 
-impl CountCache {
     /// Counts from the receipt positions per thread ("" for unthreaded), of the events in
     /// `(floor, upto]` (`floor`: the user's membership event; `upto`: the sync's snapshot).
     /// With `committed` (every event up to `upto` is committed), counts kept for the same
