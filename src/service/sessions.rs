@@ -49,11 +49,13 @@ struct CachedToken {
 
 /// The write generations a [`CachedToken`] is kept under.
 fn token_generations(db: &Db, hash: &str, user: &OwnedUserId) -> [u64; 3] {
-    [
-        db.generation(&ACCESS_TOKENS, &hash.to_owned()),
-        db.generation(&DEVICES, &(user.clone(),)),
-        db.generation(&USERS, user),
-    ]
+    let [devices, user] = user_generations(db, user);
+    [db.generation(&ACCESS_TOKENS, &hash.to_owned()), devices, user]
+}
+
+/// The write generations of a token's user's rows: their devices', and their own.
+fn user_generations(db: &Db, user: &OwnedUserId) -> [u64; 2] {
+    [db.generation(&DEVICES, &(user.clone(),)), db.generation(&USERS, user)]
 }
 
 /// A token's record, its user's and the generations they were read under.
@@ -65,7 +67,7 @@ type ResolvedToken = (AccessTokenRecord, Option<UserRecord>, [u64; 3]);
 fn resolve_token(db: &Db, hash: &str) -> Result<Option<ResolvedToken>> {
     let token_generation = db.generation(&ACCESS_TOKENS, &hash.to_owned());
     let Some(record) = ACCESS_TOKENS.get(db, &hash.to_owned())? else { return Ok(None) };
-    let [_, devices_generation, user_generation] = token_generations(db, hash, &record.user_id);
+    let [devices_generation, user_generation] = user_generations(db, &record.user_id);
     let device = DEVICES.get(db, &(record.user_id.clone(), record.device_id.clone()))?;
     if device.is_none_or(|device| device.access_token_hash.as_deref() != Some(hash)) {
         return Ok(None);

@@ -165,7 +165,7 @@ pub async fn sync(
             false => None,
         };
         let now = current_token(services).await?;
-        let since = since.as_ref().map(|answer| Answer { token: clamp(answer.token, now), ..answer.clone() });
+        let since = since.as_ref().map(|answer| Answer { token: answer.token.at_most(now), ..answer.clone() });
         let ignored = services.account_data.ignored_users(user).await?;
         let direct = lists::direct_rooms(services, user).await?;
         let receipt_rooms = match &since {
@@ -206,19 +206,6 @@ fn extensions_changed(extensions: &response::Extensions) -> bool {
         || !extensions.account_data.is_empty()
         || !extensions.receipts.is_empty()
         || !extensions.typing.is_empty()
-}
-
-/// A token from the future (a restored database) counts as "now".
-fn clamp(since: SyncToken, now: SyncToken) -> SyncToken {
-    SyncToken {
-        events: since.events.min(now.events),
-        account_data: since.account_data.min(now.account_data),
-        to_device: since.to_device.min(now.to_device),
-        key_changes: since.key_changes.min(now.key_changes),
-        typing: since.typing.min(now.typing),
-        receipts: since.receipts.min(now.receipts),
-        presence: since.presence.min(now.presence),
-    }
 }
 
 async fn build(ctx: &Context<'_>, request: &v5::Request, extra: &Extra) -> Result<(Reply, Answer)> {

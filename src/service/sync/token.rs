@@ -27,6 +27,20 @@ pub struct SyncToken {
 }
 
 impl SyncToken {
+    /// This token with each position at most `now`'s: a token from the future (a restored
+    /// database) counts as "now".
+    pub fn at_most(self, now: SyncToken) -> SyncToken {
+        SyncToken {
+            events: self.events.min(now.events),
+            account_data: self.account_data.min(now.account_data),
+            to_device: self.to_device.min(now.to_device),
+            key_changes: self.key_changes.min(now.key_changes),
+            typing: self.typing.min(now.typing),
+            receipts: self.receipts.min(now.receipts),
+            presence: self.presence.min(now.presence),
+        }
+    }
+
     pub fn parse(token: &str) -> Result<Self> {
         let invalid = || Error::invalid_param("Invalid sync token");
         let number = |digits: &str| -> Result<u64> {
