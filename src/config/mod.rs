@@ -148,6 +148,10 @@ pub struct Config {
     /// Size of the cache of parsed events that serving events reads from, in MiB (0 turns it off).
     #[serde(default = "default_event_cache_capacity_mb")]
     pub event_cache_capacity_mb: f64,
+    /// Threads that run database reads and writes (conduwuit's and Tuwunel's key); 0 picks four
+    /// per core, at least 16.
+    #[serde(default)]
+    pub db_pool_workers: usize,
     /// Upper bound on files RocksDB keeps open (Conduit's key).
     #[serde(default = "default_rocksdb_max_open_files")]
     pub rocksdb_max_open_files: i32,

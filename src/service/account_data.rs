@@ -68,7 +68,7 @@ impl AccountData {
         self.db.run(Self::position_in).await
     }
 
-    /// [`position`](Self::position), on the blocking pool already.
+    /// [`position`](Self::position), on the storage threads already.
     pub fn position_in(db: &Db) -> Result<u64> {
         Ok(COUNTERS.get(db, &STREAM_COUNTER.to_owned())?.unwrap_or(0))
     }
@@ -119,7 +119,7 @@ impl AccountData {
         self.db.run(move |db| Self::get_in(db, &user_id, &room_key, &event_type)).await
     }
 
-    /// [`get`](Self::get), on the blocking pool already (`room_key` empty for global data).
+    /// [`get`](Self::get), on the storage threads already (`room_key` empty for global data).
     fn get_in(db: &Db, user_id: &UserId, room_key: &str, event_type: &str) -> Result<Option<Box<RawValue>>> {
         let key = (user_id.to_owned(), room_key.to_owned(), event_type.to_owned());
         Ok(ACCOUNT_DATA.get(db, &key)?.filter(|content| !is_deleted(content)))
@@ -132,7 +132,7 @@ impl AccountData {
         self.db.run(move |db| Self::ignored_users_in(db, &user_id)).await
     }
 
-    /// [`ignored_users`](Self::ignored_users), on the blocking pool already.
+    /// [`ignored_users`](Self::ignored_users), on the storage threads already.
     pub fn ignored_users_in(db: &Db, user_id: &UserId) -> Result<HashSet<OwnedUserId>> {
         #[derive(serde::Deserialize)]
         struct IgnoredUserList {

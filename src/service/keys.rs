@@ -275,7 +275,7 @@ impl Keys {
         self.db.run(move |db| Self::key_counts_in(db, &user, &device)).await
     }
 
-    /// [`key_counts`](Self::key_counts), on the blocking pool already.
+    /// [`key_counts`](Self::key_counts), on the storage threads already.
     pub fn key_counts_in(db: &Db, user: &UserId, device: &DeviceId) -> Result<(BTreeMap<String, u64>, Vec<String>)> {
         Ok((one_time_key_counts(db, user, device)?, unused_fallback_key_types(db, user, device)?))
     }

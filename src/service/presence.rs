@@ -168,7 +168,7 @@ impl Presence {
         self.inner.db.run(Self::position_in).await
     }
 
-    /// [`position`](Self::position), on the blocking pool already.
+    /// [`position`](Self::position), on the storage threads already.
     pub fn position_in(db: &Db) -> Result<u64> {
         Ok(COUNTERS.get(db, &COUNTER.to_owned())?.unwrap_or(0))
     }
@@ -322,7 +322,7 @@ impl Inner {
         self.db.run(move |db| Ok(PRESENCE.get(db, &user)?.unwrap_or_else(offline_record))).await
     }
 
-    /// [`record`](Self::record) on the blocking pool.
+    /// [`record`](Self::record) on the storage threads.
     fn record_blocking(&self, db: &Db, user: &UserId) -> Result<PresenceRecord> {
         if let Some(live) = lock(&self.live).get(user) {
             return Ok(live.record.clone());

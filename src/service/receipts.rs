@@ -41,7 +41,7 @@ impl Receipts {
         self.db.run(Self::position_in).await
     }
 
-    /// [`position`](Self::position), on the blocking pool already.
+    /// [`position`](Self::position), on the storage threads already.
     pub fn position_in(db: &Db) -> Result<u64> {
         Ok(COUNTERS.get(db, &COUNTER.to_owned())?.unwrap_or(0))
     }
@@ -213,7 +213,7 @@ impl Receipts {
 
 /// `user`'s read receipts (public and private) in a room as (thread, event ID) pairs: the
 /// thread is empty for unthreaded receipts, `main` or a thread root for threaded ones.
-/// Blocking: for a caller's own trip to the blocking pool (unread counts).
+/// Blocking: for a caller's own trip to the storage threads (unread counts).
 pub fn read_receipts_by_thread_in(db: &Db, room: &RoomId, user: &UserId) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     for kind in ["m.read", PRIVATE] {

@@ -261,7 +261,7 @@ impl ToDevice {
         self.db.run(Self::position_in).await
     }
 
-    /// [`current_position`](Self::current_position), on the blocking pool already.
+    /// [`current_position`](Self::current_position), on the storage threads already.
     pub fn position_in(db: &Db) -> Result<u64> {
         Ok(COUNTERS.get(db, &COUNTER.to_owned())?.unwrap_or(0))
     }

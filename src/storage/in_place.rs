@@ -1,12 +1,12 @@
 //! Storage work run in place: a request that makes several short reads in a row (a woken
 //! `/sync` of a few rooms) can run them all on one blocking thread instead of handing each read
-//! to the blocking pool and back. Every hand-over wakes a parked thread and then the task's
+//! to the storage threads and back. Every hand-over wakes a parked thread and then the task's
 //! worker again, which on a small, busy machine costs more than the reads themselves.
 //!
 //! [`in_place`] moves the current task's worker thread out of the async runtime
 //! (`tokio::task::block_in_place`: the runtime hands its other tasks to another thread) and runs
 //! the future to completion there; [`Db::run`](super::Db::run) calls inside it run their work
-//! directly. The runtime never stalls, as with the blocking pool. The future can no longer be
+//! directly. The runtime never stalls, as with the storage threads. The future can no longer be
 //! dropped half-way (a client going away), so it runs to the end as pool work does.
 
 use std::{cell::Cell, future::Future};

@@ -34,6 +34,7 @@ mod schema;
 pub mod search_tables;
 pub mod tables;
 pub mod thread_subscription_tables;
+mod threads;
 
 use std::{
     marker::PhantomData,
@@ -205,6 +206,9 @@ pub struct Db {
     generations: Arc<generations::Generations>,
     /// The shared syncer of deferred writes, when writes are durable (see `group_commit.rs`).
     group_commit: Option<Arc<group_commit::GroupCommit>>,
+    /// The threads [`Db::run`] hands work to (see `threads.rs`); without them (a database over
+    /// a test's engine) tokio's blocking pool runs it.
+    threads: Option<Arc<threads::StorageThreads>>,
 }
 
 impl Db {
@@ -230,7 +234,7 @@ impl Db {
         let plan = encryption::startup::plan(keys, &stored, path)?;
         let engine: Arc<dyn Engine> = Arc::new(rocks::RocksEngine::open(path, &all_tables, &settings)?);
         let mut db = match plan {
-            None => Self { engine, encryption: None, generations: Arc::default(), group_commit: None },
+            None => Self { engine, encryption: None, generations: Arc::default(), group_commit: None, threads: None },
             Some(plan) => {
                 let migrate = plan.migrate;
                 let encrypted = Arc::new(encryption::engine::EncryptedEngine::open(engine, plan)?);
@@ -251,9 +255,17 @@ impl Db {
                     encryption: Some(encrypted),
                     generations: Arc::default(),
                     group_commit: None,
+                    threads: None,
                 }
             }
         };
+        let thread_count = match config.db_pool_workers {
+            0 => threads::default_count(),
+            count => count,
+        };
+        let started = threads::StorageThreads::start(thread_count)
+            .map_err(|e| StorageError(format!("cannot start the storage threads: {e}")))?;
+        db.threads = Some(Arc::new(started));
         if config.rocksdb_durable_writes {
             db.group_commit = Some(Arc::new(group_commit::GroupCommit::start(Arc::downgrade(&db.engine))?));
         }
@@ -271,7 +283,7 @@ impl Db {
 
     /// A database over any engine (tests, future engines).
     pub fn with_engine(engine: Arc<dyn Engine>) -> Self {
-        Self { engine, encryption: None, generations: Arc::default(), group_commit: None }
+        Self { engine, encryption: None, generations: Arc::default(), group_commit: None, threads: None }
     }
 
     /// Whether both handles read the same store (not one of them a staged view).
@@ -283,7 +295,13 @@ impl Db {
     /// at rest, so index terms are hashed alike.
     fn with_staged_engine(&self, engine: Arc<dyn Engine>) -> Self {
         // A staged view's writes are never deferred: they go to its overlay, not to a log.
-        Self { engine, encryption: self.encryption.clone(), generations: self.generations.clone(), group_commit: None }
+        Self {
+            engine,
+            encryption: self.encryption.clone(),
+            generations: self.generations.clone(),
+            group_commit: None,
+            threads: self.threads.clone(),
+        }
     }
 
     /// What stands for `term` (a word, URL or other user content) in a table's key: the term
@@ -400,9 +418,12 @@ impl Db {
             return work(self);
         }
         let db = self.clone();
-        tokio::task::spawn_blocking(move || work(&db))
-            .await
-            .map_err(|e| crate::Error::internal(format!("storage task failed: {e}")))?
+        match &self.threads {
+            Some(threads) => threads.run(move || work(&db)).await.map_err(crate::Error::internal)?,
+            None => tokio::task::spawn_blocking(move || work(&db))
+                .await
+                .map_err(|e| crate::Error::internal(format!("storage task failed: {e}")))?,
+        }
     }
 
     /// Flushes the engine (for shutdown) and logs its write counters since it was opened.
@@ -447,7 +468,7 @@ impl Db {
     }
 
     /// A consistent online copy of the whole store in `dir` (see [`Engine::checkpoint`]).
-    /// Blocking: call it from the blocking pool.
+    /// Blocking: call it from the storage threads.
     pub fn checkpoint(&self, dir: &Path) -> Result<(), StorageError> {
         self.engine.checkpoint(dir)
     }
@@ -500,14 +521,14 @@ impl WriteLock {
         Self::default()
     }
 
-    /// Runs `work` on the blocking pool while holding the lock.
+    /// Runs `work` on the storage threads while holding the lock.
     pub async fn run<R, F>(&self, db: &Db, work: F) -> crate::Result<R>
     where
         F: FnOnce(&Db) -> crate::Result<R> + Send + 'static,
         R: Send + 'static,
     {
         let guard = self.0.clone().lock_owned().await;
-        // From here on nothing awaits before the work is handed to the blocking pool, which runs
+        // From here on nothing awaits before the work is handed to the storage threads, which run
         // it to the end whatever happens to this future.
         db.run(move |db| {
             let result = work(db);

@@ -233,7 +233,7 @@ fn receipt_positions_in(
 }
 
 /// The stream position of each of `user`'s read receipts in `room`, per thread: one trip to
-/// the blocking pool.
+/// the storage threads.
 pub async fn receipt_positions(services: &Services, user: &UserId, room: &RoomId) -> Result<HashMap<String, u64>> {
     let positions = services.rooms.position_reader();
     let (user, room) = (user.to_owned(), room.to_owned());
@@ -242,7 +242,7 @@ pub async fn receipt_positions(services: &Services, user: &UserId, room: &RoomId
 
 /// `user`'s unread counts in `room`, counting events in the stream positions `(floor, upto]`:
 /// the receipts, their events' positions and the notification rows after them, in one trip to
-/// the blocking pool.
+/// the storage threads.
 pub async fn unread_counts(
     services: &Services,
     user: &UserId,

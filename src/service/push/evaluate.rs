@@ -12,7 +12,7 @@
 //! Why in the batch and not in a background task: the event, its notifications and (for users
 //! with pushers) its entry in the durable push queue commit together, so a crash can neither
 //! lose a notification nor count one for an event that was never stored, and a sync that sees
-//! an event always sees its counts. It runs on the blocking pool under the room's lock, before
+//! an event always sees its counts. It runs on the storage threads under the room's lock, before
 //! the event's stream position is taken.
 
 use std::{
@@ -87,7 +87,7 @@ pub(super) fn ruleset_from(user: &UserId, stored: Option<&str>) -> Ruleset {
 
 /// Runs a future that never waits. Ruma's rule evaluation is `async` only for MSC4306 thread
 /// subscriptions, which are not enabled: without them it completes on its first poll, so it can
-/// run here on the blocking pool inside the event's write. A future that does wait would be a
+/// run here on the storage threads inside the event's write. A future that does wait would be a
 /// bug: it gives `None` (logged; the event is stored without notifications rather than failed).
 pub(super) fn complete_now<F: Future>(future: F) -> Option<F::Output> {
     let mut future = pin!(future);

@@ -14,7 +14,7 @@ use crate::{
     },
 };
 
-/// Timeline rows read per step on the blocking pool.
+/// Timeline rows read per step on the storage threads.
 const PAGE: usize = 500;
 
 impl Rooms {

@@ -1,7 +1,7 @@
 //! Rooms: the signed event graph. Every event, built here or (later) received over federation,
 //! goes through [`accept`](RoomCore::accept); this module holds the shared core and the async
 //! API the handlers call. Writes to one room are serialised by a per-room lock; the work itself
-//! runs on the blocking pool. A client's message is written under the lock without a sync and
+//! runs on the storage threads. A client's message is written under the lock without a sync and
 //! answered after a shared sync outside it (`storage/group_commit.rs`; which events qualify is
 //! `accept::deferrable`).
 

@@ -445,7 +445,7 @@ impl Rooms {
     }
 
     /// What reads the stream positions of events a user may see inside another service's trip
-    /// to the blocking pool (unread counts read receipts, then their events' positions, then
+    /// to the storage threads (unread counts read receipts, then their events' positions, then
     /// notification rows, in one).
     pub fn position_reader(&self) -> PositionReader {
         PositionReader(self.core.clone())
@@ -615,7 +615,7 @@ impl Rooms {
 }
 
 /// Reads the stream positions of events as [`Rooms::event_for`] would serve them, inside a
-/// caller's own trip to the blocking pool ([`Rooms::position_reader`]).
+/// caller's own trip to the storage threads ([`Rooms::position_reader`]).
 #[derive(Clone)]
 pub struct PositionReader(std::sync::Arc<RoomCore>);
 

@@ -606,7 +606,7 @@ impl RoomCore {
 
     /// [`Rooms::sync_state`] as a sync serves it: each event in the sync format
     /// (a client event without `room_id`), or as stored with `federation`, serialised here on
-    /// the blocking pool (so the rooms of one sync are serialised on every core). In a room with
+    /// the storage threads (so the rooms of one sync are serialised on every core). In a room with
     /// a large state, an event not in the event cache is written straight from its stored text
     /// without being parsed or cached (a sync of many big rooms would otherwise parse and evict
     /// every member event of each).

@@ -1,4 +1,4 @@
-//! One room of a `/sync` read in a single trip to the blocking pool: the user's membership at
+//! One room of a `/sync` read in a single trip to the storage threads: the user's membership at
 //! the last sync, the timeline window, the state the client is owed (chosen from the window),
 //! what the window's events are served with (transaction IDs, bundled aggregations, the user's
 //! membership at each: [`ServedWith`], which sliding sync reads alone) and the member summary.

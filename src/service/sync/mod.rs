@@ -89,7 +89,7 @@ pub(crate) fn raw_account_data<T>(entry: &AccountDataEntry) -> Result<Raw<T>> {
 
 /// Every sync stream's newest position.
 pub(crate) async fn current_token(services: &Services) -> Result<SyncToken> {
-    // The stored counters are read in one trip to the blocking pool (every sync reads them).
+    // The stored counters are read in one trip to the storage threads (every sync reads them).
     let counters = services.db.run(stored_positions).await?;
     Ok(token_from(services, counters))
 }
@@ -118,7 +118,7 @@ fn token_from(services: &Services, [account_data, to_device, receipts, presence]
     }
 }
 
-/// What one pass of a sync reads before anything else, in one trip to the blocking pool: the
+/// What one pass of a sync reads before anything else, in one trip to the storage threads: the
 /// streams' positions, the device's key counts and the users the user ignores.
 struct Snapshot {
     now: SyncToken,
@@ -209,7 +209,7 @@ pub async fn sync(services: &Services, user: &UserId, device: &DeviceId, request
 
 /// How far behind the event stream a sync's token may be for its reads to run in place (see
 /// `storage::in_place`): at most this many events, so at most this many rooms to read on one
-/// thread. Further behind, the rooms are read a few at a time on the blocking pool, using
+/// thread. Further behind, the rooms are read a few at a time on the storage threads, using
 /// every core.
 const IN_PLACE_EVENTS: u64 = 32;
 

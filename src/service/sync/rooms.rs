@@ -205,7 +205,7 @@ pub(super) async fn collect(ctx: &Context<'_>) -> Result<Rooms> {
             _ => {}
         }
     }
-    // Joined rooms are built a few at a time: their reads run on the blocking pool, so both
+    // Joined rooms are built a few at a time: their reads run on the storage threads, so both
     // cores work and one room's round trips to the pool overlap another's.
     // (A loop, not a closure: the sync future must stay `Send` for every lifetime.)
     let mut builds = Vec::with_capacity(joined.len());

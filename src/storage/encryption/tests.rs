@@ -97,6 +97,7 @@ fn terms_are_keyed_hashes_and_the_directory_keeps_prefix_search() {
         encryption: Some(Arc::new(EncryptedEngine::with_keyring(plain.engine.clone(), keyring(1, None)))),
         generations: Default::default(),
         group_commit: None,
+        threads: None,
     };
     let hashed = db.term("hello");
     assert_eq!(hashed.len(), 32);
