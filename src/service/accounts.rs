@@ -1,13 +1,9 @@
 //! Local accounts: user ID rules, creation, passwords (argon2) and deactivation.
 
-use argon2::{
-    Argon2, PasswordHash, PasswordHasher, PasswordVerifier,
-    password_hash::{SaltString, rand_core::OsRng},
-};
 use http::StatusCode;
 use ruma::{OwnedServerName, OwnedUserId, UserId, api::error::ErrorKind};
 
-use super::now_ms;
+use super::{now_ms, password_hashing::PasswordHashing};
 use crate::{
     Error, Result,
     storage::{
@@ -30,6 +26,7 @@ pub struct Accounts {
     /// Serialises account creation and changes so two requests cannot both claim one user ID
     /// or overwrite each other's change to a record.
     lock: WriteLock,
+    passwords: PasswordHashing,
 }
 
 /// What kind of account to create.
@@ -42,7 +39,7 @@ pub enum AccountKind {
 
 impl Accounts {
     pub fn new(db: Db, server_name: OwnedServerName) -> Self {
-        Self { db, server_name, lock: WriteLock::new() }
+        Self { db, server_name, lock: WriteLock::new(), passwords: PasswordHashing::new() }
     }
 
     /// Whether `user` belongs to this server.
@@ -108,7 +105,7 @@ impl Accounts {
     /// Creates an account; `M_USER_IN_USE` when the ID is taken (deactivated IDs stay taken).
     pub async fn create(&self, user_id: &UserId, password: Option<&str>, kind: AccountKind) -> Result<()> {
         let password_hash = match password {
-            Some(password) => Some(hash_password(password).await?),
+            Some(password) => Some(self.passwords.hash(password).await?),
             None => None,
         };
         let user_id = user_id.to_owned();
@@ -167,19 +164,11 @@ impl Accounts {
             ));
         }
         let hash = record.password_hash.ok_or_else(wrong)?;
-        let password = password.to_owned();
-        let matches = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&hash)
-                .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
-                .unwrap_or(false)
-        })
-        .await
-        .map_err(|e| Error::internal(e.to_string()))?;
-        if matches { Ok(()) } else { Err(wrong()) }
+        if self.passwords.matches(password, hash).await? { Ok(()) } else { Err(wrong()) }
     }
 
     pub async fn set_password(&self, user_id: &UserId, password: &str) -> Result<()> {
-        let hash = hash_password(password).await?;
+        let hash = self.passwords.hash(password).await?;
         self.update(user_id, move |record| record.password_hash = Some(hash)).await
     }
 
@@ -223,18 +212,4 @@ impl Accounts {
             })
             .await
     }
-}
-
-/// Hashes a password with argon2id (default parameters) off the async runtime.
-async fn hash_password(password: &str) -> Result<String> {
-    let password = password.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let salt = SaltString::generate(&mut OsRng);
-        Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|hash| hash.to_string())
-            .map_err(|e| Error::internal(format!("password hashing failed: {e}")))
-    })
-    .await
-    .map_err(|e| Error::internal(e.to_string()))?
 }

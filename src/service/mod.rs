@@ -19,6 +19,7 @@ pub mod metrics;
 mod metrics_proc;
 pub mod notifier;
 pub mod openid;
+mod password_hashing;
 pub mod presence;
 pub mod profile;
 pub mod push;

@@ -75,6 +75,10 @@ pub(crate) struct Options {
     /// PID of the server process, to report its resident memory.
     #[arg(long)]
     pub(crate) pid: Option<u32>,
+    /// Seconds to leave a just-started server alone before reading its idle memory (with
+    /// `--pid`), so that the figure is of a server at rest rather than of its start-up.
+    #[arg(long, default_value_t = 3.0)]
+    pub(crate) settle_seconds: f64,
     /// Fail (exit 1) if any request fails or a message is not received exactly once.
     #[arg(long)]
     pub(crate) smoke: bool,
@@ -159,6 +163,9 @@ async fn run(options: Options) -> Result<Report, String> {
             return Err(format!("{failures} requests failed"));
         }
         return Ok(report);
+    }
+    if options.pid.is_some() && options.settle_seconds > 0.0 {
+        tokio::time::sleep(std::time::Duration::from_secs_f64(options.settle_seconds)).await;
     }
     let peak = Arc::new(AtomicU64::new(rss_kib(options.pid).unwrap_or(0)));
     if let Some(idle) = rss_kib(options.pid) {
