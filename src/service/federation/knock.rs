@@ -91,14 +91,7 @@ pub async fn receive_knock(
     }
     .ok_or_else(|| Error::internal("an accepted knock without a sender"))?;
     let state = services.rooms.invite_state(room_id, &user).await?;
-    state
-        .iter()
-        .map(|pdu| {
-            serde_json::value::to_raw_value(&pdu.json)
-                .map(RawStrippedState::Pdu)
-                .map_err(|e| Error::internal(e.to_string()))
-        })
-        .collect()
+    state.iter().map(|pdu| pdu.raw_json().map(RawStrippedState::Pdu).map_err(Error::internal)).collect()
 }
 
 /// A local user knocks on a room this server is not in, through the first of `servers` that

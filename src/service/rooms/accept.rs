@@ -477,7 +477,7 @@ impl RoomCore {
             direct_auth.extend(self.interner.short_event(db, id)?);
         }
         self.auth_chains.record(db, batch, short_event, &direct_auth)?;
-        let json = serde_json::value::to_raw_value(&pdu.json).map_err(|e| Error::internal(e.to_string()))?;
+        let json = pdu.raw_json().map_err(Error::internal)?;
         batch.put(&PDUS, &short_event, &json)?;
         let meta = EventMeta {
             room: short_room,
@@ -499,7 +499,7 @@ impl RoomCore {
         let mut batch = Batch::new();
         let short_room = self.interner.short_room_or_new(db, &mut batch, &pdu.room_id)?;
         let short_event = self.interner.short_event_or_new(db, &mut batch, &pdu.event_id)?;
-        let json = serde_json::value::to_raw_value(&pdu.json).map_err(|e| Error::internal(e.to_string()))?;
+        let json = pdu.raw_json().map_err(Error::internal)?;
         batch.put(&PDUS, &short_event, &json)?;
         let meta = EventMeta {
             room: short_room,
@@ -569,7 +569,7 @@ impl RoomCore {
             && let Some(replaced) = state_before.get(&key).copied()
         {
             let replaced = self.event_by_short(db, replaced, rules)?;
-            note_replaced_state(&mut pdu.json, &replaced)?;
+            note_replaced_state(pdu.json_mut(), &replaced)?;
         }
         let mut pending_key = None;
         let (state_after, after_group) = match &pdu.state_key {
@@ -595,7 +595,7 @@ impl RoomCore {
         if pdu.kind == TimelineEventType::RoomRedaction && !soft_failed {
             self.record_redaction(db, &mut batch, &pdu, short_event)?;
         }
-        let json = serde_json::value::to_raw_value(&pdu.json).map_err(|e| Error::internal(e.to_string()))?;
+        let json = pdu.raw_json().map_err(Error::internal)?;
         batch.put(&PDUS, &short_event, &json)?;
         let mut meta = EventMeta {
             room: short_room,

@@ -27,8 +27,10 @@ use crate::storage::room_tables::EventMeta;
 /// Fixed cost counted per entry besides its JSON (the parsed fields, the map and queue slots).
 const ENTRY_OVERHEAD: usize = 256;
 
-/// Parsed JSON takes about this many times the bytes of its text (keys, values and tree nodes).
-const PARSED_FACTOR: usize = 3;
+/// A cached event holds its stored text and, parsed from it, copies of its fields (`content`
+/// and `unsigned` as text, the IDs): about this many times the bytes of the text. (The JSON tree
+/// is built only for the few uses that need the whole event; see `pdu.rs`.)
+const PARSED_FACTOR: usize = 2;
 
 /// How many recent `forget`s are remembered by generation; a miss whose ticket is older than all
 /// of them keeps nothing (it costs only a later parse).
@@ -132,7 +134,7 @@ impl EventCache {
     /// unless the event was forgotten since; evicts the least recently used entries over
     /// capacity.
     pub(super) fn put(&self, short: u64, stored: &RawValue, pdu: Arc<Pdu>, ticket: u64) {
-        let bytes = stored.get().len() * (1 + PARSED_FACTOR) + ENTRY_OVERHEAD;
+        let bytes = stored.get().len() * PARSED_FACTOR + ENTRY_OVERHEAD;
         if bytes > self.capacity / 8 {
             return;
         }

@@ -1,5 +1,14 @@
 //! A PDU as the server handles it: parsed from its exact signed JSON (kept alongside), with the
 //! event ID and room ID computed the way its room version says, and the shapes clients see.
+//!
+//! An event read from storage keeps its JSON as the stored text and builds the tree
+//! ([`Pdu::json`]) only when something needs the whole event (signatures, redaction, federation).
+//! Serving an event to clients needs only the parsed fields and `unsigned`. Why: the tree of a
+//! small message event took about three times the memory of its text (a map node sized for
+//! eleven entries for each of `content`, `hashes`, `signatures` and `unsigned`), and the event
+//! cache holds thousands of events read from storage.
+
+use std::sync::OnceLock;
 
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId,
@@ -24,7 +33,21 @@ pub struct Pdu {
     pub auth_events: Vec<OwnedEventId>,
     pub depth: u64,
     pub redacts: Option<OwnedEventId>,
-    pub json: CanonicalJsonObject,
+    /// Whether the JSON has a `room_id` field (v12 create events have none).
+    has_room_id: bool,
+    json: PduJson,
+}
+
+/// The signed JSON of a [`Pdu`]: as a tree, or as the stored text with the tree built on demand.
+#[derive(Debug, Clone)]
+enum PduJson {
+    Tree(CanonicalJsonObject),
+    Stored {
+        text: Box<RawValue>,
+        /// The `unsigned` object's text, read with the fields (what clients are shown of it).
+        unsigned: Option<Box<RawValue>>,
+        tree: OnceLock<CanonicalJsonObject>,
+    },
 }
 
 /// A client event as serialised by [`Pdu::client_json`] (the fields of `to_client_event`, in the
@@ -44,7 +67,7 @@ struct ClientEventOut<'a> {
     #[serde(rename = "type")]
     kind: &'a TimelineEventType,
     #[serde(skip_serializing_if = "Option::is_none")]
-    unsigned: Option<std::collections::BTreeMap<&'a str, Value>>,
+    unsigned: Option<std::collections::BTreeMap<String, Value>>,
 }
 
 /// `prev_events`/`auth_events` entries: plain IDs (v3+) or `[id, {hashes}]` pairs (v1, v2).
@@ -81,6 +104,9 @@ struct RawPdu {
     depth: UInt,
     #[serde(default)]
     redacts: Option<OwnedEventId>,
+    /// Read only from stored text (see [`PduJson::Stored`]).
+    #[serde(default)]
+    unsigned: Option<Box<RawValue>>,
 }
 
 #[derive(Deserialize)]
@@ -110,11 +136,13 @@ impl Pdu {
     }
 
     /// Parses stored PDU JSON whose event ID is already known (no reference hash to compute).
+    /// The text is kept and the tree built only when asked for (see the module documentation);
+    /// stored events were canonical JSON when they were accepted.
     pub fn from_stored(json: &RawValue, event_id: OwnedEventId, rules: &RoomVersionRules) -> Result<Self, String> {
         // The fields straight from the text: no detour through a `Value` tree.
-        let object: CanonicalJsonObject = serde_json::from_str(json.get()).map_err(|e| e.to_string())?;
-        let raw: RawPdu = serde_json::from_str(json.get()).map_err(|e| format!("malformed event: {e}"))?;
-        Self::parse_fields(object, raw, rules, Some(event_id))
+        let mut raw: RawPdu = serde_json::from_str(json.get()).map_err(|e| format!("malformed event: {e}"))?;
+        let stored = PduJson::Stored { text: json.to_owned(), unsigned: raw.unsigned.take(), tree: OnceLock::new() };
+        Self::parse_fields(stored, raw, rules, Some(event_id))
     }
 
     fn parse(
@@ -123,20 +151,24 @@ impl Pdu {
         known_id: Option<OwnedEventId>,
     ) -> Result<Self, String> {
         let value = serde_json::to_value(&json).map_err(|e| e.to_string())?;
-        let raw: RawPdu = serde_json::from_value(value).map_err(|e| format!("malformed event: {e}"))?;
-        Self::parse_fields(json, raw, rules, known_id)
+        let mut raw: RawPdu = serde_json::from_value(value).map_err(|e| format!("malformed event: {e}"))?;
+        // The tree has `unsigned` itself.
+        raw.unsigned = None;
+        Self::parse_fields(PduJson::Tree(json), raw, rules, known_id)
     }
 
     fn parse_fields(
-        json: CanonicalJsonObject,
+        json: PduJson,
         raw: RawPdu,
         rules: &RoomVersionRules,
         known_id: Option<OwnedEventId>,
     ) -> Result<Self, String> {
-        let event_id = match known_id {
-            Some(id) => id,
-            None => event_id_of(&json, rules)?,
+        let event_id = match (known_id, &json) {
+            (Some(id), _) => id,
+            (None, PduJson::Tree(tree)) => event_id_of(tree, rules)?,
+            (None, PduJson::Stored { .. }) => return Err("a stored event needs its event ID".to_owned()),
         };
+        let has_room_id = raw.room_id.is_some();
         let room_id = match (raw.room_id, rules.room_id_format) {
             (Some(room_id), _) => room_id,
             // From room version 12 the create event has no room ID: it is derived from its ID.
@@ -169,8 +201,61 @@ impl Pdu {
             auth_events: raw.auth_events.into_iter().map(EventRef::id).collect(),
             depth: raw.depth.into(),
             redacts,
+            has_room_id,
             json,
         })
+    }
+
+    /// The event's signed JSON as a tree (built from the stored text on first use).
+    pub fn json(&self) -> &CanonicalJsonObject {
+        match &self.json {
+            PduJson::Tree(tree) => tree,
+            PduJson::Stored { text, tree, .. } => tree.get_or_init(|| parse_stored(text)),
+        }
+    }
+
+    /// The tree to change in place: from here on the event is a tree (the stored text is
+    /// dropped, being out of date after the change).
+    pub fn json_mut(&mut self) -> &mut CanonicalJsonObject {
+        if let PduJson::Stored { text, tree, .. } = &mut self.json {
+            let parsed = tree.take().unwrap_or_else(|| parse_stored(text));
+            self.json = PduJson::Tree(parsed);
+        }
+        match &mut self.json {
+            PduJson::Tree(tree) => tree,
+            // Made a tree just above.
+            PduJson::Stored { .. } => unreachable!("the event's JSON was made a tree"),
+        }
+    }
+
+    /// The event's signed JSON as text: the stored text itself, or the tree written out.
+    pub fn raw_json(&self) -> Result<Box<RawValue>, String> {
+        match &self.json {
+            PduJson::Tree(tree) => serde_json::value::to_raw_value(tree).map_err(|e| e.to_string()),
+            PduJson::Stored { text, .. } => Ok(text.clone()),
+        }
+    }
+
+    /// The stored `unsigned` object's entries, for what clients are shown; `None` without one.
+    fn stored_unsigned(&self) -> Result<Option<std::collections::BTreeMap<String, Value>>, String> {
+        match &self.json {
+            PduJson::Tree(tree) => match tree.get("unsigned") {
+                Some(CanonicalJsonValue::Object(unsigned)) => {
+                    let mut entries = std::collections::BTreeMap::new();
+                    for (key, value) in unsigned {
+                        entries.insert(key.clone(), serde_json::to_value(value).map_err(|e| e.to_string())?);
+                    }
+                    Ok(Some(entries))
+                }
+                Some(_) => Ok(Some(Default::default())),
+                None => Ok(None),
+            },
+            PduJson::Stored { unsigned: None, .. } => Ok(None),
+            // Not an object (never written by us): shown as empty, as from the tree.
+            PduJson::Stored { unsigned: Some(unsigned), .. } => {
+                Ok(Some(serde_json::from_str(unsigned.get()).unwrap_or_default()))
+            }
+        }
     }
 
     pub fn is_state(&self) -> bool {
@@ -185,14 +270,11 @@ impl Pdu {
     /// copied as it is stored): without `room_id` for the sync format, and with `extra` added to
     /// `unsigned` (which a stored entry of the same name is replaced by).
     pub fn client_json(&self, with_room_id: bool, extra: &[(&str, &str)]) -> Result<Box<RawValue>, String> {
-        let mut unsigned: std::collections::BTreeMap<&str, Value> = std::collections::BTreeMap::new();
-        if let Some(CanonicalJsonValue::Object(stored)) = self.json.get("unsigned") {
-            for (key, value) in stored {
-                unsigned.insert(key, serde_json::to_value(value).map_err(|e| e.to_string())?);
-            }
-        }
+        let stored = self.stored_unsigned()?;
+        let had_unsigned = stored.is_some();
+        let mut unsigned = stored.unwrap_or_default();
         for (key, value) in extra {
-            unsigned.insert(key, Value::String((*value).to_owned()));
+            unsigned.insert((*key).to_owned(), Value::String((*value).to_owned()));
         }
         let event = ClientEventOut {
             content: &self.content,
@@ -203,7 +285,7 @@ impl Pdu {
             sender: self.sender.as_str(),
             state_key: self.state_key.as_deref(),
             kind: &self.kind,
-            unsigned: (!unsigned.is_empty() || self.json.contains_key("unsigned")).then_some(unsigned),
+            unsigned: (!unsigned.is_empty() || had_unsigned).then_some(unsigned),
         };
         serde_json::value::to_raw_value(&event).map_err(|e| e.to_string())
     }
@@ -280,8 +362,8 @@ impl Pdu {
         if let Some(redacts) = &self.redacts {
             event.insert("redacts".into(), Value::String(redacts.to_string()));
         }
-        if let Some(CanonicalJsonValue::Object(unsigned)) = self.json.get("unsigned") {
-            event.insert("unsigned".into(), serde_json::to_value(unsigned).unwrap_or(Value::Null));
+        if let Ok(Some(unsigned)) = self.stored_unsigned() {
+            event.insert("unsigned".into(), Value::Object(unsigned.into_iter().collect()));
         }
         Value::Object(event)
     }
@@ -305,6 +387,16 @@ impl Pdu {
     }
 }
 
+/// The tree of a stored event's text. The text was canonical JSON when the event was accepted;
+/// if it no longer parses (a damaged database), the event shows as an empty object, which fails
+/// every signature and hash check, and the damage is logged.
+fn parse_stored(text: &RawValue) -> CanonicalJsonObject {
+    serde_json::from_str(text.get()).unwrap_or_else(|e| {
+        tracing::error!("a stored event's JSON does not parse as canonical JSON: {e}");
+        CanonicalJsonObject::new()
+    })
+}
+
 impl ruma::state_res::Event for Pdu {
     type Id = OwnedEventId;
 
@@ -313,7 +405,7 @@ impl ruma::state_res::Event for Pdu {
     }
     /// The `room_id` field itself: absent on v12 create events, whose room ID is derived.
     fn room_id(&self) -> Option<&RoomId> {
-        self.json.contains_key("room_id").then_some(&*self.room_id)
+        self.has_room_id.then_some(&*self.room_id)
     }
     fn sender(&self) -> &UserId {
         &self.sender
@@ -386,5 +478,36 @@ mod tests {
                 ),
             }
         }
+    }
+
+    /// An event read from storage (text, tree on demand) shows the same as the same event
+    /// parsed as a tree, and a change made through `json_mut` is what it then writes out.
+    #[test]
+    fn a_stored_event_is_the_same_as_its_tree() {
+        let event = json!({"type": "m.room.member", "state_key": "@b:x", "sender": "@b:x",
+            "content": {"membership": "join"}, "unsigned": {"prev_content": {"membership": "invite"}, "age_ts": 5},
+            "auth_events": [], "prev_events": [], "depth": 3, "origin_server_ts": 1_700_000_000_000_u64,
+            "room_id": "!r:x", "hashes": {"sha256": "abc"}, "signatures": {"x": {"ed25519:k": "sig"}}});
+        let tree: ruma::CanonicalJsonObject = serde_json::from_value(event).expect("canonical");
+        let text = serde_json::value::to_raw_value(&tree).expect("text");
+        let rules = RoomVersionRules::V11;
+        let mut stored = Pdu::from_stored(&text, "$e".try_into().expect("id"), &rules).expect("stored");
+        let mut parsed = Pdu::from_json(tree.clone(), &rules).expect("tree");
+        parsed.event_id = stored.event_id.clone();
+        assert_eq!(stored.json(), &tree);
+        assert_eq!(stored.raw_json().expect("raw").get(), text.get());
+        let extra = [("transaction_id", "t1")];
+        assert_eq!(
+            stored.client_json(true, &extra).expect("a").get(),
+            parsed.client_json(true, &extra).expect("b").get()
+        );
+        assert_eq!(stored.to_client_event(), parsed.to_client_event());
+        use ruma::state_res::Event;
+        assert!(stored.room_id().is_some());
+
+        stored.json_mut().insert("depth".to_owned(), ruma::CanonicalJsonValue::Integer(4_u32.into()));
+        let written: serde_json::Value = serde_json::from_str(stored.raw_json().expect("raw").get()).expect("json");
+        assert_eq!(written["depth"], 4);
+        assert_eq!(written["signatures"]["x"]["ed25519:k"], "sig");
     }
 }

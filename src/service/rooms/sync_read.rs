@@ -637,12 +637,8 @@ impl RoomCore {
                 }
             }
             let pdu = self.shared_event_for_client(db, short, &rules)?;
-            let json = if federation {
-                serde_json::value::to_raw_value(&pdu.json).map_err(|e| e.to_string())
-            } else {
-                pdu.client_json(false, &[])
-            }
-            .map_err(|e| Error::internal(format!("cannot serialise event: {e}")))?;
+            let json = if federation { pdu.raw_json() } else { pdu.client_json(false, &[]) }
+                .map_err(|e| Error::internal(format!("cannot serialise event: {e}")))?;
             out.push(SyncStateEvent { names, sender: pdu.sender.clone(), event_id: pdu.event_id.clone(), json });
         }
         Ok(out)

@@ -90,7 +90,7 @@ fn sync_event_with_txn<T>(
     membership: Option<&str>,
 ) -> Result<Raw<T>> {
     if *format == EventFormat::Federation {
-        return raw_json(&pdu.json);
+        return pdu.raw_json().map(Raw::from_json).map_err(crate::Error::internal);
     }
     let Some(relations) = relations else {
         // The common case, serialised at once from the event's parts.
