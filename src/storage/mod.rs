@@ -468,7 +468,7 @@ impl Db {
     }
 
     /// A consistent online copy of the whole store in `dir` (see [`Engine::checkpoint`]).
-    /// Blocking: call it from the storage threads.
+    /// Blocking: call it off the async runtime (backups run it on the blocking pool).
     pub fn checkpoint(&self, dir: &Path) -> Result<(), StorageError> {
         self.engine.checkpoint(dir)
     }
