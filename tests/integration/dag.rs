@@ -442,7 +442,7 @@ async fn malformed_events_are_always_refused_cleanly() {
         let room = public_room(&services, &alice, version.clone()).await;
         let message = NewEvent::message(TimelineEventType::RoomMessage, json!({"msgtype": "m.text", "body": "seed"}));
         let seed = services.rooms.send(&room, &alice, message).await.unwrap();
-        let seed = services.rooms.event_for(&alice, &seed.event_id).await.unwrap().unwrap().pdu.json().clone();
+        let seed = services.rooms.event_for(&alice, &seed.event_id).await.unwrap().unwrap().pdu.json().into_owned();
         let mut rng = StdRng::seed_from_u64(0x007e_1115 + version.as_str().len() as u64);
         for round in 0..150 {
             let candidate = mutate(&mut rng, &seed);

@@ -261,7 +261,10 @@ pub async fn invite_remote(
     let event_id = event_id_of(&json, &rules)?;
 
     let state = services.rooms.invite_state(room_id, sender).await?;
-    let stripped = state.iter().map(|pdu| to_raw(pdu.json()).map(RawStrippedState::Pdu)).collect::<Result<_>>()?;
+    let stripped = state
+        .iter()
+        .map(|pdu| pdu.raw_json().map(RawStrippedState::Pdu).map_err(Error::internal))
+        .collect::<Result<_>>()?;
     let server = target.server_name();
     let request = create_invite::v2::Request::new(room_id.to_owned(), event_id, version, to_raw(&json)?, stripped);
     let response = services.federation.client.send(server, request).await.map_err(|e| remote_refusal(server, e))?;

@@ -215,7 +215,7 @@ impl RoomCore {
             if rules.event_id_format == EventIdFormatVersion::V1 {
                 let pdu = self.event_by_short(db, *short, rules)?;
                 let hash =
-                    ruma::signatures::reference_hash(pdu.json(), rules).map_err(|e| Error::internal(e.to_string()))?;
+                    ruma::signatures::reference_hash(&pdu.json(), rules).map_err(|e| Error::internal(e.to_string()))?;
                 let hashes = CanonicalJsonObject::from([("sha256".to_owned(), CanonicalJsonValue::String(hash))]);
                 out.push(CanonicalJsonValue::Array(vec![
                     CanonicalJsonValue::String(id.to_string()),

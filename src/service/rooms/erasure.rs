@@ -96,10 +96,11 @@ impl RoomCore {
         rules: &RoomVersionRules,
         mode: PruneMode,
     ) -> Result<()> {
-        let redacted = ruma::canonical_json::redact(pdu.json().clone(), &rules.redaction, None)
+        let json = pdu.json();
+        let redacted = ruma::canonical_json::redact(json.clone().into_owned(), &rules.redaction, None)
             .map_err(|e| Error::internal(format!("cannot redact event: {e}")))?;
         let mut batch = Batch::new();
-        if &redacted != pdu.json() {
+        if redacted != *json {
             super::search::unindex_event(db, &mut batch, short, pdu)?;
             if let Some(position) = EVENT_META.get(db, &short)?.and_then(|meta| meta.position) {
                 self.unindex_relation(db, &mut batch, short, position, pdu)?;
@@ -131,7 +132,8 @@ impl RoomCore {
         prune: &PrunePick,
         rules: &RoomVersionRules,
     ) -> Result<()> {
-        let Some(CanonicalJsonValue::Object(unsigned)) = pdu.json().get("unsigned") else { return Ok(()) };
+        let json = pdu.json();
+        let Some(CanonicalJsonValue::Object(unsigned)) = json.get("unsigned") else { return Ok(()) };
         let Some(CanonicalJsonValue::String(replaced)) = unsigned.get("replaces_state") else { return Ok(()) };
         let Ok(replaced) = OwnedEventId::try_from(replaced.as_str()) else { return Ok(()) };
         let Some(short_replaced) = self.interner.short_event(db, &replaced)? else { return Ok(()) };
@@ -145,7 +147,7 @@ impl RoomCore {
         if &content == prev {
             return Ok(());
         }
-        let mut json = pdu.json().clone();
+        let mut json = json.into_owned();
         if let Some(CanonicalJsonValue::Object(unsigned)) = json.get_mut("unsigned") {
             unsigned.insert("prev_content".to_owned(), CanonicalJsonValue::Object(content));
         }
@@ -191,7 +193,7 @@ impl RoomCore {
 /// The redacted form of an event, without `redacted_because` (what an erased sender's event
 /// looks like).
 pub(super) fn pruned(pdu: &Pdu, rules: &RoomVersionRules) -> Result<Pdu> {
-    let redacted = ruma::canonical_json::redact(pdu.json().clone(), &rules.redaction, None)
+    let redacted = ruma::canonical_json::redact(pdu.json().into_owned(), &rules.redaction, None)
         .map_err(|e| Error::internal(format!("cannot redact event: {e}")))?;
     Pdu::from_stored(&raw(&redacted)?, pdu.event_id.clone(), rules).map_err(Error::internal)
 }

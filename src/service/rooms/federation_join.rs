@@ -56,7 +56,7 @@ impl RoomCore {
         let rules = self.rules_of_room(db, meta.room)?;
         let state = self.state_before(db, &meta)?;
         let chain = self.chain_union(db, &[state.as_slice(), &[short]].concat())?;
-        let raw = |short: &u64| federation_json(self.event_by_short(db, *short, &rules)?.json());
+        let raw = |short: &u64| federation_json(&self.event_by_short(db, *short, &rules)?.json());
         Ok(StateForServer {
             state: state.iter().map(raw).collect::<Result<_>>()?,
             auth_chain: chain.iter().map(raw).collect::<Result<_>>()?,

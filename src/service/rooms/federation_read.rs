@@ -138,7 +138,7 @@ impl RoomCore {
         meta: &EventMeta,
         rules: &RoomVersionRules,
     ) -> Result<CanonicalJsonObject> {
-        let mut json = pdu.json().clone();
+        let mut json = pdu.json().into_owned();
         json.remove("unsigned");
         if self.server_can_see(db, server, meta)? && !self.erased_sender(db, &pdu.sender)? {
             return Ok(json);

@@ -2,13 +2,14 @@
 //! event ID and room ID computed the way its room version says, and the shapes clients see.
 //!
 //! An event read from storage keeps its JSON as the stored text and builds the tree
-//! ([`Pdu::json`]) only when something needs the whole event (signatures, redaction, federation).
-//! Serving an event to clients needs only the parsed fields and `unsigned`. Why: the tree of a
-//! small message event took about three times the memory of its text (a map node sized for
-//! eleven entries for each of `content`, `hashes`, `signatures` and `unsigned`), and the event
-//! cache holds thousands of events read from storage.
+//! ([`Pdu::json`]) only when something needs the whole event (signatures, redaction, federation),
+//! for that use alone: a tree kept inside a cached event would grow the event cache beyond what
+//! it counts. Serving an event to clients needs only the parsed fields and `unsigned`. Why: the
+//! tree of a small message event took about three times the memory of its text (a map node
+//! sized for eleven entries for each of `content`, `hashes`, `signatures` and `unsigned`), and
+//! the event cache holds thousands of events read from storage.
 
-use std::sync::OnceLock;
+use std::borrow::Cow;
 
 use ruma::{
     CanonicalJsonObject, CanonicalJsonValue, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId,
@@ -38,7 +39,7 @@ pub struct Pdu {
     json: PduJson,
 }
 
-/// The signed JSON of a [`Pdu`]: as a tree, or as the stored text with the tree built on demand.
+/// The signed JSON of a [`Pdu`]: as a tree, or as the stored text (a tree is built per use).
 #[derive(Debug, Clone)]
 enum PduJson {
     Tree(CanonicalJsonObject),
@@ -46,7 +47,6 @@ enum PduJson {
         text: Box<RawValue>,
         /// The `unsigned` object's text, read with the fields (what clients are shown of it).
         unsigned: Option<Box<RawValue>>,
-        tree: OnceLock<CanonicalJsonObject>,
     },
 }
 
@@ -141,7 +141,7 @@ impl Pdu {
     pub fn from_stored(json: &RawValue, event_id: OwnedEventId, rules: &RoomVersionRules) -> Result<Self, String> {
         // The fields straight from the text: no detour through a `Value` tree.
         let mut raw: RawPdu = serde_json::from_str(json.get()).map_err(|e| format!("malformed event: {e}"))?;
-        let stored = PduJson::Stored { text: json.to_owned(), unsigned: raw.unsigned.take(), tree: OnceLock::new() };
+        let stored = PduJson::Stored { text: json.to_owned(), unsigned: raw.unsigned.take() };
         Self::parse_fields(stored, raw, rules, Some(event_id))
     }
 
@@ -206,20 +206,20 @@ impl Pdu {
         })
     }
 
-    /// The event's signed JSON as a tree (built from the stored text on first use).
-    pub fn json(&self) -> &CanonicalJsonObject {
+    /// The event's signed JSON as a tree: the event's own, or one built from the stored text
+    /// for this use (bind it when it is needed more than once).
+    pub fn json(&self) -> Cow<'_, CanonicalJsonObject> {
         match &self.json {
-            PduJson::Tree(tree) => tree,
-            PduJson::Stored { text, tree, .. } => tree.get_or_init(|| parse_stored(text)),
+            PduJson::Tree(tree) => Cow::Borrowed(tree),
+            PduJson::Stored { text, .. } => Cow::Owned(parse_stored(text)),
         }
     }
 
     /// The tree to change in place: from here on the event is a tree (the stored text is
     /// dropped, being out of date after the change).
     pub fn json_mut(&mut self) -> &mut CanonicalJsonObject {
-        if let PduJson::Stored { text, tree, .. } = &mut self.json {
-            let parsed = tree.take().unwrap_or_else(|| parse_stored(text));
-            self.json = PduJson::Tree(parsed);
+        if let PduJson::Stored { text, .. } = &self.json {
+            self.json = PduJson::Tree(parse_stored(text));
         }
         match &mut self.json {
             PduJson::Tree(tree) => tree,
@@ -233,6 +233,19 @@ impl Pdu {
         match &self.json {
             PduJson::Tree(tree) => serde_json::value::to_raw_value(tree).map_err(|e| e.to_string()),
             PduJson::Stored { text, .. } => Ok(text.clone()),
+        }
+    }
+
+    /// Whether the event's `unsigned` object has `key` (read without building the event's tree).
+    pub fn unsigned_has(&self, key: &str) -> bool {
+        match &self.json {
+            PduJson::Tree(tree) => {
+                matches!(tree.get("unsigned"), Some(CanonicalJsonValue::Object(unsigned)) if unsigned.contains_key(key))
+            }
+            PduJson::Stored { unsigned, .. } => unsigned.as_ref().is_some_and(|unsigned| {
+                serde_json::from_str::<std::collections::HashMap<String, serde::de::IgnoredAny>>(unsigned.get())
+                    .is_ok_and(|entries| entries.contains_key(key))
+            }),
         }
     }
 
@@ -494,7 +507,9 @@ mod tests {
         let mut stored = Pdu::from_stored(&text, "$e".try_into().expect("id"), &rules).expect("stored");
         let mut parsed = Pdu::from_json(tree.clone(), &rules).expect("tree");
         parsed.event_id = stored.event_id.clone();
-        assert_eq!(stored.json(), &tree);
+        assert_eq!(*stored.json(), tree);
+        assert!(stored.unsigned_has("age_ts") && parsed.unsigned_has("age_ts"));
+        assert!(!stored.unsigned_has("redacted_because") && !parsed.unsigned_has("redacted_because"));
         assert_eq!(stored.raw_json().expect("raw").get(), text.get());
         let extra = [("transaction_id", "t1")];
         assert_eq!(

@@ -72,10 +72,10 @@ impl RoomCore {
         if let Some(keys) = remote_keys {
             // Hashes and signatures. A wrong content hash means the content was tampered with:
             // the spec keeps the event, redacted.
-            match ruma::signatures::verify_event(keys, pdu.json(), &rules) {
+            match ruma::signatures::verify_event(keys, &pdu.json(), &rules) {
                 Ok(Verified::All) => {}
                 Ok(Verified::Signatures) => {
-                    let redacted = ruma::canonical_json::redact(pdu.json().clone(), &rules.redaction, None)
+                    let redacted = ruma::canonical_json::redact(pdu.json().into_owned(), &rules.redaction, None)
                         .map_err(|e| bad_event(format!("cannot redact event: {e}")))?;
                     pdu = Pdu::from_json(redacted, &rules).map_err(bad_event)?;
                 }

@@ -106,10 +106,10 @@ impl RoomCore {
             if !valid {
                 continue;
             }
-            let mut because = redaction.json().clone();
+            let mut because = redaction.json().into_owned();
             because.insert("event_id".into(), CanonicalJsonValue::String(redaction.event_id.to_string()));
             let redacted = ruma::canonical_json::redact(
-                pdu.json().clone(),
+                pdu.json().into_owned(),
                 &rules.redaction,
                 Some(RedactedBecause::from_json(because)),
             )

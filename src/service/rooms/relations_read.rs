@@ -146,7 +146,7 @@ impl RoomCore {
         memo: &mut VisibilityMemo,
     ) -> Result<Option<Value>> {
         // A redacted event keeps no aggregations.
-        if pdu.json().get("unsigned").and_then(|u| u.as_object()).is_some_and(|u| u.contains_key("redacted_because")) {
+        if pdu.unsigned_has("redacted_because") {
             return Ok(None);
         }
         let mut relations = serde_json::Map::new();
