@@ -338,15 +338,20 @@ impl RoomCore {
         let mut missing = Vec::new();
         for id in &pdu.auth_events {
             let short = self.interner.short_event(db, id)?;
+            // Through the event cache: the same few auth events (create, power levels, the
+            // sender's membership) are asked for by every event of a room.
             let meta = match short {
-                Some(short) => EVENT_META.get(db, &short)?,
+                Some(short) => self.event_meta_read(db, short)?,
                 None => None,
             };
             match (short, meta) {
-                (Some(_), Some(meta)) if meta.rejected => {
+                (Some(_), Some((meta, _))) if meta.rejected => {
                     return Ok(Err(AuthProblem::Refused(format!("auth event {id} was rejected"))));
                 }
-                (Some(short), Some(_)) => auth_events.push(self.shared_event_by_short(db, short, rules)?),
+                (Some(short), Some((meta, ticket))) => {
+                    auth_events.push(self.shared_event_by_short(db, short, rules)?);
+                    self.keep_event_meta(short, &meta, ticket);
+                }
                 _ => missing.push(id.clone()),
             }
         }

@@ -11,8 +11,9 @@
 //! the event each time), so they need nothing here.
 //!
 //! An entry can also hold the event's stored facts (`EVENT_META`), which the timeline window reads
-//! for every event it serves: every writer of `EVENT_META` forgets the event after its batch too,
-//! and the facts are kept under the same tickets.
+//! for every event it serves and the auth check for every auth event of a new event: every writer
+//! of `EVENT_META` forgets the event after its batch too, and the facts are kept under the same
+//! tickets.
 
 use std::{
     collections::{HashMap, VecDeque},

@@ -191,10 +191,13 @@ impl RoomCore {
 
     /// [`event_by_id`](Self::event_by_id), shared with the event cache (no copy).
     fn shared_event_by_id(&self, db: &Db, event_id: &EventId, rules: &RoomVersionRules) -> Result<Option<Arc<Pdu>>> {
-        match self.interner.short_event(db, event_id)? {
-            Some(short) if PDUS.contains(db, &short)? => Ok(Some(self.shared_event_by_short(db, short, rules)?)),
-            _ => Ok(None),
+        let Some(short) = self.interner.short_event(db, event_id)? else { return Ok(None) };
+        // A cached event is stored (`PDUS` rows are rewritten, never removed), so a hit needs
+        // no read: the auth check of every event in a v12 room asks for the create event so.
+        if let event_cache::Lookup::Hit(pdu) = self.events.lookup(short) {
+            return Ok(Some(pdu));
         }
+        if PDUS.contains(db, &short)? { Ok(Some(self.shared_event_by_short(db, short, rules)?)) } else { Ok(None) }
     }
 
     /// Called by every writer of `PDUS` after its batch is written: the stored form of `short`

@@ -140,7 +140,7 @@ impl RoomCore {
     /// from storage: a caller that then loads the event itself (which puts it in the cache)
     /// keeps the row beside it with [`keep_event_meta`](Self::keep_event_meta). Otherwise an
     /// event served for the first time would have its row read again the next time.
-    fn event_meta_read(&self, db: &Db, short: u64) -> Result<Option<(EventMeta, Option<u64>)>> {
+    pub(super) fn event_meta_read(&self, db: &Db, short: u64) -> Result<Option<(EventMeta, Option<u64>)>> {
         let ticket = match self.events.meta(short) {
             Ok(meta) => return Ok(Some((meta, None))),
             Err(ticket) => ticket,
@@ -154,7 +154,7 @@ impl RoomCore {
 
     /// Keeps an `EVENT_META` row read under `ticket` beside its event, now that the event is
     /// cached (nothing when it was forgotten since the ticket was taken).
-    fn keep_event_meta(&self, short: u64, meta: &EventMeta, ticket: Option<u64>) {
+    pub(super) fn keep_event_meta(&self, short: u64, meta: &EventMeta, ticket: Option<u64>) {
         if let Some(ticket) = ticket {
             self.events.put_meta(short, meta, ticket);
         }
