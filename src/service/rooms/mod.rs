@@ -12,6 +12,7 @@ mod backfill;
 mod build;
 mod context;
 pub mod create;
+mod current_state;
 mod device_tracking;
 mod directory;
 mod erasure;
