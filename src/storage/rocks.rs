@@ -68,6 +68,11 @@ impl RocksEngine {
         table_options.set_compression_type(DBCompressionType::Lz4);
         table_options.set_bottommost_compression_type(DBCompressionType::Zstd);
         table_options.optimize_level_style_compaction(16 * 1024 * 1024);
+        // Level 0 is compacted at four files, RocksDB's default, not the two the call above
+        // sets: in a table keyed by event IDs (random) every level-0 file overlaps all of
+        // level 1, so each level-0 compaction rewrites level 1; at four files it happens half
+        // as often. Background CPU per send about a third lower (docs/performance.md).
+        table_options.set_level_zero_file_num_compaction_trigger(4);
 
         let mut db_options = table_options.clone();
         // One memory budget across the ~100 tables: without a write buffer manager each table
