@@ -208,11 +208,9 @@ impl RoomCore {
         self.events.forget(short);
     }
 
+    /// The stored event `event_id` (a copy), if this server has it.
     fn event_by_id(&self, db: &Db, event_id: &EventId, rules: &RoomVersionRules) -> Result<Option<Pdu>> {
-        match self.interner.short_event(db, event_id)? {
-            Some(short) if PDUS.contains(db, &short)? => Ok(Some(self.event_by_short(db, short, rules)?)),
-            _ => Ok(None),
-        }
+        Ok(self.shared_event_by_id(db, event_id, rules)?.map(|pdu| (*pdu).clone()))
     }
 
     /// The event a client transaction already produced.
